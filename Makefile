@@ -1,0 +1,35 @@
+# Two commands for a new user: `make demo` and `make test`. Both create/refresh .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# Pin the CPU torch that lies on these machines' disk when no torch is importable:
+	# a bare `torch` would pull a multi-GB CUDA build.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev,distill]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/encore demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check encore tests
+	$(BIN)/ruff format --check encore tests
+
+format: $(STAMP)
+	$(BIN)/ruff format encore tests
+	$(BIN)/ruff check --fix encore tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

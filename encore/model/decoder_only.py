@@ -1,0 +1,108 @@
+"""The decoder-only baseline, built from the same blocks and given the same care: one-pass prefill
+of the prompt into a preallocated KV cache over prompt + output, then one token per step."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from encore.config import ModelConfig
+from encore.model.base import (
+    ARCHES,
+    LanguageModel,
+    causal_mask,
+    check_ids,
+    padding_mask,
+    positions_from_mask,
+)
+from encore.model.cache import GenerationCache, KVCache
+from encore.model.layers import DecoderLayer
+
+
+class DecoderOnly(LanguageModel):
+    arch = "deconly"
+
+    def __init__(self, config: ModelConfig):
+        if config.arch != "deconly":
+            raise ValueError(f"DecoderOnly needs a 'deconly' config, got arch={config.arch!r}")
+        super().__init__(config)
+        self.decoder = nn.ModuleList(
+            DecoderLayer(config, cross_attention=False) for _ in range(config.n_decoder_layers)
+        )
+        self._init_weights()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits [B, T, V] for every position."""
+        check_ids(input_ids, attention_mask, self.config.vocab_size)
+        return self.head(self._run(input_ids, padding_mask(attention_mask)))
+
+    def _run(self, input_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None) -> Tensor:
+        """Hidden states [B, T, D] (before the final norm); fills `cache` from slot 0 when given."""
+        B, T = input_ids.shape
+        if T > self.config.max_seq_len:
+            raise ValueError(f"input length {T} exceeds max_seq_len={self.config.max_seq_len}")
+        rope = self.rope(positions_from_mask(mask, B, T, input_ids.device), self.embed.weight.dtype)
+        attn_mask = causal_mask(mask, T, input_ids.device)
+        x = self.embed(input_ids)  # [B, T, D]
+        for i, layer in enumerate(self.decoder):
+            x = layer(x, rope, attn_mask, causal=True, cache=cache, layer=i)
+        return x
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def new_cache(
+        self,
+        batch_size: int,
+        input_len: int,
+        max_new_tokens: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> GenerationCache:
+        c = self.config
+        device = device or self.embed.weight.device
+        dtype = dtype or self.embed.weight.dtype
+        max_len = input_len + max_new_tokens
+        return GenerationCache(
+            KVCache(c.n_decoder_layers, batch_size, c.n_kv_heads, max_len, c.head_dim, device, dtype)
+        )
+
+    def prefill(
+        self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
+    ) -> tuple[Tensor, GenerationCache]:
+        """Prompt -> last-position logits [B, V] and the cache. Prompts are moved to left padding so
+        every row's last real token sits in the same slot and new tokens append in lockstep."""
+        B, S = input_ids.shape
+        if S + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(
+                f"input length {S} + max_new_tokens {max_new_tokens} exceeds max_seq_len={self.config.max_seq_len}"
+            )
+        mask = padding_mask(attention_mask)
+        if mask is not None:
+            # stable sort on the mask puts each row's pads first, real tokens after, order kept
+            order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+            input_ids, mask = input_ids.gather(1, order), mask.gather(1, order)
+        cache = self.new_cache(B, S, max_new_tokens)
+        hidden = self._run(input_ids, mask, cache.self_kv)
+        cache.self_kv.advance(S)
+        if mask is None:
+            cache.next_position = torch.full((B,), S, dtype=torch.long, device=input_ids.device)
+        else:
+            new = torch.ones(B, max_new_tokens, dtype=torch.bool, device=mask.device)
+            cache.key_mask = torch.cat([mask, new], dim=1)  # [B, S + max_new]
+            cache.next_position = mask.sum(dim=1)
+        return self.head(hidden[:, -1]), cache
+
+    def decode_step(self, tokens: Tensor, cache: GenerationCache) -> Tensor:
+        """tokens [B] -> next-token logits [B, V], attending over the whole cache so far."""
+        kv = cache.self_kv
+        rope = self.rope(cache.next_position[:, None], self.embed.weight.dtype)  # per-row positions
+        mask = None if cache.key_mask is None else cache.key_mask[:, None, None, : kv.length + 1]
+        x = self.embed(tokens[:, None])  # [B, 1, D]
+        for i, layer in enumerate(self.decoder):
+            x = layer(x, rope, mask, causal=False, cache=kv, layer=i)
+        kv.advance(1)
+        cache.next_position = cache.next_position + 1
+        return self.head(x[:, -1])
+
+
+ARCHES["deconly"] = DecoderOnly

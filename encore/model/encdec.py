@@ -1,0 +1,136 @@
+"""The encoder-decoder: a bidirectional encoder reads the input once; a small causal decoder
+generates while cross-attending to the fixed encoder states."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from encore.config import ModelConfig
+from encore.model.base import (
+    ARCHES,
+    LanguageModel,
+    causal_mask,
+    check_ids,
+    padding_mask,
+    positions_from_mask,
+)
+from encore.model.cache import GenerationCache, KVCache
+from encore.model.layers import DecoderLayer, EncoderLayer, RMSNorm
+
+
+class EncoderDecoder(LanguageModel):
+    arch = "encdec"
+
+    def __init__(self, config: ModelConfig):
+        if config.arch != "encdec":
+            raise ValueError(f"EncoderDecoder needs an 'encdec' config, got arch={config.arch!r}")
+        super().__init__(config)
+        self.encoder = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_encoder_layers))
+        self.encoder_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.decoder = nn.ModuleList(DecoderLayer(config, cross_attention=True) for _ in range(config.n_decoder_layers))
+        self._init_weights()
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """input_ids [B, S] -> encoder states [B, S, D]."""
+        check_ids(input_ids, attention_mask, self.config.vocab_size)
+        return self._encode(input_ids, padding_mask(attention_mask))
+
+    def _encode(self, input_ids: Tensor, mask: Tensor | None) -> Tensor:
+        B, S = input_ids.shape
+        self._check_length(S, "input")
+        rope = self.rope(positions_from_mask(mask, B, S, input_ids.device), self.embed.weight.dtype)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, S]
+        x = self.embed(input_ids)  # [B, S, D]
+        for layer in self.encoder:
+            x = layer(x, rope, attn_mask)
+        return self.encoder_norm(x)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        decoder_input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Teacher-forced logits [B, T_dec, V]."""
+        check_ids(input_ids, attention_mask, self.config.vocab_size)
+        check_ids(decoder_input_ids, decoder_attention_mask, self.config.vocab_size, "decoder_input_ids")
+        if decoder_input_ids.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"decoder_input_ids has batch size {decoder_input_ids.shape[0]} but input_ids has {input_ids.shape[0]}"
+            )
+        enc_mask = padding_mask(attention_mask)
+        memory = self._encode(input_ids, enc_mask)
+        cross_mask = None if enc_mask is None else enc_mask[:, None, None, :]
+
+        B, T = decoder_input_ids.shape
+        self._check_length(T, "decoder input")
+        dec_mask = padding_mask(decoder_attention_mask)
+        rope = self.rope(positions_from_mask(dec_mask, B, T, decoder_input_ids.device), self.embed.weight.dtype)
+        self_mask = causal_mask(dec_mask, T, decoder_input_ids.device)
+        x = self.embed(decoder_input_ids)  # [B, T, D]
+        for layer in self.decoder:
+            x = layer(x, rope, self_mask, causal=True, cross_kv=layer.cross.project_kv(memory), cross_mask=cross_mask)
+        return self.head(x)
+
+    def _check_length(self, n: int, what: str) -> None:
+        if n > self.config.max_seq_len:
+            raise ValueError(f"{what} length {n} exceeds max_seq_len={self.config.max_seq_len}")
+
+    # --- generation: encode once, project cross K/V once, then one token at a time ---------------
+
+    def new_cache(
+        self,
+        batch_size: int,
+        input_len: int,
+        max_new_tokens: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> GenerationCache:
+        c = self.config
+        device = device or self.embed.weight.device
+        dtype = dtype or self.embed.weight.dtype
+        cross = (c.n_decoder_layers, batch_size, c.n_kv_heads, input_len, c.head_dim)
+        return GenerationCache(
+            self_kv=KVCache(c.n_decoder_layers, batch_size, c.n_kv_heads, max_new_tokens, c.head_dim, device, dtype),
+            cross_k=torch.empty(cross, device=device, dtype=dtype),
+            cross_v=torch.empty(cross, device=device, dtype=dtype),
+        )
+
+    def prefill(
+        self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
+    ) -> tuple[Tensor, GenerationCache]:
+        """Encode, fill the cross K/V, run the decoder on BOS: first-token logits [B, V] and the cache."""
+        B, S = input_ids.shape
+        self._check_length(max_new_tokens, "max_new_tokens")
+        mask = padding_mask(attention_mask)
+        memory = self._encode(input_ids, mask)
+        cache = self.new_cache(B, S, max(max_new_tokens, 1))
+        for i, layer in enumerate(self.decoder):
+            cache.cross_k[i], cache.cross_v[i] = layer.cross.project_kv(memory)
+        cache.cross_mask = None if mask is None else mask[:, None, None, :]
+        bos = torch.full((B,), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
+        return self.decode_step(bos, cache), cache
+
+    def decode_step(self, tokens: Tensor, cache: GenerationCache) -> Tensor:
+        """tokens [B] -> next-token logits [B, V]. Every row is at the same output position, so the
+        self-attention needs no mask: it sees exactly the cached output so far."""
+        rope = self.rope.at(cache.self_kv.length, 1, self.embed.weight.dtype)
+        x = self.embed(tokens[:, None])  # [B, 1, D]
+        for i, layer in enumerate(self.decoder):
+            x = layer(
+                x,
+                rope,
+                None,
+                causal=False,
+                cross_kv=(cache.cross_k[i], cache.cross_v[i]),
+                cross_mask=cache.cross_mask,
+                cache=cache.self_kv,
+                layer=i,
+            )
+        cache.self_kv.advance(1)
+        return self.head(x[:, -1])
+
+
+ARCHES["encdec"] = EncoderDecoder

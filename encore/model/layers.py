@@ -1,0 +1,204 @@
+"""Blocks shared by both architectures: RMSNorm, RoPE, grouped-query attention, MLPs, layers.
+
+Shapes: B batch, T query length, S key length, D d_model, H query heads, K kv heads, Dh head dim.
+Attention masks are boolean and broadcastable to [B, 1, T, S]; True means "may attend".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from encore.config import ModelConfig
+
+Rope = tuple[Tensor, Tensor]  # (cos, sin), each broadcastable to [B, H, T, Dh]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: float = 1.0) -> Tensor:
+    """Inverse frequencies [Dh/2]. NTK-aware scaling raises the base so that the lowest frequency
+    stretches by `scaling` while the highest stays put: base' = theta * s^(Dh/(Dh-2))."""
+    base = theta * scaling ** (head_dim / (head_dim - 2)) if scaling > 1.0 else theta
+    return 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables [max_seq_len, Dh] (rotate-half layout, as Llama)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+        self.scaling = config.rope_scaling
+        self.max_seq_len = config.max_seq_len
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.reset_tables()
+
+    def reset_tables(self, device: torch.device | str | None = None) -> None:
+        inv_freq = rope_frequencies(self.head_dim, self.theta, self.scaling)
+        angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # [T, Dh]
+        device = device or self.cos.device
+        self.cos = angles.cos().float().to(device)
+        self.sin = angles.sin().float().to(device)
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> Rope:
+        """positions [B, T] -> cos, sin [B, 1, T, Dh]."""
+        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+
+    def at(self, start: int, length: int, dtype: torch.dtype) -> Rope:
+        """The same positions for every row (encoder-decoder decoding): cos, sin [1, 1, T, Dh]."""
+        sl = slice(start, start + length)
+        return self.cos[None, None, sl].to(dtype), self.sin[None, None, sl].to(dtype)
+
+
+def apply_rope(x: Tensor, rope: Rope) -> Tensor:
+    cos, sin = rope
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float) -> Tensor:
+    """q [B, H, T, Dh], k/v [B, K, S, Dh] -> [B, T, H*Dh]. GQA without copying K/V."""
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        is_causal=causal and mask is None,
+        dropout_p=dropout,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return out.transpose(1, 2).flatten(2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with RoPE and grouped KV heads; fused QKV projection."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.qkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=False)
+        self.out = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, causal: bool, cache=None, layer: int = 0) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
+        )
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2), rope)  # [B, H, T, Dh]
+        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2), rope)  # [B, K, T, Dh]
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if cache is not None:  # write this step's K/V, attend over everything cached so far
+            k, v = cache.update(layer, k, v)
+        dropout = self.dropout if self.training else 0.0
+        return self.out(attend(q, k, v, mask, causal, dropout))
+
+
+class CrossAttention(nn.Module):
+    """Decoder -> encoder attention. No RoPE: encoder states already carry their positions.
+    K/V depend only on the encoder output, so generation projects them once per request."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.q = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=False)
+        self.kv = nn.Linear(config.d_model, 2 * self.n_kv_heads * self.head_dim, bias=False)
+        self.out = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        self.dropout = config.dropout
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """memory [B, S, D] -> k, v [B, K, S, Dh]."""
+        B, S, _ = memory.shape
+        k, v = self.kv(memory).view(B, S, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        dropout = self.dropout if self.training else 0.0
+        return self.out(attend(q, k, v, mask, False, dropout))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.swiglu = config.mlp_type == "swiglu"
+        self.up = nn.Linear(config.d_model, (2 if self.swiglu else 1) * config.mlp_dim, bias=False)
+        self.down = nn.Linear(config.mlp_dim, config.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.swiglu:
+            gate, up = self.up(x).chunk(2, dim=-1)
+            return self.down(F.silu(gate) * up)
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm: x + Attn(norm(x)), then x + MLP(norm(x)). Bidirectional self-attention."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = SelfAttention(config)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, rope: Rope, mask: Tensor | None) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, causal=False))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention (KV-cached when generating), optional cross-attention, MLP; all pre-norm."""
+
+    def __init__(self, config: ModelConfig, cross_attention: bool):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = SelfAttention(config)
+        if cross_attention:
+            self.cross_norm = RMSNorm(config.d_model, config.norm_eps)
+            self.cross = CrossAttention(config)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: Rope,
+        mask: Tensor | None,
+        causal: bool,
+        cross_kv: tuple[Tensor, Tensor] | None = None,
+        cross_mask: Tensor | None = None,
+        cache=None,
+        layer: int = 0,
+    ) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, causal, cache, layer))
+        if cross_kv is not None:
+            x = x + self.drop(self.cross(self.cross_norm(x), *cross_kv, cross_mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+def init_weights(module: nn.Module, n_layers: int) -> None:
+    """GPT-2 style: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers)."""
+    for name, p in module.named_parameters():
+        if p.dim() < 2:
+            continue
+        std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("out.weight", "down.weight")) else 0.02
+        nn.init.normal_(p, mean=0.0, std=std)

@@ -1,0 +1,32 @@
+import os
+
+import pytest
+import torch
+
+from encore import DecoderOnly, EncoderDecoder, ModelConfig
+
+os.environ.setdefault("ENCORE_QUIET", "1")
+
+
+def make_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny model with weights spread wide enough that greedy decoding does not just repeat
+    one token: the equality tests below then check real, varied rollouts."""
+    torch.manual_seed(seed)
+    config = ModelConfig.preset(
+        f"{arch}-tiny",
+        n_encoder_layers=2 if arch == "encdec" else 0,
+        n_decoder_layers=2,
+        vocab_size=512,
+        **{"tie_embeddings": False, **overrides},
+    )
+    model = (EncoderDecoder if arch == "encdec" else DecoderOnly)(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(params=["encdec", "deconly"])
+def arch(request) -> str:
+    return request.param
