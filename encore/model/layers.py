@@ -73,14 +73,15 @@ def apply_rope(x: Tensor, rope: Rope) -> Tensor:
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float) -> Tensor:
     """q [B, H, T, Dh], k/v [B, K, S, Dh] -> [B, T, H*Dh]. GQA without copying K/V."""
+    B, H, T, Dh = q.shape
+    K = k.shape[1]
+    if T == 1 and H != K:
+        # One query per head (decoding): fold each KV group's query heads into query rows of a
+        # K-head attention. Same result as enable_gqa, about twice as fast on CPU at these sizes.
+        out = F.scaled_dot_product_attention(q.reshape(B, K, H // K, Dh), k, v, attn_mask=mask, dropout_p=dropout)
+        return out.reshape(B, 1, H * Dh)
     out = F.scaled_dot_product_attention(
-        q,
-        k,
-        v,
-        attn_mask=mask,
-        is_causal=causal and mask is None,
-        dropout_p=dropout,
-        enable_gqa=q.shape[1] != k.shape[1],
+        q, k, v, attn_mask=mask, is_causal=causal and mask is None, dropout_p=dropout, enable_gqa=H != K
     )
     return out.transpose(1, 2).flatten(2)
 
@@ -97,12 +98,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, causal: bool, cache=None, layer: int = 0) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
-        )
-        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2), rope)  # [B, H, T, Dh]
-        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2), rope)  # [B, K, T, Dh]
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        H, K = self.n_heads, self.n_kv_heads
+        qkv = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).transpose(1, 2)  # [B, H+2K, T, Dh]
+        q, k = apply_rope(qkv[:, : H + K], rope).split([H, K], dim=1)  # rotate q and k in one go
+        v = qkv[:, H + K :]
         if cache is not None:  # write this step's K/V, attend over everything cached so far
             k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
@@ -148,7 +147,13 @@ class MLP(nn.Module):
         return self.down(F.gelu(self.up(x), approximate="tanh"))
 
 
-class EncoderLayer(nn.Module):
+class _Residual(nn.Module):
+    def _drop(self, x: Tensor) -> Tensor:
+        # a plain function call, not an nn.Dropout module: decoding calls this 30 times per token
+        return F.dropout(x, self.dropout, True) if self.dropout and self.training else x
+
+
+class EncoderLayer(_Residual):
     """Pre-norm: x + Attn(norm(x)), then x + MLP(norm(x)). Bidirectional self-attention."""
 
     def __init__(self, config: ModelConfig):
@@ -157,14 +162,14 @@ class EncoderLayer(nn.Module):
         self.attn = SelfAttention(config)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MLP(config)
-        self.drop = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(self, x: Tensor, rope: Rope, mask: Tensor | None) -> Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, causal=False))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+        x = x + self._drop(self.attn(self.attn_norm(x), rope, mask, causal=False))
+        return x + self._drop(self.mlp(self.mlp_norm(x)))
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_Residual):
     """Causal self-attention (KV-cached when generating), optional cross-attention, MLP; all pre-norm."""
 
     def __init__(self, config: ModelConfig, cross_attention: bool):
@@ -176,7 +181,7 @@ class DecoderLayer(nn.Module):
             self.cross = CrossAttention(config)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MLP(config)
-        self.drop = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(
         self,
@@ -189,10 +194,10 @@ class DecoderLayer(nn.Module):
         cache=None,
         layer: int = 0,
     ) -> Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, causal, cache, layer))
+        x = x + self._drop(self.attn(self.attn_norm(x), rope, mask, causal, cache, layer))
         if cross_kv is not None:
-            x = x + self.drop(self.cross(self.cross_norm(x), *cross_kv, cross_mask))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+            x = x + self._drop(self.cross(self.cross_norm(x), *cross_kv, cross_mask))
+        return x + self._drop(self.mlp(self.mlp_norm(x)))
 
 
 def init_weights(module: nn.Module, n_layers: int) -> None:
