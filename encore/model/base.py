@@ -74,7 +74,7 @@ def causal_mask(key_mask: Tensor | None, length: int, device: torch.device) -> T
     return ((causal & key_mask[:, None, :]) | eye)[:, None]
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write via a temp file in the same directory, fsync, rename: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -160,9 +160,9 @@ class LanguageModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
         text = json.dumps({**self.config.to_dict(), "model_type": "encore"}, indent=2, sort_keys=True) + "\n"
-        _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
+        atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
 
