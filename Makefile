@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/encore demo
+	$(BIN)/encore bench
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -1,7 +1,9 @@
 """The `encore` command line: a thin dispatcher.
 
-Each subcommand lives in its own module, which exposes ``configure(parser)`` (add its flags) and
-``run(args) -> int``. Only the chosen subcommand's module is imported, so `encore --help` stays fast.
+Each subcommand names a module that exposes ``configure(parser)`` (add its flags) and
+``run(args) -> int``; a module serving several subcommands is named as ``module:NAME`` and exposes
+``configure_NAME`` / ``run_NAME``. Only the chosen subcommand's module is imported, so
+`encore --help` stays fast.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import sys
 
 # name -> (module, one-line help). Add a subcommand by adding a line here.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("encore.demo", "generate with a freshly built model and show the cached-decoding speed"),
+    "pretrain": ("encore.train_cli:pretrain", "pretrain: span corruption (encoder-decoder) or causal LM"),
+    "finetune": ("encore.train_cli:finetune", "fine-tune on a source -> target task"),
+    "generate": ("encore.train_cli:generate", "generate from a checkpoint"),
+    "eval": ("encore.train_cli:eval", "generate on a task split and score the predictions"),
+    "bench": ("encore.bench", "time an encoder-decoder against a decoder-only model of the same size"),
 }
 
 
@@ -41,12 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)  # prints --help / --version, or an error naming the unknown command
         return 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name, _, entry = COMMANDS[name][0].partition(":")
+    module = importlib.import_module(module_name)
+    suffix = f"_{entry}" if entry else ""
     parser = argparse.ArgumentParser(prog=f"encore {name}", description=COMMANDS[name][1])
-    module.configure(parser)
+    getattr(module, f"configure{suffix}")(parser)
     args = parser.parse_args(rest)
     try:
-        return int(module.run(args) or 0)
+        return int(getattr(module, f"run{suffix}")(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # bad input: say what was wrong, no traceback
         print(f"encore {name}: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,126 @@
+"""Training checkpoints that survive crashes: written atomically, resumed exactly.
+
+A checkpoint is a directory `step-N/` holding the model (`save_pretrained`: config.json +
+model.safetensors), `trainer.pt` (optimizer, scheduler, RNG states: tensors and plain containers
+only, read back with `weights_only=True`) and `state.json` (step, data position). It is written
+into a hidden temporary directory, every file fsynced, then renamed into place: a kill or a full
+disk mid-save leaves the previous checkpoints untouched, and a half-written one is never listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FILE = "state.json"
+TRAINER_FILE = "trainer.pt"
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _numpy_state() -> dict[str, Any]:
+    # stored as a tensor + plain values: weights_only loading refuses numpy arrays
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"key": torch.from_numpy(key.astype(np.int64)), "rest": [int(pos), int(has_gauss), float(gauss)]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"]["key"].numpy().astype(np.uint32), *state["numpy"]["rest"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    root: str | Path, step: int, model, trainer_state: dict[str, Any], state: dict[str, Any], keep_last: int = 3
+) -> Path:
+    """Write `root/step-{step}` atomically and keep only the newest `keep_last` checkpoints."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step-{step}-"))
+    try:
+        model.save_pretrained(tmp)
+        torch.save(trainer_state, tmp / TRAINER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (temporary directories are not listed)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if (p / STATE_FILE).exists() and (p / TRAINER_FILE).exists()]
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainer_state, state) of a checkpoint directory; the model is loaded with `encore.load`."""
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path / STATE_FILE}: unreadable checkpoint state ({e})") from None
+    trainer_state = torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True)
+    return trainer_state, state
+
+
+def clean_temporaries(root: str | Path) -> None:
+    """Remove what a killed save left behind (never a complete checkpoint)."""
+    root = Path(root)
+    if root.is_dir():
+        for p in root.glob(".tmp-step-*"):
+            shutil.rmtree(p, ignore_errors=True)

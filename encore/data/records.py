@@ -1,0 +1,257 @@
+"""Reading records (one dict each) from .jsonl / .json / .parquet files, with errors that say where.
+
+    for line, record in iter_records("train.jsonl"):
+        text = require_field(record, "text", "train.jsonl", line, str)
+
+Positions are 1-based everywhere: the line number in a .jsonl file (blank lines are not records but
+still count as lines, so the number is the one an editor shows), the element number in a .json
+array, the row number in a .parquet file. Bad input raises `DataError` (a ValueError) naming the file,
+the position and, when one is at fault, the field:
+
+    data.jsonl: line 7: malformed JSON (Expecting ',' delimiter, column 31)
+    data.jsonl: line 3: field 'target': missing (record has 'source', 'label')
+
+With `skip_invalid=True` a bad record is skipped and counted in a `SkipReport` (pass your own to read
+the counts; without one the summary is issued as a warning when the file is exhausted) so that nothing
+disappears without a word. Files are streamed: .jsonl line by line (also .jsonl.gz), .parquet by row
+batches; only a .json document is parsed whole, because JSON has no record boundaries to stream on.
+A .json file that holds JSON Lines (as many hub datasets' do) is read as JSON Lines.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+_PARQUET_BATCH_ROWS = 1024
+
+
+def _unit(path: str | os.PathLike) -> str:
+    name = str(path).lower()
+    if name.endswith(".parquet") or name.startswith("hf://"):  # hub datasets are tables: rows
+        return "row"
+    if name.endswith(".json"):
+        return "record"
+    return "line"
+
+
+class DataError(ValueError):
+    """Bad input data. `str(err)` reads "FILE: line N: field 'F': what is wrong"; the parts are also
+    attributes (`path`, `line`, `field`, `message`) and `kind` is the short category a SkipReport counts by."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        message: str,
+        *,
+        line: int | None = None,
+        field: str | None = None,
+        kind: str | None = None,
+    ) -> None:
+        self.path, self.line, self.field, self.message = str(path), line, field, message
+        self.kind = kind or (f"bad field {field!r}" if field else message)
+        where = self.path + (f": {_unit(path)} {line}" if line is not None else "")
+        if field is not None:
+            where += f": field {field!r}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class SkipReport:
+    """What `skip_invalid` skipped: a count per kind of problem and the first few full messages."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    max_examples: int = 5
+
+    def add(self, error: DataError) -> None:
+        self.counts[error.kind] += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(str(error))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def summary(self) -> str:
+        if not self:
+            return "skipped 0 invalid records"
+        kinds = ", ".join(f"{n} {kind}" for kind, n in self.counts.most_common())
+        return f"skipped {self.total} invalid record(s): {kinds} (first: {'; '.join(self.examples)})"
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def require_field(
+    record: dict,
+    field: str,
+    path: str | os.PathLike,
+    line: int,
+    expected: type | tuple[type, ...] | None = None,
+) -> Any:
+    """`record[field]`, or a DataError naming file, line and field when it is missing or null (or,
+    with `expected`, not of that type: pass `str` for text fields)."""
+    if field not in record:
+        keys = ", ".join(repr(k) for k in list(record)[:8]) or "no fields"
+        raise DataError(path, f"missing (record has {keys})", line=line, field=field, kind=f"missing field {field!r}")
+    value = record[field]
+    if value is None:
+        raise DataError(path, "is null", line=line, field=field, kind=f"null field {field!r}")
+    if expected is not None and not isinstance(value, expected):
+        names = "/".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+        msg = f"expected {names}, got {type(value).__name__} ({_short(value)})"
+        raise DataError(path, msg, line=line, field=field, kind=f"bad type for field {field!r}")
+    return value
+
+
+def _short(value: Any, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def iter_records(
+    path: str | os.PathLike,
+    *,
+    skip_invalid: bool = False,
+    report: SkipReport | None = None,
+) -> Iterator[tuple[int, dict]]:
+    """Yield (position, record) for each record of a .jsonl / .jsonl.gz / .json / .parquet file.
+
+    Raises DataError on the first bad record (malformed JSON, not an object, not UTF-8), on an empty
+    file, a missing file or an unknown suffix. With `skip_invalid=True` bad records (and an empty file)
+    are counted in `report` instead; without a report the count is issued as a warning at the end.
+    """
+    path = Path(path)
+    own_report = report is None
+    report = SkipReport() if report is None else report
+    before = report.total
+    name = path.name.lower()
+    if not name.endswith(SUFFIXES):
+        raise DataError(path, f"unsupported file type (expected one of {', '.join(SUFFIXES)})")
+    if not path.is_file():
+        raise DataError(path, "no such file" if not path.exists() else "not a regular file")
+
+    if name.endswith(".parquet"):
+        records = _iter_parquet(path, skip_invalid, report)
+    elif name.endswith(".json"):
+        records = _iter_json(path, skip_invalid, report)
+    else:
+        records = _iter_jsonl(path, skip_invalid, report)
+
+    n = 0
+    for item in records:
+        n += 1
+        yield item
+    if n == 0 and report.total == before:
+        _fail(DataError(path, "empty file (no records)", kind="empty file"), skip_invalid, report)
+    if own_report and report:
+        warnings.warn(f"{path}: {report.summary()}", stacklevel=2)
+
+
+def _fail(error: DataError, skip_invalid: bool, report: SkipReport) -> None:
+    if not skip_invalid:
+        raise error
+    report.add(error)
+
+
+def _utf8_error(path: Path, line: int, raw: bytes, start: int) -> DataError:
+    """`raw` holds the line's bytes, `start` is the offset of the first bad byte in it."""
+    column = len(raw[:start].decode("utf-8", errors="replace")) + 1
+    msg = f"not UTF-8 (byte {raw[start : start + 1]!r} at column {column})"
+    return DataError(path, msg, line=line, kind="not UTF-8")
+
+
+def _iter_jsonl(
+    path: Path, skip_invalid: bool, report: SkipReport, lines: Iterable[bytes] | None = None
+) -> Iterator[tuple[int, dict]]:
+    if lines is None:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as f:
+            yield from _iter_jsonl(path, skip_invalid, report, f)
+        return
+    for lineno, raw in enumerate(lines, start=1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not content
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            _fail(_utf8_error(path, lineno, raw, e.start), skip_invalid, report)
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as e:
+            msg = f"malformed JSON ({e.msg}, column {e.colno})"
+            _fail(DataError(path, msg, line=lineno, kind="malformed JSON"), skip_invalid, report)
+            continue
+        if not isinstance(record, dict):
+            msg = f"expected a JSON object, got {type(record).__name__} ({_short(record)})"
+            _fail(DataError(path, msg, line=lineno, kind="not an object"), skip_invalid, report)
+            continue
+        yield lineno, record
+
+
+def _iter_json(path: Path, skip_invalid: bool, report: SkipReport) -> Iterator[tuple[int, dict]]:
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # one JSON document with a bad byte cannot be parsed around it: always an error
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        raise _utf8_error(path, data.count(b"\n", 0, e.start) + 1, data[line_start:], e.start - line_start) from None
+    if not text.strip():
+        return
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several JSON values one after another: JSON Lines named .json
+            yield from _iter_jsonl(path, skip_invalid, report, data.splitlines(keepends=True))
+            return
+        msg = f"malformed JSON ({e.msg}, line {e.lineno} column {e.colno})"
+        raise DataError(path, msg, kind="malformed JSON") from None
+    # a list of records, or {"data": [...]} (the layout of SQuAD's own files and others), or one record
+    if isinstance(doc, dict) and isinstance(doc.get("data"), list):
+        doc = doc["data"]
+    elif isinstance(doc, dict):
+        doc = [doc]
+    if not isinstance(doc, list):
+        raise DataError(path, f"expected a JSON array of objects, got {type(doc).__name__}", kind="not an object")
+    for index, record in enumerate(doc, start=1):
+        if not isinstance(record, dict):
+            msg = f"expected a JSON object, got {type(record).__name__} ({_short(record)})"
+            _fail(DataError(path, msg, line=index, kind="not an object"), skip_invalid, report)
+            continue
+        yield index, record
+
+
+def _iter_parquet(path: Path, skip_invalid: bool, report: SkipReport) -> Iterator[tuple[int, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, f"not a readable parquet file ({e})", kind="bad parquet") from None
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, f"unreadable parquet data after row {row} ({e})", kind="bad parquet") from None

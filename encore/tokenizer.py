@@ -1,0 +1,239 @@
+"""Tokenizers: train a byte-level BPE, or load any Hugging Face tokenizer; T5 sentinels either way.
+
+    tok = train_tokenizer(open_corpus("data/"), vocab_size=32000)   # byte-level BPE on your corpus
+    tok = load_tokenizer("t5-small")                                # any HF tokenizer (dir or hub id)
+    tok = default_tokenizer()                                       # BPE on the local stdlib, cached
+    tok.save_pretrained("model_dir")                                # tokenizer.json: AutoTokenizer loads it
+
+A trained tokenizer lays its ids out as ModelConfig's defaults expect: 0 `<pad>`, 1 `<s>` (BOS, the
+decoder's start token), 2 `</s>` (EOS), 3 `<unk>`, then the 100 T5 sentinels `<extra_id_0>` ..
+`<extra_id_99>` (ids 4..103), then a few reserved image tokens, then the 256 byte symbols and merges.
+Byte-level BPE has no out-of-vocabulary text: decode(encode(x)) == x for every string, whitespace and
+indentation included (this matters for code). `<unk>` exists only so configs that expect one find it.
+
+A loaded tokenizer keeps every id it has: missing sentinels are appended after the last id and a
+missing pad token is set to EOS (adding a new id would break distillation from a teacher with the same
+vocabulary, and padding is masked by length, never by id). No post-processor adds specials to a trained
+tokenizer; encore's data code adds BOS / EOS explicitly, so use `encode_text` for document text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import sysconfig
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+N_SENTINELS = 100
+SENTINELS = tuple(f"<extra_id_{i}>" for i in range(N_SENTINELS))
+IMAGE_TOKENS = ("<image>", "<image_start>", "<image_end>")
+DEFAULT_MAX_CHARS = 4_000_000  # ~1-2 s of BPE training on 2 cores; plenty for an 8k vocabulary
+DEFAULT_DOC_CHARS = 20_000  # per stdlib file, so the sample spans many modules rather than the first few
+_FORMAT_VERSION = 1  # bump when the default tokenizer's recipe changes: the cache key includes it
+
+
+def special_tokens(n_sentinels: int = N_SENTINELS, image_tokens: Iterable[str] = IMAGE_TOKENS) -> list[str]:
+    """The special tokens of a trained tokenizer, in id order (pad=0, bos=1, eos=2, unk=3, ...)."""
+    return [PAD, BOS, EOS, UNK, *(f"<extra_id_{i}>" for i in range(n_sentinels)), *image_tokens]
+
+
+def _bounded(texts: Iterable[str], max_chars: int | None, doc_chars: int | None) -> Iterator[str]:
+    total = 0
+    for text in texts:
+        if doc_chars is not None:
+            text = text[:doc_chars]
+        if max_chars is not None and total + len(text) > max_chars:
+            text = text[: max_chars - total]
+        if text:
+            total += len(text)
+            yield text
+        if max_chars is not None and total >= max_chars:
+            return
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    *,
+    min_frequency: int = 2,
+    n_sentinels: int = N_SENTINELS,
+    image_tokens: Iterable[str] = IMAGE_TOKENS,
+    max_chars: int | None = None,
+    doc_chars: int | None = None,
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE with `vocab_size` ids in all (specials included) on `texts`, streamed.
+
+    `max_chars` stops reading after that many characters and `doc_chars` keeps only the start of each
+    text: both bound the training time on a large corpus (BPE merges saturate long before a corpus ends).
+    """
+    specials = special_tokens(n_sentinels, image_tokens)
+    minimum = len(specials) + 256 + 1  # the specials, the 256 byte symbols, at least one merge
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small: {len(specials)} special tokens + 256 byte symbols need >= {minimum}"
+        )
+    tok = Tokenizer(models.BPE())
+    # GPT-2's regex pre-split keeps runs of spaces together (indentation) and never merges across words
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text encodes
+        show_progress=False,
+    )
+    tok.train_from_iterator(_bounded(texts, max_chars, doc_chars), trainer)
+    if tok.get_vocab_size() < len(specials) + 256:
+        raise ValueError("tokenizer training saw no text")
+    return _wrap(tok, specials[4:])
+
+
+def _wrap(tok: Tokenizer, extra: list[str]) -> PreTrainedTokenizerFast:
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,  # the clean-up rewrites " ." to "." and breaks round trips
+    )
+    _add_special_tokens(fast, extra)
+    return fast
+
+
+def _add_special_tokens(tokenizer: PreTrainedTokenizerFast, tokens: list[str]) -> int:
+    """Register `tokens` as (additional) special tokens; new ones get the next free ids, in order."""
+    if not tokens:
+        return 0
+    new = [AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False) for t in tokens]
+    try:  # transformers >= 5 renamed "additional" to "extra"
+        return tokenizer.add_special_tokens({"extra_special_tokens": new}, replace_extra_special_tokens=False)
+    except TypeError:
+        return tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_additional_special_tokens=False)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
+    """A Hugging Face tokenizer from a directory, a tokenizer.json file or a hub id, made ready for
+    encore: T5 sentinels appended when missing (existing ids never move), pad set to EOS when missing."""
+    path = Path(name_or_path)
+    try:
+        if path.is_file() and path.suffix == ".json":
+            tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path), clean_up_tokenization_spaces=False)
+        else:
+            if path.is_dir() and not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+                raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer_config.json in this directory")
+            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # the Rust side raises bare Exceptions for a malformed tokenizer.json
+        raise ValueError(f"cannot load tokenizer {str(name_or_path)!r}: {e}") from e
+    vocab = tokenizer.get_vocab()
+    for attr, name in (("pad_token", PAD), ("bos_token", BOS), ("eos_token", EOS), ("unk_token", UNK)):
+        if getattr(tokenizer, attr) is None and name in vocab:  # a bare tokenizer.json names no roles
+            setattr(tokenizer, attr, name)
+    if tokenizer.eos_token is None:
+        sep = getattr(tokenizer, "sep_token", None)
+        if sep is not None:
+            tokenizer.eos_token = sep
+        else:  # encore needs an end-of-sequence id; nothing to reuse, so append one
+            _add_special_tokens(tokenizer, [EOS])
+            tokenizer.eos_token = EOS
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    vocab = tokenizer.get_vocab()
+    _add_special_tokens(tokenizer, [s for s in SENTINELS if s not in vocab])
+    return tokenizer
+
+
+def sentinel_ids(tokenizer: PreTrainedTokenizerFast, n: int = N_SENTINELS) -> list[int]:
+    """Ids of `<extra_id_0>` .. `<extra_id_{n-1}>`, in that order (T5's own vocabulary counts them down)."""
+    vocab = tokenizer.get_vocab()
+    missing = [s for s in SENTINELS[:n] if s not in vocab]
+    if missing:
+        raise ValueError(
+            f"the tokenizer lacks {len(missing)} sentinel token(s) (e.g. {missing[0]}); use load_tokenizer"
+        )
+    return [vocab[s] for s in SENTINELS[:n]]
+
+
+def encode_text(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
+    """Token ids of plain text: no BOS/EOS added, and a literal "<s>" or "<extra_id_0>" in the text is
+    text (code and web pages contain such strings), never the special token of that name."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+# --- the default tokenizer: BPE on the local standard library, trained once and cached -----------------
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ENCORE_CACHE") or Path.home() / ".cache" / "encore")
+
+
+def default_tokenizer_path(vocab_size: int = 8192) -> Path:
+    stdlib = sysconfig.get_paths()["stdlib"]
+    version = f"{sys.implementation.name}{'.'.join(map(str, sys.version_info[:3]))}"
+    key = hashlib.sha256(stdlib.encode()).hexdigest()[:10]
+    return cache_dir() / f"tokenizer-stdlib-{version}-{key}-v{_FORMAT_VERSION}-vocab{vocab_size}"
+
+
+def default_tokenizer(vocab_size: int = 8192) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on a bounded sample of the local stdlib corpus (`open_corpus("stdlib")`),
+    trained on first use and cached under $ENCORE_CACHE (default ~/.cache/encore), keyed by vocabulary
+    size and Python version. Deterministic for a given interpreter."""
+    path = default_tokenizer_path(vocab_size)
+    if (path / "tokenizer.json").is_file():
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError):
+            pass  # a damaged cache is rebuilt below
+    from encore.data.corpora import open_corpus
+
+    tokenizer = train_tokenizer(
+        open_corpus("stdlib"), vocab_size, max_chars=DEFAULT_MAX_CHARS, doc_chars=DEFAULT_DOC_CHARS
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tokenizer.save_pretrained(str(tmp))
+        if path.exists():  # a damaged copy (we could not load it above)
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.replace(tmp, path)  # atomic: a concurrent reader sees no directory or a complete one
+        except OSError:  # another process got there first: theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass  # an unwritable cache only costs time
+    return tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m encore.tokenizer --corpus SPEC --vocab-size N --out DIR: train and save a tokenizer."""
+    import argparse
+
+    from encore.data.corpora import open_corpus
+
+    p = argparse.ArgumentParser(prog="python -m encore.tokenizer", description=main.__doc__)
+    p.add_argument("--corpus", default="stdlib", help="stdlib, a file or folder (.txt/.jsonl/.parquet), hf:NAME...")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--max-chars", type=int, default=200_000_000, help="stop reading the corpus after this many")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    tokenizer = train_tokenizer(
+        open_corpus(args.corpus, text_field=args.text_field), args.vocab_size, max_chars=args.max_chars
+    )
+    tokenizer.save_pretrained(args.out)
+    print(f"{len(tokenizer)} tokens -> {Path(args.out) / 'tokenizer.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
