@@ -101,8 +101,18 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_json_dict(self) -> dict[str, Any]:
+        """What config.json holds. `rope_scaling` is written as `rope_ntk_factor`: transformers parses a
+        `rope_scaling` key in any config.json (AutoTokenizer reads it too) as a dict and fails on a float."""
+        data = self.to_dict()
+        data["rope_ntk_factor"] = data.pop("rope_scaling")
+        return data
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
+        if "rope_ntk_factor" in data:
+            data = {**data}
+            data["rope_scaling"] = data.pop("rope_ntk_factor")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"model_type", "encore_version"})
         if unknown:
@@ -110,7 +120,7 @@ class ModelConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return json.dumps(self.to_json_dict(), indent=2, sort_keys=True)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")

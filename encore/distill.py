@@ -267,7 +267,9 @@ def load_teacher(
         model = load(path, device=device, dtype=dtype)
         teacher_tok = model.tokenizer
         pad_id = model.config.pad_token_id
-        auto_bos = None  # encore decoder-only data carries its own BOS, if any, inside x
+        # encore's decoder-only models are fine-tuned on [BOS] x [EOS] y [EOS] (CausalLMCollator) and the
+        # student's source is x [EOS]: prepending BOS gives the teacher exactly its training layout.
+        auto_bos = model.config.bos_token_id
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -120,6 +120,19 @@ def _add_special_tokens(tokenizer: PreTrainedTokenizerFast, tokens: list[str]) -
         return tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_additional_special_tokens=False)
 
 
+def auto_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
+    """`AutoTokenizer.from_pretrained`, without its warning that an encore checkpoint's config.json
+    (which AutoTokenizer peeks at) is no transformers model type."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
     """A Hugging Face tokenizer from a directory, a tokenizer.json file or a hub id, made ready for
     encore: T5 sentinels appended when missing (existing ids never move), pad set to EOS when missing."""
@@ -130,7 +143,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
         else:
             if path.is_dir() and not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
                 raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer_config.json in this directory")
-            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+            tokenizer = auto_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     except FileNotFoundError:
         raise
     except Exception as e:  # the Rust side raises bare Exceptions for a malformed tokenizer.json

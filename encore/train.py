@@ -206,13 +206,11 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def _count_tokens(source: BatchSource, loss_fn: LossFn, examples: list[Any], micro: int) -> int:
-    """Target tokens of the whole global batch, known to every rank without communication."""
+def _count_tokens(batches: list[Batch], loss_fn: LossFn) -> int:
+    """Target tokens of collated micro-batches."""
     total = 0
-    for i in range(0, len(examples), micro):
-        labels = source.collate(examples[i : i + micro])["labels"]
-        if loss_fn is causal_lm_loss:
-            labels = labels[:, 1:]
+    for batch in batches:
+        labels = batch["labels"][:, 1:] if loss_fn is causal_lm_loss else batch["labels"]
         total += int((labels != -100).sum())
     return total
 
@@ -224,8 +222,10 @@ def train(
     loss_fn: LossFn | None = None,
     eval_source: BatchSource | None = None,
     hooks: list[Callable[[int, nn.Module], None]] | None = None,
+    eval_loss_fn: LossFn | None = None,
 ) -> nn.Module:
-    """Train `model` in place and return it; writes metrics, checkpoints and the final model to out_dir."""
+    """Train `model` in place and return it; writes metrics, checkpoints and the final model to out_dir.
+    The validation loss uses `eval_loss_fn` (default: `loss_fn`)."""
     from encore.optim import build_optimizer, build_scheduler
 
     d = init_distributed()
@@ -299,11 +299,22 @@ def train(
         for step in range(start_step + 1, config.max_steps + 1):
             t0 = time.perf_counter()
             examples = source.next_batch(config.batch_size)
-            n_tokens = _count_tokens(source, loss_fn, examples, config.micro_batch_size)
-            micro_batches = _split(examples, d.world_size, d.rank, config.micro_batch_size)
+            # Every rank collates the whole global batch (cheap next to the forward pass) so all know the
+            # global token count, which normalises the loss, without communication.
+            shares = [_split(examples, d.world_size, r, config.micro_batch_size) for r in range(d.world_size)]
+            collated = [[source.collate(micro) for micro in share] for share in shares]
+            n_tokens = _count_tokens([b for share in collated for b in share], loss_fn)
+            n_processed = sum(  # every real token the model reads: encoder input + decoder input, or the sequence
+                int(b[k].sum())
+                for share in collated
+                for b in share
+                for k in ("attention_mask", "decoder_attention_mask")
+                if k in b
+            )
+            micro_batches = collated[d.rank]
             loss_sum = torch.zeros((), device=d.device)
             for i, micro in enumerate(micro_batches):
-                batch = _to(source.collate(micro), d.device)
+                batch = _to(micro, d.device)
                 sync = i == len(micro_batches) - 1
                 ctx = model.no_sync() if (not sync and isinstance(model, nn.parallel.DistributedDataParallel)) else None
                 with ctx or nullcontext(), autocast:
@@ -332,18 +343,27 @@ def train(
                     "loss": step_loss,
                     "lr": lr,
                     "grad_norm": grad_norm,
-                    "tokens": n_tokens,
-                    "tokens_per_s": n_tokens / elapsed,
+                    "target_tokens": n_tokens,
+                    "tokens": n_processed,
+                    "tokens_per_s": n_processed / elapsed,
                     "step_time_s": elapsed,
                 }
+                for name, value in getattr(loss_fn, "last", {}).items():  # e.g. distillation's kd / ce parts
+                    record[name] = float(value)
                 if peak:
-                    record["mfu"] = flops_per_token * n_tokens / elapsed / peak / d.world_size
+                    record["mfu"] = flops_per_token * n_processed / elapsed / peak / d.world_size
                 log.write(record)
                 bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{n_tokens / elapsed:.0f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{n_processed / elapsed:.0f}", lr=f"{lr:.2e}")
             if eval_source is not None and config.eval_every and step % config.eval_every == 0:
                 eval_loss = evaluate_loss(
-                    model, eval_source, loss_fn, config.eval_batches, config.micro_batch_size, d, autocast
+                    model,
+                    eval_source,
+                    eval_loss_fn or loss_fn,
+                    config.eval_batches,
+                    config.micro_batch_size,
+                    d,
+                    autocast,
                 )
                 if d.main:
                     log.write({"step": step, "eval_loss": eval_loss})

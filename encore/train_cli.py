@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,7 +22,9 @@ from encore.train import TrainConfig
 
 def add_model_args(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument(
-        "--model", required=True, help="a preset name (see encore.ModelConfig.preset_names()) or a checkpoint directory"
+        "--model",
+        required=True,
+        help="a preset name (encore.ModelConfig.preset_names()), a ModelConfig .json file or a checkpoint directory",
     )
     p.add_argument(
         "--tokenizer",
@@ -96,8 +99,11 @@ def build_model(
     dropout: float | None = None,
     trust_remote_code: bool = False,
 ) -> LanguageModel:
-    """A checkpoint directory is loaded as is; a preset is built fresh, its vocabulary and special
-    ids taken from the tokenizer (vocab rounded up to a multiple of 64 for fast matmuls)."""
+    """A checkpoint directory is loaded as is; a preset or a ModelConfig .json file is built fresh, its
+    vocabulary and special ids taken from the tokenizer (vocab rounded up to a multiple of 64 for fast
+    matmuls)."""
+    from encore.data import special_ids
+
     if Path(spec).is_dir():
         model = load(spec)
         if tokenizer_name:
@@ -107,19 +113,21 @@ def build_model(
         if dropout is not None:
             _set_dropout(model, dropout)
         return model
-    if spec not in ModelConfig.preset_names():
+    if spec.endswith(".json") and Path(spec).is_file():
+        base = ModelConfig.load(spec).to_dict()
+    elif spec in ModelConfig.preset_names():
+        base = ModelConfig.preset(spec).to_dict()
+    else:
         raise ValueError(
-            f"--model {spec!r} is neither a checkpoint directory nor a preset ({', '.join(ModelConfig.preset_names())})"
+            f"--model {spec!r} is neither a checkpoint directory, a ModelConfig .json file nor a preset "
+            f"({', '.join(ModelConfig.preset_names())})"
         )
     tokenizer = resolve_tokenizer(tokenizer_name, trust_remote_code=trust_remote_code)
-    config = ModelConfig.preset(
-        spec,
-        vocab_size=(len(tokenizer) + 63) // 64 * 64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **({} if dropout is None else {"dropout": dropout}),
-    )
+    pad, bos, eos = special_ids(tokenizer)
+    base.update(vocab_size=(len(tokenizer) + 63) // 64 * 64, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
+    if dropout is not None:
+        base["dropout"] = dropout
+    config = ModelConfig.from_dict(base, source=spec)
     torch.manual_seed(seed)
     model = (EncoderDecoder if config.arch == "encdec" else DecoderOnly)(config)
     model.tokenizer = tokenizer
@@ -153,21 +161,25 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
 
 
 def generate_texts(model: LanguageModel, sources: list[str], args: argparse.Namespace) -> tuple[list[str], int]:
-    """Decode `sources` in length-sorted batches; returns (texts in input order, truncated count)."""
-    from encore.data import prompt_ids
+    """Decode `sources` in length-sorted batches; returns (texts in input order, truncated count).
+    Inputs are laid out and truncated exactly as the fine-tuning collator does (the end of a too-long
+    source is cut, its special tokens kept), so a model sees at inference what it saw in training."""
+    from encore.data import finetune_collator
+    from encore.tokenizer import encode_text
 
     tokenizer = model.tokenizer
+    collator = finetune_collator(model.config)
+    room = args.max_source_len - collator.n_source_specials
     encoded, truncated = [], 0
     for text in sources:
-        ids = prompt_ids(tokenizer, text, model.config.arch)
-        if len(ids) > args.max_source_len:
-            # keep the end for decoder-only prompts (it holds the separator), the start otherwise
-            ids = ids[-args.max_source_len :] if model.config.arch == "deconly" else ids[: args.max_source_len]
-            truncated += 1
-        encoded.append(ids)
+        ids = encode_text(tokenizer, text)
+        if len(ids) > room:
+            ids, truncated = ids[:room], truncated + 1
+        encoded.append(collator.source(ids))
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     outputs: list[str] = [""] * len(encoded)
-    pad = model.config.pad_token_id
+    pad, eos = model.config.pad_token_id, model.config.eos_token_id
+    device = next(model.parameters()).device
     for start in range(0, len(order), args.batch_size):
         idx = order[start : start + args.batch_size]
         width = max(len(encoded[i]) for i in idx)
@@ -177,8 +189,8 @@ def generate_texts(model: LanguageModel, sources: list[str], args: argparse.Name
             ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
             mask[row, : len(encoded[i])] = 1
         new = model.generate(
-            ids,
-            attention_mask=mask,
+            ids.to(device),
+            attention_mask=mask.to(device),
             max_new_tokens=args.max_new_tokens,
             do_sample=args.do_sample,
             temperature=args.temperature,
@@ -188,8 +200,8 @@ def generate_texts(model: LanguageModel, sources: list[str], args: argparse.Name
         )
         for row, i in enumerate(idx):
             tokens = new[row].tolist()
-            if model.config.eos_token_id in tokens:
-                tokens = tokens[: tokens.index(model.config.eos_token_id)]
+            if eos in tokens:
+                tokens = tokens[: tokens.index(eos)]
             outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return outputs, truncated
 
@@ -247,6 +259,7 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--split", default="validation")
     p.add_argument("--data-files", default=None, help="local files for a hub task's split")
+    add_task_option_arg(p)
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     p.add_argument("--out", required=True, help="predictions JSONL; metrics go beside it as *.metrics.json")
     add_generation_args(p)
@@ -257,7 +270,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from encore.metrics import compute_metrics
 
     model = _load_for_inference(args.model, args.tokenizer, args.device)
-    examples = list(load_task(args.task, split=args.split, data_files=args.data_files, limit=args.limit))
+    examples = list(
+        load_task(args.task, split=args.split, data_files=args.data_files, limit=args.limit, **task_options(args))
+    )
     if not examples:
         raise ValueError(f"task {args.task!r} split {args.split!r} has no examples")
     predictions, truncated = generate_texts(model, [e["source"] for e in examples], args)
@@ -274,4 +289,255 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics_path = out.with_suffix(".metrics.json")
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+# --- pretrain ------------------------------------------------------------------------------------------
+
+
+def configure_pretrain(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument(
+        "--data",
+        default="stdlib",
+        help="corpus: stdlib (embedded, offline), a file/folder/glob of .txt/.jsonl/.parquet, "
+        "or hf:NAME[:CONFIG][@SPLIT]",
+    )
+    p.add_argument("--text-field", default="text", help="the text field of JSONL / Parquet / hub records")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=512,
+        help="encoder-decoder: span-corrupted input length; decoder-only: by default the raw tokens the "
+        "encoder-decoder consumes per example at this length (568 for 512), so both get the same token budget",
+    )
+    p.add_argument("--causal-seq-len", type=int, default=None, help="decoder-only: override the chunk length")
+    p.add_argument("--noise-density", type=float, default=0.15)
+    p.add_argument("--mean-span-length", type=float, default=3.0)
+    add_train_args(p, steps=1000, batch=32, micro=8, lr=2e-2)
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from encore.data import open_corpus, pretraining_collator, pretraining_stream
+    from encore.sources import StreamSource
+    from encore.train import train
+
+    model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
+    # Every rank reads the same stream and takes its share of each global batch (train.py), so a
+    # DDP run sees exactly the batches of a one-process run.
+    corpus = open_corpus(args.data, text_field=args.text_field)
+    stream = pretraining_stream(
+        corpus,
+        model.tokenizer,
+        model.config.arch,
+        input_len=args.seq_len,
+        seq_len=args.causal_seq_len,
+        noise_density=args.noise_density,
+        mean_span_length=args.mean_span_length,
+        seed=args.seed,
+    )
+    train(model, train_config(args), StreamSource(stream, pretraining_collator(model.config)))
+    _print_done(args.out)
+    return 0
+
+
+# --- finetune ------------------------------------------------------------------------------------------
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task",
+        required=True,
+        help="a task name (code2doc, synthqa, squad_v2, xsum, code_x_glue_ct) or a .jsonl/.json/.parquet "
+        "file of source/target pairs",
+    )
+    p.add_argument("--data-files", default=None, help="local files for a hub task's training split")
+    add_task_option_arg(p)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--max-source-len", type=int, default=512)
+    p.add_argument("--max-target-len", type=int, default=128)
+    p.add_argument(
+        "--truncation",
+        choices=["right", "left", "error"],
+        default="right",
+        help="too-long sources: cut the end (right), the start (left), or stop with an error",
+    )
+    p.add_argument("--eval-split", default="validation", help="split for --eval-every's validation loss")
+    p.add_argument("--eval-batches", type=int, default=8)
+
+
+def add_task_option_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a task option for load_task, e.g. max_entities=1 for synthqa (repeatable)",
+    )
+
+
+def task_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in args.task_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)  # numbers, true/false, null; anything else is a string
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def task_sources(args: argparse.Namespace, model: LanguageModel, with_ids: bool = False):
+    """(training source, validation source or None) of `args.task`, tokenized and collated for `model`."""
+    from encore.data import finetune_collator, load_task, tokenize_pairs
+    from encore.sources import TaskSource, WithExampleIds
+
+    collator = finetune_collator(
+        model.config,
+        max_source_len=args.max_source_len,
+        max_target_len=args.max_target_len,
+        truncation=args.truncation,
+    )
+    examples = tokenize_pairs(
+        model.tokenizer,
+        load_task(args.task, split="train", data_files=args.data_files, limit=args.limit, **task_options(args)),
+    )
+    if with_ids:
+        for i, e in enumerate(examples):
+            e["example_id"] = i
+    stats = collator.check(examples)  # the truncation policy, reported up front for the whole set
+    print(f"{args.task}: {len(examples)} training examples; {stats.summary(args.max_source_len, args.max_target_len)}")
+    collate = WithExampleIds(collator) if with_ids else collator
+    train_source = TaskSource(examples, collate, seed=args.seed)
+    eval_source = None
+    if args.eval_every:
+        val = tokenize_pairs(model.tokenizer, load_task(args.task, split=args.eval_split, **task_options(args)))
+        eval_source = TaskSource(val, collator, shuffle=False, repeat=False)
+    return train_source, eval_source
+
+
+def configure_finetune(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_task_args(p)
+    add_train_args(p, steps=1000, batch=32, micro=8, lr=1e-2)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from encore.train import train
+
+    model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
+    source, eval_source = task_sources(args, model)
+    cfg = train_config(args)
+    cfg.eval_batches = args.eval_batches
+    train(model, cfg, source, eval_source=eval_source)
+    _print_done(args.out)
+    return 0
+
+
+# --- distill -------------------------------------------------------------------------------------------
+
+
+def configure_distill(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--teacher",
+        required=True,
+        help="a Hugging Face causal LM (directory or hub id) or an encore decoder-only checkpoint directory",
+    )
+    p.add_argument("--student", required=True, help="an encoder-decoder preset or checkpoint directory")
+    p.add_argument(
+        "--tokenizer", default=None, help="the shared tokenizer (default: the student checkpoint's, else the teacher's)"
+    )
+    p.add_argument("--teacher-lora", default=None, help="LoRA adapters (peft) merged into the teacher at load")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the teacher's own modeling code")
+    p.add_argument("--alpha", type=float, default=0.5, help="loss = alpha*KD + (1-alpha)*CE")
+    p.add_argument(
+        "--kind",
+        "--divergence",
+        dest="kind",
+        choices=["reverse_kl", "forward_kl", "jsd"],
+        default="reverse_kl",
+        help="the KD divergence (the paper's: reverse_kl)",
+    )
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--beta", type=float, default=0.5, help="the JSD mixture weight")
+    p.add_argument(
+        "--targets",
+        default="gold",
+        help="target sources and their probabilities, e.g. gold, teacher, student, or gold=0.5,student=0.5",
+    )
+    p.add_argument("--target-max-new-tokens", type=int, default=64, help="length of generated targets")
+    p.add_argument(
+        "--topk",
+        type=int,
+        default=0,
+        help="offline mode: run the teacher once and keep its top-k log-probs per target token on disk "
+        "(fixed targets only: gold or teacher)",
+    )
+    add_task_args(p)
+    add_train_args(p, steps=1000, batch=32, micro=8, lr=1e-2)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from encore.distill import DistillLoss, load_teacher, precompute_topk
+    from encore.sources import DistillSource, parse_target_mix
+    from encore.train import seq2seq_loss, train
+
+    mix = parse_target_mix(args.targets)
+    tokenizer = args.tokenizer
+    if tokenizer is None and not Path(args.student).is_dir():
+        tokenizer = args.teacher  # a fresh student speaks the teacher's tokenizer
+    student = build_model(args.student, tokenizer, args.seed, args.dropout, args.trust_remote_code)
+    if student.config.arch != "encdec":
+        raise ValueError(
+            f"--student {args.student}: distillation trains an encoder-decoder student (got a decoder-only)"
+        )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher = load_teacher(
+        args.teacher,
+        tokenizer=student.tokenizer,
+        device=device,
+        lora=args.teacher_lora,
+        trust_remote_code=args.trust_remote_code,
+    )
+    source, eval_source = task_sources(args, student, with_ids=True)
+    out = Path(args.out)
+    source = DistillSource(
+        source,
+        mix,
+        teacher=teacher if mix.get("teacher") else None,
+        student=student if mix.get("student") else None,
+        max_new_tokens=args.target_max_new_tokens,
+        cache_dir=out / "teacher_targets",
+        seed=args.seed,
+    )
+    if args.topk:
+        if mix.get("student"):
+            raise ValueError("--topk (offline teacher) needs fixed targets: --targets gold or --targets teacher")
+        store = precompute_topk(
+            teacher,
+            source.all_batches(args.micro_batch_size, device),
+            out / "teacher_topk",
+            k=args.topk,
+            temperature=args.temperature,
+            vocab_size=student.config.vocab_size,
+            valid_vocab=teacher.valid_vocab,
+        )
+        loss = DistillLoss(store=store, alpha=args.alpha, kind=args.kind, temperature=args.temperature, beta=args.beta)
+        del teacher
+    else:
+        loss = DistillLoss(
+            teacher,
+            alpha=args.alpha,
+            kind=args.kind,
+            temperature=args.temperature,
+            beta=args.beta,
+            valid_vocab=teacher.valid_vocab,
+        )
+    cfg = train_config(args)
+    cfg.eval_batches = args.eval_batches
+    # validation loss = CE on gold targets: comparable between runs with and without KD
+    train(student, cfg, source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=seq2seq_loss)
+    _print_done(args.out)
     return 0

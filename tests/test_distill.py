@@ -426,7 +426,7 @@ def test_load_encore_decoder_only_teacher(tmp_path):
         for b in range(3):
             x = src[b, : int(src_mask[b].sum())].tolist()
             y = labels[b, : int(tgt_mask[b].sum())].tolist()
-            ref = teacher.model(torch.tensor([x + y]))[0]
+            ref = teacher.model(torch.tensor([[config.bos_token_id] + x + y]))[0][1:]
             torch.testing.assert_close(
                 out[b, : len(y), :40], ref[len(x) - 1 : len(x) - 1 + len(y)], atol=1e-4, rtol=1e-4
             )

@@ -268,15 +268,21 @@ def _seed(seed: int, split: str, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"synthqa/{seed}/{split}/{index}".encode()).digest()[:8], "big")
 
 
-def generate_example(split: str, index: int, seed: int = 0) -> Example:
-    """Example `index` of `split` (any name: a new name is a new, disjoint stream)."""
+def generate_example(split: str, index: int, seed: int = 0, max_entities: int | None = None) -> Example:
+    """Example `index` of `split` (any name: a new name is a new, disjoint stream). `max_entities` caps
+    the cities and companies per world at that number and the people at max(2, that number): shorter
+    contexts (~4 paragraphs at 1) for quick experiments. The random draws are the same either way."""
     rng = random.Random(_seed(seed, split, index))
     w = _World(rng)
     world: dict[str, list[Entity]] = {"person": [], "city": [], "company": []}
+
     # cities and companies first, so that people can be born in / work for them
+    def cap(n: int, floor: int = 1) -> int:
+        return n if max_entities is None else min(n, max(floor, max_entities))
+
     for kind, n, make in (("city", rng.randint(1, 3), w.city_name), ("company", rng.randint(1, 2), w.company_name)):
-        world[kind] = [Entity(kind, make()) for _ in range(n)]
-    world["person"] = [Entity("person", w.person_name()) for _ in range(rng.randint(2, 4))]
+        world[kind] = [Entity(kind, make()) for _ in range(cap(n))]
+    world["person"] = [Entity("person", w.person_name()) for _ in range(cap(rng.randint(2, 4), 2))]
     for kind, entities in world.items():
         attrs = list(ATTRS[kind])
         for e in entities:
@@ -334,13 +340,18 @@ def _question(e: Entity, attr: str, rng: random.Random) -> str:
     return rng.choice(ATTRS[e.kind][attr][1]).format(e=e.name)
 
 
-def load(split: str = "train", *, size: int | None = None, seed: int = 0) -> Iterator[dict]:
-    """{"source", "target"} for each example of a split; `size` overrides the split's default size."""
+def load(
+    split: str = "train", *, size: int | None = None, seed: int = 0, max_entities: int | None = None
+) -> Iterator[dict]:
+    """{"source", "target"} for each example of a split; `size` overrides the split's default size;
+    `max_entities` makes smaller worlds (see `generate_example`)."""
     if split not in SPLITS:
         raise ValueError(f"synthqa has no split {split!r}; splits: {', '.join(SPLITS)}")
     n = SPLITS[split] if size is None else size
     if n < 0:
         raise ValueError(f"synthqa: size must be >= 0, got {size}")
+    if max_entities is not None and max_entities < 1:
+        raise ValueError(f"synthqa: max_entities must be >= 1, got {max_entities}")
     for i in range(n):
-        ex = generate_example(split, i, seed)
+        ex = generate_example(split, i, seed, max_entities)
         yield {"source": ex.source, "target": ex.target}

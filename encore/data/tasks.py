@@ -18,7 +18,8 @@ Tasks (`task_names()`; `TASKS` holds their descriptions and splits):
                     CodeXGLUE code-to-text as its benchmark scripts feed it (the tokens leave the
                     docstring out of the code). Option `language` (hub config, default "python").
     code2doc        stdlib functions -> first docstring sentence (`encore.data.code2doc`), offline.
-    synthqa         generated SQuAD-2-style QA (`encore.data.synthqa`), offline; options `size`, `seed`.
+    synthqa         generated SQuAD-2-style QA (`encore.data.synthqa`), offline; options `size`, `seed`,
+                    `max_entities` (smaller worlds, shorter contexts).
     <file>          a .jsonl / .jsonl.gz / .json / .parquet file of pairs; options `source_field`,
                     `target_field` (default "source" / "target"). The file is its one split, so
                     `split` is not checked.
@@ -198,7 +199,7 @@ TASKS: dict[str, Task] = {
             "synthqa",
             "generated SQuAD-2-style QA over fictional worlds, 1/3 unanswerable (offline)",
             ("train", "validation", "test"),
-            ("size", "seed"),
+            ("size", "seed", "max_entities"),
             builtin=_synthqa,
         ),
     )

@@ -161,7 +161,7 @@ class LanguageModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
-        text = json.dumps({**self.config.to_dict(), "model_type": "encore"}, indent=2, sort_keys=True) + "\n"
+        text = json.dumps({**self.config.to_json_dict(), "model_type": "encore"}, indent=2, sort_keys=True) + "\n"
         atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
@@ -211,9 +211,9 @@ class LanguageModel(nn.Module):
         if dtype is not None:
             model.to(dtype)
         if (directory / "tokenizer.json").exists():
-            from transformers import AutoTokenizer
+            from encore.tokenizer import auto_tokenizer
 
-            model.tokenizer = AutoTokenizer.from_pretrained(str(directory))
+            model.tokenizer = auto_tokenizer(directory)
         return model.eval()
 
 
