@@ -110,6 +110,10 @@ class WithExampleIds:
 TARGET_SOURCES = ("gold", "teacher", "student")
 
 
+def _is_main_process() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
 def parse_target_mix(spec: str) -> dict[str, float]:
     """ "gold" | "teacher" | "student" | "gold=0.5,student=0.5" -> probabilities that sum to 1."""
     mix: dict[str, float] = {}
@@ -203,7 +207,7 @@ class DistillSource:
         for e, ids in zip(examples, new):
             self.teacher_targets[e["example_id"]] = ids
             lines.append(json.dumps({"example_id": e["example_id"], "target_ids": ids}))
-        if self.cache_file is not None:
+        if self.cache_file is not None and _is_main_process():  # every rank generates the same; one writes
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.cache_file, "a") as f:
                 f.write("\n".join(lines) + "\n")
@@ -220,7 +224,11 @@ class DistillSource:
         if teacher:
             from encore.distill import generate_teacher_targets
 
-            new, new_mask = generate_teacher_targets(self.teacher, ids, mask, max_new_tokens=self.max_new_tokens)
+            device = next(self.teacher.parameters()).device
+            new, new_mask = generate_teacher_targets(
+                self.teacher, ids.to(device), mask.to(device), max_new_tokens=self.max_new_tokens
+            )
+            new, new_mask = new.cpu(), new_mask.cpu()
             eos = getattr(self.teacher.tokenizer, "eos_token_id", None)
             if eos is None and self.teacher.is_encore:
                 eos = self.teacher.model.config.eos_token_id

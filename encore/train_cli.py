@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,11 @@ import torch
 from encore.config import ModelConfig
 from encore.model import DecoderOnly, EncoderDecoder, LanguageModel, load
 from encore.train import TrainConfig
+
+TASK_HELP = (
+    "a task name (code2doc, synthqa, squad_v2, xsum, code_x_glue_ct) or a .jsonl/.json/.parquet file of "
+    "source/target pairs"
+)
 
 # --- shared pieces ------------------------------------------------------------------------------------
 
@@ -254,8 +260,7 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         required=True,
-        help="a task name (code2doc, synthqa, squad_v2, xsum, code_x_glue_ct) "
-        "or a .jsonl/.json/.parquet file of source/target pairs",
+        help=TASK_HELP,
     )
     p.add_argument("--split", default="validation")
     p.add_argument("--data-files", default=None, help="local files for a hub task's split")
@@ -348,8 +353,7 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         required=True,
-        help="a task name (code2doc, synthqa, squad_v2, xsum, code_x_glue_ct) or a .jsonl/.json/.parquet "
-        "file of source/target pairs",
+        help=TASK_HELP,
     )
     p.add_argument("--data-files", default=None, help="local files for a hub task's training split")
     add_task_option_arg(p)
@@ -493,7 +497,7 @@ def run_distill(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--student {args.student}: distillation trains an encoder-decoder student (got a decoder-only)"
         )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     teacher = load_teacher(
         args.teacher,
         tokenizer=student.tokenizer,

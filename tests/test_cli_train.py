@@ -145,3 +145,15 @@ def test_distill_cli_online_mixed_and_offline_topk(tmp_path):
     assert torch.isfinite(torch.tensor([r["loss"] for r in records(offline)])).all()
     # a decoder-only student is refused with a clear message
     assert main([*common[:3], "--student", teacher_cfg, *common[5:], "--out", str(tmp_path / "x")]) == 2
+
+
+def test_python_dash_m_and_help():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "encore", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for command in ("pretrain", "finetune", "distill", "generate", "eval", "bench"):
+        assert command in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "encore", "nope"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
