@@ -95,10 +95,12 @@ def seq2seq_loss(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
 def causal_lm_loss(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
     """Next-token cross-entropy of a decoder-only model; `labels` are aligned with `input_ids`
     (-100 on prompt and padding), so position t predicts labels[t + 1]."""
-    logits = model(batch["input_ids"], batch["attention_mask"])
     labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
-    return loss, (labels != -100).sum()
+    scored = labels != -100
+    # logits only where a label follows: after a long prompt most positions carry none
+    logits = model(batch["input_ids"], batch["attention_mask"], F.pad(scored, (0, 1), value=False))
+    loss = F.cross_entropy(logits.float(), labels[scored], reduction="sum")
+    return loss, scored.sum()
 
 
 def default_loss(model: nn.Module) -> LossFn:

@@ -31,10 +31,21 @@ class DecoderOnly(LanguageModel):
         )
         self._init_weights()
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Logits [B, T, V] for every position."""
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, logits_mask: Tensor | None = None
+    ) -> Tensor:
+        """Logits [B, T, V] for every position; with `logits_mask` [B, T] (bool), only at the marked
+        positions, [N, V] in row-major order (training on a target after a long prompt then skips
+        the head and the softmax over the prompt)."""
         check_ids(input_ids, attention_mask, self.config.vocab_size)
-        return self.head(self._run(input_ids, padding_mask(attention_mask)))
+        hidden = self._run(input_ids, padding_mask(attention_mask))
+        if logits_mask is not None:
+            if logits_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"logits_mask has shape {tuple(logits_mask.shape)}, input_ids {tuple(input_ids.shape)}"
+                )
+            hidden = hidden[logits_mask.bool()]
+        return self.head(hidden)
 
     def _run(self, input_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None) -> Tensor:
         """Hidden states [B, T, D] (before the final norm); fills `cache` from slot 0 when given."""
