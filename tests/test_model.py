@@ -224,6 +224,9 @@ def test_config_json_round_trip_and_validation(tmp_path):
         ModelConfig.preset("encdec-tiny", n_kv_heads=3)
     with pytest.raises(ValueError, match="unknown preset"):
         ModelConfig.preset("encdec-7b")
+    # config.json spells rope_scaling as rope_ntk_factor (transformers parses a rope_scaling key)
+    assert "rope_scaling" not in (tmp_path / "c.json").read_text()
+    assert ModelConfig.from_dict(config.to_dict()) == config
     (tmp_path / "broken.json").write_text("{nope")
     with pytest.raises(ValueError, match="line 1"):
         ModelConfig.load(tmp_path / "broken.json")
@@ -266,3 +269,14 @@ def test_forward_bad_input(arch):
 def test_zero_new_tokens(arch):
     out = make_model(arch).generate(torch.tensor([[3, 4]]), max_new_tokens=0)
     assert out.shape == (1, 0)
+
+
+def test_decoder_only_logits_mask_selects_positions():
+    model = make_model("deconly")
+    ids = torch.randint(3, 512, (2, 6))
+    keep = torch.zeros(2, 6, dtype=torch.bool)
+    keep[0, 2] = keep[1, 4:] = True
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, logits_mask=keep), model(ids)[keep])
+    with pytest.raises(ValueError, match="logits_mask has shape"):
+        model(ids, logits_mask=keep[:, :3])
