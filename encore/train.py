@@ -162,7 +162,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise TrainingError("--tensorboard needs the tensorboard package: pip install 'encore[tensorboard]'") from e
+                raise TrainingError(
+                    "--tensorboard needs the tensorboard package: pip install 'encore[tensorboard]'"
+                ) from e
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
