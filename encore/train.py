@@ -307,13 +307,10 @@ def train(
             # global token count, which normalises the loss, without communication.
             shares = [_split(examples, d.world_size, r, config.micro_batch_size) for r in range(d.world_size)]
             collated = [[source.collate(micro) for micro in share] for share in shares]
-            n_tokens = _count_tokens([b for share in collated for b in share], loss_fn)
+            all_micro = [b for share in collated for b in share]
+            n_tokens = _count_tokens(all_micro, loss_fn)
             n_processed = sum(  # every real token the model reads: encoder input + decoder input, or the sequence
-                int(b[k].sum())
-                for share in collated
-                for b in share
-                for k in ("attention_mask", "decoder_attention_mask")
-                if k in b
+                int(b[k].sum()) for b in all_micro for k in ("attention_mask", "decoder_attention_mask") if k in b
             )
             micro_batches = collated[d.rank]
             loss_sum = torch.zeros((), device=d.device)

@@ -56,7 +56,8 @@ def add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, micro: in
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--keep-last", type=int, default=3)
-    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps (tasks only)")
+    p.add_argument("--eval-batches", type=int, default=8, help="micro-batches per validation loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
@@ -80,6 +81,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         save_every=args.save_every,
         keep_last=args.keep_last,
         eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
         seed=args.seed,
         precision=args.precision,
         resume=args.resume,
@@ -367,7 +369,6 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
         help="too-long sources: cut the end (right), the start (left), or stop with an error",
     )
     p.add_argument("--eval-split", default="validation", help="split for --eval-every's validation loss")
-    p.add_argument("--eval-batches", type=int, default=8)
 
 
 def add_task_option_arg(p: argparse.ArgumentParser) -> None:
@@ -433,9 +434,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
     source, eval_source = task_sources(args, model)
-    cfg = train_config(args)
-    cfg.eval_batches = args.eval_batches
-    train(model, cfg, source, eval_source=eval_source)
+    train(model, train_config(args), source, eval_source=eval_source)
     _print_done(args.out)
     return 0
 
@@ -539,9 +538,7 @@ def run_distill(args: argparse.Namespace) -> int:
             beta=args.beta,
             valid_vocab=teacher.valid_vocab,
         )
-    cfg = train_config(args)
-    cfg.eval_batches = args.eval_batches
     # validation loss = CE on gold targets: comparable between runs with and without KD
-    train(student, cfg, source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=seq2seq_loss)
+    train(student, train_config(args), source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=seq2seq_loss)
     _print_done(args.out)
     return 0
