@@ -488,6 +488,8 @@ def run_distill(args: argparse.Namespace) -> int:
     from encore.train import seq2seq_loss, train
 
     mix = parse_target_mix(args.targets)
+    if args.teacher.startswith((".", "/", "~")) and not Path(args.teacher).expanduser().is_dir():
+        raise FileNotFoundError(f"--teacher {args.teacher}: no such checkpoint directory")
     tokenizer = args.tokenizer
     if tokenizer is None and not Path(args.student).is_dir():
         tokenizer = args.teacher  # a fresh student speaks the teacher's tokenizer
