@@ -37,6 +37,7 @@ import torch
 
 from encore.config import ModelConfig
 from encore.costmodel import Machine, dtype_bytes, generation_cost, measure_machine
+from encore.model.layers import CPU_LINEAR_BACKENDS, cpu_linear, set_cpu_linear
 
 # The paper's headline (arXiv 2501.16273, 330M models): the encoder-decoder's first-token latency is
 # 47% lower and its throughput 4.7x higher than the decoder-only model's.
@@ -69,6 +70,7 @@ class BenchConfig:
     peak_flops: float | None = None  # FLOP/s for the cost model; None: probe it
     mem_bandwidth: float | None = None  # bytes/s for the cost model; None: probe it
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
+    cpu_linear: str = "onednn"  # encore's fp32 CPU projection kernel: "onednn" | "aten" (F.linear)
     seed: int = 0
     progress: bool | None = None  # None: a progress bar on a terminal, none under CI / ENCORE_QUIET
     report: bool = True  # print the tables
@@ -105,6 +107,8 @@ class BenchConfig:
                 fail(name, f"must be an integer >= {low}")
         if self.threads is not None and self.threads < 1:
             fail("threads", "must be >= 1")
+        if self.cpu_linear not in CPU_LINEAR_BACKENDS:
+            fail("cpu_linear", f"must be one of {CPU_LINEAR_BACKENDS}")
         for name in ("peak_flops", "mem_bandwidth"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 fail(name, "must be positive")
@@ -149,6 +153,7 @@ class SubjectSpec:
     device: str
     dtype: str
     seed: int
+    cpu_linear: str = "onednn"  # set in the worker before it builds (encore models only use it)
 
 
 def make_subject(spec: SubjectSpec) -> Subject:
@@ -486,6 +491,7 @@ class Worker:
 
     def __init__(self, spec: SubjectSpec, threads: int):
         torch.set_num_threads(threads)
+        set_cpu_linear(spec.cpu_linear)
         self.subject = make_subject(spec)
         self.device = torch.device(spec.device)
         self.seed = spec.seed
@@ -697,17 +703,25 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     started = time.perf_counter()
-    if cfg.peak_flops and cfg.mem_bandwidth:
-        machine = Machine(cfg.peak_flops, cfg.mem_bandwidth, measured=False)
-    else:  # probe before any worker starts building, so the probes have the machine to themselves
-        probed = measure_machine(cfg.device, getattr(torch, dtype_name))
-        machine = Machine(cfg.peak_flops or probed.peak_flops, cfg.mem_bandwidth or probed.mem_bandwidth, True)
+    previous_linear = set_cpu_linear(cfg.cpu_linear)  # the probes use the models' kernel
+    try:
+        cpu_linear_used = cpu_linear()
+        if cfg.peak_flops and cfg.mem_bandwidth:
+            machine = Machine(cfg.peak_flops, cfg.mem_bandwidth, measured=False)
+        else:  # probe before any worker starts building, so the probes have the machine to themselves
+            probed = measure_machine(cfg.device, getattr(torch, dtype_name))
+            machine = Machine(cfg.peak_flops or probed.peak_flops, cfg.mem_bandwidth or probed.mem_bandwidth, True)
+    finally:
+        set_cpu_linear(previous_linear)
 
-    specs = [SubjectSpec("encore", cfg.model, max_len, cfg.device, dtype_name, cfg.seed)]
+    def spec(kind: str, model: str, length: int) -> SubjectSpec:
+        return SubjectSpec(kind, model, length, cfg.device, dtype_name, cfg.seed, cfg.cpu_linear)
+
+    specs = [spec("encore", cfg.model, max_len)]
     if cfg.baseline:
-        specs.append(SubjectSpec("encore", cfg.baseline, max_len, cfg.device, dtype_name, cfg.seed))
+        specs.append(spec("encore", cfg.baseline, max_len))
     if cfg.vs_hf:
-        specs += [SubjectSpec("hf", s.model, full_len, cfg.device, dtype_name, cfg.seed) for s in list(specs)]
+        specs += [spec("hf", s.model, full_len) for s in list(specs)]
     subjects = [make_subject(s) for s in specs]  # configs and labels only; workers build the weights
     if len({s.label for s in subjects}) < len(subjects):
         raise ValueError(f"--model and --baseline name the same model ({subjects[0].label}); pick two")
@@ -760,6 +774,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "results": results,
         "device_name": _device_name(device),
         "dtype": dtype_name,
+        "cpu_linear": cpu_linear_used if cfg.device == "cpu" else None,
         "machine": {
             "peak_flops": machine.peak_flops,
             "mem_bandwidth_bytes_per_s": machine.mem_bandwidth,
@@ -873,9 +888,10 @@ def _f(x: float | None, spec: str) -> str:
 def format_report(doc: dict, cfg: BenchConfig | None = None) -> str:
     m = doc["machine"]
     how = "probed" if m["measured"] else "given"
+    kernel = f", encore linear: {doc['cpu_linear']}" if doc.get("cpu_linear") else ""
     lines = [
         f"encore bench: {doc['device']} ({doc['device_name']}), {doc['dtype']}, {doc['threads']} threads, "
-        f"torch {doc['torch']}; roofline {how}: {m['peak_flops'] / 1e9:.0f} GFLOP/s, "
+        f"torch {doc['torch']}{kernel}; roofline {how}: {m['peak_flops'] / 1e9:.0f} GFLOP/s, "
         f"{m['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
         "",
         f"{'model':<30} {'backend':<12} {'params':>7} {'in->out':>10} {'B':>3} {'TTFT s':>8} {'decode tok/s':>13} "
@@ -1098,6 +1114,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-gflops", type=float, help="cost model FLOP/s in GFLOP/s (default: probe)")
     parser.add_argument("--bandwidth-gbs", type=float, help="cost model memory bandwidth in GB/s (default: probe)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--cpu-linear",
+        choices=CPU_LINEAR_BACKENDS,
+        default=d.cpu_linear,
+        help="encore's fp32 CPU projection kernel (%(default)s; 'aten' = F.linear, torch's BLAS)",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -1130,6 +1152,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         peak_flops=None if args.peak_gflops is None else args.peak_gflops * 1e9,
         mem_bandwidth=None if args.bandwidth_gbs is None else args.bandwidth_gbs * 1e9,
         threads=args.threads,
+        cpu_linear=args.cpu_linear,
         seed=args.seed,
         progress=False if args.quiet else None,
         isolate=not args.in_process,

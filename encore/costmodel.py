@@ -31,12 +31,14 @@ Counting rules (the assumptions, stated once):
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 
 from encore.config import ModelConfig
+from encore.model.layers import linear
 
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8}
 
@@ -66,23 +68,26 @@ class Machine:
             raise ValueError(f"Machine needs positive peak_flops and mem_bandwidth, got {self}")
 
 
-def _timed(fn, budget_s: float, sync) -> tuple[int, float]:
+def _median_call(fn, budget_s: float, sync) -> float:
+    """Median seconds per call over the calls that fit in `budget_s`: on a shared machine one call
+    can catch a burst of other load or an idle moment of the memory system, the median neither
+    (and the bench reports medians too)."""
     fn()  # warm-up: first-call allocation and thread start-up stay out of the measurement
     sync()
-    start, calls = time.perf_counter(), 0
-    while True:
+    start, times = time.perf_counter(), []
+    while not times or times[-1][1] - start < budget_s:
+        t0 = time.perf_counter()
         fn()
-        calls += 1
         sync()
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget_s:
-            return calls, elapsed
+        times.append((t0, time.perf_counter()))
+    return statistics.median(end - begin for begin, end in times)
 
 
 def measure_machine(device: str = "cpu", dtype: torch.dtype = torch.float32, budget_s: float = 0.3) -> Machine:
     """Probe peak FLOP/s with a [512 x D] @ [D x 4D] matmul (prefill-like) and bandwidth with a
     matrix-vector product over a matrix far larger than the caches (decode-like: each weight read once,
-    2 FLOPs per element read). Each probe runs for about `budget_s` seconds."""
+    2 FLOPs per element read), both through the models' own `linear` kernel. Each probe runs for
+    about `budget_s` seconds."""
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     with torch.inference_mode():
@@ -96,17 +101,15 @@ def measure_machine(device: str = "cpu", dtype: torch.dtype = torch.float32, bud
 def _probe_flops(dev: torch.device, dtype: torch.dtype, budget_s: float, sync) -> float:
     k = 4096 if dev.type == "cuda" else 1024
     a = torch.randn(8192 if dev.type == "cuda" else 512, k, device=dev, dtype=dtype)
-    b = torch.randn(k, 4 * k, device=dev, dtype=dtype)
-    calls, elapsed = _timed(lambda: a @ b, budget_s, sync)
-    return 2 * a.shape[0] * k * b.shape[1] * calls / elapsed
+    w = torch.randn(4 * k, k, device=dev, dtype=dtype)
+    return 2 * a.shape[0] * k * w.shape[0] / _median_call(lambda: linear(a, w), budget_s, sync)
 
 
 def _probe_bandwidth(dev: torch.device, dtype: torch.dtype, budget_s: float, sync) -> float:
     rows = (1 << 30 if dev.type == "cuda" else 1 << 28) // (4096 * dtype_bytes(dtype))  # 1 GiB / 256 MiB
     w = torch.full((rows, 4096), 0.5, device=dev, dtype=dtype)  # written, so every page is really mapped
-    x = torch.full((4096,), 0.5, device=dev, dtype=dtype)
-    calls, elapsed = _timed(lambda: w @ x, budget_s, sync)
-    return w.numel() * w.element_size() * calls / elapsed
+    x = torch.full((1, 4096), 0.5, device=dev, dtype=dtype)
+    return w.numel() * w.element_size() / _median_call(lambda: linear(x, w), budget_s, sync)
 
 
 # --- costs --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from encore.bench import (
     validate_bench_json,
 )
 from encore.cli import main
+from encore.model.layers import cpu_linear
 
 # a fixed roofline skips the machine probes; a few tokens keep every run in milliseconds
 TINY = dict(
@@ -68,6 +69,7 @@ def test_end_to_end_json_plot_and_report(tmp_path, capsys):
     validate_bench_json(json.loads(json_path.read_text()))
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert doc["device"] == "cpu" and doc["threads"] == torch.get_num_threads() and doc["torch"] == torch.__version__
+    assert doc["cpu_linear"] == cpu_linear()
 
     results = doc["results"]
     assert {(r["model"], r["input_len"], r["output_len"]) for r in results} == {
@@ -160,10 +162,12 @@ def test_cli(tmp_path, capsys):
     out = tmp_path / "b.json"
     argv = ["bench", "--model", "encdec-tiny", "--baseline", "deconly-tiny", "--input-len", "12", "--output-len", "3"]
     argv += ["--repeats", "1", "--warmup", "0", "--no-sweep", "--json", str(out), "--plot", "", "--quiet"]
-    argv += ["--peak-gflops", "100", "--bandwidth-gbs", "20"]
+    argv += ["--peak-gflops", "100", "--bandwidth-gbs", "20", "--cpu-linear", "aten"]
+    before = cpu_linear()
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     validate_bench_json(doc)
+    assert doc["cpu_linear"] == "aten" and cpu_linear() == before  # the workers' setting, not this process's
     assert [r["model"] for r in doc["results"]] == ["encdec-tiny", "deconly-tiny"]
     assert doc["machine"] == {"peak_flops": 1e11, "mem_bandwidth_bytes_per_s": 2e10, "measured": False}
     assert not (tmp_path / "bench.png").exists()

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from encore.config import ModelConfig
 from encore.model.cache import GenerationCache
-from encore.model.layers import RMSNorm, RotaryEmbedding, init_weights
+from encore.model.layers import Linear, RMSNorm, RotaryEmbedding, init_weights, linear
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -96,7 +96,7 @@ class LanguageModel(nn.Module):
         config.validate()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size)
         self.rope = RotaryEmbedding(config)
         self.final_norm = RMSNorm(config.d_model, config.norm_eps)
         self.tokenizer: Any = None  # a transformers tokenizer, saved beside the weights when set
@@ -107,7 +107,7 @@ class LanguageModel(nn.Module):
     def head(self, h: Tensor) -> Tensor:
         """Final norm + (tied) output projection: [.., D] -> [.., V]."""
         h = self.final_norm(h)
-        return h @ self.embed.weight.T if self.lm_head is None else self.lm_head(h)
+        return linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
 
     # --- to be provided by each architecture ---------------------------------------------------
 

@@ -7,6 +7,7 @@ Attention masks are boolean and broadcastable to [B, 1, T, S]; True means "may a
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,77 @@ from torch import Tensor, nn
 from encore.config import ModelConfig
 
 Rope = tuple[Tensor, Tensor]  # (cos, sin), each broadcastable to [B, H, T, Dh]
+
+# --- the one matrix product every projection goes through ---------------------------------------
+
+CPU_LINEAR_BACKENDS = ("onednn", "aten")
+
+
+def _find_onednn_linear():
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):  # a build without the op
+        return None
+
+
+_onednn_linear = _find_onednn_linear()
+_PLAIN = (Tensor, nn.Parameter)  # not DTensor (FSDP2), FakeTensor (torch.compile), ...
+_use_onednn = False
+
+
+def set_cpu_linear(backend: str) -> str:
+    """Which kernel runs fp32 projections on the CPU at inference: "onednn" (the default; falls
+    back to "aten" where torch has no oneDNN) or "aten" (F.linear, i.e. the BLAS torch was built
+    with). The environment variable ENCORE_CPU_LINEAR sets it at import. Returns the previous one."""
+    global _use_onednn
+    previous = cpu_linear()
+    if backend not in CPU_LINEAR_BACKENDS:
+        raise ValueError(
+            f"CPU linear backend (ENCORE_CPU_LINEAR) must be one of {CPU_LINEAR_BACKENDS}, got {backend!r}"
+        )
+    _use_onednn = backend == "onednn" and _onednn_linear is not None
+    return previous
+
+
+def cpu_linear() -> str:
+    """The kernel fp32 CPU inference uses for projections now: "onednn" or "aten"."""
+    return "onednn" if _use_onednn else "aten"
+
+
+set_cpu_linear(os.environ.get("ENCORE_CPU_LINEAR", "onednn"))
+
+
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x [.., in] @ weight[out, in].T -> [.., out].
+
+    fp32 on the CPU with no autograd goes through oneDNN (`mkldnn::_linear_pointwise`, the kernel
+    torch.compile emits for CPU linears) on the unchanged weight. F.linear's fp32 route is MKL sgemm,
+    which on AMD Zen runs at about half of oneDNN's speed: 19 vs 33 GB/s for decoding's
+    matrix-vector products, 2.4x slower for prefill's matrices (docs/bench.md). Everything else
+    (training, GPU, other dtypes, tensor subclasses) is F.linear."""
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and _use_onednn
+        and type(x) in _PLAIN
+        and type(weight) in _PLAIN
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    ):
+        return _onednn_linear(x, weight, None, "none", [], "")
+    return F.linear(x, weight)
+
+
+class Linear(nn.Linear):
+    """nn.Linear without bias whose forward is `linear` (the parameter and its name stay nn.Linear's,
+    so checkpoints, hooks and peft wrapping are unchanged)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -92,8 +164,8 @@ class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.qkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=False)
-        self.out = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        self.qkv = Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim)
+        self.out = Linear(self.n_heads * self.head_dim, config.d_model)
         self.dropout = config.dropout
 
     def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, causal: bool, cache=None, layer: int = 0) -> Tensor:
@@ -115,9 +187,9 @@ class CrossAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.q = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=False)
-        self.kv = nn.Linear(config.d_model, 2 * self.n_kv_heads * self.head_dim, bias=False)
-        self.out = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        self.q = Linear(config.d_model, self.n_heads * self.head_dim)
+        self.kv = Linear(config.d_model, 2 * self.n_kv_heads * self.head_dim)
+        self.out = Linear(self.n_heads * self.head_dim, config.d_model)
         self.dropout = config.dropout
 
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,8 +209,8 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.swiglu = config.mlp_type == "swiglu"
-        self.up = nn.Linear(config.d_model, (2 if self.swiglu else 1) * config.mlp_dim, bias=False)
-        self.down = nn.Linear(config.mlp_dim, config.d_model, bias=False)
+        self.up = Linear(config.d_model, (2 if self.swiglu else 1) * config.mlp_dim)
+        self.down = Linear(config.mlp_dim, config.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.swiglu:
