@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +38,10 @@ _use_onednn = False
 
 
 def set_cpu_linear(backend: str) -> str:
-    """Which kernel runs fp32 projections on the CPU at inference: "onednn" (the default; falls
-    back to "aten" where torch has no oneDNN) or "aten" (F.linear, i.e. the BLAS torch was built
-    with). The environment variable ENCORE_CPU_LINEAR sets it at import. Returns the previous one."""
+    """Which kernel runs fp32 projections on the CPU at inference: "onednn" (falls back to "aten"
+    where torch has no oneDNN) or "aten" (F.linear, i.e. the BLAS torch was built with). The default
+    is "onednn" on x86-64, where it was measured, "aten" elsewhere; the environment variable
+    ENCORE_CPU_LINEAR sets it at import. Returns the previous one."""
     global _use_onednn
     previous = cpu_linear()
     if backend not in CPU_LINEAR_BACKENDS:
@@ -55,7 +57,8 @@ def cpu_linear() -> str:
     return "onednn" if _use_onednn else "aten"
 
 
-set_cpu_linear(os.environ.get("ENCORE_CPU_LINEAR", "onednn"))
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+set_cpu_linear(os.environ.get("ENCORE_CPU_LINEAR", "onednn" if _X86 else "aten"))
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
