@@ -70,7 +70,7 @@ class BenchConfig:
     peak_flops: float | None = None  # FLOP/s for the cost model; None: probe it
     mem_bandwidth: float | None = None  # bytes/s for the cost model; None: probe it
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
-    cpu_linear: str = "onednn"  # encore's fp32 CPU projection kernel: "onednn" | "aten" (F.linear)
+    cpu_linear: str | None = None  # encore's fp32 CPU kernel, "onednn" | "aten" (F.linear); None: encore's setting
     seed: int = 0
     progress: bool | None = None  # None: a progress bar on a terminal, none under CI / ENCORE_QUIET
     report: bool = True  # print the tables
@@ -107,8 +107,8 @@ class BenchConfig:
                 fail(name, f"must be an integer >= {low}")
         if self.threads is not None and self.threads < 1:
             fail("threads", "must be >= 1")
-        if self.cpu_linear not in CPU_LINEAR_BACKENDS:
-            fail("cpu_linear", f"must be one of {CPU_LINEAR_BACKENDS}")
+        if self.cpu_linear is not None and self.cpu_linear not in CPU_LINEAR_BACKENDS:
+            fail("cpu_linear", f"must be None or one of {CPU_LINEAR_BACKENDS}")
         for name in ("peak_flops", "mem_bandwidth"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 fail(name, "must be positive")
@@ -153,7 +153,7 @@ class SubjectSpec:
     device: str
     dtype: str
     seed: int
-    cpu_linear: str = "onednn"  # set in the worker before it builds (encore models only use it)
+    cpu_linear: str | None = None  # set in the worker before it builds (only encore models use it)
 
 
 def make_subject(spec: SubjectSpec) -> Subject:
@@ -491,7 +491,8 @@ class Worker:
 
     def __init__(self, spec: SubjectSpec, threads: int):
         torch.set_num_threads(threads)
-        set_cpu_linear(spec.cpu_linear)
+        if spec.cpu_linear:
+            set_cpu_linear(spec.cpu_linear)
         self.subject = make_subject(spec)
         self.device = torch.device(spec.device)
         self.seed = spec.seed
@@ -703,7 +704,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     started = time.perf_counter()
-    previous_linear = set_cpu_linear(cfg.cpu_linear)  # the probes use the models' kernel
+    previous_linear = set_cpu_linear(cfg.cpu_linear or cpu_linear())  # the probes use the models' kernel
     try:
         cpu_linear_used = cpu_linear()
         if cfg.peak_flops and cfg.mem_bandwidth:
@@ -715,7 +716,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         set_cpu_linear(previous_linear)
 
     def spec(kind: str, model: str, length: int) -> SubjectSpec:
-        return SubjectSpec(kind, model, length, cfg.device, dtype_name, cfg.seed, cfg.cpu_linear)
+        return SubjectSpec(kind, model, length, cfg.device, dtype_name, cfg.seed, cpu_linear_used)
 
     specs = [spec("encore", cfg.model, max_len)]
     if cfg.baseline:
@@ -1117,8 +1118,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cpu-linear",
         choices=CPU_LINEAR_BACKENDS,
-        default=d.cpu_linear,
-        help="encore's fp32 CPU projection kernel (%(default)s; 'aten' = F.linear, torch's BLAS)",
+        help="encore's fp32 CPU projection kernel ('aten' = F.linear, torch's BLAS; default: onednn on x86-64, "
+        "else aten, or ENCORE_CPU_LINEAR)",
     )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
