@@ -66,8 +66,8 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
 
     fp32 on the CPU with no autograd goes through oneDNN (`mkldnn::_linear_pointwise`, the kernel
     torch.compile emits for CPU linears) on the unchanged weight. F.linear's fp32 route is MKL sgemm,
-    which on AMD Zen runs at about half of oneDNN's speed: 19 vs 33 GB/s for decoding's
-    matrix-vector products, 2.4x slower for prefill's matrices (docs/bench.md). Everything else
+    which on AMD Zen runs at about half of oneDNN's speed: ~23 vs ~36 GB/s for decoding's
+    matrix-vector products, ~200 vs ~440 GFLOP/s for prefill's matrices (docs/bench.md). Everything else
     (training, GPU, other dtypes, tensor subclasses) is F.linear."""
     if (
         x.device.type == "cpu"
