@@ -83,15 +83,28 @@ class ModelConfig:
 
     # --- parameter accounting -------------------------------------------------------------------
 
+    def matrix_params(self) -> dict[str, int]:
+        """Parameters of the weight matrices, grouped by when generation uses them (the cost model
+        prices these): per layer `self_attn` (fused QKV + output), `mlp`; per decoder layer of an
+        encoder-decoder `cross_q_out` (query + output, every step) and `cross_kv` (once per request);
+        `head` (vocab x d_model)."""
+        d, hd = self.d_model, self.head_dim
+        encdec = self.arch == "encdec"
+        return {
+            "self_attn": d * (self.n_heads + 2 * self.n_kv_heads) * hd + self.n_heads * hd * d,
+            "cross_q_out": 2 * d * self.n_heads * hd if encdec else 0,
+            "cross_kv": d * 2 * self.n_kv_heads * hd if encdec else 0,
+            "mlp": (3 if self.mlp_type == "swiglu" else 2) * d * self.mlp_dim,
+            "head": self.vocab_size * d,
+        }
+
     def param_counts(self) -> dict[str, int]:
         """Parameters split into embedding / encoder / decoder / total (tied head counted once)."""
-        d, hd = self.d_model, self.head_dim
-        attn = d * (self.n_heads + 2 * self.n_kv_heads) * hd + self.n_heads * hd * d
-        mlp = (3 if self.mlp_type == "swiglu" else 2) * d * self.mlp_dim
-        norm = d
-        enc_layer = attn + mlp + 2 * norm
-        dec_layer = attn + mlp + 2 * norm + ((attn + norm) if self.arch == "encdec" else 0)
-        embedding = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        m, norm = self.matrix_params(), self.d_model
+        enc_layer = m["self_attn"] + m["mlp"] + 2 * norm
+        cross = (m["cross_q_out"] + m["cross_kv"] + norm) if self.arch == "encdec" else 0
+        dec_layer = m["self_attn"] + m["mlp"] + 2 * norm + cross
+        embedding = self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
         encoder = self.n_encoder_layers * enc_layer + (norm if self.n_encoder_layers else 0)
         decoder = self.n_decoder_layers * dec_layer + norm
         return {"embedding": embedding, "encoder": encoder, "decoder": decoder, "total": embedding + encoder + decoder}
@@ -162,7 +175,7 @@ _1B = dict(d_model=1536, n_heads=12, n_kv_heads=4, head_dim=128, mlp_dim=6144, v
 _TINY = dict(d_model=256, n_heads=4, n_kv_heads=2, head_dim=64, mlp_dim=1024, vocab_size=8192, max_seq_len=2048)
 
 # Decoder-only layer counts are chosen so the parameter count matches the encoder-decoder of the
-# same family within 3% (tests/test_config.py checks it): a decoder-only layer has no cross-attention.
+# same family within 3% (tests/test_model.py checks it): a decoder-only layer has no cross-attention.
 PRESETS: dict[str, dict[str, Any]] = {
     "encdec-330m": dict(_330M, arch="encdec", n_encoder_layers=20, n_decoder_layers=10),
     "encdec-330m-half": dict(_330M, arch="encdec", n_encoder_layers=15, n_decoder_layers=14),

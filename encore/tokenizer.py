@@ -2,7 +2,6 @@
 
     tok = train_tokenizer(open_corpus("data/"), vocab_size=32000)   # byte-level BPE on your corpus
     tok = load_tokenizer("t5-small")                                # any HF tokenizer (dir or hub id)
-    tok = default_tokenizer()                                       # BPE on the local stdlib, cached
     tok.save_pretrained("model_dir")                                # tokenizer.json: AutoTokenizer loads it
 
 A trained tokenizer lays its ids out as ModelConfig's defaults expect: 0 `<pad>`, 1 `<s>` (BOS, the
@@ -19,13 +18,10 @@ tokenizer; encore's data code adds BOS / EOS explicitly, so use `encode_text` fo
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import sys
-import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -34,9 +30,6 @@ PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 N_SENTINELS = 100
 SENTINELS = tuple(f"<extra_id_{i}>" for i in range(N_SENTINELS))
 IMAGE_TOKENS = ("<image>", "<image_start>", "<image_end>")
-DEFAULT_MAX_CHARS = 4_000_000  # ~1-2 s of BPE training on 2 cores; plenty for an 8k vocabulary
-DEFAULT_DOC_CHARS = 20_000  # per stdlib file, so the sample spans many modules rather than the first few
-_FORMAT_VERSION = 1  # bump when the default tokenizer's recipe changes: the cache key includes it
 
 
 def special_tokens(n_sentinels: int = N_SENTINELS, image_tokens: Iterable[str] = IMAGE_TOKENS) -> list[str]:
@@ -183,70 +176,9 @@ def encode_text(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
-# --- the default tokenizer: BPE on the local standard library, trained once and cached -----------------
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ENCORE_CACHE") or Path.home() / ".cache" / "encore")
-
-
-def default_tokenizer_path(vocab_size: int = 8192) -> Path:
-    stdlib = sysconfig.get_paths()["stdlib"]
-    version = f"{sys.implementation.name}{'.'.join(map(str, sys.version_info[:3]))}"
-    key = hashlib.sha256(stdlib.encode()).hexdigest()[:10]
-    return cache_dir() / f"tokenizer-stdlib-{version}-{key}-v{_FORMAT_VERSION}-vocab{vocab_size}"
-
-
-def default_tokenizer(vocab_size: int = 8192) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on a bounded sample of the local stdlib corpus (`open_corpus("stdlib")`),
-    trained on first use and cached under $ENCORE_CACHE (default ~/.cache/encore), keyed by vocabulary
-    size and Python version. Deterministic for a given interpreter."""
-    path = default_tokenizer_path(vocab_size)
-    if (path / "tokenizer.json").is_file():
-        try:
-            return AutoTokenizer.from_pretrained(str(path))
-        except (OSError, ValueError):
-            pass  # a damaged cache is rebuilt below
-    from encore.data.corpora import open_corpus
-
-    tokenizer = train_tokenizer(
-        open_corpus("stdlib"), vocab_size, max_chars=DEFAULT_MAX_CHARS, doc_chars=DEFAULT_DOC_CHARS
-    )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        tokenizer.save_pretrained(str(tmp))
-        if path.exists():  # a damaged copy (we could not load it above)
-            shutil.rmtree(path, ignore_errors=True)
-        try:
-            os.replace(tmp, path)  # atomic: a concurrent reader sees no directory or a complete one
-        except OSError:  # another process got there first: theirs is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError:
-        pass  # an unwritable cache only costs time
-    return tokenizer
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m encore.tokenizer --corpus SPEC --vocab-size N --out DIR: train and save a tokenizer."""
-    import argparse
-
-    from encore.data.corpora import open_corpus
-
-    p = argparse.ArgumentParser(prog="python -m encore.tokenizer", description=main.__doc__)
-    p.add_argument("--corpus", default="stdlib", help="stdlib, a file or folder (.txt/.jsonl/.parquet), hf:NAME...")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--vocab-size", type=int, default=32000)
-    p.add_argument("--max-chars", type=int, default=200_000_000, help="stop reading the corpus after this many")
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    tokenizer = train_tokenizer(
-        open_corpus(args.corpus, text_field=args.text_field), args.vocab_size, max_chars=args.max_chars
-    )
-    tokenizer.save_pretrained(args.out)
-    print(f"{len(tokenizer)} tokens -> {Path(args.out) / 'tokenizer.json'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def special_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """(pad, bos, eos) of a tokenizer; a tokenizer without BOS (T5's) starts decoding from pad, as T5 does."""
+    pad, bos, eos = tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+    if pad is None or eos is None:
+        raise ValueError("the tokenizer needs pad and EOS tokens (encore.tokenizer.load_tokenizer sets them)")
+    return pad, pad if bos is None else bos, eos

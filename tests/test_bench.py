@@ -7,6 +7,7 @@ import torch
 
 from encore import ModelConfig
 from encore.bench import (
+    BACKENDS,
     PAPER,
     RESULT_FIELDS,
     BenchConfig,
@@ -16,8 +17,9 @@ from encore.bench import (
     run_bench,
     validate_bench_json,
 )
+from encore.bench.backends import EncoreBackend, Timing
 from encore.cli import main
-from encore.model.layers import cpu_linear
+from encore.model.kernels import cpu_linear
 
 # a fixed roofline skips the machine probes; a few tokens keep every run in milliseconds
 TINY = dict(
@@ -35,26 +37,60 @@ TINY = dict(
 )
 
 
-def test_defaults_are_the_papers_comparison():
-    cfg = BenchConfig()
-    assert (cfg.model, cfg.baseline, cfg.input_lens, cfg.output_len, cfg.batch_sizes) == (
-        "encdec-330m",
-        "deconly-330m",
-        (512,),
-        128,
-        (1,),
-    )
-    points = plan_points(cfg)
-    assert [(p.input_len, p.output_len, p.kind) for p in points] == [
-        (512, 128, "full"),
-        (128, 16, "sweep"),
-        (256, 16, "sweep"),
-        (1024, 16, "sweep"),
-        (2048, 16, "sweep"),
+def test_plan_points():
+    """Full points for every batch size x input length; sweep points at the first batch size only, for
+    lengths not measured in full, without warm-up (the model is warm by then)."""
+    cfg = BenchConfig(input_lens=(512, 64), batch_sizes=(2, 8), sweep=(64, 128, 128), repeats=4, warmup=2)
+    points = [(p.input_len, p.batch_size, p.output_len, p.repeats, p.warmup, p.kind) for p in plan_points(cfg)]
+    assert points == [
+        (512, 2, 128, 4, 2, "full"),
+        (64, 2, 128, 4, 2, "full"),
+        (512, 8, 128, 4, 2, "full"),
+        (64, 8, 128, 4, 2, "full"),
+        (128, 2, 16, 3, 0, "sweep"),
     ]
-    assert cfg.isolate and cfg.repeats == 3 and cfg.sweep_repeats == 3
+    # the defaults are the paper's comparison, with the device's sweep
+    default = plan_points(BenchConfig())
+    assert [(p.input_len, p.output_len) for p in default if p.kind == "full"] == [(512, 128)]
+    assert max(p.input_len for p in default) == 2048
     assert max(p.input_len for p in plan_points(BenchConfig(device="cuda"))) == 8192
-    assert cfg.resolved_dtype() == "float32" and BenchConfig(device="cuda").resolved_dtype() == "bfloat16"
+    assert BenchConfig().resolved_dtype() == "float32" and BenchConfig(device="cuda").resolved_dtype() == "bfloat16"
+
+
+class ScriptedBackend(EncoreBackend):
+    """The encore backend with a scripted clock: repetition r of a point answers with a first token
+    after 0.1 * (r + 1) s and one token every 10 ms (the decoder-only model takes twice as long)."""
+
+    calls: dict[str, int] = {}
+
+    def timed_generate(self, model, ids, n):
+        r = self.calls.get(self.label, 0)
+        self.calls[self.label] = r + 1
+        slow = 2.0 if self.arch == "deconly" else 1.0
+        first = 0.1 * (r + 1) * slow
+        gaps = [0.01 * slow] * (n - 1)
+        return Timing(0.0, first, first + sum(gaps), n, gaps)
+
+
+def test_aggregation_from_a_scripted_backend(monkeypatch):
+    """Medians, spreads, rates and ratios computed from known clock readings."""
+    monkeypatch.setitem(BACKENDS, "encore", ScriptedBackend)
+    ScriptedBackend.calls = {}
+    cfg = BenchConfig(**{**TINY, "repeats": 3, "warmup": 0, "output_len": 5}, json_path=None, plot_path=None)
+    doc = run_bench(cfg)
+    by_model = {r["model"]: r for r in doc["results"]}
+    enc, dec = by_model["encdec-tiny"], by_model["deconly-tiny"]
+    # repetitions answered 0.1, 0.2, 0.3 s: median 0.2, spread [0.1, 0.3]
+    assert enc["first_token_latency_s"] == pytest.approx(0.2)
+    assert enc["spread"]["first_token_latency_s"] == pytest.approx([0.1, 0.3])
+    assert enc["decode_tokens_per_s"] == pytest.approx(4 / 0.04)  # (n - 1) tokens over the last n - 1 gaps
+    assert enc["throughput_tokens_per_s"] == pytest.approx(5 / (0.2 + 0.04))
+    assert enc["inter_token_latency_s"] == pytest.approx(0.01) and dec["inter_token_latency_s"] == pytest.approx(0.02)
+    (full,) = doc["comparisons"]
+    assert (full["model"], full["baseline"]) == ("encdec-tiny", "deconly-tiny")
+    assert full["measured"]["first_token_latency_ratio"] == pytest.approx(0.5)
+    assert full["measured"]["decode_speedup"] == pytest.approx(2.0)
+    assert full["measured"]["inter_token_speedup"] == pytest.approx(2.0)
 
 
 def test_end_to_end_json_plot_and_report(tmp_path, capsys):
@@ -78,11 +114,11 @@ def test_end_to_end_json_plot_and_report(tmp_path, capsys):
     for r in results:
         assert r["backend"] == "torch" and r["dtype"] == "float32" and r["batch_size"] == 1
         assert r["arch"] == ("encdec" if r["model"].startswith("encdec") else "deconly")
-        lo, hi = r["spread"]["first_token_latency_s"]
-        assert 0 < lo <= r["first_token_latency_s"] <= hi
-        assert r["decode_tokens_per_s"] > 0 and r["throughput_tokens_per_s"] > 0
-        assert r["peak_memory_bytes"] > 0 and r["flops"] > r["prefill_flops"] > 0
-        assert 0 < r["inter_token_latency_s"] <= r["inter_token_latency_p90_s"]
+        # a whole request = prefill + its decode steps; the cost model prices both
+        assert r["flops"] == pytest.approx(r["prefill_flops"] + r["decode_flops"])
+        assert r["bytes_moved"] == pytest.approx(r["prefill_bytes"] + r["decode_bytes"])
+        full = r["input_len"] == 16
+        assert (r["repeats"], r["kind"]) == ((2, "full") if full else (1, "sweep"))
     head = {r["arch"]: r for r in results if r["input_len"] == 16}
     # KV cache: encdec = 2 decoder layers over (4 outputs + 16 inputs); deconly = 6 layers over 20 positions
     per_position = 2 * 2 * 64 * 4  # K+V * kv heads * head_dim * fp32

@@ -8,7 +8,8 @@ import torch
 
 from encore import ModelConfig, load
 from encore.cli import main
-from encore.sources import DistillSource, TaskSource, WithExampleIds, parse_target_mix
+from encore.data.sources import TaskSource, WithExampleIds
+from encore.distill import DistillSource, parse_target_mix
 
 TINY = dict(d_model=64, n_heads=2, n_kv_heads=1, head_dim=32, mlp_dim=128, max_seq_len=512, vocab_size=64)
 PAIRS = [{"source": f"def f{i}(x):\n    return x + {i}", "target": f"Return x plus {i}."} for i in range(24)]
@@ -91,8 +92,9 @@ def _source(tmp_path, mix, **kw):
     from encore.data import Seq2SeqCollator
 
     examples = [{"source_ids": [5 + i, 6, 7], "target_ids": [9, 9, 9], "example_id": i} for i in range(10)]
-    inner = TaskSource(examples, WithExampleIds(Seq2SeqCollator(0, 1, 2)), seed=3)
-    return DistillSource(inner, mix, cache_dir=tmp_path / "cache", seed=1, **kw)
+    collator = Seq2SeqCollator(0, 1, 2)
+    inner = TaskSource(examples, WithExampleIds(collator), seed=3)
+    return DistillSource(inner, mix, collator=collator, cache_dir=tmp_path / "cache", seed=1, **kw)
 
 
 def test_distill_source_draws_are_seeded_and_resumable(tmp_path, monkeypatch):
@@ -124,7 +126,7 @@ def test_distill_source_draws_are_seeded_and_resumable(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_distill_cli_online_mixed_and_offline_topk(tmp_path):
+def test_distill_cli_online_mixed_and_offline_topk(tmp_path, capsys):
     teacher_cfg = write_config(tmp_path / "t.json", "deconly", n_decoder_layers=3)
     student_cfg = write_config(tmp_path / "s.json", "encdec")
     task = write_pairs(tmp_path / "pairs.jsonl")
@@ -144,7 +146,9 @@ def test_distill_cli_online_mixed_and_offline_topk(tmp_path):
     assert student.config.arch == "encdec"
     assert torch.isfinite(torch.tensor([r["loss"] for r in records(offline)])).all()
     # a decoder-only student is refused with a clear message
+    capsys.readouterr()
     assert main([*common[:3], "--student", teacher_cfg, *common[5:], "--out", str(tmp_path / "x")]) == 2
+    assert "distillation trains an encoder-decoder student" in capsys.readouterr().err
 
 
 def test_python_dash_m_and_help():

@@ -110,5 +110,8 @@ def test_batches_drive_the_training_losses(arch):
     examples = [{"source_ids": [10, 11, 12, 13, 14, 15, 16], "target_ids": [20, 21]}, EXAMPLES[1]]
     batch = collate(examples)
     loss_fn = seq2seq_loss if arch == "encdec" else causal_lm_loss
-    loss, n = loss_fn(model, batch)
-    assert torch.isfinite(loss) and int(n) == 3 + 4  # 2 + EOS, 3 (cut to fit 4) + EOS
+    out = loss_fn(model, batch)
+    assert torch.isfinite(out.total) and out.total.requires_grad
+    assert loss_fn.target_tokens(batch) == 3 + 4  # 2 + EOS, 3 (cut to fit 4) + EOS
+    # the model reads every real token: encoder + decoder inputs, or the whole sequence
+    assert loss_fn.read_tokens(batch) == sum(int(m.sum()) for k, m in batch.items() if k.endswith("attention_mask"))

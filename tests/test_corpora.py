@@ -9,7 +9,8 @@ import pytest
 
 from encore.data import DataError, SkipReport, open_corpus, parse_hf_spec
 from encore.data.code2doc import module_split
-from encore.data.corpora import StdlibCorpus, TokenStream
+from encore.data.corpora import StdlibCorpus
+from encore.data.packing import TokenStream
 from encore.tokenizer import encode_text, train_tokenizer
 
 DOCS = [f"document {i}: " + "word " * (i % 7) + f"end {i}" for i in range(23)]

@@ -7,17 +7,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from encore import DecoderOnly, EncoderDecoder, ModelConfig
-from encore.costmodel import (
+from encore.bench.costmodel import (
     Machine,
     decode_step_cost,
     dtype_bytes,
     generation_cost,
     kv_cache_bytes,
-    measure_machine,
     prefill_cost,
     weight_counts,
 )
-from encore.model.layers import set_cpu_linear
+from encore.bench.machine import measure_machine
+from encore.model.kernels import set_cpu_linear
 
 # A config small enough to price by hand: d 8, 2 query heads / 1 KV head of 4, GELU MLP 16, vocab 100.
 MICRO = dict(vocab_size=100, d_model=8, n_heads=2, n_kv_heads=1, head_dim=4, mlp_dim=16, mlp_type="gelu")

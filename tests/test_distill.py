@@ -378,12 +378,14 @@ def test_distill_loss_online_and_offline(tmp_path):
         "example_ids": torch.tensor([0, 1, 2]),
     }
     online = DistillLoss(teacher, alpha=0.5)
-    total, n = online(student, batch)
-    assert n.item() == 7 and torch.isfinite(total) and total.requires_grad
+    out = online(student, batch)
+    assert online.target_tokens(batch) == 7 and torch.isfinite(out.total) and out.total.requires_grad
     store = precompute_topk(teacher, [batch], tmp_path / "s", k=48, vocab_size=48, values_dtype=torch.float32)
-    offline_total, _ = DistillLoss(store=store, alpha=0.5)(student, batch)
-    assert offline_total.item() == pytest.approx(total.item(), rel=1e-4)  # k covers the shared vocabulary
-    assert set(online.last) == {"kd", "ce"}
+    offline = DistillLoss(store=store, alpha=0.5)(student, batch)
+    assert offline.total.item() == pytest.approx(out.total.item(), rel=1e-4)  # k covers the shared vocabulary
+    assert set(out.metrics) == {"kd", "ce"}
+    kd, ce = float(out.metrics["kd"]), float(out.metrics["ce"])  # per-token means
+    assert out.total.item() == pytest.approx(7 * (0.5 * kd + 0.5 * ce), rel=1e-4)
 
 
 # --- loaders and generation ------------------------------------------------------------------------
@@ -426,7 +428,7 @@ def test_load_encore_decoder_only_teacher(tmp_path):
         for b in range(3):
             x = src[b, : int(src_mask[b].sum())].tolist()
             y = labels[b, : int(tgt_mask[b].sum())].tolist()
-            ref = teacher.model(torch.tensor([[config.bos_token_id] + x + y]))[0][1:]
+            ref = teacher.model(torch.tensor([[config.bos_token_id] + x + y])).logits[0][1:]
             torch.testing.assert_close(
                 out[b, : len(y), :40], ref[len(x) - 1 : len(x) - 1 + len(y)], atol=1e-4, rtol=1e-4
             )

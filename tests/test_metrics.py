@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from encore.metrics import bleu, compute_metrics, normalize_answer, rouge_l, squad_scores
+from encore.eval.metrics import bleu, compute_metrics, normalize_answer, rouge_l, squad_scores
 
 
 def test_squad_normalization():

@@ -11,7 +11,8 @@ from conftest import make_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from encore import DecoderOnly, EncoderDecoder, ModelConfig, load
-from encore.model.layers import RotaryEmbedding, apply_rope, cpu_linear, rope_frequencies, set_cpu_linear
+from encore.model.kernels import cpu_linear, set_cpu_linear
+from encore.model.layers import RotaryEmbedding, apply_rope, rope_frequencies
 
 
 def rollout(model, ids: torch.Tensor, n: int) -> list[int]:
@@ -258,18 +259,32 @@ def test_bad_input_gives_clear_errors(arch, call, message):
 
 
 def test_forward_bad_input(arch):
+    """Token ids are checked where they enter (generate, encode); forward keeps the checks that cost no
+    host read: shapes and lengths."""
     model = make_model(arch)
-    with pytest.raises(ValueError, match="outside the vocabulary"):
-        if arch == "encdec":
-            model(torch.tensor([[3, 4]]), torch.tensor([[1, 9999]]))
-        else:
-            model(torch.tensor([[3, 9999]]))
     if arch == "encdec":
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            model.encode(torch.tensor([[3, 9999]]))
         with pytest.raises(ValueError, match="batch size"):
             model(torch.tensor([[3, 4]]), torch.tensor([[1], [1]]))
     too_long = torch.randint(3, 512, (1, model.config.max_seq_len + 1))
     with pytest.raises(ValueError, match="max_seq_len"):
         model.generate(too_long, max_new_tokens=1)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(too_long, too_long) if arch == "encdec" else model(too_long)
+
+
+def test_training_forward_reads_nothing_on_the_host(arch):
+    """No input check inside forward / backward: a host read (`aten._local_scalar_dense`, what .item(),
+    bool() and int() of a tensor run) would stall every training step on a GPU."""
+    model = make_model(arch).train()
+    ids = torch.randint(3, 512, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    args = (ids, ids[:, :5], mask, mask[:, :5]) if arch == "encdec" else (ids, mask)
+    with _SeenOps() as seen:
+        model(*args).float().square().mean().backward()
+    assert "aten._local_scalar_dense" not in seen.ops
 
 
 def test_zero_new_tokens(arch):
@@ -336,7 +351,7 @@ def test_cpu_linear_kernels(arch):
 
 
 def test_cpu_linear_environment_variable():
-    code = "from encore.model.layers import cpu_linear; print(cpu_linear())"
+    code = "from encore.model.kernels import cpu_linear; print(cpu_linear())"
     run = lambda value: subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, "ENCORE_CPU_LINEAR": value}, capture_output=True, text=True
     )

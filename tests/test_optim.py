@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from encore import optim
 from encore.config import ModelConfig
 from encore.model import DecoderOnly, EncoderDecoder
-from encore.optim import (
+from encore.train import optim
+from encore.train.optim import (
     CombinedOptimizer,
     Muon,
     build_optimizer,

@@ -4,11 +4,11 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from encore import tokenizer as enc_tok
+from encore.data import vocab
+from encore.data.vocab import default_tokenizer
 from encore.tokenizer import (
     IMAGE_TOKENS,
     SENTINELS,
-    default_tokenizer,
     encode_text,
     load_tokenizer,
     sentinel_ids,
@@ -147,16 +147,30 @@ def test_default_tokenizer_trained_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("ENCORE_CACHE", str(tmp_path))
     tok = default_tokenizer(vocab_size=1024)
     assert len(tok) == 1024 and sentinel_ids(tok) == list(range(4, 104))
-    cached = enc_tok.default_tokenizer_path(1024)
+    cached = vocab.default_tokenizer_path(1024)
     assert cached.parent == tmp_path and (cached / "tokenizer.json").is_file()
     assert "vocab1024" in cached.name
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached tokenizer should have been used")
 
-    monkeypatch.setattr(enc_tok, "train_tokenizer", no_training)
+    monkeypatch.setattr(vocab, "train_tokenizer", no_training)
     again = default_tokenizer(vocab_size=1024)
     code = "import os\n\nclass Foo:\n    def bar(self):\n        return os.path.join('a', 'b')\n"
     assert encode_text(again, code) == encode_text(tok, code)
     assert again.decode(encode_text(again, code)) == code
     assert len(encode_text(tok, code)) < len(code.encode()) / 2  # it learned Python
+
+
+def test_tokenizer_command(tmp_path, capsys):
+    from encore.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(TEXTS * 20))
+    assert main(["tokenizer", "--corpus", str(corpus), "--vocab-size", "512", "--out", str(tmp_path / "tok")]) == 0
+    assert "512 tokens" in capsys.readouterr().out
+    tok = load_tokenizer(tmp_path / "tok")
+    assert len(tok) == 512 and sentinel_ids(tok) == list(range(4, 104))
+    assert tok.decode(encode_text(tok, TEXTS[1])) == TEXTS[1]
+    assert main(["tokenizer", "--corpus", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x")]) == 2
+    assert "missing.txt" in capsys.readouterr().err

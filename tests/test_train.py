@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from encore.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from encore.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, torch
     from encore import ModelConfig, EncoderDecoder
-    from encore.sources import TaskSource
+    from encore.data.sources import TaskSource
     from encore.train import TrainConfig, train
 
     out, steps, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -62,6 +63,13 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the OS picks it), so overlapping test runs do not collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_script(tmp_path: Path, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
@@ -75,7 +83,7 @@ def run_script(tmp_path: Path, *args: str, nproc: int = 1) -> subprocess.Complet
             "--nproc_per_node",
             str(nproc),
             "--master_port",
-            "29517",
+            str(free_port()),
             str(script),
             *args,
         ]
@@ -149,8 +157,8 @@ def test_half_written_checkpoint_is_never_listed(tmp_path):
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
     from conftest import make_model
 
-    from encore.sources import TaskSource
-    from encore.train import TrainConfig, TrainingError, train
+    from encore.data.sources import TaskSource
+    from encore.train import LossOutput, Seq2SeqLoss, TrainConfig, TrainingError, train
 
     model = make_model("encdec")
 
@@ -164,10 +172,11 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
             "labels": ids,
         }
 
-    def nan_loss(model, batch):
-        return torch.tensor(float("nan"), requires_grad=True), torch.tensor(3)
+    class NanLoss(Seq2SeqLoss):
+        def __call__(self, model, batch):
+            return LossOutput(torch.tensor(float("nan"), requires_grad=True))
 
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=3, batch_size=2, micro_batch_size=2, progress=False)
     with pytest.raises(TrainingError, match="loss is nan at step 1"):
-        train(model, cfg, TaskSource([{"x": 1}] * 4, collate), loss_fn=nan_loss)
+        train(model, cfg, TaskSource([{"x": 1}] * 4, collate), loss_fn=NanLoss())
     assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None

@@ -16,15 +16,11 @@ from typing import Any
 _EXPORTS = {
     "encore.data.tasks": ("load_task", "task_names", "TASKS"),
     "encore.data.records": ("DataError", "SkipReport", "iter_records"),
-    "encore.data.corpora": (
-        "Corpus",
-        "FileCorpus",
-        "StdlibCorpus",
-        "HFCorpus",
-        "TokenStream",
-        "open_corpus",
-        "parse_hf_spec",
-    ),
+    "encore.data.corpora": ("Corpus", "FileCorpus", "StdlibCorpus", "HFCorpus", "open_corpus", "parse_hf_spec"),
+    "encore.data.packing": ("TokenStream",),
+    "encore.data.sources": ("TaskSource", "StreamSource", "WithExampleIds"),
+    "encore.data.vocab": ("default_tokenizer",),
+    "encore.tokenizer": ("special_ids",),
     "encore.data.span_corruption": (
         "span_corrupt",
         "random_spans_noise_mask",
@@ -35,6 +31,7 @@ _EXPORTS = {
         "pretraining_stream",
     ),
     "encore.data.collate": (
+        "Batch",
         "Seq2SeqCollator",
         "CausalLMCollator",
         "TruncationError",
@@ -42,7 +39,6 @@ _EXPORTS = {
         "finetune_collator",
         "pretraining_collator",
         "prompt_ids",
-        "special_ids",
         "tokenize_pairs",
     ),
 }

@@ -32,13 +32,13 @@ import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 
+from encore import files
+from encore.data.stdlib import module_split, stdlib_files
+
 SPLITS = ("train", "validation", "test")
 FORMAT_VERSION = 1  # bump when extraction changes, so old caches are not reused
 MIN_TARGET_CHARS, MAX_TARGET_CHARS = 10, 256
 MAX_SOURCE_CHARS = 12_000
-# directories that hold test suites, third-party packages or no library code
-SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "__phello__"}
-SKIP_DIR_PREFIXES = ("config-",)  # config-3.11-x86_64-linux-gnu: build files
 _NOT_SENTENCE_END = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "approx.", "resp.", "Mr.", "Dr.", "No.")
 
 
@@ -118,29 +118,6 @@ def _example(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> 
     return {"source": source, "target": target}
 
 
-def module_split(module: str) -> str:
-    """train / validation / test for a module name: sha256, so every machine and run agrees."""
-    bucket = int(hashlib.sha256(module.encode()).hexdigest()[:8], 16) % 100
-    return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
-
-
-def stdlib_files(stdlib: str | os.PathLike | None = None) -> Iterator[tuple[str, Path]]:
-    """(module name, path) for each library .py file under the stdlib directory, in sorted order."""
-    root = Path(stdlib or sysconfig.get_paths()["stdlib"])
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in SKIP_DIRS and not d.startswith(SKIP_DIR_PREFIXES) and "-" not in d
-        )
-        for filename in sorted(filenames):
-            if not filename.endswith(".py") or filename.startswith("test_") or filename == "conftest.py":
-                continue
-            path = Path(dirpath) / filename
-            parts = list(path.relative_to(root).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            yield ".".join(parts) or "__init__", path
-
-
 def extract_stdlib(stdlib: str | os.PathLike | None = None) -> list[dict]:
     """All examples of the standard library, each with "module" and "split" added."""
     examples, seen = [], set()
@@ -158,7 +135,7 @@ def extract_stdlib(stdlib: str | os.PathLike | None = None) -> list[dict]:
 
 
 def cache_path(cache_dir: str | os.PathLike | None = None, stdlib: str | os.PathLike | None = None) -> Path:
-    root = Path(cache_dir or os.environ.get("ENCORE_CACHE") or Path.home() / ".cache" / "encore")
+    root = Path(cache_dir) if cache_dir else files.cache_dir()
     stdlib = str(stdlib or sysconfig.get_paths()["stdlib"])
     version = ".".join(map(str, sys.version_info[:3]))
     key = hashlib.sha256(stdlib.encode()).hexdigest()[:10]

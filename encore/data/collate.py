@@ -33,7 +33,9 @@ import torch
 from torch import Tensor
 
 from encore.config import ModelConfig
+from encore.tokenizer import encode_text, special_ids
 
+Batch = dict[str, Tensor]  # a collated batch: named [batch, length] tensors
 Truncation = Literal["right", "left", "error"]
 IGNORE = -100
 
@@ -209,18 +211,8 @@ class CausalLMCollator(_Collator):
 # --- wiring helpers ----------------------------------------------------------------------------------------
 
 
-def special_ids(tokenizer: Any) -> tuple[int, int, int]:
-    """(pad, bos, eos) of a tokenizer; a tokenizer without BOS (T5's) starts decoding from pad, as T5 does."""
-    pad, bos, eos = tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
-    if pad is None or eos is None:
-        raise ValueError("the tokenizer needs pad and EOS tokens (encore.tokenizer.load_tokenizer sets them)")
-    return pad, pad if bos is None else bos, eos
-
-
 def prompt_ids(tokenizer: Any, text: str, arch: str) -> list[int]:
     """The model input for generating from `text`, laid out as the fine-tuning collators lay out a source."""
-    from encore.tokenizer import encode_text
-
     _, bos, eos = special_ids(tokenizer)
     ids = encode_text(tokenizer, text)
     if arch == "encdec":
@@ -232,8 +224,6 @@ def prompt_ids(tokenizer: Any, text: str, arch: str) -> list[int]:
 
 def tokenize_pairs(tokenizer: Any, examples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """{"source", "target"} texts -> {"source_ids", "target_ids"} (no special tokens; other keys kept)."""
-    from encore.tokenizer import encode_text
-
     out = []
     for e in examples:
         rest = {k: v for k, v in e.items() if k not in ("source", "target")}

@@ -34,15 +34,24 @@ from __future__ import annotations
 
 import copy
 import glob
-import gzip
-import json
 import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from encore.data.records import DataError, SkipReport, require_field
+from encore.data.records import (
+    DataError,
+    SkipReport,
+    decode_line,
+    parquet_file,
+    parse_record,
+    read_lines,
+    read_parquet,
+    read_text,
+    require_field,
+)
+from encore.data.stdlib import module_split, stdlib_files
 
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -50,8 +59,6 @@ PARQUET_SUFFIXES = (".parquet",)
 CODE_SUFFIXES = (".py",)
 SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + CODE_SUFFIXES
 MAX_DOC_CHARS = 1_000_000
-_PARQUET_BATCH_ROWS = 1024
-_BOM = b"\xef\xbb\xbf"
 
 Document = tuple[str, dict[str, Any]]  # (text, the corpus position just after it)
 
@@ -125,27 +132,22 @@ class Corpus:
             raise error
         self.report.add(error)
 
+    def _text_field(self, record: dict, where: str | os.PathLike, line: int) -> str | None:
+        """The record's text, or None for a bad record (raised or counted) or an empty one (counted)."""
+        try:
+            text = require_field(record, self.text_field, where, line, str)
+        except DataError as e:
+            return self._fail(e)
+        if not text.strip():
+            self.empty_documents += 1
+            return None
+        return text
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, rank={self.rank}, world_size={self.world_size})"
 
 
 # --- local files --------------------------------------------------------------------------------------
-
-
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-
-
-def _utf8_error(path: Path, line: int, raw: bytes, start: int) -> DataError:
-    column = len(raw[:start].decode("utf-8", errors="replace")) + 1
-    return DataError(
-        path, f"not UTF-8 (byte {raw[start : start + 1]!r} at column {column})", line=line, kind="not UTF-8"
-    )
-
-
-def _short(value: Any, n: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 class FileCorpus(Corpus):
@@ -202,82 +204,51 @@ class FileCorpus(Corpus):
     def _empty(self, path: Path) -> None:
         self._fail(DataError(path, "empty file (no documents)", kind="empty file"))
 
-    def _text(self, path: Path, offset: int, line: int) -> Iterator[tuple[str, int, int]]:
+    def _text(self, path: Path, offset: int, start_line: int) -> Iterator[tuple[str, int, int]]:
         parts: list[str] = []
-        size, seen = 0, False
-        with _open_binary(path) as f:
-            f.seek(offset)
-            for raw in f:  # line by line: the file is never held whole
-                line += 1
-                if line == 1 and raw.startswith(_BOM):
-                    raw = raw[3:]
-                try:
-                    s = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    seen = True
-                    self._fail(_utf8_error(path, line, raw, e.start))
-                    continue
-                if s.strip():
-                    seen = True
-                    parts.append(s)
-                    size += len(s)
-                    if size < self.max_doc_chars:
-                        continue
-                if parts:  # a blank line (or a full-size piece) ends the document
-                    yield "".join(parts).rstrip("\r\n"), f.tell(), line
-                    parts, size = [], 0
-            if parts:
-                yield "".join(parts).rstrip("\r\n"), f.tell(), line
-        if not seen and offset == 0:
-            self._empty(path)
-
-    def _jsonl(self, path: Path, offset: int, line: int) -> Iterator[tuple[str, int, int]]:
-        seen = False
-        with _open_binary(path) as f:
-            f.seek(offset)
-            for raw in f:
-                line += 1
-                if line == 1 and raw.startswith(_BOM):
-                    raw = raw[3:]
-                if not raw.strip():
-                    continue
+        size, seen, end, line = 0, False, offset, start_line
+        for line, raw, end in read_lines(path, offset, start_line):  # line by line: the file is never held whole
+            try:
+                s = decode_line(path, line, raw)
+            except DataError as e:
                 seen = True
-                text = self._record_text(path, line, raw)
-                if text is None:
+                self._fail(e)
+                continue
+            if s.strip():
+                seen = True
+                parts.append(s)
+                size += len(s)
+                if size < self.max_doc_chars:
                     continue
-                if not text.strip():
-                    self.empty_documents += 1
-                    continue
-                yield text, f.tell(), line
+            if parts:  # a blank line (or a full-size piece) ends the document
+                yield "".join(parts).rstrip("\r\n"), end, line
+                parts, size = [], 0
+        if parts:
+            yield "".join(parts).rstrip("\r\n"), end, line
         if not seen and offset == 0:
             self._empty(path)
 
-    def _record_text(self, path: Path, line: int, raw: bytes) -> str | None:
-        """The text field of one JSONL line, or None (counted) when skipping a bad one."""
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            return self._fail(_utf8_error(path, line, raw, e.start))
-        except json.JSONDecodeError as e:
-            return self._fail(
-                DataError(path, f"malformed JSON ({e.msg}, column {e.colno})", line=line, kind="malformed JSON")
-            )
-        if not isinstance(record, dict):
-            msg = f"expected a JSON object, got {type(record).__name__} ({_short(record)})"
-            return self._fail(DataError(path, msg, line=line, kind="not an object"))
-        try:
-            return require_field(record, self.text_field, path, line, str)
-        except DataError as e:
-            return self._fail(e)
+    def _jsonl(self, path: Path, offset: int, start_line: int) -> Iterator[tuple[str, int, int]]:
+        seen = False
+        for line, raw, end in read_lines(path, offset, start_line):
+            if not raw.strip():
+                continue
+            seen = True
+            try:
+                record = parse_record(path, line, raw)
+            except DataError as e:
+                self._fail(e)
+                continue
+            text = self._text_field(record, path, line)
+            if text is not None:
+                yield text, end, line
+        if not seen and offset == 0:
+            self._empty(path)
 
     def _parquet(self, path: Path, start_row: int) -> Iterator[tuple[str, int, int]]:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(path, f"not a readable parquet file ({e})", kind="bad parquet") from None
+        pf = parquet_file(path)
         schema, field = pf.schema_arrow, self.text_field
         if field not in schema.names:
             cols = ", ".join(repr(c) for c in schema.names[:8]) or "no columns"
@@ -288,46 +259,25 @@ class FileCorpus(Corpus):
             return self._fail(DataError(path, f"expected a string column, got {kind}", field=field, kind="bad type"))
         if pf.metadata.num_rows == 0:
             return self._empty(path)
-        # whole row groups before the resume row are skipped without being read
-        row, first = 0, 0
-        while first < pf.num_row_groups and row + pf.metadata.row_group(first).num_rows <= start_row:
-            row += pf.metadata.row_group(first).num_rows
-            first += 1
-        if first == pf.num_row_groups:
-            return
-        try:
-            batches = pf.iter_batches(
-                batch_size=_PARQUET_BATCH_ROWS, row_groups=range(first, pf.num_row_groups), columns=[field]
-            )
-            for batch in batches:
-                for value in batch.column(0).to_pylist():
-                    row += 1
-                    if row <= start_row:
-                        continue
-                    if value is None:
-                        self._fail(DataError(path, "is null", line=row, field=field, kind=f"null field {field!r}"))
-                        continue
-                    if not value.strip():
-                        self.empty_documents += 1
-                        continue
-                    yield value, row, row
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(path, f"unreadable parquet data after row {row} ({e})", kind="bad parquet") from None
+        for row, record in read_parquet(path, columns=[field], start_row=start_row, pf=pf):
+            value = record[field]
+            if value is None:
+                self._fail(DataError(path, "is null", line=row, field=field, kind=f"null field {field!r}"))
+                continue
+            if not value.strip():
+                self.empty_documents += 1
+                continue
+            yield value, row, row
 
     def _whole(self, path: Path, offset: int) -> Iterator[tuple[str, int, int]]:
         """A source file is one document (they are small, and a module cut in two reads worse). An empty
         one (an empty __init__.py) is not an error."""
         if offset:
             return
-        raw = path.read_bytes()
-        if raw.startswith(_BOM):
-            raw = raw[3:]
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line_start = raw.rfind(b"\n", 0, e.start) + 1
-            line = raw.count(b"\n", 0, e.start) + 1
-            return self._fail(_utf8_error(path, line, raw[line_start:], e.start - line_start))
+            text = read_text(path)
+        except DataError as e:
+            return self._fail(e)
         if not text.strip():
             self.empty_documents += 1
             return
@@ -371,8 +321,6 @@ class StdlibCorpus(Corpus):
         world_size: int = 1,
         skip_invalid: bool = False,
     ) -> None:
-        from encore.data.code2doc import module_split, stdlib_files
-
         self.name = "stdlib" if split == "train" else f"stdlib:{split or 'all'}"
         self.files = [p for module, p in stdlib_files(stdlib) if split is None or module_split(module) == split]
         if not self.files:
@@ -447,15 +395,9 @@ class HFCorpus(Corpus):
         row = position["doc"]
         for record in ds:
             row += 1
-            try:
-                text = require_field(record, self.text_field, self.name, row, str)
-            except DataError as e:
-                self._fail(e)
-                continue
-            if not text.strip():
-                self.empty_documents += 1
-                continue
-            yield text, {"doc": row, "dataset": copy.deepcopy(ds.state_dict())}
+            text = self._text_field(record, self.name, row)
+            if text is not None:
+                yield text, {"doc": row, "dataset": copy.deepcopy(ds.state_dict())}
 
 
 # --- the one entry point ---------------------------------------------------------------------------------
@@ -481,92 +423,3 @@ def open_corpus(
         name, config, split = parse_hf_spec(spec)
         return HFCorpus(name, config, split, text_field=text_field, **kwargs, **common)
     return FileCorpus(_files(spec), name=spec, text_field=text_field, **kwargs, **common)
-
-
-# --- documents -> one resumable stream of tokens ----------------------------------------------------------
-
-
-class TokenStream:
-    """A corpus as one stream of token ids: each document's tokens, then EOS (the document boundary),
-    read out in pieces of any length with `take(n)`. With `repeat=True` the corpus is rewound (next
-    epoch) when it ends; otherwise `take` returns None once fewer than n tokens are left.
-
-    The position is the corpus position before the first document not yet fully consumed, plus how many
-    of its tokens were consumed: restoring re-reads and re-tokenizes that one document and skips that
-    many tokens, so a resumed stream continues on exactly the next token."""
-
-    def __init__(self, corpus: Corpus, tokenizer: Any, *, eos_id: int | None = None, repeat: bool = True) -> None:
-        from encore.tokenizer import encode_text
-
-        self.corpus, self.tokenizer, self.repeat = corpus, tokenizer, repeat
-        self.eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
-        if self.eos_id is None:
-            raise ValueError("the tokenizer has no EOS token to separate documents; pass eos_id")
-        self._encode = lambda text: encode_text(tokenizer, text)
-        self.tokens = 0  # consumed so far, over all passes: the token budget spent
-        self._reset(0)
-
-    def _reset(self, skip: int) -> None:
-        # documents read ahead: (corpus state before the document, its ids); the first is consumed up to _skip
-        self._pending: list[tuple[dict[str, Any], list[int]]] = []
-        self._skip, self._available = skip, 0
-        self._docs: Iterator[str] | None = None
-        self._empty_passes = 0
-
-    def _pull(self) -> bool:
-        """Tokenize one more document; False when the corpus is exhausted (and not repeating)."""
-        if self._docs is None:
-            self._docs = iter(self.corpus)
-        before = self.corpus.state_dict()
-        text = next(self._docs, None)
-        if text is None:
-            if not self.repeat:
-                return False
-            self._empty_passes += 1
-            if self._empty_passes > 1:  # a whole pass without a document: the corpus (or this shard) is empty
-                raise ValueError(
-                    f"{self.corpus.name}: no documents for rank {self.corpus.rank} of {self.corpus.world_size}"
-                )
-            self.corpus.rewind()
-            self._docs = iter(self.corpus)
-            return True
-        self._empty_passes = 0
-        ids = [*self._encode(text), self.eos_id]
-        if not self._pending:  # only the first pending document is ever part-consumed
-            if self._skip > len(ids):
-                raise ValueError(
-                    f"{self.corpus.name}: the saved position is {self._skip} tokens into a document of {len(ids)}: "
-                    "was the tokenizer changed since the state was saved?"
-                )
-            self._available -= self._skip
-        self._pending.append((before, ids))
-        self._available += len(ids)
-        return True
-
-    def take(self, n: int) -> list[int] | None:
-        """The next `n` token ids, or None when the corpus ran out (only without repeat)."""
-        while self._available < n:
-            if not self._pull():
-                return None
-        out: list[int] = []
-        while len(out) < n:
-            ids = self._pending[0][1]
-            part = ids[self._skip : self._skip + n - len(out)]
-            out.extend(part)
-            self._skip += len(part)
-            if self._skip == len(ids):
-                self._pending.pop(0)
-                self._skip = 0
-        self._available -= n
-        self.tokens += n
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        # nothing read ahead: the corpus's own position (after the last document pulled) is the anchor
-        anchor = self._pending[0][0] if self._pending else self.corpus.state_dict()
-        return {"corpus": copy.deepcopy(anchor), "skip": self._skip, "tokens": self.tokens}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.corpus.load_state_dict(state["corpus"])
-        self.tokens = int(state["tokens"])
-        self._reset(int(state["skip"]))

@@ -28,9 +28,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+_BOM = b"\xef\xbb\xbf"
 _PARQUET_BATCH_ROWS = 1024
 
 
@@ -144,7 +145,7 @@ def iter_records(
         raise DataError(path, "no such file" if not path.exists() else "not a regular file")
 
     if name.endswith(".parquet"):
-        records = _iter_parquet(path, skip_invalid, report)
+        records = read_parquet(path)
     elif name.endswith(".json"):
         records = _iter_json(path, skip_invalid, report)
     else:
@@ -166,61 +167,124 @@ def _fail(error: DataError, skip_invalid: bool, report: SkipReport) -> None:
     report.add(error)
 
 
-def _utf8_error(path: Path, line: int, raw: bytes, start: int) -> DataError:
+# --- the readers: every file encore reads goes through these ---------------------------------------
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed for .gz."""
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def read_lines(path: Path, offset: int = 0, line: int = 0) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, raw bytes of the line, byte offset just after it) from byte `offset` on, where
+    `line` lines came before it; a UTF-8 byte-order mark on the first line is dropped. The offsets let
+    a reader resume mid-file."""
+    with open_binary(path) as f:
+        f.seek(offset)
+        for raw in f:
+            line += 1
+            if line == 1 and raw.startswith(_BOM):  # a UTF-8 byte-order mark is not content
+                raw = raw[3:]
+            yield line, raw, f.tell()
+
+
+def utf8_error(path: str | os.PathLike, line: int, raw: bytes, start: int) -> DataError:
     """`raw` holds the line's bytes, `start` is the offset of the first bad byte in it."""
     column = len(raw[:start].decode("utf-8", errors="replace")) + 1
     msg = f"not UTF-8 (byte {raw[start : start + 1]!r} at column {column})"
     return DataError(path, msg, line=line, kind="not UTF-8")
 
 
-def _iter_jsonl(
-    path: Path, skip_invalid: bool, report: SkipReport, lines: Iterable[bytes] | None = None
+def decode_line(path: str | os.PathLike, line: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise utf8_error(path, line, raw, e.start) from None
+
+
+def parse_record(path: str | os.PathLike, line: int, raw: bytes) -> dict:
+    """One JSON Lines record: a DataError naming file and line for bad UTF-8, bad JSON or a non-object."""
+    try:
+        record = json.loads(decode_line(path, line, raw))
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON ({e.msg}, column {e.colno})", line=line, kind="malformed JSON") from None
+    if not isinstance(record, dict):
+        msg = f"expected a JSON object, got {type(record).__name__} ({_short(record)})"
+        raise DataError(path, msg, line=line, kind="not an object")
+    return record
+
+
+def parquet_file(path: Path):
+    """A `pyarrow.parquet.ParquetFile`, or a DataError naming the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, f"not a readable parquet file ({e})", kind="bad parquet") from None
+
+
+def read_parquet(
+    path: Path, columns: list[str] | None = None, start_row: int = 0, pf: Any = None
 ) -> Iterator[tuple[int, dict]]:
-    if lines is None:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rb") as f:
-            yield from _iter_jsonl(path, skip_invalid, report, f)
+    """(row number, record) for each row after `start_row`, read in batches; whole row groups before
+    `start_row` are skipped without being read."""
+    import pyarrow as pa
+
+    pf = pf if pf is not None else parquet_file(path)
+    row, first = 0, 0
+    while first < pf.num_row_groups and row + pf.metadata.row_group(first).num_rows <= start_row:
+        row += pf.metadata.row_group(first).num_rows
+        first += 1
+    if first == pf.num_row_groups:
         return
-    for lineno, raw in enumerate(lines, start=1):
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not content
-            raw = raw[3:]
+    try:
+        groups = range(first, pf.num_row_groups)
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=groups, columns=columns):
+            for record in batch.to_pylist():
+                row += 1
+                if row > start_row:
+                    yield row, record
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, f"unreadable parquet data after row {row} ({e})", kind="bad parquet") from None
+
+
+def _iter_jsonl(
+    path: Path, skip_invalid: bool, report: SkipReport, lines: Iterable[tuple[int, bytes]] | None = None
+) -> Iterator[tuple[int, dict]]:
+    numbered = ((n, raw) for n, raw, _ in read_lines(path)) if lines is None else lines
+    for lineno, raw in numbered:
         if not raw.strip():
             continue
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            _fail(_utf8_error(path, lineno, raw, e.start), skip_invalid, report)
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            msg = f"malformed JSON ({e.msg}, column {e.colno})"
-            _fail(DataError(path, msg, line=lineno, kind="malformed JSON"), skip_invalid, report)
-            continue
-        if not isinstance(record, dict):
-            msg = f"expected a JSON object, got {type(record).__name__} ({_short(record)})"
-            _fail(DataError(path, msg, line=lineno, kind="not an object"), skip_invalid, report)
-            continue
-        yield lineno, record
+            yield lineno, parse_record(path, lineno, raw)
+        except DataError as e:
+            _fail(e, skip_invalid, report)
+
+
+def read_text(path: Path) -> str:
+    """A whole file as text (a byte-order mark dropped); bad UTF-8 is a DataError naming the line."""
+    data = path.read_bytes()
+    if data.startswith(_BOM):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        raise utf8_error(path, data.count(b"\n", 0, e.start) + 1, data[line_start:], e.start - line_start) from None
 
 
 def _iter_json(path: Path, skip_invalid: bool, report: SkipReport) -> Iterator[tuple[int, dict]]:
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        # one JSON document with a bad byte cannot be parsed around it: always an error
-        line_start = data.rfind(b"\n", 0, e.start) + 1
-        raise _utf8_error(path, data.count(b"\n", 0, e.start) + 1, data[line_start:], e.start - line_start) from None
+    text = read_text(path)  # one JSON document with a bad byte cannot be parsed around it: always an error
     if not text.strip():
         return
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several JSON values one after another: JSON Lines named .json
-            yield from _iter_jsonl(path, skip_invalid, report, data.splitlines(keepends=True))
+            lines = enumerate(text.encode().splitlines(keepends=True), start=1)
+            yield from _iter_jsonl(path, skip_invalid, report, lines)
             return
         msg = f"malformed JSON ({e.msg}, line {e.lineno} column {e.colno})"
         raise DataError(path, msg, kind="malformed JSON") from None
@@ -237,21 +301,3 @@ def _iter_json(path: Path, skip_invalid: bool, report: SkipReport) -> Iterator[t
             _fail(DataError(path, msg, line=index, kind="not an object"), skip_invalid, report)
             continue
         yield index, record
-
-
-def _iter_parquet(path: Path, skip_invalid: bool, report: SkipReport) -> Iterator[tuple[int, dict]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(path, f"not a readable parquet file ({e})", kind="bad parquet") from None
-    row = 0
-    try:
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-            for record in batch.to_pylist():
-                row += 1
-                yield row, record
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(path, f"unreadable parquet data after row {row} ({e})", kind="bad parquet") from None

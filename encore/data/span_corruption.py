@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from encore.data.corpora import Corpus, TokenStream
+from encore.data.corpora import Corpus
+from encore.data.packing import TokenStream
 
 
 def _noise_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:

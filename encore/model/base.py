@@ -1,14 +1,13 @@
-"""What both architectures share: embeddings and tied head, input checks, checkpoints, generation.
+"""What both architectures share: embeddings and tied head, the generation cache, checkpoints.
 
 A subclass provides `forward`, `prefill` (read the input once, return the first logits and the
-cache) and `decode_step` (one token in, next logits out); `encore.generate` drives the loop.
+cache) and `decode_step` (one token in, next logits out); `encore.infer.generate` drives the loop.
+`encore.model.io` picks the class for a config and resolves "preset | .json | checkpoint".
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from encore.config import ModelConfig
+from encore.files import atomic_write
 from encore.model.cache import GenerationCache
 from encore.model.layers import Linear, RMSNorm, RotaryEmbedding, init_weights, linear
 
@@ -24,72 +24,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def check_ids(input_ids: Tensor, attention_mask: Tensor | None, vocab_size: int, name: str = "input_ids") -> None:
-    """Raise ValueError naming what is wrong, before anything reaches torch's kernels."""
-    if not isinstance(input_ids, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
-    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
-        raise ValueError(f"{name} must hold integer token ids, got dtype {input_ids.dtype}")
-    if input_ids.dim() != 2:
-        raise ValueError(f"{name} must have shape [batch, seq_len], got shape {tuple(input_ids.shape)}")
-    if input_ids.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(input_ids.shape)}): need at least one token per row")
-    lo, hi = int(input_ids.min()), int(input_ids.max())
-    if lo < 0 or hi >= vocab_size:
-        bad = lo if lo < 0 else hi
-        row, col = (input_ids == bad).nonzero()[0].tolist()
-        raise ValueError(f"{name}[{row}, {col}] = {bad} is outside the vocabulary [0, {vocab_size})")
-    if attention_mask is not None:
-        mask_name = "attention_mask" if name == "input_ids" else name.replace("input_ids", "attention_mask")
-        if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
-            shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
-            raise ValueError(f"{mask_name} has shape {shape} but {name} has shape {tuple(input_ids.shape)}")
-        empty = (attention_mask == 0).all(dim=1).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(f"{mask_name} row {empty[0]} masks out every token: the input is empty")
-
-
-def padding_mask(attention_mask: Tensor | None) -> Tensor | None:
-    """Boolean [B, S] mask, or None when nothing is padded (lets SDPA take its fastest path)."""
-    if attention_mask is None:
-        return None
-    mask = attention_mask.bool()
-    return None if bool(mask.all()) else mask
-
-
-def positions_from_mask(mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
-    """RoPE positions [B, T] that count only real tokens, so left padding does not shift them."""
-    if mask is None:
-        return torch.arange(length, device=device).expand(batch, length)
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def causal_mask(key_mask: Tensor | None, length: int, device: torch.device) -> Tensor | None:
-    """[B, 1, T, T] causal AND key-is-real; a padded query may see itself (never an all-false row).
-    None when nothing is padded: SDPA's is_causal path does the rest."""
-    if key_mask is None:
-        return None
-    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    eye = torch.eye(length, dtype=torch.bool, device=device)
-    return ((causal & key_mask[:, None, :]) | eye)[:, None]
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same directory, fsync, rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 class LanguageModel(nn.Module):
     config: ModelConfig
+    arch: str
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -109,7 +46,26 @@ class LanguageModel(nn.Module):
         h = self.final_norm(h)
         return linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
 
-    # --- to be provided by each architecture ---------------------------------------------------
+    def get_output_embeddings(self) -> nn.Module:
+        """The module whose weight [V, D] projects to the vocabulary (the embedding when tied)."""
+        return self.embed if self.lm_head is None else self.lm_head
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer layers, in order (what FSDP shards one by one)."""
+        raise NotImplementedError
+
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout probability of every layer (and the config), e.g. to fine-tune without it."""
+        self.config.dropout = p
+        for module in self.modules():
+            if isinstance(getattr(module, "dropout", None), float):
+                module.dropout = p
+
+    def _check_length(self, n: int, what: str) -> None:
+        if n > self.config.max_seq_len:
+            raise ValueError(f"{what} length {n} exceeds max_seq_len={self.config.max_seq_len}")
+
+    # --- generation: provided by each architecture ------------------------------------------------
 
     def new_cache(
         self,
@@ -119,7 +75,15 @@ class LanguageModel(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> GenerationCache:
-        raise NotImplementedError
+        """The cache a request of `batch_size` rows of `input_len` tokens needs for `max_new_tokens`."""
+        return GenerationCache.allocate(
+            self.config,
+            batch_size,
+            input_len,
+            max_new_tokens,
+            device=device or self.embed.weight.device,
+            dtype=dtype or self.embed.weight.dtype,
+        )
 
     def prefill(
         self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
@@ -129,14 +93,12 @@ class LanguageModel(nn.Module):
     def decode_step(self, tokens: Tensor, cache: GenerationCache) -> Tensor:
         raise NotImplementedError
 
-    # --- generation ----------------------------------------------------------------------------
-
     def generate(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 32, **kwargs: Any
     ) -> Tensor:
         """New tokens only, [B, max_new_tokens]; rows that stopped at EOS are filled with pad.
-        Keyword arguments: see `encore.generate.generate`."""
-        from encore.generate import generate
+        Keyword arguments: see `encore.infer.generate.generate`."""
+        from encore.infer.generate import generate
 
         return generate(self, input_ids, attention_mask, max_new_tokens=max_new_tokens, **kwargs)
 
@@ -144,7 +106,7 @@ class LanguageModel(nn.Module):
         self, input_ids: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 32, **kwargs: Any
     ) -> Iterator[Tensor]:
         """Yield each step's new tokens [B] as they come (pad for rows already finished)."""
-        from encore.generate import generate_stream
+        from encore.infer.generate import generate_stream
 
         return generate_stream(self, input_ids, attention_mask, max_new_tokens=max_new_tokens, **kwargs)
 
@@ -168,8 +130,15 @@ class LanguageModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+        cls,
+        directory: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        **config_changes: Any,
     ) -> LanguageModel:
+        """Load a checkpoint of this class's architecture (`encore.load` picks the class for you).
+        `config_changes` replace config fields before the model is built, for fields that do not
+        change the weights' shapes (`max_seq_len`, `rope_scaling`, `dropout`)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -177,14 +146,15 @@ class LanguageModel(nn.Module):
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory}: not a model directory")
         config = ModelConfig.load(directory / CONFIG_FILE)
-        if cls is not LanguageModel and config.arch != cls.arch:
+        if config.arch != cls.arch:
             raise ValueError(
                 f"{directory / CONFIG_FILE}: arch is {config.arch!r}, but {cls.__name__} is "
                 f"{cls.arch!r}; use encore.load() to pick the class from the config"
             )
-        model_cls = ARCHES[config.arch]
+        if config_changes:
+            config = config.replace(**config_changes)
         with torch.device("meta"):  # skip random init: every weight comes from the file
-            model = model_cls(config)
+            model = cls(config)
         model.to_empty(device=device)
         model.rope.reset_tables(device)
         weights = directory / WEIGHTS_FILE
@@ -215,11 +185,3 @@ class LanguageModel(nn.Module):
 
             model.tokenizer = auto_tokenizer(directory)
         return model.eval()
-
-
-ARCHES: dict[str, type[LanguageModel]] = {}  # filled by encdec.py / decoder_only.py
-
-
-def load(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LanguageModel:
-    """Load any encore checkpoint; the class comes from config.json's `arch`."""
-    return LanguageModel.from_pretrained(directory, device=device, dtype=dtype)

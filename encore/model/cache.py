@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from encore.config import ModelConfig
+
 
 class KVCache:
     """Self-attention K/V for all layers: [L, B, K, T_max, Dh], written in place at `length`."""
@@ -63,6 +65,31 @@ class GenerationCache:
     # and each row's next RoPE position [B] (rows differ when prompts are padded)
     key_mask: Tensor | None = None
     next_position: Tensor | None = None
+
+    @classmethod
+    def allocate(
+        cls,
+        config: ModelConfig,
+        batch_size: int,
+        input_len: int,
+        max_new_tokens: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> GenerationCache:
+        """What a request of `batch_size` rows of `input_len` tokens needs for `max_new_tokens`:
+        encoder-decoder: self K/V over the outputs + cross K/V over the input; decoder-only: self
+        K/V over input + outputs."""
+        c, encdec = config, config.arch == "encdec"
+        self_len = max_new_tokens if encdec else input_len + max_new_tokens
+        self_kv = KVCache(c.n_decoder_layers, batch_size, c.n_kv_heads, self_len, c.head_dim, device, dtype)
+        if not encdec:
+            return cls(self_kv)
+        cross = (c.n_decoder_layers, batch_size, c.n_kv_heads, input_len, c.head_dim)
+        return cls(
+            self_kv,
+            cross_k=torch.empty(cross, device=device, dtype=dtype),
+            cross_v=torch.empty(cross, device=device, dtype=dtype),
+        )
 
     @property
     def nbytes(self) -> int:

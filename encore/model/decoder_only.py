@@ -7,15 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from encore.config import ModelConfig
-from encore.model.base import (
-    ARCHES,
-    LanguageModel,
-    causal_mask,
-    check_ids,
-    padding_mask,
-    positions_from_mask,
-)
+from encore.model.base import LanguageModel
 from encore.model.cache import GenerationCache, KVCache
+from encore.model.inputs import as_bool_mask, causal_mask, padding_mask, positions_from_mask
 from encore.model.layers import DecoderLayer
 
 
@@ -31,28 +25,44 @@ class DecoderOnly(LanguageModel):
         )
         self._init_weights()
 
+    def blocks(self) -> list[nn.Module]:
+        return list(self.decoder)
+
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, logits_mask: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        logits_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> Tensor:
-        """Logits [B, T, V] for every position; with `logits_mask` [B, T] (bool), only at the marked
-        positions, [N, V] in row-major order (training on a target after a long prompt then skips
-        the head and the softmax over the prompt)."""
-        check_ids(input_ids, attention_mask, self.config.vocab_size)
-        hidden = self._run(input_ids, padding_mask(attention_mask))
+        """Logits [B, T, V] for every position. With `logits_mask` [B, T] (bool), only at the marked
+        positions, [N, V] in row-major order (training on a target after a long prompt then skips the
+        head and the softmax over the prompt); with `logits_to_keep` k > 0, only the last k columns
+        [B, k, V] (Hugging Face's name). `position_ids` default to the real tokens' count
+        (cumsum(mask) - 1), which is what padding-aware callers pass. Token ids are not checked here:
+        collators and `generate` check them where they enter."""
+        mask = as_bool_mask(attention_mask)
+        hidden = self._run(input_ids, mask, positions=position_ids)
         if logits_mask is not None:
             if logits_mask.shape != input_ids.shape:
                 raise ValueError(
                     f"logits_mask has shape {tuple(logits_mask.shape)}, input_ids {tuple(input_ids.shape)}"
                 )
             hidden = hidden[logits_mask.bool()]
+        elif logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
         return self.head(hidden)
 
-    def _run(self, input_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None) -> Tensor:
+    def _run(
+        self, input_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None, positions: Tensor | None = None
+    ) -> Tensor:
         """Hidden states [B, T, D] (before the final norm); fills `cache` from slot 0 when given."""
         B, T = input_ids.shape
-        if T > self.config.max_seq_len:
-            raise ValueError(f"input length {T} exceeds max_seq_len={self.config.max_seq_len}")
-        rope = self.rope(positions_from_mask(mask, B, T, input_ids.device), self.embed.weight.dtype)
+        self._check_length(T, "input")
+        if positions is None:
+            positions = positions_from_mask(mask, B, T, input_ids.device)
+        rope = self.rope(positions, self.embed.weight.dtype)
         attn_mask = causal_mask(mask, T, input_ids.device)
         x = self.embed(input_ids)  # [B, T, D]
         for i, layer in enumerate(self.decoder):
@@ -60,22 +70,6 @@ class DecoderOnly(LanguageModel):
         return x
 
     # --- generation ------------------------------------------------------------------------------
-
-    def new_cache(
-        self,
-        batch_size: int,
-        input_len: int,
-        max_new_tokens: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> GenerationCache:
-        c = self.config
-        device = device or self.embed.weight.device
-        dtype = dtype or self.embed.weight.dtype
-        max_len = input_len + max_new_tokens
-        return GenerationCache(
-            KVCache(c.n_decoder_layers, batch_size, c.n_kv_heads, max_len, c.head_dim, device, dtype)
-        )
 
     def prefill(
         self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
@@ -114,6 +108,3 @@ class DecoderOnly(LanguageModel):
         kv.advance(1)
         cache.next_position = cache.next_position + 1
         return self.head(x[:, -1])
-
-
-ARCHES["deconly"] = DecoderOnly

@@ -7,15 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from encore.config import ModelConfig
-from encore.model.base import (
-    ARCHES,
-    LanguageModel,
-    causal_mask,
-    check_ids,
-    padding_mask,
-    positions_from_mask,
-)
-from encore.model.cache import GenerationCache, KVCache
+from encore.model.base import LanguageModel
+from encore.model.cache import GenerationCache
+from encore.model.inputs import as_bool_mask, causal_mask, check_ids, padding_mask, positions_from_mask
 from encore.model.layers import DecoderLayer, EncoderLayer, RMSNorm
 
 
@@ -30,6 +24,9 @@ class EncoderDecoder(LanguageModel):
         self.encoder_norm = RMSNorm(config.d_model, config.norm_eps)
         self.decoder = nn.ModuleList(DecoderLayer(config, cross_attention=True) for _ in range(config.n_decoder_layers))
         self._init_weights()
+
+    def blocks(self) -> list[nn.Module]:
+        return [*self.encoder, *self.decoder]
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """input_ids [B, S] -> encoder states [B, S, D]."""
@@ -53,20 +50,19 @@ class EncoderDecoder(LanguageModel):
         attention_mask: Tensor | None = None,
         decoder_attention_mask: Tensor | None = None,
     ) -> Tensor:
-        """Teacher-forced logits [B, T_dec, V]."""
-        check_ids(input_ids, attention_mask, self.config.vocab_size)
-        check_ids(decoder_input_ids, decoder_attention_mask, self.config.vocab_size, "decoder_input_ids")
+        """Teacher-forced logits [B, T_dec, V]. Token ids are not checked here (that would read them on
+        the host at every training step): collators and `generate` check them where they enter."""
         if decoder_input_ids.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"decoder_input_ids has batch size {decoder_input_ids.shape[0]} but input_ids has {input_ids.shape[0]}"
             )
-        enc_mask = padding_mask(attention_mask)
+        enc_mask = as_bool_mask(attention_mask)
         memory = self._encode(input_ids, enc_mask)
         cross_mask = None if enc_mask is None else enc_mask[:, None, None, :]
 
         B, T = decoder_input_ids.shape
         self._check_length(T, "decoder input")
-        dec_mask = padding_mask(decoder_attention_mask)
+        dec_mask = as_bool_mask(decoder_attention_mask)
         rope = self.rope(positions_from_mask(dec_mask, B, T, decoder_input_ids.device), self.embed.weight.dtype)
         self_mask = causal_mask(dec_mask, T, decoder_input_ids.device)
         x = self.embed(decoder_input_ids)  # [B, T, D]
@@ -74,29 +70,7 @@ class EncoderDecoder(LanguageModel):
             x = layer(x, rope, self_mask, causal=True, cross_kv=layer.cross.project_kv(memory), cross_mask=cross_mask)
         return self.head(x)
 
-    def _check_length(self, n: int, what: str) -> None:
-        if n > self.config.max_seq_len:
-            raise ValueError(f"{what} length {n} exceeds max_seq_len={self.config.max_seq_len}")
-
     # --- generation: encode once, project cross K/V once, then one token at a time ---------------
-
-    def new_cache(
-        self,
-        batch_size: int,
-        input_len: int,
-        max_new_tokens: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> GenerationCache:
-        c = self.config
-        device = device or self.embed.weight.device
-        dtype = dtype or self.embed.weight.dtype
-        cross = (c.n_decoder_layers, batch_size, c.n_kv_heads, input_len, c.head_dim)
-        return GenerationCache(
-            self_kv=KVCache(c.n_decoder_layers, batch_size, c.n_kv_heads, max_new_tokens, c.head_dim, device, dtype),
-            cross_k=torch.empty(cross, device=device, dtype=dtype),
-            cross_v=torch.empty(cross, device=device, dtype=dtype),
-        )
 
     def prefill(
         self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
@@ -131,6 +105,3 @@ class EncoderDecoder(LanguageModel):
             )
         cache.self_kv.advance(1)
         return self.head(x[:, -1])
-
-
-ARCHES["encdec"] = EncoderDecoder

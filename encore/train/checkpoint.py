@@ -21,25 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from encore.files import fsync_dir, fsync_tree
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.pt"
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in sorted(directory.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict[str, Any]:
@@ -80,11 +66,11 @@ def save_checkpoint(
         model.save_pretrained(tmp)
         torch.save(trainer_state, tmp / TRAINER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,12 +14,13 @@ import sys
 
 # name -> (module, one-line help). Add a subcommand by adding a line here.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "pretrain": ("encore.train_cli:pretrain", "pretrain: span corruption (encoder-decoder) or causal LM"),
-    "finetune": ("encore.train_cli:finetune", "fine-tune on a source -> target task"),
-    "distill": ("encore.train_cli:distill", "distill a decoder-only teacher into an encoder-decoder student"),
-    "generate": ("encore.train_cli:generate", "generate from a checkpoint"),
-    "eval": ("encore.train_cli:eval", "generate on a task split and score the predictions"),
-    "bench": ("encore.bench", "time an encoder-decoder against a decoder-only model of the same size"),
+    "pretrain": ("encore.cli.train:pretrain", "pretrain: span corruption (encoder-decoder) or causal LM"),
+    "finetune": ("encore.cli.train:finetune", "fine-tune on a source -> target task"),
+    "distill": ("encore.cli.train:distill", "distill a decoder-only teacher into an encoder-decoder student"),
+    "generate": ("encore.cli.infer:generate", "generate from a checkpoint"),
+    "eval": ("encore.cli.infer:eval", "generate on a task split and score the predictions"),
+    "bench": ("encore.cli.bench", "time an encoder-decoder against a decoder-only model of the same size"),
+    "tokenizer": ("encore.cli.tokenizer", "train a byte-level BPE tokenizer on a corpus"),
 }
 
 

@@ -31,14 +31,11 @@ Counting rules (the assumptions, stated once):
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
 from encore.config import ModelConfig
-from encore.model.layers import linear
 
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8}
 
@@ -66,50 +63,6 @@ class Machine:
     def __post_init__(self) -> None:
         if not (self.peak_flops > 0 and self.mem_bandwidth > 0):
             raise ValueError(f"Machine needs positive peak_flops and mem_bandwidth, got {self}")
-
-
-def _median_call(fn, budget_s: float, sync) -> float:
-    """Median seconds per call over the calls that fit in `budget_s`: on a shared machine one call
-    can catch a burst of other load or an idle moment of the memory system, the median neither
-    (and the bench reports medians too)."""
-    fn()  # warm-up: first-call allocation and thread start-up stay out of the measurement
-    sync()
-    start, times = time.perf_counter(), []
-    while not times or times[-1][1] - start < budget_s:
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((t0, time.perf_counter()))
-    return statistics.median(end - begin for begin, end in times)
-
-
-def measure_machine(device: str = "cpu", dtype: torch.dtype = torch.float32, budget_s: float = 0.3) -> Machine:
-    """Probe peak FLOP/s with a [512 x D] @ [D x 4D] matmul (prefill-like) and bandwidth with a
-    matrix-vector product over a matrix far larger than the caches (decode-like: each weight read once,
-    2 FLOPs per element read), both through the models' own `linear` kernel. Each probe runs for
-    about `budget_s` seconds."""
-    dev = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    with torch.inference_mode():
-        return Machine(
-            peak_flops=_probe_flops(dev, dtype, budget_s, sync),
-            mem_bandwidth=_probe_bandwidth(dev, dtype, budget_s, sync),
-            measured=True,
-        )
-
-
-def _probe_flops(dev: torch.device, dtype: torch.dtype, budget_s: float, sync) -> float:
-    k = 4096 if dev.type == "cuda" else 1024
-    a = torch.randn(8192 if dev.type == "cuda" else 512, k, device=dev, dtype=dtype)
-    w = torch.randn(4 * k, k, device=dev, dtype=dtype)
-    return 2 * a.shape[0] * k * w.shape[0] / _median_call(lambda: linear(a, w), budget_s, sync)
-
-
-def _probe_bandwidth(dev: torch.device, dtype: torch.dtype, budget_s: float, sync) -> float:
-    rows = (1 << 30 if dev.type == "cuda" else 1 << 28) // (4096 * dtype_bytes(dtype))  # 1 GiB / 256 MiB
-    w = torch.full((rows, 4096), 0.5, device=dev, dtype=dtype)  # written, so every page is really mapped
-    x = torch.full((1, 4096), 0.5, device=dev, dtype=dtype)
-    return w.numel() * w.element_size() / _median_call(lambda: linear(x, w), budget_s, sync)
 
 
 # --- costs --------------------------------------------------------------------------------------
@@ -160,15 +113,7 @@ class WeightCounts:
 
 
 def weight_counts(config: ModelConfig) -> WeightCounts:
-    d, hd = config.d_model, config.head_dim
-    encdec = config.arch == "encdec"
-    return WeightCounts(
-        self_attn=d * (config.n_heads + 2 * config.n_kv_heads) * hd + config.n_heads * hd * d,
-        cross_q_out=2 * d * config.n_heads * hd if encdec else 0,
-        cross_kv=d * 2 * config.n_kv_heads * hd if encdec else 0,
-        mlp=(3 if config.mlp_type == "swiglu" else 2) * d * config.mlp_dim,
-        head=config.vocab_size * d,
-    )
+    return WeightCounts(**config.matrix_params())
 
 
 def _kv_per_position(config: ModelConfig, b: int) -> int:

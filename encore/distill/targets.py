@@ -1,117 +1,72 @@
-"""Batch sources for the training loop: where each global batch of examples comes from.
-
-`TaskSource` serves tokenized (source, target) pairs, reshuffled each epoch with a seeded
-permutation; `StreamSource` serves a resumable stream of packed pretraining examples. Both report
-their position (`state_dict`) so a resumed run continues on exactly the data it would have seen.
-"""
+"""Where a distillation run's targets come from: gold, the teacher's own continuation (sequence-level
+KD, generated once and cached on disk) or the student's current output (on-policy), mixed per example
+with seeded draws so a resumed run draws the same targets."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from encore.train import Batch
+from encore.data.collate import Batch
+from encore.data.sources import TaskSource
+from encore.distill.align import teacher_layout
+from encore.distill.errors import DistillError
+from encore.distill.teacher import Teacher
+from encore.train.dist import is_main_process
 
-
-class TaskSource:
-    """Tokenized examples, in a seeded order that is reshuffled at every epoch (or kept in file
-    order with `shuffle=False`, e.g. for validation, where the stream ends after one pass)."""
-
-    def __init__(
-        self,
-        examples: list[dict[str, Any]],
-        collate: Callable[[list[Any]], Batch],
-        seed: int = 0,
-        shuffle: bool = True,
-        repeat: bool = True,
-    ):
-        if not examples:
-            raise ValueError("the task has no examples")
-        self.examples, self.collate_fn = examples, collate
-        self.seed, self.shuffle, self.repeat = seed, shuffle, repeat
-        self.epoch, self.index = 0, 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(len(self.examples))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
-
-    def next_batch(self, size: int) -> list[dict[str, Any]]:
-        batch: list[dict[str, Any]] = []
-        while len(batch) < size:
-            if self.index == len(self.examples):
-                if not self.repeat:
-                    break
-                self.epoch, self.index = self.epoch + 1, 0
-                self._order = self._permutation(self.epoch)
-            batch.append(self.examples[self._order[self.index]])
-            self.index += 1
-        return batch
-
-    def collate(self, examples: list[Any]) -> Batch:
-        return self.collate_fn(examples)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._order = self._permutation(self.epoch)
+Collator = Callable[[list[dict[str, Any]]], Batch]
 
 
-class StreamSource:
-    """A resumable stream of ready examples (e.g. packed span-corruption pairs). `stream` must
-    offer `state_dict()` / `load_state_dict()`; iteration continues from the restored position."""
+@torch.no_grad()
+def generate_teacher_targets(
+    teacher: Teacher,
+    source_ids: Tensor,
+    source_mask: Tensor | None,
+    *,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    teacher_bos_id: int | None | Literal["auto"] = "auto",
+    **generate_kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    """The teacher's own continuation of each source: ``(target_ids, target_mask)`` [B, ≤ max_new_tokens],
+    right-padded, each row ending with its first EOS (kept) or cut at ``max_new_tokens``. Uses the
+    teacher's KV-cached ``generate``; ids outside the shared vocabulary are suppressed (or, for a
+    teacher that cannot suppress them, refused). Extra keyword arguments go to ``generate`` (e.g.
+    ``do_sample``, ``temperature``)."""
+    if not isinstance(teacher, Teacher):
+        raise DistillError("generate_teacher_targets needs a Teacher (see load_teacher / Teacher(model))")
+    bos = teacher.bos_id if teacher_bos_id == "auto" else teacher_bos_id
+    empty = source_ids[:, :0]
+    ids, mask, _, start = teacher_layout(source_ids, source_mask, empty, None, bos_id=bos, pad_id=teacher.pad_id)
+    eos = eos_id if eos_id is not None else teacher.eos_id
+    if teacher.valid_vocab < teacher.vocab_size:
+        generate_kwargs.setdefault("suppress_tokens", list(range(teacher.valid_vocab, teacher.vocab_size)))
+    out = teacher.model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=teacher.pad_id,
+        eos_token_id=eos,
+        **generate_kwargs,
+    )
+    new = out[:, start:]
+    eos_ids = torch.as_tensor(eos if isinstance(eos, (list, tuple)) else [eos], device=new.device)
+    is_eos = torch.isin(new, eos_ids) if eos is not None else torch.zeros_like(new, dtype=torch.bool)
+    target_mask = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first EOS
+    if bool((new[target_mask] >= teacher.valid_vocab).any()):
+        raise DistillError(f"the teacher generated ids outside the shared vocabulary [0, {teacher.valid_vocab})")
+    keep = int(target_mask.sum(1).max()) if new.numel() else 0
+    return new[:, :keep].masked_fill(~target_mask[:, :keep], teacher.pad_id), target_mask[:, :keep].long()
 
-    def __init__(self, stream: Iterable[Any], collate: Callable[[list[Any]], Batch]):
-        self.stream, self.collate_fn = stream, collate
-        self._iter = iter(stream)
-
-    def next_batch(self, size: int) -> list[Any]:
-        batch = []
-        for example in self._iter:
-            batch.append(example)
-            if len(batch) == size:
-                break
-        return batch
-
-    def collate(self, examples: list[Any]) -> Batch:
-        return self.collate_fn(examples)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.stream.load_state_dict(state)
-        self._iter = iter(self.stream)
-
-
-class WithExampleIds:
-    """A collator whose batches also carry `example_ids` (the offline teacher store is keyed by them)."""
-
-    def __init__(self, collator: Callable[[list[Any]], Batch]):
-        self.collator = collator
-
-    def __call__(self, examples: list[dict[str, Any]]) -> Batch:
-        batch = self.collator(examples)
-        batch["example_ids"] = torch.tensor([e["example_id"] for e in examples])
-        return batch
-
-
-# --- distillation: gold, teacher-generated and on-policy targets ---------------------------------------
 
 TARGET_SOURCES = ("gold", "teacher", "student")
-
-
-def _is_main_process() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def parse_target_mix(spec: str) -> dict[str, float]:
@@ -147,7 +102,8 @@ class DistillSource:
         inner: TaskSource,
         mix: dict[str, float],
         *,
-        teacher: Any = None,
+        collator: Collator,
+        teacher: Teacher | None = None,
         student: Any = None,
         max_new_tokens: int = 64,
         cache_dir: str | Path | None = None,
@@ -157,7 +113,7 @@ class DistillSource:
             raise ValueError("teacher-generated targets need the teacher")
         if mix.get("student") and student is None:
             raise ValueError("on-policy targets need the student")
-        self.inner, self.teacher, self.student = inner, teacher, student
+        self.inner, self.collator, self.teacher, self.student = inner, collator, teacher, student
         self.names, self.probs = list(mix), np.array(list(mix.values()))
         self.max_new_tokens, self.seed, self.draws = max_new_tokens, seed, 0
         self.cache_file = Path(cache_dir) / "targets.jsonl" if cache_dir is not None else None
@@ -207,7 +163,7 @@ class DistillSource:
         for e, ids in zip(examples, new):
             self.teacher_targets[e["example_id"]] = ids
             lines.append(json.dumps({"example_id": e["example_id"], "target_ids": ids}))
-        if self.cache_file is not None and _is_main_process():  # every rank generates the same; one writes
+        if self.cache_file is not None and is_main_process():  # every rank generates the same; one writes
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.cache_file, "a") as f:
                 f.write("\n".join(lines) + "\n")
@@ -218,20 +174,14 @@ class DistillSource:
     def _generate(self, model: Any, examples: list[dict[str, Any]], teacher: bool) -> list[list[int]]:
         """Greedy targets (without EOS; the collator appends it) for the examples' sources, laid out as
         the student's encoder reads them (x + [EOS])."""
-        collator = getattr(self.inner.collate_fn, "collator", self.inner.collate_fn)
-        batch = collator([{"source_ids": e["source_ids"], "target_ids": []} for e in examples])
+        batch = self.collator([{"source_ids": e["source_ids"], "target_ids": []} for e in examples])
         ids, mask = batch["input_ids"], batch["attention_mask"]
         if teacher:
-            from encore.distill import generate_teacher_targets
-
             device = next(self.teacher.parameters()).device
             new, new_mask = generate_teacher_targets(
                 self.teacher, ids.to(device), mask.to(device), max_new_tokens=self.max_new_tokens
             )
-            new, new_mask = new.cpu(), new_mask.cpu()
-            eos = getattr(self.teacher.tokenizer, "eos_token_id", None)
-            if eos is None and self.teacher.is_encore:
-                eos = self.teacher.model.config.eos_token_id
+            new, new_mask, eos = new.cpu(), new_mask.cpu(), self.teacher.eos_id
         else:
             was_training = model.training
             model.eval()

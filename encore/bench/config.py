@@ -1,0 +1,107 @@
+"""What `encore bench` measures: the configuration, and the points (input length x batch) it plans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from encore.bench.costmodel import dtype_bytes
+from encore.model.kernels import CPU_LINEAR_BACKENDS
+
+# The paper's headline (arXiv 2501.16273, 330M models): the encoder-decoder's first-token latency is
+# 47% lower and its throughput 4.7x higher than the decoder-only model's.
+PAPER = {"first_token_latency_reduction": 0.47, "throughput_ratio": 4.7}
+SWEEP_CPU = (128, 256, 512, 1024, 2048)
+SWEEP_CUDA = (128, 256, 512, 1024, 2048, 4096, 8192)
+METRICS = ("first_token_latency_s", "decode_tokens_per_s", "throughput_tokens_per_s")
+
+
+@dataclass
+class BenchConfig:
+    """What to measure. `sweep=None` means the device's default input-length sweep, `()` none."""
+
+    model: str = "encdec-330m"  # a preset name, a config .json, or a checkpoint directory
+    baseline: str | None = "deconly-330m"  # None: measure `model` alone
+    input_lens: tuple[int, ...] = (512,)  # full points: `output_len` tokens, `repeats` repetitions
+    output_len: int = 128
+    batch_sizes: tuple[int, ...] = (1,)
+    device: str = "cpu"
+    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    repeats: int = 3
+    warmup: int = 1
+    # quick points (time to first token + a short decode) at these input lengths, first batch size only
+    sweep: tuple[int, ...] | None = None
+    sweep_output_len: int = 16
+    sweep_repeats: int = 3
+    vs_hf: bool = False  # also time the same shapes built with Hugging Face transformers
+    json_path: str | None = "bench.json"
+    plot_path: str | None = "bench.png"
+    peak_flops: float | None = None  # FLOP/s for the cost model; None: probe it
+    mem_bandwidth: float | None = None  # bytes/s for the cost model; None: probe it
+    threads: int | None = None  # torch.set_num_threads; None: leave torch's default
+    cpu_linear: str | None = None  # encore's fp32 CPU kernel, "onednn" | "aten" (F.linear); None: encore's setting
+    seed: int = 0
+    progress: bool | None = None  # None: a progress bar on a terminal, none under CI / ENCORE_QUIET
+    report: bool = True  # print the tables
+    isolate: bool = True  # each model in a worker process of its own (False: all in this process)
+
+    def resolved_dtype(self) -> str:
+        return self.dtype or ("bfloat16" if self.device == "cuda" else "float32")
+
+    def resolved_sweep(self) -> tuple[int, ...]:
+        if self.sweep is not None:
+            return tuple(self.sweep)
+        return SWEEP_CUDA if self.device == "cuda" else SWEEP_CPU
+
+    def validate(self) -> None:
+        def fail(name: str, why: str) -> None:
+            raise ValueError(f"BenchConfig.{name}: {why} (got {getattr(self, name)!r})")
+
+        if self.device not in ("cpu", "cuda"):
+            fail("device", "must be 'cpu' or 'cuda'")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            fail("device", "CUDA is not available in this torch build / on this machine")
+        dtype_bytes(self.resolved_dtype())  # raises on an unknown dtype
+        for name in ("input_lens", "batch_sizes"):
+            values = getattr(self, name)
+            if not values or any(not isinstance(v, int) or v < 1 for v in values):
+                fail(name, "must be one or more positive integers")
+        if self.sweep and any(not isinstance(v, int) or v < 1 for v in self.sweep):
+            fail("sweep", "input lengths must be positive integers")
+        for name in ("output_len", "sweep_output_len"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 2:
+                fail(name, "must be an integer >= 2 (the decode rate needs a first and a last token)")
+        for name, low in (("repeats", 1), ("sweep_repeats", 1), ("warmup", 0)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+                fail(name, f"must be an integer >= {low}")
+        if self.threads is not None and self.threads < 1:
+            fail("threads", "must be >= 1")
+        if self.cpu_linear is not None and self.cpu_linear not in CPU_LINEAR_BACKENDS:
+            fail("cpu_linear", f"must be None or one of {CPU_LINEAR_BACKENDS}")
+        for name in ("peak_flops", "mem_bandwidth"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                fail(name, "must be positive")
+
+
+@dataclass
+class Point:
+    input_len: int
+    batch_size: int
+    output_len: int
+    repeats: int
+    warmup: int
+    kind: str  # "full" | "sweep"
+
+
+def plan_points(cfg: BenchConfig) -> list[Point]:
+    points = [
+        Point(s, b, cfg.output_len, cfg.repeats, cfg.warmup, "full") for b in cfg.batch_sizes for s in cfg.input_lens
+    ]
+    full = {(p.input_len, p.batch_size) for p in points}
+    b0 = cfg.batch_sizes[0]
+    for s in sorted(set(cfg.resolved_sweep())):
+        if (s, b0) not in full:
+            # no warm-up: the model is warm from the full points; the first repetition pays new shapes
+            points.append(Point(s, b0, cfg.sweep_output_len, cfg.sweep_repeats, 0, "sweep"))
+    return points

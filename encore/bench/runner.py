@@ -1,0 +1,295 @@
+"""`encore bench`'s run: an encoder-decoder against a decoder-only model of the same size, measured on
+the machine at hand and explained by the cost model (`encore.bench.costmodel`).
+
+Per point (model, input length, output length, batch size) it measures time to first token, decode
+tokens/s, end-to-end tokens/s, the median gap between tokens, peak memory and KV-cache bytes, and puts
+the cost model's FLOPs, bytes moved and roofline predictions beside them. Python API:
+``run_bench(BenchConfig(...)) -> dict`` (the JSON written by ``--json``).
+
+How a point is timed: greedy generation of exactly N tokens (EOS stopping disabled) from random token
+ids, after warm-up runs. Time to first token = call -> first yielded token (encoder pass or prompt
+prefill, plus the first decoder step); decode tokens/s = B * (N - 1) / (last token - first token);
+end-to-end tokens/s = B * N / (call -> last token). CUDA is synchronised at the first and the last
+token. Median over the repeats, with [min, max] as the spread. Each model runs in a worker process of
+its own (clean peak RSS), and the models' repetitions are interleaved so that load from other
+processes on a shared machine hits every model alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from encore.bench.backends import Backend, BackendSpec, make_backend
+from encore.bench.config import METRICS, PAPER, BenchConfig, Point, plan_points
+from encore.bench.costmodel import Machine, dtype_bytes, generation_cost
+from encore.bench.machine import measure_machine
+from encore.bench.report import format_report, plot, validate_bench_json
+from encore.bench.workers import ProcessWorker, Worker
+from encore.model.kernels import cpu_linear, set_cpu_linear
+from encore.progress import progress_enabled
+
+
+def _median_spread(values: list[float]) -> tuple[float | None, list[float] | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.median(values), [min(values), max(values)]
+
+
+def _result(
+    backend: Backend, params: int, kv_bytes: int, point: Point, runs: list[dict], dtype: str, machine: Machine
+) -> dict:
+    cost = generation_cost(backend.cost_config, point.batch_size, point.input_len, point.output_len, dtype_bytes(dtype))
+    result: dict[str, Any] = {
+        "model": backend.label,
+        "arch": backend.arch,
+        "backend": backend.name,
+        "params": params,
+        "input_len": point.input_len,
+        "output_len": point.output_len,
+        "batch_size": point.batch_size,
+        "dtype": dtype,
+    }
+    spread = {}
+    for metric in METRICS:
+        result[metric], spread[metric] = _median_spread([r[metric] for r in runs])
+    result.update(
+        {
+            "peak_memory_bytes": int(max(r["peak"] for r in runs)),
+            "kv_cache_bytes": int(kv_bytes),
+            "flops": cost.flops,
+            "bytes_moved": cost.bytes,
+            # extras beyond the documented core fields
+            "kind": point.kind,
+            "repeats": point.repeats,
+            "spread": spread,
+            "cpu_utilization": statistics.median(r["cpu_utilization"] for r in runs),
+            # median / 90th percentile gap between consecutive tokens over every step of every repetition:
+            # a burst of load from another process moves the mean decode rate, hardly the median gap
+            "inter_token_latency_s": _quantile([x for r in runs for x in r["intervals"]], 0.5),
+            "inter_token_latency_p90_s": _quantile([x for r in runs for x in r["intervals"]], 0.9),
+            "model_config": backend.cost_config.to_dict(),  # the shapes the cost model priced
+            "prefill_flops": cost.prefill.flops,
+            "prefill_bytes": cost.prefill.bytes,
+            "decode_flops": cost.decode_flops,
+            "decode_bytes": cost.decode_bytes,
+            "predicted": cost.predict(machine),
+        }
+    )
+    return result
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    """Nearest-rank quantile (no interpolation); None for no values."""
+    if not values:
+        return None
+    values = sorted(values)
+    return values[round(q * (len(values) - 1))]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def compare(model: dict, baseline: dict) -> dict[str, Any]:
+    """Ratios of two results at the same point: measured and as the cost model predicts them."""
+    out: dict[str, Any] = {
+        key: model[key] for key in ("input_len", "output_len", "batch_size", "backend", "kind") if key in model
+    }
+    out.update({"model": model["model"], "baseline": baseline["model"], "baseline_backend": baseline["backend"]})
+
+    def ratios(m: dict, b: dict) -> dict[str, float | None]:
+        ttft = _ratio(m["first_token_latency_s"], b["first_token_latency_s"])
+        return {
+            "first_token_latency_ratio": ttft,
+            "first_token_latency_reduction": None if ttft is None else 1 - ttft,
+            "decode_speedup": _ratio(m["decode_tokens_per_s"], b["decode_tokens_per_s"]),
+            "throughput_ratio": _ratio(m["throughput_tokens_per_s"], b["throughput_tokens_per_s"]),
+        }
+
+    out["measured"] = ratios(model, baseline)
+    out["measured"]["inter_token_speedup"] = _ratio(baseline["inter_token_latency_s"], model["inter_token_latency_s"])
+    out["measured"]["peak_memory_ratio"] = _ratio(model["peak_memory_bytes"], baseline["peak_memory_bytes"])
+    out["measured"]["kv_cache_ratio"] = _ratio(model["kv_cache_bytes"], baseline["kv_cache_bytes"])
+    out["predicted"] = ratios(model["predicted"], baseline["predicted"])
+    out["predicted"]["flops_ratio"] = _ratio(model["flops"], baseline["flops"])
+    out["predicted"]["bytes_moved_ratio"] = _ratio(model["bytes_moved"], baseline["bytes_moved"])
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+@contextlib.contextmanager
+def _progress(cfg: BenchConfig, total: int) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, disable=not progress_enabled(cfg.progress), unit="run", file=sys.stderr, leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _machine(cfg: BenchConfig) -> tuple[Machine, str]:
+    """The roofline (given, or probed through the models' kernel) and the CPU kernel the models use."""
+    previous = set_cpu_linear(cfg.cpu_linear or cpu_linear())  # the probes use the models' kernel
+    try:
+        kernel = cpu_linear()
+        if cfg.peak_flops and cfg.mem_bandwidth:
+            return Machine(cfg.peak_flops, cfg.mem_bandwidth, measured=False), kernel
+        # probe before any worker starts building, so the probes have the machine to themselves
+        probed = measure_machine(cfg.device, getattr(torch, cfg.resolved_dtype()))
+        return Machine(cfg.peak_flops or probed.peak_flops, cfg.mem_bandwidth or probed.mem_bandwidth, True), kernel
+    finally:
+        set_cpu_linear(previous)
+
+
+def _specs(cfg: BenchConfig, points: list[Point], kernel: str) -> list[BackendSpec]:
+    """The model, the baseline, and (with --vs-hf) the Hugging Face models of the same shapes."""
+    max_len = max(p.input_len + p.output_len for p in points)
+    full_len = max(p.input_len + p.output_len for p in points if p.kind == "full")
+    dtype = cfg.resolved_dtype()
+    spec = lambda kind, model, length: BackendSpec(kind, model, length, cfg.device, dtype, cfg.seed, kernel)
+    specs = [spec("encore", cfg.model, max_len)]
+    if cfg.baseline:
+        specs.append(spec("encore", cfg.baseline, max_len))
+    if cfg.vs_hf:
+        specs += [spec("hf", s.model, full_len) for s in list(specs)]
+    return specs
+
+
+def _measure(
+    cfg: BenchConfig, specs: list[BackendSpec], backends: list[Backend], points: list[Point], threads: int
+) -> tuple[list[int], dict[tuple[int, int], list[dict]], dict[tuple[int, int], int]]:
+    """Build every model in its worker and time every point: (params, runs, KV bytes) per (model, point)."""
+
+    def active(point: Point) -> list[int]:
+        return [i for i, b in enumerate(backends) if b.sweep or point.kind == "full"]
+
+    total = sum((p.warmup + p.repeats) * len(active(p)) for p in points)
+    runs: dict[tuple[int, int], list[dict]] = {}
+    workers: list[Any] = []
+    with _progress(cfg, total) as bar:
+        try:
+            bar.set_description("building models")
+            # worker processes build in parallel; in-process workers one after the other
+            workers = [(ProcessWorker if cfg.isolate else Worker)(spec, threads) for spec in specs]
+            params = [w.wait_ready() for w in workers]
+            for k, point in enumerate(points):
+                B, S, n = point.batch_size, point.input_len, point.output_len
+                who = active(point)
+                bar.set_description(f"{S}->{n} x{B} warm-up")
+                for i in who:
+                    for _ in range(point.warmup):
+                        workers[i].call("run", B, S, min(n, 8))
+                        bar.update(1)
+                # interleave the models, alternating who goes first: a burst of load from another
+                # process then hits both sides instead of skewing one model's numbers
+                for rep in range(point.repeats):
+                    for i in who if rep % 2 == 0 else who[::-1]:
+                        bar.set_description(f"{S}->{n} x{B} {backends[i].label}")
+                        runs.setdefault((i, k), []).append(workers[i].call("run", B, S, n))
+                        bar.update(1)
+            kv = {
+                (i, k): workers[i].call("kv_bytes", points[k].batch_size, points[k].input_len, points[k].output_len)
+                for (i, k) in runs
+            }
+        finally:
+            for w in workers:
+                w.close()
+    return params, runs, kv
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Measure every model at every point; return (and write) the JSON document; print the tables."""
+    cfg.validate()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()
+    dtype_name = cfg.resolved_dtype()
+    points = plan_points(cfg)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    started = time.perf_counter()
+    machine, kernel = _machine(cfg)
+    specs = _specs(cfg, points, kernel)
+    backends = [make_backend(s) for s in specs]  # configs and labels only; workers build the weights
+    if len({b.label for b in backends}) < len(backends):
+        raise ValueError(f"--model and --baseline name the same model ({backends[0].label}); pick two")
+    params, runs, kv = _measure(cfg, specs, backends, points, threads)
+    order = sorted(
+        runs, key=lambda ik: (ik[0], points[ik[1]].kind != "full", points[ik[1]].batch_size, points[ik[1]].input_len)
+    )
+    results = [
+        _result(backends[i], params[i], kv[(i, k)], points[k], runs[(i, k)], dtype_name, machine) for i, k in order
+    ]
+    from encore import __version__
+
+    doc: dict[str, Any] = {
+        "device": cfg.device,
+        "torch": torch.__version__,
+        "threads": threads,
+        "results": results,
+        "device_name": _device_name(torch.device(cfg.device)),
+        "dtype": dtype_name,
+        "cpu_linear": kernel if cfg.device == "cpu" else None,
+        "machine": {
+            "peak_flops": machine.peak_flops,
+            "mem_bandwidth_bytes_per_s": machine.mem_bandwidth,
+            "measured": machine.measured,
+        },
+        "load_average_before": load_before,
+        "cpu_count": os.cpu_count(),
+        "paper": PAPER,
+        "comparisons": _comparisons(results, backends),
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "wall_s": time.perf_counter() - started,
+        "encore": __version__,
+    }
+    if cfg.vs_hf:
+        import transformers
+
+        doc["transformers"] = transformers.__version__
+    validate_bench_json(doc)
+    if cfg.json_path:
+        Path(cfg.json_path).write_text(json.dumps(doc, indent=2) + "\n")
+    if cfg.plot_path:
+        plot(doc, cfg.plot_path)
+    if cfg.report:
+        print(format_report(doc, cfg))
+    return doc
+
+
+def _comparisons(results: list[dict], backends: list[Backend]) -> list[dict]:
+    """model vs baseline at every point both measured; each mirroring model vs the encore model it copies."""
+    by_key = {(r["model"], r["input_len"], r["batch_size"]): r for r in results}
+    own = [b.label for b in backends if b.mirror is None]
+    pairs = [(own[0], own[1])] if len(own) == 2 else []
+    pairs += [(b.mirror, b.label) for b in backends if b.mirror is not None]
+    out = []
+    for a, b in pairs:
+        for r in results:
+            if r["model"] == a and (b, r["input_len"], r["batch_size"]) in by_key:
+                out.append(compare(r, by_key[(b, r["input_len"], r["batch_size"])]))
+    return out

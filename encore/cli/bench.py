@@ -1,0 +1,91 @@
+"""`encore bench`: flags -> `BenchConfig` -> `run_bench` (or a report re-drawn from a saved JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from encore.bench import BenchConfig, format_report, plot, run_bench, validate_bench_json
+from encore.cli.common import from_args
+from encore.model.kernels import CPU_LINEAR_BACKENDS
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Compare an encoder-decoder with a decoder-only model of matched size on this machine: time to first "
+        "token, decode and end-to-end tokens/s, peak memory, KV cache, and the cost model's prediction. "
+        "With no flags: encdec-330m vs deconly-330m at 512 -> 128, batch 1, plus an input-length sweep."
+    )
+    d = BenchConfig()
+    parser.add_argument("--model", default=d.model, help="preset, config .json or checkpoint dir (%(default)s)")
+    parser.add_argument("--baseline", default=d.baseline, help="the same, or 'none' (%(default)s)")
+    parser.add_argument("--input-len", type=int, nargs="+", default=list(d.input_lens), help="input tokens (512)")
+    parser.add_argument("--output-len", type=int, default=d.output_len, help="generated tokens (%(default)s)")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=list(d.batch_sizes), help="rows per request (1)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--repeats", type=int, default=d.repeats, help="timed repetitions per point (%(default)s)")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs per full point (%(default)s)")
+    parser.add_argument(
+        "--sweep", type=int, nargs="*", help="quick input-length sweep (default: 128..2048 on CPU, ..8192 on CUDA)"
+    )
+    parser.add_argument("--no-sweep", action="store_true", help="measure only --input-len")
+    parser.add_argument("--sweep-output-len", type=int, default=d.sweep_output_len, help="(%(default)s)")
+    parser.add_argument("--sweep-repeats", type=int, default=d.sweep_repeats, help="(%(default)s)")
+    parser.add_argument("--vs-hf", action="store_true", help="also time HF T5 / Llama of the same shapes")
+    parser.add_argument("--json", default=d.json_path, metavar="PATH", help="results ('' to skip; %(default)s)")
+    parser.add_argument("--plot", default=d.plot_path, metavar="PATH", help="plot ('' to skip; %(default)s)")
+    parser.add_argument("--peak-gflops", type=float, help="cost model FLOP/s in GFLOP/s (default: probe)")
+    parser.add_argument("--bandwidth-gbs", type=float, help="cost model memory bandwidth in GB/s (default: probe)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--cpu-linear",
+        choices=CPU_LINEAR_BACKENDS,
+        help="encore's fp32 CPU projection kernel ('aten' = F.linear, torch's BLAS; default: onednn on x86-64, "
+        "else aten, or ENCORE_CPU_LINEAR)",
+    )
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--from-json", metavar="PATH", help="measure nothing: print the report and draw --plot from a saved JSON"
+    )
+    parser.add_argument(
+        "--in-process", action="store_true", help="build every model in this process (peak memory then counts them all)"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """Flags of BenchConfig's names map one to one; these are the ones that differ."""
+    return from_args(
+        BenchConfig,
+        args,
+        baseline=None if str(args.baseline).lower() in ("", "none") else args.baseline,
+        input_lens=tuple(args.input_len),
+        batch_sizes=tuple(args.batch_size),
+        sweep=() if args.no_sweep else (tuple(args.sweep) if args.sweep is not None else None),
+        json_path=args.json or None,
+        plot_path=args.plot or None,
+        peak_flops=None if args.peak_gflops is None else args.peak_gflops * 1e9,
+        mem_bandwidth=None if args.bandwidth_gbs is None else args.bandwidth_gbs * 1e9,
+        progress=False if args.quiet else None,
+        isolate=not args.in_process,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.from_json:
+        path = Path(args.from_json)
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no bench JSON here") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        validate_bench_json(doc)
+        if args.plot:
+            plot(doc, args.plot)
+        print(format_report(doc))
+        return 0
+    run_bench(config_from_args(args))
+    return 0

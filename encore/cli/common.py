@@ -1,0 +1,120 @@
+"""What the commands share: flags that mean the same everywhere, flags -> dataclass configs, and the
+model + tokenizer a `--model` / `--tokenizer` pair names."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from encore.model import LanguageModel, build, load, resolve_model
+
+TASK_HELP = (
+    "a task name (code2doc, synthqa, squad_v2, xsum, code_x_glue_ct) or a .jsonl/.json/.parquet file of "
+    "source/target pairs"
+)
+
+
+def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+    """A dataclass `cls` from the parsed flags of the same names, with `overrides` for the rest."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return cls(**{**values, **overrides})
+
+
+def add_model_args(p: argparse.ArgumentParser, training: bool = True) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a preset name (encore.ModelConfig.preset_names()), a ModelConfig .json file or a checkpoint directory",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer directory or hub id (default: the checkpoint's, or encore's stdlib BPE for a preset)",
+    )
+    if training:
+        p.add_argument("--trust-remote-code", action="store_true", help="allow a hub tokenizer's own code")
+
+
+def add_task_option_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a task option for load_task, e.g. max_entities=1 for synthqa (repeatable)",
+    )
+
+
+def task_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in args.task_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)  # numbers, true/false, null; anything else is a string
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def resolve_tokenizer(name: str | None, model: LanguageModel | None = None, trust_remote_code: bool = False):
+    """`--tokenizer` when given, else the checkpoint's own, else encore's default (stdlib BPE)."""
+    from encore.tokenizer import load_tokenizer
+
+    if name:
+        return load_tokenizer(name, trust_remote_code=trust_remote_code)
+    if model is not None and model.tokenizer is not None:
+        return model.tokenizer
+    from encore.data.vocab import default_tokenizer
+
+    return default_tokenizer()
+
+
+def build_model(
+    spec: str,
+    tokenizer_name: str | None = None,
+    seed: int = 0,
+    dropout: float | None = None,
+    trust_remote_code: bool = False,
+) -> LanguageModel:
+    """A checkpoint directory is loaded as is; a preset or a ModelConfig .json file is built fresh, its
+    vocabulary and special ids taken from the tokenizer (vocab rounded up to a multiple of 64 for fast
+    matmuls)."""
+    from encore.tokenizer import special_ids
+
+    config, checkpoint = resolve_model(spec)
+    if checkpoint is not None:
+        model = load(checkpoint)
+        if tokenizer_name:
+            model.tokenizer = resolve_tokenizer(tokenizer_name, trust_remote_code=trust_remote_code)
+        if model.tokenizer is None:
+            raise ValueError(f"{spec}: the checkpoint has no tokenizer.json; pass --tokenizer")
+        if len(model.tokenizer) > model.config.vocab_size:
+            raise ValueError(
+                f"--tokenizer has {len(model.tokenizer)} ids, more than the model's vocab_size "
+                f"{model.config.vocab_size}: it is not this model's tokenizer"
+            )
+        if dropout is not None:
+            model.set_dropout(dropout)
+        return model
+    tokenizer = resolve_tokenizer(tokenizer_name, trust_remote_code=trust_remote_code)
+    pad, bos, eos = special_ids(tokenizer)
+    changes: dict[str, Any] = dict(
+        vocab_size=(len(tokenizer) + 63) // 64 * 64, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos
+    )
+    if dropout is not None:
+        changes["dropout"] = dropout
+    model = build(config.replace(**changes), seed=seed)
+    model.tokenizer = tokenizer
+    return model
+
+
+def load_for_inference(spec: str, tokenizer: str | None, device: str) -> LanguageModel:
+    config, checkpoint = resolve_model(spec)
+    if checkpoint is None:
+        raise ValueError(f"--model {spec!r}: not a checkpoint directory")
+    return build_model(spec, tokenizer).to(device).eval()

@@ -1,0 +1,111 @@
+"""`encore generate | eval`: a checkpoint, texts in, texts (and scores) out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from encore.cli.common import (
+    TASK_HELP,
+    add_model_args,
+    add_task_option_arg,
+    from_args,
+    load_for_inference,
+    task_options,
+)
+from encore.infer.pipeline import GenerationOptions, generate_texts
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-source-len", type=int, default=1024, help="longer inputs are truncated (counted, reported)")
+    p.add_argument("--do-sample", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+
+
+def generation_options(args: argparse.Namespace) -> GenerationOptions:
+    return from_args(GenerationOptions, args)
+
+
+def read_inputs(path: Path) -> list[str]:
+    """One input per line of a text file, or the 'source' field of each JSONL record."""
+    from encore.data.records import decode_line, iter_records, read_lines, require_field
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--input-file {path}: no such file")
+    if path.suffix == ".jsonl":
+        sources = [require_field(rec, "source", path, line, str) for line, rec in iter_records(path)]
+    else:
+        lines = (decode_line(path, n, raw).rstrip("\r\n") for n, raw, _ in read_lines(path))
+        sources = [line for line in lines if line.strip()]
+    if not sources:
+        raise ValueError(f"{path}: no inputs")
+    return sources
+
+
+def configure_generate(p: argparse.ArgumentParser) -> None:
+    add_model_args(p, training=False)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="one input text")
+    src.add_argument("--input-file", help="a text file (one input per line) or JSONL with a 'source' field")
+    add_generation_args(p)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    model = load_for_inference(args.model, args.tokenizer, args.device)
+    sources = [args.input] if args.input is not None else read_inputs(Path(args.input_file))
+    texts, truncated = generate_texts(model, sources, generation_options(args))
+    for text in texts:
+        print(text)
+    if truncated:
+        print(f"note: {truncated} input(s) truncated to --max-source-len {args.max_source_len}", file=sys.stderr)
+    return 0
+
+
+def configure_eval(p: argparse.ArgumentParser) -> None:
+    add_model_args(p, training=False)
+    p.add_argument(
+        "--task",
+        required=True,
+        help=TASK_HELP,
+    )
+    p.add_argument("--split", default="validation")
+    p.add_argument("--data-files", default=None, help="local files for a hub task's split")
+    add_task_option_arg(p)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    p.add_argument("--out", required=True, help="predictions JSONL; metrics go beside it as *.metrics.json")
+    add_generation_args(p)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from encore.data import load_task
+    from encore.eval.metrics import compute_metrics
+
+    model = load_for_inference(args.model, args.tokenizer, args.device)
+    examples = list(
+        load_task(args.task, split=args.split, data_files=args.data_files, limit=args.limit, **task_options(args))
+    )
+    if not examples:
+        raise ValueError(f"task {args.task!r} split {args.split!r} has no examples")
+    predictions, truncated = generate_texts(model, [e["source"] for e in examples], generation_options(args))
+    references = [e["target"] for e in examples]
+    metrics = compute_metrics(Path(args.task).stem if Path(args.task).suffix else args.task, predictions, references)
+    metrics.update(
+        examples=len(examples), truncated_inputs=truncated, model=str(args.model), task=args.task, split=args.split
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for e, pred in zip(examples, predictions):
+            f.write(json.dumps({"source": e["source"], "target": e["target"], "prediction": pred}) + "\n")
+    metrics_path = out.with_suffix(".metrics.json")
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics, indent=2))
+    return 0

@@ -1,0 +1,267 @@
+"""`encore pretrain | finetune | distill`: flags -> model, tokenizer, batch source, loss -> `encore.train`.
+
+Kept thin: everything here is wiring; the logic lives in encore.train, encore.data and encore.distill.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from encore.cli.common import TASK_HELP, add_model_args, add_task_option_arg, build_model, from_args, task_options
+from encore.model import LanguageModel
+from encore.train import TrainConfig, train
+from encore.train.dist import local_device
+
+
+def add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, micro: int, lr: float) -> None:
+    p.add_argument("--out", required=True, help="output directory (metrics.jsonl, checkpoints/, final/)")
+    p.add_argument("--max-steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch, help="global batch, in examples")
+    p.add_argument("--micro-batch-size", type=int, default=micro)
+    p.add_argument("--lr", type=float, default=lr, help="Muon's learning rate (AdamW's with --optimizer adamw)")
+    p.add_argument(
+        "--adamw-lr", type=float, default=None, help="the AdamW groups' learning rate (default lr/10 next to Muon)"
+    )
+    p.add_argument("--optimizer", choices=["muon", "adamw"], default="muon")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup-steps", type=int, default=-1, help="-1: 5%% of --max-steps")
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--keep-last", type=int, default=3)
+    p.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps (tasks only)")
+    p.add_argument("--eval-batches", type=int, default=8, help="micro-batches per validation loss")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return from_args(TrainConfig, args, out_dir=args.out)
+
+
+def _print_done(out: str) -> None:
+    print(f"done: final model in {Path(out) / 'final'}, metrics in {Path(out) / 'metrics.jsonl'}")
+
+
+# --- pretrain ------------------------------------------------------------------------------------------
+
+
+def configure_pretrain(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument(
+        "--data",
+        default="stdlib",
+        help="corpus: stdlib (embedded, offline), a file/folder/glob of .txt/.jsonl/.parquet, "
+        "or hf:NAME[:CONFIG][@SPLIT]",
+    )
+    p.add_argument("--text-field", default="text", help="the text field of JSONL / Parquet / hub records")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=512,
+        help="encoder-decoder: span-corrupted input length; decoder-only: by default the raw tokens the "
+        "encoder-decoder consumes per example at this length (568 for 512), so both get the same token budget",
+    )
+    p.add_argument("--causal-seq-len", type=int, default=None, help="decoder-only: override the chunk length")
+    p.add_argument("--noise-density", type=float, default=0.15)
+    p.add_argument("--mean-span-length", type=float, default=3.0)
+    add_train_args(p, steps=1000, batch=32, micro=8, lr=2e-2)
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from encore.data import StreamSource, open_corpus, pretraining_collator, pretraining_stream
+
+    model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
+    # Every rank reads the same stream and takes its share of each global batch (train.py), so a
+    # DDP run sees exactly the batches of a one-process run.
+    corpus = open_corpus(args.data, text_field=args.text_field)
+    stream = pretraining_stream(
+        corpus,
+        model.tokenizer,
+        model.config.arch,
+        input_len=args.seq_len,
+        seq_len=args.causal_seq_len,
+        noise_density=args.noise_density,
+        mean_span_length=args.mean_span_length,
+        seed=args.seed,
+    )
+    train(model, train_config(args), StreamSource(stream, pretraining_collator(model.config)))
+    _print_done(args.out)
+    return 0
+
+
+# --- finetune ------------------------------------------------------------------------------------------
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task",
+        required=True,
+        help=TASK_HELP,
+    )
+    p.add_argument("--data-files", default=None, help="local files for a hub task's training split")
+    add_task_option_arg(p)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--max-source-len", type=int, default=512)
+    p.add_argument("--max-target-len", type=int, default=128)
+    p.add_argument(
+        "--truncation",
+        choices=["right", "left", "error"],
+        default="right",
+        help="too-long sources: cut the end (right), the start (left), or stop with an error",
+    )
+    p.add_argument("--eval-split", default="validation", help="split for --eval-every's validation loss")
+
+
+def task_sources(args: argparse.Namespace, model: LanguageModel, with_ids: bool = False):
+    """(training source, validation source or None) of `args.task`, tokenized and collated for `model`."""
+    from encore.data import TaskSource, WithExampleIds, finetune_collator, load_task, tokenize_pairs
+
+    collator = finetune_collator(
+        model.config,
+        max_source_len=args.max_source_len,
+        max_target_len=args.max_target_len,
+        truncation=args.truncation,
+    )
+    examples = tokenize_pairs(
+        model.tokenizer,
+        load_task(args.task, split="train", data_files=args.data_files, limit=args.limit, **task_options(args)),
+    )
+    if with_ids:
+        for i, e in enumerate(examples):
+            e["example_id"] = i
+    stats = collator.check(examples)  # the truncation policy, reported up front for the whole set
+    print(f"{args.task}: {len(examples)} training examples; {stats.summary(args.max_source_len, args.max_target_len)}")
+    collate = WithExampleIds(collator) if with_ids else collator
+    train_source = TaskSource(examples, collate, seed=args.seed)
+    eval_source = None
+    if args.eval_every:
+        val = tokenize_pairs(model.tokenizer, load_task(args.task, split=args.eval_split, **task_options(args)))
+        eval_source = TaskSource(val, collator, shuffle=False, repeat=False)
+    return train_source, eval_source, collator
+
+
+def configure_finetune(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_task_args(p)
+    add_train_args(p, steps=1000, batch=32, micro=8, lr=1e-2)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+
+    model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
+    source, eval_source, _ = task_sources(args, model)
+    train(model, train_config(args), source, eval_source=eval_source)
+    _print_done(args.out)
+    return 0
+
+
+# --- distill -------------------------------------------------------------------------------------------
+
+
+def configure_distill(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--teacher",
+        required=True,
+        help="a Hugging Face causal LM (directory or hub id) or an encore decoder-only checkpoint directory",
+    )
+    p.add_argument("--student", required=True, help="an encoder-decoder preset or checkpoint directory")
+    p.add_argument(
+        "--tokenizer", default=None, help="the shared tokenizer (default: the student checkpoint's, else the teacher's)"
+    )
+    p.add_argument("--teacher-lora", default=None, help="LoRA adapters (peft) merged into the teacher at load")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the teacher's own modeling code")
+    p.add_argument("--alpha", type=float, default=0.5, help="loss = alpha*KD + (1-alpha)*CE")
+    p.add_argument(
+        "--kind",
+        "--divergence",
+        dest="kind",
+        choices=["reverse_kl", "forward_kl", "jsd"],
+        default="reverse_kl",
+        help="the KD divergence (the paper's: reverse_kl)",
+    )
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--beta", type=float, default=0.5, help="the JSD mixture weight")
+    p.add_argument(
+        "--targets",
+        default="gold",
+        help="target sources and their probabilities, e.g. gold, teacher, student, or gold=0.5,student=0.5",
+    )
+    p.add_argument("--target-max-new-tokens", type=int, default=64, help="length of generated targets")
+    p.add_argument(
+        "--topk",
+        type=int,
+        default=0,
+        help="offline mode: run the teacher once and keep its top-k log-probs per target token on disk "
+        "(fixed targets only: gold or teacher)",
+    )
+    add_task_args(p)
+    add_train_args(p, steps=1000, batch=32, micro=8, lr=1e-2)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from encore.distill import DistillLoss, DistillSource, load_teacher, parse_target_mix, precompute_topk
+    from encore.train import seq2seq_loss
+
+    mix = parse_target_mix(args.targets)
+    if args.teacher.startswith((".", "/", "~")) and not Path(args.teacher).expanduser().is_dir():
+        raise FileNotFoundError(f"--teacher {args.teacher}: no such checkpoint directory")
+    tokenizer = args.tokenizer
+    if tokenizer is None and not Path(args.student).is_dir():
+        tokenizer = args.teacher  # a fresh student speaks the teacher's tokenizer
+    student = build_model(args.student, tokenizer, args.seed, args.dropout, args.trust_remote_code)
+    if student.config.arch != "encdec":
+        raise ValueError(
+            f"--student {args.student}: distillation trains an encoder-decoder student (got a decoder-only)"
+        )
+    device = local_device()
+    teacher = load_teacher(
+        args.teacher,
+        tokenizer=student.tokenizer,
+        device=device,
+        lora=args.teacher_lora,
+        trust_remote_code=args.trust_remote_code,
+    )
+    source, eval_source, collator = task_sources(args, student, with_ids=True)
+    out = Path(args.out)
+    source = DistillSource(
+        source,
+        mix,
+        collator=collator,
+        teacher=teacher if mix.get("teacher") else None,
+        student=student if mix.get("student") else None,
+        max_new_tokens=args.target_max_new_tokens,
+        cache_dir=out / "teacher_targets",
+        seed=args.seed,
+    )
+    if args.topk:
+        if mix.get("student"):
+            raise ValueError("--topk (offline teacher) needs fixed targets: --targets gold or --targets teacher")
+        store = precompute_topk(
+            teacher,
+            source.all_batches(args.micro_batch_size, device),
+            out / "teacher_topk",
+            k=args.topk,
+            temperature=args.temperature,
+            vocab_size=student.config.vocab_size,
+            valid_vocab=teacher.valid_vocab,
+        )
+        loss = DistillLoss(store=store, alpha=args.alpha, kind=args.kind, temperature=args.temperature, beta=args.beta)
+        del teacher
+    else:
+        loss = DistillLoss(
+            teacher,
+            alpha=args.alpha,
+            kind=args.kind,
+            temperature=args.temperature,
+            beta=args.beta,
+            valid_vocab=teacher.valid_vocab,
+        )
+    # validation loss = CE on gold targets: comparable between runs with and without KD
+    train(student, train_config(args), source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=seq2seq_loss)
+    _print_done(args.out)
+    return 0

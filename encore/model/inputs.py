@@ -1,0 +1,67 @@
+"""Model inputs: the checks that run where token ids enter, and the masks and positions built from them.
+
+`check_ids` and `padding_mask` read values on the host (a sync on GPU), so they run once, where data
+enters (generation's public entry points, the engine's `add`, collators, the CLI), never inside
+`forward` or a decode step. Everything else here is pure tensor code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def check_ids(input_ids: Tensor, attention_mask: Tensor | None, vocab_size: int, name: str = "input_ids") -> None:
+    """Raise ValueError naming what is wrong, before anything reaches torch's kernels."""
+    if not isinstance(input_ids, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
+        raise ValueError(f"{name} must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"{name} must have shape [batch, seq_len], got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(input_ids.shape)}): need at least one token per row")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        row, col = (input_ids == bad).nonzero()[0].tolist()
+        raise ValueError(f"{name}[{row}, {col}] = {bad} is outside the vocabulary [0, {vocab_size})")
+    if attention_mask is not None:
+        mask_name = "attention_mask" if name == "input_ids" else name.replace("input_ids", "attention_mask")
+        if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
+            shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
+            raise ValueError(f"{mask_name} has shape {shape} but {name} has shape {tuple(input_ids.shape)}")
+        empty = (attention_mask == 0).all(dim=1).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"{mask_name} row {empty[0]} masks out every token: the input is empty")
+
+
+def padding_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """Boolean [B, S] mask, or None when nothing is padded (lets SDPA take its fastest path).
+    Reads the mask on the host: call it where data enters, not in a hot loop."""
+    if attention_mask is None:
+        return None
+    mask = attention_mask.bool()
+    return None if bool(mask.all()) else mask
+
+
+def as_bool_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """The mask as bool, with no host read (what `forward` uses)."""
+    return None if attention_mask is None else attention_mask.bool()
+
+
+def positions_from_mask(mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
+    """RoPE positions [B, T] that count only real tokens, so left padding does not shift them."""
+    if mask is None:
+        return torch.arange(length, device=device).expand(batch, length)
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def causal_mask(key_mask: Tensor | None, length: int, device: torch.device) -> Tensor | None:
+    """[B, 1, T, T] causal AND key-is-real; a padded query may see itself (never an all-false row).
+    None when nothing is padded: SDPA's is_causal path does the rest."""
+    if key_mask is None:
+        return None
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    eye = torch.eye(length, dtype=torch.bool, device=device)
+    return ((causal & key_mask[:, None, :]) | eye)[:, None]

@@ -1,0 +1,80 @@
+"""The one place that maps an architecture to its class and a model spec to a model.
+
+A *model spec* is what `--model` takes everywhere: a preset name (`ModelConfig.preset_names()`), a
+ModelConfig `.json` file, or a checkpoint directory (config.json + model.safetensors).
+
+    config, checkpoint = resolve_model("encdec-330m")     # (ModelConfig, None)
+    model = build(config)                                 # random weights, the class from config.arch
+    model = load("runs/ft/final")                         # a checkpoint, the class from its config.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from encore.config import ModelConfig
+from encore.model.base import CONFIG_FILE, LanguageModel
+from encore.model.decoder_only import DecoderOnly
+from encore.model.encdec import EncoderDecoder
+
+ARCHES: dict[str, type[LanguageModel]] = {"encdec": EncoderDecoder, "deconly": DecoderOnly}
+
+
+def model_class(arch: str) -> type[LanguageModel]:
+    if arch not in ARCHES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHES)}")
+    return ARCHES[arch]
+
+
+def build(config: ModelConfig, seed: int | None = None, device: torch.device | str | None = None) -> LanguageModel:
+    """A model of `config` with freshly initialised weights (seeded when `seed` is given)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        return model_class(config.arch)(config)
+
+
+def resolve_model(spec: str | Path, flag: str = "--model") -> tuple[ModelConfig, Path | None]:
+    """A model spec -> (its config, the checkpoint directory or None). A spec that names nothing is a
+    ValueError (FileNotFoundError for a path that looks local) listing what is accepted."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    if text in ModelConfig.preset_names():
+        return ModelConfig.preset(text), None
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{flag} {text}: no {CONFIG_FILE} in this directory (not an encore checkpoint)")
+        return ModelConfig.load(path / CONFIG_FILE), path
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"{flag} {text}: no such ModelConfig file")
+        return ModelConfig.load(path), None
+    if text.startswith((".", "/", "~")) or "/" in text.rstrip("/"):
+        raise FileNotFoundError(f"{flag} {text}: no such checkpoint directory")
+    raise ValueError(
+        f"{flag} {text!r} is neither a checkpoint directory, a ModelConfig .json file nor a preset "
+        f"({', '.join(ModelConfig.preset_names())})"
+    )
+
+
+def spec_label(spec: str | Path) -> str:
+    """A short name for a model spec: the preset, or the file / directory name."""
+    path = Path(str(spec))
+    if str(spec) in ModelConfig.preset_names():
+        return str(spec)
+    return path.stem if path.suffix == ".json" else path.name or str(spec)
+
+
+def load(
+    directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, **config_changes: Any
+) -> LanguageModel:
+    """Load any encore checkpoint; the class comes from config.json's `arch`. `config_changes`: see
+    `LanguageModel.from_pretrained` (e.g. `max_seq_len=8192` to extend the RoPE tables)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: not a model directory")
+    config = ModelConfig.load(directory / CONFIG_FILE)
+    return model_class(config.arch).from_pretrained(directory, device=device, dtype=dtype, **config_changes)
