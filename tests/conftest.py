@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from encore import DecoderOnly, EncoderDecoder, ModelConfig
 
@@ -30,3 +31,15 @@ def make_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:
 @pytest.fixture(params=["encdec", "deconly"])
 def arch(request) -> str:
     return request.param
+
+
+class SeenOps(TorchDispatchMode):
+    """Records the aten / mkldnn / quantized ops that run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))

@@ -19,7 +19,7 @@ from encore.bench import (
 )
 from encore.bench.backends import EncoreBackend, Timing
 from encore.cli import main
-from encore.model.kernels import cpu_linear
+from encore.model.kernels import int8_available, onednn_available
 
 # a fixed roofline skips the machine probes; a few tokens keep every run in milliseconds
 TINY = dict(
@@ -63,7 +63,7 @@ class ScriptedBackend(EncoreBackend):
 
     calls: dict[str, int] = {}
 
-    def timed_generate(self, model, ids, n):
+    def timed_generate(self, model, ids, n, capacity):
         r = self.calls.get(self.label, 0)
         self.calls[self.label] = r + 1
         slow = 2.0 if self.arch == "deconly" else 1.0
@@ -105,14 +105,15 @@ def test_end_to_end_json_plot_and_report(tmp_path, capsys):
     validate_bench_json(json.loads(json_path.read_text()))
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert doc["device"] == "cpu" and doc["threads"] == torch.get_num_threads() and doc["torch"] == torch.__version__
-    assert doc["cpu_linear"] == cpu_linear()
+    assert doc["cpu_linear"] == ("onednn" if onednn_available() else "aten")  # encore's fastest fp32 CPU kernel
+    assert set(doc["machines"]) == {doc["cpu_linear"]}
 
     results = doc["results"]
     assert {(r["model"], r["input_len"], r["output_len"]) for r in results} == {
         (m, s, n) for m in ("encdec-tiny", "deconly-tiny") for s, n in ((16, 4), (8, 3), (32, 3))
     }
     for r in results:
-        assert r["backend"] == "torch" and r["dtype"] == "float32" and r["batch_size"] == 1
+        assert r["backend"] == "encore" and r["dtype"] == "float32" and r["batch_size"] == 1 and not r["anchor"]
         assert r["arch"] == ("encdec" if r["model"].startswith("encdec") else "deconly")
         # a whole request = prefill + its decode steps; the cost model prices both
         assert r["flops"] == pytest.approx(r["prefill_flops"] + r["decode_flops"])
@@ -199,11 +200,10 @@ def test_cli(tmp_path, capsys):
     argv = ["bench", "--model", "encdec-tiny", "--baseline", "deconly-tiny", "--input-len", "12", "--output-len", "3"]
     argv += ["--repeats", "1", "--warmup", "0", "--no-sweep", "--json", str(out), "--plot", "", "--quiet"]
     argv += ["--peak-gflops", "100", "--bandwidth-gbs", "20", "--cpu-linear", "aten"]
-    before = cpu_linear()
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     validate_bench_json(doc)
-    assert doc["cpu_linear"] == "aten" and cpu_linear() == before  # the workers' setting, not this process's
+    assert doc["cpu_linear"] == "aten"  # the models' kernel, as the flag asked
     assert [r["model"] for r in doc["results"]] == ["encdec-tiny", "deconly-tiny"]
     assert doc["machine"] == {"peak_flops": 1e11, "mem_bandwidth_bytes_per_s": 2e10, "measured": False}
     assert not (tmp_path / "bench.png").exists()
@@ -216,3 +216,33 @@ def test_cli(tmp_path, capsys):
     assert "output_len" in capsys.readouterr().err
     assert main(["bench", "--model", "no-such-model", "--no-sweep", "--json", ""]) == 2
     assert "no-such-model" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not int8_available(), reason="needs torch's x86 / fbgemm quantized engine")
+def test_int8_batches_and_the_ctranslate2_anchor(tmp_path, monkeypatch, capsys):
+    """--quantize none int8 --batch-size 1 3 --vs-ct2: every model at each precision, concurrent requests
+    through the engine, and CTranslate2 fp32 / int8 of the T5 shape compared with the matching encore model."""
+    pytest.importorskip("ctranslate2")
+    monkeypatch.setenv("ENCORE_CACHE", str(tmp_path))  # the converted anchor is cached there
+    cfg = BenchConfig(**{**TINY, "repeats": 1, "warmup": 0}, quantize=(None, "int8"), batch_sizes=(1, 3), vs_ct2=True)
+    doc = run_bench(BenchConfig(**{**cfg.__dict__, "json_path": None, "plot_path": None}))
+    by = {(r["model"], r["batch_size"]): r for r in doc["results"]}
+    anchors = {"ct2-t5 float32 (encdec-tiny)", "ct2-t5 int8 (encdec-tiny)"}
+    own = {"encdec-tiny", "deconly-tiny", "encdec-tiny int8", "deconly-tiny int8"}
+    assert {m for m, _ in by} == own | anchors
+    assert set(doc["machines"]) == {doc["cpu_linear"], "int8"}
+    for (model, batch), r in by.items():
+        int8 = "int8" in model
+        assert (r["weight_bytes"], r["kernel"] == "int8") == ((1, True) if int8 else (4, False)), model
+        assert r["anchor"] == (model in anchors)
+        assert r["backend"] == ("ctranslate2" if model in anchors else "encore") + ("-int8" if int8 else "")
+        assert r["kv_cache_bytes"] == batch * by[(model, 1)]["kv_cache_bytes"]  # three requests, three slots
+    # int8 weights: the cost model moves a quarter of the weight bytes per decode step
+    assert by[("encdec-tiny int8", 1)]["decode_bytes"] < 0.5 * by[("encdec-tiny", 1)]["decode_bytes"]
+    pairs = {(c["model"], c["baseline"], c["batch_size"]) for c in doc["comparisons"]}
+    for b in (1, 3):
+        assert ("encdec-tiny", "deconly-tiny", b) in pairs and ("encdec-tiny int8", "deconly-tiny int8", b) in pairs
+        assert ("encdec-tiny", "ct2-t5 float32 (encdec-tiny)", b) in pairs
+        assert ("encdec-tiny int8", "ct2-t5 int8 (encdec-tiny)", b) in pairs
+    assert len(pairs) == 8
+    assert "encdec-tiny int8 vs ct2-t5 int8 (encdec-tiny), 16->4, batch 3:" in capsys.readouterr().out

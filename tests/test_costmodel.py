@@ -17,7 +17,6 @@ from encore.bench.costmodel import (
     weight_counts,
 )
 from encore.bench.machine import measure_machine
-from encore.model.kernels import set_cpu_linear
 
 # A config small enough to price by hand: d 8, 2 query heads / 1 KV head of 4, GELU MLP 16, vocab 100.
 MICRO = dict(vocab_size=100, d_model=8, n_heads=2, n_kv_heads=1, head_dim=4, mlp_dim=16, mlp_type="gelu")
@@ -141,19 +140,15 @@ def test_matches_the_real_model(preset):
         return sum(v for k, v in fc.get_flop_counts()["Global"].items() if "attention" not in str(k))
 
     ids = torch.randint(3, config.vocab_size, (2, 16))
-    previous = set_cpu_linear("aten")  # FlopCounterMode counts aten's matmuls, not the oneDNN op
-    try:
-        with torch.inference_mode():
-            with FlopCounterMode(display=False) as fc:
-                logits, cache = model.prefill(ids, None, 5)
-            p = prefill_cost(config, 2, 16)
-            assert matmul_flops(fc) == p.flops - p.part("attention").flops
-            with FlopCounterMode(display=False) as fc:
-                model.decode_step(logits.argmax(-1), cache)
-            d = decode_step_cost(config, 2, 16, 1)
-            assert matmul_flops(fc) == d.flops - d.part("attention").flops
-    finally:
-        set_cpu_linear(previous)
+    with torch.inference_mode():  # the plain model: FlopCounterMode counts aten's matmuls, not oneDNN's op
+        with FlopCounterMode(display=False) as fc:
+            logits, cache = model.prefill(ids, None, 5)
+        p = prefill_cost(config, 2, 16)
+        assert matmul_flops(fc) == p.flops - p.part("attention").flops
+        with FlopCounterMode(display=False) as fc:
+            model.decode_step(logits.argmax(-1), cache)
+        d = decode_step_cost(config, 2, 16, 1)
+        assert matmul_flops(fc) == d.flops - d.part("attention").flops
 
 
 def test_330m_story():

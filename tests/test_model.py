@@ -1,17 +1,10 @@
 """Core models: cached generation equals the uncached rollout, padding invariance, RoPE, checkpoints."""
 
-import os
-import platform
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import make_model
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import SeenOps, make_model
 
 from encore import DecoderOnly, EncoderDecoder, ModelConfig, load
-from encore.model.kernels import cpu_linear, set_cpu_linear
 from encore.model.layers import RotaryEmbedding, apply_rope, rope_frequencies
 
 
@@ -282,7 +275,7 @@ def test_training_forward_reads_nothing_on_the_host(arch):
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
     args = (ids, ids[:, :5], mask, mask[:, :5]) if arch == "encdec" else (ids, mask)
-    with _SeenOps() as seen:
+    with SeenOps() as seen:
         model(*args).float().square().mean().backward()
     assert "aten._local_scalar_dense" not in seen.ops
 
@@ -301,60 +294,3 @@ def test_decoder_only_logits_mask_selects_positions():
         torch.testing.assert_close(model(ids, logits_mask=keep), model(ids)[keep])
     with pytest.raises(ValueError, match="logits_mask has shape"):
         model(ids, logits_mask=keep[:, :3])
-
-
-class _SeenOps(TorchDispatchMode):
-    """Records the aten / mkldnn ops that run under it."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-
-@pytest.mark.skipif(
-    not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"),
-    reason="oneDNN is encore's default CPU kernel on x86-64 with a oneDNN build of torch",
-)
-def test_cpu_linear_kernels(arch):
-    """fp32 CPU inference runs its projections through oneDNN, with the same results as F.linear;
-    anything that needs autograd stays on F.linear."""
-    model = make_model(arch)
-    ids = torch.randint(3, 512, (2, 7), generator=torch.Generator().manual_seed(1))
-    args = (ids, ids[:, :5]) if arch == "encdec" else (ids,)
-    assert cpu_linear() == "onednn"
-    with torch.inference_mode(), _SeenOps() as seen:
-        fast = model(*args)
-    assert "mkldnn._linear_pointwise" in seen.ops and "aten.mm" not in seen.ops
-    previous = set_cpu_linear("aten")
-    try:
-        assert previous == "onednn" and cpu_linear() == "aten"
-        with torch.inference_mode(), _SeenOps() as seen:
-            reference = model(*args)
-        assert "mkldnn._linear_pointwise" not in seen.ops
-    finally:
-        set_cpu_linear(previous)
-    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
-
-    with _SeenOps() as seen:  # training: autograd through F.linear
-        loss = model(*args).float().square().mean()
-    assert "mkldnn._linear_pointwise" not in seen.ops
-    loss.backward()
-    assert all(p.grad is not None for p in model.parameters() if p.dim() == 2)
-
-    with pytest.raises(ValueError, match="ENCORE_CPU_LINEAR.*'mkl'"):
-        set_cpu_linear("mkl")
-    assert cpu_linear() == "onednn"
-
-
-def test_cpu_linear_environment_variable():
-    code = "from encore.model.kernels import cpu_linear; print(cpu_linear())"
-    run = lambda value: subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "ENCORE_CPU_LINEAR": value}, capture_output=True, text=True
-    )
-    assert run("aten").stdout.strip() == "aten"
-    bad = run("blas")
-    assert bad.returncode != 0 and "ENCORE_CPU_LINEAR" in bad.stderr and "'blas'" in bad.stderr

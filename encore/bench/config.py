@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from encore.bench.costmodel import dtype_bytes
-from encore.model.kernels import CPU_LINEAR_BACKENDS
 
 # The paper's headline (arXiv 2501.16273, 330M models): the encoder-decoder's first-token latency is
 # 47% lower and its throughput 4.7x higher than the decoder-only model's.
@@ -25,7 +24,7 @@ class BenchConfig:
     baseline: str | None = "deconly-330m"  # None: measure `model` alone
     input_lens: tuple[int, ...] = (512,)  # full points: `output_len` tokens, `repeats` repetitions
     output_len: int = 128
-    batch_sizes: tuple[int, ...] = (1,)
+    batch_sizes: tuple[int, ...] = (1,)  # concurrent requests, through encore.Engine (anchors: one static batch)
     device: str = "cpu"
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
     repeats: int = 3
@@ -35,16 +34,19 @@ class BenchConfig:
     sweep_output_len: int = 16
     sweep_repeats: int = 3
     vs_hf: bool = False  # also time the same shapes built with Hugging Face transformers
+    vs_ct2: bool = False  # also time CTranslate2 running a T5 of the encoder-decoder's shape (fp32 / int8)
+    quantize: tuple[str | None, ...] = (None,)  # encore models at each: None (the dtype) and / or "int8"
     json_path: str | None = "bench.json"
     plot_path: str | None = "bench.png"
     peak_flops: float | None = None  # FLOP/s for the cost model; None: probe it
     mem_bandwidth: float | None = None  # bytes/s for the cost model; None: probe it
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
-    cpu_linear: str | None = None  # encore's fp32 CPU kernel, "onednn" | "aten" (F.linear); None: encore's setting
+    cpu_linear: str | None = None  # encore's fp32 CPU kernel, "onednn" | "aten" (F.linear); None: the fastest
     seed: int = 0
     progress: bool | None = None  # None: a progress bar on a terminal, none under CI / ENCORE_QUIET
     report: bool = True  # print the tables
     isolate: bool = True  # each model in a worker process of its own (False: all in this process)
+    retain_memory: bool = True  # workers keep freed memory for reuse (encore.infer.memory), as a deployment would
 
     def resolved_dtype(self) -> str:
         return self.dtype or ("bfloat16" if self.device == "cuda" else "float32")
@@ -77,8 +79,14 @@ class BenchConfig:
                 fail(name, f"must be an integer >= {low}")
         if self.threads is not None and self.threads < 1:
             fail("threads", "must be >= 1")
-        if self.cpu_linear is not None and self.cpu_linear not in CPU_LINEAR_BACKENDS:
-            fail("cpu_linear", f"must be None or one of {CPU_LINEAR_BACKENDS}")
+        if self.cpu_linear is not None and self.cpu_linear not in ("onednn", "aten"):
+            fail("cpu_linear", "must be None, 'onednn' or 'aten'")
+        if not self.quantize or any(q not in (None, "int8") for q in self.quantize):
+            fail("quantize", "must be one or more of None (no quantization) and 'int8'")
+        if "int8" in self.quantize and self.device != "cpu":
+            fail("quantize", "int8 is a CPU path; on CUDA the models run in bf16")
+        if self.vs_ct2 and self.device != "cpu":
+            fail("vs_ct2", "the CTranslate2 anchor runs on the CPU")
         for name in ("peak_flops", "mem_bandwidth"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 fail(name, "must be positive")

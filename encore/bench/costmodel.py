@@ -121,9 +121,10 @@ def _kv_per_position(config: ModelConfig, b: int) -> int:
     return 2 * config.n_kv_heads * config.head_dim * b
 
 
-def _matmuls(name: str, params: int, tokens: int, b: int, io: int, acts: bool) -> Part:
-    """`params` weights applied to `tokens` rows; `io` = sum of (in + out) features over the matrices."""
-    return Part(name, 2.0 * tokens * params, float(params * b + (tokens * io * b if acts else 0)))
+def _matmuls(name: str, params: int, tokens: int, wb: int, b: int, io: int, acts: bool) -> Part:
+    """`params` weights of `wb` bytes applied to `tokens` rows; `io` = sum of (in + out) features over
+    the matrices (activations of `b` bytes)."""
+    return Part(name, 2.0 * tokens * params, float(params * wb + (tokens * io * b if acts else 0)))
 
 
 def _decoder_step_io(config: ModelConfig) -> int:
@@ -150,27 +151,34 @@ def _check(config: ModelConfig, batch_size: int, input_len: int, n_bytes: int) -
 
 
 def prefill_cost(
-    config: ModelConfig, batch_size: int, input_len: int, dtype_bytes: int = 4, include_activations: bool = False
+    config: ModelConfig,
+    batch_size: int,
+    input_len: int,
+    dtype_bytes: int = 4,
+    include_activations: bool = False,
+    weight_bytes: int | None = None,
 ) -> Phase:
-    """Everything up to the first generated token (the time-to-first-token work)."""
+    """Everything up to the first generated token (the time-to-first-token work). `weight_bytes`:
+    bytes per weight when they differ from the activations' and the cache's (1 for int8 weights)."""
     _check(config, batch_size, input_len, dtype_bytes)
     B, S, b, acts = batch_size, input_len, dtype_bytes, include_activations
+    wb = weight_bytes or b
     w = weight_counts(config)
     attn_pair = 4.0 * config.n_heads * config.head_dim  # FLOPs per (query, key) pair per layer
     kv_pos = _kv_per_position(config, b)
     Ld = config.n_decoder_layers
-    head = _matmuls("head", w.head, B, b, config.d_model + config.vocab_size, acts)
+    head = _matmuls("head", w.head, B, wb, b, config.d_model + config.vocab_size, acts)
     if config.arch == "deconly":
-        layers = _matmuls("decoder", Ld * (w.self_attn + w.mlp), B * S, b, Ld * _decoder_step_io(config), acts)
+        layers = _matmuls("decoder", Ld * (w.self_attn + w.mlp), B * S, wb, b, Ld * _decoder_step_io(config), acts)
         # causal attention: S(S+1)/2 pairs; K/V written to the cache once and read back once
         attention = Part("attention", Ld * attn_pair * B * S * (S + 1) / 2, float(Ld * B * S * kv_pos * 2))
         return Phase((layers, attention, head))
     Le = config.n_encoder_layers
-    encoder = _matmuls("encoder", Le * (w.self_attn + w.mlp), B * S, b, Le * _encoder_layer_io(config), acts)
+    encoder = _matmuls("encoder", Le * (w.self_attn + w.mlp), B * S, wb, b, Le * _encoder_layer_io(config), acts)
     d, kv = config.d_model, 2 * config.n_kv_heads * config.head_dim
-    cross_kv = _matmuls("cross_kv", Ld * w.cross_kv, B * S, b, Ld * (d + kv), acts)
+    cross_kv = _matmuls("cross_kv", Ld * w.cross_kv, B * S, wb, b, Ld * (d + kv), acts)
     step_params = Ld * (w.self_attn + w.cross_q_out + w.mlp)
-    decoder = _matmuls("decoder", step_params, B, b, Ld * _decoder_step_io(config), acts)
+    decoder = _matmuls("decoder", step_params, B, wb, b, Ld * _decoder_step_io(config), acts)
     # encoder: S^2 pairs, K/V transient (activations); decoder BOS step: 1 self pair + S cross pairs;
     # cache traffic: write the cross K/V (S positions) and the BOS self K/V, read both back once
     enc_pairs = Le * B * S * S
@@ -189,19 +197,21 @@ def decode_step_cost(
     step: int,
     dtype_bytes: int = 4,
     include_activations: bool = False,
+    weight_bytes: int | None = None,
 ) -> Phase:
     """Decode step `step` (1-based; step j produces token j+1): one token per row through the decoder."""
     _check(config, batch_size, input_len, dtype_bytes)
     if not isinstance(step, int) or step < 1:
         raise ValueError(f"step must be an integer >= 1 (step 0 is the prefill), got {step!r}")
     B, S, b, acts = batch_size, input_len, dtype_bytes, include_activations
+    wb = weight_bytes or b
     w = weight_counts(config)
     Ld = config.n_decoder_layers
     attn_pair = 4.0 * config.n_heads * config.head_dim
     kv_pos = _kv_per_position(config, b)
     step_params = Ld * (w.self_attn + w.cross_q_out + w.mlp)
-    decoder = _matmuls("decoder", step_params, B, b, Ld * _decoder_step_io(config), acts)
-    head = _matmuls("head", w.head, B, b, config.d_model + config.vocab_size, acts)
+    decoder = _matmuls("decoder", step_params, B, wb, b, Ld * _decoder_step_io(config), acts)
+    head = _matmuls("head", w.head, B, wb, b, config.d_model + config.vocab_size, acts)
     # positions each query attends to: encdec = its own outputs (step + 1) + the S encoder states
     keys = (step + 1 + S) if config.arch == "encdec" else (S + step)
     attention = Part("attention", Ld * attn_pair * B * keys, float(Ld * B * (keys + 1) * kv_pos))  # read + 1 write
@@ -266,13 +276,15 @@ def generation_cost(
     output_len: int,
     dtype_bytes: int = 4,
     include_activations: bool = False,
+    weight_bytes: int | None = None,
 ) -> GenerationCost:
     if not isinstance(output_len, int) or output_len < 1:
         raise ValueError(f"output_len must be a positive integer, got {output_len!r}")
     args = (config, batch_size, input_len)
+    extra = (dtype_bytes, include_activations, weight_bytes)
     return GenerationCost(
-        prefill=prefill_cost(*args, dtype_bytes, include_activations),
-        decode_steps=tuple(decode_step_cost(*args, j, dtype_bytes, include_activations) for j in range(1, output_len)),
+        prefill=prefill_cost(*args, *extra),
+        decode_steps=tuple(decode_step_cost(*args, j, *extra) for j in range(1, output_len)),
         kv_cache_bytes=kv_cache_bytes(*args, output_len, dtype_bytes),
         batch_size=batch_size,
         output_len=output_len,

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from encore.bench.costmodel import Machine, dtype_bytes
-from encore.model.kernels import linear
+from encore.model.kernels import Int8Linear, OneDNNLinear
 
 
 def _median_call(fn, budget_s: float, sync) -> float:
@@ -27,30 +30,52 @@ def _median_call(fn, budget_s: float, sync) -> float:
     return statistics.median(end - begin for begin, end in times)
 
 
-def measure_machine(device: str = "cpu", dtype: torch.dtype = torch.float32, budget_s: float = 0.3) -> Machine:
+KERNELS = ("aten", "onednn", "int8")
+
+
+def probe_kernel(weight: Tensor, kernel: str) -> Callable[[Tensor], Tensor]:
+    """The projection a model optimized with `kernel` runs, over `weight` [out, in]."""
+    if kernel == "int8":
+        return Int8Linear(weight)
+    if kernel == "onednn":
+        return OneDNNLinear(nn.Parameter(weight, requires_grad=False))
+    return lambda x: F.linear(x, weight)
+
+
+def measure_machine(
+    device: str = "cpu", dtype: torch.dtype = torch.float32, budget_s: float = 0.3, kernel: str = "aten"
+) -> Machine:
     """Probe peak FLOP/s with a [512 x D] @ [D x 4D] matmul (prefill-like) and bandwidth with a
     matrix-vector product over a matrix far larger than the caches (decode-like: each weight read once,
-    2 FLOPs per element read), both through the models' own `linear` kernel. Each probe runs for
-    about `budget_s` seconds."""
+    2 FLOPs per element read), both through the kernel the models run (`kernel`: "aten" = F.linear,
+    "onednn", "int8": int8 operations per second and int8 weight bytes per second). Each probe runs
+    for about `budget_s` seconds."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         return Machine(
-            peak_flops=_probe_flops(dev, dtype, budget_s, sync),
-            mem_bandwidth=_probe_bandwidth(dev, dtype, budget_s, sync),
+            peak_flops=_probe_flops(dev, dtype, budget_s, sync, kernel),
+            mem_bandwidth=_probe_bandwidth(dev, dtype, budget_s, sync, kernel),
             measured=True,
         )
 
 
-def _probe_flops(dev: torch.device, dtype: torch.dtype, budget_s: float, sync) -> float:
+def _probe_flops(dev: torch.device, dtype: torch.dtype, budget_s: float, sync, kernel: str) -> float:
     k = 4096 if dev.type == "cuda" else 1024
     a = torch.randn(8192 if dev.type == "cuda" else 512, k, device=dev, dtype=dtype)
-    w = torch.randn(4 * k, k, device=dev, dtype=dtype)
-    return 2 * a.shape[0] * k * w.shape[0] / _median_call(lambda: linear(a, w), budget_s, sync)
+    w = torch.randn(4 * k, k, device=dev, dtype=dtype) * 0.02
+    project = probe_kernel(w, kernel)
+    return 2 * a.shape[0] * k * w.shape[0] / _median_call(lambda: project(a), budget_s, sync)
 
 
-def _probe_bandwidth(dev: torch.device, dtype: torch.dtype, budget_s: float, sync) -> float:
-    rows = (1 << 30 if dev.type == "cuda" else 1 << 28) // (4096 * dtype_bytes(dtype))  # 1 GiB / 256 MiB
+def _probe_bandwidth(dev: torch.device, dtype: torch.dtype, budget_s: float, sync, kernel: str) -> float:
+    weight_bytes = 1 if kernel == "int8" else dtype_bytes(dtype)
+    rows = (1 << 30 if dev.type == "cuda" else 1 << 28) // (4096 * weight_bytes)  # 1 GiB / 256 MiB of weights
     w = torch.full((rows, 4096), 0.5, device=dev, dtype=dtype)  # written, so every page is really mapped
     x = torch.full((1, 4096), 0.5, device=dev, dtype=dtype)
-    return w.numel() * w.element_size() / _median_call(lambda: linear(x, w), budget_s, sync)
+    project = probe_kernel(w, kernel)
+    if kernel == "int8":
+        del w  # the probe reads the packed int8 copy only
+    return rows * 4096 * weight_bytes / _median_call(lambda: project(x), budget_s, sync)

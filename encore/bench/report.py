@@ -71,64 +71,100 @@ def _f(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _own(c: dict) -> bool:
+    """A comparison of encore's two models (not against an anchor); older JSON had backend "torch"."""
+    return not c["baseline_anchor"] if "baseline_anchor" in c else c["baseline_backend"] == "torch"
+
+
 def format_report(doc: dict, cfg: BenchConfig | None = None) -> str:
-    m = doc["machine"]
-    how = "probed" if m["measured"] else "given"
-    kernel = f", encore linear: {doc['cpu_linear']}" if doc.get("cpu_linear") else ""
-    lines = [
+    lines = [*_header(doc), "", *_results_table(doc)]
+    for c in doc["comparisons"]:
+        if c["kind"] == "full":
+            lines += ["", *_comparison(c)]
+    lines += _sweep_table(doc)
+    lines += _notes(doc)
+    lines.append("")
+    lines.append(f"finished in {doc['wall_s']:.0f} s")
+    if cfg is not None and cfg.json_path:
+        lines[-1] += f"; wrote {cfg.json_path}" + (f" and {cfg.plot_path}" if cfg.plot_path else "")
+    return "\n".join(lines)
+
+
+def _header(doc: dict) -> list[str]:
+    machines = doc.get("machines") or {doc.get("cpu_linear") or "linear": doc["machine"]}
+    how = "probed" if doc["machine"]["measured"] else "given"
+    roofs = "; ".join(
+        f"{kernel} {m['peak_flops'] / 1e9:.0f} G(FL)OP/s, {m['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
+        for kernel, m in machines.items()
+    )
+    return [
         f"encore bench: {doc['device']} ({doc['device_name']}), {doc['dtype']}, {doc['threads']} threads, "
-        f"torch {doc['torch']}{kernel}; roofline {how}: {m['peak_flops'] / 1e9:.0f} GFLOP/s, "
-        f"{m['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
-        "",
-        f"{'model':<30} {'backend':<12} {'params':>7} {'in->out':>10} {'B':>3} {'TTFT s':>8} {'decode tok/s':>13} "
-        f"{'p50 gap ms':>10} {'e2e tok/s':>10} {'peak mem':>10} {'KV cache':>10}",
+        f"torch {doc['torch']}; roofline {how}: {roofs}"
+    ]
+
+
+def _results_table(doc: dict) -> list[str]:
+    lines = [
+        f"{'model':<32} {'backend':<16} {'params':>7} {'in->out':>10} {'B':>3} {'TTFT s':>8} {'decode tok/s':>13} "
+        f"{'p50 gap ms':>10} {'e2e tok/s':>10} {'peak mem':>10} {'KV cache':>10}"
     ]
     for r in doc["results"]:
         lines.append(
-            f"{r['model']:<30} {r['backend']:<12} {r['params'] / 1e6:>6.0f}M "
+            f"{r['model']:<32} {r['backend']:<16} {r['params'] / 1e6:>6.0f}M "
             f"{str(r['input_len']) + '->' + str(r['output_len']):>10} {r['batch_size']:>3} "
             f"{_f(r['first_token_latency_s'], '.3f'):>8} {_f(r['decode_tokens_per_s'], '.1f'):>13} "
             f"{_f(_times(r.get('inter_token_latency_s'), 1e3), '.1f'):>10} "
             f"{_f(r['throughput_tokens_per_s'], '.1f'):>10} {_fmt_bytes(r['peak_memory_bytes']):>10} "
             f"{_fmt_bytes(r['kv_cache_bytes']):>10}"
         )
-    for c in doc["comparisons"]:
-        if c["kind"] != "full":
-            continue
+    return lines
+
+
+def _comparison(c: dict) -> list[str]:
+    me, pr = c["measured"], c["predicted"]
+    paper = _own(c)
+    rows = [
+        ("first-token latency", _ttft(me), _ttft(pr), _pct(PAPER["first_token_latency_reduction"])),
+        ("decode tokens/s", _x(me["decode_speedup"]), _x(pr["decode_speedup"]), ""),
+        ("p50 token gap speedup", _x(me.get("inter_token_speedup")), "", ""),
+        ("end-to-end tokens/s", _x(me["throughput_ratio"]), _x(pr["throughput_ratio"]), "4.70x"),
+        ("peak memory", _x(me["peak_memory_ratio"]), "", ""),
+        ("KV cache", _x(me["kv_cache_ratio"]), "", ""),
+        ("FLOPs / bytes moved", "", f"{_x(pr['flops_ratio'])} / {_x(pr['bytes_moved_ratio'])}", ""),
+    ]
+    lines = [
+        f"{c['model']} vs {c['baseline']}, {c['input_len']}->{c['output_len']}, batch {c['batch_size']}:",
+        f"  {'':<24} {'measured':>14} {'cost model':>14}" + (f" {'paper':>7}" if paper else ""),
+    ]
+    for name, measured, predicted, from_paper in rows:
+        line = f"  {name:<24} {measured:>14} {predicted:>14}" + (f" {from_paper:>7}" if paper else "")
+        lines.append(line.rstrip())
+    return lines
+
+
+def _sweep_table(doc: dict) -> list[str]:
+    own = [c for c in doc["comparisons"] if _own(c)]
+    if not own:
+        return []
+    first = (own[0]["model"], own[0]["batch_size"])
+    sweep = sorted((c for c in own if (c["model"], c["batch_size"]) == first), key=lambda c: c["input_len"])
+    if len(sweep) < 2:
+        return []
+    lines = [
+        "",
+        f"input-length sweep, {sweep[0]['model']} vs {sweep[0]['baseline']}, batch {first[1]}:",
+        f"  {'input':>6} {'TTFT measured':>16} {'cost model':>16} {'decode measured':>16} {'cost model':>11}",
+    ]
+    for c in sweep:
         me, pr = c["measured"], c["predicted"]
-        paper = c["baseline_backend"] == "torch"
-        title = f"{c['model']} vs {c['baseline']}, {c['input_len']}->{c['output_len']}, batch {c['batch_size']}"
-        rows = [
-            ("first-token latency", _ttft(me), _ttft(pr), _pct(PAPER["first_token_latency_reduction"])),
-            ("decode tokens/s", _x(me["decode_speedup"]), _x(pr["decode_speedup"]), ""),
-            ("p50 token gap speedup", _x(me.get("inter_token_speedup")), "", ""),
-            ("end-to-end tokens/s", _x(me["throughput_ratio"]), _x(pr["throughput_ratio"]), "4.70x"),
-            ("peak memory", _x(me["peak_memory_ratio"]), "", ""),
-            ("KV cache", _x(me["kv_cache_ratio"]), "", ""),
-            ("FLOPs / bytes moved", "", f"{_x(pr['flops_ratio'])} / {_x(pr['bytes_moved_ratio'])}", ""),
-        ]
-        lines += [
-            "",
-            title + ":",
-            f"  {'':<24} {'measured':>14} {'cost model':>14}" + (f" {'paper':>7}" if paper else ""),
-        ]
-        for name, measured, predicted, from_paper in rows:
-            line = f"  {name:<24} {measured:>14} {predicted:>14}" + (f" {from_paper:>7}" if paper else "")
-            lines.append(line.rstrip())
-    sweep = [c for c in doc["comparisons"] if c["baseline_backend"] == "torch"]
-    if len({c["input_len"] for c in sweep}) > 1:
-        b0 = sweep[0]["batch_size"]
-        lines += [
-            "",
-            f"input-length sweep, {sweep[0]['model']} vs {sweep[0]['baseline']}, batch {b0}:",
-            f"  {'input':>6} {'TTFT measured':>16} {'cost model':>16} {'decode measured':>16} {'cost model':>11}",
-        ]
-        for c in sorted((c for c in sweep if c["batch_size"] == b0), key=lambda c: c["input_len"]):
-            me, pr = c["measured"], c["predicted"]
-            lines.append(
-                f"  {c['input_len']:>6} {_ttft(me):>16} {_ttft(pr):>16} {_x(me['decode_speedup']):>16} "
-                f"{_x(pr['decode_speedup']):>11}"
-            )
+        lines.append(
+            f"  {c['input_len']:>6} {_ttft(me):>16} {_ttft(pr):>16} {_x(me['decode_speedup']):>16} "
+            f"{_x(pr['decode_speedup']):>11}"
+        )
+    return lines
+
+
+def _notes(doc: dict) -> list[str]:
     notes = []
     load, cpus = doc.get("load_average_before"), doc.get("cpu_count") or 1
     if load is not None and load >= 0.5 * cpus:
@@ -136,13 +172,7 @@ def format_report(doc: dict, cfg: BenchConfig | None = None) -> str:
     utils = [r["cpu_utilization"] for r in doc["results"] if r.get("cpu_utilization") is not None]
     if doc["device"] == "cpu" and utils and min(utils) < 0.9:
         notes.append(f"the bench got as little as {min(utils):.0%} of its {doc['threads']} threads' CPU time")
-    if notes:
-        lines += ["", "note: " + "; ".join(notes) + ". Timings are noisy: see the spreads in the JSON."]
-    lines.append("")
-    lines.append(f"finished in {doc['wall_s']:.0f} s")
-    if cfg is not None and cfg.json_path:
-        lines[-1] += f"; wrote {cfg.json_path}" + (f" and {cfg.plot_path}" if cfg.plot_path else "")
-    return "\n".join(lines)
+    return ["", "note: " + "; ".join(notes) + ". Timings are noisy: see the spreads in the JSON."] if notes else []
 
 
 def _times(x: float | None, k: float) -> float | None:
@@ -202,7 +232,7 @@ def _plot_models(doc: dict, machine: Machine, b0: int, ax_t, ax_d) -> dict[str, 
         )
         if not rows:
             continue
-        hf = rows[0]["backend"] != "torch"
+        hf = rows[0].get("anchor", rows[0]["backend"] != "torch")
         color = colors[rows[0]["arch"]]
         cost_config = ModelConfig.from_dict(rows[0]["model_config"])
         style = dict(color=color, marker="s" if hf else "o", linestyle="none", mfc="none" if hf else color)
@@ -213,22 +243,28 @@ def _plot_models(doc: dict, machine: Machine, b0: int, ax_t, ax_d) -> dict[str, 
             continue
         lo, hi = min(lens) / 1.5, max(lens) * 1.5
         grid = sorted({max(1, round(lo * (hi / lo) ** (i / 32))) for i in range(33)})
-        n = rows[-1]["output_len"]
-        preds = [generation_cost(cost_config, b0, s, n, dtype_bytes(dtype)).predict(machine) for s in grid]
+        n, wb = rows[-1]["output_len"], rows[0].get("weight_bytes")
+        roof = _machine(doc, rows[0].get("kernel"), machine)
+        preds = [
+            generation_cost(cost_config, b0, s, n, dtype_bytes(dtype), weight_bytes=wb).predict(roof) for s in grid
+        ]
         grids[label] = [grid, preds]
         ax_t.plot(grid, [p["first_token_latency_s"] for p in preds], color=color, label=f"{label} cost model")
         ax_d.plot(grid, [p["decode_tokens_per_s"] for p in preds], color=color, label=f"{label} cost model")
     return grids
 
 
+def _machine(doc: dict, kernel: str | None, default: Machine) -> Machine:
+    m = (doc.get("machines") or {}).get(kernel)
+    return default if m is None else Machine(m["peak_flops"], m["mem_bandwidth_bytes_per_s"])
+
+
 def _plot_ratios(doc: dict, grids: dict[str, list], b0: int, ax) -> None:
     """The first two encore models' ratios (model / baseline) against input length, and the paper's."""
-    pairs = sorted(
-        (c for c in doc["comparisons"] if c["baseline_backend"] == "torch" and c["batch_size"] == b0),
-        key=lambda c: c["input_len"],
-    )
-    if not pairs:
+    own = [c for c in doc["comparisons"] if _own(c) and c["batch_size"] == b0]
+    if not own:
         return
+    pairs = sorted((c for c in own if c["model"] == own[0]["model"]), key=lambda c: c["input_len"])
     lens = [c["input_len"] for c in pairs]
     ttft = [c["measured"]["first_token_latency_ratio"] for c in pairs]
     ax.plot(lens, ttft, "o", color="tab:green", label="TTFT ratio, measured")

@@ -32,13 +32,14 @@ from typing import Any
 
 import torch
 
-from encore.bench.backends import Backend, BackendSpec, make_backend
+from encore.bench.backends import Backend, BackendSpec
 from encore.bench.config import METRICS, PAPER, BenchConfig, Point, plan_points
 from encore.bench.costmodel import Machine, dtype_bytes, generation_cost
 from encore.bench.machine import measure_machine
+from encore.bench.registry import make_backend
 from encore.bench.report import format_report, plot, validate_bench_json
 from encore.bench.workers import ProcessWorker, Worker
-from encore.model.kernels import cpu_linear, set_cpu_linear
+from encore.model.io import resolve_model
 from encore.progress import progress_enabled
 
 
@@ -52,7 +53,8 @@ def _median_spread(values: list[float]) -> tuple[float | None, list[float] | Non
 def _result(
     backend: Backend, params: int, kv_bytes: int, point: Point, runs: list[dict], dtype: str, machine: Machine
 ) -> dict:
-    cost = generation_cost(backend.cost_config, point.batch_size, point.input_len, point.output_len, dtype_bytes(dtype))
+    B, S, N = point.batch_size, point.input_len, point.output_len
+    cost = generation_cost(backend.cost_config, B, S, N, dtype_bytes(dtype), weight_bytes=backend.weight_bytes)
     result: dict[str, Any] = {
         "model": backend.label,
         "arch": backend.arch,
@@ -62,6 +64,9 @@ def _result(
         "output_len": point.output_len,
         "batch_size": point.batch_size,
         "dtype": dtype,
+        "kernel": backend.kernel,
+        "weight_bytes": backend.weight_bytes,
+        "anchor": backend.mirror is not None,  # another library's model of the same shape
     }
     spread = {}
     for metric in METRICS:
@@ -110,6 +115,7 @@ def compare(model: dict, baseline: dict) -> dict[str, Any]:
         key: model[key] for key in ("input_len", "output_len", "batch_size", "backend", "kind") if key in model
     }
     out.update({"model": model["model"], "baseline": baseline["model"], "baseline_backend": baseline["backend"]})
+    out["baseline_anchor"] = bool(baseline.get("anchor", False))
 
     def ratios(m: dict, b: dict) -> dict[str, float | None]:
         ttft = _ratio(m["first_token_latency_s"], b["first_token_latency_s"])
@@ -152,31 +158,38 @@ def _progress(cfg: BenchConfig, total: int) -> Iterator[Any]:
         bar.close()
 
 
-def _machine(cfg: BenchConfig) -> tuple[Machine, str]:
-    """The roofline (given, or probed through the models' kernel) and the CPU kernel the models use."""
-    previous = set_cpu_linear(cfg.cpu_linear or cpu_linear())  # the probes use the models' kernel
-    try:
-        kernel = cpu_linear()
+def _machines(cfg: BenchConfig, backends: list[Backend]) -> dict[str, Machine]:
+    """The roofline of every kernel the models run (given, or probed through that kernel)."""
+    machines = {}
+    for kernel in dict.fromkeys(b.kernel for b in backends):
         if cfg.peak_flops and cfg.mem_bandwidth:
-            return Machine(cfg.peak_flops, cfg.mem_bandwidth, measured=False), kernel
-        # probe before any worker starts building, so the probes have the machine to themselves
-        probed = measure_machine(cfg.device, getattr(torch, cfg.resolved_dtype()))
-        return Machine(cfg.peak_flops or probed.peak_flops, cfg.mem_bandwidth or probed.mem_bandwidth, True), kernel
-    finally:
-        set_cpu_linear(previous)
+            machines[kernel] = Machine(cfg.peak_flops, cfg.mem_bandwidth, measured=False)
+            continue
+        # probed before any worker starts building, so the probes have the machine to themselves
+        probed = measure_machine(cfg.device, getattr(torch, cfg.resolved_dtype()), kernel=kernel)
+        peak, bandwidth = cfg.peak_flops or probed.peak_flops, cfg.mem_bandwidth or probed.mem_bandwidth
+        machines[kernel] = Machine(peak, bandwidth, measured=True)
+    return machines
 
 
-def _specs(cfg: BenchConfig, points: list[Point], kernel: str) -> list[BackendSpec]:
-    """The model, the baseline, and (with --vs-hf) the Hugging Face models of the same shapes."""
+def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:
+    """The model and the baseline at each quantization, then the anchors (--vs-hf, --vs-ct2) copying them."""
     max_len = max(p.input_len + p.output_len for p in points)
     full_len = max(p.input_len + p.output_len for p in points if p.kind == "full")
     dtype = cfg.resolved_dtype()
-    spec = lambda kind, model, length: BackendSpec(kind, model, length, cfg.device, dtype, cfg.seed, kernel)
-    specs = [spec("encore", cfg.model, max_len)]
-    if cfg.baseline:
-        specs.append(spec("encore", cfg.baseline, max_len))
+
+    def spec(kind: str, model: str, length: int, quantize: str | None) -> BackendSpec:
+        return BackendSpec(
+            kind, model, length, cfg.device, dtype, cfg.seed, cfg.cpu_linear, quantize, cfg.retain_memory
+        )
+
+    models = [cfg.model] + ([cfg.baseline] if cfg.baseline else [])
+    specs = [spec("encore", m, max_len, q) for q in cfg.quantize for m in models]
     if cfg.vs_hf:
-        specs += [spec("hf", s.model, full_len) for s in list(specs)]
+        specs += [spec("hf", m, full_len, None) for m in models]
+    if cfg.vs_ct2:
+        encdec = [m for m in models if resolve_model(m)[0].arch == "encdec"]
+        specs += [spec("ct2", m, full_len, q) for q in cfg.quantize for m in encdec]
     return specs
 
 
@@ -203,14 +216,14 @@ def _measure(
                 bar.set_description(f"{S}->{n} x{B} warm-up")
                 for i in who:
                     for _ in range(point.warmup):
-                        workers[i].call("run", B, S, min(n, 8))
+                        workers[i].call("run", B, S, min(n, 8), n)
                         bar.update(1)
                 # interleave the models, alternating who goes first: a burst of load from another
                 # process then hits both sides instead of skewing one model's numbers
                 for rep in range(point.repeats):
                     for i in who if rep % 2 == 0 else who[::-1]:
                         bar.set_description(f"{S}->{n} x{B} {backends[i].label}")
-                        runs.setdefault((i, k), []).append(workers[i].call("run", B, S, n))
+                        runs.setdefault((i, k), []).append(workers[i].call("run", B, S, n, n))
                         bar.update(1)
             kv = {
                 (i, k): workers[i].call("kv_bytes", points[k].batch_size, points[k].input_len, points[k].output_len)
@@ -232,18 +245,20 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     points = plan_points(cfg)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
-    machine, kernel = _machine(cfg)
-    specs = _specs(cfg, points, kernel)
+    specs = _specs(cfg, points)
     backends = [make_backend(s) for s in specs]  # configs and labels only; workers build the weights
     if len({b.label for b in backends}) < len(backends):
         raise ValueError(f"--model and --baseline name the same model ({backends[0].label}); pick two")
+    machines = _machines(cfg, backends)
     params, runs, kv = _measure(cfg, specs, backends, points, threads)
     order = sorted(
         runs, key=lambda ik: (ik[0], points[ik[1]].kind != "full", points[ik[1]].batch_size, points[ik[1]].input_len)
     )
     results = [
-        _result(backends[i], params[i], kv[(i, k)], points[k], runs[(i, k)], dtype_name, machine) for i, k in order
+        _result(backends[i], params[i], kv[(i, k)], points[k], runs[(i, k)], dtype_name, machines[backends[i].kernel])
+        for i, k in order
     ]
+    machine = machines[backends[0].kernel]
     from encore import __version__
 
     doc: dict[str, Any] = {
@@ -253,16 +268,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "results": results,
         "device_name": _device_name(torch.device(cfg.device)),
         "dtype": dtype_name,
-        "cpu_linear": kernel if cfg.device == "cpu" else None,
-        "machine": {
-            "peak_flops": machine.peak_flops,
-            "mem_bandwidth_bytes_per_s": machine.mem_bandwidth,
-            "measured": machine.measured,
-        },
+        "cpu_linear": backends[0].kernel if cfg.device == "cpu" else None,
+        "machine": _machine_doc(machine),  # the first model's kernel; every kernel's in "machines"
+        "machines": {kernel: _machine_doc(m) for kernel, m in machines.items()},
         "load_average_before": load_before,
         "cpu_count": os.cpu_count(),
         "paper": PAPER,
-        "comparisons": _comparisons(results, backends),
+        "comparisons": _comparisons(results, backends, bool(cfg.baseline)),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "wall_s": time.perf_counter() - started,
         "encore": __version__,
@@ -271,6 +283,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         import transformers
 
         doc["transformers"] = transformers.__version__
+    if cfg.vs_ct2:
+        import ctranslate2
+
+        doc["ctranslate2"] = ctranslate2.__version__
     validate_bench_json(doc)
     if cfg.json_path:
         Path(cfg.json_path).write_text(json.dumps(doc, indent=2) + "\n")
@@ -281,12 +297,22 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return doc
 
 
-def _comparisons(results: list[dict], backends: list[Backend]) -> list[dict]:
-    """model vs baseline at every point both measured; each mirroring model vs the encore model it copies."""
+def _machine_doc(machine: Machine) -> dict[str, Any]:
+    return {
+        "peak_flops": machine.peak_flops,
+        "mem_bandwidth_bytes_per_s": machine.mem_bandwidth,
+        "measured": machine.measured,
+    }
+
+
+def _comparisons(results: list[dict], backends: list[Backend], baseline: bool) -> list[dict]:
+    """model vs baseline (each at the same quantization) at every point both measured; each anchor vs
+    the encore model it mirrors."""
     by_key = {(r["model"], r["input_len"], r["batch_size"]): r for r in results}
-    own = [b.label for b in backends if b.mirror is None]
-    pairs = [(own[0], own[1])] if len(own) == 2 else []
-    pairs += [(b.mirror, b.label) for b in backends if b.mirror is not None]
+    own = [b for b in backends if b.mirror is None]  # model, baseline for each quantization (see _specs)
+    pairs = [(a.label, b.label) for a, b in zip(own[0::2], own[1::2])] if baseline else []
+    labels = {b.label for b in own}
+    pairs += [(b.mirror, b.label) for b in backends if b.mirror in labels]
     out = []
     for a, b in pairs:
         for r in results:

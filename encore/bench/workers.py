@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from encore.bench.backends import BackendSpec, make_backend
-from encore.model.kernels import set_cpu_linear
+from encore.bench.backends import BackendSpec
+from encore.bench.registry import make_backend
+from encore.infer.memory import retain_freed_memory
 
 
 def _read_status_kb(key: str) -> int | None:
@@ -96,13 +97,13 @@ class Worker:
 
     def __init__(self, spec: BackendSpec, threads: int):
         torch.set_num_threads(threads)
-        if spec.cpu_linear:
-            set_cpu_linear(spec.cpu_linear)
+        if spec.retain_memory:
+            retain_freed_memory()
         self.backend = make_backend(spec)
         self.device = torch.device(spec.device)
         self.seed = spec.seed
         self.model = self.backend.build()
-        self.params = sum(p.numel() for p in self.model.parameters())
+        self.params = self.backend.params(self.model)
 
     def wait_ready(self) -> int:
         return self.params
@@ -110,15 +111,16 @@ class Worker:
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self, method)(*args)
 
-    def run(self, batch_size: int, input_len: int, n: int) -> dict[str, float]:
-        """One timed request: n tokens per row from the same random ids every time."""
+    def run(self, batch_size: int, input_len: int, n: int, capacity: int) -> dict[str, float]:
+        """One timed request: n tokens per row from the same random ids every time (an engine sizes its
+        cache for `capacity` >= n new tokens: the point's, so warm-up and timed runs share it)."""
         vocab = self.backend.cost_config.vocab_size
         gen = torch.Generator().manual_seed(self.seed + input_len)
         low = min(3, vocab - 1)  # skip pad / bos / eos where the vocabulary allows
         ids = torch.randint(low, vocab, (batch_size, input_len), generator=gen).to(self.device)
         cpu0 = time.process_time()
         with torch.inference_mode(), PeakMemory(self.device) as mem:
-            t = self.backend.timed_generate(self.model, ids, n)
+            t = self.backend.timed_generate(self.model, ids, n, capacity)
         if t.tokens != n:
             raise RuntimeError(f"{self.backend.label}: generated {t.tokens} tokens per row, expected exactly {n}")
         wall = t.t_last - t.t_call

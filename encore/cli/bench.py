@@ -8,7 +8,6 @@ from pathlib import Path
 
 from encore.bench import BenchConfig, format_report, plot, run_bench, validate_bench_json
 from encore.cli.common import from_args
-from encore.model.kernels import CPU_LINEAR_BACKENDS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +21,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", default=d.baseline, help="the same, or 'none' (%(default)s)")
     parser.add_argument("--input-len", type=int, nargs="+", default=list(d.input_lens), help="input tokens (512)")
     parser.add_argument("--output-len", type=int, default=d.output_len, help="generated tokens (%(default)s)")
-    parser.add_argument("--batch-size", type=int, nargs="+", default=list(d.batch_sizes), help="rows per request (1)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=list(d.batch_sizes),
+        help="concurrent requests through encore.Engine, e.g. 1 8 32 (anchors: one static batch; default 1)",
+    )
+    parser.add_argument(
+        "--quantize",
+        nargs="+",
+        choices=["none", "int8"],
+        default=["none"],
+        help="encore models at each: 'none' (fp32 on CPU, bf16 on CUDA) and / or 'int8' (CPU; default none)",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--repeats", type=int, default=d.repeats, help="timed repetitions per point (%(default)s)")
@@ -34,6 +46,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-output-len", type=int, default=d.sweep_output_len, help="(%(default)s)")
     parser.add_argument("--sweep-repeats", type=int, default=d.sweep_repeats, help="(%(default)s)")
     parser.add_argument("--vs-hf", action="store_true", help="also time HF T5 / Llama of the same shapes")
+    parser.add_argument(
+        "--vs-ct2",
+        action="store_true",
+        help="also time CTranslate2 running a T5 of the encoder-decoder's shape, at each --quantize (pip install "
+        "'encore[anchors]')",
+    )
     parser.add_argument("--json", default=d.json_path, metavar="PATH", help="results ('' to skip; %(default)s)")
     parser.add_argument("--plot", default=d.plot_path, metavar="PATH", help="plot ('' to skip; %(default)s)")
     parser.add_argument("--peak-gflops", type=float, help="cost model FLOP/s in GFLOP/s (default: probe)")
@@ -41,9 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--cpu-linear",
-        choices=CPU_LINEAR_BACKENDS,
+        choices=["onednn", "aten"],
         help="encore's fp32 CPU projection kernel ('aten' = F.linear, torch's BLAS; default: onednn on x86-64, "
-        "else aten, or ENCORE_CPU_LINEAR)",
+        "else aten)",
     )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,6 +70,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--in-process", action="store_true", help="build every model in this process (peak memory then counts them all)"
+    )
+    parser.add_argument(
+        "--malloc-default",
+        action="store_true",
+        help="leave glibc's malloc as it is in the workers (default: keep freed memory for reuse, as a deployment "
+        "should: encore.infer.memory)",
     )
 
 
@@ -62,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         args,
         baseline=None if str(args.baseline).lower() in ("", "none") else args.baseline,
         input_lens=tuple(args.input_len),
+        quantize=tuple(dict.fromkeys(None if q == "none" else q for q in args.quantize)),
         batch_sizes=tuple(args.batch_size),
         sweep=() if args.no_sweep else (tuple(args.sweep) if args.sweep is not None else None),
         json_path=args.json or None,
@@ -70,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         mem_bandwidth=None if args.bandwidth_gbs is None else args.bandwidth_gbs * 1e9,
         progress=False if args.quiet else None,
         isolate=not args.in_process,
+        retain_memory=not args.malloc_default,
     )
 
 

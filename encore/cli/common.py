@@ -113,8 +113,14 @@ def build_model(
     return model
 
 
-def load_for_inference(spec: str, tokenizer: str | None, device: str) -> LanguageModel:
+def load_for_inference(spec: str, tokenizer: str | None, device: str, quantize: str | None = None) -> LanguageModel:
+    """A checkpoint with its tokenizer, made ready for inference on `device` (`encore.optimize`); the
+    process keeps freed memory for reuse (`encore.infer.memory`), as a CPU deployment should."""
+    from encore.infer.memory import retain_freed_memory
+    from encore.infer.optimize import optimize
+
+    retain_freed_memory()
     config, checkpoint = resolve_model(spec)
     if checkpoint is None:
         raise ValueError(f"--model {spec!r}: not a checkpoint directory")
-    return build_model(spec, tokenizer).to(device).eval()
+    return optimize(build_model(spec, tokenizer), device=device, quantize=quantize)

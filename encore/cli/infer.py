@@ -28,6 +28,13 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--quantize", choices=["none", "int8"], default="none", help="int8: int8 weights on the CPU (encore.optimize)"
+    )
+
+
+def _quantize(args: argparse.Namespace) -> str | None:
+    return None if args.quantize == "none" else args.quantize
 
 
 def generation_options(args: argparse.Namespace) -> GenerationOptions:
@@ -59,7 +66,7 @@ def configure_generate(p: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    model = load_for_inference(args.model, args.tokenizer, args.device)
+    model = load_for_inference(args.model, args.tokenizer, args.device, _quantize(args))
     sources = [args.input] if args.input is not None else read_inputs(Path(args.input_file))
     texts, truncated = generate_texts(model, sources, generation_options(args))
     for text in texts:
@@ -88,7 +95,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from encore.data import load_task
     from encore.eval.metrics import compute_metrics
 
-    model = load_for_inference(args.model, args.tokenizer, args.device)
+    model = load_for_inference(args.model, args.tokenizer, args.device, _quantize(args))
     examples = list(
         load_task(args.task, split=args.split, data_files=args.data_files, limit=args.limit, **task_options(args))
     )

@@ -1,75 +1,30 @@
-"""The generation loop, shared by both architectures: prefill once, then one decode step per token.
+"""The generation loop of one request, shared by both architectures: prefill once, then one decode
+step per token (the same `prefill` / `decode_step` the engine runs).
 
-Sampling is tensor-only (no host round trip per step); the one host sync per step is the
-"are all rows done?" check, which lets the loop exit as soon as every row has hit EOS.
+Sampling is tensor-only (no host round trip per step); the one host sync per step is the "are all
+rows done?" check, which lets the loop exit as soon as every row has hit EOS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos, sample_next
 from encore.model.inputs import check_ids
 
 LanguageModel = Any  # an encore.model.base.LanguageModel (not imported: the model calls into this module)
 
-
-class _FromConfig:
-    def __repr__(self) -> str:
-        return "<config's eos_token_id>"
+__all__ = ["FROM_CONFIG", "generate", "generate_stream", "sample_next"]
 
 
-FROM_CONFIG = _FromConfig()  # default for eos_token_id; None disables stopping
-
-
-def sample_next(
-    logits: Tensor,
-    do_sample: bool,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """logits [B, V] -> token ids [B]. Greedy unless do_sample; top-k then top-p (nucleus) filtering."""
-    if not do_sample:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # drop a token when the tokens ranked above it already cover top_p (the top one always stays)
-        drop = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
-        logits = logits.masked_fill(drop.scatter(1, sorted_idx, drop), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-def _check_args(
-    model: LanguageModel,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    max_new_tokens: int,
-    do_sample: bool,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-) -> None:
-    check_ids(input_ids, attention_mask, model.config.vocab_size)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if do_sample:
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature!r}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k!r}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+def check_max_new_tokens(max_new_tokens: int, low: int = 0) -> None:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < low:
+        kind = "a non-negative" if low == 0 else f"an integer >= {low}: a"
+        raise ValueError(f"max_new_tokens must be {kind} integer, got {max_new_tokens!r}")
 
 
 def generate_stream(
@@ -87,26 +42,25 @@ def generate_stream(
     """Yield the new token of every row [B] at each step; rows already finished get pad.
     Stops after `max_new_tokens` steps or once every row has produced EOS. Arguments are checked
     here, at call time, not at the first `next()`."""
-    _check_args(model, input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k, top_p)
-    eos = model.config.eos_token_id if eos_token_id is FROM_CONFIG else eos_token_id
+    check_ids(input_ids, attention_mask, model.config.vocab_size)
+    check_max_new_tokens(max_new_tokens)
+    sampling = Sampling(do_sample, temperature, top_k, top_p, seed).check()
     device = model.embed.weight.device
-    generator = None
-    if do_sample and seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+    generator = sampling.generator(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
-    return _stream(
-        model,
-        input_ids.to(device),
-        attention_mask,
-        max_new_tokens,
-        eos,
-        lambda logits: sample_next(logits, do_sample, temperature, top_k, top_p, generator),
-    )
+    eos = resolve_eos(eos_token_id, model.config)
+    choose = lambda logits: sampling.choose(logits, generator)
+    return _stream(model, input_ids.to(device), attention_mask, max_new_tokens, eos, choose)
 
 
 @torch.inference_mode()
 def _stream(
-    model: LanguageModel, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int, eos: int | None, choose
+    model: LanguageModel,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    max_new_tokens: int,
+    eos: int | None,
+    choose: Callable[[Tensor], Tensor],
 ) -> Iterator[Tensor]:
     if max_new_tokens == 0:
         return

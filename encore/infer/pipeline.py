@@ -1,4 +1,4 @@
-"""Text in, text out: tokenize like the fine-tuning collators, batch by length, generate, decode.
+"""Text in, text out: tokenize like the fine-tuning collators, generate through the engine, decode.
 
 The one path from strings to generated strings, used by `encore generate`, `encore eval` and the
 server. Inputs are laid out and truncated exactly as the fine-tuning collator does (the end of a
@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from encore.data.collate import finetune_collator
+from encore.infer.engine import Engine
 from encore.tokenizer import encode_text
 
 
@@ -45,32 +44,27 @@ def encode_sources(model: Any, sources: list[str], max_source_len: int) -> tuple
     return encoded, truncated
 
 
-def generate_texts(
+def generate_ids(
     model: Any,
-    sources: list[str],
+    encoded: list[list[int]],
     options: GenerationOptions | None = None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[list[str], int]:
-    """Decode `sources` in length-sorted batches; returns (texts in input order, truncated count).
-    `progress(n)` is called after each batch with the number of inputs it finished."""
+) -> list[list[int]]:
+    """The new tokens (EOS left out) for every encoded input, through `encore.Engine` (continuous
+    batching: `batch_size` slots, a finished request's slot taken by the next at once), inputs queued
+    shortest first so that requests admitted together have similar lengths. `progress(1)` is called as
+    each request finishes."""
     options = options or GenerationOptions()
-    tokenizer = model.tokenizer
-    encoded, truncated = encode_sources(model, sources, options.max_source_len)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    outputs: list[str] = [""] * len(encoded)
-    pad, eos = model.config.pad_token_id, model.config.eos_token_id
-    device = next(model.parameters()).device
-    for start in range(0, len(order), options.batch_size):
-        idx = order[start : start + options.batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-            mask[row, : len(encoded[i])] = 1
-        new = model.generate(
-            ids.to(device),
-            attention_mask=mask.to(device),
+    engine = Engine(
+        model,
+        max_batch=max(1, min(options.batch_size, len(encoded))),
+        max_input_len=max((len(ids) for ids in encoded), default=1),
+        max_new_tokens=options.max_new_tokens,
+    )
+    which: dict[int, int] = {}
+    for i in sorted(range(len(encoded)), key=lambda i: len(encoded[i])):
+        rid = engine.add(
+            encoded[i],
             max_new_tokens=options.max_new_tokens,
             do_sample=options.do_sample,
             temperature=options.temperature,
@@ -78,11 +72,27 @@ def generate_texts(
             top_p=options.top_p,
             seed=options.seed,
         )
-        for row, i in enumerate(idx):
-            tokens = new[row].tolist()
-            if eos in tokens:
-                tokens = tokens[: tokens.index(eos)]
-            outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        if progress is not None:
-            progress(len(idx))
-    return outputs, truncated
+        which[rid] = i
+    tokens: list[list[int]] = [[] for _ in encoded]
+    eos = model.config.eos_token_id
+    while engine.has_work():
+        for event in engine.step():
+            if event.token != eos:
+                tokens[which[event.request_id]].append(event.token)
+            if event.finished and progress is not None:
+                progress(1)
+    return tokens
+
+
+def generate_texts(
+    model: Any,
+    sources: list[str],
+    options: GenerationOptions | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[str], int]:
+    """Generate for every source (`generate_ids`) and decode; returns (texts in input order, how many
+    sources were truncated to `max_source_len`)."""
+    options = options or GenerationOptions()
+    encoded, truncated = encode_sources(model, sources, options.max_source_len)
+    tokens = generate_ids(model, encoded, options, progress)
+    return [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens], truncated

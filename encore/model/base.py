@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encore.config import ModelConfig
 from encore.files import atomic_write
 from encore.model.cache import GenerationCache
-from encore.model.layers import Linear, RMSNorm, RotaryEmbedding, init_weights, linear
+from encore.model.layers import Linear, RMSNorm, RotaryEmbedding, init_weights
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -44,7 +45,7 @@ class LanguageModel(nn.Module):
     def head(self, h: Tensor) -> Tensor:
         """Final norm + (tied) output projection: [.., D] -> [.., V]."""
         h = self.final_norm(h)
-        return linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
+        return F.linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
 
     def get_output_embeddings(self) -> nn.Module:
         """The module whose weight [V, D] projects to the vocabulary (the embedding when tied)."""
@@ -119,6 +120,11 @@ class LanguageModel(nn.Module):
         """config.json + model.safetensors (+ tokenizer files), each file written atomically."""
         from safetensors.torch import save_file
 
+        if getattr(self, "_encore_swaps", None):
+            raise ValueError(
+                "this model was optimized for inference (its projections are swapped for inference kernels); "
+                "call encore.deoptimize(model) before save_pretrained"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}

@@ -1,13 +1,23 @@
-"""Generation state: a preallocated self-attention KV cache, plus what stays fixed for a request.
+"""Generation state: preallocated K/V for a batch of rows, with each row's position in a tensor.
 
-Encoder-decoder: the self-attention cache covers the *output* tokens only; cross-attention K/V are
-projected from the encoder states once per request and reused at every step. Decoder-only: the
-cache covers prompt + output, and a key mask remembers which prompt slots are padding.
+One layout serves a single request (`LanguageModel.generate`: one row per input) and the engine's
+slots (`encore.infer.engine`: one row per slot, requests coming and going):
+
+- self-attention K/V `[L, B, K, T, Dh]`: the *output* tokens of an encoder-decoder, prompt + output of a
+  decoder-only model. Row b's real positions are 0 .. length[b] - 1 (prompts are laid out right-padded,
+  so a row's positions never depend on the others');
+- `length` `[B]`: positions written per row, which is also the RoPE position of the row's next token;
+- encoder-decoder only: cross-attention K/V `[L, B, K, S, Dh]`, projected from the encoder states once
+  per request, and `cross_mask` `[B, S]` (None when no row is padded).
+
+A decode step writes each row's new K/V at its own `length` (a scatter) and attends over all T
+positions with a mask derived from `length`: fixed shapes, no host read, no allocation that depends on
+values, so a step can be captured as a CUDA graph, compiled with `fullgraph=True` or exported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -15,56 +25,15 @@ from torch import Tensor
 from encore.config import ModelConfig
 
 
-class KVCache:
-    """Self-attention K/V for all layers: [L, B, K, T_max, Dh], written in place at `length`."""
-
-    def __init__(
-        self,
-        n_layers: int,
-        batch: int,
-        n_kv_heads: int,
-        max_len: int,
-        head_dim: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0  # slots filled so far; the next write starts here
-        self.max_len = max_len
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k/v [B, K, T, Dh] at `length` and return all K/V so far [B, K, length + T, Dh].
-        `length` itself advances once per model step (`advance`), after every layer has written."""
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} positions needed, {self.max_len} preallocated")
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
-
-
 @dataclass
 class GenerationCache:
-    """Everything a decode step needs besides the new token."""
-
-    self_kv: KVCache
-    # encoder-decoder: per-layer cross-attention K/V [L, B, K, S, Dh] and the encoder's padding mask
-    cross_k: Tensor | None = None
+    k: Tensor  # [L, B, K, T, Dh]
+    v: Tensor  # [L, B, K, T, Dh]
+    length: Tensor  # [B] int64: positions written per row = the next token's position
+    cross_k: Tensor | None = None  # [L, B, K, S, Dh] (encoder-decoder)
     cross_v: Tensor | None = None
-    cross_mask: Tensor | None = None  # [B, 1, 1, S] bool, None when nothing is padded
-    # decoder-only: which cache slots are real tokens [B, T_max] (None when nothing is padded)
-    # and each row's next RoPE position [B] (rows differ when prompts are padded)
-    key_mask: Tensor | None = None
-    next_position: Tensor | None = None
+    cross_mask: Tensor | None = None  # [B, S] bool: real encoder positions; None when nothing is padded
+    prefilling: bool = False  # a prefill writes K/V at 0 .. T_new - 1 and attends over its own K/V only
 
     @classmethod
     def allocate(
@@ -76,23 +45,83 @@ class GenerationCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> GenerationCache:
-        """What a request of `batch_size` rows of `input_len` tokens needs for `max_new_tokens`:
-        encoder-decoder: self K/V over the outputs + cross K/V over the input; decoder-only: self
-        K/V over input + outputs."""
+        """What `batch_size` rows of up to `input_len` input tokens need for `max_new_tokens` each:
+        encoder-decoder: self K/V over the outputs + cross K/V over the input; decoder-only: self K/V
+        over input + outputs."""
         c, encdec = config, config.arch == "encdec"
-        self_len = max_new_tokens if encdec else input_len + max_new_tokens
-        self_kv = KVCache(c.n_decoder_layers, batch_size, c.n_kv_heads, self_len, c.head_dim, device, dtype)
-        if not encdec:
-            return cls(self_kv)
-        cross = (c.n_decoder_layers, batch_size, c.n_kv_heads, input_len, c.head_dim)
-        return cls(
-            self_kv,
-            cross_k=torch.empty(cross, device=device, dtype=dtype),
-            cross_v=torch.empty(cross, device=device, dtype=dtype),
+        self_len = max(max_new_tokens, 1) if encdec else input_len + max_new_tokens
+        shape = (c.n_decoder_layers, batch_size, c.n_kv_heads, self_len, c.head_dim)
+        cache = cls(
+            k=torch.zeros(shape, device=device, dtype=dtype),
+            v=torch.zeros(shape, device=device, dtype=dtype),
+            length=torch.zeros(batch_size, dtype=torch.long, device=device),
         )
+        if encdec:
+            cross = (c.n_decoder_layers, batch_size, c.n_kv_heads, input_len, c.head_dim)
+            cache.cross_k = torch.zeros(cross, device=device, dtype=dtype)
+            cache.cross_v = torch.zeros(cross, device=device, dtype=dtype)
+        return cache
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        """T: self-attention positions per row."""
+        return self.k.shape[3]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store a layer's new K/V [B, K, T_new, Dh]; return what its attention reads. Prefill: the
+        rows' first T_new positions, attended as they are. Decode (T_new = 1): each row's own position
+        `length[b]`, then the whole [B, K, T, Dh] cache (the step's mask hides what is not written)."""
+        if self.prefilling:
+            self.k[layer, :, :, : k.shape[2]] = k
+            self.v[layer, :, :, : v.shape[2]] = v
+            return k, v
+        B, K, _, Dh = k.shape
+        where = self.length.clamp(max=self.max_len - 1).view(B, 1, 1, 1).expand(B, K, 1, Dh)
+        self.k[layer].scatter_(2, where, k)
+        self.v[layer].scatter_(2, where, v)
+        return self.k[layer], self.v[layer]
+
+    def step_mask(self) -> Tensor:
+        """[B, 1, 1, T]: the positions a decoding row attends to, its own new one included."""
+        positions = torch.arange(self.max_len, device=self.length.device)
+        return (positions[None, :] <= self.length[:, None])[:, None, None, :]
+
+    def view(self, rows: int, self_len: int | None = None, cross_len: int | None = None) -> GenerationCache:
+        """The first `rows` rows and the first `self_len` / `cross_len` positions, sharing storage: a
+        step on the view writes into this cache. Lets an eager step skip idle rows and unwritten
+        positions (the engine knows both without reading the device)."""
+        cut = lambda t, n: None if t is None else (t[:, :rows] if n is None else t[:, :rows, :, :n])
+        return replace(
+            self,
+            k=cut(self.k, self_len),
+            v=cut(self.v, self_len),
+            length=self.length[:rows],
+            cross_k=cut(self.cross_k, cross_len),
+            cross_v=cut(self.cross_v, cross_len),
+            cross_mask=None if self.cross_mask is None else self.cross_mask[:rows, :cross_len],
+        )
+
+    def install(self, other: GenerationCache, slots: list[int]) -> None:
+        """Copy `other`'s rows (a just-prefilled batch) into rows `slots` of this cache."""
+        index = torch.tensor(slots, device=self.k.device)
+        t, s = other.max_len, None if other.cross_k is None else other.cross_k.shape[3]
+        self.k[:, index, :, :t] = other.k
+        self.v[:, index, :, :t] = other.v
+        self.length[index] = other.length
+        if s is not None:
+            self.cross_k[:, index, :, :s] = other.cross_k
+            self.cross_v[:, index, :, :s] = other.cross_v
+            if self.cross_mask is None:
+                shape = (self.batch_size, self.cross_k.shape[3])
+                self.cross_mask = torch.zeros(shape, dtype=torch.bool, device=index.device)
+            self.cross_mask[index] = False
+            self.cross_mask[index, :s] = True if other.cross_mask is None else other.cross_mask
 
     @property
     def nbytes(self) -> int:
-        """Bytes of K/V held for the request: self-attention + cross-attention."""
-        cross = sum(t.nbytes for t in (self.cross_k, self.cross_v) if t is not None)
-        return self.self_kv.nbytes + cross
+        """Bytes of K/V held: self-attention + cross-attention."""
+        return sum(t.nbytes for t in (self.k, self.v, self.cross_k, self.cross_v) if t is not None)

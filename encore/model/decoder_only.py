@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from encore.config import ModelConfig
 from encore.model.base import LanguageModel
-from encore.model.cache import GenerationCache, KVCache
-from encore.model.inputs import as_bool_mask, causal_mask, padding_mask, positions_from_mask
+from encore.model.cache import GenerationCache
+from encore.model.inputs import as_bool_mask, causal_mask, padding_mask, positions_from_mask, right_padded
 from encore.model.layers import DecoderLayer
 
 
@@ -55,9 +55,13 @@ class DecoderOnly(LanguageModel):
         return self.head(hidden)
 
     def _run(
-        self, input_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None, positions: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        mask: Tensor | None,
+        cache: GenerationCache | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
-        """Hidden states [B, T, D] (before the final norm); fills `cache` from slot 0 when given."""
+        """Hidden states [B, T, D] (before the final norm); stores every layer's K/V in `cache` when given."""
         B, T = input_ids.shape
         self._check_length(T, "input")
         if positions is None:
@@ -74,37 +78,33 @@ class DecoderOnly(LanguageModel):
     def prefill(
         self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
     ) -> tuple[Tensor, GenerationCache]:
-        """Prompt -> last-position logits [B, V] and the cache. Prompts are moved to left padding so
-        every row's last real token sits in the same slot and new tokens append in lockstep."""
+        """Prompt -> each row's last-position logits [B, V] and the cache. Prompts are laid out
+        right-padded (each row's real tokens at positions 0 .. n_b - 1, whatever its padding was): a
+        causal prompt never sees the padding after it, so the prefill needs no mask, and each row's
+        new tokens go to its own next position."""
         B, S = input_ids.shape
         if S + max_new_tokens > self.config.max_seq_len:
             raise ValueError(
                 f"input length {S} + max_new_tokens {max_new_tokens} exceeds max_seq_len={self.config.max_seq_len}"
             )
-        mask = padding_mask(attention_mask)
-        if mask is not None:
-            # stable sort on the mask puts each row's pads first, real tokens after, order kept
-            order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
-            input_ids, mask = input_ids.gather(1, order), mask.gather(1, order)
+        input_ids, lengths = right_padded(input_ids, padding_mask(attention_mask))
         cache = self.new_cache(B, S, max_new_tokens)
-        hidden = self._run(input_ids, mask, cache.self_kv)
-        cache.self_kv.advance(S)
-        if mask is None:
-            cache.next_position = torch.full((B,), S, dtype=torch.long, device=input_ids.device)
-        else:
-            new = torch.ones(B, max_new_tokens, dtype=torch.bool, device=mask.device)
-            cache.key_mask = torch.cat([mask, new], dim=1)  # [B, S + max_new]
-            cache.next_position = mask.sum(dim=1)
-        return self.head(hidden[:, -1]), cache
+        cache.prefilling = True
+        hidden = self._run(input_ids, None, cache)
+        cache.prefilling = False
+        cache.length.copy_(lengths)
+        last = hidden[torch.arange(B, device=hidden.device), lengths - 1]  # [B, D]
+        return self.head(last), cache
 
     def decode_step(self, tokens: Tensor, cache: GenerationCache) -> Tensor:
-        """tokens [B] -> next-token logits [B, V], attending over the whole cache so far."""
-        kv = cache.self_kv
-        rope = self.rope(cache.next_position[:, None], self.embed.weight.dtype)  # per-row positions
-        mask = None if cache.key_mask is None else cache.key_mask[:, None, None, : kv.length + 1]
+        """tokens [B] -> next-token logits [B, V]. Each row writes its K/V at its own position
+        (`cache.length`), attends over its prompt and outputs so far, and advances; fixed shapes,
+        nothing read on the host."""
+        position = cache.length.clamp(max=cache.max_len - 1)  # [B]
+        rope = self.rope(position[:, None], self.embed.weight.dtype)  # [B, 1, 1, Dh]
+        mask = cache.step_mask()  # [B, 1, 1, T]
         x = self.embed(tokens[:, None])  # [B, 1, D]
         for i, layer in enumerate(self.decoder):
-            x = layer(x, rope, mask, causal=False, cache=kv, layer=i)
-        kv.advance(1)
-        cache.next_position = cache.next_position + 1
+            x = layer(x, rope, mask, causal=False, cache=cache, layer=i)
+        cache.length += 1
         return self.head(x[:, -1])

@@ -75,33 +75,37 @@ class EncoderDecoder(LanguageModel):
     def prefill(
         self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
     ) -> tuple[Tensor, GenerationCache]:
-        """Encode, fill the cross K/V, run the decoder on BOS: first-token logits [B, V] and the cache."""
+        """Encode, fill the cross K/V, run the decoder on BOS: first-token logits [B, V] and a cache
+        for `max_new_tokens` outputs per row."""
         B, S = input_ids.shape
         self._check_length(max_new_tokens, "max_new_tokens")
         mask = padding_mask(attention_mask)
         memory = self._encode(input_ids, mask)
-        cache = self.new_cache(B, S, max(max_new_tokens, 1))
+        cache = self.new_cache(B, S, max_new_tokens)
         for i, layer in enumerate(self.decoder):
             cache.cross_k[i], cache.cross_v[i] = layer.cross.project_kv(memory)
-        cache.cross_mask = None if mask is None else mask[:, None, None, :]
+        cache.cross_mask = mask
         bos = torch.full((B,), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
         return self.decode_step(bos, cache), cache
 
     def decode_step(self, tokens: Tensor, cache: GenerationCache) -> Tensor:
-        """tokens [B] -> next-token logits [B, V]. Every row is at the same output position, so the
-        self-attention needs no mask: it sees exactly the cached output so far."""
-        rope = self.rope.at(cache.self_kv.length, 1, self.embed.weight.dtype)
+        """tokens [B] -> next-token logits [B, V]. Each row writes its K/V at its own position
+        (`cache.length`) and advances it; fixed shapes, nothing read on the host."""
+        position = cache.length.clamp(max=cache.max_len - 1)  # [B]
+        rope = self.rope(position[:, None], self.embed.weight.dtype)  # [B, 1, 1, Dh]
+        self_mask = cache.step_mask()  # [B, 1, 1, T]
+        cross_mask = None if cache.cross_mask is None else cache.cross_mask[:, None, None, :]  # [B, 1, 1, S]
         x = self.embed(tokens[:, None])  # [B, 1, D]
         for i, layer in enumerate(self.decoder):
             x = layer(
                 x,
                 rope,
-                None,
+                self_mask,
                 causal=False,
                 cross_kv=(cache.cross_k[i], cache.cross_v[i]),
-                cross_mask=cache.cross_mask,
-                cache=cache.self_kv,
+                cross_mask=cross_mask,
+                cache=cache,
                 layer=i,
             )
-        cache.self_kv.advance(1)
+        cache.length += 1
         return self.head(x[:, -1])

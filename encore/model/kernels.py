@@ -1,74 +1,116 @@
-"""The kernel behind every projection: `linear(x, weight)`.
+"""The matrix-product kernels behind the projections, as modules `encore.optimize` swaps in.
 
-fp32 CPU inference goes through oneDNN (`mkldnn::_linear_pointwise`, the kernel torch.compile emits
-for CPU linears) on x86-64, where it was measured; everything else is `F.linear`.
+Every projection of a model is a `layers.Linear`: plain `F.linear`, what training, autograd and GPUs
+use. For inference on the CPU, `encore.optimize` swaps each (and the tied output head) for the
+fastest kernel measured on this kind of machine (docs/engine.md has the measurements):
+
+- `OneDNNLinear`: fp32 through oneDNN (`mkldnn::_linear_pointwise`, the kernel torch.compile emits
+  for CPU linears) on the unchanged weight. On AMD Zen it reads weights at ~36 GB/s where MKL's
+  sgemv (F.linear) reads ~23 GB/s, and runs prefill's matrices at ~2x MKL's FLOP/s.
+- `Int8Linear`: weights int8 per output channel (symmetric), activations quantized per call
+  (dynamic), through fbgemm's VNNI kernels (`quantized::linear_dynamic`): a quarter of fp32's bytes
+  per decode step, and int8 dot products for prefill. 2-9x oneDNN fp32 per projection.
+
+Both are plain `nn.Module`s with an `in_features` / `out_features` and a readable `repr`, so a user
+sees what runs; `encore.deoptimize` puts the `Linear`s back.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 import platform
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CPU_LINEAR_BACKENDS = ("onednn", "aten")
-
-
-def _find_onednn_linear():
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):  # a build without the op
-        return None
-
-
-_onednn_linear = _find_onednn_linear()
 _PLAIN = (Tensor, nn.Parameter)  # not DTensor (FSDP2), FakeTensor (torch.compile), ...
-_use_onednn = False
 
 
-def set_cpu_linear(backend: str) -> str:
-    """Which kernel runs fp32 projections on the CPU at inference: "onednn" (falls back to "aten"
-    where torch has no oneDNN) or "aten" (F.linear, i.e. the BLAS torch was built with). The default
-    is "onednn" on x86-64, where it was measured, "aten" elsewhere; the environment variable
-    ENCORE_CPU_LINEAR sets it at import. Returns the previous one."""
-    global _use_onednn
-    previous = cpu_linear()
-    if backend not in CPU_LINEAR_BACKENDS:
-        raise ValueError(
-            f"CPU linear backend (ENCORE_CPU_LINEAR) must be one of {CPU_LINEAR_BACKENDS}, got {backend!r}"
-        )
-    _use_onednn = backend == "onednn" and _onednn_linear is not None
-    return previous
+@functools.cache
+def onednn_available() -> bool:
+    """oneDNN's fp32 linear is used on x86-64 (where it was measured) with a torch built with it."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise  # noqa: B018 (a build without the op raises here)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
-def cpu_linear() -> str:
-    """The kernel fp32 CPU inference uses for projections now: "onednn" or "aten"."""
-    return "onednn" if _use_onednn else "aten"
+@functools.cache
+def int8_available() -> bool:
+    """Whether this torch has the fbgemm / x86 dynamic-int8 linear (CPU builds on x86-64 do)."""
+    engines = torch.backends.quantized.supported_engines
+    return any(e in engines for e in ("x86", "fbgemm")) and hasattr(torch.ops.quantized, "linear_dynamic")
 
 
-_X86 = platform.machine().lower() in ("x86_64", "amd64")
-set_cpu_linear(os.environ.get("ENCORE_CPU_LINEAR", "onednn" if _X86 else "aten"))
+@functools.cache
+def _has_vnni() -> bool:
+    """AVX-512 VNNI / AVX-VNNI: u8 x s8 dot products accumulate in int32 without int16 saturation."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def linear(x: Tensor, weight: Tensor) -> Tensor:
-    """x [.., in] @ weight[out, in].T -> [.., out].
+class OneDNNLinear(nn.Module):
+    """y = x @ weight.T through oneDNN for fp32 CPU inference; F.linear for anything else (autograd,
+    other dtypes, tensor subclasses). Holds the very `weight` Parameter it was made from."""
 
-    fp32 on the CPU with no autograd goes through oneDNN (`mkldnn::_linear_pointwise`, the kernel
-    torch.compile emits for CPU linears) on the unchanged weight. F.linear's fp32 route is MKL sgemm,
-    which on AMD Zen runs at about half of oneDNN's speed: ~23 vs ~36 GB/s for decoding's
-    matrix-vector products, ~200 vs ~440 GFLOP/s for prefill's matrices (docs/bench.md). Everything else
-    (training, GPU, other dtypes, tensor subclasses) is F.linear."""
-    if (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and _use_onednn
-        and type(x) in _PLAIN
-        and type(weight) in _PLAIN
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    ):
-        return _onednn_linear(x, weight, None, "none", [], "")
-    return F.linear(x, weight)
+    def __init__(self, weight: nn.Parameter):
+        super().__init__()
+        self.weight = weight
+        self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        if (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and type(x) in _PLAIN
+            and type(w) in _PLAIN
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+            and not torch.compiler.is_compiling()  # inductor emits its own (oneDNN) kernel for F.linear
+        ):
+            return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        return F.linear(x, w)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=onednn-fp32"
+
+
+class Int8Linear(nn.Module):
+    """y ~= x @ weight.T with int8 weights (per output channel, symmetric) and int8 activations
+    quantized per call (one scale per call: dynamic quantization), int32 accumulation, fp32 out.
+    Inference only: the packed weight is not a Parameter and has no gradient."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        w = weight.detach().to("cpu", torch.float32)
+        self.out_features, self.in_features = w.shape
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+        zero = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():  # torch deprecates quantized tensors: docs/NOTES.md ("int8")
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+        self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+        # without VNNI, fbgemm's u8 x s8 pairs can saturate int16: quantize activations to 7 bits there
+        self.reduce_range = not _has_vnni()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features), self._packed, self.reduce_range)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=int8-dynamic"
+
+
+def int8_weight_bytes(module: nn.Module) -> int:
+    """Bytes of int8 weights (plus per-channel scales) held by a model's Int8Linear modules."""
+    int8 = [m for m in module.modules() if isinstance(m, Int8Linear)]
+    return sum(m.in_features * m.out_features + 8 * m.out_features for m in int8)

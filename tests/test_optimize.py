@@ -1,0 +1,107 @@
+"""encore.optimize: visible, undoable kernel swaps (oneDNN fp32, int8) with the results of the plain model."""
+
+import platform
+
+import pytest
+import torch
+from conftest import SeenOps, make_model
+
+import encore
+from encore.model.kernels import Int8Linear, OneDNNLinear, int8_available, onednn_available
+from encore.model.layers import Linear
+
+X86_ONEDNN = onednn_available() and platform.machine().lower() in ("x86_64", "amd64")
+
+
+def args_of(model, generator_seed=1):
+    ids = torch.randint(3, 512, (2, 7), generator=torch.Generator().manual_seed(generator_seed))
+    return (ids, ids[:, :5]) if model.config.arch == "encdec" else (ids,)
+
+
+def projections(model) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (Linear, OneDNNLinear, Int8Linear))]
+
+
+@pytest.mark.skipif(not X86_ONEDNN, reason="oneDNN is encore's fp32 CPU kernel on x86-64 builds with it")
+def test_onednn_swap_is_visible_exact_and_undone(arch):
+    model = make_model(arch, tie_embeddings=True)
+    args = args_of(model)
+    with torch.inference_mode(), SeenOps() as seen:
+        reference = model(*args)
+    assert "mkldnn._linear_pointwise" not in seen.ops
+    originals = {name: m for name, m in model.named_modules() if isinstance(m, Linear)}
+    assert encore.optimize(model) is model
+    swapped = projections(model)
+    assert all(isinstance(m, OneDNNLinear) for m in swapped) and len(swapped) == len(originals) + 1  # + tied head
+    assert "kernel=onednn-fp32" in repr(model)
+    assert encore.infer.optimize.optimized(model)["quantize"] is None
+    with torch.inference_mode(), SeenOps() as seen:
+        fast = model(*args)
+    assert "mkldnn._linear_pointwise" in seen.ops and "aten.mm" not in seen.ops
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="deoptimize"):
+        model.save_pretrained("/tmp/never-written")
+
+    encore.deoptimize(model)
+    assert {name: m for name, m in model.named_modules() if isinstance(m, Linear)} == originals  # the same objects
+    assert model.lm_head is None and not any(isinstance(m, OneDNNLinear) for m in model.modules())
+    model.train().requires_grad_(True)
+    loss = model(*args).float().square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.dim() == 2)
+
+
+@pytest.mark.skipif(not X86_ONEDNN, reason="needs oneDNN")
+def test_onednn_linear_keeps_autograd_on_f_linear():
+    weight = torch.nn.Parameter(torch.randn(8, 4))
+    layer = OneDNNLinear(weight)
+    x = torch.randn(3, 4, requires_grad=True)
+    with SeenOps() as seen:
+        layer(x).sum().backward()
+    assert "mkldnn._linear_pointwise" not in seen.ops and weight.grad is not None and x.grad is not None
+
+
+@pytest.mark.skipif(not int8_available(), reason="needs torch's x86 / fbgemm quantized engine")
+def test_int8_numerics_and_swaps(arch):
+    model = make_model(arch, tie_embeddings=True)
+    with torch.no_grad():  # weights of a trained model's scale (the conftest models are spread wide on purpose)
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.05)
+    args = args_of(model)
+    with torch.inference_mode():
+        reference = model(*args)
+    n_linear = len([m for m in model.modules() if isinstance(m, Linear)])
+    encore.optimize(model, quantize="int8")
+    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert len(int8) == n_linear + 1 and isinstance(model.lm_head, Int8Linear)  # the tied head too
+    assert "kernel=int8-dynamic" in repr(model)
+    with torch.inference_mode(), SeenOps() as seen:
+        quantized = model(*args)
+    assert "quantized.linear_dynamic" in seen.ops
+    # first-step logits close to fp32: relative error of a few percent, the same top token almost everywhere
+    error = (quantized - reference).norm() / reference.norm()
+    assert error < 0.05, f"int8 logits are {error:.3f} off fp32"
+    agree = (quantized.argmax(-1) == reference.argmax(-1)).float().mean()
+    assert agree > 0.9
+    encore.deoptimize(model)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(*args), reference)
+
+
+def test_optimize_refuses_what_it_cannot_do():
+    model = make_model("encdec")
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        encore.optimize(model, quantize="int4")
+    with pytest.raises(ValueError, match="linear must be one of"):
+        encore.optimize(model, linear="mkl")
+    with pytest.raises(ValueError, match="int8.*CPU path"):
+        encore.optimize(model, dtype=torch.bfloat16, quantize="int8")
+    assert not any(isinstance(m, (OneDNNLinear, Int8Linear)) for m in model.modules())
+
+
+def test_aten_keeps_the_plain_model():
+    model = make_model("deconly")
+    encore.optimize(model, linear="aten")
+    assert projections(model) and all(type(m) is Linear for m in projections(model))
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
