@@ -1,19 +1,27 @@
-"""encore: encoder-decoder small language models (Return of the Encoder, arXiv 2501.16273)."""
+"""encore: encoder-decoder small language models (Return of the Encoder, arXiv 2501.16273).
 
-from encore.config import ModelConfig
-from encore.infer.engine import Engine, Event
-from encore.infer.optimize import deoptimize, optimize
-from encore.model import DecoderOnly, EncoderDecoder, load
+    from encore import ModelConfig, EncoderDecoder, DecoderOnly, load, Engine, optimize, deoptimize
+
+Names are imported on first use, so `import encore.onnx` (the torch-free runtime) never imports torch.
+"""
+
+from __future__ import annotations
+
+from encore.lazy import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = [
-    "ModelConfig",
-    "EncoderDecoder",
-    "DecoderOnly",
-    "load",
-    "Engine",
-    "Event",
-    "optimize",
-    "deoptimize",
-    "__version__",
-]
+
+_WHERE = {
+    "ModelConfig": "encore.config",
+    "EncoderDecoder": "encore.model",
+    "DecoderOnly": "encore.model",
+    "load": "encore.model",
+    "Engine": "encore.infer.engine",
+    "Event": "encore.infer.engine",
+    "optimize": "encore.infer.optimize",
+    "deoptimize": "encore.infer.optimize",
+}
+__all__ = [*_WHERE, "__version__"]
+
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _WHERE)

@@ -7,6 +7,7 @@ import torch
 from conftest import SeenOps, make_model
 
 import encore
+from encore.infer.optimize import optimized
 from encore.model.kernels import Int8Linear, OneDNNLinear, int8_available, onednn_available
 from encore.model.layers import Linear
 
@@ -34,7 +35,7 @@ def test_onednn_swap_is_visible_exact_and_undone(arch):
     swapped = projections(model)
     assert all(isinstance(m, OneDNNLinear) for m in swapped) and len(swapped) == len(originals) + 1  # + tied head
     assert "kernel=onednn-fp32" in repr(model)
-    assert encore.infer.optimize.optimized(model)["quantize"] is None
+    assert optimized(model)["quantize"] is None
     with torch.inference_mode(), SeenOps() as seen:
         fast = model(*args)
     assert "mkldnn._linear_pointwise" in seen.ops and "aten.mm" not in seen.ops

@@ -35,6 +35,7 @@ class BenchConfig:
     sweep_repeats: int = 3
     vs_hf: bool = False  # also time the same shapes built with Hugging Face transformers
     vs_ct2: bool = False  # also time CTranslate2 running a T5 of the encoder-decoder's shape (fp32 / int8)
+    onnx: bool = False  # also time the models exported to ONNX, run by onnxruntime (at each quantization)
     quantize: tuple[str | None, ...] = (None,)  # encore models at each: None (the dtype) and / or "int8"
     json_path: str | None = "bench.json"
     plot_path: str | None = "bench.png"
@@ -87,6 +88,8 @@ class BenchConfig:
             fail("quantize", "int8 is a CPU path; on CUDA the models run in bf16")
         if self.vs_ct2 and self.device != "cpu":
             fail("vs_ct2", "the CTranslate2 anchor runs on the CPU")
+        if self.onnx and (self.device != "cpu" or self.resolved_dtype() != "float32"):
+            fail("onnx", "the ONNX backend exports float32 models and runs them on the CPU provider")
         for name in ("peak_flops", "mem_bandwidth"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 fail(name, "must be positive")

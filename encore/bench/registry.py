@@ -5,9 +5,9 @@ Adding a backend: its class (`encore.bench.backends` / `anchors`), a line here, 
 from __future__ import annotations
 
 from encore.bench.anchors import CT2Backend, HFBackend
-from encore.bench.backends import Backend, BackendSpec, EncoreBackend
+from encore.bench.backends import Backend, BackendSpec, EncoreBackend, OnnxBackend
 
-BACKENDS: dict[str, type] = {"encore": EncoreBackend, "hf": HFBackend, "ct2": CT2Backend}
+BACKENDS: dict[str, type] = {"encore": EncoreBackend, "onnx": OnnxBackend, "hf": HFBackend, "ct2": CT2Backend}
 
 
 def make_backend(spec: BackendSpec) -> Backend:

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("encore.cli.infer:generate", "generate from a checkpoint"),
     "eval": ("encore.cli.infer:eval", "generate on a task split and score the predictions"),
     "bench": ("encore.cli.bench", "time an encoder-decoder against a decoder-only model of the same size"),
+    "export": ("encore.cli.export", "export a model for deployment (ONNX graphs + manifest; int8, static shapes)"),
     "tokenizer": ("encore.cli.tokenizer", "train a byte-level BPE tokenizer on a corpus"),
 }
 

@@ -45,6 +45,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-sweep", action="store_true", help="measure only --input-len")
     parser.add_argument("--sweep-output-len", type=int, default=d.sweep_output_len, help="(%(default)s)")
     parser.add_argument("--sweep-repeats", type=int, default=d.sweep_repeats, help="(%(default)s)")
+    parser.add_argument(
+        "--backend",
+        choices=["engine", "onnx"],
+        default="engine",
+        help="onnx: also time the models exported to ONNX (onnxruntime, at each --quantize) beside encore's engine, "
+        "which always runs (pip install 'encore[onnx]')",
+    )
     parser.add_argument("--vs-hf", action="store_true", help="also time HF T5 / Llama of the same shapes")
     parser.add_argument(
         "--vs-ct2",
@@ -96,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         progress=False if args.quiet else None,
         isolate=not args.in_process,
         retain_memory=not args.malloc_default,
+        onnx=args.backend == "onnx",
     )
 
 

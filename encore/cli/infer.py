@@ -31,6 +31,13 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize", choices=["none", "int8"], default="none", help="int8: int8 weights on the CPU (encore.optimize)"
     )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="torch: encore's engine on a checkpoint; onnx: onnxruntime on a directory written by `encore export`",
+    )
+    p.add_argument("--provider", default="cpu", help="--backend onnx: the execution provider (cpu, cuda, qnn, ...)")
 
 
 def _quantize(args: argparse.Namespace) -> str | None:
@@ -57,6 +64,26 @@ def read_inputs(path: Path) -> list[str]:
     return sources
 
 
+def _texts(args: argparse.Namespace, sources: list[str]) -> tuple[list[str], int]:
+    """Generated texts for `sources` with the backend the flags name, and how many were truncated."""
+    if args.backend == "onnx":
+        return _onnx_texts(args, sources), 0
+    model = load_for_inference(args.model, args.tokenizer, args.device, _quantize(args))
+    return generate_texts(model, sources, generation_options(args))
+
+
+def _onnx_texts(args: argparse.Namespace, sources: list[str]) -> list[str]:
+    from encore.onnx import OnnxGenerator
+
+    gen = OnnxGenerator(args.model, provider=args.provider)
+    sampling = dict(do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    texts: list[str] = []
+    for start in range(0, len(sources), args.batch_size):
+        batch = sources[start : start + args.batch_size]
+        texts += gen.generate_text(batch, max_new_tokens=args.max_new_tokens, seed=args.seed, **sampling)
+    return texts
+
+
 def configure_generate(p: argparse.ArgumentParser) -> None:
     add_model_args(p, training=False)
     src = p.add_mutually_exclusive_group(required=True)
@@ -66,9 +93,8 @@ def configure_generate(p: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    model = load_for_inference(args.model, args.tokenizer, args.device, _quantize(args))
     sources = [args.input] if args.input is not None else read_inputs(Path(args.input_file))
-    texts, truncated = generate_texts(model, sources, generation_options(args))
+    texts, truncated = _texts(args, sources)
     for text in texts:
         print(text)
     if truncated:
@@ -95,13 +121,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from encore.data import load_task
     from encore.eval.metrics import compute_metrics
 
-    model = load_for_inference(args.model, args.tokenizer, args.device, _quantize(args))
     examples = list(
         load_task(args.task, split=args.split, data_files=args.data_files, limit=args.limit, **task_options(args))
     )
     if not examples:
         raise ValueError(f"task {args.task!r} split {args.split!r} has no examples")
-    predictions, truncated = generate_texts(model, [e["source"] for e in examples], generation_options(args))
+    predictions, truncated = _texts(args, [e["source"] for e in examples])
     references = [e["target"] for e in examples]
     metrics = compute_metrics(Path(args.task).stem if Path(args.task).suffix else args.task, predictions, references)
     metrics.update(

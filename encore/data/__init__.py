@@ -10,8 +10,7 @@ needs only its own dependencies (corpora: none; collate: torch; tasks: the hub l
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from encore.lazy import lazy_exports
 
 _EXPORTS = {
     "encore.data.tasks": ("load_task", "task_names", "TASKS"),
@@ -46,13 +45,4 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'encore.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _WHERE)

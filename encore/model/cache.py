@@ -56,7 +56,7 @@ class GenerationCache:
             v=torch.zeros(shape, device=device, dtype=dtype),
             length=torch.zeros(batch_size, dtype=torch.long, device=device),
         )
-        if encdec:
+        if encdec and input_len:  # (input_len 0: the caller brings the cross K/V)
             cross = (c.n_decoder_layers, batch_size, c.n_kv_heads, input_len, c.head_dim)
             cache.cross_k = torch.zeros(cross, device=device, dtype=dtype)
             cache.cross_v = torch.zeros(cross, device=device, dtype=dtype)

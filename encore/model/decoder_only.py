@@ -89,12 +89,21 @@ class DecoderOnly(LanguageModel):
             )
         input_ids, lengths = right_padded(input_ids, padding_mask(attention_mask))
         cache = self.new_cache(B, S, max_new_tokens)
+        return self.prefill_rows(input_ids, lengths, cache), cache
+
+    def prefill_rows(self, input_ids: Tensor, lengths: Tensor, cache: GenerationCache) -> Tensor:
+        """Right-padded prompts [B, S] with their lengths [B] -> last-position logits [B, V]; their K/V
+        fill the cache's first S positions and `length` becomes `lengths`. No host read (the prefill
+        graph an export runs)."""
+        B = input_ids.shape[0]
         cache.prefilling = True
-        hidden = self._run(input_ids, None, cache)
-        cache.prefilling = False
+        try:
+            hidden = self._run(input_ids, None, cache)
+        finally:
+            cache.prefilling = False
         cache.length.copy_(lengths)
         last = hidden[torch.arange(B, device=hidden.device), lengths - 1]  # [B, D]
-        return self.head(last), cache
+        return self.head(last)
 
     def decode_step(self, tokens: Tensor, cache: GenerationCache) -> Tensor:
         """tokens [B] -> next-token logits [B, V]. Each row writes its K/V at its own position

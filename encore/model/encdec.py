@@ -72,6 +72,13 @@ class EncoderDecoder(LanguageModel):
 
     # --- generation: encode once, project cross K/V once, then one token at a time ---------------
 
+    def cross_kv(self, input_ids: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Encode and project every decoder layer's cross-attention K/V: [L, B, K, S, Dh] each. What
+        a request computes once; `mask` [B, S] bool or None (nothing padded)."""
+        memory = self._encode(input_ids, mask)
+        k, v = zip(*(layer.cross.project_kv(memory) for layer in self.decoder))
+        return torch.stack(k), torch.stack(v)
+
     def prefill(
         self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
     ) -> tuple[Tensor, GenerationCache]:
@@ -80,10 +87,8 @@ class EncoderDecoder(LanguageModel):
         B, S = input_ids.shape
         self._check_length(max_new_tokens, "max_new_tokens")
         mask = padding_mask(attention_mask)
-        memory = self._encode(input_ids, mask)
-        cache = self.new_cache(B, S, max_new_tokens)
-        for i, layer in enumerate(self.decoder):
-            cache.cross_k[i], cache.cross_v[i] = layer.cross.project_kv(memory)
+        cache = self.new_cache(B, 0, max_new_tokens)
+        cache.cross_k, cache.cross_v = self.cross_kv(input_ids, mask)
         cache.cross_mask = mask
         bos = torch.full((B,), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
         return self.decode_step(bos, cache), cache

@@ -81,12 +81,21 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, d
     if T == 1 and H != K:
         # One query per head (decoding): fold each KV group's query heads into query rows of a
         # K-head attention. Same result as enable_gqa, about twice as fast on CPU at these sizes.
-        out = F.scaled_dot_product_attention(q.reshape(B, K, H // K, Dh), k, v, attn_mask=mask, dropout_p=dropout)
+        q = q.reshape(B, K, H // K, Dh)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=_exportable(mask, q), dropout_p=dropout)
         return out.reshape(B, 1, H * Dh)
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal and mask is None, dropout_p=dropout, enable_gqa=H != K
+        q, k, v, attn_mask=_exportable(mask, q), is_causal=causal and mask is None, dropout_p=dropout, enable_gqa=H != K
     )
     return out.transpose(1, 2).flatten(2)
+
+
+def _exportable(mask: Tensor | None, q: Tensor) -> Tensor | None:
+    """The mask as SDPA takes it; while exporting to ONNX, with its query axis spelled out
+    ([B, 1, T, S], a free view here): onnxruntime's Attention kernel (opset 23) does not broadcast it."""
+    if mask is None or not torch.onnx.is_in_onnx_export():
+        return mask
+    return mask.expand(mask.shape[0], mask.shape[1], q.shape[2], mask.shape[-1])
 
 
 class SelfAttention(nn.Module):

@@ -1,0 +1,109 @@
+"""int8 for exported graphs, with onnxruntime's quantization tools.
+
+- "int8": dynamic quantization of the weights' MatMul / Gemm (MatMulInteger with activations quantized
+  per call): what CPUs run fastest, no calibration.
+- "qdq-int8": static quantization in QDQ form (QuantizeLinear / DequantizeLinear around each weight and
+  activation, ranges from calibration inputs): the form NPU execution providers (QNN, OpenVINO NPU)
+  compile into integer kernels. The calibration inputs are what the torch model itself feeds each
+  graph on the calibration prompts.
+
+Only products with a constant weight are quantized (`MatMulConstBOnly`): attention's q @ k and
+weights @ v stay in float.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CALIBRATION_STEPS = 4  # decode steps recorded per calibration prompt
+
+
+def quantize_graphs(
+    model: nn.Module,
+    directory: Path,
+    graphs: dict[str, dict],
+    mode: str,
+    calibration: list[list[int]],
+    static: dict[str, int] | None = None,
+) -> None:
+    """Quantize every graph file of `graphs` in `directory`, in place (their manifest entries name the
+    new files)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    options = {"MatMulConstBOnly": True}
+    feeds = calibration_feeds(model, calibration, static) if mode == "qdq-int8" else {}
+    for name, graph in graphs.items():
+        source = directory / graph["file"]
+        target = source.with_name(source.stem + ".int8.onnx")
+        large = (directory / (graph["file"] + ".data")).exists()
+        common = dict(op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, use_external_data_format=large)
+        if mode == "int8":
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8, extra_options=options, **common)
+        else:
+            quantize_static(
+                source,
+                target,
+                _Reader(feeds[name]),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                extra_options=options,
+                **common,
+            )
+        for f in directory.glob(graph["file"] + "*"):
+            f.unlink()
+        graph["file"] = target.name
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.feeds, None)
+
+
+@torch.inference_mode()
+def calibration_feeds(
+    model: nn.Module, prompts: list[list[int]], static: dict[str, int] | None = None
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """For each graph, the inputs the torch model feeds it on each prompt (one at a time, padded to a
+    static export's fixed lengths): the prompt for the encoder / prefill, then the first
+    CALIBRATION_STEPS decode steps for the step."""
+    config = model.config
+    encdec = config.arch == "encdec"
+    first = "encoder" if encdec else "prefill"
+    feeds: dict[str, list[dict]] = {first: [], "decoder_step": []}
+    for prompt in prompts:
+        width = static["max_input_len"] if static else len(prompt)
+        new = static["max_new_tokens"] if static else CALIBRATION_STEPS + 1
+        ids = torch.full((1, width), config.pad_token_id, dtype=torch.long)
+        ids[0, : len(prompt)] = torch.tensor(prompt[:width])
+        mask = (torch.arange(width) < len(prompt)).long()[None]
+        second = {"attention_mask": mask} if encdec else {"lengths": mask.sum(1)}
+        feeds[first].append(_numpy({"input_ids": ids, **second}))
+        logits, cache = model.prefill(ids, mask, new)
+        for _ in range(min(CALIBRATION_STEPS, new - 1)):
+            tokens = logits.argmax(-1)
+            step = {"tokens": tokens, "positions": cache.length.clone()}
+            layers = {"past_k": cache.k, "past_v": cache.v}
+            if encdec:
+                layers.update(cross_k=cache.cross_k, cross_v=cache.cross_v)
+            for name, tensor in layers.items():
+                step.update({f"{name}.{i}": t for i, t in enumerate(tensor)})
+            if encdec:
+                step["cross_mask"] = mask
+            feeds["decoder_step"].append(_numpy(step))  # copies: the step below writes the cache
+            logits = model.decode_step(tokens, cache)
+    return feeds
+
+
+def _numpy(feed: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in feed.items()}
