@@ -178,3 +178,42 @@ def test_prefill_groups_do_not_change_tokens(arch):
     assert [len(g) for g in engine._groups([type("R", (), {"ids": p})() for p in prompts])] == [1, 1, 2]
     alone, _ = run_all(engine, schedule)
     assert alone == together
+
+
+def test_samples_of_one_prompt_share_its_prefill(arch):
+    """n samples of one prompt admitted together are prefilled once (one encoder pass and cross-K/V
+    projection, copied into each slot); each sample still equals its solo run."""
+    model = make_model(arch)
+    g = torch.Generator().manual_seed(8)
+    a, b = (torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (6, 9))
+    sample = lambda seed: {"input_ids": a, "do_sample": True, "seed": seed, "eos_token_id": None, "max_new_tokens": 5}
+    engine = Engine(model, max_batch=4, max_input_len=12, max_new_tokens=5)
+    greedy = {"input_ids": b, "eos_token_id": None, "max_new_tokens": 5}
+    tokens, _ = run_all(engine, {0: [sample(1), greedy, sample(2), sample(3)]})
+    assert engine.prefilled_rows == 2  # two distinct prompts for four requests
+    for i, seed in ((0, 1), (2, 2), (3, 3)):
+        reference = model.generate(torch.tensor([a]), max_new_tokens=5, do_sample=True, seed=seed, eos_token_id=None)
+        assert tokens[i] == reference[0].tolist(), f"sample {i}"
+    assert tokens[1] == solo(model, b, 5, "right", eos_token_id=None)
+    assert len({tuple(tokens[i]) for i in (0, 2, 3)}) > 1  # different seeds, different samples
+
+
+def test_prefill_budget_spreads_a_burst_over_steps(arch):
+    """With max_prefill_tokens a step admits prompts up to that many tokens (at least one request; n
+    samples of one prompt count once); the rest wait a step, and tokens do not change."""
+    model = make_model(arch)
+    g = torch.Generator().manual_seed(10)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (6, 5, 12, 4)]
+    requests = [{"input_ids": p, "max_new_tokens": 4, "eos_token_id": None} for p in prompts]
+    requests.insert(1, {**requests[0], "seed": 1})  # a second sample of the first prompt: free within the budget
+    free, _ = run_all(Engine(model, max_batch=5, max_input_len=12, max_new_tokens=4), {0: requests})
+    engine = Engine(model, max_batch=5, max_input_len=12, max_new_tokens=4, max_prefill_tokens=12)
+    for r in requests:
+        engine.add(**r)
+    assert len(engine.admit()) == 3 and engine.queued == 2  # 6 (+6 shared) + 5 fit 12; then 12 does not
+    assert len(engine.admit()) == 1 and len(engine.admit()) == 1  # 12 alone; then 4
+    engine = Engine(model, max_batch=5, max_input_len=12, max_new_tokens=4, max_prefill_tokens=12)
+    budgeted, _ = run_all(engine, {0: requests})
+    assert budgeted == free
+    with pytest.raises(ValueError, match="max_prefill_tokens"):
+        Engine(model, max_prefill_tokens=0)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from encore.config import ModelConfig
+from encore.model.cache import GenerationCache
 
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8}
 
@@ -222,8 +223,7 @@ def kv_cache_bytes(config: ModelConfig, batch_size: int, input_len: int, output_
     """Bytes of the cache generation allocates: encdec = self K/V over the outputs + cross K/V over the
     input, every decoder layer; deconly = K/V over input + outputs, every layer."""
     _check(config, batch_size, input_len, dtype_bytes)
-    positions = max(output_len, 1) + input_len
-    return config.n_decoder_layers * batch_size * positions * _kv_per_position(config, dtype_bytes)
+    return batch_size * GenerationCache.bytes_for(config, input_len, output_len, dtype_bytes)
 
 
 @dataclass(frozen=True)

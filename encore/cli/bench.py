@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from encore.bench import BenchConfig, format_report, plot, run_bench, validate_bench_json
+from encore.bench.serving import ServeBenchConfig, run_serve_bench
 from encore.cli.common import from_args
 
 
@@ -32,8 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         nargs="+",
         choices=["none", "int8"],
-        default=["none"],
-        help="encore models at each: 'none' (fp32 on CPU, bf16 on CUDA) and / or 'int8' (CPU; default none)",
+        default=None,
+        help="encore models at each: 'none' (fp32 on CPU, bf16 on CUDA) and / or 'int8' (CPU; default none; "
+        "--serve: the servers' one setting, default int8 on CPU)",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="float32 on CPU, bfloat16 on CUDA")
@@ -59,8 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also time CTranslate2 running a T5 of the encoder-decoder's shape, at each --quantize (pip install "
         "'encore[anchors]')",
     )
-    parser.add_argument("--json", default=d.json_path, metavar="PATH", help="results ('' to skip; %(default)s)")
-    parser.add_argument("--plot", default=d.plot_path, metavar="PATH", help="plot ('' to skip; %(default)s)")
+    parser.add_argument("--json", metavar="PATH", help="results ('' to skip; bench.json, --serve: bench_serve.json)")
+    parser.add_argument("--plot", metavar="PATH", help="plot ('' to skip; bench.png, --serve: bench_serve.png)")
     parser.add_argument("--peak-gflops", type=float, help="cost model FLOP/s in GFLOP/s (default: probe)")
     parser.add_argument("--bandwidth-gbs", type=float, help="cost model memory bandwidth in GB/s (default: probe)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -78,11 +80,63 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--in-process", action="store_true", help="build every model in this process (peak memory then counts them all)"
     )
+    _configure_serve(parser)
     parser.add_argument(
         "--malloc-default",
         action="store_true",
         help="leave glibc's malloc as it is in the workers (default: keep freed memory for reuse, as a deployment "
         "should: encore.infer.memory)",
+    )
+
+
+def _configure_serve(parser: argparse.ArgumentParser) -> None:
+    s = ServeBenchConfig()
+    group = parser.add_argument_group(
+        "--serve: capacity of `encore serve`",
+        "start a server per model (--model, --baseline; random weights) at the same KV budget and drive it over "
+        "loopback with a seeded Poisson workload of prompts up to --input-len tokens and completions up to "
+        "--output-len (pip install 'encore[serve]')",
+    )
+    group.add_argument("--serve", action="store_true", help="measure the server instead of single generations")
+    group.add_argument("--kv-budget-mb", type=float, default=s.kv_budget_mb, help="each server's (%(default)s)")
+    group.add_argument("--max-batch", type=int, default=s.max_batch, help="each server's (%(default)s)")
+    group.add_argument("--serve-requests", type=int, default=s.requests, help="measured requests (%(default)s)")
+    group.add_argument(
+        "--serve-rate",
+        type=float,
+        nargs="+",
+        default=list(s.rates),
+        help="offered loads, requests/s: one run each (default: 1 4)",
+    )
+    group.add_argument(
+        "--serve-spread", type=float, default=s.spread, help="lengths uniform in [(1-spread) L, L] (%(default)s)"
+    )
+    group.add_argument("--serve-timeout", type=float, default=s.timeout_s, help="seconds per model (%(default)s)")
+
+
+def serve_config_from_args(args: argparse.Namespace) -> ServeBenchConfig:
+    quantize = args.quantize or (["int8"] if args.device == "cpu" else ["none"])
+    if len(quantize) > 1:
+        raise ValueError("--serve takes one --quantize setting (the servers' own)")
+    return ServeBenchConfig(
+        model=args.model,
+        baseline=None if str(args.baseline).lower() in ("", "none") else args.baseline,
+        quantize=None if quantize[0] == "none" else quantize[0],
+        device=args.device,
+        kv_budget_mb=args.kv_budget_mb,
+        max_batch=args.max_batch,
+        requests=args.serve_requests,
+        warmup=args.warmup,
+        rates=tuple(args.serve_rate),
+        input_len=args.input_len[0],
+        output_len=args.output_len,
+        spread=args.serve_spread,
+        seed=args.seed,
+        timeout_s=args.serve_timeout,
+        json_path=(args.json if args.json is not None else "bench_serve.json") or None,
+        plot_path=(args.plot if args.plot is not None else "bench_serve.png") or None,
+        peak_flops=None if args.peak_gflops is None else args.peak_gflops * 1e9,
+        mem_bandwidth=None if args.bandwidth_gbs is None else args.bandwidth_gbs * 1e9,
     )
 
 
@@ -93,11 +147,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         args,
         baseline=None if str(args.baseline).lower() in ("", "none") else args.baseline,
         input_lens=tuple(args.input_len),
-        quantize=tuple(dict.fromkeys(None if q == "none" else q for q in args.quantize)),
+        quantize=tuple(dict.fromkeys(None if q == "none" else q for q in args.quantize or ["none"])),
         batch_sizes=tuple(args.batch_size),
         sweep=() if args.no_sweep else (tuple(args.sweep) if args.sweep is not None else None),
-        json_path=args.json or None,
-        plot_path=args.plot or None,
+        json_path=(args.json if args.json is not None else "bench.json") or None,
+        plot_path=(args.plot if args.plot is not None else "bench.png") or None,
         peak_flops=None if args.peak_gflops is None else args.peak_gflops * 1e9,
         mem_bandwidth=None if args.bandwidth_gbs is None else args.bandwidth_gbs * 1e9,
         progress=False if args.quiet else None,
@@ -116,10 +170,22 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{path}: no bench JSON here") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        serving = doc.get("kind") == "serve"
+        plot_path = args.plot if args.plot is not None else ("bench_serve.png" if serving else "bench.png")
+        if serving:
+            from encore.bench.serving_report import format_serve_report, plot_serve
+
+            if plot_path:
+                plot_serve(doc, plot_path)
+            print(format_serve_report(doc))
+            return 0
         validate_bench_json(doc)
-        if args.plot:
-            plot(doc, args.plot)
+        if plot_path:
+            plot(doc, plot_path)
         print(format_report(doc))
+        return 0
+    if args.serve:
+        run_serve_bench(serve_config_from_args(args))
         return 0
     run_bench(config_from_args(args))
     return 0

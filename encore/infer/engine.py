@@ -39,6 +39,7 @@ from torch import Tensor
 
 from encore.infer.generate import check_max_new_tokens
 from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos
+from encore.model.cache import GenerationCache
 
 STOP, LENGTH, CANCELLED = "stop", "length", "cancelled"
 
@@ -77,6 +78,7 @@ class Engine:
         graphs: bool | None = None,
         compile_backend: str = "inductor",
         prefill_tokens: int | None = None,
+        max_prefill_tokens: int | None = None,
     ):
         """`model`: an encore model, ready for inference (see `encore.optimize`). The cache for
         `max_batch` slots of `max_input_len` input and `max_new_tokens` output tokens is allocated
@@ -84,11 +86,16 @@ class Engine:
         `compile_backend` on the CPU); default: on CUDA only. `prefill_tokens`: requests admitted
         together are prefilled in groups of at most this many (padded) tokens (at least one request
         per group); default 1024 on the CPU, where a group's activations then stay in the caches
-        (16 x 512 tokens prefill 25% faster in groups of 2 than in one batch), 16384 on a GPU."""
+        (16 x 512 tokens prefill 25% faster in groups of 2 than in one batch), 16384 on a GPU.
+        `max_prefill_tokens`: a step admits queued requests while their prompts (distinct ones) sum to at
+        most this many tokens (always at least one request), so a burst of arrivals does not stall the
+        running requests' next token for all their prefills at once; default: no limit."""
         for name, value in (("max_batch", max_batch), ("max_input_len", max_input_len)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Engine {name} must be a positive integer, got {value!r}")
         check_max_new_tokens(max_new_tokens, low=1)
+        if max_prefill_tokens is not None and (not isinstance(max_prefill_tokens, int) or max_prefill_tokens < 1):
+            raise ValueError(f"Engine max_prefill_tokens must be a positive integer, got {max_prefill_tokens!r}")
         config = model.config
         longest = max_input_len + max_new_tokens if config.arch == "deconly" else max(max_input_len, max_new_tokens)
         if longest > config.max_seq_len:
@@ -101,11 +108,13 @@ class Engine:
         self.max_batch, self.max_input_len, self.max_new_tokens = max_batch, max_input_len, max_new_tokens
         self.device = model.embed.weight.device
         self.prefill_tokens = prefill_tokens or (16384 if self.device.type == "cuda" else 1024)
+        self.max_prefill_tokens = max_prefill_tokens
         self.cache = model.new_cache(max_batch, max_input_len, max_new_tokens)
         if config.arch == "encdec":
             self.cache.cross_mask = torch.zeros(max_batch, max_input_len, dtype=torch.bool, device=self.device)
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)  # each slot's next input
         self.slots: list[_Request | None] = [None] * max_batch
+        self.prefilled_rows = 0  # prompts prefilled so far (requests sharing a prompt count once)
         self.queue: deque[_Request] = deque()
         self._ids = itertools.count()
         self._graphs = None
@@ -189,6 +198,15 @@ class Engine:
     def queued(self) -> int:
         return len(self.queue)
 
+    def kv_bytes_in_use(self) -> int:
+        """Bytes of K/V the running requests have written (their positions so far, cross K/V included)."""
+        per_position = GenerationCache.bytes_for(self.config, 0, 1, self.cache.k.element_size())  # one position
+        used = 0
+        for r in self.slots:
+            if r is not None:
+                used += per_position * (r.cache_len + (len(r.ids) if self.config.arch == "encdec" else 0))
+        return used
+
     # --- the step ------------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -201,7 +219,17 @@ class Engine:
     def admit(self) -> list[Event]:
         """Phase 1 of `step`: prefill queued requests into free slots; their first tokens."""
         free = [i for i, r in enumerate(self.slots) if r is None]
-        batch = [self.queue.popleft() for _ in range(min(len(free), len(self.queue)))]
+        batch: list[_Request] = []
+        prompts: set[tuple[int, ...]] = set()
+        tokens = 0
+        while self.queue and len(batch) < len(free):
+            ids = tuple(self.queue[0].ids)
+            cost = 0 if ids in prompts else len(ids)
+            if batch and self.max_prefill_tokens is not None and tokens + cost > self.max_prefill_tokens:
+                break
+            batch.append(self.queue.popleft())
+            prompts.add(ids)
+            tokens += cost
         events: list[Event] = []
         for group in self._groups(batch):
             slots, free = free[: len(group)], free[len(group) :]
@@ -220,20 +248,25 @@ class Engine:
         return groups
 
     def _prefill(self, group: list[_Request], slots: list[int]) -> list[Event]:
-        """Prefill `group` together (right-padded), copy its cache into `slots`, sample first tokens."""
-        width = max(len(r.ids) for r in group)
-        ids = torch.full((len(group), width), self.config.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(group), width, dtype=torch.long)
-        for row, r in enumerate(group):
-            ids[row, : len(r.ids)] = torch.tensor(r.ids)
-            mask[row, : len(r.ids)] = 1
+        """Prefill `group` together (right-padded), copy its cache into `slots`, sample first tokens.
+        Requests with the same prompt (n samples of one prompt) share one prefill: one encoder pass and
+        one cross-K/V projection, copied into each one's slot."""
+        prompts = list(dict.fromkeys(tuple(r.ids) for r in group))
+        rows = [prompts.index(tuple(r.ids)) for r in group]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.config.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, : len(p)] = torch.tensor(p)
+            mask[row, : len(p)] = 1
         # a cache for the first token only: the slots hold room for the rest
         logits, fresh = self.model.prefill(ids.to(self.device), mask.to(self.device), 1)
-        self.cache.install(fresh, slots)
+        self.cache.install(fresh, slots, rows)
         for r, slot in zip(group, slots):
             r.slot, self.slots[slot] = slot, r
             r.cache_len = 1 if self.config.arch == "encdec" else len(r.ids)
-        return self._emit(group, logits)
+        self.prefilled_rows += len(prompts)
+        return self._emit(group, logits[rows])
 
     def decode(self) -> list[Event]:
         """Phase 2 of `step`: one decode step for every running slot; one token each."""

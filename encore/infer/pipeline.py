@@ -1,8 +1,9 @@
 """Text in, text out: tokenize like the fine-tuning collators, generate through the engine, decode.
 
-The one path from strings to generated strings, used by `encore generate`, `encore eval` and the
-server. Inputs are laid out and truncated exactly as the fine-tuning collator does (the end of a
-too-long source is cut, its special tokens kept), so a model sees at inference what it saw in training.
+The one path from strings to generated strings, used by `encore generate` and `encore eval` (the
+server lays prompts out with the same `prompt_ids`, and refuses a too-long one rather than cut it).
+Inputs are laid out and truncated exactly as the fine-tuning collator does (the end of a too-long
+source is cut, its special tokens kept), so a model sees at inference what it saw in training.
 """
 
 from __future__ import annotations

@@ -105,21 +105,30 @@ class GenerationCache:
             cross_mask=None if self.cross_mask is None else self.cross_mask[:rows, :cross_len],
         )
 
-    def install(self, other: GenerationCache, slots: list[int]) -> None:
-        """Copy `other`'s rows (a just-prefilled batch) into rows `slots` of this cache."""
+    def install(self, other: GenerationCache, slots: list[int], rows: list[int] | None = None) -> None:
+        """Copy `other`'s rows (a just-prefilled batch) into rows `slots` of this cache: row `rows[i]`
+        (default i) into slot `slots[i]`, so one prefilled row can fill several slots."""
         index = torch.tensor(slots, device=self.k.device)
+        pick = (lambda t: t) if rows is None else (lambda t: t[:, rows] if t.dim() > 2 else t[rows])
         t, s = other.max_len, None if other.cross_k is None else other.cross_k.shape[3]
-        self.k[:, index, :, :t] = other.k
-        self.v[:, index, :, :t] = other.v
-        self.length[index] = other.length
+        self.k[:, index, :, :t] = pick(other.k)
+        self.v[:, index, :, :t] = pick(other.v)
+        self.length[index] = pick(other.length)
         if s is not None:
-            self.cross_k[:, index, :, :s] = other.cross_k
-            self.cross_v[:, index, :, :s] = other.cross_v
+            self.cross_k[:, index, :, :s] = pick(other.cross_k)
+            self.cross_v[:, index, :, :s] = pick(other.cross_v)
             if self.cross_mask is None:
                 shape = (self.batch_size, self.cross_k.shape[3])
                 self.cross_mask = torch.zeros(shape, dtype=torch.bool, device=index.device)
             self.cross_mask[index] = False
-            self.cross_mask[index, :s] = True if other.cross_mask is None else other.cross_mask
+            self.cross_mask[index, :s] = True if other.cross_mask is None else pick(other.cross_mask)
+
+    @staticmethod
+    def bytes_for(config: ModelConfig, input_len: int, max_new_tokens: int, dtype_bytes: int = 4) -> int:
+        """Bytes of K/V one row needs for `input_len` input and `max_new_tokens` new tokens: what
+        `allocate` gives each row (encoder-decoder: outputs + cross; decoder-only: prompt + outputs)."""
+        positions = input_len + (max(max_new_tokens, 1) if config.arch == "encdec" else max_new_tokens)
+        return 2 * config.n_decoder_layers * config.n_kv_heads * config.head_dim * positions * dtype_bytes
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,83 @@
+"""`encore serve --model CHECKPOINT [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget-mb MB]
+[--max-queue Q] [--quantize int8] [--device cpu|cuda]`: the OpenAI-compatible server (`encore.serve`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from encore.cli.common import add_model_args, build_model, from_args
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_model_args(p, training=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s; 0.0.0.0 exposes the server)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (%(default)s)")
+    p.add_argument("--max-batch", type=int, default=64, help="requests in flight at most (%(default)s)")
+    p.add_argument(
+        "--kv-budget-mb",
+        type=float,
+        default=1024.0,
+        help="K/V cache memory: a request runs when its cache at --max-input-len + --max-tokens-limit fits "
+        "(%(default)s)",
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=256, help="requests waiting for a slot before 429 Retry-After (%(default)s)"
+    )
+    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 weights on the CPU (%(default)s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(%(default)s)")
+    p.add_argument(
+        "--max-input-len", type=int, default=None, help="prompt tokens at most (default: min(1024, the model's room))"
+    )
+    p.add_argument(
+        "--max-tokens-limit",
+        dest="max_tokens",
+        type=int,
+        default=256,
+        help="the largest max_tokens a request may ask for (%(default)s)",
+    )
+    p.add_argument(
+        "--max-prefill-tokens",
+        type=int,
+        default=None,
+        help="prompt tokens prefilled per step at most, so arrivals do not stall the running requests for all "
+        "their prefills at once (default: --max-input-len, one longest prompt per step)",
+    )
+    p.add_argument("--served-model-name", default=None, help="the name clients send as `model` (default: --model's)")
+    p.add_argument(
+        "--shutdown-grace",
+        dest="shutdown_grace_s",
+        type=float,
+        default=30.0,
+        help="seconds running requests get to finish after SIGTERM before they are cut (%(default)s)",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="serve a preset or config untrained (capacity benchmarks; its text is noise)",
+    )
+    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(%(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from encore.serve import ServerConfig, serve
+    except ImportError as e:
+        raise ValueError(f"encore serve needs the serve extra: pip install 'encore[serve]' ({e})") from None
+    from encore.infer.memory import retain_freed_memory
+    from encore.infer.optimize import optimize
+    from encore.model import resolve_model
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    _, checkpoint = resolve_model(args.model)
+    if checkpoint is None and not args.random_weights:
+        raise ValueError(
+            f"--model {args.model!r} is not a checkpoint directory; pass one, or --random-weights to serve the "
+            "preset untrained (capacity benchmarks)"
+        )
+    cfg = from_args(ServerConfig, args, quantize=None if args.quantize == "none" else args.quantize)
+    if args.device == "cpu":
+        retain_freed_memory()
+    model = optimize(build_model(args.model, args.tokenizer), device=args.device, quantize=cfg.quantize)
+    return serve(cfg, model)

@@ -1,0 +1,140 @@
+"""`encore serve`: a model, its engine sized by the KV budget, the scheduler thread, the HTTP app, uvicorn.
+
+Capacity is memory: every slot of the engine's cache holds one request at the server's limits
+(`max_input_len` prompt tokens, `max_tokens` new ones), so the number of requests in flight is
+`--kv-budget-mb` over the bytes of one slot (`GenerationCache.bytes_for`), capped by `--max-batch`.
+An encoder-decoder's slot is its decoder layers' self K/V over the outputs plus cross K/V over the
+input; a decoder-only model's is every layer's K/V over prompt + outputs: for the 330M presets at
+512 -> 128, 9.4 MiB against 29.1 MiB, so the same budget holds 3.1x the requests.
+
+Shutdown (SIGTERM, or Ctrl-C): uvicorn stops accepting connections, the scheduler stops admitting and
+gives running requests `--shutdown-grace` seconds to finish before cutting them (finish_reason
+"length", the text so far), the responses complete, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from encore.model.cache import GenerationCache
+
+log = logging.getLogger("encore.serve")
+MiB = 1 << 20
+
+
+@dataclass
+class ServerConfig:
+    model: str
+    tokenizer: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 64  # at most this many requests in flight, whatever the budget
+    kv_budget_mb: float = 1024.0  # K/V memory for the slots
+    max_queue: int = 256  # requests waiting for a slot before the server answers 429
+    quantize: str | None = None  # "int8": int8 weights on the CPU (encore.optimize)
+    device: str = "cpu"
+    max_input_len: int | None = None  # prompt tokens; None: min(1024, what the model holds)
+    max_tokens: int = 256  # the largest `max_tokens` a request may ask for
+    max_prefill_tokens: int | None = None  # prompt tokens prefilled per step; None: max_input_len
+    served_model_name: str | None = None  # the name clients send as `model`; None: the --model's name
+    shutdown_grace_s: float = 30.0
+    access_log: bool = True
+    log_level: str = "info"
+
+
+def slots_for(config: Any, kv_budget_bytes: float, max_input_len: int, max_tokens: int, dtype_bytes: int) -> int:
+    """How many requests at these limits the budget holds (0 if not one)."""
+    return int(kv_budget_bytes // GenerationCache.bytes_for(config, max_input_len, max_tokens, dtype_bytes))
+
+
+def _limits(cfg: ServerConfig, model_config: Any) -> tuple[int, int]:
+    """(max_input_len, max_tokens), checked against what the model's positions hold."""
+    flags = ("--max-tokens-limit", cfg.max_tokens), ("--max-input-len", cfg.max_input_len)
+    for name, value in (*flags, ("--max-prefill-tokens", cfg.max_prefill_tokens)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    room = model_config.max_seq_len - (cfg.max_tokens if model_config.arch == "deconly" else 0)
+    if room < 1 or cfg.max_tokens > model_config.max_seq_len:
+        raise ValueError(
+            f"--max-tokens-limit {cfg.max_tokens} leaves no room in max_seq_len {model_config.max_seq_len}"
+        )
+    max_input_len = cfg.max_input_len or min(1024, room)
+    if max_input_len > room:
+        raise ValueError(
+            f"--max-input-len {max_input_len} with --max-tokens-limit {cfg.max_tokens} does not fit the model's "
+            f"max_seq_len {model_config.max_seq_len}"
+        )
+    return max_input_len, cfg.max_tokens
+
+
+def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
+    """(the FastAPI app, its scheduler) serving `model` (loaded, with its tokenizer, ready for
+    inference: `encore.optimize`). The app's lifespan starts and stops the scheduler's thread."""
+    from encore.infer.engine import Engine
+    from encore.model.io import spec_label
+    from encore.serve.api import create_app
+    from encore.serve.metrics import ServerMetrics
+    from encore.serve.scheduler import Scheduler
+
+    if cfg.max_batch < 1 or cfg.max_queue < 0 or cfg.kv_budget_mb <= 0:
+        raise ValueError("--max-batch must be >= 1, --max-queue >= 0 and --kv-budget-mb > 0")
+    if model.tokenizer is None:
+        raise ValueError(f"--model {cfg.model!r} has no tokenizer; pass --tokenizer")
+    max_input_len, max_tokens = _limits(cfg, model.config)
+    dtype_bytes = model.embed.weight.element_size()
+    slots = min(cfg.max_batch, slots_for(model.config, cfg.kv_budget_mb * MiB, max_input_len, max_tokens, dtype_bytes))
+    if slots < 1:
+        need = GenerationCache.bytes_for(model.config, max_input_len, max_tokens, dtype_bytes) / MiB
+        raise ValueError(
+            f"--kv-budget-mb {cfg.kv_budget_mb:g} holds no request of {max_input_len} input + {max_tokens} new tokens "
+            f"(one needs {need:.1f} MiB); raise it or lower --max-input-len / --max-tokens-limit"
+        )
+    prefill = cfg.max_prefill_tokens or max_input_len
+    engine = Engine(model, slots, max_input_len, max_tokens, max_prefill_tokens=prefill)
+    scheduler = Scheduler(model, model.tokenizer, engine, cfg.max_queue, ServerMetrics())
+    name = cfg.served_model_name or spec_label(cfg.model)
+    log.info(
+        "serving %s (%s): %d slots of %d input + %d new tokens in %.0f MiB of K/V",
+        name,
+        model.config.arch,
+        slots,
+        max_input_len,
+        max_tokens,
+        engine.cache.nbytes / MiB,
+    )
+    return create_app(scheduler, name, max_input_len, max_tokens), scheduler
+
+
+def serve(cfg: ServerConfig, model: Any) -> int:
+    """Serve `model` until SIGTERM / Ctrl-C; returns 0 after a graceful shutdown."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s"
+    )
+    app, scheduler = build_app(cfg, model)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            scheduler.close(cfg.shutdown_grace_s)  # stop admitting; cut what runs past the grace
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level=cfg.log_level,
+        access_log=cfg.access_log,
+        timeout_graceful_shutdown=int(cfg.shutdown_grace_s) + 10,
+    )
+    # uvicorn re-raises the signal it shut down on; with these handlers that ends the process with 0
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        Server(config).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
