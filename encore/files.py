@@ -48,3 +48,20 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def looks_local(name: str | os.PathLike) -> bool:
+    """Whether a name given where a local path or a hub id is accepted means a local path: it starts
+    with ./ ../ / or ~, has more than one /, or its parent folder exists. Such a name that does not
+    exist is reported missing, never tried on the hub."""
+    text = str(name)
+    if text.startswith(("./", "../", "/", "~")) or text in (".", "..") or text.rstrip("/").count("/") > 1:
+        return True
+    parent = Path(text).expanduser().parent
+    return str(parent) not in ("", ".") and parent.is_dir()
+
+
+def check_local(name: str | os.PathLike, flag: str) -> None:
+    """FileNotFoundError naming `flag` when `name` looks like a local path (`looks_local`) and is missing."""
+    if looks_local(name) and not Path(str(name)).expanduser().exists():
+        raise FileNotFoundError(f"{flag} {name}: no such file or directory")

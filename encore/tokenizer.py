@@ -26,6 +26,8 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from encore.files import check_local
+
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 N_SENTINELS = 100
 SENTINELS = tuple(f"<extra_id_{i}>" for i in range(N_SENTINELS))
@@ -129,6 +131,7 @@ def auto_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
     """A Hugging Face tokenizer from a directory, a tokenizer.json file or a hub id, made ready for
     encore: T5 sentinels appended when missing (existing ids never move), pad set to EOS when missing."""
+    check_local(name_or_path, "tokenizer")
     path = Path(name_or_path)
     try:
         if path.is_file() and path.suffix == ".json":
@@ -140,7 +143,8 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
     except FileNotFoundError:
         raise
     except Exception as e:  # the Rust side raises bare Exceptions for a malformed tokenizer.json
-        raise ValueError(f"cannot load tokenizer {str(name_or_path)!r}: {e}") from e
+        where = "not a local path, and the hub did not provide it" if not path.exists() else "not a valid tokenizer"
+        raise ValueError(f"tokenizer {str(name_or_path)!r}: {where} ({e!r:.300})") from e
     vocab = tokenizer.get_vocab()
     for attr, name in (("pad_token", PAD), ("bos_token", BOS), ("eos_token", EOS), ("unk_token", UNK)):
         if getattr(tokenizer, attr) is None and name in vocab:  # a bare tokenizer.json names no roles

@@ -139,7 +139,7 @@ def test_errors(tmp_path, tok):
     with pytest.raises(ValueError, match="lacks 100 sentinel"):
         sentinel_ids(bare)
     (tmp_path / "tokenizer.json").write_text(json.dumps({"not": "a tokenizer"}))
-    with pytest.raises(ValueError, match="cannot load tokenizer"):
+    with pytest.raises(ValueError, match="not a valid tokenizer"):
         load_tokenizer(tmp_path / "tokenizer.json")
 
 

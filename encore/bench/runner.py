@@ -23,7 +23,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -34,13 +33,13 @@ import torch
 
 from encore.bench.backends import Backend, BackendSpec
 from encore.bench.config import METRICS, PAPER, BenchConfig, Point, plan_points
-from encore.bench.costmodel import Machine, dtype_bytes, generation_cost
+from encore.bench.costmodel import Machine, dtype_bytes, generation_cost, kv_cache_bytes
 from encore.bench.machine import measure_machine
 from encore.bench.registry import make_backend
 from encore.bench.report import format_report, plot, validate_bench_json
 from encore.bench.workers import ProcessWorker, Worker
 from encore.model.io import resolve_model
-from encore.progress import progress_enabled
+from encore.progress import Progress
 
 
 def _median_spread(values: list[float]) -> tuple[float | None, list[float] | None]:
@@ -148,10 +147,8 @@ def _device_name(device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def _progress(cfg: BenchConfig, total: int) -> Iterator[Any]:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, disable=not progress_enabled(cfg.progress), unit="run", file=sys.stderr, leave=False)
+def _progress(cfg: BenchConfig, total: int) -> Iterator[Progress]:
+    bar = Progress(total, unit="run", enabled=cfg.progress)
     try:
         yield bar
     finally:
@@ -208,14 +205,14 @@ def _measure(
     workers: list[Any] = []
     with _progress(cfg, total) as bar:
         try:
-            bar.set_description("building models")
+            bar.describe("building models")
             # worker processes build in parallel; in-process workers one after the other
             workers = [(ProcessWorker if cfg.isolate else Worker)(spec, threads) for spec in specs]
             params = [w.wait_ready() for w in workers]
             for k, point in enumerate(points):
                 B, S, n = point.batch_size, point.input_len, point.output_len
                 who = active(point)
-                bar.set_description(f"{S}->{n} x{B} warm-up")
+                bar.describe(f"{S}->{n} x{B} warm-up")
                 for i in who:
                     for _ in range(point.warmup):
                         workers[i].call("run", B, S, min(n, 8), n)
@@ -224,7 +221,7 @@ def _measure(
                 # process then hits both sides instead of skewing one model's numbers
                 for rep in range(point.repeats):
                     for i in who if rep % 2 == 0 else who[::-1]:
-                        bar.set_description(f"{S}->{n} x{B} {backends[i].label}")
+                        bar.describe(f"{S}->{n} x{B} {backends[i].label}")
                         runs.setdefault((i, k), []).append(workers[i].call("run", B, S, n, n))
                         bar.update(1)
             kv = {
@@ -251,6 +248,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     backends = [make_backend(s) for s in specs]  # configs and labels only; workers build the weights
     if len({b.label for b in backends}) < len(backends):
         raise ValueError(f"--model and --baseline name the same model ({backends[0].label}); pick two")
+    _check_memory(backends, points)
     machines = _machines(cfg, backends)
     params, runs, kv = _measure(cfg, specs, backends, points, threads)
     order = sorted(
@@ -297,6 +295,28 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.report:
         print(format_report(doc, cfg))
     return doc
+
+
+def _check_memory(backends: list[Backend], points: list[Point]) -> None:
+    """Refuse, before building anything, a point that cannot fit this machine's available memory:
+    weights + K/V cache + the prefill's activations (a rough lower bound), per model (the workers
+    run one model each, but one after another they must all fit while the bench runs)."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    for b in backends:
+        c = b.cost_config
+        weights = c.param_counts()["total"] * b.weight_bytes
+        for p in points:
+            kv = kv_cache_bytes(c, p.batch_size, p.input_len, p.output_len, 4)
+            activations = p.batch_size * p.input_len * (6 * c.d_model + 2 * c.mlp_dim) * 4
+            need = weights + kv + activations
+            if need > 0.9 * available:
+                raise ValueError(
+                    f"--input-len {p.input_len} x --batch-size {p.batch_size} (+ {p.output_len} new tokens): "
+                    f"{b.label} needs at least {need / 2**30:.1f} GiB (weights, K/V cache, activations); this "
+                    f"machine has {available / 2**30:.1f} GiB available"
+                )
 
 
 def _machine_doc(machine: Machine) -> dict[str, Any]:

@@ -43,6 +43,8 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # tracebacks for every error (bugs get one anyway)
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] not in COMMANDS:
         parser = _top_parser()
         if not argv:
@@ -54,14 +56,68 @@ def main(argv: list[str] | None = None) -> int:
     module_name, _, entry = COMMANDS[name][0].partition(":")
     module = importlib.import_module(module_name)
     suffix = f"_{entry}" if entry else ""
-    parser = argparse.ArgumentParser(prog=f"encore {name}", description=COMMANDS[name][1])
+    parser = argparse.ArgumentParser(
+        prog=f"encore {name}",
+        description=COMMANDS[name][1],
+        formatter_class=_DefaultsFormatter,
+        epilog="--debug (any command): show tracebacks",
+    )
     getattr(module, f"configure{suffix}")(parser)
+    for action in parser._actions:  # argparse prints no help line at all for a flag without help text
+        if action.help is None and action.option_strings:
+            action.help = ""
     args = parser.parse_args(rest)
     try:
         return int(getattr(module, f"run{suffix}")(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # bad input: say what was wrong, no traceback
-        print(f"encore {name}: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if debug or not _user_error(e):
+            raise
+        if hasattr(e, "signum"):  # training stopped on SIGINT / SIGTERM after saving a checkpoint
+            print(f"encore {name}: {e}\nresume with: {_resume_command(name, rest)}", file=sys.stderr)
+            return 128 + e.signum
+        print(f"encore {name}: error: {_one_line(e)}", file=sys.stderr)
+        return 1 if type(e).__name__ == "TrainingError" else 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\nencore {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """`--help` shows each flag's default (unless its help says it already, or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS, "", [])
+        if action.option_strings and shown and "%(default)" not in text and "(default" not in text:
+            text = f"{text} (default: %(default)s)".strip()
+        return text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help == "":  # still print the flag line (and its default, if any)
+            action.help = self._get_help_string(action) or " "
+        return super()._format_action(action)
+
+
+def _user_error(e: BaseException) -> bool:
+    """Bad input or a run that cannot go on (ValueError, a missing file, TrainingError): one line, no
+    traceback. Anything else is a bug and keeps its traceback."""
+    names = {cls.__name__ for cls in type(e).__mro__}
+    return isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError)) or "TrainingError" in names
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _resume_command(name: str, rest: list[str]) -> str:
+    import shlex
+
+    args = [a for a in rest if a != "--overwrite"]
+    if not any(a == "--resume" or a.startswith("--resume=") for a in args):
+        args.append("--resume")
+    return shlex.join(["encore", name, *args])
 
 
 if __name__ == "__main__":

@@ -16,6 +16,25 @@ TASK_HELP = (
 )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
     """A dataclass `cls` from the parsed flags of the same names, with `overrides` for the rest."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -66,6 +85,9 @@ def resolve_tokenizer(name: str | None, model: LanguageModel | None = None, trus
     from encore.tokenizer import load_tokenizer
 
     if name:
+        from encore.files import check_local
+
+        check_local(name, "--tokenizer")
         return load_tokenizer(name, trust_remote_code=trust_remote_code)
     if model is not None and model.tokenizer is not None:
         return model.tokenizer

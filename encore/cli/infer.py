@@ -68,8 +68,14 @@ def _texts(args: argparse.Namespace, sources: list[str]) -> tuple[list[str], int
     """Generated texts for `sources` with the backend the flags name, and how many were truncated."""
     if args.backend == "onnx":
         return _onnx_texts(args, sources), 0
+    from encore.progress import Progress
+
     model = load_for_inference(args.model, args.tokenizer, args.device, _quantize(args))
-    return generate_texts(model, sources, generation_options(args))
+    progress = Progress(len(sources), unit="input", desc="generate", enabled=len(sources) > 1)
+    try:
+        return generate_texts(model, sources, generation_options(args), progress.update)
+    finally:
+        progress.close()
 
 
 def _onnx_texts(args: argparse.Namespace, sources: list[str]) -> list[str]:

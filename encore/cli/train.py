@@ -8,7 +8,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from encore.cli.common import TASK_HELP, add_model_args, add_task_option_arg, build_model, from_args, task_options
+from encore.cli.common import (
+    TASK_HELP,
+    add_model_args,
+    add_task_option_arg,
+    build_model,
+    from_args,
+    nonnegative_int,
+    positive_int,
+    task_options,
+)
+from encore.files import check_local
 from encore.model import LanguageModel
 from encore.train import TrainConfig, train
 from encore.train.dist import local_device
@@ -16,9 +26,9 @@ from encore.train.dist import local_device
 
 def add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, micro: int, lr: float) -> None:
     p.add_argument("--out", required=True, help="output directory (metrics.jsonl, checkpoints/, final/)")
-    p.add_argument("--max-steps", type=int, default=steps)
-    p.add_argument("--batch-size", type=int, default=batch, help="global batch, in examples")
-    p.add_argument("--micro-batch-size", type=int, default=micro)
+    p.add_argument("--max-steps", type=positive_int, default=steps)
+    p.add_argument("--batch-size", type=positive_int, default=batch, help="global batch, in examples")
+    p.add_argument("--micro-batch-size", type=positive_int, default=micro)
     p.add_argument("--lr", type=float, default=lr, help="Muon's learning rate (AdamW's with --optimizer adamw)")
     p.add_argument(
         "--adamw-lr", type=float, default=None, help="the AdamW groups' learning rate (default lr/10 next to Muon)"
@@ -27,20 +37,50 @@ def add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, micro: in
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--warmup-steps", type=int, default=-1, help="-1: 5%% of --max-steps")
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--keep-last", type=int, default=3)
-    p.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps (tasks only)")
-    p.add_argument("--eval-batches", type=int, default=8, help="micro-batches per validation loss")
+    p.add_argument("--save-every", type=nonnegative_int, default=0, help="checkpoint every N steps (0: at the end)")
+    p.add_argument("--keep-last", type=nonnegative_int, default=3, help="checkpoints kept (0: all)")
+    p.add_argument("--eval-every", type=nonnegative_int, default=0, help="validation loss every N steps (tasks only)")
+    p.add_argument("--eval-batches", type=positive_int, default=8, help="micro-batches per validation loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="auto",
+        help="continue from the newest checkpoint in --out that loads (--resume=auto: when there is one, else start "
+        "fresh)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="clear an earlier run's files in --out first")
+    p.add_argument(
+        "--allow-changed-settings",
+        action="store_true",
+        help="resume although the batch size, seed or data settings differ from the checkpoint's",
+    )
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
     p.add_argument("--tensorboard", action="store_true")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    return from_args(TrainConfig, args, out_dir=args.out)
+# the flags whose values define a run's data, per command: recorded in checkpoints, checked on resume
+RUN_FLAGS = {
+    "pretrain": ("data", "text_field", "seq_len", "causal_seq_len", "noise_density", "mean_span_length"),
+    "finetune": ("task", "data_files", "task_option", "limit", "max_source_len", "max_target_len", "truncation"),
+}
+RUN_FLAGS["distill"] = (*RUN_FLAGS["finetune"], "teacher", "teacher_lora", "targets", "topk", "alpha", "kind")
+
+
+def claim_out(args: argparse.Namespace) -> None:
+    """Check --out before any work (loading data, a teacher): the same check `train` makes."""
+    from encore.train.rundir import claim_run_dir
+
+    claim_run_dir(args.out, args.resume, args.overwrite)
+
+
+def train_config(args: argparse.Namespace, command: str) -> TrainConfig:
+    run_info = {flag.replace("_", "-"): getattr(args, flag) for flag in RUN_FLAGS[command]}
+    return from_args(TrainConfig, args, out_dir=args.out, run_info=run_info)
 
 
 def _print_done(out: str) -> None:
@@ -75,6 +115,7 @@ def configure_pretrain(p: argparse.ArgumentParser) -> None:
 def run_pretrain(args: argparse.Namespace) -> int:
     from encore.data import StreamSource, open_corpus, pretraining_collator, pretraining_stream
 
+    claim_out(args)
     model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
     # Every rank reads the same stream and takes its share of each global batch (train.py), so a
     # DDP run sees exactly the batches of a one-process run.
@@ -89,7 +130,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         mean_span_length=args.mean_span_length,
         seed=args.seed,
     )
-    train(model, train_config(args), StreamSource(stream, pretraining_collator(model.config)))
+    train(model, train_config(args, "pretrain"), StreamSource(stream, pretraining_collator(model.config)))
     _print_done(args.out)
     return 0
 
@@ -152,10 +193,10 @@ def configure_finetune(p: argparse.ArgumentParser) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-
+    claim_out(args)
     model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
     source, eval_source, _ = task_sources(args, model)
-    train(model, train_config(args), source, eval_source=eval_source)
+    train(model, train_config(args, "finetune"), source, eval_source=eval_source)
     _print_done(args.out)
     return 0
 
@@ -208,8 +249,10 @@ def run_distill(args: argparse.Namespace) -> int:
     from encore.train import seq2seq_loss
 
     mix = parse_target_mix(args.targets)
-    if args.teacher.startswith((".", "/", "~")) and not Path(args.teacher).expanduser().is_dir():
-        raise FileNotFoundError(f"--teacher {args.teacher}: no such checkpoint directory")
+    claim_out(args)
+    check_local(args.teacher, "--teacher")
+    if args.teacher_lora:
+        check_local(args.teacher_lora, "--teacher-lora")
     tokenizer = args.tokenizer
     if tokenizer is None and not Path(args.student).is_dir():
         tokenizer = args.teacher  # a fresh student speaks the teacher's tokenizer
@@ -262,6 +305,7 @@ def run_distill(args: argparse.Namespace) -> int:
             valid_vocab=teacher.valid_vocab,
         )
     # validation loss = CE on gold targets: comparable between runs with and without KD
-    train(student, train_config(args), source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=seq2seq_loss)
+    config = train_config(args, "distill")
+    train(student, config, source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=seq2seq_loss)
     _print_done(args.out)
     return 0

@@ -189,5 +189,8 @@ class LanguageModel(nn.Module):
         if (directory / "tokenizer.json").exists():
             from encore.tokenizer import auto_tokenizer
 
-            model.tokenizer = auto_tokenizer(directory)
+            try:
+                model.tokenizer = auto_tokenizer(directory)
+            except Exception as e:  # the Rust side raises bare Exceptions (and KeyErrors) for a bad file
+                raise ValueError(f"{directory / 'tokenizer.json'}: not a valid tokenizer ({e!r:.200})") from e
         return model.eval()

@@ -10,6 +10,7 @@ disk mid-save leaves the previous checkpoints untouched, and a half-written one 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -23,6 +24,7 @@ import torch
 
 from encore.files import fsync_dir, fsync_tree
 
+log = logging.getLogger("encore.train")
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.pt"
@@ -110,3 +112,27 @@ def clean_temporaries(root: str | Path) -> None:
     if root.is_dir():
         for p in root.glob(".tmp-step-*"):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def load_newest(root: str | Path, quarantine: bool = True) -> tuple[Path, dict, dict, dict] | None:
+    """(path, trainer_state, state, model weights) of the newest checkpoint under `root` that loads, or
+    None. A checkpoint that fails to load (truncated weights, broken trainer state, missing files) is
+    reported by path and skipped; with `quarantine` it is renamed `step-N.damaged` (kept for a look,
+    never listed or pruned again)."""
+    from safetensors.torch import load_file
+
+    for path in reversed(list_checkpoints(root)):
+        try:
+            trainer_state, state = load_checkpoint(path)
+            weights = load_file(str(path / "model.safetensors"))
+            return path, trainer_state, state, weights
+        except Exception as e:  # any damage: a truncated zip / safetensors, a missing file
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            moved = ""
+            if quarantine:
+                target = path.with_name(path.name + ".damaged")
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(path, target)
+                moved = f"; moved to {target.name}"
+            log.warning("warning: checkpoint %s does not load (%s): skipped%s", path, reason, moved)
+    return None

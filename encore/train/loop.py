@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,11 +29,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from encore.data.collate import Batch
-from encore.progress import progress_enabled
+from encore.progress import Progress
 from encore.train.checkpoint import (
     clean_temporaries,
     latest_checkpoint,
-    load_checkpoint,
+    load_newest,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -41,6 +41,8 @@ from encore.train.checkpoint import (
 from encore.train.dist import Dist, init_distributed, wrap
 from encore.train.logging import MetricsLog, TrainingError, peak_flops
 from encore.train.losses import Loss, default_loss
+from encore.train.rundir import check_identity, claim_run_dir, run_identity
+from encore.train.signals import GracefulStop, TrainingInterrupted
 
 
 class BatchSource(Protocol):
@@ -69,7 +71,10 @@ class TrainConfig:
     eval_batches: int = 8
     seed: int = 0
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 | bf16
-    resume: bool = False
+    resume: bool | str = False  # True: continue from the newest loadable checkpoint; "auto": when there is one
+    overwrite: bool = False  # clear an earlier run's files in out_dir first
+    allow_changed_settings: bool = False  # resume although batch / seed / data settings changed
+    run_info: dict[str, Any] = field(default_factory=dict)  # data settings that define the run (checked on resume)
     fsdp: bool = False
     tensorboard: bool = False
     progress: bool = True
@@ -91,6 +96,7 @@ class _Run:
     ckpt_root: Path
     peak_flops: float | None  # the GPU's, for MFU; None on CPU
     flops_per_token: float
+    identity: dict[str, Any]  # what defines the run: recorded in every checkpoint, checked on resume
 
 
 def _split(examples: list[Any], ranks: int, rank: int, micro: int) -> list[list[Any]]:
@@ -110,23 +116,27 @@ def _setup(model: nn.Module, config: TrainConfig, source: BatchSource, loss: Los
 
     d = init_distributed()
     if config.batch_size % (config.micro_batch_size * d.world_size):
-        raise TrainingError(
+        raise ValueError(
             f"--batch-size {config.batch_size} must be a multiple of --micro-batch-size "
             f"{config.micro_batch_size} x {d.world_size} processes"
         )
     ckpt_root = Path(config.out_dir) / "checkpoints"
     torch.manual_seed(config.seed)
+    settings = {"batch-size": config.batch_size, "seed": config.seed, **config.run_info}
+    identity = run_identity(model, settings)
     start_step, trainer_state = 0, None
-    resumed_from = None
-    if config.resume:
-        if d.main:
-            clean_temporaries(ckpt_root)
-        resumed_from = latest_checkpoint(ckpt_root)
-    if resumed_from is not None:
-        from safetensors.torch import load_file
-
-        trainer_state, state = load_checkpoint(resumed_from)
-        model.load_state_dict(load_file(str(resumed_from / "model.safetensors")))
+    if d.main:  # the main rank decides what --out means (and clears it for --overwrite); the others wait
+        claim_run_dir(config.out_dir, config.resume, config.overwrite)
+        clean_temporaries(ckpt_root)
+    if d.world_size > 1:
+        dist.barrier()
+    found = load_newest(ckpt_root, quarantine=d.main) if config.resume else None
+    if config.resume is True and found is None:
+        raise TrainingError(f"--resume: no checkpoint in {ckpt_root} loads (see the warnings above)")
+    if found is not None:
+        path, trainer_state, state, weights = found
+        check_identity(state.get("run"), identity, path, config.allow_changed_settings)
+        model.load_state_dict(weights)
         source.load_state_dict(state["data"])
         start_step = state["step"]
     model.to(d.device)
@@ -159,6 +169,7 @@ def _setup(model: nn.Module, config: TrainConfig, source: BatchSource, loss: Los
         ckpt_root,
         peak_flops(d.device),
         flops_per_token,
+        identity,
     )
     return run, start_step
 
@@ -237,31 +248,32 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     log = MetricsLog(out, start_step if start_step else None, config.tensorboard) if d.main else None
-    from tqdm.auto import tqdm
-
-    show = d.main and progress_enabled(config.progress)
-    bar = tqdm(total=config.max_steps, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
+    progress = Progress(config.max_steps, start_step, "step", "train", enabled=d.main and config.progress)
     run.model.train()
     try:
-        for step in range(start_step + 1, config.max_steps + 1):
-            record = _step(run, step)
-            if d.main:
-                log.write(record)
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            if eval_source is not None and config.eval_every and step % config.eval_every == 0:
-                eval_loss = evaluate_loss(run, eval_source, eval_loss_fn or loss_fn)
+        with GracefulStop() as stop:
+            for step in range(start_step + 1, config.max_steps + 1):
+                record = _step(run, step)
                 if d.main:
-                    log.write({"step": step, "eval_loss": eval_loss})
-            for hook in hooks or []:
-                hook(step, run.raw)
-            if config.save_every and step % config.save_every == 0 and step != config.max_steps:
-                _save(run, step)
-        _save(run, config.max_steps)
-        if d.main:
-            run.raw.save_pretrained(out / "final")
+                    log.write(record)
+                    progress.update(1, loss=record["loss"], tok_s=round(record["tokens_per_s"]))
+                if eval_source is not None and config.eval_every and step % config.eval_every == 0:
+                    eval_loss = evaluate_loss(run, eval_source, eval_loss_fn or loss_fn)
+                    if d.main:
+                        log.write({"step": step, "eval_loss": eval_loss})
+                for hook in hooks or []:
+                    hook(step, run.raw)
+                signum = stop.requested(d.world_size, d.device)
+                if signum is not None and step != config.max_steps:
+                    _save(run, step)
+                    raise TrainingInterrupted(step, run.ckpt_root / f"step-{step}", signum)
+                if config.save_every and step % config.save_every == 0 and step != config.max_steps:
+                    _save(run, step)
+            _save(run, config.max_steps)
+            if d.main:
+                run.raw.save_pretrained(out / "final")
     finally:
-        bar.close()
+        progress.close()
         if log is not None:
             log.close()
     return run.raw
@@ -274,7 +286,7 @@ def _save(run: _Run, step: int) -> None:
             "scheduler": run.scheduler.state_dict(),
             "rng": rng_state(),
         }
-        state = {"data": run.source.state_dict()}
+        state = {"data": run.source.state_dict(), "run": run.identity}
         save_checkpoint(run.ckpt_root, step, run.raw, trainer_state, state, keep_last=run.config.keep_last)
     if run.d.world_size > 1:
         dist.barrier()
