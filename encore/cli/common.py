@@ -135,14 +135,19 @@ def build_model(
     return model
 
 
-def load_for_inference(spec: str, tokenizer: str | None, device: str, quantize: str | None = None) -> LanguageModel:
+def load_for_inference(
+    spec: str, tokenizer: str | None, device: str, quantize: str | None = None, random_weights: bool | None = None
+) -> LanguageModel:
     """A checkpoint with its tokenizer, made ready for inference on `device` (`encore.optimize`); the
-    process keeps freed memory for reuse (`encore.infer.memory`), as a CPU deployment should."""
+    process keeps freed memory for reuse (`encore.infer.memory`), as a CPU deployment should.
+    `random_weights`: None for a command without that flag; True lets a preset or config be built
+    untrained (a command's `--random-weights`, for capacity benchmarks)."""
     from encore.infer.memory import retain_freed_memory
     from encore.infer.optimize import optimize
 
     retain_freed_memory()
     config, checkpoint = resolve_model(spec)
-    if checkpoint is None:
-        raise ValueError(f"--model {spec!r}: not a checkpoint directory")
+    if checkpoint is None and not random_weights:
+        hint = "" if random_weights is None else "; pass one, or --random-weights to serve the preset untrained"
+        raise ValueError(f"--model {spec!r}: not a checkpoint directory{hint}")
     return optimize(build_model(spec, tokenizer), device=device, quantize=quantize)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from encore.cli.common import add_model_args, build_model, from_args
+from encore.cli.common import add_model_args, from_args, load_for_inference
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -64,20 +64,9 @@ def run(args: argparse.Namespace) -> int:
         from encore.serve import ServerConfig, serve
     except ImportError as e:
         raise ValueError(f"encore serve needs the serve extra: pip install 'encore[serve]' ({e})") from None
-    from encore.infer.memory import retain_freed_memory
-    from encore.infer.optimize import optimize
-    from encore.model import resolve_model
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    _, checkpoint = resolve_model(args.model)
-    if checkpoint is None and not args.random_weights:
-        raise ValueError(
-            f"--model {args.model!r} is not a checkpoint directory; pass one, or --random-weights to serve the "
-            "preset untrained (capacity benchmarks)"
-        )
     cfg = from_args(ServerConfig, args, quantize=None if args.quantize == "none" else args.quantize)
-    if args.device == "cpu":
-        retain_freed_memory()
-    model = optimize(build_model(args.model, args.tokenizer), device=args.device, quantize=cfg.quantize)
+    model = load_for_inference(args.model, args.tokenizer, args.device, cfg.quantize, args.random_weights)
     return serve(cfg, model)
