@@ -97,17 +97,17 @@ class Scheduler:
     def waiting(self) -> int:
         """Choices waiting for a slot (queued in the engine or not yet handed to it)."""
         with self._lock:
-            return self.engine.queued + sum(len(j.choices) for j in self._incoming)
+            return self._waiting()
+
+    def _waiting(self) -> int:  # with the lock held
+        return self.engine.queued + sum(len(j.choices) for j in self._incoming)
 
     def submit(self, job: Job) -> None:
         with self._lock:
             if self._closing:
                 raise Closed()
             free = self.engine.max_batch - self.engine.running
-            if (
-                self.engine.queued + sum(len(j.choices) for j in self._incoming) + len(job.choices)
-                > self.max_queue + free
-            ):
+            if self._waiting() + len(job.choices) > self.max_queue + free:
                 raise QueueFull()
             self._incoming.append(job)
         self._wake.set()
