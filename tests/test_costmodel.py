@@ -179,3 +179,17 @@ def test_measure_machine_is_quick_and_sane():
     m = measure_machine("cpu", torch.float32, budget_s=0.02)
     assert m.measured and math.isfinite(m.peak_flops) and 1e8 < m.peak_flops < 1e15
     assert 1e8 < m.mem_bandwidth < 1e13
+
+
+def test_roofline_kernel_and_given_machine():
+    from encore.bench.machine import machine_for, roofline_kernel
+    from encore.model.kernels import onednn_available
+
+    fp32 = "onednn" if onednn_available() else "aten"
+    assert roofline_kernel("cpu", torch.float32, None) == fp32
+    assert roofline_kernel("cpu", torch.float32, None, linear="aten") == "aten"
+    assert roofline_kernel("cpu", torch.float32, "int8") == "int8"
+    assert roofline_kernel("cpu", torch.bfloat16, None) == "aten"
+    assert roofline_kernel("cuda", torch.bfloat16, None) == "aten"
+    given = machine_for("int8", "cpu", torch.float32, peak_flops=1e12, mem_bandwidth=4e10)
+    assert (given.peak_flops, given.mem_bandwidth, given.measured) == (1e12, 4e10, False)

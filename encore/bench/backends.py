@@ -19,11 +19,11 @@ from typing import Any, Protocol
 
 import torch
 
+from encore.bench.machine import roofline_kernel
 from encore.config import ModelConfig
 from encore.infer.engine import Engine
 from encore.infer.optimize import optimize
 from encore.model.io import build, load, resolve_model, spec_label
-from encore.model.kernels import onednn_available
 
 
 @dataclass
@@ -100,9 +100,7 @@ class EncoreBackend:
         self.label = quantized_label(label, spec.quantize)
         self.name = "encore" + (f"-{spec.quantize}" if spec.quantize else "")
         self.arch = self.cost_config.arch
-        cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
-        onednn = cpu_fp32 and self.linear != "aten" and onednn_available()
-        self.kernel = "int8" if spec.quantize == "int8" else "onednn" if onednn else "aten"
+        self.kernel = roofline_kernel(self.device, self.dtype, spec.quantize, self.linear)
         self.weight_bytes = 1 if spec.quantize == "int8" else self.dtype.itemsize
         self._engine: tuple[tuple[int, int, int], Engine] | None = None
 
@@ -160,7 +158,7 @@ class OnnxBackend:
         self.mirror = quantized_label(label, spec.quantize)
         self.label = f"onnx {spec.quantize or 'fp32'} ({label})"
         self.name = "onnxruntime" + (f"-{spec.quantize}" if spec.quantize else "")
-        self.kernel = "int8" if spec.quantize else ("onednn" if onednn_available() else "aten")
+        self.kernel = roofline_kernel("cpu", torch.float32, spec.quantize)
         self.weight_bytes = 1 if spec.quantize else 4
         if spec.device != "cpu" or spec.dtype != "float32":
             raise ValueError("the ONNX backend exports a float32 model and runs it on the CPU provider")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encore.bench.costmodel import Machine, dtype_bytes
-from encore.model.kernels import Int8Linear, OneDNNLinear
+from encore.model.kernels import Int8Linear, OneDNNLinear, onednn_available
 
 
 def _median_call(fn, budget_s: float, sync) -> float:
@@ -40,6 +40,27 @@ def probe_kernel(weight: Tensor, kernel: str) -> Callable[[Tensor], Tensor]:
     if kernel == "onednn":
         return OneDNNLinear(nn.Parameter(weight, requires_grad=False))
     return lambda x: F.linear(x, weight)
+
+
+def roofline_kernel(device: torch.device | str, dtype: torch.dtype, quantize: str | None, linear: str = "auto") -> str:
+    """The matrix kernel encore's models run on `device` at `dtype` / `quantize` (`encore.optimize`'s
+    choice), which the roofline is probed through: "int8", "onednn" (CPU fp32 where oneDNN is
+    there, unless `linear` is "aten") or "aten"."""
+    if quantize:
+        return "int8"
+    cpu_fp32 = torch.device(device).type == "cpu" and dtype == torch.float32
+    return "onednn" if cpu_fp32 and linear != "aten" and onednn_available() else "aten"
+
+
+def machine_for(
+    kernel: str, device: str, dtype: torch.dtype, peak_flops: float | None = None, mem_bandwidth: float | None = None
+) -> Machine:
+    """The roofline for `kernel`: the given figures, or probed through it (a given figure overrides its
+    probed one)."""
+    if peak_flops and mem_bandwidth:
+        return Machine(peak_flops, mem_bandwidth, measured=False)
+    probed = measure_machine(device, dtype, kernel=kernel)
+    return Machine(peak_flops or probed.peak_flops, mem_bandwidth or probed.mem_bandwidth, measured=True)
 
 
 def measure_machine(

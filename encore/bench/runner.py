@@ -34,7 +34,7 @@ import torch
 from encore.bench.backends import Backend, BackendSpec
 from encore.bench.config import METRICS, PAPER, BenchConfig, Point, plan_points
 from encore.bench.costmodel import Machine, dtype_bytes, generation_cost, kv_cache_bytes
-from encore.bench.machine import measure_machine
+from encore.bench.machine import machine_for
 from encore.bench.registry import make_backend
 from encore.bench.report import format_report, plot, validate_bench_json
 from encore.bench.workers import ProcessWorker, Worker
@@ -157,16 +157,12 @@ def _progress(cfg: BenchConfig, total: int) -> Iterator[Progress]:
 
 def _machines(cfg: BenchConfig, backends: list[Backend]) -> dict[str, Machine]:
     """The roofline of every kernel the models run (given, or probed through that kernel)."""
-    machines = {}
-    for kernel in dict.fromkeys(b.kernel for b in backends):
-        if cfg.peak_flops and cfg.mem_bandwidth:
-            machines[kernel] = Machine(cfg.peak_flops, cfg.mem_bandwidth, measured=False)
-            continue
-        # probed before any worker starts building, so the probes have the machine to themselves
-        probed = measure_machine(cfg.device, getattr(torch, cfg.resolved_dtype()), kernel=kernel)
-        peak, bandwidth = cfg.peak_flops or probed.peak_flops, cfg.mem_bandwidth or probed.mem_bandwidth
-        machines[kernel] = Machine(peak, bandwidth, measured=True)
-    return machines
+    # probed before any worker starts building, so the probes have the machine to themselves
+    dtype = getattr(torch, cfg.resolved_dtype())
+    return {
+        kernel: machine_for(kernel, cfg.device, dtype, cfg.peak_flops, cfg.mem_bandwidth)
+        for kernel in dict.fromkeys(b.kernel for b in backends)
+    }
 
 
 def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:

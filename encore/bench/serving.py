@@ -290,14 +290,11 @@ def at_rate(prediction: dict, rate: float) -> dict[str, Any]:
 
 
 def _machine(cfg: ServeBenchConfig) -> Machine:
-    if cfg.peak_flops and cfg.mem_bandwidth:
-        return Machine(cfg.peak_flops, cfg.mem_bandwidth)
-    from encore.bench.machine import measure_machine
+    from encore.bench.machine import machine_for, roofline_kernel
 
-    kernel = "int8" if cfg.quantize == "int8" else ("onednn" if cfg.device == "cpu" else "aten")
     dtype = torch.bfloat16 if cfg.device == "cuda" else torch.float32
-    probed = measure_machine(cfg.device, dtype, kernel=kernel)
-    return Machine(cfg.peak_flops or probed.peak_flops, cfg.mem_bandwidth or probed.mem_bandwidth, measured=True)
+    kernel = roofline_kernel(cfg.device, dtype, cfg.quantize)
+    return machine_for(kernel, cfg.device, dtype, cfg.peak_flops, cfg.mem_bandwidth)
 
 
 def _serve_one(model: str, cfg: ServeBenchConfig, words: list[str], machine: Machine) -> dict:
