@@ -1,6 +1,7 @@
 """encore: encoder-decoder small language models (Return of the Encoder, arXiv 2501.16273).
 
     from encore import ModelConfig, EncoderDecoder, DecoderOnly, load, Engine, optimize, deoptimize
+    from encore import VisionConfig, VisionLanguageModel
 
 Names are imported on first use, so `import encore.onnx` (the torch-free runtime) never imports torch.
 """
@@ -15,6 +16,8 @@ _WHERE = {
     "ModelConfig": "encore.config",
     "EncoderDecoder": "encore.model",
     "DecoderOnly": "encore.model",
+    "VisionLanguageModel": "encore.model",
+    "VisionConfig": "encore.vision",
     "load": "encore.model",
     "Engine": "encore.infer.engine",
     "Event": "encore.infer.engine",

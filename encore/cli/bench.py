@@ -8,6 +8,7 @@ from pathlib import Path
 
 from encore.bench import BenchConfig, format_report, plot, run_bench, validate_bench_json
 from encore.bench.serving import ServeBenchConfig, run_serve_bench
+from encore.bench.vision import VisionBenchConfig, run_vision_bench
 from encore.cli.common import from_args
 
 
@@ -81,11 +82,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--in-process", action="store_true", help="build every model in this process (peak memory then counts them all)"
     )
     _configure_serve(parser)
+    _configure_vision(parser)
     parser.add_argument(
         "--malloc-default",
         action="store_true",
         help="leave glibc's malloc as it is in the workers (default: keep freed memory for reuse, as a deployment "
         "should: encore.infer.memory)",
+    )
+
+
+def _configure_vision(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "--vision: what image tokens cost",
+        "first-token latency, decode time and K/V memory of the encoder-decoder VLM (--model) against the "
+        "decoder-only VLM (--baseline), random weights, at each --image-keep (question: 32 tokens; --output-len new)",
+    )
+    group.add_argument("--vision", default=None, help="image tower preset or VisionConfig .json (e.g. clip-vit-l-336)")
+    group.add_argument(
+        "--image-keep", type=float, nargs="+", default=[1.0, 0.33], help="fractions of image tokens kept"
+    )
+    group.add_argument("--selection", choices=["variance", "uniform", "learned"], default="variance")
+
+
+def vision_config_from_args(args: argparse.Namespace) -> VisionBenchConfig:
+    return VisionBenchConfig(
+        model=args.model,
+        baseline=args.baseline,
+        vision=args.vision,
+        image_keeps=tuple(args.image_keep),
+        selection=args.selection,
+        output_len=args.output_len,
+        repeats=args.repeats,
+        device=args.device,
+        seed=args.seed,
+        json_path=(args.json if args.json is not None else "bench_vision.json") or None,
     )
 
 
@@ -186,6 +216,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.serve:
         run_serve_bench(serve_config_from_args(args))
+        return 0
+    if args.vision:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        run_vision_bench(vision_config_from_args(args))
         return 0
     run_bench(config_from_args(args))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from encore.cli.common import add_model_args, build_model
+from encore.cli.common import add_model_args, build_model, text_only
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     model = build_model(args.model, args.tokenizer, trust_remote_code=args.trust_remote_code)
+    text_only(model, args.model, "export")
     static = None
     if args.static:
         static = {"batch_size": args.batch_size, "max_input_len": args.max_input_len}

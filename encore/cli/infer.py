@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from encore.cli.common import (
     TASK_HELP,
@@ -64,15 +65,36 @@ def read_inputs(path: Path) -> list[str]:
     return sources
 
 
-def _texts(args: argparse.Namespace, sources: list[str]) -> tuple[list[str], int]:
-    """Generated texts for `sources` with the backend the flags name, and how many were truncated."""
+def _model(args: argparse.Namespace) -> Any:
+    """The torch model the flags name (None for --backend onnx)."""
     if args.backend == "onnx":
+        return None
+    return load_for_inference(args.model, args.tokenizer, args.device, _quantize(args))
+
+
+def _texts(
+    args: argparse.Namespace, model: Any, sources: list[str], images: list | None = None
+) -> tuple[list[str], int]:
+    """Generated texts for `sources` (with `images`, for a vision-language model) with the backend the
+    flags name, and how many were truncated."""
+    if model is None:
+        if images is not None:
+            raise ValueError("--backend onnx runs text models only: images need --backend torch")
         return _onnx_texts(args, sources), 0
+    from encore.infer.vision import answer_images
+    from encore.model.vlm import VisionLanguageModel
     from encore.progress import Progress
 
-    model = load_for_inference(args.model, args.tokenizer, args.device, _quantize(args))
+    if isinstance(model, VisionLanguageModel) != (images is not None):
+        raise ValueError(
+            f"--model {args.model}: a vision-language model needs an image per input (--image, or an image task)"
+            if images is None
+            else f"--model {args.model} is a text model: it cannot read images (fine-tune one with --vision)"
+        )
     progress = Progress(len(sources), unit="input", desc="generate", enabled=len(sources) > 1)
     try:
+        if images is not None:
+            return answer_images(model, images, sources, generation_options(args), progress.update)
         return generate_texts(model, sources, generation_options(args), progress.update)
     finally:
         progress.close()
@@ -94,13 +116,30 @@ def configure_generate(p: argparse.ArgumentParser) -> None:
     add_model_args(p, training=False)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="one input text")
-    src.add_argument("--input-file", help="a text file (one input per line) or JSONL with a 'source' field")
+    src.add_argument(
+        "--input-file",
+        help="a text file (one input per line) or JSONL with a 'source' field (vision-language: image records)",
+    )
+    p.add_argument("--image", default=None, help="an image file for --input (vision-language checkpoints)")
     add_generation_args(p)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    sources = [args.input] if args.input is not None else read_inputs(Path(args.input_file))
-    texts, truncated = _texts(args, sources)
+    from encore.data.vqa import read_image, read_vqa_file
+    from encore.model.vlm import VisionLanguageModel
+
+    model = _model(args)
+    images = None
+    if args.input is not None:
+        sources = [args.input]
+        if args.image is not None:
+            images = [read_image(Path(args.image), "--image")]
+    elif isinstance(model, VisionLanguageModel):
+        records = list(read_vqa_file(args.input_file))
+        sources, images = [r["source"] for r in records], [r["image"] for r in records]
+    else:
+        sources = read_inputs(Path(args.input_file))
+    texts, truncated = _texts(args, model, sources, images)
     for text in texts:
         print(text)
     if truncated:
@@ -125,16 +164,28 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from encore.data import load_task
-    from encore.eval.metrics import compute_metrics
+    from encore.data.vqa import is_vision_task, load_vqa
+    from encore.eval.metrics import compute_metrics, vqa_accuracy
+    from encore.model.vlm import VisionLanguageModel
 
-    examples = list(
-        load_task(args.task, split=args.split, data_files=args.data_files, limit=args.limit, **task_options(args))
-    )
+    model = _model(args)
+    vision = isinstance(model, VisionLanguageModel) or is_vision_task(args.task)
+    load = load_vqa if vision else load_task
+    files = {} if vision else {"data_files": args.data_files}
+    examples = list(load(args.task, split=args.split, limit=args.limit, **files, **task_options(args)))
     if not examples:
         raise ValueError(f"task {args.task!r} split {args.split!r} has no examples")
-    predictions, truncated = _texts(args, [e["source"] for e in examples])
+    images = [e["image"] for e in examples] if vision else None
+    predictions, truncated = _texts(args, model, [e["source"] for e in examples], images)
     references = [e["target"] for e in examples]
-    metrics = compute_metrics(Path(args.task).stem if Path(args.task).suffix else args.task, predictions, references)
+    if vision:
+        metrics = vqa_accuracy(
+            predictions, references, [e["question_type"] for e in examples if "question_type" in e] or None
+        )
+    else:
+        metrics = compute_metrics(
+            Path(args.task).stem if Path(args.task).suffix else args.task, predictions, references
+        )
     metrics.update(
         examples=len(examples), truncated_inputs=truncated, model=str(args.model), task=args.task, split=args.split
     )
@@ -142,7 +193,8 @@ def run_eval(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
         for e, pred in zip(examples, predictions):
-            f.write(json.dumps({"source": e["source"], "target": e["target"], "prediction": pred}) + "\n")
+            extra = {"question_type": e["question_type"]} if "question_type" in e else {}
+            f.write(json.dumps({"source": e["source"], "target": e["target"], "prediction": pred, **extra}) + "\n")
     metrics_path = out.with_suffix(".metrics.json")
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from encore.cli.common import add_model_args, from_args, load_for_inference
+from encore.cli.common import add_model_args, from_args, load_for_inference, text_only
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -69,4 +69,4 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     cfg = from_args(ServerConfig, args, quantize=None if args.quantize == "none" else args.quantize)
     model = load_for_inference(args.model, args.tokenizer, args.device, cfg.quantize, args.random_weights)
-    return serve(cfg, model)
+    return serve(cfg, text_only(model, args.model, "serve"))

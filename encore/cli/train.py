@@ -18,8 +18,9 @@ from encore.cli.common import (
     positive_int,
     task_options,
 )
+from encore.cli.vision import add_vision_args, vision_sources, with_vision
 from encore.files import check_local
-from encore.model import LanguageModel
+from encore.model import LanguageModel, VisionLanguageModel
 from encore.train import TrainConfig, train
 from encore.train.dist import local_device
 
@@ -64,11 +65,12 @@ def add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, micro: in
 
 
 # the flags whose values define a run's data, per command: recorded in checkpoints, checked on resume
+TASK_FLAGS = ("task", "data_files", "task_option", "limit", "max_source_len", "max_target_len", "truncation")
 RUN_FLAGS = {
     "pretrain": ("data", "text_field", "seq_len", "causal_seq_len", "noise_density", "mean_span_length"),
-    "finetune": ("task", "data_files", "task_option", "limit", "max_source_len", "max_target_len", "truncation"),
+    "finetune": (*TASK_FLAGS, "vision", "vision_tower", "train_vision", "image_keep", "selection"),
+    "distill": (*TASK_FLAGS, "teacher", "teacher_lora", "targets", "topk", "alpha", "kind"),
 }
-RUN_FLAGS["distill"] = (*RUN_FLAGS["finetune"], "teacher", "teacher_lora", "targets", "topk", "alpha", "kind")
 
 
 def claim_out(args: argparse.Namespace) -> None:
@@ -189,13 +191,16 @@ def task_sources(args: argparse.Namespace, model: LanguageModel, with_ids: bool 
 def configure_finetune(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_task_args(p)
+    add_vision_args(p)
     add_train_args(p, steps=1000, batch=32, micro=8, lr=1e-2)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
     claim_out(args)
     model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
-    source, eval_source, _ = task_sources(args, model)
+    model = with_vision(args, model)
+    sources = vision_sources if isinstance(model, VisionLanguageModel) else task_sources
+    source, eval_source, _ = sources(args, model)
     train(model, train_config(args, "finetune"), source, eval_source=eval_source)
     _print_done(args.out)
     return 0

@@ -130,6 +130,18 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
     )
 
 
+def vqa_accuracy(
+    predictions: list[str], references: list[str], question_types: list[str] | None = None
+) -> dict[str, float]:
+    """Exact-match accuracy (SQuAD normalisation), overall and per question type when given: {"accuracy",
+    "accuracy_<type>", ...}, 0-100."""
+    scores = {"accuracy": exact_match(predictions, references)}
+    for kind in sorted(set(question_types or ())):
+        pairs = [(p, r) for p, r, t in zip(predictions, references, question_types) if t == kind]
+        scores[f"accuracy_{kind}"] = exact_match(*map(list, zip(*pairs)))
+    return scores
+
+
 def compute_metrics(task_name: str, predictions: list[str], references: list) -> dict[str, float]:
     """The metrics for a task, by name: squad_v2 / synthqa -> SQuAD scores + rougeL; code2doc /
     code_x_glue_ct* -> bleu + rougeL; xsum -> rouge1/2/L; anything else (e.g. a file's stem) ->

@@ -38,10 +38,12 @@ def generate_stream(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    inputs_embeds: Tensor | None = None,
 ) -> Iterator[Tensor]:
     """Yield the new token of every row [B] at each step; rows already finished get pad.
     Stops after `max_new_tokens` steps or once every row has produced EOS. Arguments are checked
-    here, at call time, not at the first `next()`."""
+    here, at call time, not at the first `next()`. `inputs_embeds` [B, S, D] replace the input's
+    token embeddings in the prefill (a vision-language model's image tokens)."""
     check_ids(input_ids, attention_mask, model.config.vocab_size)
     check_max_new_tokens(max_new_tokens)
     sampling = Sampling(do_sample, temperature, top_k, top_p, seed).check()
@@ -50,11 +52,19 @@ def generate_stream(
     attention_mask = None if attention_mask is None else attention_mask.to(device)
     eos = resolve_eos(eos_token_id, model.config)
     choose = lambda logits: sampling.choose(logits, generator)
-    return _stream(model, input_ids.to(device), attention_mask, max_new_tokens, eos, choose)
+    prefill = model.prefill
+    if inputs_embeds is not None:
+        if inputs_embeds.shape[:2] != input_ids.shape:
+            raise ValueError(
+                f"inputs_embeds has shape {tuple(inputs_embeds.shape)}; input_ids {tuple(input_ids.shape)}"
+            )
+        prefill = lambda ids, mask, n: model.prefill(ids, mask, n, inputs_embeds=inputs_embeds.to(device))
+    return _stream(prefill, model, input_ids.to(device), attention_mask, max_new_tokens, eos, choose)
 
 
 @torch.inference_mode()
 def _stream(
+    prefill: Callable,
     model: LanguageModel,
     input_ids: Tensor,
     attention_mask: Tensor | None,
@@ -67,7 +77,7 @@ def _stream(
     was_training = model.training
     model.eval()
     try:
-        logits, cache = model.prefill(input_ids, attention_mask, max_new_tokens)
+        logits, cache = prefill(input_ids, attention_mask, max_new_tokens)
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         pad = model.config.pad_token_id
         for step in range(max_new_tokens):

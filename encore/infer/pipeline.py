@@ -28,6 +28,12 @@ class GenerationOptions:
     top_p: float | None = None
     seed: int | None = None
 
+    def sampling(self) -> dict[str, Any]:
+        """The sampling keywords of `generate` / `Engine.add`."""
+        return dict(
+            do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed
+        )
+
 
 def encode_sources(model: Any, sources: list[str], max_source_len: int) -> tuple[list[list[int]], int]:
     """Each source as the model's input ids (the collator's layout, cut to `max_source_len`), and how
@@ -64,15 +70,7 @@ def generate_ids(
     )
     which: dict[int, int] = {}
     for i in sorted(range(len(encoded)), key=lambda i: len(encoded[i])):
-        rid = engine.add(
-            encoded[i],
-            max_new_tokens=options.max_new_tokens,
-            do_sample=options.do_sample,
-            temperature=options.temperature,
-            top_k=options.top_k,
-            top_p=options.top_p,
-            seed=options.seed,
-        )
+        rid = engine.add(encoded[i], max_new_tokens=options.max_new_tokens, **options.sampling())
         which[rid] = i
     tokens: list[list[int]] = [[] for _ in encoded]
     eos = model.config.eos_token_id

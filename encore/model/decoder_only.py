@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from encore.config import ModelConfig
 from encore.model.base import LanguageModel
 from encore.model.cache import GenerationCache
-from encore.model.inputs import as_bool_mask, causal_mask, padding_mask, positions_from_mask, right_padded
+from encore.model.inputs import as_bool_mask, causal_mask, padding_mask, positions_from_mask, right_pad_order
 from encore.model.layers import DecoderLayer
 
 
@@ -35,15 +35,17 @@ class DecoderOnly(LanguageModel):
         logits_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         logits_to_keep: int = 0,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
         """Logits [B, T, V] for every position. With `logits_mask` [B, T] (bool), only at the marked
         positions, [N, V] in row-major order (training on a target after a long prompt then skips the
         head and the softmax over the prompt); with `logits_to_keep` k > 0, only the last k columns
         [B, k, V] (Hugging Face's name). `position_ids` default to the real tokens' count
         (cumsum(mask) - 1), which is what padding-aware callers pass. Token ids are not checked here:
-        collators and `generate` check them where they enter."""
+        collators and `generate` check them where they enter. `inputs_embeds` [B, T, D] replace
+        `embed(input_ids)` (a vision-language model's prompt, image tokens in place)."""
         mask = as_bool_mask(attention_mask)
-        hidden = self._run(input_ids, mask, positions=position_ids)
+        hidden = self._run(input_ids, mask, positions=position_ids, inputs_embeds=inputs_embeds)
         if logits_mask is not None:
             if logits_mask.shape != input_ids.shape:
                 raise ValueError(
@@ -60,6 +62,7 @@ class DecoderOnly(LanguageModel):
         mask: Tensor | None,
         cache: GenerationCache | None = None,
         positions: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
         """Hidden states [B, T, D] (before the final norm); stores every layer's K/V in `cache` when given."""
         B, T = input_ids.shape
@@ -68,7 +71,7 @@ class DecoderOnly(LanguageModel):
             positions = positions_from_mask(mask, B, T, input_ids.device)
         rope = self.rope(positions, self.embed.weight.dtype)
         attn_mask = causal_mask(mask, T, input_ids.device)
-        x = self.embed(input_ids)  # [B, T, D]
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
         for i, layer in enumerate(self.decoder):
             x = layer(x, rope, attn_mask, causal=True, cache=cache, layer=i)
         return x
@@ -76,29 +79,40 @@ class DecoderOnly(LanguageModel):
     # --- generation ------------------------------------------------------------------------------
 
     def prefill(
-        self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        max_new_tokens: int,
+        inputs_embeds: Tensor | None = None,
     ) -> tuple[Tensor, GenerationCache]:
         """Prompt -> each row's last-position logits [B, V] and the cache. Prompts are laid out
         right-padded (each row's real tokens at positions 0 .. n_b - 1, whatever its padding was): a
         causal prompt never sees the padding after it, so the prefill needs no mask, and each row's
-        new tokens go to its own next position."""
+        new tokens go to its own next position. `inputs_embeds` [B, S, D] (image tokens in a
+        vision-language prompt) are laid out the same way and stay in the cache, every step."""
         B, S = input_ids.shape
         if S + max_new_tokens > self.config.max_seq_len:
             raise ValueError(
                 f"input length {S} + max_new_tokens {max_new_tokens} exceeds max_seq_len={self.config.max_seq_len}"
             )
-        input_ids, lengths = right_padded(input_ids, padding_mask(attention_mask))
+        order, lengths = right_pad_order(padding_mask(attention_mask), B, S, input_ids.device)
+        if order is not None:
+            input_ids = input_ids.gather(1, order)
+            if inputs_embeds is not None:
+                inputs_embeds = inputs_embeds.gather(1, order[..., None].expand_as(inputs_embeds))
         cache = self.new_cache(B, S, max_new_tokens)
-        return self.prefill_rows(input_ids, lengths, cache), cache
+        return self.prefill_rows(input_ids, lengths, cache, inputs_embeds), cache
 
-    def prefill_rows(self, input_ids: Tensor, lengths: Tensor, cache: GenerationCache) -> Tensor:
+    def prefill_rows(
+        self, input_ids: Tensor, lengths: Tensor, cache: GenerationCache, inputs_embeds: Tensor | None = None
+    ) -> Tensor:
         """Right-padded prompts [B, S] with their lengths [B] -> last-position logits [B, V]; their K/V
         fill the cache's first S positions and `length` becomes `lengths`. No host read (the prefill
         graph an export runs)."""
         B = input_ids.shape[0]
         cache.prefilling = True
         try:
-            hidden = self._run(input_ids, None, cache)
+            hidden = self._run(input_ids, None, cache, inputs_embeds=inputs_embeds)
         finally:
             cache.prefilling = False
         cache.length.copy_(lengths)

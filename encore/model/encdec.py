@@ -33,12 +33,14 @@ class EncoderDecoder(LanguageModel):
         check_ids(input_ids, attention_mask, self.config.vocab_size)
         return self._encode(input_ids, padding_mask(attention_mask))
 
-    def _encode(self, input_ids: Tensor, mask: Tensor | None) -> Tensor:
+    def _encode(self, input_ids: Tensor, mask: Tensor | None, inputs_embeds: Tensor | None = None) -> Tensor:
+        """`inputs_embeds` [B, S, D] replace the token embeddings (a vision-language model's, with image
+        tokens at its placeholder positions)."""
         B, S = input_ids.shape
         self._check_length(S, "input")
         rope = self.rope(positions_from_mask(mask, B, S, input_ids.device), self.embed.weight.dtype)
         attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, S]
-        x = self.embed(input_ids)  # [B, S, D]
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, S, D]
         for layer in self.encoder:
             x = layer(x, rope, attn_mask)
         return self.encoder_norm(x)
@@ -49,15 +51,17 @@ class EncoderDecoder(LanguageModel):
         decoder_input_ids: Tensor,
         attention_mask: Tensor | None = None,
         decoder_attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
         """Teacher-forced logits [B, T_dec, V]. Token ids are not checked here (that would read them on
-        the host at every training step): collators and `generate` check them where they enter."""
+        the host at every training step): collators and `generate` check them where they enter.
+        `inputs_embeds` [B, S, D]: the encoder's input embeddings in place of `embed(input_ids)`."""
         if decoder_input_ids.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"decoder_input_ids has batch size {decoder_input_ids.shape[0]} but input_ids has {input_ids.shape[0]}"
             )
         enc_mask = as_bool_mask(attention_mask)
-        memory = self._encode(input_ids, enc_mask)
+        memory = self._encode(input_ids, enc_mask, inputs_embeds)
         cross_mask = None if enc_mask is None else enc_mask[:, None, None, :]
 
         B, T = decoder_input_ids.shape
@@ -72,23 +76,30 @@ class EncoderDecoder(LanguageModel):
 
     # --- generation: encode once, project cross K/V once, then one token at a time ---------------
 
-    def cross_kv(self, input_ids: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def cross_kv(
+        self, input_ids: Tensor, mask: Tensor | None, inputs_embeds: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Encode and project every decoder layer's cross-attention K/V: [L, B, K, S, Dh] each. What
         a request computes once; `mask` [B, S] bool or None (nothing padded)."""
-        memory = self._encode(input_ids, mask)
+        memory = self._encode(input_ids, mask, inputs_embeds)
         k, v = zip(*(layer.cross.project_kv(memory) for layer in self.decoder))
         return torch.stack(k), torch.stack(v)
 
     def prefill(
-        self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        max_new_tokens: int,
+        inputs_embeds: Tensor | None = None,
     ) -> tuple[Tensor, GenerationCache]:
         """Encode, fill the cross K/V, run the decoder on BOS: first-token logits [B, V] and a cache
-        for `max_new_tokens` outputs per row."""
+        for `max_new_tokens` outputs per row. Image tokens in `inputs_embeds` enter the cross K/V
+        here, once, and never the decoder's self-attention cache."""
         B, S = input_ids.shape
         self._check_length(max_new_tokens, "max_new_tokens")
         mask = padding_mask(attention_mask)
         cache = self.new_cache(B, 0, max_new_tokens)
-        cache.cross_k, cache.cross_v = self.cross_kv(input_ids, mask)
+        cache.cross_k, cache.cross_v = self.cross_kv(input_ids, mask, inputs_embeds)
         cache.cross_mask = mask
         bos = torch.full((B,), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
         return self.decode_step(bos, cache), cache

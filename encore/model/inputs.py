@@ -50,15 +50,14 @@ def as_bool_mask(attention_mask: Tensor | None) -> Tensor | None:
     return None if attention_mask is None else attention_mask.bool()
 
 
-def right_padded(input_ids: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Each row's real tokens moved to its start, in order (a stable sort on the mask), and each row's
-    length [B]. Generation lays prompts out this way: row b's tokens sit at positions 0 .. n_b - 1,
-    whatever its padding was, so its positions and cache slots never depend on the other rows."""
-    B, S = input_ids.shape
+def right_pad_order(mask: Tensor | None, batch: int, length: int, device: torch.device) -> tuple[Tensor | None, Tensor]:
+    """Generation lays prompts out right-padded: row b's real tokens at positions 0 .. n_b - 1, in
+    order, whatever its padding was, so its positions and cache slots never depend on the other rows.
+    Returns the gather index [B, S] that does it (a stable sort on the mask; None when nothing is
+    padded) and each row's length n_b [B]."""
     if mask is None:
-        return input_ids, torch.full((B,), S, dtype=torch.long, device=input_ids.device)
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
-    return input_ids.gather(1, order), mask.sum(dim=1)
+        return None, torch.full((batch,), length, dtype=torch.long, device=device)
+    return torch.argsort((~mask).to(torch.int8), dim=1, stable=True), mask.sum(dim=1)
 
 
 def positions_from_mask(mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:

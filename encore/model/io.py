@@ -16,17 +16,11 @@ from typing import Any
 import torch
 
 from encore.config import ModelConfig
-from encore.model.base import CONFIG_FILE, LanguageModel
-from encore.model.decoder_only import DecoderOnly
-from encore.model.encdec import EncoderDecoder
+from encore.model.arches import ARCHES, model_class
+from encore.model.base import CONFIG_FILE, WEIGHTS_FILE, LanguageModel
+from encore.model.vlm import VISION_CONFIG_FILE, VISION_WEIGHTS_FILE, VisionLanguageModel
 
-ARCHES: dict[str, type[LanguageModel]] = {"encdec": EncoderDecoder, "deconly": DecoderOnly}
-
-
-def model_class(arch: str) -> type[LanguageModel]:
-    if arch not in ARCHES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHES)}")
-    return ARCHES[arch]
+__all__ = ["ARCHES", "build", "load", "model_class", "read_state", "resolve_model", "spec_label"]
 
 
 def build(config: ModelConfig, seed: int | None = None, device: torch.device | str | None = None) -> LanguageModel:
@@ -70,11 +64,27 @@ def spec_label(spec: str | Path) -> str:
 
 def load(
     directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, **config_changes: Any
-) -> LanguageModel:
-    """Load any encore checkpoint; the class comes from config.json's `arch`. `config_changes`: see
+) -> LanguageModel | VisionLanguageModel:
+    """Load any encore checkpoint; the class comes from config.json's `arch` (a VisionLanguageModel
+    when vision_config.json is beside it). `config_changes`: see
     `LanguageModel.from_pretrained` (e.g. `max_seq_len=8192` to extend the RoPE tables)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: not a model directory")
+    if (directory / VISION_CONFIG_FILE).is_file():
+        return VisionLanguageModel.from_pretrained(directory, device=device, dtype=dtype, **config_changes)
     config = ModelConfig.load(directory / CONFIG_FILE)
     return model_class(config.arch).from_pretrained(directory, device=device, dtype=dtype, **config_changes)
+
+
+def read_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights as its model's `state_dict` names them (a vision-language model's text
+    and vision files under `lm.` and `vision.`)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    text = load_file(str(directory / WEIGHTS_FILE))
+    if not (directory / VISION_CONFIG_FILE).is_file():
+        return text
+    vision = load_file(str(directory / VISION_WEIGHTS_FILE))
+    return {**{f"lm.{k}": v for k, v in text.items()}, **{f"vision.{k}": v for k, v in vision.items()}}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from encore.files import fsync_dir, fsync_tree
+from encore.model.io import read_state
 
 log = logging.getLogger("encore.train")
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -119,12 +120,10 @@ def load_newest(root: str | Path, quarantine: bool = True) -> tuple[Path, dict, 
     None. A checkpoint that fails to load (truncated weights, broken trainer state, missing files) is
     reported by path and skipped; with `quarantine` it is renamed `step-N.damaged` (kept for a look,
     never listed or pruned again)."""
-    from safetensors.torch import load_file
-
     for path in reversed(list_checkpoints(root)):
         try:
             trainer_state, state = load_checkpoint(path)
-            weights = load_file(str(path / "model.safetensors"))
+            weights = read_state(path)
             return path, trainer_state, state, weights
         except Exception as e:  # any damage: a truncated zip / safetensors, a missing file
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__

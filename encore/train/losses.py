@@ -42,12 +42,21 @@ class Loss:
         return sum(int(batch[k].sum()) for k in ("attention_mask", "decoder_attention_mask") if k in batch)
 
 
+def images(batch: Batch) -> dict[str, Tensor]:
+    """A vision-language batch's `pixel_values` as a keyword for the model (nothing for text)."""
+    return {"pixel_values": batch["pixel_values"]} if "pixel_values" in batch else {}
+
+
 class Seq2SeqLoss(Loss):
     """Cross-entropy of an encoder-decoder on `labels` (-100 ignored)."""
 
     def __call__(self, model: nn.Module, batch: Batch) -> LossOutput:
         logits = model(
-            batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"], batch["decoder_attention_mask"]
+            batch["input_ids"],
+            decoder_input_ids=batch["decoder_input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_attention_mask=batch["decoder_attention_mask"],
+            **images(batch),
         )
         labels = batch["labels"]
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
@@ -62,7 +71,12 @@ class CausalLMLoss(Loss):
         labels = batch["labels"][:, 1:]
         scored = labels != IGNORE
         # logits only where a label follows: after a long prompt most positions carry none
-        logits = model(batch["input_ids"], batch["attention_mask"], F.pad(scored, (0, 1), value=False))
+        logits = model(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_mask=F.pad(scored, (0, 1), value=False),
+            **images(batch),
+        )
         return LossOutput(F.cross_entropy(logits.float(), labels[scored], reduction="sum"))
 
     def target_tokens(self, batch: Batch) -> int:

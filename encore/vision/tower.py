@@ -18,6 +18,8 @@ Kept tokens stay in their original (raster) order.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
@@ -75,8 +77,19 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"image_keep must be in (0, 1], got {image_keep!r}")
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-        self.config, self.image_keep, self.selection = config.validate(), image_keep, selection
         self.tower = build_tower(config)
+        if config.tower is not None:  # the pretrained tower's own shape is the truth
+            hf = self.tower.config
+            config = dataclasses.replace(
+                config,
+                hidden_size=hf.hidden_size,
+                intermediate_size=hf.intermediate_size,
+                num_layers=hf.num_hidden_layers,
+                num_heads=hf.num_attention_heads,
+                image_size=hf.image_size,
+                patch_size=hf.patch_size,
+            )
+        self.config, self.image_keep, self.selection = config, image_keep, selection
         if config.freeze_tower:
             self.tower.requires_grad_(False)
         self.scorer = nn.Linear(config.hidden_size, 1) if selection == "learned" else None
