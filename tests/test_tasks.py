@@ -182,9 +182,11 @@ def test_skip_invalid_counts_and_reports(tmp_path):
 
 
 def test_registry_names_splits_and_options():
-    assert task_names() == ["code2doc", "code_x_glue_ct", "squad_v2", "synthqa", "xsum"]
+    assert task_names() == ["addition", "code2doc", "code_x_glue_ct", "squad_v2", "synthqa", "xsum"]
     assert TASKS["squad_v2"].splits == ("train", "validation")
-    with pytest.raises(ValueError, match=r"unknown task 'squad'; known tasks: code2doc, code_x_glue_ct, squad_v2"):
+    with pytest.raises(
+        ValueError, match=r"unknown task 'squad'; known tasks: addition, code2doc, code_x_glue_ct, squad_v2"
+    ):
         load_task("squad")
     with pytest.raises(ValueError, match=r"task 'squad_v2' has no split 'test'; splits: train, validation"):
         load_task("squad_v2", split="test")
@@ -237,3 +239,18 @@ def test_hub_path_calls_load_dataset(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: iter([{}])))
     with pytest.raises(DataError, match=r"hf://datasets/EdinburghNLP/xsum/train: row 1: field 'document': missing"):
         list(load_task("xsum"))
+
+
+def test_addition_task_is_seeded_and_correct():
+    from encore.data import addition
+
+    train = list(load_task("addition", split="train", size=200))
+    assert train == list(load_task("addition", split="train", size=200))  # seeded
+    for e in train:
+        a, b = (int(x.replace(" ", "")) for x in e["source"].split(" + "))
+        assert int(e["target"].replace(" ", "")) == a + b and len(e["source"]) == len("0 0 0 + 0 0 0")
+    validation = {e["source"] for e in load_task("addition", split="validation", size=200)}
+    assert len(validation & {e["source"] for e in train}) < 5  # separate streams (equal pairs only by chance)
+    assert addition.example("train", 0, digits=5)["source"].count(" ") == 10
+    with pytest.raises(ValueError, match="digits"):
+        list(load_task("addition", digits=0))

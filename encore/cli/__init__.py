@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("encore.cli.export", "export a model for deployment (ONNX graphs + manifest; int8, static shapes)"),
     "serve": ("encore.cli.serve", "an OpenAI-compatible HTTP server with continuous batching"),
     "tokenizer": ("encore.cli.tokenizer", "train a byte-level BPE tokenizer on a corpus"),
+    "reproduce": ("encore.cli.reproduce", "re-measure every claim of the paper: REPORT.md + results.json"),
 }
 
 

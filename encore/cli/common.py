@@ -8,11 +8,11 @@ import dataclasses
 import json
 from typing import Any
 
-from encore.model import LanguageModel, build, load, resolve_model
+from encore.model import LanguageModel, VisionLanguageModel, build, load, resolve_model
 
 TASK_HELP = (
-    "a task name (code2doc, synthqa, squad_v2, xsum, code_x_glue_ct) or a .jsonl/.json/.parquet file of "
-    "source/target pairs"
+    "a task name (code2doc, synthqa, addition, squad_v2, xsum, code_x_glue_ct; with --vision or a vision checkpoint: "
+    "shapesvqa) or a .jsonl/.json/.parquet file of source/target pairs (with images: image/question/answer records)"
 )
 
 
@@ -150,4 +150,19 @@ def load_for_inference(
     if checkpoint is None and not random_weights:
         hint = "" if random_weights is None else "; pass one, or --random-weights to serve the preset untrained"
         raise ValueError(f"--model {spec!r}: not a checkpoint directory{hint}")
-    return optimize(build_model(spec, tokenizer), device=device, quantize=quantize)
+    model = build_model(spec, tokenizer)
+    if isinstance(model, VisionLanguageModel):  # the text model gets the kernels; the tower runs as it is
+        optimize(model.lm, device=device, quantize=quantize)
+        model.vision.to(device).eval()
+        return model
+    return optimize(model, device=device, quantize=quantize)
+
+
+def text_only(model: Any, spec: str, command: str) -> Any:
+    """`model`, unless it is a vision-language checkpoint, which `command` does not take (yet)."""
+    if isinstance(model, VisionLanguageModel):
+        raise ValueError(
+            f"--model {spec} is a vision-language checkpoint: encore {command} takes text models only "
+            "(use encore generate --image / encore eval for images)"
+        )
+    return model

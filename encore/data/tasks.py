@@ -18,6 +18,8 @@ Tasks (`task_names()`; `TASKS` holds their descriptions and splits):
                     CodeXGLUE code-to-text as its benchmark scripts feed it (the tokens leave the
                     docstring out of the code). Option `language` (hub config, default "python").
     code2doc        stdlib functions -> first docstring sentence (`encore.data.code2doc`), offline.
+    addition        generated n-digit sums with spaced digits (`encore.data.addition`), offline; options
+                    `size`, `seed`, `digits` (default 3).
     synthqa         generated SQuAD-2-style QA (`encore.data.synthqa`), offline; options `size`, `seed`,
                     `max_entities` (smaller worlds, shorter contexts).
     <file>          a .jsonl / .jsonl.gz / .json / .parquet file of pairs; options `source_field`,
@@ -154,6 +156,12 @@ def _code2doc(split: str, **options: Any) -> Iterator[Example]:
     return code2doc.load(split, **options)
 
 
+def _addition(split: str, **options: Any) -> Iterator[Example]:
+    from encore.data import addition
+
+    return addition.load(split, **options)
+
+
 def _synthqa(split: str, **options: Any) -> Iterator[Example]:
     from encore.data import synthqa
 
@@ -201,6 +209,13 @@ TASKS: dict[str, Task] = {
             ("train", "validation", "test"),
             ("size", "seed", "max_entities"),
             builtin=_synthqa,
+        ),
+        Task(
+            "addition",
+            "n-digit addition with spaced digits, '4 7 1 + 3 9 2' -> '8 6 3' (offline)",
+            ("train", "validation", "test"),
+            ("size", "seed", "digits"),
+            builtin=_addition,
         ),
     )
 }
