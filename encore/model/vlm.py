@@ -83,9 +83,6 @@ class VisionLanguageModel(nn.Module):
         """k: image tokens per image (= placeholders per prompt)."""
         return self.vision.tokens
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def set_dropout(self, p: float) -> None:
         self.lm.set_dropout(p)
 
