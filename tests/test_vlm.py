@@ -173,3 +173,21 @@ def test_vqa_jsonl_reader_names_file_line_and_field(tmp_path):
     report = SkipReport()
     assert list(load_vqa(path, skip_invalid=True, report=report)) == [] and report.total == 1
     assert len(list(load_vqa("shapesvqa", split="validation", limit=5))) == 5
+
+
+def test_optimize_swaps_the_text_model_and_moves_the_tower(tmp_path):
+    from encore import deoptimize, optimize
+
+    vlm = make_vlm("encdec")
+    ids, px = torch.tensor([vlm.image_prompt([300, 301])]), pixels(1)
+    before = vlm.generate(ids, pixel_values=px, max_new_tokens=6, eos_token_id=None)
+    assert optimize(vlm) is vlm and vlm.lm._encore_optimized is not None
+    assert not any(p.requires_grad for p in vlm.vision.parameters())
+    assert vlm.generate(ids, pixel_values=px, max_new_tokens=6, eos_token_id=None).shape == before.shape
+    with pytest.raises(ValueError, match="deoptimize"):
+        vlm.save_pretrained(tmp_path / "m")
+    deoptimize(vlm)
+    vlm.save_pretrained(tmp_path / "m")
+    assert torch.equal(
+        encore.load(tmp_path / "m").generate(ids, pixel_values=px, max_new_tokens=6, eos_token_id=None), before
+    )

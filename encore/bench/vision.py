@@ -52,9 +52,7 @@ def _vlm(spec: str, vision: VisionConfig, selection: str, device: str, seed: int
         raise ValueError(f"--model {spec}: bench --vision builds models from presets or config .json (random weights)")
     torch.manual_seed(seed)
     vlm = VisionLanguageModel(config, vision, 1.0, selection, IMAGE_TOKEN_ID, lm=build(config, seed=seed))
-    optimize(vlm.lm, device=device)
-    vlm.vision.to(device).eval()
-    return vlm
+    return optimize(vlm, device=device)
 
 
 def _timed(fn: Any, device: str) -> float:
@@ -80,11 +78,7 @@ def _point(vlm: VisionLanguageModel, pixels: torch.Tensor, config: VisionBenchCo
 
 
 def run_vision_bench(config: VisionBenchConfig) -> dict[str, Any]:
-    vision = (
-        VisionConfig.preset(config.vision)
-        if config.vision in VisionConfig.preset_names()
-        else VisionConfig.load(config.vision)
-    )
+    vision = VisionConfig.resolve(config.vision)
     for keep in config.image_keeps:
         if not 0 < keep <= 1:
             raise ValueError(f"--image-keep {keep}: must be in (0, 1]")

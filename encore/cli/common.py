@@ -150,12 +150,7 @@ def load_for_inference(
     if checkpoint is None and not random_weights:
         hint = "" if random_weights is None else "; pass one, or --random-weights to serve the preset untrained"
         raise ValueError(f"--model {spec!r}: not a checkpoint directory{hint}")
-    model = build_model(spec, tokenizer)
-    if isinstance(model, VisionLanguageModel):  # the text model gets the kernels; the tower runs as it is
-        optimize(model.lm, device=device, quantize=quantize)
-        model.vision.to(device).eval()
-        return model
-    return optimize(model, device=device, quantize=quantize)
+    return optimize(build_model(spec, tokenizer), device=device, quantize=quantize)
 
 
 def text_only(model: Any, spec: str, command: str) -> Any:

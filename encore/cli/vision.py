@@ -7,7 +7,6 @@ Wiring only: the model is `encore.model.vlm`, the data `encore.data.vqa`, genera
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from encore.cli.common import task_options
@@ -36,15 +35,7 @@ def add_vision_args(p: argparse.ArgumentParser) -> None:
 def vision_config(args: argparse.Namespace) -> Any:
     from encore.vision import VisionConfig
 
-    spec = args.vision
-    if spec in VisionConfig.preset_names():
-        config = VisionConfig.preset(spec)
-    elif spec.endswith(".json"):
-        if not Path(spec).is_file():
-            raise FileNotFoundError(f"--vision {spec}: no such VisionConfig file")
-        config = VisionConfig.load(spec)
-    else:
-        raise ValueError(f"--vision {spec!r}: neither a preset ({', '.join(VisionConfig.preset_names())}) nor a .json")
+    config = VisionConfig.resolve(args.vision)
     if args.vision_tower:
         from encore.files import check_local
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from encore.model.kernels import Int8Linear, OneDNNLinear, int8_available, onednn_available
 from encore.model.layers import Linear
+from encore.model.vlm import VisionLanguageModel
 
 QUANTIZE = (None, "int8")
 CPU_LINEAR = ("auto", "onednn", "aten")
@@ -46,6 +47,11 @@ def optimize(
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
     if linear not in CPU_LINEAR:
         raise ValueError(f"linear must be one of {CPU_LINEAR}, got {linear!r}")
+    if isinstance(model, VisionLanguageModel):  # the text model gets the kernels; the tower follows its device/dtype
+        optimize(model.lm, device, dtype, quantize, linear)
+        weight = model.lm.embed.weight
+        model.vision.to(device=weight.device, dtype=weight.dtype).eval().requires_grad_(False)
+        return model
     deoptimize(model)
     device = torch.device(device) if device is not None else model.embed.weight.device
     if dtype is None:
@@ -88,6 +94,9 @@ def _kernel(device: torch.device, dtype: torch.dtype, quantize: str | None, line
 def deoptimize(model: Any) -> Any:
     """Undo `optimize`'s module swaps (the original modules and weights come back); device and dtype
     stay. Returns the model."""
+    if isinstance(model, VisionLanguageModel):
+        deoptimize(model.lm)
+        return model
     for parent, name, original in reversed(getattr(model, "_encore_swaps", [])):
         setattr(parent, name, original)
     model._encore_swaps = []

@@ -44,6 +44,17 @@ class VisionConfig:
     def preset_names() -> list[str]:
         return list(PRESETS)
 
+    @classmethod
+    def resolve(cls, spec: str, flag: str = "--vision") -> VisionConfig:
+        """A preset name or a VisionConfig .json file (what `--vision` takes)."""
+        if spec in PRESETS:
+            return cls.preset(spec)
+        if str(spec).endswith(".json"):
+            if not Path(spec).is_file():
+                raise FileNotFoundError(f"{flag} {spec}: no such VisionConfig file")
+            return cls.load(spec)
+        raise ValueError(f"{flag} {spec!r}: neither a preset ({', '.join(PRESETS)}) nor a .json")
+
     @property
     def patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
