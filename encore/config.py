@@ -27,7 +27,7 @@ class ModelConfig:
     n_kv_heads: int = 3
     head_dim: int = 64
     mlp_dim: int = 4096
-    mlp_type: Literal["gelu", "swiglu"] = "gelu"
+    mlp_type: Literal["gelu", "swiglu", "geglu"] = "gelu"  # geglu: gated GELU-tanh (Gemma)
     max_seq_len: int = 4096
     rope_theta: float = 10000.0
     # NTK-aware RoPE scaling: a factor s > 1 stretches the usable context by ~s without training,
@@ -39,6 +39,32 @@ class ModelConfig:
     pad_token_id: int = 0
     bos_token_id: int = 1  # the decoder's start token
     eos_token_id: int = 2
+    # --- block variants: the defaults are encore's own blocks; imported families (encore.convert) set
+    # what their checkpoints need. Each picks modules when the model is built (model/layers.py).
+    extra_eos_token_ids: list[int] = dataclasses.field(default_factory=list)  # more ids that end a reply
+    norm_plus_one: bool = False  # RMSNorm scales by (1 + w), computed in fp32 (Gemma)
+    sandwich_norm: bool = False  # a norm after attention / cross-attention / MLP too, before the residual
+    qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (Qwen3, Gemma 3)
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
+    attn_scale: float | None = None  # the query scale (None: head_dim ** -0.5; Gemma: query_pre_attn_scalar ** -0.5)
+    attn_softcap: float | None = None  # attention logits -> c * tanh(logits / c) (Gemma 2)
+    final_softcap: float | None = None  # output logits -> c * tanh(logits / c) (Gemma 2)
+    embed_scale: bool = False  # embeddings multiplied by sqrt(d_model) (Gemma)
+    tie_encoder_embeddings: bool = True  # False: the encoder has its own embedding table (T5Gemma)
+    # attention pattern per layer, "full" or "sliding" (a window of `sliding_window` positions: causal
+    # in the decoder, |i - j| <= window in the encoder); empty: every layer full
+    encoder_layer_types: list[str] = dataclasses.field(default_factory=list)
+    decoder_layer_types: list[str] = dataclasses.field(default_factory=list)
+    sliding_window: int = 0
+    rope_local_theta: float | None = None  # RoPE base of the sliding layers (None: rope_theta)
+    # RoPE scaling of the full layers as the checkpoint's family ships it: {"rope_type": "linear",
+    # "factor": f} or {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}; None for none (`rope_scaling` is encore's NTK factor)
+    rope_params: dict[str, Any] | None = None
+    # how a source / prompt is laid out around its text ids: "encore" (encoder-decoder: ids + EOS;
+    # decoder-only: BOS + ids + EOS), "bos" (BOS + ids, as Llama's and Gemma's tokenizers do) or "plain"
+    source_layout: Literal["encore", "bos", "plain"] = "encore"
+    family: str = "encore"  # the checkpoint family it came from (encore.convert), for save_pretrained(format="hf")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -49,8 +75,10 @@ class ModelConfig:
 
         if self.arch not in ("encdec", "deconly"):
             fail("arch", "must be 'encdec' or 'deconly'")
-        if self.mlp_type not in ("gelu", "swiglu"):
-            fail("mlp_type", "must be 'gelu' or 'swiglu'")
+        if self.source_layout not in ("encore", "bos", "plain"):
+            fail("source_layout", "must be 'encore', 'bos' or 'plain'")
+        if self.mlp_type not in ("gelu", "swiglu", "geglu"):
+            fail("mlp_type", "must be 'gelu', 'swiglu' or 'geglu'")
         for name in (
             "vocab_size",
             "d_model",
@@ -80,6 +108,44 @@ class ModelConfig:
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 fail(name, f"must be a token id in [0, vocab_size={self.vocab_size})")
+        if any(not isinstance(i, int) or not 0 <= i < self.vocab_size for i in self.extra_eos_token_ids):
+            fail("extra_eos_token_ids", f"must be token ids in [0, vocab_size={self.vocab_size})")
+        for name, n in (("encoder_layer_types", self.n_encoder_layers), ("decoder_layer_types", self.n_decoder_layers)):
+            types = getattr(self, name)
+            if types and (len(types) != n or set(types) - {"full", "sliding"}):
+                fail(name, f"must be empty or {n} entries of 'full' / 'sliding'")
+            if "sliding" in types and self.sliding_window <= 0:
+                fail("sliding_window", f"{name} has sliding layers: the window must be a positive integer")
+        for name in ("attn_softcap", "final_softcap", "attn_scale", "rope_local_theta"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                fail(name, "must be positive (or None)")
+        if self.rope_params is not None and self.rope_params.get("rope_type") not in ("linear", "llama3"):
+            fail("rope_params", "rope_type must be 'linear' or 'llama3' (the RoPE scalings encore implements)")
+
+    # --- derived --------------------------------------------------------------------------------
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends a reply: `eos_token_id` first."""
+        return (self.eos_token_id, *(i for i in self.extra_eos_token_ids if i != self.eos_token_id))
+
+    def source_ids(self, ids: list[int]) -> list[int]:
+        """A source's text ids laid out as the model reads them (`source_layout`)."""
+        if self.source_layout == "bos":
+            return [self.bos_token_id, *ids]
+        if self.source_layout == "plain":
+            return list(ids)
+        return [*ids, self.eos_token_id] if self.arch == "encdec" else [self.bos_token_id, *ids, self.eos_token_id]
+
+    @property
+    def gated_mlp(self) -> bool:
+        return self.mlp_type in ("swiglu", "geglu")
+
+    def layer_types(self, part: str) -> list[str]:
+        """ "full" / "sliding" for each layer of `part` ("encoder" or "decoder")."""
+        types = self.encoder_layer_types if part == "encoder" else self.decoder_layer_types
+        n = self.n_encoder_layers if part == "encoder" else self.n_decoder_layers
+        return list(types) or ["full"] * n
 
     # --- parameter accounting -------------------------------------------------------------------
 
@@ -94,17 +160,22 @@ class ModelConfig:
             "self_attn": d * (self.n_heads + 2 * self.n_kv_heads) * hd + self.n_heads * hd * d,
             "cross_q_out": 2 * d * self.n_heads * hd if encdec else 0,
             "cross_kv": d * 2 * self.n_kv_heads * hd if encdec else 0,
-            "mlp": (3 if self.mlp_type == "swiglu" else 2) * d * self.mlp_dim,
+            "mlp": (3 if self.gated_mlp else 2) * d * self.mlp_dim,
             "head": self.vocab_size * d,
         }
 
     def param_counts(self) -> dict[str, int]:
         """Parameters split into embedding / encoder / decoder / total (tied head counted once)."""
         m, norm = self.matrix_params(), self.d_model
-        enc_layer = m["self_attn"] + m["mlp"] + 2 * norm
-        cross = (m["cross_q_out"] + m["cross_kv"] + norm) if self.arch == "encdec" else 0
-        dec_layer = m["self_attn"] + m["mlp"] + 2 * norm + cross
-        embedding = self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
+        per_norm = 2 if self.sandwich_norm else 1  # a norm before each sub-block, and after it when sandwiched
+        attn_extra = (2 * self.head_dim if self.qk_norm else 0) + (
+            (self.n_heads + 2 * self.n_kv_heads) * self.head_dim if self.qkv_bias else 0
+        )
+        enc_layer = m["self_attn"] + m["mlp"] + 2 * per_norm * norm + attn_extra
+        cross = (m["cross_q_out"] + m["cross_kv"] + per_norm * norm) if self.arch == "encdec" else 0
+        dec_layer = m["self_attn"] + m["mlp"] + 2 * per_norm * norm + cross + attn_extra
+        tables = 1 + (not self.tie_embeddings) + (self.arch == "encdec" and not self.tie_encoder_embeddings)
+        embedding = self.vocab_size * self.d_model * tables
         encoder = self.n_encoder_layers * enc_layer + (norm if self.n_encoder_layers else 0)
         decoder = self.n_decoder_layers * dec_layer + norm
         return {"embedding": embedding, "encoder": encoder, "decoder": decoder, "total": embedding + encoder + decoder}
@@ -186,3 +257,69 @@ PRESETS: dict[str, dict[str, Any]] = {
     "encdec-tiny": dict(_TINY, arch="encdec", n_encoder_layers=4, n_decoder_layers=2),
     "deconly-tiny": dict(_TINY, arch="deconly", n_encoder_layers=0, n_decoder_layers=6),
 }
+
+# The exact shapes of released checkpoints (random weights: the bench runs them offline; `encore.load`
+# of the real checkpoint gives the same config with its weights). Parameter counts match the releases.
+_SMOLLM2 = dict(arch="deconly", n_encoder_layers=0, vocab_size=49152, head_dim=64, mlp_type="swiglu",
+                max_seq_len=8192, rope_theta=100000.0, norm_eps=1e-5, pad_token_id=2, bos_token_id=1,
+                eos_token_id=2, source_layout="plain", family="llama")  # fmt: skip
+_GEMMA = dict(mlp_type="geglu", norm_plus_one=True, sandwich_norm=True, embed_scale=True, pad_token_id=0,
+              eos_token_id=1, bos_token_id=2, source_layout="bos")  # fmt: skip
+_T5GEMMA = dict(_GEMMA, arch="encdec", vocab_size=256000, head_dim=64, attn_scale=64**-0.5, attn_softcap=50.0,
+                final_softcap=30.0, sliding_window=4096, max_seq_len=8192, tie_encoder_embeddings=False,
+                family="t5gemma")  # fmt: skip
+
+
+def _alternating(n: int) -> list[str]:
+    """T5Gemma's (Gemma 2's) pattern: sliding, full, sliding, full, ..."""
+    return ["sliding" if i % 2 == 0 else "full" for i in range(n)]
+
+
+PRESETS.update(
+    {
+        "smollm2-135m": dict(_SMOLLM2, d_model=576, n_decoder_layers=30, n_heads=9, n_kv_heads=3, mlp_dim=1536),
+        "smollm2-360m": dict(_SMOLLM2, d_model=960, n_decoder_layers=32, n_heads=15, n_kv_heads=5, mlp_dim=2560),
+        "gemma3-270m": dict(
+            _GEMMA,
+            arch="deconly",
+            n_encoder_layers=0,
+            vocab_size=262144,
+            d_model=640,
+            n_decoder_layers=18,
+            n_heads=4,
+            n_kv_heads=1,
+            head_dim=256,
+            mlp_dim=2048,
+            qk_norm=True,
+            attn_scale=256**-0.5,
+            decoder_layer_types=(["sliding"] * 5 + ["full"]) * 3,
+            sliding_window=512,
+            rope_theta=1_000_000.0,
+            rope_local_theta=10000.0,
+            max_seq_len=32768,
+            family="gemma3_text",
+        ),
+        "t5gemma-s-s": dict(
+            _T5GEMMA,
+            d_model=512,
+            n_encoder_layers=8,
+            n_decoder_layers=8,
+            n_heads=8,
+            n_kv_heads=8,
+            mlp_dim=1024,
+            encoder_layer_types=_alternating(8),
+            decoder_layer_types=_alternating(8),
+        ),
+        "t5gemma-b-b": dict(
+            _T5GEMMA,
+            d_model=768,
+            n_encoder_layers=12,
+            n_decoder_layers=12,
+            n_heads=12,
+            n_kv_heads=12,
+            mlp_dim=2048,
+            encoder_layer_types=_alternating(12),
+            decoder_layer_types=_alternating(12),
+        ),
+    }
+)

@@ -9,6 +9,7 @@ import pytest
 from encore.bench.costmodel import Machine
 from encore.bench.serving import ServeBenchConfig, at_rate, predict, prompt_text, summarize, word_tokens, workload
 from encore.cli import main
+from encore.config import ModelConfig
 from encore.data.collate import prompt_ids
 from encore.data.vocab import default_tokenizer
 from encore.model import resolve_model
@@ -30,8 +31,8 @@ def test_prompts_have_exactly_the_planned_token_count():
     words, rng = word_tokens(tokenizer), random.Random(0)
     for n in (1, 7, 382, 510):
         text = prompt_text(words, n, rng)
-        assert len(prompt_ids(tokenizer, text, "deconly")) == n + 2  # + BOS and EOS
-        assert len(prompt_ids(tokenizer, text, "encdec")) == n + 1
+        assert len(prompt_ids(tokenizer, text, ModelConfig.preset("deconly-tiny"))) == n + 2  # + BOS and EOS
+        assert len(prompt_ids(tokenizer, text, ModelConfig.preset("encdec-tiny"))) == n + 1
 
 
 def test_summary_of_known_records():

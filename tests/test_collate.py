@@ -98,7 +98,7 @@ def test_prompt_ids_match_the_collators(tok):
         collate = finetune_collator(ModelConfig.preset(preset), max_source_len=64, max_target_len=8)
         assert isinstance(collate, Seq2SeqCollator if arch == "encdec" else CausalLMCollator)
         row = collate(pairs)["input_ids"][0].tolist()
-        prompt = prompt_ids(tok, "what is two plus two?", arch)
+        prompt = prompt_ids(tok, "what is two plus two?", ModelConfig.preset(preset))
         assert row[: len(prompt)] == prompt  # generation sees the source exactly as training did
         assert prompt[-1] == tok.eos_token_id and (arch == "encdec" or prompt[0] == tok.bos_token_id)
 

@@ -45,7 +45,7 @@ def reference(checkpoint):
     model = optimize(load(checkpoint))
 
     def run(prompt: str, max_tokens: int) -> tuple[str, list[int]]:
-        ids = prompt_ids(model.tokenizer, prompt, "encdec")
+        ids = prompt_ids(model.tokenizer, prompt, model.config)
         out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False)[0].tolist()
         eos = model.config.eos_token_id
         tokens = out[: out.index(eos) + 1] if eos in out else out
@@ -126,7 +126,7 @@ def test_completion_has_openai_shape_text_and_usage(server, reference):
     [choice] = body["choices"]
     assert choice["index"] == 0 and choice["text"] == text
     assert choice["finish_reason"] == ("stop" if tokens[-1] == reference.model.config.eos_token_id else "length")
-    prompt_tokens = len(prompt_ids(reference.model.tokenizer, prompt, "encdec"))
+    prompt_tokens = len(prompt_ids(reference.model.tokenizer, prompt, reference.model.config))
     assert body["usage"] == {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": len(tokens) - (choice["finish_reason"] == "stop"),

@@ -21,9 +21,10 @@ import torch
 
 from encore.bench.machine import roofline_kernel
 from encore.config import ModelConfig
+from encore.convert import load, resolve_model
 from encore.infer.engine import Engine
 from encore.infer.optimize import optimize
-from encore.model.io import build, load, resolve_model, spec_label
+from encore.model.io import build, spec_label
 
 
 @dataclass

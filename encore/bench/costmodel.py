@@ -131,7 +131,7 @@ def _matmuls(name: str, params: int, tokens: int, wb: int, b: int, io: int, acts
 def _decoder_step_io(config: ModelConfig) -> int:
     """Sum over one decoder layer's per-step matrices of (in + out) features (for activation bytes)."""
     d, q, kv = config.d_model, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
-    mlp_in = (2 if config.mlp_type == "swiglu" else 1) * config.mlp_dim
+    mlp_in = (2 if config.gated_mlp else 1) * config.mlp_dim
     io = (d + q + 2 * kv) + (q + d) + (d + mlp_in) + (config.mlp_dim + d)
     if config.arch == "encdec":
         io += (d + q) + (q + d)  # cross-attention query and output projections
@@ -140,7 +140,7 @@ def _decoder_step_io(config: ModelConfig) -> int:
 
 def _encoder_layer_io(config: ModelConfig) -> int:
     d, q, kv = config.d_model, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
-    mlp_in = (2 if config.mlp_type == "swiglu" else 1) * config.mlp_dim
+    mlp_in = (2 if config.gated_mlp else 1) * config.mlp_dim
     return (d + q + 2 * kv) + (q + d) + (d + mlp_in) + (config.mlp_dim + d)
 
 

@@ -38,7 +38,7 @@ from encore.bench.machine import machine_for
 from encore.bench.registry import make_backend
 from encore.bench.report import format_report, plot, validate_bench_json
 from encore.bench.workers import ProcessWorker, Worker
-from encore.model.io import resolve_model
+from encore.convert import resolve_model
 from encore.progress import Progress
 
 

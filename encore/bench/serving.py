@@ -299,7 +299,7 @@ def _machine(cfg: ServeBenchConfig) -> Machine:
 
 def _serve_one(model: str, cfg: ServeBenchConfig, words: list[str], machine: Machine) -> dict:
     """Start the server, warm it up, run the workload at each rate, stop it (SIGTERM); the model's results."""
-    from encore.model import resolve_model
+    from encore.convert import resolve_model
 
     log_path = Path(cfg.json_path or "bench_serve.json").with_suffix(f".{model.replace('/', '_')}.log")
     server = ServerProcess(model, cfg, log_path)

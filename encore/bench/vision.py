@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from encore.convert import resolve_model
 from encore.model.cache import GenerationCache
-from encore.model.io import build, resolve_model, spec_label
+from encore.model.io import build, spec_label
 from encore.model.vlm import IMAGE_TOKEN_ID, VisionLanguageModel
 from encore.vision.config import VisionConfig
 

@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("encore.cli.bench", "time an encoder-decoder against a decoder-only model of the same size"),
     "export": ("encore.cli.export", "export a model for deployment (ONNX graphs + manifest; int8, static shapes)"),
     "serve": ("encore.cli.serve", "an OpenAI-compatible HTTP server with continuous batching"),
+    "convert": (
+        "encore.cli.convert",
+        "convert a checkpoint: transformers (T5Gemma, Llama, Qwen, Gemma 3, GGUF) <-> encore",
+    ),
     "tokenizer": ("encore.cli.tokenizer", "train a byte-level BPE tokenizer on a corpus"),
     "reproduce": ("encore.cli.reproduce", "re-measure every claim of the paper: REPORT.md + results.json"),
 }

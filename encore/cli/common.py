@@ -8,7 +8,8 @@ import dataclasses
 import json
 from typing import Any
 
-from encore.model import LanguageModel, VisionLanguageModel, build, load, resolve_model
+from encore.convert import load, resolve_model
+from encore.model import LanguageModel, VisionLanguageModel, build
 
 TASK_HELP = (
     "a task name (code2doc, synthqa, addition, squad_v2, xsum, code_x_glue_ct; with --vision or a vision checkpoint: "
@@ -46,7 +47,8 @@ def add_model_args(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="a preset name (encore.ModelConfig.preset_names()), a ModelConfig .json file or a checkpoint directory",
+        help="a preset name (encore.ModelConfig.preset_names()), a ModelConfig .json file, an encore or transformers "
+        "checkpoint directory (T5Gemma, Llama, Qwen2/3, Gemma 3), hf:ORG/NAME, or a .gguf file",
     )
     p.add_argument(
         "--tokenizer",

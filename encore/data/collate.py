@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from encore.config import ModelConfig
-from encore.tokenizer import encode_text, special_ids
+from encore.tokenizer import encode_text
 
 Batch = dict[str, Tensor]  # a collated batch: named [batch, length] tensors
 Truncation = Literal["right", "left", "error"]
@@ -101,6 +101,9 @@ def _ids(example: dict, key: str, index: int) -> Sequence[int]:
         raise ValueError(f"example #{index} of the batch has no {key!r} (it has {keys})") from None
 
 
+_LAYOUT_SPECIALS = {"encore": None, "bos": 1, "plain": 0}  # specials each `ModelConfig.source_layout` adds
+
+
 class _Collator:
     n_source_specials = 1  # specials the source layout adds
 
@@ -115,8 +118,14 @@ class _Collator:
         truncation: Truncation = "right",
         target_truncation: Truncation = "right",
         add_special_tokens: bool = True,
+        source_layout: str = "encore",
     ) -> None:
         _check_side("truncation", truncation)
+        if source_layout not in _LAYOUT_SPECIALS:
+            raise ValueError(f"source_layout must be one of {sorted(_LAYOUT_SPECIALS)}, got {source_layout!r}")
+        self.source_layout = source_layout
+        if source_layout != "encore":  # an imported family's layout: BOS + ids, or the ids alone; no EOS
+            self.n_source_specials = _LAYOUT_SPECIALS[source_layout]
         _check_side("target_truncation", target_truncation)
         specials = self.n_source_specials if add_special_tokens else 0
         if max_source_len is not None and max_source_len <= specials:
@@ -160,6 +169,11 @@ class _Collator:
         return self.stats.summary(self.max_source_len, self.max_target_len)
 
 
+def _imported_source(collator: _Collator, ids: Sequence[int]) -> list[int]:
+    """An imported family's source: BOS + ids ("bos") or the ids as they are ("plain")."""
+    return [collator.bos_id, *ids] if collator.source_layout == "bos" else list(ids)
+
+
 class Seq2SeqCollator(_Collator):
     """Encoder-decoder batches from {"source_ids", "target_ids"}: input_ids, attention_mask,
     decoder_input_ids ([BOS] + target[:-1]: the labels shifted right behind BOS), decoder_attention_mask,
@@ -167,6 +181,8 @@ class Seq2SeqCollator(_Collator):
     (packed span-corruption examples, which end with EOS already)."""
 
     def source(self, ids: Sequence[int]) -> list[int]:
+        if self.source_layout != "encore":
+            return _imported_source(self, ids)
         return [*ids, self.eos_id]
 
     def __call__(self, examples: list[dict]) -> dict[str, Tensor]:
@@ -192,6 +208,8 @@ class CausalLMCollator(_Collator):
     n_source_specials = 2
 
     def source(self, ids: Sequence[int]) -> list[int]:
+        if self.source_layout != "encore":
+            return _imported_source(self, ids)
         return [self.bos_id, *ids, self.eos_id]
 
     def __call__(self, examples: list[dict]) -> dict[str, Tensor]:
@@ -211,15 +229,10 @@ class CausalLMCollator(_Collator):
 # --- wiring helpers ----------------------------------------------------------------------------------------
 
 
-def prompt_ids(tokenizer: Any, text: str, arch: str) -> list[int]:
-    """The model input for generating from `text`, laid out as the fine-tuning collators lay out a source."""
-    _, bos, eos = special_ids(tokenizer)
-    ids = encode_text(tokenizer, text)
-    if arch == "encdec":
-        return [*ids, eos]
-    if arch == "deconly":
-        return [bos, *ids, eos]
-    raise ValueError(f"arch must be 'encdec' or 'deconly', got {arch!r}")
+def prompt_ids(tokenizer: Any, text: str, config: ModelConfig) -> list[int]:
+    """The model input for generating from `text`, laid out as the fine-tuning collators lay out a
+    source (`ModelConfig.source_ids`)."""
+    return config.source_ids(encode_text(tokenizer, text))
 
 
 def tokenize_pairs(tokenizer: Any, examples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -256,6 +269,7 @@ def finetune_collator(
         max_target_len,
         truncation=truncation,
         target_truncation=target_truncation,
+        source_layout=config.source_layout,
     )
 
 

@@ -21,9 +21,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from encore.convert import load
 from encore.distill.errors import DistillError, TokenizerMismatchError
 from encore.model.base import LanguageModel
-from encore.model.io import load
 
 # T5-style sentinels: a student may add them after the teacher's vocabulary (span corruption needs
 # them); the teacher then gives them probability 0 and they are left out of the KD term.

@@ -79,9 +79,13 @@ class PastCache:
         self.new_v.append(v)
         return torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
 
-    def step_mask(self) -> Tensor:
-        """[B, 1, 1, T + 1]: the row's written past positions, and its new key (last)."""
-        past = torch.arange(self.k[0].shape[2], device=self.length.device)[None, :] < self.length[:, None]
+    def step_mask(self, window: int = 0) -> Tensor:
+        """[B, 1, 1, T + 1]: the row's written past positions (the last `window` - 1 of them for a
+        sliding layer), and its new key (last)."""
+        positions = torch.arange(self.k[0].shape[2], device=self.length.device)[None, :]
+        past = positions < self.length[:, None]
+        if window:
+            past &= positions > self.length[:, None] - window
         return torch.cat([past, torch.ones_like(past[:, :1])], dim=1)[:, None, None, :]
 
 

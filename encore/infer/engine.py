@@ -61,7 +61,7 @@ class _Request:
     ids: list[int]
     max_new_tokens: int
     sampling: Sampling
-    eos: int | None
+    eos: tuple[int, ...] | None
     generator: torch.Generator | None
     slot: int = -1
     produced: int = 0
@@ -134,7 +134,7 @@ class Engine:
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
-        eos_token_id: int | None | _FromConfig = FROM_CONFIG,
+        eos_token_id: int | list[int] | None | _FromConfig = FROM_CONFIG,
     ) -> int:
         """Queue a request; returns its id. `input_ids`: a 1-D sequence of token ids (list or LongTensor),
         laid out as the model expects (`encore.data.prompt_ids`). Bad input raises ValueError naming what
@@ -146,8 +146,6 @@ class Engine:
             raise ValueError(f"max_new_tokens {max_new} is more than this engine's {self.max_new_tokens}")
         sampling = Sampling(do_sample, temperature, top_k, top_p, seed).check()
         eos = resolve_eos(eos_token_id, self.config)
-        if eos is not None and not (isinstance(eos, int) and 0 <= eos < self.config.vocab_size):
-            raise ValueError(f"eos_token_id {eos!r} is not a token id in [0, {self.config.vocab_size})")
         request = _Request(next(self._ids), ids, max_new, sampling, eos, sampling.generator(self.device))
         self.queue.append(request)
         return request.id
@@ -299,7 +297,7 @@ class Engine:
         for r, token in zip(requests, chosen.tolist()):  # the step's one host read
             r.produced += 1
             reason = (
-                STOP if r.eos is not None and token == r.eos else LENGTH if r.produced == r.max_new_tokens else None
+                STOP if r.eos is not None and token in r.eos else LENGTH if r.produced == r.max_new_tokens else None
             )
             if reason is not None:
                 self.slots[r.slot] = None

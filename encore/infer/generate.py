@@ -32,7 +32,7 @@ def generate_stream(
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     max_new_tokens: int = 32,
-    eos_token_id: int | None | _FromConfig = FROM_CONFIG,
+    eos_token_id: int | list[int] | None | _FromConfig = FROM_CONFIG,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -51,6 +51,7 @@ def generate_stream(
     generator = sampling.generator(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
     eos = resolve_eos(eos_token_id, model.config)
+    eos = None if eos is None else torch.tensor(eos, device=device)
     choose = lambda logits: sampling.choose(logits, generator)
     prefill = model.prefill
     if inputs_embeds is not None:
@@ -69,7 +70,7 @@ def _stream(
     input_ids: Tensor,
     attention_mask: Tensor | None,
     max_new_tokens: int,
-    eos: int | None,
+    eos: Tensor | None,
     choose: Callable[[Tensor], Tensor],
 ) -> Iterator[Tensor]:
     if max_new_tokens == 0:
@@ -84,7 +85,7 @@ def _stream(
             tokens = choose(logits).masked_fill(finished, pad)
             yield tokens
             if eos is not None:
-                finished |= tokens == eos
+                finished |= torch.isin(tokens, eos)
                 if bool(finished.all()):
                     return
             if step + 1 < max_new_tokens:

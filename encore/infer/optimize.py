@@ -71,7 +71,7 @@ def optimize(
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is Linear:
-                    setattr(parent, name, kernel(child.weight))
+                    setattr(parent, name, kernel(child.weight, child.bias))
                     swaps.append((parent, name, child))
         if model.lm_head is None:  # the tied head: the embedding's weight, as a projection
             model.lm_head = kernel(model.embed.weight)

@@ -73,10 +73,10 @@ def generate_ids(
         rid = engine.add(encoded[i], max_new_tokens=options.max_new_tokens, **options.sampling())
         which[rid] = i
     tokens: list[list[int]] = [[] for _ in encoded]
-    eos = model.config.eos_token_id
+    eos = set(model.config.eos_token_ids)
     while engine.has_work():
         for event in engine.step():
-            if event.token != eos:
+            if event.token not in eos:
                 tokens[which[event.request_id]].append(event.token)
             if event.finished and progress is not None:
                 progress(1)

@@ -20,8 +20,18 @@ class _FromConfig:
 FROM_CONFIG = _FromConfig()  # default for eos_token_id; None disables stopping
 
 
-def resolve_eos(eos_token_id: int | None | _FromConfig, config) -> int | None:
-    return config.eos_token_id if eos_token_id is FROM_CONFIG else eos_token_id
+def resolve_eos(eos_token_id, config) -> tuple[int, ...] | None:
+    """The ids that end a row: the config's (`eos_token_ids`, all of a checkpoint's EOS ids) by default,
+    an id or a list of ids as given, None for none. Raises ValueError naming an id out of the vocabulary."""
+    if eos_token_id is FROM_CONFIG:
+        return config.eos_token_ids
+    if eos_token_id is None:
+        return None
+    ids = (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < config.vocab_size:
+            raise ValueError(f"eos_token_id {i!r} is not a token id in [0, {config.vocab_size})")
+    return ids
 
 
 @dataclass(frozen=True)

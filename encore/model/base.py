@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from encore.config import ModelConfig
 from encore.files import atomic_write
 from encore.model.cache import GenerationCache
-from encore.model.layers import Linear, RMSNorm, RotaryEmbedding, init_weights
+from encore.model.layers import Linear, Rope, RotaryEmbedding, SoftCap, init_weights, make_embedding, make_norm
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -33,11 +33,16 @@ class LanguageModel(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed = make_embedding(config)
         self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size)
-        self.rope = RotaryEmbedding(config)
-        self.final_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.rope = RotaryEmbedding(config, params=config.rope_params)  # the full-attention layers'
+        sliding = "sliding" in config.encoder_layer_types + config.decoder_layer_types
+        local = sliding and (config.rope_local_theta is not None or config.rope_params is not None)
+        self.rope_local = RotaryEmbedding(config, theta=config.rope_local_theta) if local else None
+        self.final_norm = make_norm(config)
+        self.logit_cap = nn.Identity() if config.final_softcap is None else SoftCap(config.final_softcap)
         self.tokenizer: Any = None  # a transformers tokenizer, saved beside the weights when set
+        self.generation_config: dict[str, Any] = {}  # a checkpoint's generation_config.json, when it has one
 
     def _init_weights(self) -> None:
         init_weights(self, self.config.n_encoder_layers + self.config.n_decoder_layers)
@@ -45,7 +50,19 @@ class LanguageModel(nn.Module):
     def head(self, h: Tensor) -> Tensor:
         """Final norm + (tied) output projection: [.., D] -> [.., V]."""
         h = self.final_norm(h)
-        return F.linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
+        return self.logit_cap(F.linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h))
+
+    def reset_buffers(self, device: torch.device | str) -> None:
+        """Recompute the RoPE tables on `device` (after a meta-device build and `to_empty`)."""
+        for rope in (self.rope, self.rope_local):
+            if rope is not None:
+                rope.reset_tables(device)
+
+    def rotary(self, positions: Tensor) -> dict[str, Rope]:
+        """positions [B, T] -> the RoPE tables of each layer kind ("full", "sliding")."""
+        dtype = self.embed.weight.dtype
+        full = self.rope(positions, dtype)
+        return {"full": full, "sliding": full if self.rope_local is None else self.rope_local(positions, dtype)}
 
     def get_output_embeddings(self) -> nn.Module:
         """The module whose weight [V, D] projects to the vocabulary (the embedding when tied)."""
@@ -116,18 +133,26 @@ class LanguageModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """config.json + model.safetensors (+ tokenizer files), each file written atomically."""
+    def save_pretrained(self, directory: str | Path, format: str = "encore", dtype: torch.dtype | None = None) -> None:
+        """config.json + model.safetensors (+ tokenizer files), each file written atomically.
+        `format="hf"`: a transformers checkpoint of the model's family (`encore.convert.save_hf`), which
+        `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM` load; `dtype` casts its tensors."""
         from safetensors.torch import save_file
 
+        if format not in ("encore", "hf"):
+            raise ValueError(f"format must be 'encore' or 'hf', got {format!r}")
         if getattr(self, "_encore_swaps", None):
             raise ValueError(
                 "this model was optimized for inference (its projections are swapped for inference kernels); "
                 "call encore.deoptimize(model) before save_pretrained"
             )
+        if format == "hf":  # an upward call, as `generate`: convert/ imports model/, never the reverse at import
+            from encore.convert import save_hf
+
+            return save_hf(self, directory, dtype)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu().to(dtype or v.dtype) for k, v in self.state_dict().items()}
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
         text = json.dumps({**self.config.to_json_dict(), "model_type": "encore"}, indent=2, sort_keys=True) + "\n"
         atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
@@ -162,7 +187,7 @@ class LanguageModel(nn.Module):
         with torch.device("meta"):  # skip random init: every weight comes from the file
             model = cls(config)
         model.to_empty(device=device)
-        model.rope.reset_tables(device)
+        model.reset_buffers(device)
         weights = directory / WEIGHTS_FILE
         if not weights.exists():
             raise FileNotFoundError(f"{weights}: missing (expected safetensors weights beside config.json)")

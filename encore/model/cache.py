@@ -85,10 +85,14 @@ class GenerationCache:
         self.v[layer].scatter_(2, where, v)
         return self.k[layer], self.v[layer]
 
-    def step_mask(self) -> Tensor:
-        """[B, 1, 1, T]: the positions a decoding row attends to, its own new one included."""
-        positions = torch.arange(self.max_len, device=self.length.device)
-        return (positions[None, :] <= self.length[:, None])[:, None, None, :]
+    def step_mask(self, window: int = 0) -> Tensor:
+        """[B, 1, 1, T]: the positions a decoding row attends to, its own new one included; with a
+        `window` W, only the last W of them (a sliding layer)."""
+        positions = torch.arange(self.max_len, device=self.length.device)[None, :]
+        mask = positions <= self.length[:, None]
+        if window:
+            mask &= positions > self.length[:, None] - window
+        return mask[:, None, None, :]
 
     def view(self, rows: int, self_len: int | None = None, cross_len: int | None = None) -> GenerationCache:
         """The first `rows` rows and the first `self_len` / `cross_len` positions, sharing storage: a
@@ -134,3 +138,10 @@ class GenerationCache:
     def nbytes(self) -> int:
         """Bytes of K/V held: self-attention + cross-attention."""
         return sum(t.nbytes for t in (self.k, self.v, self.cross_k, self.cross_v) if t is not None)
+
+
+def step_masks(cache, window: int) -> dict[str, Tensor]:
+    """A decode step's mask for each layer kind ("full"; "sliding" differs when the model has a
+    window), from any cache with `step_mask(window)` (this module's, or an export's)."""
+    full = cache.step_mask()
+    return {"full": full, "sliding": cache.step_mask(window) if window else full}

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from encore.config import ModelConfig
 from encore.model.base import LanguageModel
-from encore.model.cache import GenerationCache
+from encore.model.cache import GenerationCache, step_masks
 from encore.model.inputs import as_bool_mask, causal_mask, padding_mask, positions_from_mask, right_pad_order
 from encore.model.layers import DecoderLayer
 
@@ -21,12 +21,16 @@ class DecoderOnly(LanguageModel):
             raise ValueError(f"DecoderOnly needs a 'deconly' config, got arch={config.arch!r}")
         super().__init__(config)
         self.decoder = nn.ModuleList(
-            DecoderLayer(config, cross_attention=False) for _ in range(config.n_decoder_layers)
+            DecoderLayer(config, cross_attention=False, kind=kind) for kind in config.layer_types("decoder")
         )
         self._init_weights()
 
     def blocks(self) -> list[nn.Module]:
         return list(self.decoder)
+
+    def input_embeddings(self) -> nn.Embedding:
+        """The table that embeds the prompt."""
+        return self.embed
 
     def forward(
         self,
@@ -69,11 +73,13 @@ class DecoderOnly(LanguageModel):
         self._check_length(T, "input")
         if positions is None:
             positions = positions_from_mask(mask, B, T, input_ids.device)
-        rope = self.rope(positions, self.embed.weight.dtype)
-        attn_mask = causal_mask(mask, T, input_ids.device)
+        ropes = self.rotary(positions)
+        device, window = input_ids.device, self.config.sliding_window
+        full = causal_mask(mask, T, device)
+        masks = {"full": full, "sliding": causal_mask(mask, T, device, window) if window else full}
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
         for i, layer in enumerate(self.decoder):
-            x = layer(x, rope, attn_mask, causal=True, cache=cache, layer=i)
+            x = layer(x, ropes[layer.kind], masks[layer.kind], causal=True, cache=cache, layer=i)
         return x
 
     # --- generation ------------------------------------------------------------------------------
@@ -124,10 +130,10 @@ class DecoderOnly(LanguageModel):
         (`cache.length`), attends over its prompt and outputs so far, and advances; fixed shapes,
         nothing read on the host."""
         position = cache.length.clamp(max=cache.max_len - 1)  # [B]
-        rope = self.rope(position[:, None], self.embed.weight.dtype)  # [B, 1, 1, Dh]
-        mask = cache.step_mask()  # [B, 1, 1, T]
+        ropes = self.rotary(position[:, None])  # [B, 1, 1, Dh] each
+        masks = step_masks(cache, self.config.sliding_window)  # [B, 1, 1, T] each
         x = self.embed(tokens[:, None])  # [B, 1, D]
         for i, layer in enumerate(self.decoder):
-            x = layer(x, rope, mask, causal=False, cache=cache, layer=i)
+            x = layer(x, ropes[layer.kind], masks[layer.kind], causal=False, cache=cache, layer=i)
         cache.length += 1
         return self.head(x[:, -1])

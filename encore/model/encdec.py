@@ -8,9 +8,16 @@ from torch import Tensor, nn
 
 from encore.config import ModelConfig
 from encore.model.base import LanguageModel
-from encore.model.cache import GenerationCache
-from encore.model.inputs import as_bool_mask, causal_mask, check_ids, padding_mask, positions_from_mask
-from encore.model.layers import DecoderLayer, EncoderLayer, RMSNorm
+from encore.model.cache import GenerationCache, step_masks
+from encore.model.inputs import (
+    as_bool_mask,
+    bidirectional_mask,
+    causal_mask,
+    check_ids,
+    padding_mask,
+    positions_from_mask,
+)
+from encore.model.layers import DecoderLayer, EncoderLayer, make_embedding, make_norm
 
 
 class EncoderDecoder(LanguageModel):
@@ -20,13 +27,21 @@ class EncoderDecoder(LanguageModel):
         if config.arch != "encdec":
             raise ValueError(f"EncoderDecoder needs an 'encdec' config, got arch={config.arch!r}")
         super().__init__(config)
-        self.encoder = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_encoder_layers))
-        self.encoder_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.decoder = nn.ModuleList(DecoderLayer(config, cross_attention=True) for _ in range(config.n_decoder_layers))
+        # the encoder's own embedding table, when the family keeps one (T5Gemma); else the shared `embed`
+        self.encoder_embed = None if config.tie_encoder_embeddings else make_embedding(config)
+        self.encoder = nn.ModuleList(EncoderLayer(config, kind) for kind in config.layer_types("encoder"))
+        self.encoder_norm = make_norm(config)
+        self.decoder = nn.ModuleList(
+            DecoderLayer(config, cross_attention=True, kind=kind) for kind in config.layer_types("decoder")
+        )
         self._init_weights()
 
     def blocks(self) -> list[nn.Module]:
         return [*self.encoder, *self.decoder]
+
+    def input_embeddings(self) -> nn.Embedding:
+        """The table that embeds the encoder's input."""
+        return self.embed if self.encoder_embed is None else self.encoder_embed
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """input_ids [B, S] -> encoder states [B, S, D]."""
@@ -38,11 +53,15 @@ class EncoderDecoder(LanguageModel):
         tokens at its placeholder positions)."""
         B, S = input_ids.shape
         self._check_length(S, "input")
-        rope = self.rope(positions_from_mask(mask, B, S, input_ids.device), self.embed.weight.dtype)
-        attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, S]
-        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, S, D]
+        ropes = self.rotary(positions_from_mask(mask, B, S, input_ids.device))
+        window = self.config.sliding_window
+        masks = {  # [B, 1, 1, S] (or None), and [B|1, 1, S, S] for sliding layers
+            "full": bidirectional_mask(mask, S, input_ids.device),
+            "sliding": bidirectional_mask(mask, S, input_ids.device, window) if window else None,
+        }
+        x = self.input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds  # [B, S, D]
         for layer in self.encoder:
-            x = layer(x, rope, attn_mask)
+            x = layer(x, ropes[layer.kind], masks[layer.kind])
         return self.encoder_norm(x)
 
     def forward(
@@ -67,11 +86,14 @@ class EncoderDecoder(LanguageModel):
         B, T = decoder_input_ids.shape
         self._check_length(T, "decoder input")
         dec_mask = as_bool_mask(decoder_attention_mask)
-        rope = self.rope(positions_from_mask(dec_mask, B, T, decoder_input_ids.device), self.embed.weight.dtype)
-        self_mask = causal_mask(dec_mask, T, decoder_input_ids.device)
+        ropes = self.rotary(positions_from_mask(dec_mask, B, T, decoder_input_ids.device))
+        device, window = decoder_input_ids.device, self.config.sliding_window
+        full = causal_mask(dec_mask, T, device)
+        masks = {"full": full, "sliding": causal_mask(dec_mask, T, device, window) if window else full}
         x = self.embed(decoder_input_ids)  # [B, T, D]
         for layer in self.decoder:
-            x = layer(x, rope, self_mask, causal=True, cross_kv=layer.cross.project_kv(memory), cross_mask=cross_mask)
+            kv = layer.cross.project_kv(memory)
+            x = layer(x, ropes[layer.kind], masks[layer.kind], causal=True, cross_kv=kv, cross_mask=cross_mask)
         return self.head(x)
 
     # --- generation: encode once, project cross K/V once, then one token at a time ---------------
@@ -108,15 +130,15 @@ class EncoderDecoder(LanguageModel):
         """tokens [B] -> next-token logits [B, V]. Each row writes its K/V at its own position
         (`cache.length`) and advances it; fixed shapes, nothing read on the host."""
         position = cache.length.clamp(max=cache.max_len - 1)  # [B]
-        rope = self.rope(position[:, None], self.embed.weight.dtype)  # [B, 1, 1, Dh]
-        self_mask = cache.step_mask()  # [B, 1, 1, T]
+        ropes = self.rotary(position[:, None])  # [B, 1, 1, Dh] each
+        masks = step_masks(cache, self.config.sliding_window)  # [B, 1, 1, T] each
         cross_mask = None if cache.cross_mask is None else cache.cross_mask[:, None, None, :]  # [B, 1, 1, S]
         x = self.embed(tokens[:, None])  # [B, 1, D]
         for i, layer in enumerate(self.decoder):
             x = layer(
                 x,
-                rope,
-                self_mask,
+                ropes[layer.kind],
+                masks[layer.kind],
                 causal=False,
                 cross_kv=(cache.cross_k[i], cache.cross_v[i]),
                 cross_mask=cross_mask,

@@ -67,11 +67,30 @@ def positions_from_mask(mask: Tensor | None, batch: int, length: int, device: to
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def causal_mask(key_mask: Tensor | None, length: int, device: torch.device) -> Tensor | None:
+def causal_mask(key_mask: Tensor | None, length: int, device: torch.device, window: int = 0) -> Tensor | None:
     """[B, 1, T, T] causal AND key-is-real; a padded query may see itself (never an all-false row).
-    None when nothing is padded: SDPA's is_causal path does the rest."""
-    if key_mask is None:
+    None when nothing is padded and there is no window: SDPA's is_causal path does the rest. With a
+    `window` W, query i sees keys i - W < j <= i (a sliding layer)."""
+    if key_mask is None and not window:
         return None
-    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    i = torch.arange(length, device=device)
+    causal = i[None, :] <= i[:, None]  # [T, T]: key j <= query i
+    if window:
+        causal &= i[None, :] > i[:, None] - window
+    if key_mask is None:
+        return causal[None, None]
     eye = torch.eye(length, dtype=torch.bool, device=device)
     return ((causal & key_mask[:, None, :]) | eye)[:, None]
+
+
+def bidirectional_mask(key_mask: Tensor | None, length: int, device: torch.device, window: int = 0) -> Tensor | None:
+    """The encoder's mask: [B, 1, 1, S] key-is-real, or None when nothing is padded; with a `window` W,
+    [B|1, 1, S, S]: query i sees keys |i - j| <= W (a sliding encoder layer), itself always."""
+    if not window:
+        return None if key_mask is None else key_mask[:, None, None, :]
+    i = torch.arange(length, device=device)
+    band = (i[None, :] - i[:, None]).abs() <= window  # [S, S]
+    if key_mask is None:
+        return band[None, None]
+    eye = torch.eye(length, dtype=torch.bool, device=device)
+    return ((band & key_mask[:, None, :]) | eye)[:, None]

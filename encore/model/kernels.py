@@ -62,9 +62,10 @@ class OneDNNLinear(nn.Module):
     """y = x @ weight.T through oneDNN for fp32 CPU inference; F.linear for anything else (autograd,
     other dtypes, tensor subclasses). Holds the very `weight` Parameter it was made from."""
 
-    def __init__(self, weight: nn.Parameter):
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None):
         super().__init__()
         self.weight = weight
+        self.bias = bias
         self.out_features, self.in_features = weight.shape
 
     def forward(self, x: Tensor) -> Tensor:
@@ -77,8 +78,8 @@ class OneDNNLinear(nn.Module):
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
             and not torch.compiler.is_compiling()  # inductor emits its own (oneDNN) kernel for F.linear
         ):
-            return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-        return F.linear(x, w)
+            return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
+        return F.linear(x, w, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel=onednn-fp32"
@@ -89,16 +90,17 @@ class Int8Linear(nn.Module):
     quantized per call (one scale per call: dynamic quantization), int32 accumulation, fp32 out.
     Inference only: the packed weight is not a Parameter and has no gradient."""
 
-    def __init__(self, weight: Tensor):
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
         super().__init__()
         w = weight.detach().to("cpu", torch.float32)
+        bias = None if bias is None else bias.detach().to("cpu", torch.float32)
         self.out_features, self.in_features = w.shape
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
         zero = torch.zeros(self.out_features, dtype=torch.long)
         with warnings.catch_warnings():  # torch deprecates quantized tensors: docs/NOTES.md ("int8")
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
             qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-        self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
         # without VNNI, fbgemm's u8 x s8 pairs can saturate int16: quantize activations to 7 bits there
         self.reduce_range = not _has_vnni()
 

@@ -18,14 +18,17 @@ Rope = tuple[Tensor, Tensor]  # (cos, sin), each broadcastable to [B, H, T, Dh]
 
 
 class Linear(nn.Linear):
-    """Every projection of the model: nn.Linear without bias. Its own class so that `encore.optimize`
-    swaps exactly these for faster inference kernels (`encore.model.kernels`), and nothing else."""
+    """Every projection of the model: nn.Linear, without bias unless the family has one (Qwen2's q/k/v).
+    Its own class so that `encore.optimize` swaps exactly these for faster inference kernels
+    (`encore.model.kernels`), and nothing else."""
 
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
 
 
 class RMSNorm(nn.Module):
+    """x / rms(x) * w (Llama, Qwen, encore)."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
@@ -35,28 +38,87 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-def rope_frequencies(head_dim: int, theta: float, scaling: float = 1.0) -> Tensor:
+class OffsetRMSNorm(RMSNorm):
+    """x / rms(x) * (1 + w), computed in fp32 and cast back (Gemma); w starts at zero."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__(dim, eps)
+        nn.init.zeros_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.rms_norm(x.float(), self.weight.shape, None, self.eps) * (1.0 + self.weight.float())
+        return y.type_as(x)
+
+
+def make_norm(config: ModelConfig, dim: int | None = None) -> RMSNorm:
+    return (OffsetRMSNorm if config.norm_plus_one else RMSNorm)(dim or config.d_model, config.norm_eps)
+
+
+def post_norm(config: ModelConfig) -> nn.Module:
+    """The norm after a sub-block ("sandwich", Gemma 2/3), or nothing."""
+    return make_norm(config) if config.sandwich_norm else nn.Identity()
+
+
+class ScaledEmbedding(nn.Embedding):
+    """Token embeddings multiplied by sqrt(d_model), the factor rounded to the weights' dtype (Gemma)."""
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return super().forward(ids) * torch.tensor(self.embedding_dim**0.5, dtype=self.weight.dtype)
+
+
+def make_embedding(config: ModelConfig) -> nn.Embedding:
+    return (ScaledEmbedding if config.embed_scale else nn.Embedding)(config.vocab_size, config.d_model)
+
+
+class SoftCap(nn.Module):
+    """x -> c * tanh(x / c): logits bounded by c (Gemma 2's attention and output logits)."""
+
+    def __init__(self, cap: float):
+        super().__init__()
+        self.cap = cap
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(x / self.cap) * self.cap
+
+    def extra_repr(self) -> str:
+        return f"cap={self.cap}"
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: float = 1.0, params: dict | None = None) -> Tensor:
     """Inverse frequencies [Dh/2]. NTK-aware scaling raises the base so that the lowest frequency
-    stretches by `scaling` while the highest stays put: base' = theta * s^(Dh/(Dh-2))."""
+    stretches by `scaling` while the highest stays put: base' = theta * s^(Dh/(Dh-2)). `params`: a
+    family's scaling as its config.json ships it ("linear": every frequency / factor; "llama3": low
+    frequencies / factor, high ones kept, a smooth blend between)."""
     base = theta * scaling ** (head_dim / (head_dim - 2)) if scaling > 1.0 else theta
-    return 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    if params is None:
+        return inv_freq
+    factor = float(params["factor"])
+    if params["rope_type"] == "linear":
+        return inv_freq / factor
+    low, high = float(params["low_freq_factor"]), float(params["high_freq_factor"])
+    context = float(params["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    smooth = ((context / wavelen - low) / (high - low)).clamp(0.0, 1.0)  # 0: long waves, 1: short waves
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
 
 
 class RotaryEmbedding(nn.Module):
     """Precomputed cos/sin tables [max_seq_len, Dh] (rotate-half layout, as Llama)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, theta: float | None = None, params: dict | None = None):
         super().__init__()
         self.head_dim = config.head_dim
-        self.theta = config.rope_theta
+        self.theta = theta or config.rope_theta
         self.scaling = config.rope_scaling
+        self.params = params
         self.max_seq_len = config.max_seq_len
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
         self.reset_tables()
 
     def reset_tables(self, device: torch.device | str | None = None) -> None:
-        inv_freq = rope_frequencies(self.head_dim, self.theta, self.scaling)
+        inv_freq = rope_frequencies(self.head_dim, self.theta, self.scaling, self.params)
         angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)  # [T, Dh]
         device = device or self.cos.device
@@ -74,20 +136,56 @@ def apply_rope(x: Tensor, rope: Rope) -> Tensor:
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float) -> Tensor:
-    """q [B, H, T, Dh], k/v [B, K, S, Dh] -> [B, T, H*Dh]. GQA without copying K/V."""
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    causal: bool,
+    dropout: float,
+    scale: float | None = None,
+    softcap: SoftCap | None = None,
+) -> Tensor:
+    """q [B, H, T, Dh], k/v [B, K, S, Dh] -> [B, T, H*Dh]. GQA without copying K/V. `scale`: the query
+    scale (None: Dh ** -0.5); `softcap`: caps the attention logits (then SDPA cannot run it)."""
     B, H, T, Dh = q.shape
     K = k.shape[1]
+    if softcap is not None:
+        return _attend_capped(q, k, v, mask, causal, scale, softcap)
     if T == 1 and H != K:
         # One query per head (decoding): fold each KV group's query heads into query rows of a
         # K-head attention. Same result as enable_gqa, about twice as fast on CPU at these sizes.
         q = q.reshape(B, K, H // K, Dh)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=_exportable(mask, q), dropout_p=dropout)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=_exportable(mask, q), dropout_p=dropout, scale=scale)
         return out.reshape(B, 1, H * Dh)
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=_exportable(mask, q), is_causal=causal and mask is None, dropout_p=dropout, enable_gqa=H != K
+        q,
+        k,
+        v,
+        attn_mask=_exportable(mask, q),
+        is_causal=causal and mask is None,
+        dropout_p=dropout,
+        enable_gqa=H != K,
+        scale=scale,
     )
     return out.transpose(1, 2).flatten(2)
+
+
+def _attend_capped(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float | None, softcap: SoftCap
+) -> Tensor:
+    """Attention with soft-capped logits, written out: softmax(cap(q k^T * scale) + mask) v, the
+    softmax in fp32. A KV group's query heads are rows of one product, as in `attend`'s decode path."""
+    B, H, T, Dh = q.shape
+    K, S = k.shape[1], k.shape[2]
+    scores = q.reshape(B, K, H // K * T, Dh) @ k.transpose(-1, -2)  # [B, K, G*T, S]
+    scores = softcap(scores * (Dh**-0.5 if scale is None else scale)).view(B, K, H // K, T, S)
+    if mask is None and causal:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
+    if mask is not None:  # [B, 1, T|1, S] -> [B, 1, 1, T|1, S]
+        scores = scores.masked_fill(~mask.unsqueeze(2), float("-inf"))
+    probs = scores.float().softmax(dim=-1).to(q.dtype).view(B, K, H // K * T, S)
+    return (probs @ v).view(B, H, T, Dh).transpose(1, 2).flatten(2)
 
 
 def _exportable(mask: Tensor | None, q: Tensor) -> Tensor | None:
@@ -98,26 +196,43 @@ def _exportable(mask: Tensor | None, q: Tensor) -> Tensor | None:
     return mask.expand(mask.shape[0], mask.shape[1], q.shape[2], mask.shape[-1])
 
 
+class QKNorm(nn.Module):
+    """RMSNorm over each head's q and k, before RoPE (Qwen3, Gemma 3): `x` [B, H+K, T, Dh]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.q = make_norm(config, config.head_dim)
+        self.k = make_norm(config, config.head_dim)
+
+    def forward(self, qk: Tensor) -> Tensor:
+        q, k = qk.split([self.n_heads, qk.shape[1] - self.n_heads], dim=1)
+        return torch.cat([self.q(q), self.k(k)], dim=1)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with RoPE and grouped KV heads; fused QKV projection."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.qkv = Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim)
+        self.qkv = Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=config.qkv_bias)
+        self.qk_norm = QKNorm(config) if config.qk_norm else nn.Identity()
         self.out = Linear(self.n_heads * self.head_dim, config.d_model)
+        self.scale = config.attn_scale
+        self.softcap = None if config.attn_softcap is None else SoftCap(config.attn_softcap)
         self.dropout = config.dropout
 
     def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, causal: bool, cache=None, layer: int = 0) -> Tensor:
         B, T, _ = x.shape
         H, K = self.n_heads, self.n_kv_heads
         qkv = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).transpose(1, 2)  # [B, H+2K, T, Dh]
-        q, k = apply_rope(qkv[:, : H + K], rope).split([H, K], dim=1)  # rotate q and k in one go
+        q, k = apply_rope(self.qk_norm(qkv[:, : H + K]), rope).split([H, K], dim=1)  # rotate q and k in one go
         v = qkv[:, H + K :]
         if cache is not None:  # store this step's K/V; when decoding, attend over the whole cache
             k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        return self.out(attend(q, k, v, mask, causal, dropout))
+        return self.out(attend(q, k, v, mask, causal, dropout, self.scale, self.softcap))
 
 
 class CrossAttention(nn.Module):
@@ -127,9 +242,11 @@ class CrossAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.q = Linear(config.d_model, self.n_heads * self.head_dim)
-        self.kv = Linear(config.d_model, 2 * self.n_kv_heads * self.head_dim)
+        self.q = Linear(config.d_model, self.n_heads * self.head_dim, bias=config.qkv_bias)
+        self.kv = Linear(config.d_model, 2 * self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.out = Linear(self.n_heads * self.head_dim, config.d_model)
+        self.scale = config.attn_scale
+        self.softcap = None if config.attn_softcap is None else SoftCap(config.attn_softcap)
         self.dropout = config.dropout
 
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,7 +259,7 @@ class CrossAttention(nn.Module):
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
-        return self.out(attend(q, k, v, mask, False, dropout))
+        return self.out(attend(q, k, v, mask, False, dropout, self.scale, self.softcap))
 
 
 _GELU_C = math.sqrt(8 / math.pi)  # tanh(z) = 2 sigmoid(2z) - 1, so GELU-tanh = x sigmoid(C (x + 0.044715 x^3))
@@ -160,17 +277,21 @@ def gelu_tanh(x: Tensor) -> Tensor:
 
 
 class MLP(nn.Module):
+    """GELU-tanh (encore), or gated: act(gate) * up with SiLU (swiglu: Llama, Qwen) or GELU-tanh
+    (geglu: Gemma); `up` holds [gate; up] fused."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.swiglu = config.mlp_type == "swiglu"
-        self.up = Linear(config.d_model, (2 if self.swiglu else 1) * config.mlp_dim)
+        self.gated = config.gated_mlp
+        self.act = F.silu if config.mlp_type == "swiglu" else gelu_tanh
+        self.up = Linear(config.d_model, (2 if self.gated else 1) * config.mlp_dim)
         self.down = Linear(config.mlp_dim, config.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.swiglu:
+        if self.gated:
             gate, up = self.up(x).chunk(2, dim=-1)
-            return self.down(F.silu(gate) * up)
-        return self.down(gelu_tanh(self.up(x)))
+            return self.down(self.act(gate) * up)
+        return self.down(self.act(self.up(x)))
 
 
 class _Residual(nn.Module):
@@ -180,33 +301,43 @@ class _Residual(nn.Module):
 
 
 class EncoderLayer(_Residual):
-    """Pre-norm: x + Attn(norm(x)), then x + MLP(norm(x)). Bidirectional self-attention."""
+    """Pre-norm: x + Attn(norm(x)), then x + MLP(norm(x)); with sandwich norms, each sub-block's output
+    is normed too before the residual. Bidirectional self-attention; `kind` "full" or "sliding"
+    names the mask and RoPE table the model hands it."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, kind: str = "full"):
         super().__init__()
-        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.kind = kind
+        self.attn_norm = make_norm(config)
         self.attn = SelfAttention(config)
-        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.post_attn_norm = post_norm(config)
+        self.mlp_norm = make_norm(config)
         self.mlp = MLP(config)
+        self.post_mlp_norm = post_norm(config)
         self.dropout = config.dropout
 
     def forward(self, x: Tensor, rope: Rope, mask: Tensor | None) -> Tensor:
-        x = x + self._drop(self.attn(self.attn_norm(x), rope, mask, causal=False))
-        return x + self._drop(self.mlp(self.mlp_norm(x)))
+        x = x + self._drop(self.post_attn_norm(self.attn(self.attn_norm(x), rope, mask, causal=False)))
+        return x + self._drop(self.post_mlp_norm(self.mlp(self.mlp_norm(x))))
 
 
 class DecoderLayer(_Residual):
-    """Causal self-attention (KV-cached when generating), optional cross-attention, MLP; all pre-norm."""
+    """Causal self-attention (KV-cached when generating), optional cross-attention, MLP; all pre-norm
+    (and post-norm with sandwich norms)."""
 
-    def __init__(self, config: ModelConfig, cross_attention: bool):
+    def __init__(self, config: ModelConfig, cross_attention: bool, kind: str = "full"):
         super().__init__()
-        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.kind = kind
+        self.attn_norm = make_norm(config)
         self.attn = SelfAttention(config)
+        self.post_attn_norm = post_norm(config)
         if cross_attention:
-            self.cross_norm = RMSNorm(config.d_model, config.norm_eps)
+            self.cross_norm = make_norm(config)
             self.cross = CrossAttention(config)
-        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+            self.post_cross_norm = post_norm(config)
+        self.mlp_norm = make_norm(config)
         self.mlp = MLP(config)
+        self.post_mlp_norm = post_norm(config)
         self.dropout = config.dropout
 
     def forward(
@@ -220,15 +351,17 @@ class DecoderLayer(_Residual):
         cache=None,
         layer: int = 0,
     ) -> Tensor:
-        x = x + self._drop(self.attn(self.attn_norm(x), rope, mask, causal, cache, layer))
+        x = x + self._drop(self.post_attn_norm(self.attn(self.attn_norm(x), rope, mask, causal, cache, layer)))
         if cross_kv is not None:
-            x = x + self._drop(self.cross(self.cross_norm(x), *cross_kv, cross_mask))
-        return x + self._drop(self.mlp(self.mlp_norm(x)))
+            x = x + self._drop(self.post_cross_norm(self.cross(self.cross_norm(x), *cross_kv, cross_mask)))
+        return x + self._drop(self.post_mlp_norm(self.mlp(self.mlp_norm(x))))
 
 
 def init_weights(module: nn.Module, n_layers: int) -> None:
-    """GPT-2 style: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers)."""
+    """GPT-2 style: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers); biases zero."""
     for name, p in module.named_parameters():
+        if name.endswith(".bias"):
+            nn.init.zeros_(p)
         if p.dim() < 2:
             continue
         std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("out.weight", "down.weight")) else 0.02

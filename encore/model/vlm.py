@@ -129,7 +129,7 @@ class VisionLanguageModel(nn.Module):
 
     def embed_inputs(self, input_ids: Tensor, pixel_values: Tensor | None) -> Tensor:
         """Token embeddings [B, S, D] with row b's image tokens at its placeholder positions, in order."""
-        x = self.lm.embed(input_ids)  # [B, S, D]
+        x = self.lm.input_embeddings()(input_ids)  # [B, S, D]
         if pixel_values is None:
             return x
         images = self.image_tokens(pixel_values).to(x.dtype)  # [B, k, D]

@@ -125,8 +125,8 @@ def span_losses(checkpoint: str, short: int, long: int, batches: int, device: st
     than the tokenizer has sentinels (100); the spans keep the pretraining's mean length (3)."""
     import torch
 
+    from encore.convert import load
     from encore.data import open_corpus, pretraining_collator, pretraining_stream
-    from encore.model.io import load
     from encore.train.losses import seq2seq_loss
 
     out = {}

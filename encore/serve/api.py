@@ -99,7 +99,7 @@ class Completions:
             raise APIError(400, "prompt is an empty list", "prompt")
         encoded = []
         for i, text in enumerate(prompts):
-            ids = prompt_ids(self.model.tokenizer, text, self.model.config.arch)
+            ids = prompt_ids(self.model.tokenizer, text, self.model.config)
             if len(ids) > self.max_input_len:
                 where = "prompt" if isinstance(body.prompt, str) else f"prompt[{i}]"
                 message = f"{where} is {len(ids)} tokens; this server's limit is {self.max_input_len}"

@@ -72,7 +72,7 @@ class Scheduler:
             max_queue,
             metrics,
         )
-        self.eos = model.config.eos_token_id
+        self.eos = set(model.config.eos_token_ids)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._incoming: list[Job] = []
@@ -193,7 +193,7 @@ class Scheduler:
             self.metrics.inter_token.observe(now - choice.t_last)
         choice.t_last = now
         self.metrics.generation_tokens.inc()
-        if not (event.finish_reason == STOP and event.token == self.eos):  # the closing EOS is no text
+        if not (event.finish_reason == STOP and event.token in self.eos):  # the closing EOS is no text
             choice.tokens.append(event.token)
         text = self.tokenizer.decode(choice.tokens, skip_special_tokens=True)
         reason = event.finish_reason if event.finished else None

@@ -1,0 +1,245 @@
+"""transformers checkpoint directories in and out: config.json + generation_config.json + (sharded)
+safetensors + tokenizer, through the family's adapter.
+
+Loading streams: the model is built on the meta device, given empty storage (in the target dtype),
+and each tensor is read from its file, converted, and copied into place one rule at a time, so peak
+memory stays near one copy of the weights, never a second full state dict.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from encore.config import ModelConfig
+from encore.convert.adapter import ConversionError, StateDictAdapter
+from encore.convert.gemma import Gemma3TextAdapter, T5GemmaAdapter
+from encore.convert.llama import LlamaAdapter, Qwen2Adapter, Qwen3Adapter
+from encore.files import atomic_write
+from encore.model.arches import model_class
+from encore.model.base import LanguageModel
+
+ADAPTERS: dict[str, StateDictAdapter] = {
+    t: a
+    for a in (LlamaAdapter(), Qwen2Adapter(), Qwen3Adapter(), Gemma3TextAdapter(), T5GemmaAdapter())
+    for t in a.model_types
+}
+GENERATION_FILE = "generation_config.json"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def is_hf_checkpoint(directory: Path) -> bool:
+    """A transformers checkpoint: config.json with a `model_type` other than encore's own."""
+    path = directory / "config.json"
+    if not path.is_file():
+        return False
+    model_type = read_json(path).get("model_type")
+    return isinstance(model_type, str) and model_type != "encore"
+
+
+def adapter_for(model_type: Any, where: str) -> StateDictAdapter:
+    if model_type not in ADAPTERS:
+        raise ConversionError(
+            f"{where}: model_type {model_type!r} is not supported; encore converts {', '.join(sorted(ADAPTERS))}"
+        )
+    return ADAPTERS[model_type]
+
+
+class Tensors:
+    """The checkpoint's tensors by name, read lazily: `model.safetensors`, shards listed in
+    `model.safetensors.index.json`, or `pytorch_model.bin` (loaded with `weights_only=True`)."""
+
+    def __init__(self, directory: Path, dtype: torch.dtype):
+        self.directory, self.dtype = directory, dtype
+        self._stack = ExitStack()
+        self._handles: dict[str, Any] = {}
+        self._where: dict[str, str] = {}
+        self._bin: dict[str, Tensor] | None = None
+        index = directory / "model.safetensors.index.json"
+        if index.is_file():
+            self._where = dict(read_json(index).get("weight_map", {}))
+        elif (directory / "model.safetensors").is_file():
+            self._where = {name: "model.safetensors" for name in self._open("model.safetensors").keys()}
+        elif (directory / "pytorch_model.bin").is_file():
+            self._bin = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            self._where = dict.fromkeys(self._bin, "pytorch_model.bin")
+        else:
+            raise FileNotFoundError(f"{directory}: no model.safetensors (or its index, or pytorch_model.bin)")
+
+    def _open(self, file: str) -> Any:
+        from safetensors import SafetensorError, safe_open
+
+        if file not in self._handles:
+            try:
+                self._handles[file] = self._stack.enter_context(safe_open(self.directory / file, framework="pt"))
+            except (SafetensorError, OSError) as e:
+                raise ValueError(f"{self.directory / file}: not a readable safetensors file ({e})") from None
+        return self._handles[file]
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def get(self, name: str) -> Tensor:
+        if name not in self._where:
+            raise ConversionError(
+                f"{self.directory}: tensor {name!r} is missing (the weights do not match config.json)"
+            )
+        tensor = self._bin[name] if self._bin is not None else self._open(self._where[name]).get_tensor(name)
+        return tensor.to(self.dtype)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def load_hf(
+    directory: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    **config_changes: Any,
+) -> LanguageModel:
+    """A transformers checkpoint directory -> the encore model (tokenizer and generation config with it)."""
+    directory = Path(directory)
+    config, adapter, generation = read_config(directory)
+    tensors = Tensors(directory, dtype or torch.float32)
+    try:
+        if config.arch == "encdec" and "model.encoder.embed_tokens.weight" in tensors.names():
+            enc, dec = (tensors.get(f"model.{p}.embed_tokens.weight") for p in ("encoder", "decoder"))
+            config = config.replace(tie_encoder_embeddings=bool(torch.equal(enc, dec)))
+            del enc, dec
+        if config_changes:
+            config = config.replace(**config_changes)
+        model = fill_model(config, adapter.from_hf(tensors.get, config), device, dtype, where=str(directory))
+    finally:
+        tensors.close()
+    model.generation_config = generation
+    _attach_tokenizer(model, directory)
+    return model.eval()
+
+
+def read_config(directory: Path) -> tuple[ModelConfig, StateDictAdapter, dict[str, Any]]:
+    """(the encore config, the family's adapter, generation_config.json) of a transformers checkpoint."""
+    hf = read_json(directory / "config.json")
+    adapter = adapter_for(hf.get("model_type"), str(directory / "config.json"))
+    generation = read_json(directory / GENERATION_FILE) if (directory / GENERATION_FILE).is_file() else {}
+    try:
+        return adapter.config_from_hf(hf, generation), adapter, generation
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, ConversionError):
+            raise ConversionError(f"{directory / 'config.json'}: {str(e).removeprefix('config.json: ')}") from None
+        raise ConversionError(f"{directory / 'config.json'}: not a valid {hf.get('model_type')} config ({e})") from None
+
+
+def fill_model(
+    config: ModelConfig,
+    state: Iterator[tuple[str, Tensor]],
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+    where: str,
+) -> LanguageModel:
+    """Build `config`'s model without initialising it, then copy each (name, tensor) into place;
+    `where` names the source in errors."""
+    with torch.device("meta"):
+        model = model_class(config.arch)(config)
+    if dtype is not None:
+        model.to(dtype)
+    model.to_empty(device=device)
+    model.reset_buffers(device)
+    params = model.state_dict()
+    seen = set()
+    with torch.no_grad():
+        for name, tensor in state:
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise ConversionError(
+                    f"{where}: {name} (from the checkpoint) has shape {tuple(tensor.shape)}, "
+                    f"config.json implies {tuple(params[name].shape)}"
+                )
+            params[name].copy_(tensor)
+            seen.add(name)
+    missing = sorted(set(params) - seen)
+    if missing:  # a rule table that does not cover the model: a bug in the adapter
+        raise ConversionError(f"{where}: no checkpoint tensor for {missing[:5]}")
+    return model
+
+
+def _attach_tokenizer(model: LanguageModel, directory: Path) -> None:
+    """The checkpoint's tokenizer (and chat template), and whether it starts a text with BOS."""
+    files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    if not any((directory / f).is_file() for f in files):
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as e:  # tokenizers raises bare Exceptions for a damaged file
+        raise ValueError(f"{directory}: the tokenizer files do not load ({e!r:.200})") from e
+    set_tokenizer(model, tokenizer)
+
+
+def set_tokenizer(model: LanguageModel, tokenizer: Any) -> None:
+    """Give an imported model its tokenizer; its sources start with BOS exactly when the tokenizer's do."""
+    model.tokenizer = tokenizer
+    sample = tokenizer("a")["input_ids"]
+    starts = tokenizer.bos_token_id is not None and sample[:1] == [tokenizer.bos_token_id]
+    model.config.source_layout = "bos" if starts else "plain"
+
+
+def save_hf(model: LanguageModel, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+    """Write `model` as a transformers checkpoint of its family (or the one family that can express
+    an encore-built model); a model no family can express is refused, saying why."""
+    from safetensors.torch import save_file
+
+    config = model.config
+    adapter = ADAPTERS.get(config.family)
+    if adapter is None:
+        reasons = {t: a.why_not(config) for t, a in ADAPTERS.items()}
+        adapter = next((ADAPTERS[t] for t, why in reasons.items() if why is None), None)
+        if adapter is None:
+            detail = "; ".join(f"{t}: {why}" for t, why in reasons.items())
+            raise ConversionError(f"no transformers family can express this model ({detail})")
+    elif (why := adapter.why_not(config)) is not None:
+        raise ConversionError(f"this {config.family} model can no longer be written as {config.family}: {why}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    hf_state = adapter.to_hf(state, config)
+    if dtype is not None:
+        hf_state = {k: v.to(dtype) for k, v in hf_state.items()}
+    hf_config = adapter.config_to_hf(config)
+    hf_config.architectures = [adapter.architecture]
+    if dtype is not None:
+        hf_config.dtype = str(dtype).removeprefix("torch.")
+    atomic_write(directory / "model.safetensors", lambda p: save_file(hf_state, p, metadata={"format": "pt"}))
+    text = hf_config.to_json_string()
+    atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
+    generation = {**model.generation_config, **_generation_ids(config)}
+    gen_text = json.dumps(generation, indent=2, sort_keys=True) + "\n"
+    atomic_write(directory / GENERATION_FILE, lambda p: Path(p).write_text(gen_text))
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(directory))
+
+
+def _generation_ids(config: ModelConfig) -> dict[str, Any]:
+    eos = list(config.eos_token_ids)
+    ids = dict(
+        bos_token_id=config.bos_token_id,
+        pad_token_id=config.pad_token_id,
+        eos_token_id=eos[0] if len(eos) == 1 else eos,
+    )
+    if config.arch == "encdec":
+        ids["decoder_start_token_id"] = config.bos_token_id
+    return ids

@@ -1,0 +1,258 @@
+"""Gemma blocks: Gemma 3 text models (decoder-only: gemma-3-270m, 1b, ...) and T5Gemma (an
+encoder-decoder of Gemma 2 blocks). Both: RMSNorm scaled by `1 + w`, sandwich norms, GeGLU (tanh),
+embeddings times sqrt(d), a query scale of `query_pre_attn_scalar ** -0.5`, alternating sliding and
+full layers. Gemma 3 adds q/k norms and a separate RoPE base for its sliding layers; T5Gemma (Gemma 2)
+soft-caps attention and output logits, and keeps an embedding table for its encoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from encore.config import ModelConfig
+from encore.convert.adapter import (
+    ConversionError,
+    Rule,
+    StateDictAdapter,
+    attention_rules,
+    gated_mlp_rules,
+    hf_special_tokens,
+    layer_kinds,
+    need,
+    rope_settings,
+    rope_to_hf,
+    special_tokens,
+)
+
+_GEMMA_BLOCKS = dict(mlp_type="geglu", norm_plus_one=True, sandwich_norm=True, embed_scale=True)
+
+
+def _gemma_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    """The block fields a Gemma module config sets (shared by Gemma 3 and T5Gemma's halves)."""
+    if hf.get("hidden_activation", "gelu_pytorch_tanh") not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise ConversionError(f"config.json: hidden_activation {hf['hidden_activation']!r} (Gemma uses gelu tanh)")
+    if hf.get("attention_bias"):
+        raise ConversionError("config.json: attention_bias on Gemma blocks is not supported")
+    d, heads = need(hf, "hidden_size"), need(hf, "num_attention_heads")
+    head_dim = hf.get("head_dim") or d // heads
+    return dict(
+        _GEMMA_BLOCKS,
+        vocab_size=need(hf, "vocab_size"),
+        d_model=d,
+        n_heads=heads,
+        n_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=head_dim,
+        mlp_dim=need(hf, "intermediate_size"),
+        max_seq_len=hf.get("max_position_embeddings", 8192),
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        attn_scale=float(hf.get("query_pre_attn_scalar") or head_dim) ** -0.5,
+        attn_softcap=hf.get("attn_logit_softcapping"),
+        final_softcap=hf.get("final_logit_softcapping"),
+    )
+
+
+def _gemma_why_not(config: ModelConfig) -> str | None:
+    if any(getattr(config, k) != v for k, v in _GEMMA_BLOCKS.items()):
+        return "its blocks are not Gemma's (geglu MLP, 1 + w sandwich norms, scaled embeddings)"
+    if config.qkv_bias or config.rope_scaling != 1.0:
+        return "it has q/k/v biases or NTK RoPE scaling"
+    return None
+
+
+def _gemma_to_hf(config: ModelConfig, part: str) -> dict[str, Any]:
+    kinds = config.layer_types(part)
+    return dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.mlp_dim,
+        num_hidden_layers=len(kinds),
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_kv_heads,
+        head_dim=config.head_dim,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        query_pre_attn_scalar=_scalar((config.attn_scale or config.head_dim**-0.5) ** -2),
+        attn_logit_softcapping=config.attn_softcap,
+        final_logit_softcapping=config.final_softcap,
+        sliding_window=config.sliding_window or None,
+        layer_types=[f"{k}_attention" for k in kinds],
+        tie_word_embeddings=config.tie_embeddings,
+        **hf_special_tokens(config),
+    )
+
+
+T5GEMMA_NORMS = {
+    "attn_norm": "pre_self_attn_layernorm",
+    "post_attn_norm": "post_self_attn_layernorm",
+    "mlp_norm": "pre_feedforward_layernorm",
+    "post_mlp_norm": "post_feedforward_layernorm",
+}
+GEMMA3_NORMS = {**T5GEMMA_NORMS, "attn_norm": "input_layernorm", "post_attn_norm": "post_attention_layernorm"}
+CROSS_NORMS = {"cross_norm": "pre_cross_attn_layernorm", "post_cross_norm": "post_cross_attn_layernorm"}
+
+
+def _scalar(x: float) -> int | float:
+    """query_pre_attn_scalar as the configs spell it: an integer when it is one."""
+    return round(x) if abs(x - round(x)) < 1e-6 * x else x
+
+
+def _sandwich_rules(enc: str, hf: str, config: ModelConfig, norms: dict[str, str]) -> list[Rule]:
+    """One Gemma layer: its norms (`norms`: encore name -> the family's), self-attention and MLP."""
+    return [
+        *((f"{enc}.{ours}.weight", (f"{hf}.{theirs}.weight",)) for ours, theirs in norms.items()),
+        *attention_rules(f"{enc}.attn", f"{hf}.self_attn", config),
+        *gated_mlp_rules(f"{enc}.mlp", f"{hf}.mlp"),
+    ]
+
+
+class Gemma3TextAdapter(StateDictAdapter):
+    model_types = ("gemma3_text",)
+    architecture = "Gemma3ForCausalLM"
+
+    def config_from_hf(self, hf: dict[str, Any], generation: dict[str, Any]) -> ModelConfig:
+        n_layers = need(hf, "num_hidden_layers")
+        kinds, window = layer_kinds(hf, n_layers)
+        theta, rope_params = rope_settings(hf, "full_attention")
+        local = hf.get("rope_local_base_freq") or rope_settings(hf, "sliding_attention")[0]
+        return ModelConfig(
+            **_gemma_fields(hf),
+            arch="deconly",
+            n_encoder_layers=0,
+            n_decoder_layers=n_layers,
+            qk_norm=True,
+            rope_theta=theta,
+            rope_params=rope_params,
+            rope_local_theta=float(local) if kinds else None,
+            decoder_layer_types=kinds,
+            sliding_window=window,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            source_layout="bos",
+            family="gemma3_text",
+            **special_tokens(hf, generation, need(hf, "vocab_size")),
+        )
+
+    def why_not(self, config: ModelConfig) -> str | None:
+        if config.arch != "deconly" or not config.qk_norm:
+            return "it is not a decoder-only model with q/k norms"
+        return _gemma_why_not(config)
+
+    def config_to_hf(self, config: ModelConfig) -> Any:
+        from transformers import Gemma3TextConfig
+
+        kwargs = _gemma_to_hf(config, "decoder")
+        full = rope_to_hf(config)
+        local = {"rope_type": "default", "rope_theta": config.rope_local_theta or config.rope_theta}
+        kwargs["rope_parameters"] = {"full_attention": full, "sliding_attention": local}
+        return Gemma3TextConfig(**kwargs)
+
+    def rules(self, config: ModelConfig) -> list[Rule]:
+        rules: list[Rule] = [
+            ("embed.weight", ("model.embed_tokens.weight",)),
+            ("final_norm.weight", ("model.norm.weight",)),
+        ]
+        if not config.tie_embeddings:
+            rules.append(("lm_head.weight", ("lm_head.weight",)))
+        for i in range(config.n_decoder_layers):
+            rules += _sandwich_rules(f"decoder.{i}", f"model.layers.{i}", config, GEMMA3_NORMS)
+        return rules
+
+
+class T5GemmaAdapter(StateDictAdapter):
+    model_types = ("t5gemma",)
+    architecture = "T5GemmaForConditionalGeneration"
+    _same = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "query_pre_attn_scalar",
+        "attn_logit_softcapping",
+        "rms_norm_eps",
+        "sliding_window",
+        "hidden_activation",
+    )
+
+    def config_from_hf(self, hf: dict[str, Any], generation: dict[str, Any]) -> ModelConfig:
+        enc, dec = need(hf, "encoder"), need(hf, "decoder")
+        for key in self._same:
+            if enc.get(key) != dec.get(key):
+                raise ConversionError(
+                    f"config.json: encoder and decoder differ in {key} ({enc.get(key)} vs {dec.get(key)}); "
+                    "encore's encoder-decoders share one width and head shape (T5Gemma 9B-2B is not supported yet)"
+                )
+        enc_kinds, window = layer_kinds(enc, need(enc, "num_hidden_layers", "config.json encoder"))
+        dec_kinds, dec_window = layer_kinds(dec, need(dec, "num_hidden_layers", "config.json decoder"))
+        theta, rope_params = rope_settings(dec)
+        tokens = special_tokens(
+            {**dec, **{k: hf[k] for k in ("eos_token_id", "bos_token_id", "pad_token_id") if k in hf}},
+            generation,
+            need(dec, "vocab_size"),
+        )
+        start = generation.get("decoder_start_token_id", hf.get("decoder_start_token_id"))
+        if isinstance(start, int):
+            tokens["bos_token_id"] = start
+        return ModelConfig(
+            **{**_gemma_fields(dec), "final_softcap": dec.get("final_logit_softcapping")},
+            arch="encdec",
+            n_encoder_layers=len(enc_kinds) or enc["num_hidden_layers"],
+            n_decoder_layers=len(dec_kinds) or dec["num_hidden_layers"],
+            rope_theta=theta,
+            rope_params=rope_params,
+            encoder_layer_types=enc_kinds,
+            decoder_layer_types=dec_kinds,
+            sliding_window=window or dec_window,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            tie_encoder_embeddings=False,  # the loader ties them when the two tables are equal
+            source_layout="bos",
+            family="t5gemma",
+            **tokens,
+        )
+
+    def why_not(self, config: ModelConfig) -> str | None:
+        if config.arch != "encdec":
+            return "it is not an encoder-decoder"
+        if config.qk_norm or config.rope_local_theta is not None:
+            return "it has q/k norms or a local RoPE base (Gemma 3 blocks, not T5Gemma's Gemma 2 blocks)"
+        return _gemma_why_not(config)
+
+    def config_to_hf(self, config: ModelConfig) -> Any:
+        from transformers import T5GemmaConfig, T5GemmaModuleConfig
+
+        parts = {}
+        for part in ("encoder", "decoder"):
+            kwargs = _gemma_to_hf(config, part)
+            kwargs["rope_parameters"] = rope_to_hf(config)
+            parts[part] = T5GemmaModuleConfig(**kwargs)
+        hf = T5GemmaConfig(
+            encoder=parts["encoder"].to_dict(),
+            decoder=parts["decoder"].to_dict(),
+            vocab_size=config.vocab_size,
+            tie_word_embeddings=config.tie_embeddings,
+            **hf_special_tokens(config),
+        )
+        hf.decoder_start_token_id = config.bos_token_id
+        return hf
+
+    def rules(self, config: ModelConfig) -> list[Rule]:
+        enc_embed = "embed.weight" if config.tie_encoder_embeddings else "encoder_embed.weight"
+        rules: list[Rule] = [
+            ("embed.weight", ("model.decoder.embed_tokens.weight",)),
+            (enc_embed, ("model.encoder.embed_tokens.weight",)),
+            ("encoder_norm.weight", ("model.encoder.norm.weight",)),
+            ("final_norm.weight", ("model.decoder.norm.weight",)),
+        ]
+        if not config.tie_embeddings:
+            rules.append(("lm_head.weight", ("lm_head.out_proj.weight",)))
+        for i in range(config.n_encoder_layers):
+            rules += _sandwich_rules(f"encoder.{i}", f"model.encoder.layers.{i}", config, T5GEMMA_NORMS)
+        for i in range(config.n_decoder_layers):
+            enc, hf = f"decoder.{i}", f"model.decoder.layers.{i}"
+            rules += _sandwich_rules(enc, hf, config, {**T5GEMMA_NORMS, **CROSS_NORMS})
+            rules += [
+                (f"{enc}.cross.q.weight", (f"{hf}.cross_attn.q_proj.weight",)),
+                (f"{enc}.cross.kv.weight", (f"{hf}.cross_attn.k_proj.weight", f"{hf}.cross_attn.v_proj.weight")),
+                (f"{enc}.cross.out.weight", (f"{hf}.cross_attn.o_proj.weight",)),
+            ]
+        return rules

@@ -1,0 +1,251 @@
+"""Imported families match transformers: tiny random models built from each family's own config
+(offline, seconds), saved as transformers checkpoints, loaded by encore. Logits within 1e-4
+(relative), greedy tokens equal for 40 steps (past every sliding window of 4), on padded batches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import encore
+from encore.convert import ADAPTERS, ConversionError, from_hf, load, resolve_model
+
+transformers = pytest.importorskip("transformers")
+
+WINDOW = 4
+VOCAB = 160
+STEPS = 40
+SHAPE = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+    initializer_range=0.2,  # peaked logits: greedy choices are not decided by rounding
+    pad_token_id=0,
+    eos_token_id=1,
+    bos_token_id=2,
+)
+
+
+def _llama():
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+    return transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**SHAPE, num_hidden_layers=3, rope_parameters=rope, tie_word_embeddings=True)
+    )
+
+
+def _qwen2():
+    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**SHAPE, num_hidden_layers=2))
+
+
+def _qwen3():
+    return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**SHAPE, num_hidden_layers=2))
+
+
+def _gemma3():
+    config = transformers.Gemma3TextConfig(
+        **SHAPE,
+        num_hidden_layers=4,
+        sliding_window=WINDOW,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        query_pre_attn_scalar=24,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "rope_theta": 100000.0, "factor": 4.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    )
+    return transformers.Gemma3ForCausalLM(config)
+
+
+def _t5gemma():
+    half = dict(SHAPE, sliding_window=WINDOW, query_pre_attn_scalar=24, final_logit_softcapping=30.0,
+                attn_logit_softcapping=50.0)  # fmt: skip
+    config = transformers.T5GemmaConfig(
+        encoder=dict(half, num_hidden_layers=3),
+        decoder=dict(half, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"]),
+        vocab_size=VOCAB,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    return transformers.T5GemmaForConditionalGeneration(config)
+
+
+DECODER_ONLY = {"llama": _llama, "qwen2": _qwen2, "qwen3": _qwen3, "gemma3_text": _gemma3}
+FAMILIES = {**DECODER_ONLY, "t5gemma": _t5gemma}
+
+
+def _reference(make):
+    torch.manual_seed(0)
+    hf = make().eval()
+    hf.config._attn_implementation = "eager"
+    hf.generation_config.eos_token_id = None  # run every step: tokens compared position by position
+    return hf
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def pair(request, tmp_path_factory):
+    """(family, transformers model, its checkpoint directory, the encore model loaded from it)."""
+    hf = _reference(FAMILIES[request.param])
+    directory = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(directory)
+    return request.param, hf, directory, load(directory)
+
+
+def _batch(padding: str):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, VOCAB, (2, 11), generator=g)
+    mask = torch.ones_like(ids)
+    if padding == "right":
+        mask[1, 7:] = 0
+        ids[1, 7:] = 0
+    else:
+        mask[1, :4] = 0
+        ids[1, :4] = 0
+    return ids, mask
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    if mask is not None:
+        ours, theirs = ours[mask.bool()], theirs[mask.bool()]
+    scale = theirs.abs().max()
+    assert (ours - theirs).abs().max() <= 1e-4 * scale, float((ours - theirs).abs().max() / scale)
+
+
+def test_every_family_has_a_parity_test():
+    assert set(FAMILIES) <= set(ADAPTERS)
+
+
+def test_logits_match_transformers(pair):
+    family, hf, _, model = pair
+    ids, mask = _batch("right")
+    with torch.no_grad():
+        if family == "t5gemma":
+            dec = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(2))
+            dec_mask = torch.ones_like(dec)
+            dec_mask[1, 6:] = 0
+            theirs = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask)
+            ours = model(ids, dec, attention_mask=mask, decoder_attention_mask=dec_mask)
+            _close(ours, theirs.logits, dec_mask)
+        else:
+            _close(model(ids, attention_mask=mask), hf(input_ids=ids, attention_mask=mask).logits, mask)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_greedy_tokens_match_transformers(pair, padding):
+    family, hf, _, model = pair
+    if family == "t5gemma" and padding == "left":
+        pytest.skip("transformers' T5Gemma counts encoder positions from the first column: right padding only")
+    ids, mask = _batch(padding)
+    with torch.no_grad():
+        if family != "t5gemma" and padding == "right":  # transformers generates after the pads: each row alone
+            rows = [ids[i : i + 1, : int(mask[i].sum())] for i in range(len(ids))]
+            theirs = torch.cat(
+                [hf.generate(input_ids=r, max_new_tokens=STEPS, do_sample=False)[:, -STEPS:] for r in rows]
+            )
+        else:
+            theirs = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=STEPS, do_sample=False)[:, -STEPS:]
+    ours = model.generate(ids, attention_mask=mask, max_new_tokens=STEPS, eos_token_id=None)
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_engine_and_int8_run_an_imported_model(pair):
+    family, _, _, model = pair
+    ids, _ = _batch("right")
+    reference = model.generate(ids[:1], max_new_tokens=8, eos_token_id=None)[0].tolist()
+    engine = encore.Engine(model, max_batch=2, max_input_len=16, max_new_tokens=8)
+    engine.add(ids[0].tolist(), eos_token_id=None)
+    tokens = [e.token for _ in range(20) if engine.has_work() for e in engine.step()]
+    assert tokens == reference
+    with torch.no_grad():
+        fp32 = model.prefill(ids, None, 1)[0]
+        quantized = encore.optimize(model, quantize="int8")
+        try:
+            int8 = quantized.prefill(ids, None, 1)[0]
+        finally:
+            encore.deoptimize(model)
+    assert torch.nn.functional.cosine_similarity(fp32, int8, dim=-1).min() > 0.99  # int8 error, not a wrong wiring
+
+
+def test_round_trip_to_transformers(pair, tmp_path):
+    family, hf, _, model = pair
+    model.save_pretrained(tmp_path, format="hf")
+    auto = transformers.AutoModelForSeq2SeqLM if family == "t5gemma" else transformers.AutoModelForCausalLM
+    again = auto.from_pretrained(tmp_path).eval()
+    again.config._attn_implementation = "eager"
+    ids, mask = _batch("right")
+    with torch.no_grad():
+        if family == "t5gemma":
+            dec = ids[:, :5]
+            _close(again(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
+                   hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits)  # fmt: skip
+        else:
+            _close(
+                again(input_ids=ids, attention_mask=mask).logits, hf(input_ids=ids, attention_mask=mask).logits, mask
+            )
+
+
+def test_from_hf_takes_a_model_object(pair):
+    family, hf, _, model = pair
+    again = from_hf(hf)
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_resolve_model_reads_the_family_config(pair):
+    family, _, directory, model = pair
+    config, checkpoint = resolve_model(str(directory))
+    assert checkpoint == directory and config.family == family and config.arch == model.config.arch
+
+
+def test_bf16_load_streams_into_bf16(pair):
+    _, _, directory, _ = pair
+    model = load(directory, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+# --- errors, in one line ------------------------------------------------------------------------------
+
+
+def test_unsupported_model_type_names_the_supported(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ConversionError, match=r"model_type 'mamba' is not supported; encore converts .*llama"):
+        load(tmp_path)
+
+
+def test_missing_and_misshaped_tensors_are_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf = _reference(_qwen2)
+    hf.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    state["model.layers.1.self_attn.k_proj.weight"] = state["model.layers.1.self_attn.k_proj.weight"][:8]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match=r"decoder\.1\.attn\.qkv\.weight .* has shape"):
+        load(tmp_path)
+    del state["model.layers.1.self_attn.k_proj.weight"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match=r"tensor 'model\.layers\.1\.self_attn\.k_proj\.weight' is missing"):
+        load(tmp_path)
+
+
+def test_encore_models_no_family_can_express_are_refused(tmp_path):
+    model = encore.EncoderDecoder(encore.ModelConfig.preset("encdec-tiny"))
+    with pytest.raises(ConversionError, match="no transformers family can express this model"):
+        model.save_pretrained(tmp_path, format="hf")
+
+
+def test_an_encore_swiglu_decoder_only_model_saves_as_llama(tmp_path):
+    config = encore.ModelConfig.preset("deconly-tiny", mlp_type="swiglu", vocab_size=256, n_decoder_layers=2)
+    model = encore.DecoderOnly(config).eval()
+    model.save_pretrained(tmp_path, format="hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(3, 256, (1, 9))
+    with torch.no_grad():
+        _close(model(ids), hf(input_ids=ids).logits)
