@@ -5,9 +5,12 @@ encore's, timed beside them in the same run.
 - `CT2Backend` (`--vs-ct2`): CTranslate2 (the fastest CPU runtime for T5-style encoder-decoders), a T5
   of the encoder-decoder's shape converted from Hugging Face, fp32 or int8 (`compute_type`).
 
-Anchors have random weights (seeded), like the encore models they mirror: speed does not depend on
-the values. They copy the shapes, not encore's design choices: T5 has no grouped K/V and uses
-relative position buckets instead of RoPE.
+For encore's own models, anchors have random weights (seeded), like the encore models they mirror:
+speed does not depend on the values. They copy the shapes, not encore's design choices: T5 has no
+grouped K/V and uses relative position buckets instead of RoPE. For a model of a transformers family
+(T5Gemma, SmolLM2, Qwen, Gemma 3: a checkpoint or a preset of a released shape) both anchors run the
+same weights through the family's own transformers class and CTranslate2's own converter
+(`encore.bench.same_weights`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 
 from encore.bench.backends import BackendSpec, Timing, bench_config, quantized_label, sync
 from encore.bench.costmodel import dtype_bytes, kv_cache_bytes
+from encore.bench.same_weights import ct2_directory, ct2_vocabulary, hf_model, imported
 from encore.config import ModelConfig
 from encore.files import cache_dir
 
@@ -109,9 +113,11 @@ class HFBackend:
 
     def __init__(self, spec: BackendSpec):
         self.device, self.dtype, self.seed = torch.device(spec.device), getattr(torch, spec.dtype), spec.seed
-        mirror, config, _ = bench_config(spec.model, spec.max_len)
+        mirror, config, self.checkpoint = bench_config(spec.model, spec.max_len)
         self.config, self.arch, self.mirror = config, config.arch, mirror
-        if config.arch == "encdec":
+        if imported(config):  # the same weights through the family's own transformers class
+            self.hf_name, self.cost_config = f"hf-{config.family}", config
+        elif config.arch == "encdec":
             self.hf_name = "hf-t5"
             self.cost_config = config.replace(n_kv_heads=config.n_heads)  # T5: no grouped K/V
         else:
@@ -123,6 +129,8 @@ class HFBackend:
     def build(self) -> Any:
         from transformers import LlamaForCausalLM, T5ForConditionalGeneration
 
+        if imported(self.config):
+            return hf_model(self.config, self.seed, self.checkpoint, self.device, self.dtype)
         encdec = self.arch == "encdec"
         cls = T5ForConditionalGeneration if encdec else LlamaForCausalLM
         hf_config = hf_t5_config(self.config) if encdec else hf_llama_config(self.config)
@@ -221,16 +229,18 @@ class CT2Backend:
     sweep, kernel = False, "aten"
 
     def __init__(self, spec: BackendSpec):
-        label, config, _ = bench_config(spec.model, spec.max_len)
-        if config.arch != "encdec":
+        label, config, self.checkpoint = bench_config(spec.model, spec.max_len)
+        if config.arch != "encdec" and not imported(config):
             raise ValueError(f"--vs-ct2 times a T5 of an encoder-decoder's shape; {label} is decoder-only")
         self.config, self.arch, self.seed = config, config.arch, spec.seed
         self.compute_type = "int8" if spec.quantize == "int8" else "float32"
         self.mirror = quantized_label(label, spec.quantize)
         self.kernel = "int8" if spec.quantize == "int8" else "onednn"
-        self.label = f"ct2-t5 {self.compute_type} ({label})"
+        family = config.family if imported(config) else "t5"
+        self.label = f"ct2-{family} {self.compute_type} ({label})"
         self.name = "ctranslate2" + ("-int8" if spec.quantize == "int8" else "")
-        self.cost_config = config.replace(n_kv_heads=config.n_heads)  # T5: no grouped K/V
+        # T5 has no grouped K/V; an imported family's conversion has the model's own shapes
+        self.cost_config = config if imported(config) else config.replace(n_kv_heads=config.n_heads)
         self.weight_bytes = 1 if spec.quantize == "int8" else 4
         if spec.device != "cpu":
             raise ValueError("--vs-ct2 runs on the CPU")
@@ -238,20 +248,21 @@ class CT2Backend:
     def build(self) -> Any:
         import ctranslate2
 
-        path = ct2_model_dir(self.config, self.seed)
-        translator = ctranslate2.Translator(
-            str(path),
-            device="cpu",
-            compute_type=self.compute_type,
-            inter_threads=1,
-            intra_threads=torch.get_num_threads(),
-        )
-        vocab = json.loads((path / "shared_vocabulary.json").read_text())
-        return translator, vocab
+        if imported(self.config):
+            path = ct2_directory(self.config, self.seed, self.checkpoint)
+            vocab = ct2_vocabulary(path)
+        else:
+            path = ct2_model_dir(self.config, self.seed)
+            vocab = json.loads((path / "shared_vocabulary.json").read_text())
+        runner = ctranslate2.Translator if self.arch == "encdec" else ctranslate2.Generator
+        threads = dict(inter_threads=1, intra_threads=torch.get_num_threads())
+        return runner(str(path), device="cpu", compute_type=self.compute_type, **threads), vocab
 
     def params(self, model: Any) -> int:
         from transformers import T5ForConditionalGeneration
 
+        if imported(self.config):
+            return self.config.param_counts()["total"]
         with torch.device("meta"):
             return sum(p.numel() for p in T5ForConditionalGeneration(hf_t5_config(self.config)).parameters())
 
@@ -265,15 +276,26 @@ class CT2Backend:
             return False
 
         t0 = time.perf_counter()
-        translator.translate_batch(
-            source,
-            beam_size=1,
-            max_decoding_length=n,
-            min_decoding_length=n,  # EOS is masked until n tokens: exactly n, like encore's eos_token_id=None
-            max_input_length=0,
-            max_batch_size=len(source),
-            callback=on_token,
-        )
+        if self.arch == "encdec":
+            translator.translate_batch(
+                source,
+                beam_size=1,
+                max_decoding_length=n,
+                min_decoding_length=n,  # EOS is masked until n tokens: exactly n, like encore's eos_token_id=None
+                max_input_length=0,
+                max_batch_size=len(source),
+                callback=on_token,
+            )
+        else:  # a decoder-only family: the prompt, then n new tokens
+            translator.generate_batch(
+                source,
+                max_length=n,
+                min_length=n,
+                sampling_topk=1,
+                include_prompt_in_result=False,
+                max_batch_size=len(source),
+                callback=on_token,
+            )
         t_end = time.perf_counter()
         marks = [stamps[s] for s in sorted(stamps)]
         intervals = [b - a for a, b in zip(marks, marks[1:])]

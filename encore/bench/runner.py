@@ -37,6 +37,7 @@ from encore.bench.costmodel import Machine, dtype_bytes, generation_cost, kv_cac
 from encore.bench.machine import machine_for
 from encore.bench.registry import make_backend
 from encore.bench.report import format_report, plot, validate_bench_json
+from encore.bench.same_weights import imported
 from encore.bench.workers import ProcessWorker, Worker
 from encore.convert import resolve_model
 from encore.progress import Progress
@@ -183,8 +184,10 @@ def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:
     if cfg.vs_hf:
         specs += [spec("hf", m, full_len, None) for m in models]
     if cfg.vs_ct2:
-        encdec = [m for m in models if resolve_model(m)[0].arch == "encdec"]
-        specs += [spec("ct2", m, full_len, q) for q in cfg.quantize for m in encdec]
+        # encore's encoder-decoders get a T5 of their shape; a transformers family's model (either
+        # architecture) its own weights through CTranslate2's converter
+        ct2 = [m for m in models if (c := resolve_model(m)[0]).arch == "encdec" or imported(c)]
+        specs += [spec("ct2", m, full_len, q) for q in cfg.quantize for m in ct2]
     return specs
 
 

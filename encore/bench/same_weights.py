@@ -1,0 +1,102 @@
+"""The anchors of an imported family (T5Gemma, Llama / SmolLM2, Qwen, Gemma 3) run *the same weights*
+encore runs, not a look-alike: a transformers checkpoint directory of the model (the user's own, or the
+seeded random model of a preset saved in its family's layout), timed by transformers' `generate`
+(`--vs-hf`) and converted by CTranslate2's own converter (`--vs-ct2`).
+"""
+
+from __future__ import annotations
+
+import fcntl  # POSIX: the anchors run on Linux / macOS
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from encore.config import ModelConfig
+from encore.files import cache_dir
+
+
+def imported(config: ModelConfig) -> bool:
+    """A model of a transformers family: its anchors run the same weights."""
+    return config.family != "encore"
+
+
+def _cached(name: str, key: object, make: Callable[[Path], None]) -> Path:
+    """A directory under $ENCORE_CACHE/bench built once by `make(tmp)` (workers share it, under a lock)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    target = cache_dir() / "bench" / f"{name}-{digest}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_dir():
+            work = target.with_name(target.name + ".tmp")
+            shutil.rmtree(work, ignore_errors=True)
+            make(work)
+            work.rename(target)
+    return target
+
+
+def hf_directory(config: ModelConfig, seed: int, checkpoint: Path | None) -> Path:
+    """A transformers directory of the weights the encore backend runs: a transformers checkpoint as
+    it is; an encore checkpoint or a preset (seeded, as `encore.model.build` makes it) written in its
+    family's layout, with a word-level tokenizer of the vocabulary's size (CTranslate2's converter
+    builds its vocabulary from a tokenizer; the bench feeds token strings, never text)."""
+    from encore.convert import load
+    from encore.convert.checkpoint import is_hf_checkpoint
+    from encore.model.io import build
+
+    if checkpoint is not None and is_hf_checkpoint(checkpoint):
+        return checkpoint
+
+    def make(work: Path) -> None:
+        model = build(config, seed=seed) if checkpoint is None else load(checkpoint)
+        model.save_pretrained(work, format="hf")
+        if model.tokenizer is None:
+            _word_tokenizer(model.config).save_pretrained(str(work))
+
+    key = [config.to_json_dict(), seed, str(checkpoint), checkpoint and checkpoint.stat().st_mtime]
+    return _cached(f"hf-{config.family}", key, make)
+
+
+def _word_tokenizer(config: ModelConfig):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    names = {config.pad_token_id: "<pad>", config.bos_token_id: "<bos>", config.eos_token_id: "<eos>"}
+    vocab = {names.get(i, f"<t{i}>"): i for i in range(config.vocab_size)}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
+        pad_token="<pad>",
+        bos_token=names[config.bos_token_id],
+        eos_token=names[config.eos_token_id],
+        unk_token="<pad>",
+    )
+
+
+def ct2_directory(config: ModelConfig, seed: int, checkpoint: Path | None) -> Path:
+    """CTranslate2's own conversion (fp32) of `hf_directory`, cached."""
+    import ctranslate2
+
+    source = hf_directory(config, seed, checkpoint)
+
+    def make(work: Path) -> None:
+        ctranslate2.converters.TransformersConverter(str(source)).convert(str(work), force=True)
+
+    return _cached(f"ct2-{config.family}", [str(source), ctranslate2.__version__], make)
+
+
+def ct2_vocabulary(directory: Path) -> list[str]:
+    for name in ("shared_vocabulary.json", "vocabulary.json", "target_vocabulary.json"):
+        if (directory / name).is_file():
+            return json.loads((directory / name).read_text())
+    raise FileNotFoundError(f"{directory}: no vocabulary file in the CTranslate2 model")
+
+
+def hf_model(config: ModelConfig, seed: int, checkpoint: Path | None, device, dtype):
+    """transformers' own class of the family, loaded from `hf_directory`."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if config.arch == "encdec" else AutoModelForCausalLM
+    directory = hf_directory(config, seed, checkpoint)
+    return auto.from_pretrained(str(directory), dtype=dtype, device_map=str(device)).eval()
