@@ -56,6 +56,11 @@ class ModelConfig:
     encoder_layer_types: list[str] = dataclasses.field(default_factory=list)
     decoder_layer_types: list[str] = dataclasses.field(default_factory=list)
     sliding_window: int = 0
+    # an encoder sliding layer sees keys i - back .. i + ahead: [back, ahead] (empty: [window, window],
+    # T5Gemma's |i - j| <= window; T5Gemma 2 splits its window around the query)
+    encoder_window: list[int] = dataclasses.field(default_factory=list)
+    merged_attention: bool = False  # the decoder's self- and cross-attention are one softmax (T5Gemma 2)
+    eoi_token_id: int | None = None  # a token whose input embedding is a vector of its own (T5Gemma 2's <eoi>)
     rope_local_theta: float | None = None  # RoPE base of the sliding layers (None: rope_theta)
     # RoPE scaling of the full layers as the checkpoint's family ships it: {"rope_type": "linear",
     # "factor": f} or {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
@@ -116,6 +121,12 @@ class ModelConfig:
                 fail(name, f"must be empty or {n} entries of 'full' / 'sliding'")
             if "sliding" in types and self.sliding_window <= 0:
                 fail("sliding_window", f"{name} has sliding layers: the window must be a positive integer")
+        if self.encoder_window and (len(self.encoder_window) != 2 or min(self.encoder_window) < 0):
+            fail("encoder_window", "must be empty or [back, ahead], two non-negative integers")
+        if self.merged_attention and (self.arch != "encdec" or not self.qk_norm):
+            fail("merged_attention", "needs an encoder-decoder with q/k norms (T5Gemma 2's blocks)")
+        if self.eoi_token_id is not None and not (self.embed_scale and 0 <= self.eoi_token_id < self.vocab_size):
+            fail("eoi_token_id", "must be a token id of a model with scaled embeddings (or None)")
         for name in ("attn_softcap", "final_softcap", "attn_scale", "rope_local_theta"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 fail(name, "must be positive (or None)")
@@ -141,6 +152,13 @@ class ModelConfig:
     def gated_mlp(self) -> bool:
         return self.mlp_type in ("swiglu", "geglu")
 
+    def encoder_span(self) -> tuple[int, int] | None:
+        """(back, ahead): the keys an encoder sliding layer sees around its query; None without one."""
+        if "sliding" not in self.encoder_layer_types:
+            return None
+        back, ahead = self.encoder_window or (self.sliding_window, self.sliding_window)
+        return back, ahead
+
     def layer_types(self, part: str) -> list[str]:
         """ "full" / "sliding" for each layer of `part` ("encoder" or "decoder")."""
         types = self.encoder_layer_types if part == "encoder" else self.decoder_layer_types
@@ -158,7 +176,7 @@ class ModelConfig:
         encdec = self.arch == "encdec"
         return {
             "self_attn": d * (self.n_heads + 2 * self.n_kv_heads) * hd + self.n_heads * hd * d,
-            "cross_q_out": 2 * d * self.n_heads * hd if encdec else 0,
+            "cross_q_out": 2 * d * self.n_heads * hd if encdec and not self.merged_attention else 0,
             "cross_kv": d * 2 * self.n_kv_heads * hd if encdec else 0,
             "mlp": (3 if self.gated_mlp else 2) * d * self.mlp_dim,
             "head": self.vocab_size * d,
@@ -173,9 +191,11 @@ class ModelConfig:
         )
         enc_layer = m["self_attn"] + m["mlp"] + 2 * per_norm * norm + attn_extra
         cross = (m["cross_q_out"] + m["cross_kv"] + per_norm * norm) if self.arch == "encdec" else 0
+        if self.merged_attention:  # no cross-attention block: a copy of the K/V projection reads the encoder
+            cross = m["cross_kv"]
         dec_layer = m["self_attn"] + m["mlp"] + 2 * per_norm * norm + cross + attn_extra
         tables = 1 + (not self.tie_embeddings) + (self.arch == "encdec" and not self.tie_encoder_embeddings)
-        embedding = self.vocab_size * self.d_model * tables
+        embedding = self.vocab_size * self.d_model * tables + (self.d_model if self.eoi_token_id is not None else 0)
         encoder = self.n_encoder_layers * enc_layer + (norm if self.n_encoder_layers else 0)
         decoder = self.n_decoder_layers * dec_layer + norm
         return {"embedding": embedding, "encoder": encoder, "decoder": decoder, "total": embedding + encoder + decoder}
@@ -298,6 +318,30 @@ PRESETS.update(
             rope_local_theta=10000.0,
             max_seq_len=32768,
             family="gemma3_text",
+        ),
+        "t5gemma-2-270m-270m": dict(
+            _GEMMA,
+            arch="encdec",
+            vocab_size=262144,
+            d_model=640,
+            n_encoder_layers=18,
+            n_decoder_layers=18,
+            n_heads=4,
+            n_kv_heads=1,
+            head_dim=256,
+            mlp_dim=2048,
+            qk_norm=True,
+            merged_attention=True,
+            attn_scale=256**-0.5,
+            encoder_layer_types=(["sliding"] * 5 + ["full"]) * 3,
+            decoder_layer_types=(["sliding"] * 5 + ["full"]) * 3,
+            sliding_window=512,
+            encoder_window=[255, 256],
+            rope_theta=1_000_000.0,
+            rope_local_theta=10000.0,
+            max_seq_len=32768,
+            eoi_token_id=256000,
+            family="t5gemma2",
         ),
         "t5gemma-s-s": dict(
             _T5GEMMA,

@@ -1,4 +1,6 @@
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +9,32 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from encore import DecoderOnly, EncoderDecoder, ModelConfig
 
 os.environ.setdefault("ENCORE_QUIET", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _untracked() -> set[str] | None:
+    """Files in the work tree that git neither tracks nor ignores (None outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if out.returncode != 0:
+        return None
+    return {line[3:] for line in out.stdout.splitlines() if line.startswith("??")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def work_tree_stays_clean():
+    """No test or benchmark writes outside its temporary or output directory: the suite leaves the
+    work tree without new untracked files."""
+    before = _untracked()
+    yield
+    after = _untracked()
+    if before is not None and after is not None:
+        new = sorted(after - before)
+        assert not new, f"the test suite left files in the work tree: {new[:10]}"
 
 
 def make_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:

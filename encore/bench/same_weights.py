@@ -51,12 +51,42 @@ def hf_directory(config: ModelConfig, seed: int, checkpoint: Path | None) -> Pat
 
     def make(work: Path) -> None:
         model = build(config, seed=seed) if checkpoint is None else load(checkpoint)
-        model.save_pretrained(work, format="hf")
+        if model.config.family == "t5gemma2":
+            _save_with_default_tower(model, work)
+        else:
+            model.save_pretrained(work, format="hf")
         if model.tokenizer is None:
             _word_tokenizer(model.config).save_pretrained(str(work))
 
     key = [config.to_json_dict(), seed, str(checkpoint), checkpoint and checkpoint.stat().st_mtime]
     return _cached(f"hf-{config.family}", key, make)
+
+
+def _save_with_default_tower(model, directory: Path) -> None:
+    """T5Gemma 2, which encore loads as text only: transformers' class with the text weights encore
+    runs and its default vision tower, randomly initialised (the bench times text; users get a
+    refusal from `save_pretrained(format="hf")` rather than a tower they did not have)."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from encore.convert import ADAPTERS
+
+    adapter, config = ADAPTERS["t5gemma2"], model.config
+    hf = AutoModelForSeq2SeqLM.from_config(adapter.config_to_hf(config))
+    memory = {disk: mem for mem, disk in adapter.memory_names.items()}
+    state = adapter.to_hf(model.state_dict(), config)
+    for name in list(state):
+        for disk, mem in memory.items():
+            if name.startswith(disk):
+                state[mem + name[len(disk) :]] = state.pop(name)
+    with torch.no_grad():
+        missing, unexpected = hf.load_state_dict(state, strict=False)
+    tied = set(getattr(hf, "all_tied_weights_keys", {}) or {}) | {"lm_head.out_proj.weight"}
+    tied |= {"model.decoder.embed_tokens.weight", "model.decoder.embed_tokens.eoi_embedding"}  # the encoder's
+    text_missing = [n for n in missing if "vision" not in n and "multi_modal" not in n and n not in tied]
+    if unexpected or text_missing:
+        raise ValueError(f"T5Gemma 2 bench model: unexpected {unexpected[:3]}, missing {text_missing[:3]}")
+    hf.save_pretrained(str(directory))
 
 
 def _word_tokenizer(config: ModelConfig):

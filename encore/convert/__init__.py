@@ -79,10 +79,10 @@ def from_hf(model_or_path: Any, device: torch.device | str = "cpu", dtype: torch
     generation = getattr(model_or_path, "generation_config", None)
     generation = generation.to_dict() if generation is not None else {}
     config = adapter.config_from_hf(hf, {k: v for k, v in generation.items() if v is not None})
-    state = model_or_path.state_dict()
-    if config.arch == "encdec":
-        same = torch.equal(state["model.encoder.embed_tokens.weight"], state["model.decoder.embed_tokens.weight"])
-        config = config.replace(tie_encoder_embeddings=same)
+    state = {adapter.disk_name(k): v for k, v in model_or_path.state_dict().items()}
+    tables = [state.get(f"model.{part}.embed_tokens.weight") for part in ("encoder", "decoder")]
+    if config.arch == "encdec" and None not in tables:  # T5Gemma keeps two tables: tie them when equal
+        config = config.replace(tie_encoder_embeddings=bool(torch.equal(*tables)))
     get = lambda name: state[name].to(dtype or torch.float32)
     model = fill_model(config, adapter.from_hf(get, config), device, dtype, where=type(model_or_path).__name__)
     model.generation_config = generation

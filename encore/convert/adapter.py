@@ -30,6 +30,15 @@ class ConversionError(ValueError):
 class StateDictAdapter:
     model_types: tuple[str, ...] = ()  # config.json `model_type`s this adapter reads
     architecture: str = ""  # the transformers class `to_hf` writes (config.json `architectures`)
+    # prefixes a transformers model object names differently in memory than on disk -> the disk's
+    memory_names: dict[str, str] = {}
+
+    def disk_name(self, name: str) -> str:
+        """A model object's state-dict name as the checkpoint files spell it."""
+        for memory, disk in self.memory_names.items():
+            if name.startswith(memory):
+                return disk + name[len(memory) :]
+        return name
 
     # --- configs ----------------------------------------------------------------------------------
 
@@ -64,7 +73,7 @@ class StateDictAdapter:
                 continue
             rows = [part_rows(p, config) for p in parts]
             for part, piece in zip(parts, tensor.split(rows)):
-                out[part] = piece.contiguous()
+                out.setdefault(part, piece.contiguous())  # a tensor two rules read: the first one writes it
         return out
 
 

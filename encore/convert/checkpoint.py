@@ -19,7 +19,7 @@ from torch import Tensor
 
 from encore.config import ModelConfig
 from encore.convert.adapter import ConversionError, StateDictAdapter
-from encore.convert.gemma import Gemma3TextAdapter, T5GemmaAdapter
+from encore.convert.gemma import Gemma3TextAdapter, T5Gemma2Adapter, T5GemmaAdapter
 from encore.convert.llama import LlamaAdapter, Qwen2Adapter, Qwen3Adapter
 from encore.files import atomic_write
 from encore.model.arches import model_class
@@ -27,7 +27,7 @@ from encore.model.base import LanguageModel
 
 ADAPTERS: dict[str, StateDictAdapter] = {
     t: a
-    for a in (LlamaAdapter(), Qwen2Adapter(), Qwen3Adapter(), Gemma3TextAdapter(), T5GemmaAdapter())
+    for a in (LlamaAdapter(), Qwen2Adapter(), Qwen3Adapter(), Gemma3TextAdapter(), T5GemmaAdapter(), T5Gemma2Adapter())
     for t in a.model_types
 }
 GENERATION_FILE = "generation_config.json"
@@ -117,8 +117,9 @@ def load_hf(
     config, adapter, generation = read_config(directory)
     tensors = Tensors(directory, dtype or torch.float32)
     try:
-        if config.arch == "encdec" and "model.encoder.embed_tokens.weight" in tensors.names():
-            enc, dec = (tensors.get(f"model.{p}.embed_tokens.weight") for p in ("encoder", "decoder"))
+        tables = [f"model.{p}.embed_tokens.weight" for p in ("encoder", "decoder")]
+        if config.arch == "encdec" and set(tables) <= set(tensors.names()):  # T5Gemma: two tables, tied if equal
+            enc, dec = (tensors.get(t) for t in tables)
             config = config.replace(tie_encoder_embeddings=bool(torch.equal(enc, dec)))
             del enc, dec
         if config_changes:

@@ -256,3 +256,91 @@ class T5GemmaAdapter(StateDictAdapter):
                 (f"{enc}.cross.out.weight", (f"{hf}.cross_attn.o_proj.weight",)),
             ]
         return rules
+
+
+class T5Gemma2Adapter(StateDictAdapter):
+    """T5Gemma 2: Gemma 3 blocks (q/k norms, local and global RoPE bases), one embedding table for the
+    encoder, the decoder and the head (with T5Gemma 2's <eoi> vector), a window split around the
+    encoder's queries, and a decoder whose self- and cross-attention are one softmax. Text only: the
+    SigLIP tower and projector of the checkpoint are not loaded (docs/convert.md)."""
+
+    model_types = ("t5gemma2",)
+    architecture = "T5Gemma2ForConditionalGeneration"
+    memory_names = {"model.encoder.text_model.": "model.encoder."}
+
+    def config_from_hf(self, hf: dict[str, Any], generation: dict[str, Any]) -> ModelConfig:
+        encoder, dec = need(hf, "encoder"), need(hf, "decoder")
+        enc = encoder.get("text_config") or encoder
+        for key in T5GemmaAdapter._same + ("final_logit_softcapping",):
+            if enc.get(key) != dec.get(key):
+                raise ConversionError(
+                    f"config.json: encoder and decoder differ in {key} ({enc.get(key)} vs {dec.get(key)})"
+                )
+        enc_kinds, window = layer_kinds(enc, need(enc, "num_hidden_layers", "config.json encoder"))
+        dec_kinds, dec_window = layer_kinds(dec, need(dec, "num_hidden_layers", "config.json decoder"))
+        theta, rope_params = rope_settings(dec, "full_attention")
+        local = rope_settings(dec, "sliding_attention")[0]
+        vocab = need(dec, "vocab_size")
+        eoi = hf.get("eoi_token_index") or encoder.get("eoi_token_index")
+        tokens = special_tokens(dec, generation, vocab)
+        start = generation.get("decoder_start_token_id", hf.get("decoder_start_token_id"))
+        if isinstance(start, int):
+            tokens["bos_token_id"] = start
+        w = window or dec_window
+        return ModelConfig(
+            **_gemma_fields(dec),
+            arch="encdec",
+            n_encoder_layers=len(enc_kinds) or enc["num_hidden_layers"],
+            n_decoder_layers=len(dec_kinds) or dec["num_hidden_layers"],
+            qk_norm=True,
+            merged_attention=True,
+            rope_theta=theta,
+            rope_params=rope_params,
+            rope_local_theta=local if enc_kinds or dec_kinds else None,
+            encoder_layer_types=enc_kinds,
+            decoder_layer_types=dec_kinds,
+            sliding_window=w,
+            encoder_window=[(w + 1) // 2 - 1, w // 2] if enc_kinds else [],
+            eoi_token_id=eoi if isinstance(eoi, int) and eoi < vocab else None,
+            tie_embeddings=True,
+            tie_encoder_embeddings=True,
+            source_layout="bos",
+            family="t5gemma2",
+            **tokens,
+        )
+
+    def why_not(self, config: ModelConfig) -> str | None:
+        return "encore loads T5Gemma 2's text model only; writing it back would drop the vision tower"
+
+    def config_to_hf(self, config: ModelConfig) -> Any:
+        """The family's config, with transformers' default vision tower (the bench's random models)."""
+        from transformers import T5Gemma2Config
+
+        rope = {
+            "full_attention": rope_to_hf(config),
+            "sliding_attention": {"rope_type": "default", "rope_theta": config.rope_local_theta or config.rope_theta},
+        }
+        parts = {part: {**_gemma_to_hf(config, part), "rope_parameters": rope} for part in ("encoder", "decoder")}
+        eoi = {} if config.eoi_token_id is None else {"eoi_token_index": config.eoi_token_id}
+        hf = T5Gemma2Config(encoder={"text_config": parts["encoder"], **eoi}, decoder=parts["decoder"], **eoi)
+        hf.decoder_start_token_id = config.bos_token_id
+        return hf
+
+    def rules(self, config: ModelConfig) -> list[Rule]:
+        enc_hf = "model.encoder"  # as saved (in memory, transformers names it model.encoder.text_model)
+        rules: list[Rule] = [
+            ("embed.weight", (f"{enc_hf}.embed_tokens.weight",)),
+            ("encoder_norm.weight", (f"{enc_hf}.norm.weight",)),
+            ("final_norm.weight", ("model.decoder.norm.weight",)),
+        ]
+        if config.eoi_token_id is not None:
+            rules.append(("embed.eoi_embedding", (f"{enc_hf}.embed_tokens.eoi_embedding",)))
+        for i in range(config.n_encoder_layers):
+            rules += _sandwich_rules(f"encoder.{i}", f"{enc_hf}.layers.{i}", config, T5GEMMA_NORMS)
+        for i in range(config.n_decoder_layers):
+            enc, hf = f"decoder.{i}", f"model.decoder.layers.{i}"
+            rules += _sandwich_rules(enc, hf, config, T5GEMMA_NORMS)
+            rules.append(
+                (f"{enc}.attn.cross_kv.weight", (f"{hf}.self_attn.k_proj.weight", f"{hf}.self_attn.v_proj.weight"))
+            )
+        return rules

@@ -17,7 +17,7 @@ from encore.model.inputs import (
     padding_mask,
     positions_from_mask,
 )
-from encore.model.layers import DecoderLayer, EncoderLayer, make_embedding, make_norm
+from encore.model.layers import DecoderLayer, EncoderLayer, MergedDecoderLayer, make_embedding, make_norm
 
 
 class EncoderDecoder(LanguageModel):
@@ -31,10 +31,14 @@ class EncoderDecoder(LanguageModel):
         self.encoder_embed = None if config.tie_encoder_embeddings else make_embedding(config)
         self.encoder = nn.ModuleList(EncoderLayer(config, kind) for kind in config.layer_types("encoder"))
         self.encoder_norm = make_norm(config)
-        self.decoder = nn.ModuleList(
-            DecoderLayer(config, cross_attention=True, kind=kind) for kind in config.layer_types("decoder")
-        )
+        if config.merged_attention:  # T5Gemma 2: self- and cross-attention as one softmax
+            layers = (MergedDecoderLayer(config, kind) for kind in config.layer_types("decoder"))
+        else:
+            layers = (DecoderLayer(config, cross_attention=True, kind=kind) for kind in config.layer_types("decoder"))
+        self.decoder = nn.ModuleList(layers)
         self._init_weights()
+        for layer in self.decoder if config.merged_attention else ():
+            layer.attn.copy_kv_to_cross()
 
     def blocks(self) -> list[nn.Module]:
         return [*self.encoder, *self.decoder]
@@ -54,10 +58,10 @@ class EncoderDecoder(LanguageModel):
         B, S = input_ids.shape
         self._check_length(S, "input")
         ropes = self.rotary(positions_from_mask(mask, B, S, input_ids.device))
-        window = self.config.sliding_window
+        span = self.config.encoder_span()
         masks = {  # [B, 1, 1, S] (or None), and [B|1, 1, S, S] for sliding layers
             "full": bidirectional_mask(mask, S, input_ids.device),
-            "sliding": bidirectional_mask(mask, S, input_ids.device, window) if window else None,
+            "sliding": bidirectional_mask(mask, S, input_ids.device, span) if span else None,
         }
         x = self.input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds  # [B, S, D]
         for layer in self.encoder:
@@ -92,7 +96,7 @@ class EncoderDecoder(LanguageModel):
         masks = {"full": full, "sliding": causal_mask(dec_mask, T, device, window) if window else full}
         x = self.embed(decoder_input_ids)  # [B, T, D]
         for layer in self.decoder:
-            kv = layer.cross.project_kv(memory)
+            kv = layer.project_cross(memory)
             x = layer(x, ropes[layer.kind], masks[layer.kind], causal=True, cross_kv=kv, cross_mask=cross_mask)
         return self.head(x)
 
@@ -104,7 +108,7 @@ class EncoderDecoder(LanguageModel):
         """Encode and project every decoder layer's cross-attention K/V: [L, B, K, S, Dh] each. What
         a request computes once; `mask` [B, S] bool or None (nothing padded)."""
         memory = self._encode(input_ids, mask, inputs_embeds)
-        k, v = zip(*(layer.cross.project_kv(memory) for layer in self.decoder))
+        k, v = zip(*(layer.project_cross(memory) for layer in self.decoder))
         return torch.stack(k), torch.stack(v)
 
     def prefill(

@@ -83,13 +83,17 @@ def causal_mask(key_mask: Tensor | None, length: int, device: torch.device, wind
     return ((causal & key_mask[:, None, :]) | eye)[:, None]
 
 
-def bidirectional_mask(key_mask: Tensor | None, length: int, device: torch.device, window: int = 0) -> Tensor | None:
-    """The encoder's mask: [B, 1, 1, S] key-is-real, or None when nothing is padded; with a `window` W,
-    [B|1, 1, S, S]: query i sees keys |i - j| <= W (a sliding encoder layer), itself always."""
-    if not window:
+def bidirectional_mask(
+    key_mask: Tensor | None, length: int, device: torch.device, span: tuple[int, int] | None = None
+) -> Tensor | None:
+    """The encoder's mask: [B, 1, 1, S] key-is-real, or None when nothing is padded; with a `span`
+    (back, ahead), [B|1, 1, S, S]: query i sees keys i - back <= j <= i + ahead (a sliding encoder
+    layer), itself always."""
+    if span is None:
         return None if key_mask is None else key_mask[:, None, None, :]
     i = torch.arange(length, device=device)
-    band = (i[None, :] - i[:, None]).abs() <= window  # [S, S]
+    offset = i[:, None] - i[None, :]  # [S, S]: query i minus key j
+    band = (offset <= span[0]) & (-offset <= span[1])
     if key_mask is None:
         return band[None, None]
     eye = torch.eye(length, dtype=torch.bool, device=device)

@@ -66,7 +66,23 @@ class ScaledEmbedding(nn.Embedding):
         return super().forward(ids) * torch.tensor(self.embedding_dim**0.5, dtype=self.weight.dtype)
 
 
+class EoiEmbedding(ScaledEmbedding):
+    """Scaled embeddings where one token (`eoi_id`, T5Gemma 2's end-of-image) has an input vector of its
+    own, unscaled, kept apart from the table (which the output head shares)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, eoi_id: int):
+        super().__init__(num_embeddings, embedding_dim)
+        self.eoi_id = eoi_id
+        self.eoi_embedding = nn.Parameter(torch.zeros(embedding_dim))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = super().forward(ids)
+        return torch.where((ids == self.eoi_id)[..., None], self.eoi_embedding.to(x.dtype), x)
+
+
 def make_embedding(config: ModelConfig) -> nn.Embedding:
+    if config.eoi_token_id is not None:
+        return EoiEmbedding(config.vocab_size, config.d_model, config.eoi_token_id)
     return (ScaledEmbedding if config.embed_scale else nn.Embedding)(config.vocab_size, config.d_model)
 
 
@@ -235,6 +251,68 @@ class SelfAttention(nn.Module):
         return self.out(attend(q, k, v, mask, causal, dropout, self.scale, self.softcap))
 
 
+class MergedAttention(SelfAttention):
+    """T5Gemma 2's decoder attention: one softmax over the layer's own keys and the encoder's. The
+    encoder's K/V come from a copy of the K/V projection (`cross_kv`, so the self-attention's stays
+    fused with q) and the same k-norm, without RoPE; projected once per request like cross K/V."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.cross_kv = Linear(config.d_model, 2 * self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+
+    @torch.no_grad()
+    def copy_kv_to_cross(self) -> None:
+        """Make `cross_kv` the K/V projection it copies (after a fresh init; fine-tuning may part them)."""
+        rows = self.n_heads * self.head_dim
+        self.cross_kv.weight.copy_(self.qkv.weight[rows:])
+        if self.qkv.bias is not None:
+            self.cross_kv.bias.copy_(self.qkv.bias[rows:])
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """memory [B, S, D] -> k, v [B, K, S, Dh] (k normed as the layer's own keys are)."""
+        B, S, _ = memory.shape
+        k, v = self.cross_kv(memory).view(B, S, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return self.qk_norm.k(k), v
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: Rope,
+        mask: Tensor | None,
+        causal: bool,
+        cache=None,
+        layer: int = 0,
+        cross_kv: tuple[Tensor, Tensor] | None = None,
+        cross_mask: Tensor | None = None,
+    ) -> Tensor:
+        B, T, _ = x.shape
+        H, K = self.n_heads, self.n_kv_heads
+        qkv = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).transpose(1, 2)  # [B, H+2K, T, Dh]
+        q, k = apply_rope(self.qk_norm(qkv[:, : H + K]), rope).split([H, K], dim=1)
+        v = qkv[:, H + K :]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        cross_k, cross_v = cross_kv
+        merged = _merged_mask(mask, causal, T, k.shape[2], cross_mask, cross_k.shape[2], x.device)
+        k, v = torch.cat([k, cross_k], dim=2), torch.cat([v, cross_v], dim=2)  # [B, K, T_self + S, Dh]
+        dropout = self.dropout if self.training else 0.0
+        return self.out(attend(q, k, v, merged, False, dropout, self.scale, self.softcap))
+
+
+def _merged_mask(
+    mask: Tensor | None, causal: bool, T: int, n_self: int, cross_mask: Tensor | None, n_cross: int, device
+) -> Tensor:
+    """[B|1, 1, T, n_self + n_cross]: the self-attention's mask (causal when None and `causal`) beside
+    the encoder's key mask ([B, 1, 1, S] or None: every key real)."""
+    if mask is None:
+        mask = torch.ones(T, n_self, dtype=torch.bool, device=device)
+        mask = (mask.tril(n_self - T) if causal else mask)[None, None]
+    if cross_mask is None:
+        cross_mask = torch.ones(1, 1, 1, n_cross, dtype=torch.bool, device=device)
+    rows = max(mask.shape[0], cross_mask.shape[0])
+    return torch.cat([mask.expand(rows, 1, T, n_self), cross_mask.expand(rows, 1, T, n_cross)], dim=-1)
+
+
 class CrossAttention(nn.Module):
     """Decoder -> encoder attention. No RoPE: encoder states already carry their positions.
     K/V depend only on the encoder output, so generation projects them once per request."""
@@ -341,6 +419,10 @@ class DecoderLayer(_Residual):
         self.post_mlp_norm = post_norm(config)
         self.dropout = config.dropout
 
+    def project_cross(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder states [B, S, D] -> this layer's cross K/V [B, K, S, Dh] (once per request)."""
+        return self.cross.project_kv(memory)
+
     def forward(
         self,
         x: Tensor,
@@ -355,6 +437,40 @@ class DecoderLayer(_Residual):
         x = x + self._drop(self.post_attn_norm(self.attn(self.attn_norm(x), rope, mask, causal, cache, layer)))
         if cross_kv is not None:
             x = x + self._drop(self.post_cross_norm(self.cross(self.cross_norm(x), *cross_kv, cross_mask)))
+        return x + self._drop(self.post_mlp_norm(self.mlp(self.mlp_norm(x))))
+
+
+class MergedDecoderLayer(_Residual):
+    """T5Gemma 2's decoder layer: merged self + cross attention, then the MLP; sandwich norms. Called
+    as `DecoderLayer` is (it always has encoder K/V)."""
+
+    def __init__(self, config: ModelConfig, kind: str = "full"):
+        super().__init__()
+        self.kind = kind
+        self.attn_norm = make_norm(config)
+        self.attn = MergedAttention(config)
+        self.post_attn_norm = post_norm(config)
+        self.mlp_norm = make_norm(config)
+        self.mlp = MLP(config)
+        self.post_mlp_norm = post_norm(config)
+        self.dropout = config.dropout
+
+    def project_cross(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        return self.attn.project_kv(memory)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: Rope,
+        mask: Tensor | None,
+        causal: bool,
+        cross_kv: tuple[Tensor, Tensor] | None = None,
+        cross_mask: Tensor | None = None,
+        cache=None,
+        layer: int = 0,
+    ) -> Tensor:
+        attn = self.attn(self.attn_norm(x), rope, mask, causal, cache, layer, cross_kv, cross_mask)
+        x = x + self._drop(self.post_attn_norm(attn))
         return x + self._drop(self.post_mlp_norm(self.mlp(self.mlp_norm(x))))
 
 
