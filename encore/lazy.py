@@ -22,3 +22,15 @@ def lazy_exports(package: str, namespace: dict[str, Any], where: dict[str, str])
         return sorted(set(namespace) | set(where))
 
     return __getattr__, __dir__
+
+
+def require(module: str, extra: str) -> Any:
+    """Import `module`, which the capability `extra` installs; a one-line error naming the extra when
+    it is missing (a ValueError, so the CLI prints it without a traceback)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        raise ValueError(
+            f"this needs {top}, which encore's {extra!r} extra installs: pip install 'encore[{extra}]'"
+        ) from None

@@ -8,6 +8,7 @@ from typing import Any
 from encore.bench.config import PAPER, BenchConfig
 from encore.bench.costmodel import Machine, dtype_bytes, generation_cost
 from encore.config import ModelConfig
+from encore.lazy import require
 
 # --- JSON schema ------------------------------------------------------------------------------------
 
@@ -198,10 +199,10 @@ def _x(x: float | None, digits: int = 2) -> str:
 def plot(doc: dict, path: str) -> None:
     """First-token latency and decode throughput against input length (measured points, cost-model
     lines), and the model / baseline ratios beside the paper's."""
-    import matplotlib
+    matplotlib = require("matplotlib", "bench")
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "bench")
 
     machine = Machine(doc["machine"]["peak_flops"], doc["machine"]["mem_bandwidth_bytes_per_s"])
     b0 = doc["results"][0]["batch_size"]
@@ -283,7 +284,9 @@ def _plot_ratios(doc: dict, grids: dict[str, list], b0: int, ax) -> None:
 
 
 def _log_axes(ax, title: str | None) -> None:
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
+    ticker = require("matplotlib.ticker", "bench")
+    FuncFormatter, LogLocator = ticker.FuncFormatter, ticker.LogLocator
+    NullFormatter, ScalarFormatter = ticker.NullFormatter, ticker.ScalarFormatter
 
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

@@ -40,6 +40,7 @@ from encore.bench.report import format_report, plot, validate_bench_json
 from encore.bench.same_weights import imported
 from encore.bench.workers import ProcessWorker, Worker
 from encore.convert import resolve_model
+from encore.lazy import require
 from encore.progress import Progress
 
 
@@ -300,7 +301,7 @@ def _check_memory(backends: list[Backend], points: list[Point]) -> None:
     """Refuse, before building anything, a point that cannot fit this machine's available memory:
     weights + K/V cache + the prefill's activations (a rough lower bound), per model (the workers
     run one model each, but one after another they must all fit while the bench runs)."""
-    import psutil
+    psutil = require("psutil", "bench")
 
     available = psutil.virtual_memory().available
     for b in backends:

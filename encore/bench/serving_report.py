@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from encore.lazy import require
+
 
 def _f(value: Any, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
@@ -51,10 +53,10 @@ def format_serve_report(doc: dict) -> str:
 def plot_serve(doc: dict, path: str) -> None:
     """Output tokens/s against the offered load (measured, and the cost model dashed), and p99 time
     to first token against the load, per model."""
-    import matplotlib
+    matplotlib = require("matplotlib", "bench")
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "bench")
 
     fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in doc["results"]:

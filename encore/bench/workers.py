@@ -17,6 +17,7 @@ import torch
 from encore.bench.backends import BackendSpec
 from encore.bench.registry import make_backend
 from encore.infer.memory import retain_freed_memory
+from encore.lazy import require
 
 
 def _read_status_kb(key: str) -> int | None:
@@ -57,7 +58,7 @@ class PeakMemory:
     def _start_sampler(self) -> None:
         import threading
 
-        import psutil
+        psutil = require("psutil", "bench")
 
         proc, self._stop = psutil.Process(), threading.Event()
         self.peak = proc.memory_info().rss
@@ -77,7 +78,7 @@ class PeakMemory:
         else:
             self._stop.set()
             self._thread.join()
-            import psutil
+            psutil = require("psutil", "bench")
 
             self.peak = max(self.peak, psutil.Process().memory_info().rss)
 

@@ -70,10 +70,12 @@ def load(
     return io.load(path, device=device, dtype=dtype, **config_changes)
 
 
-def from_hf(model_or_path: Any, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LanguageModel:
+def from_hf(
+    model_or_path: Any, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, **config_changes: Any
+) -> LanguageModel:
     """A transformers model object (its config and weights) or a checkpoint path -> the encore model."""
     if isinstance(model_or_path, (str, Path)):
-        return load(model_or_path, device, dtype)
+        return load(model_or_path, device, dtype, **config_changes)
     hf = model_or_path.config.to_dict()
     adapter = adapter_for(hf.get("model_type"), type(model_or_path).__name__)
     generation = getattr(model_or_path, "generation_config", None)
@@ -83,6 +85,8 @@ def from_hf(model_or_path: Any, device: torch.device | str = "cpu", dtype: torch
     tables = [state.get(f"model.{part}.embed_tokens.weight") for part in ("encoder", "decoder")]
     if config.arch == "encdec" and None not in tables:  # T5Gemma keeps two tables: tie them when equal
         config = config.replace(tie_encoder_embeddings=bool(torch.equal(*tables)))
+    if config_changes:
+        config = config.replace(**config_changes)
     get = lambda name: state[name].to(dtype or torch.float32)
     model = fill_model(config, adapter.from_hf(get, config), device, dtype, where=type(model_or_path).__name__)
     model.generation_config = generation
@@ -118,9 +122,7 @@ def load_gguf(path: Path, device: torch.device | str = "cpu", dtype: torch.dtype
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except ImportError as e:
         raise ValueError(f"{path}: reading GGUF needs the gguf package (pip install 'encore[gguf]'): {e}") from None
-    model = from_hf(hf_model, device, dtype)
+    model = from_hf(hf_model, device, dtype, **changes)
     del hf_model
-    if changes:
-        model.config = model.config.replace(**changes)
     set_tokenizer(model, tokenizer)
     return model

@@ -157,6 +157,38 @@ class Gemma3TextAdapter(StateDictAdapter):
         return rules
 
 
+def _encoder_decoder(
+    enc: dict[str, Any], dec: dict[str, Any], hf: dict[str, Any], generation: dict[str, Any], same: tuple[str, ...]
+) -> tuple[dict[str, Any], int]:
+    """The fields both T5Gemma generations read the same way from their encoder and decoder configs
+    (which must agree on `same`), and the sliding window."""
+    for key in same:
+        if enc.get(key) != dec.get(key):
+            raise ConversionError(
+                f"config.json: encoder and decoder differ in {key} ({enc.get(key)} vs {dec.get(key)}); "
+                "encore's encoder-decoders share one width and head shape (T5Gemma 9B-2B is not supported yet)"
+            )
+    enc_kinds, window = layer_kinds(enc, need(enc, "num_hidden_layers", "config.json encoder"))
+    dec_kinds, dec_window = layer_kinds(dec, need(dec, "num_hidden_layers", "config.json decoder"))
+    ids = {k: hf[k] for k in ("eos_token_id", "bos_token_id", "pad_token_id") if k in hf}
+    tokens = special_tokens({**dec, **ids}, generation, need(dec, "vocab_size"))
+    start = generation.get("decoder_start_token_id", hf.get("decoder_start_token_id"))
+    if isinstance(start, int):
+        tokens["bos_token_id"] = start
+    fields = dict(
+        _gemma_fields(dec),
+        arch="encdec",
+        n_encoder_layers=enc["num_hidden_layers"],
+        n_decoder_layers=dec["num_hidden_layers"],
+        encoder_layer_types=enc_kinds,
+        decoder_layer_types=dec_kinds,
+        sliding_window=window or dec_window,
+        source_layout="bos",
+        **tokens,
+    )
+    return fields, window or dec_window
+
+
 class T5GemmaAdapter(StateDictAdapter):
     model_types = ("t5gemma",)
     architecture = "T5GemmaForConditionalGeneration"
@@ -176,38 +208,15 @@ class T5GemmaAdapter(StateDictAdapter):
 
     def config_from_hf(self, hf: dict[str, Any], generation: dict[str, Any]) -> ModelConfig:
         enc, dec = need(hf, "encoder"), need(hf, "decoder")
-        for key in self._same:
-            if enc.get(key) != dec.get(key):
-                raise ConversionError(
-                    f"config.json: encoder and decoder differ in {key} ({enc.get(key)} vs {dec.get(key)}); "
-                    "encore's encoder-decoders share one width and head shape (T5Gemma 9B-2B is not supported yet)"
-                )
-        enc_kinds, window = layer_kinds(enc, need(enc, "num_hidden_layers", "config.json encoder"))
-        dec_kinds, dec_window = layer_kinds(dec, need(dec, "num_hidden_layers", "config.json decoder"))
+        fields, _ = _encoder_decoder(enc, dec, hf, generation, self._same)
         theta, rope_params = rope_settings(dec)
-        tokens = special_tokens(
-            {**dec, **{k: hf[k] for k in ("eos_token_id", "bos_token_id", "pad_token_id") if k in hf}},
-            generation,
-            need(dec, "vocab_size"),
-        )
-        start = generation.get("decoder_start_token_id", hf.get("decoder_start_token_id"))
-        if isinstance(start, int):
-            tokens["bos_token_id"] = start
         return ModelConfig(
-            **{**_gemma_fields(dec), "final_softcap": dec.get("final_logit_softcapping")},
-            arch="encdec",
-            n_encoder_layers=len(enc_kinds) or enc["num_hidden_layers"],
-            n_decoder_layers=len(dec_kinds) or dec["num_hidden_layers"],
+            **fields,
             rope_theta=theta,
             rope_params=rope_params,
-            encoder_layer_types=enc_kinds,
-            decoder_layer_types=dec_kinds,
-            sliding_window=window or dec_window,
             tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
             tie_encoder_embeddings=False,  # the loader ties them when the two tables are equal
-            source_layout="bos",
             family="t5gemma",
-            **tokens,
         )
 
     def why_not(self, config: ModelConfig) -> str | None:
@@ -270,43 +279,23 @@ class T5Gemma2Adapter(StateDictAdapter):
 
     def config_from_hf(self, hf: dict[str, Any], generation: dict[str, Any]) -> ModelConfig:
         encoder, dec = need(hf, "encoder"), need(hf, "decoder")
-        enc = encoder.get("text_config") or encoder
-        for key in T5GemmaAdapter._same + ("final_logit_softcapping",):
-            if enc.get(key) != dec.get(key):
-                raise ConversionError(
-                    f"config.json: encoder and decoder differ in {key} ({enc.get(key)} vs {dec.get(key)})"
-                )
-        enc_kinds, window = layer_kinds(enc, need(enc, "num_hidden_layers", "config.json encoder"))
-        dec_kinds, dec_window = layer_kinds(dec, need(dec, "num_hidden_layers", "config.json decoder"))
+        same = (*T5GemmaAdapter._same, "final_logit_softcapping")
+        fields, w = _encoder_decoder(encoder.get("text_config") or encoder, dec, hf, generation, same)
         theta, rope_params = rope_settings(dec, "full_attention")
-        local = rope_settings(dec, "sliding_attention")[0]
-        vocab = need(dec, "vocab_size")
         eoi = hf.get("eoi_token_index") or encoder.get("eoi_token_index")
-        tokens = special_tokens(dec, generation, vocab)
-        start = generation.get("decoder_start_token_id", hf.get("decoder_start_token_id"))
-        if isinstance(start, int):
-            tokens["bos_token_id"] = start
-        w = window or dec_window
+        sliding = fields["encoder_layer_types"] or fields["decoder_layer_types"]
         return ModelConfig(
-            **_gemma_fields(dec),
-            arch="encdec",
-            n_encoder_layers=len(enc_kinds) or enc["num_hidden_layers"],
-            n_decoder_layers=len(dec_kinds) or dec["num_hidden_layers"],
+            **fields,
             qk_norm=True,
             merged_attention=True,
             rope_theta=theta,
             rope_params=rope_params,
-            rope_local_theta=local if enc_kinds or dec_kinds else None,
-            encoder_layer_types=enc_kinds,
-            decoder_layer_types=dec_kinds,
-            sliding_window=w,
-            encoder_window=[(w + 1) // 2 - 1, w // 2] if enc_kinds else [],
-            eoi_token_id=eoi if isinstance(eoi, int) and eoi < vocab else None,
+            rope_local_theta=rope_settings(dec, "sliding_attention")[0] if sliding else None,
+            encoder_window=[(w + 1) // 2 - 1, w // 2] if fields["encoder_layer_types"] else [],
+            eoi_token_id=eoi if isinstance(eoi, int) and eoi < fields["vocab_size"] else None,
             tie_embeddings=True,
             tie_encoder_embeddings=True,
-            source_layout="bos",
             family="t5gemma2",
-            **tokens,
         )
 
     def why_not(self, config: ModelConfig) -> str | None:

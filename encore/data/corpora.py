@@ -52,6 +52,7 @@ from encore.data.records import (
     require_field,
 )
 from encore.data.stdlib import module_split, stdlib_files
+from encore.lazy import require
 
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -246,7 +247,7 @@ class FileCorpus(Corpus):
             self._empty(path)
 
     def _parquet(self, path: Path, start_row: int) -> Iterator[tuple[str, int, int]]:
-        import pyarrow as pa
+        pa = require("pyarrow", "data")
 
         pf = parquet_file(path)
         schema, field = pf.schema_arrow, self.text_field
@@ -372,7 +373,7 @@ class HFCorpus(Corpus):
         skip_invalid: bool = False,
         **load_kwargs: Any,
     ) -> None:
-        import datasets
+        datasets = require("datasets", "data")
 
         self.name = f"hf://{name}" + (f":{config}" if config else "") + f"@{split}"
         self.text_field = text_field

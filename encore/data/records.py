@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from encore.lazy import require
+
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 _BOM = b"\xef\xbb\xbf"
 _PARQUET_BATCH_ROWS = 1024
@@ -216,8 +218,8 @@ def parse_record(path: str | os.PathLike, line: int, raw: bytes) -> dict:
 
 def parquet_file(path: Path):
     """A `pyarrow.parquet.ParquetFile`, or a DataError naming the file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require("pyarrow", "data")
+    pq = require("pyarrow.parquet", "data")
 
     try:
         return pq.ParquetFile(path)
@@ -230,7 +232,7 @@ def read_parquet(
 ) -> Iterator[tuple[int, dict]]:
     """(row number, record) for each row after `start_row`, read in batches; whole row groups before
     `start_row` are skipped without being read."""
-    import pyarrow as pa
+    pa = require("pyarrow", "data")
 
     pf = pf if pf is not None else parquet_file(path)
     row, first = 0, 0

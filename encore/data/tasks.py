@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from encore.data.records import SUFFIXES, DataError, SkipReport, iter_records, require_field
+from encore.lazy import require
 
 UNANSWERABLE = "unanswerable"
 SQUAD_TEMPLATE = "question: {question} context: {context}"
@@ -331,7 +332,7 @@ def _hub_records(task: Task, split: str, options: dict) -> RecordSource:
     streaming, revision = bool(options.get("streaming", False)), options.get("revision")
 
     def records(skip: bool, report: SkipReport) -> Iterator[tuple[int, dict]]:
-        import datasets
+        datasets = require("datasets", "data")
 
         try:
             ds = datasets.load_dataset(task.hub, config, split=split, streaming=streaming, revision=revision)
@@ -348,7 +349,7 @@ def _hub_records(task: Task, split: str, options: dict) -> RecordSource:
 
 def _remote_records(url: str) -> RecordSource:
     def records(skip: bool, report: SkipReport) -> Iterator[tuple[int, dict]]:
-        import datasets
+        datasets = require("datasets", "data")
 
         builder = "parquet" if ".parquet" in url else "json"
         yield from enumerate(datasets.load_dataset(builder, data_files=url, split="train", streaming=True), start=1)

@@ -11,6 +11,8 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+from encore.lazy import require
+
 NO_ANSWER = "unanswerable"  # what a SQuAD v2 target says, and a model should say, for a question with no answer
 
 PUNCTUATION = frozenset(string.punctuation)
@@ -25,7 +27,7 @@ def _check_lengths(predictions: Sequence, references: Sequence) -> None:
 
 
 def _rouge(predictions: Sequence[str], references: Sequence[str], kinds: Sequence[str]) -> dict[str, float]:
-    from rouge_score.rouge_scorer import RougeScorer
+    RougeScorer = require("rouge_score.rouge_scorer", "eval").RougeScorer
 
     _check_lengths(predictions, references)
     # Porter stemming, as in the ROUGE numbers usually reported for XSum
@@ -45,7 +47,7 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
 
 def bleu(predictions: list[str], references: list[str]) -> float:
     """Corpus BLEU-4 from sacrebleu (13a tokenisation, one reference per prediction), 0-100."""
-    import sacrebleu
+    sacrebleu = require("sacrebleu", "eval")
 
     _check_lengths(predictions, references)
     return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)

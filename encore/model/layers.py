@@ -373,42 +373,17 @@ class MLP(nn.Module):
         return self.down(self.act(self.up(x)))
 
 
-class _Residual(nn.Module):
-    def _drop(self, x: Tensor) -> Tensor:
-        # a plain function call, not an nn.Dropout module: decoding calls this 30 times per token
-        return F.dropout(x, self.dropout, True) if self.dropout and self.training else x
+class _Block(nn.Module):
+    """What every layer has: [norm -> attention -> post-norm] + residual, optionally the same around
+    cross-attention, then [norm -> MLP -> post-norm] + residual. Post-norms are `nn.Identity` unless the
+    family sandwiches (Gemma). `kind` ("full" / "sliding") names the mask and RoPE table the model
+    hands the layer."""
 
-
-class EncoderLayer(_Residual):
-    """Pre-norm: x + Attn(norm(x)), then x + MLP(norm(x)); with sandwich norms, each sub-block's output
-    is normed too before the residual. Bidirectional self-attention; `kind` "full" or "sliding"
-    names the mask and RoPE table the model hands it."""
-
-    def __init__(self, config: ModelConfig, kind: str = "full"):
+    def __init__(self, config: ModelConfig, kind: str, attention: nn.Module, cross_attention: bool = False):
         super().__init__()
         self.kind = kind
         self.attn_norm = make_norm(config)
-        self.attn = SelfAttention(config)
-        self.post_attn_norm = post_norm(config)
-        self.mlp_norm = make_norm(config)
-        self.mlp = MLP(config)
-        self.post_mlp_norm = post_norm(config)
-        self.dropout = config.dropout
-
-    def forward(self, x: Tensor, rope: Rope, mask: Tensor | None) -> Tensor:
-        x = x + self._drop(self.post_attn_norm(self.attn(self.attn_norm(x), rope, mask, causal=False)))
-        return x + self._drop(self.post_mlp_norm(self.mlp(self.mlp_norm(x))))
-
-
-class DecoderLayer(_Residual):
-    """Causal self-attention (KV-cached when generating), optional cross-attention, MLP; all pre-norm
-    (and post-norm with sandwich norms)."""
-
-    def __init__(self, config: ModelConfig, cross_attention: bool, kind: str = "full"):
-        super().__init__()
-        self.kind = kind
-        self.attn_norm = make_norm(config)
-        self.attn = SelfAttention(config)
+        self.attn = attention
         self.post_attn_norm = post_norm(config)
         if cross_attention:
             self.cross_norm = make_norm(config)
@@ -418,6 +393,31 @@ class DecoderLayer(_Residual):
         self.mlp = MLP(config)
         self.post_mlp_norm = post_norm(config)
         self.dropout = config.dropout
+
+    def _drop(self, x: Tensor) -> Tensor:
+        # a plain function call, not an nn.Dropout module: decoding calls this 30 times per token
+        return F.dropout(x, self.dropout, True) if self.dropout and self.training else x
+
+    def _mlp_residual(self, x: Tensor) -> Tensor:
+        return x + self._drop(self.post_mlp_norm(self.mlp(self.mlp_norm(x))))
+
+
+class EncoderLayer(_Block):
+    """Bidirectional self-attention, then the MLP."""
+
+    def __init__(self, config: ModelConfig, kind: str = "full"):
+        super().__init__(config, kind, SelfAttention(config))
+
+    def forward(self, x: Tensor, rope: Rope, mask: Tensor | None) -> Tensor:
+        x = x + self._drop(self.post_attn_norm(self.attn(self.attn_norm(x), rope, mask, causal=False)))
+        return self._mlp_residual(x)
+
+
+class DecoderLayer(_Block):
+    """Causal self-attention (KV-cached when generating), cross-attention (encoder-decoder), MLP."""
+
+    def __init__(self, config: ModelConfig, cross_attention: bool, kind: str = "full"):
+        super().__init__(config, kind, SelfAttention(config), cross_attention)
 
     def project_cross(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder states [B, S, D] -> this layer's cross K/V [B, K, S, Dh] (once per request)."""
@@ -437,23 +437,15 @@ class DecoderLayer(_Residual):
         x = x + self._drop(self.post_attn_norm(self.attn(self.attn_norm(x), rope, mask, causal, cache, layer)))
         if cross_kv is not None:
             x = x + self._drop(self.post_cross_norm(self.cross(self.cross_norm(x), *cross_kv, cross_mask)))
-        return x + self._drop(self.post_mlp_norm(self.mlp(self.mlp_norm(x))))
+        return self._mlp_residual(x)
 
 
-class MergedDecoderLayer(_Residual):
-    """T5Gemma 2's decoder layer: merged self + cross attention, then the MLP; sandwich norms. Called
-    as `DecoderLayer` is (it always has encoder K/V)."""
+class MergedDecoderLayer(_Block):
+    """T5Gemma 2's decoder layer: merged self + cross attention, then the MLP. Called as `DecoderLayer`
+    is (it always has encoder K/V)."""
 
     def __init__(self, config: ModelConfig, kind: str = "full"):
-        super().__init__()
-        self.kind = kind
-        self.attn_norm = make_norm(config)
-        self.attn = MergedAttention(config)
-        self.post_attn_norm = post_norm(config)
-        self.mlp_norm = make_norm(config)
-        self.mlp = MLP(config)
-        self.post_mlp_norm = post_norm(config)
-        self.dropout = config.dropout
+        super().__init__(config, kind, MergedAttention(config))
 
     def project_cross(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         return self.attn.project_kv(memory)
@@ -470,8 +462,7 @@ class MergedDecoderLayer(_Residual):
         layer: int = 0,
     ) -> Tensor:
         attn = self.attn(self.attn_norm(x), rope, mask, causal, cache, layer, cross_kv, cross_mask)
-        x = x + self._drop(self.post_attn_norm(attn))
-        return x + self._drop(self.post_mlp_norm(self.mlp(self.mlp_norm(x))))
+        return self._mlp_residual(x + self._drop(self.post_attn_norm(attn)))
 
 
 def init_weights(module: nn.Module, n_layers: int) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from encore.files import atomic_write
+from encore.lazy import require
 
 
 def write_results(root: Path, doc: dict[str, Any]) -> None:
@@ -102,10 +103,10 @@ def _plot(root: Path, name: str, claim: dict[str, Any]) -> str | None:
     """plots/<name>.png: arms with their seed ranges, or (efficiency) ours beside the paper's. None when
     matplotlib is missing or the claim has nothing to draw."""
     try:
-        import matplotlib
+        matplotlib = require("matplotlib", "bench")
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = require("matplotlib.pyplot", "bench")
     except ImportError:
         return None
     if name == "efficiency":
