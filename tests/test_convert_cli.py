@@ -13,7 +13,7 @@ from test_convert import SHAPE, _close
 
 from encore.cli import main
 from encore.convert import load
-from encore.tokenizer import train_tokenizer
+from encore.tokenizer import encode_text, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -102,5 +102,9 @@ def test_onnx_export_of_an_imported_model_gives_the_engines_tokens(checkpoint, t
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
     reference = model.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=None)
-    got = OnnxGenerator(tmp_path / "onnx").generate(ids.numpy(), mask.numpy(), max_new_tokens=12, eos_token_id=None)
+    generator = OnnxGenerator(tmp_path / "onnx")
+    got = generator.generate(ids.numpy(), mask.numpy(), max_new_tokens=12, eos_token_id=None)
     np.testing.assert_array_equal(got, reference.numpy())
+    # texts are laid out as the model's own collators lay them out (no EOS after an imported prompt)
+    text = "def add(a, b):"
+    assert generator.encode(text) == model.config.source_ids(encode_text(model.tokenizer, text))

@@ -5,7 +5,8 @@ outputs, the special ids, the opset and the quantization. Written by `encore exp
     {"format": "encore-onnx-v1", "arch": "encdec" | "deconly", "opset": 20,
      "quantization": null | "int8" | "qdq-int8", "static": null | {"batch_size", "max_input_len", "max_new_tokens"},
      "model": {"n_decoder_layers", "n_kv_heads", "head_dim", "vocab_size", "max_seq_len"},
-     "special_ids": {"pad", "bos", "eos"}, "tokenizer": "tokenizer.json" | null,
+     "special_ids": {"pad", "bos", "eos", "extra_eos": [...]}, "tokenizer": "tokenizer.json" | null,
+     "source_layout": "encore" | "bos" | "plain",
      "graphs": {NAME: {"file", "inputs": {name: {"dtype", "shape"}}, "outputs": {...}}}}
 
 Graphs: an encoder-decoder has `encoder` (input_ids, attention_mask -> cross_k, cross_v of every
@@ -39,6 +40,7 @@ class Manifest:
     graphs: dict[str, dict[str, Any]]
     tokenizer: str | None = None
     versions: dict[str, str] | None = None
+    source_layout: str = "encore"  # how a text's ids are laid out (encore.ModelConfig.source_layout)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **self.__dict__}, indent=2) + "\n"
@@ -57,7 +59,7 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{path}: field 'format' must be {FORMAT!r}, got {data.get('format')!r}")
         fields = set(cls.__dataclass_fields__)
-        missing = sorted(fields - set(data) - {"tokenizer", "versions"})
+        missing = sorted(fields - set(data) - {"tokenizer", "versions", "source_layout"})
         if missing:
             raise ValueError(f"{path}: missing field(s) {missing}")
         manifest = cls(**{k: data[k] for k in fields if k in data})
@@ -70,4 +72,9 @@ class Manifest:
         for key in ("pad", "bos", "eos"):
             if not isinstance(manifest.special_ids.get(key), int):
                 raise ValueError(f"{path}: field 'special_ids.{key}' must be an integer")
+        extra = manifest.special_ids.get("extra_eos", [])
+        if not isinstance(extra, list) or not all(isinstance(i, int) for i in extra):
+            raise ValueError(f"{path}: field 'special_ids.extra_eos' must be a list of integers")
+        if manifest.source_layout not in ("encore", "bos", "plain"):
+            raise ValueError(f"{path}: field 'source_layout' must be 'encore', 'bos' or 'plain'")
         return manifest

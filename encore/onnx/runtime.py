@@ -73,6 +73,7 @@ class OnnxGenerator:
             for name, g in m.graphs.items()
         }
         self.pad, self.bos, self.eos = (m.special_ids[k] for k in ("pad", "bos", "eos"))
+        self.eos_ids = [self.eos, *m.special_ids.get("extra_eos", [])]  # every id that ends a reply
         self.vocab_size = m.model["vocab_size"]
         self.tokenizer = None
         if m.tokenizer and (self.directory / m.tokenizer).is_file():
@@ -132,7 +133,7 @@ class OnnxGenerator:
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
         check_sampling(do_sample, temperature, top_k, top_p)
-        eos = self.eos if eos_token_id is _FROM_MANIFEST else eos_token_id
+        eos = self.eos_ids if eos_token_id is _FROM_MANIFEST else eos_token_id
         rows = ids.shape[0]
         cache_tokens = max_new_tokens
         if self.manifest.static:
@@ -152,7 +153,7 @@ class OnnxGenerator:
             tokens[finished] = self.pad
             yield tokens[:rows]
             if eos is not None:
-                finished |= tokens == eos
+                finished |= np.isin(tokens, eos)
                 if finished[:rows].all():
                     return
             if step + 1 < n:
@@ -213,11 +214,15 @@ class OnnxGenerator:
     # --- text ---------------------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        """A source as the model's input ids, laid out as encore's fine-tuning collators lay it out
-        (`encore.data.collate`): encoder-decoder `x + [EOS]`, decoder-only `[BOS] + x + [EOS]`."""
+        """A source as the model's input ids, laid out as the model's collators lay it out
+        (`encore.ModelConfig.source_ids`): encore's encoder-decoder `x + [EOS]`, decoder-only
+        `[BOS] + x + [EOS]`; an imported family's `[BOS] + x` ("bos") or `x` ("plain")."""
         if self.tokenizer is None:
             raise ValueError(f"{self.directory}: no tokenizer.json beside the graphs; pass token ids to generate()")
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        layout = self.manifest.source_layout
+        if layout != "encore":
+            return [self.bos, *ids] if layout == "bos" else ids
         return [*ids, self.eos] if self.manifest.arch == "encdec" else [self.bos, *ids, self.eos]
 
     def generate_text(self, texts: str | list[str], max_new_tokens: int = 64, **kwargs: Any) -> str | list[str]:
@@ -232,6 +237,7 @@ class OnnxGenerator:
         new = self.generate(ids, mask, max_new_tokens=max_new_tokens, **kwargs)
         out = []
         for row in new.tolist():
-            row = row[: row.index(self.eos)] if self.eos in row else row
+            stop = [row.index(i) for i in self.eos_ids if i in row]
+            row = row[: min(stop)] if stop else row
             out.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return out[0] if single else out
