@@ -8,7 +8,7 @@ cache) and `decode_step` (one token in, next logits out); `encore.infer.generate
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from encore.config import ModelConfig
 from encore.files import atomic_write
-from encore.model.cache import GenerationCache
+from encore.model.cache import GenerationCache, step_masks
 from encore.model.layers import Linear, Rope, RotaryEmbedding, SoftCap, init_weights, make_embedding, make_norm
 
 CONFIG_FILE = "config.json"
@@ -108,8 +108,24 @@ class LanguageModel(nn.Module):
     ) -> tuple[Tensor, GenerationCache]:
         raise NotImplementedError
 
+    def cross_inputs(self, cache: GenerationCache) -> Callable[[int], dict]:
+        """Layer i's extra inputs in a decode step (an encoder-decoder's cross K/V); none here."""
+        return lambda i: {}
+
     def decode_step(self, tokens: Tensor, cache: GenerationCache) -> Tensor:
-        raise NotImplementedError
+        """tokens [B] -> next-token logits [B, V], for both architectures. Each row writes its K/V at
+        its own position (`cache.length`), attends over what it has written (its window, in a sliding
+        layer) and advances; fixed shapes, nothing read on the host (what CUDA graphs and the ONNX
+        export capture)."""
+        position = cache.length.clamp(max=cache.max_len - 1)  # [B]
+        ropes = self.rotary(position[:, None])  # [B, 1, 1, Dh] each
+        masks = step_masks(cache, self.config.sliding_window)  # [B, 1, 1, T] each
+        cross = self.cross_inputs(cache)
+        x = self.embed(tokens[:, None])  # [B, 1, D]
+        for i, layer in enumerate(self.decoder):
+            x = layer(x, ropes[layer.kind], masks[layer.kind], causal=False, cache=cache, layer=i, **cross(i))
+        cache.length += 1
+        return self.head(x[:, -1])
 
     def generate(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 32, **kwargs: Any

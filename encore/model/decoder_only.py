@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from encore.config import ModelConfig
 from encore.model.base import LanguageModel
-from encore.model.cache import GenerationCache, step_masks
+from encore.model.cache import GenerationCache
 from encore.model.inputs import as_bool_mask, causal_mask, padding_mask, positions_from_mask, right_pad_order
 from encore.model.layers import DecoderLayer
 
@@ -124,16 +124,3 @@ class DecoderOnly(LanguageModel):
         cache.length.copy_(lengths)
         last = hidden[torch.arange(B, device=hidden.device), lengths - 1]  # [B, D]
         return self.head(last)
-
-    def decode_step(self, tokens: Tensor, cache: GenerationCache) -> Tensor:
-        """tokens [B] -> next-token logits [B, V]. Each row writes its K/V at its own position
-        (`cache.length`), attends over its prompt and outputs so far, and advances; fixed shapes,
-        nothing read on the host."""
-        position = cache.length.clamp(max=cache.max_len - 1)  # [B]
-        ropes = self.rotary(position[:, None])  # [B, 1, 1, Dh] each
-        masks = step_masks(cache, self.config.sliding_window)  # [B, 1, 1, T] each
-        x = self.embed(tokens[:, None])  # [B, 1, D]
-        for i, layer in enumerate(self.decoder):
-            x = layer(x, ropes[layer.kind], masks[layer.kind], causal=False, cache=cache, layer=i)
-        cache.length += 1
-        return self.head(x[:, -1])

@@ -3,12 +3,14 @@ generates while cross-attending to the fixed encoder states."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from encore.config import ModelConfig
 from encore.model.base import LanguageModel
-from encore.model.cache import GenerationCache, step_masks
+from encore.model.cache import GenerationCache
 from encore.model.inputs import (
     as_bool_mask,
     bidirectional_mask,
@@ -130,24 +132,7 @@ class EncoderDecoder(LanguageModel):
         bos = torch.full((B,), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
         return self.decode_step(bos, cache), cache
 
-    def decode_step(self, tokens: Tensor, cache: GenerationCache) -> Tensor:
-        """tokens [B] -> next-token logits [B, V]. Each row writes its K/V at its own position
-        (`cache.length`) and advances it; fixed shapes, nothing read on the host."""
-        position = cache.length.clamp(max=cache.max_len - 1)  # [B]
-        ropes = self.rotary(position[:, None])  # [B, 1, 1, Dh] each
-        masks = step_masks(cache, self.config.sliding_window)  # [B, 1, 1, T] each
-        cross_mask = None if cache.cross_mask is None else cache.cross_mask[:, None, None, :]  # [B, 1, 1, S]
-        x = self.embed(tokens[:, None])  # [B, 1, D]
-        for i, layer in enumerate(self.decoder):
-            x = layer(
-                x,
-                ropes[layer.kind],
-                masks[layer.kind],
-                causal=False,
-                cross_kv=(cache.cross_k[i], cache.cross_v[i]),
-                cross_mask=cross_mask,
-                cache=cache,
-                layer=i,
-            )
-        cache.length += 1
-        return self.head(x[:, -1])
+    def cross_inputs(self, cache: GenerationCache) -> Callable[[int], dict]:
+        """Layer i's encoder inputs for the shared decode step: its cross K/V and the input's mask."""
+        mask = None if cache.cross_mask is None else cache.cross_mask[:, None, None, :]  # [B, 1, 1, S]
+        return lambda i: {"cross_kv": (cache.cross_k[i], cache.cross_v[i]), "cross_mask": mask}
