@@ -20,16 +20,9 @@ import torch
 
 from encore.config import ModelConfig
 from encore.convert.adapter import ConversionError, StateDictAdapter
-from encore.convert.checkpoint import (
-    ADAPTERS,
-    adapter_for,
-    fill_model,
-    is_hf_checkpoint,
-    load_hf,
-    read_config,
-    save_hf,
-    set_tokenizer,
-)
+from encore.convert.checkpoint import fill_model, is_hf_checkpoint, load_hf, read_config, set_tokenizer
+from encore.convert.registry import ADAPTERS, adapter_for
+from encore.convert.save import save_hf
 from encore.model import io
 from encore.model.base import LanguageModel
 

@@ -8,7 +8,6 @@ memory stays near one copy of the weights, never a second full state dict.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,28 +18,9 @@ from torch import Tensor
 
 from encore.config import ModelConfig
 from encore.convert.adapter import ConversionError, StateDictAdapter
-from encore.convert.gemma import Gemma3TextAdapter, T5Gemma2Adapter, T5GemmaAdapter
-from encore.convert.llama import LlamaAdapter, Qwen2Adapter, Qwen3Adapter
-from encore.files import atomic_write
+from encore.convert.registry import GENERATION_FILE, adapter_for, read_json
 from encore.model.arches import model_class
 from encore.model.base import LanguageModel
-
-ADAPTERS: dict[str, StateDictAdapter] = {
-    t: a
-    for a in (LlamaAdapter(), Qwen2Adapter(), Qwen3Adapter(), Gemma3TextAdapter(), T5GemmaAdapter(), T5Gemma2Adapter())
-    for t in a.model_types
-}
-GENERATION_FILE = "generation_config.json"
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def is_hf_checkpoint(directory: Path) -> bool:
@@ -50,14 +30,6 @@ def is_hf_checkpoint(directory: Path) -> bool:
         return False
     model_type = read_json(path).get("model_type")
     return isinstance(model_type, str) and model_type != "encore"
-
-
-def adapter_for(model_type: Any, where: str) -> StateDictAdapter:
-    if model_type not in ADAPTERS:
-        raise ConversionError(
-            f"{where}: model_type {model_type!r} is not supported; encore converts {', '.join(sorted(ADAPTERS))}"
-        )
-    return ADAPTERS[model_type]
 
 
 class Tensors:
@@ -197,50 +169,3 @@ def set_tokenizer(model: LanguageModel, tokenizer: Any) -> None:
     sample = tokenizer("a")["input_ids"]
     starts = tokenizer.bos_token_id is not None and sample[:1] == [tokenizer.bos_token_id]
     model.config.source_layout = "bos" if starts else "plain"
-
-
-def save_hf(model: LanguageModel, directory: str | Path, dtype: torch.dtype | None = None) -> None:
-    """Write `model` as a transformers checkpoint of its family (or the one family that can express
-    an encore-built model); a model no family can express is refused, saying why."""
-    from safetensors.torch import save_file
-
-    config = model.config
-    adapter = ADAPTERS.get(config.family)
-    if adapter is None:
-        reasons = {t: a.why_not(config) for t, a in ADAPTERS.items()}
-        adapter = next((ADAPTERS[t] for t, why in reasons.items() if why is None), None)
-        if adapter is None:
-            detail = "; ".join(f"{t}: {why}" for t, why in reasons.items())
-            raise ConversionError(f"no transformers family can express this model ({detail})")
-    elif (why := adapter.why_not(config)) is not None:
-        raise ConversionError(f"this {config.family} model can no longer be written as {config.family}: {why}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    hf_state = adapter.to_hf(state, config)
-    if dtype is not None:
-        hf_state = {k: v.to(dtype) for k, v in hf_state.items()}
-    hf_config = adapter.config_to_hf(config)
-    hf_config.architectures = [adapter.architecture]
-    if dtype is not None:
-        hf_config.dtype = str(dtype).removeprefix("torch.")
-    atomic_write(directory / "model.safetensors", lambda p: save_file(hf_state, p, metadata={"format": "pt"}))
-    text = hf_config.to_json_string()
-    atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
-    generation = {**model.generation_config, **_generation_ids(config)}
-    gen_text = json.dumps(generation, indent=2, sort_keys=True) + "\n"
-    atomic_write(directory / GENERATION_FILE, lambda p: Path(p).write_text(gen_text))
-    if model.tokenizer is not None:
-        model.tokenizer.save_pretrained(str(directory))
-
-
-def _generation_ids(config: ModelConfig) -> dict[str, Any]:
-    eos = list(config.eos_token_ids)
-    ids = dict(
-        bos_token_id=config.bos_token_id,
-        pad_token_id=config.pad_token_id,
-        eos_token_id=eos[0] if len(eos) == 1 else eos,
-    )
-    if config.arch == "encdec":
-        ids["decoder_start_token_id"] = config.bos_token_id
-    return ids

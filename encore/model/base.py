@@ -162,8 +162,8 @@ class LanguageModel(nn.Module):
                 "this model was optimized for inference (its projections are swapped for inference kernels); "
                 "call encore.deoptimize(model) before save_pretrained"
             )
-        if format == "hf":  # an upward call, as `generate`: convert/ imports model/, never the reverse at import
-            from encore.convert import save_hf
+        if format == "hf":  # convert.save knows configs and tensor names, not model classes: no circle
+            from encore.convert.save import save_hf
 
             return save_hf(self, directory, dtype)
         directory = Path(directory)
