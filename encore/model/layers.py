@@ -239,14 +239,20 @@ class SelfAttention(nn.Module):
         self.softcap = None if config.attn_softcap is None else SoftCap(config.attn_softcap)
         self.dropout = config.dropout
 
-    def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, causal: bool, cache=None, layer: int = 0) -> Tensor:
+    def project(self, x: Tensor, rope: Rope, cache=None, layer: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, T, D] -> q [B, H, T, Dh] and the keys / values to attend over [B, K, T', Dh] (this
+        step's, stored in `cache` when given; when decoding, the whole cache)."""
         B, T, _ = x.shape
         H, K = self.n_heads, self.n_kv_heads
         qkv = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).transpose(1, 2)  # [B, H+2K, T, Dh]
         q, k = apply_rope(self.qk_norm(qkv[:, : H + K]), rope).split([H, K], dim=1)  # rotate q and k in one go
         v = qkv[:, H + K :]
-        if cache is not None:  # store this step's K/V; when decoding, attend over the whole cache
+        if cache is not None:
             k, v = cache.update(layer, k, v)
+        return q, k, v
+
+    def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, causal: bool, cache=None, layer: int = 0) -> Tensor:
+        q, k, v = self.project(x, rope, cache, layer)
         dropout = self.dropout if self.training else 0.0
         return self.out(attend(q, k, v, mask, causal, dropout, self.scale, self.softcap))
 
@@ -285,15 +291,9 @@ class MergedAttention(SelfAttention):
         cross_kv: tuple[Tensor, Tensor] | None = None,
         cross_mask: Tensor | None = None,
     ) -> Tensor:
-        B, T, _ = x.shape
-        H, K = self.n_heads, self.n_kv_heads
-        qkv = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).transpose(1, 2)  # [B, H+2K, T, Dh]
-        q, k = apply_rope(self.qk_norm(qkv[:, : H + K]), rope).split([H, K], dim=1)
-        v = qkv[:, H + K :]
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
+        q, k, v = self.project(x, rope, cache, layer)
         cross_k, cross_v = cross_kv
-        merged = _merged_mask(mask, causal, T, k.shape[2], cross_mask, cross_k.shape[2], x.device)
+        merged = _merged_mask(mask, causal, x.shape[1], k.shape[2], cross_mask, cross_k.shape[2], x.device)
         k, v = torch.cat([k, cross_k], dim=2), torch.cat([v, cross_v], dim=2)  # [B, K, T_self + S, Dh]
         dropout = self.dropout if self.training else 0.0
         return self.out(attend(q, k, v, merged, False, dropout, self.scale, self.softcap))
