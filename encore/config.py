@@ -80,7 +80,7 @@ class ModelConfig:
 
         if self.arch not in ("encdec", "deconly"):
             fail("arch", "must be 'encdec' or 'deconly'")
-        if self.source_layout not in ("encore", "bos", "plain"):
+        if self.source_layout not in SOURCE_LAYOUTS:
             fail("source_layout", "must be 'encore', 'bos' or 'plain'")
         if self.mlp_type not in ("gelu", "swiglu", "geglu"):
             fail("mlp_type", "must be 'gelu', 'swiglu' or 'geglu'")
@@ -142,11 +142,7 @@ class ModelConfig:
 
     def source_ids(self, ids: list[int]) -> list[int]:
         """A source's text ids laid out as the model reads them (`source_layout`)."""
-        if self.source_layout == "bos":
-            return [self.bos_token_id, *ids]
-        if self.source_layout == "plain":
-            return list(ids)
-        return [*ids, self.eos_token_id] if self.arch == "encdec" else [self.bos_token_id, *ids, self.eos_token_id]
+        return lay_out_source(ids, self.source_layout, self.arch, self.bos_token_id, self.eos_token_id)
 
     @property
     def gated_mlp(self) -> bool:
@@ -256,6 +252,20 @@ class ModelConfig:
     @staticmethod
     def preset_names() -> list[str]:
         return sorted(PRESETS)
+
+
+SOURCE_LAYOUTS = ("encore", "bos", "plain")
+
+
+def lay_out_source(ids: list[int], layout: str, arch: str, bos: int, eos: int) -> list[int]:
+    """The ids a model reads for a source's text ids: "bos" -> BOS + ids, "plain" -> ids, "encore" ->
+    ids + EOS (encoder-decoder) or BOS + ids + EOS (decoder-only). The one place the layouts live
+    (`ModelConfig.source_ids`, the fine-tuning collators)."""
+    if layout == "bos":
+        return [bos, *ids]
+    if layout == "plain":
+        return list(ids)
+    return [*ids, eos] if arch == "encdec" else [bos, *ids, eos]
 
 
 # The paper's 330M model: d_model 1024, 6 query / 3 KV heads of 64, GELU MLP 4096, 2/3-1/3 split.

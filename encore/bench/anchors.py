@@ -15,7 +15,6 @@ same weights through the family's own transformers class and CTranslate2's own c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -26,9 +25,8 @@ import torch
 
 from encore.bench.backends import BackendSpec, Timing, bench_config, quantized_label, sync
 from encore.bench.costmodel import dtype_bytes, kv_cache_bytes
-from encore.bench.same_weights import ct2_directory, ct2_vocabulary, hf_model, imported
+from encore.bench.same_weights import cached_directory, ct2_directory, ct2_vocabulary, hf_model, imported
 from encore.config import ModelConfig
-from encore.files import cache_dir
 
 
 def hf_t5_config(config: ModelConfig):
@@ -197,28 +195,22 @@ def _ct2_tokenizer(directory: Path) -> None:
 def ct2_model_dir(config: ModelConfig, seed: int) -> Path:
     """A CTranslate2 (fp32) conversion of a seeded random T5 of `config`'s shape, cached under
     $ENCORE_CACHE/bench so that later runs skip the conversion (~1 min and 2x the weights on disk)."""
-    import fcntl  # POSIX; the CTranslate2 anchor is a CPU bench on Linux / macOS
-
     import ctranslate2
     from transformers import T5ForConditionalGeneration
 
     t5 = hf_t5_config(config)
-    key = hashlib.sha256(json.dumps([t5.to_dict(), seed, ctranslate2.__version__], sort_keys=True).encode())
-    target = cache_dir() / "bench" / f"ct2-t5-{key.hexdigest()[:12]}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # workers building the fp32 and the int8 anchor convert once
-        if not (target / "model.bin").is_file():
-            work = target.with_name(target.name + ".tmp")
-            shutil.rmtree(work, ignore_errors=True)
-            torch.manual_seed(seed)
-            T5ForConditionalGeneration(t5).save_pretrained(str(work / "hf"))
-            _ct2_tokenizer(work / "hf")
-            ctranslate2.converters.TransformersConverter(str(work / "hf")).convert(str(work / "ct2"), force=True)
-            shutil.rmtree(target, ignore_errors=True)
-            (work / "ct2").rename(target)
-            shutil.rmtree(work, ignore_errors=True)
-    return target
+
+    def make(work: Path) -> None:
+        hf = work.with_name(work.name + ".hf")
+        shutil.rmtree(hf, ignore_errors=True)
+        torch.manual_seed(seed)
+        T5ForConditionalGeneration(t5).save_pretrained(str(hf))
+        _ct2_tokenizer(hf)
+        ctranslate2.converters.TransformersConverter(str(hf)).convert(str(work), force=True)
+        shutil.rmtree(hf, ignore_errors=True)
+
+    # workers building the fp32 and the int8 anchor convert once
+    return cached_directory("ct2-t5", [t5.to_dict(), seed, ctranslate2.__version__], make)
 
 
 class CT2Backend:

@@ -22,8 +22,9 @@ def imported(config: ModelConfig) -> bool:
     return config.family != "encore"
 
 
-def _cached(name: str, key: object, make: Callable[[Path], None]) -> Path:
-    """A directory under $ENCORE_CACHE/bench built once by `make(tmp)` (workers share it, under a lock)."""
+def cached_directory(name: str, key: object, make: Callable[[Path], None]) -> Path:
+    """A directory under $ENCORE_CACHE/bench built once by `make(tmp)` and renamed into place when
+    complete (workers share it, under a lock): converted anchors, keyed by what made them."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     target = cache_dir() / "bench" / f"{name}-{digest}"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def hf_directory(config: ModelConfig, seed: int, checkpoint: Path | None) -> Pat
             _word_tokenizer(model.config).save_pretrained(str(work))
 
     key = [config.to_json_dict(), seed, str(checkpoint), checkpoint and checkpoint.stat().st_mtime]
-    return _cached(f"hf-{config.family}", key, make)
+    return cached_directory(f"hf-{config.family}", key, make)
 
 
 def _save_with_default_tower(model, directory: Path) -> None:
@@ -73,12 +74,7 @@ def _save_with_default_tower(model, directory: Path) -> None:
 
     adapter, config = ADAPTERS["t5gemma2"], model.config
     hf = AutoModelForSeq2SeqLM.from_config(adapter.config_to_hf(config))
-    memory = {disk: mem for mem, disk in adapter.memory_names.items()}
-    state = adapter.to_hf(model.state_dict(), config)
-    for name in list(state):
-        for disk, mem in memory.items():
-            if name.startswith(disk):
-                state[mem + name[len(disk) :]] = state.pop(name)
+    state = {adapter.memory_name(k): v for k, v in adapter.to_hf(model.state_dict(), config).items()}
     with torch.no_grad():
         missing, unexpected = hf.load_state_dict(state, strict=False)
     tied = set(getattr(hf, "all_tied_weights_keys", {}) or {}) | {"lm_head.out_proj.weight"}
@@ -113,7 +109,7 @@ def ct2_directory(config: ModelConfig, seed: int, checkpoint: Path | None) -> Pa
     def make(work: Path) -> None:
         ctranslate2.converters.TransformersConverter(str(source)).convert(str(work), force=True)
 
-    return _cached(f"ct2-{config.family}", [str(source), ctranslate2.__version__], make)
+    return cached_directory(f"ct2-{config.family}", [str(source), ctranslate2.__version__], make)
 
 
 def ct2_vocabulary(directory: Path) -> list[str]:

@@ -20,7 +20,14 @@ import torch
 
 from encore.config import ModelConfig
 from encore.convert.adapter import ConversionError, StateDictAdapter
-from encore.convert.checkpoint import fill_model, is_hf_checkpoint, load_hf, read_config, set_tokenizer
+from encore.convert.checkpoint import (
+    fill_model,
+    is_hf_checkpoint,
+    load_hf,
+    read_config,
+    set_tokenizer,
+    tie_equal_tables,
+)
 from encore.convert.registry import ADAPTERS, adapter_for
 from encore.convert.save import save_hf
 from encore.model import io
@@ -75,12 +82,8 @@ def from_hf(
     generation = generation.to_dict() if generation is not None else {}
     config = adapter.config_from_hf(hf, {k: v for k, v in generation.items() if v is not None})
     state = {adapter.disk_name(k): v for k, v in model_or_path.state_dict().items()}
-    tables = [state.get(f"model.{part}.embed_tokens.weight") for part in ("encoder", "decoder")]
-    if config.arch == "encdec" and None not in tables:  # T5Gemma keeps two tables: tie them when equal
-        config = config.replace(tie_encoder_embeddings=bool(torch.equal(*tables)))
-    if config_changes:
-        config = config.replace(**config_changes)
     get = lambda name: state[name].to(dtype or torch.float32)
+    config = tie_equal_tables(config, set(state), get).replace(**config_changes)
     model = fill_model(config, adapter.from_hf(get, config), device, dtype, where=type(model_or_path).__name__)
     model.generation_config = generation
     return model.eval()

@@ -35,10 +35,11 @@ class StateDictAdapter:
 
     def disk_name(self, name: str) -> str:
         """A model object's state-dict name as the checkpoint files spell it."""
-        for memory, disk in self.memory_names.items():
-            if name.startswith(memory):
-                return disk + name[len(memory) :]
-        return name
+        return _rename(name, self.memory_names)
+
+    def memory_name(self, name: str) -> str:
+        """A checkpoint file's tensor name as the transformers model object spells it."""
+        return _rename(name, {disk: memory for memory, disk in self.memory_names.items()})
 
     # --- configs ----------------------------------------------------------------------------------
 
@@ -75,6 +76,13 @@ class StateDictAdapter:
             for part, piece in zip(parts, tensor.split(rows)):
                 out.setdefault(part, piece.contiguous())  # a tensor two rules read: the first one writes it
         return out
+
+
+def _rename(name: str, prefixes: dict[str, str]) -> str:
+    for old, new in prefixes.items():
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
 
 
 def part_rows(hf_name: str, config: ModelConfig) -> int:

@@ -8,7 +8,7 @@ memory stays near one copy of the weights, never a second full state dict.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -89,19 +89,21 @@ def load_hf(
     config, adapter, generation = read_config(directory)
     tensors = Tensors(directory, dtype or torch.float32)
     try:
-        tables = [f"model.{p}.embed_tokens.weight" for p in ("encoder", "decoder")]
-        if config.arch == "encdec" and set(tables) <= set(tensors.names()):  # T5Gemma: two tables, tied if equal
-            enc, dec = (tensors.get(t) for t in tables)
-            config = config.replace(tie_encoder_embeddings=bool(torch.equal(enc, dec)))
-            del enc, dec
-        if config_changes:
-            config = config.replace(**config_changes)
+        config = tie_equal_tables(config, set(tensors.names()), tensors.get).replace(**config_changes)
         model = fill_model(config, adapter.from_hf(tensors.get, config), device, dtype, where=str(directory))
     finally:
         tensors.close()
     model.generation_config = generation
     _attach_tokenizer(model, directory)
     return model.eval()
+
+
+def tie_equal_tables(config: ModelConfig, names: set[str], get: Callable[[str], Tensor]) -> ModelConfig:
+    """T5Gemma stores an encoder and a decoder embedding table: one shared table when they are equal."""
+    tables = [f"model.{part}.embed_tokens.weight" for part in ("encoder", "decoder")]
+    if config.arch != "encdec" or not set(tables) <= names:
+        return config
+    return config.replace(tie_encoder_embeddings=bool(torch.equal(*(get(t) for t in tables))))
 
 
 def read_config(directory: Path) -> tuple[ModelConfig, StateDictAdapter, dict[str, Any]]:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from encore.config import ModelConfig
+from encore.config import SOURCE_LAYOUTS, ModelConfig, lay_out_source
 from encore.tokenizer import encode_text
 
 Batch = dict[str, Tensor]  # a collated batch: named [batch, length] tensors
@@ -101,11 +101,8 @@ def _ids(example: dict, key: str, index: int) -> Sequence[int]:
         raise ValueError(f"example #{index} of the batch has no {key!r} (it has {keys})") from None
 
 
-_LAYOUT_SPECIALS = {"encore": None, "bos": 1, "plain": 0}  # specials each `ModelConfig.source_layout` adds
-
-
 class _Collator:
-    n_source_specials = 1  # specials the source layout adds
+    arch: str  # "encdec" | "deconly": the layout of a source (`encore.config.lay_out_source`)
 
     def __init__(
         self,
@@ -121,25 +118,25 @@ class _Collator:
         source_layout: str = "encore",
     ) -> None:
         _check_side("truncation", truncation)
-        if source_layout not in _LAYOUT_SPECIALS:
-            raise ValueError(f"source_layout must be one of {sorted(_LAYOUT_SPECIALS)}, got {source_layout!r}")
-        self.source_layout = source_layout
-        if source_layout != "encore":  # an imported family's layout: BOS + ids, or the ids alone; no EOS
-            self.n_source_specials = _LAYOUT_SPECIALS[source_layout]
+        if source_layout not in SOURCE_LAYOUTS:
+            raise ValueError(f"source_layout must be one of {list(SOURCE_LAYOUTS)}, got {source_layout!r}")
         _check_side("target_truncation", target_truncation)
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.source_layout = source_layout
+        self.n_source_specials = len(self.source([]))  # specials the source layout adds
         specials = self.n_source_specials if add_special_tokens else 0
         if max_source_len is not None and max_source_len <= specials:
             raise ValueError(f"max_source_len {max_source_len} leaves no room next to {specials} special token(s)")
         if max_target_len is not None and max_target_len <= int(add_special_tokens):
             raise ValueError(f"max_target_len {max_target_len} leaves no room for the target and its EOS")
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.max_source_len, self.max_target_len = max_source_len, max_target_len
         self.truncation, self.target_truncation = truncation, target_truncation
         self.add_special_tokens = add_special_tokens
         self.stats = TruncationStats()
 
     def source(self, ids: Sequence[int]) -> list[int]:
-        raise NotImplementedError
+        """A source's ids with the specials of this architecture's `source_layout`."""
+        return lay_out_source(list(ids), self.source_layout, self.arch, self.bos_id, self.eos_id)
 
     def _layout(self, example: dict, index: int, stats: TruncationStats) -> tuple[list[int], list[int]]:
         """(source with its specials, target with its EOS), cut to the limits and counted."""
@@ -169,21 +166,13 @@ class _Collator:
         return self.stats.summary(self.max_source_len, self.max_target_len)
 
 
-def _imported_source(collator: _Collator, ids: Sequence[int]) -> list[int]:
-    """An imported family's source: BOS + ids ("bos") or the ids as they are ("plain")."""
-    return [collator.bos_id, *ids] if collator.source_layout == "bos" else list(ids)
-
-
 class Seq2SeqCollator(_Collator):
     """Encoder-decoder batches from {"source_ids", "target_ids"}: input_ids, attention_mask,
     decoder_input_ids ([BOS] + target[:-1]: the labels shifted right behind BOS), decoder_attention_mask,
     labels (target + EOS, -100 on padding). With `add_special_tokens=False` the ids are used as given
     (packed span-corruption examples, which end with EOS already)."""
 
-    def source(self, ids: Sequence[int]) -> list[int]:
-        if self.source_layout != "encore":
-            return _imported_source(self, ids)
-        return [*ids, self.eos_id]
+    arch = "encdec"
 
     def __call__(self, examples: list[dict]) -> dict[str, Tensor]:
         pairs = [self._layout(e, i, self.stats) for i, e in enumerate(examples)]
@@ -205,12 +194,7 @@ class CausalLMCollator(_Collator):
     From {"source_ids", "target_ids"}: [BOS] + source + [EOS] + target + [EOS] with the loss only on
     target + EOS. From {"input_ids"} (packed pretraining chunks): the ids as they are, loss on all."""
 
-    n_source_specials = 2
-
-    def source(self, ids: Sequence[int]) -> list[int]:
-        if self.source_layout != "encore":
-            return _imported_source(self, ids)
-        return [self.bos_id, *ids, self.eos_id]
+    arch = "deconly"
 
     def __call__(self, examples: list[dict]) -> dict[str, Tensor]:
         rows, labels = [], []

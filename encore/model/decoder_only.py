@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from encore.config import ModelConfig
 from encore.model.base import LanguageModel
 from encore.model.cache import GenerationCache
-from encore.model.inputs import as_bool_mask, causal_mask, padding_mask, positions_from_mask, right_pad_order
+from encore.model.inputs import as_bool_mask, causal_masks, padding_mask, positions_from_mask, right_pad_order
 from encore.model.layers import DecoderLayer
 
 
@@ -74,9 +74,7 @@ class DecoderOnly(LanguageModel):
         if positions is None:
             positions = positions_from_mask(mask, B, T, input_ids.device)
         ropes = self.rotary(positions)
-        device, window = input_ids.device, self.config.sliding_window
-        full = causal_mask(mask, T, device)
-        masks = {"full": full, "sliding": causal_mask(mask, T, device, window) if window else full}
+        masks = causal_masks(mask, T, input_ids.device, self.config.sliding_window)
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
         for i, layer in enumerate(self.decoder):
             x = layer(x, ropes[layer.kind], masks[layer.kind], causal=True, cache=cache, layer=i)

@@ -14,7 +14,7 @@ from encore.model.cache import GenerationCache
 from encore.model.inputs import (
     as_bool_mask,
     bidirectional_mask,
-    causal_mask,
+    causal_masks,
     check_ids,
     padding_mask,
     positions_from_mask,
@@ -93,9 +93,7 @@ class EncoderDecoder(LanguageModel):
         self._check_length(T, "decoder input")
         dec_mask = as_bool_mask(decoder_attention_mask)
         ropes = self.rotary(positions_from_mask(dec_mask, B, T, decoder_input_ids.device))
-        device, window = decoder_input_ids.device, self.config.sliding_window
-        full = causal_mask(dec_mask, T, device)
-        masks = {"full": full, "sliding": causal_mask(dec_mask, T, device, window) if window else full}
+        masks = causal_masks(dec_mask, T, decoder_input_ids.device, self.config.sliding_window)
         x = self.embed(decoder_input_ids)  # [B, T, D]
         for layer in self.decoder:
             kv = layer.project_cross(memory)

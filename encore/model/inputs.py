@@ -83,6 +83,12 @@ def causal_mask(key_mask: Tensor | None, length: int, device: torch.device, wind
     return ((causal & key_mask[:, None, :]) | eye)[:, None]
 
 
+def causal_masks(key_mask: Tensor | None, length: int, device: torch.device, window: int) -> dict:
+    """`causal_mask` for each layer kind: "full", and "sliding" (the same one when there is no window)."""
+    full = causal_mask(key_mask, length, device)
+    return {"full": full, "sliding": causal_mask(key_mask, length, device, window) if window else full}
+
+
 def bidirectional_mask(
     key_mask: Tensor | None, length: int, device: torch.device, span: tuple[int, int] | None = None
 ) -> Tensor | None:
