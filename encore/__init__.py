@@ -20,6 +20,7 @@ _WHERE = {
     "VisionConfig": "encore.vision",
     "load": "encore.convert",
     "from_hf": "encore.convert",
+    "adapt": "encore.adapt",
     "Engine": "encore.infer.engine",
     "Event": "encore.infer.engine",
     "optimize": "encore.infer.optimize",

@@ -186,7 +186,7 @@ class ModelConfig:
             (self.n_heads + 2 * self.n_kv_heads) * self.head_dim if self.qkv_bias else 0
         )
         enc_layer = m["self_attn"] + m["mlp"] + 2 * per_norm * norm + attn_extra
-        cross = (m["cross_q_out"] + m["cross_kv"] + per_norm * norm) if self.arch == "encdec" else 0
+        cross = (m["cross_q_out"] + m["cross_kv"] + per_norm * norm + attn_extra) if self.arch == "encdec" else 0
         if self.merged_attention:  # no cross-attention block: a copy of the K/V projection reads the encoder
             cross = m["cross_kv"]
         dec_layer = m["self_attn"] + m["mlp"] + 2 * per_norm * norm + cross + attn_extra

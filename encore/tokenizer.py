@@ -32,6 +32,7 @@ PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 N_SENTINELS = 100
 SENTINELS = tuple(f"<extra_id_{i}>" for i in range(N_SENTINELS))
 IMAGE_TOKENS = ("<image>", "<image_start>", "<image_end>")
+UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")  # UL2's R-, X- and S-denoiser prefixes (Tay et al., 2022)
 
 
 def special_tokens(n_sentinels: int = N_SENTINELS, image_tokens: Iterable[str] = IMAGE_TOKENS) -> list[str]:

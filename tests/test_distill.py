@@ -284,7 +284,7 @@ def test_tokenizer_checks():
     assert check_tokenizers(base, make_tokenizer(WORDS, sentinels=3)) == 40
     with pytest.raises(TokenizerMismatchError, match="map to different tokens"):
         check_tokenizers(base, make_tokenizer([f"v{i}" for i in range(37)]))
-    with pytest.raises(TokenizerMismatchError, match="not <extra_id_N> sentinels"):
+    with pytest.raises(TokenizerMismatchError, match="neither <extra_id_N> sentinels nor UL2 mode tokens"):
         check_tokenizers(base, make_tokenizer(WORDS + ["zz"]))
     with pytest.raises(TokenizerMismatchError, match="lacks 2 ordinary tokens"):
         check_tokenizers(make_tokenizer(WORDS + ["a", "b"]), base)

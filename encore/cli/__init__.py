@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "encore.cli.convert",
         "convert a checkpoint: transformers (T5Gemma, Llama, Qwen, Gemma 3, GGUF) <-> encore",
     ),
+    "adapt": ("encore.cli.adapt", "adapt a decoder-only checkpoint into an encoder-decoder (T5Gemma's recipe)"),
     "tokenizer": ("encore.cli.tokenizer", "train a byte-level BPE tokenizer on a corpus"),
     "reproduce": ("encore.cli.reproduce", "re-measure every claim of the paper: REPORT.md + results.json"),
 }

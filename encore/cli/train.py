@@ -59,6 +59,13 @@ def add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, micro: in
         action="store_true",
         help="resume although the batch size, seed or data settings differ from the checkpoint's",
     )
+    p.add_argument(
+        "--train-only",
+        choices=["cross_attention", "encoder", "decoder"],
+        default=None,
+        help="train one part of an encoder-decoder, freeze the rest (cross_attention: the warm-up after "
+        "`encore adapt --cross-init random`)",
+    )
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
     p.add_argument("--tensorboard", action="store_true")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
@@ -67,7 +74,18 @@ def add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, micro: in
 # the flags whose values define a run's data, per command: recorded in checkpoints, checked on resume
 TASK_FLAGS = ("task", "data_files", "task_option", "limit", "max_source_len", "max_target_len", "truncation")
 RUN_FLAGS = {
-    "pretrain": ("data", "text_field", "seq_len", "causal_seq_len", "noise_density", "mean_span_length"),
+    "pretrain": (
+        "data",
+        "text_field",
+        "objective",
+        "seq_len",
+        "causal_seq_len",
+        "noise_density",
+        "mean_span_length",
+        "teacher",
+        "alpha",
+        "kind",
+    ),
     "finetune": (*TASK_FLAGS, "vision", "vision_tower", "train_vision", "image_keep", "selection"),
     "distill": (*TASK_FLAGS, "teacher", "teacher_lora", "targets", "topk", "alpha", "kind"),
 }
@@ -111,28 +129,91 @@ def configure_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal-seq-len", type=int, default=None, help="decoder-only: override the chunk length")
     p.add_argument("--noise-density", type=float, default=0.15)
     p.add_argument("--mean-span-length", type=float, default=3.0)
+    p.add_argument(
+        "--objective",
+        choices=["span_corruption", "prefix_lm", "ul2"],
+        default="span_corruption",
+        help="encoder-decoder objective: T5's span corruption; prefix_lm (each --seq-len chunk cut at a random "
+        "point: prefix to the encoder, the rest to the decoder); ul2 (R / X / S denoisers with mode tokens)",
+    )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="distil this decoder-only model (the adapted model's source) on the decoder's tokens; "
+        "with --objective prefix_lm (T5Gemma's PrefixLM + KD)",
+    )
+    p.add_argument("--alpha", type=float, default=0.5, help="with --teacher: loss = alpha*KD + (1-alpha)*CE")
+    p.add_argument(
+        "--kind",
+        choices=["forward_kl", "reverse_kl", "jsd"],
+        default="forward_kl",
+        help="with --teacher: the divergence (forward_kl: token-level KD on the teacher's distribution)",
+    )
+    p.add_argument("--temperature", type=float, default=1.0, help="with --teacher: the KD temperature")
+    p.add_argument(
+        "--eval-data",
+        default=None,
+        help="held-out corpus for --eval-every's loss (same objective, CE only; e.g. stdlib:validation)",
+    )
     add_train_args(p, steps=1000, batch=32, micro=8, lr=2e-2)
 
 
-def run_pretrain(args: argparse.Namespace) -> int:
+def _pretraining_source(args: argparse.Namespace, model: LanguageModel, data: str, repeat: bool = True):
     from encore.data import StreamSource, open_corpus, pretraining_collator, pretraining_stream
 
-    claim_out(args)
-    model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
-    # Every rank reads the same stream and takes its share of each global batch (train.py), so a
-    # DDP run sees exactly the batches of a one-process run.
-    corpus = open_corpus(args.data, text_field=args.text_field)
     stream = pretraining_stream(
-        corpus,
+        open_corpus(data, text_field=args.text_field),
         model.tokenizer,
         model.config.arch,
+        objective=args.objective,
         input_len=args.seq_len,
         seq_len=args.causal_seq_len,
         noise_density=args.noise_density,
         mean_span_length=args.mean_span_length,
+        source=model.config.source_ids,
         seed=args.seed,
+        repeat=repeat,
     )
-    train(model, train_config(args, "pretrain"), StreamSource(stream, pretraining_collator(model.config)))
+    return StreamSource(stream, pretraining_collator(model.config))
+
+
+def _pretraining_teacher(args: argparse.Namespace, model: LanguageModel):
+    """The KD loss of `--teacher` (T5Gemma's PrefixLM + distillation), or None."""
+    from encore.distill import DistillLoss, load_teacher
+
+    if args.teacher is None:
+        return None
+    if args.objective != "prefix_lm" or model.config.arch != "encdec":
+        raise ValueError(
+            "--teacher: distillation during pretraining needs --objective prefix_lm and an encoder-decoder "
+            "(the teacher reads prefix + target as one text; corrupted spans mean nothing to it)"
+        )
+    teacher = load_teacher(args.teacher, tokenizer=model.tokenizer, device=local_device())
+    return DistillLoss(
+        teacher,
+        alpha=args.alpha,
+        kind=args.kind,
+        temperature=args.temperature,
+        valid_vocab=teacher.valid_vocab,
+    )
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from encore.train import seq2seq_loss
+
+    claim_out(args)
+    if args.teacher:
+        check_local(args.teacher, "--teacher")
+    model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
+    # Every rank reads the same stream and takes its share of each global batch (train.py), so a
+    # DDP run sees exactly the batches of a one-process run.
+    source = _pretraining_source(args, model, args.data)
+    eval_source = _pretraining_source(args, model, args.eval_data, repeat=False) if args.eval_data else None
+    if eval_source is not None and not args.eval_every:
+        raise ValueError("--eval-data needs --eval-every N (the validation loss every N steps)")
+    loss = _pretraining_teacher(args, model)
+    eval_loss = seq2seq_loss if loss is not None else None  # CE on the held-out text, with or without KD
+    train(model, train_config(args, "pretrain"), source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=eval_loss)
     _print_done(args.out)
     return 0
 

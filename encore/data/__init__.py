@@ -27,8 +27,8 @@ _EXPORTS = {
         "reconstruct",
         "SpanCorruptionStream",
         "CausalLMStream",
-        "pretraining_stream",
     ),
+    "encore.data.objectives": ("PrefixLMStream", "UL2Stream", "OBJECTIVES", "pretraining_stream"),
     "encore.data.collate": (
         "Batch",
         "Seq2SeqCollator",

@@ -258,6 +258,6 @@ def finetune_collator(
 
 
 def pretraining_collator(config: ModelConfig) -> Seq2SeqCollator | CausalLMCollator:
-    """For packed examples of `encore.data.span_corruption.pretraining_stream`: fixed lengths, EOS in place."""
+    """For the examples of `encore.data.pretraining_stream`: laid out already (specials and EOS in place)."""
     cls = Seq2SeqCollator if config.arch == "encdec" else CausalLMCollator
     return cls(config.pad_token_id, config.bos_token_id, config.eos_token_id, add_special_tokens=False)

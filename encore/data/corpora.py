@@ -27,7 +27,8 @@ summary is issued as a warning at the end of each pass, so nothing disappears wi
 
 The default corpus `stdlib` holds only the modules of code2doc's *train* split (`encore.data.code2doc.
 module_split`): pretraining on the validation / test modules' source would show the model the very
-docstrings code2doc asks it to write. `stdlib:all` has every module.
+docstrings code2doc asks it to write. `stdlib:validation` / `stdlib:test` hold those (held-out text for a
+pretraining loss), `stdlib:all` every module.
 """
 
 from __future__ import annotations
@@ -413,13 +414,15 @@ def open_corpus(
     skip_invalid: bool = False,
     **kwargs: Any,
 ) -> Corpus:
-    """A corpus from a spec: `stdlib` (`stdlib:all` for every module), a file / folder / glob of .txt,
+    """A corpus from a spec: `stdlib` (code2doc's train modules; `stdlib:validation`, `stdlib:test`,
+    `stdlib:all` for the others), a file / folder / glob of .txt,
     .jsonl, .parquet (and .py) files, or `hf:NAME[:CONFIG][@SPLIT]` (extra keyword arguments go to
     `datasets.load_dataset`). See the module docstring for documents, sharding and errors."""
     spec = str(spec)
     common = dict(rank=rank, world_size=world_size, skip_invalid=skip_invalid)
-    if spec in ("stdlib", "stdlib:train", "stdlib:all"):
-        return StdlibCorpus(None if spec == "stdlib:all" else "train", **kwargs, **common)
+    if spec in ("stdlib", "stdlib:train", "stdlib:validation", "stdlib:test", "stdlib:all"):
+        split = spec.partition(":")[2] or "train"
+        return StdlibCorpus(None if split == "all" else split, **kwargs, **common)
     if spec.startswith("hf:"):
         name, config, split = parse_hf_spec(spec)
         return HFCorpus(name, config, split, text_field=text_field, **kwargs, **common)

@@ -250,35 +250,3 @@ class CausalLMStream:
 def _check_kind(state: dict[str, Any], kind: str) -> None:
     if state.get("kind") != kind:
         raise ValueError(f"the saved data state is for a {state.get('kind')!r} stream, not {kind!r}")
-
-
-def pretraining_stream(
-    corpus: Corpus,
-    tokenizer: Any,
-    arch: str,
-    *,
-    input_len: int = 512,
-    seq_len: int | None = None,
-    noise_density: float = 0.15,
-    mean_span_length: float = 3.0,
-    seed: int = 0,
-    repeat: bool = True,
-) -> SpanCorruptionStream | CausalLMStream:
-    """The pretraining stream of `arch`: span corruption to `input_len` inputs for "encdec"; for
-    "deconly", causal chunks of `seq_len` tokens, by default the raw length span corruption consumes
-    per example (568 for 512), so both see the same tokens per example and the same token budget."""
-    if arch == "encdec":
-        return SpanCorruptionStream(
-            corpus,
-            tokenizer,
-            input_len=input_len,
-            noise_density=noise_density,
-            mean_span_length=mean_span_length,
-            seed=seed,
-            repeat=repeat,
-        )
-    if arch == "deconly":
-        if seq_len is None:
-            seq_len = random_spans_helper(input_len, noise_density, mean_span_length)[0]
-        return CausalLMStream(corpus, tokenizer, seq_len=seq_len, repeat=repeat)
-    raise ValueError(f"arch must be 'encdec' or 'deconly', got {arch!r}")

@@ -24,10 +24,11 @@ from torch import Tensor, nn
 from encore.convert import load
 from encore.distill.errors import DistillError, TokenizerMismatchError
 from encore.model.base import LanguageModel
+from encore.tokenizer import UL2_MODE_TOKENS
 
-# T5-style sentinels: a student may add them after the teacher's vocabulary (span corruption needs
+# T5-style sentinels (and UL2's mode tokens): a student may add them after the teacher's vocabulary (span corruption needs
 # them); the teacher then gives them probability 0 and they are left out of the KD term.
-SENTINEL = re.compile(r"<extra_id_\d+>")
+SENTINEL = re.compile(r"<extra_id_\d+>|" + "|".join(re.escape(t) for t in UL2_MODE_TOKENS))
 # Same vocabulary but a different normaliser / pre-tokeniser still tokenizes text differently.
 PROBE_TEXT = "Hello world! The quick brown fox (no. 1234) jumps; Über café — naïve?\n  indented\tend."
 
@@ -60,7 +61,10 @@ def check_tokenizers(teacher_tokenizer: Any, student_tokenizer: Any) -> int:
     """
     t_tab, s_tab = _id_table(teacher_tokenizer), _id_table(student_tokenizer)
     n = min(len(t_tab), len(s_tab))
-    hint = "Distillation needs the teacher's tokenizer on the student (plus <extra_id_*> sentinels at the end)."
+    hint = (
+        "Distillation needs the teacher's tokenizer on the student (plus <extra_id_*> sentinels and UL2's mode "
+        "tokens at the end)."
+    )
     diff = [i for i in range(n) if t_tab[i] != s_tab[i]]
     if diff:
         shown = ", ".join(f"id {i}: teacher {t_tab[i]!r} vs student {s_tab[i]!r}" for i in diff[:3])
@@ -72,7 +76,7 @@ def check_tokenizers(teacher_tokenizer: Any, student_tokenizer: Any) -> int:
     if extra_s:
         raise TokenizerMismatchError(
             f"the student tokenizer has {len(s_tab) - n} ids beyond the teacher's {len(t_tab)}, and "
-            f"{len(extra_s)} of them are not <extra_id_N> sentinels (e.g. {extra_s[:3]}): the teacher cannot "
+            f"{len(extra_s)} of them are neither <extra_id_N> sentinels nor UL2 mode tokens (e.g. {extra_s[:3]}): the teacher cannot "
             f"produce them. {hint}"
         )
     added = _added_tokens(teacher_tokenizer)
@@ -241,20 +245,20 @@ def load_teacher(
     path = Path(name_or_path)
     config_file = path / "config.json"
     config = json.loads(config_file.read_text()) if path.is_dir() and config_file.exists() else {}
-    if config.get("model_type") == "encore":
-        if config.get("arch") != "deconly":
-            raise DistillError(
-                f"{config_file}: an encore teacher must be a decoder-only checkpoint (arch 'deconly'), "
-                f"got arch {config.get('arch')!r}"
-            )
+    if config.get("model_type") == "encore" or path.suffix == ".gguf":
         if lora is not None:
             raise DistillError(f"{path}: LoRA adapters apply to Hugging Face teachers, not encore checkpoints")
         model = load(path, device=device, dtype=dtype)
+        if model.config.arch != "deconly":
+            raise DistillError(
+                f"{path}: the teacher must be a decoder-only model (arch 'deconly'), got arch {model.config.arch!r}"
+            )
         teacher_tok = model.tokenizer
         pad_id = model.config.pad_token_id
         # encore's decoder-only models are fine-tuned on [BOS] x [EOS] y [EOS] (CausalLMCollator) and the
-        # student's source is x [EOS]: prepending BOS gives the teacher exactly its training layout.
-        auto_bos = model.config.bos_token_id
+        # student's source is x [EOS]: prepending BOS gives the teacher exactly its training layout. An
+        # imported model (a GGUF file) reads its texts as its family does: "plain" ones without BOS.
+        auto_bos = None if model.config.source_layout == "plain" else model.config.bos_token_id
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -322,6 +322,10 @@ class CrossAttention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.q = Linear(config.d_model, self.n_heads * self.head_dim, bias=config.qkv_bias)
         self.kv = Linear(config.d_model, 2 * self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+        # the family's per-head q / k norms (Qwen3, Gemma 3), so a cross-attention copied from a
+        # self-attention (`encore.adapt`) computes what its source computed
+        self.q_norm = make_norm(config, config.head_dim) if config.qk_norm else nn.Identity()
+        self.k_norm = make_norm(config, config.head_dim) if config.qk_norm else nn.Identity()
         self.out = Linear(self.n_heads * self.head_dim, config.d_model)
         self.scale = config.attn_scale
         self.softcap = None if config.attn_softcap is None else SoftCap(config.attn_softcap)
@@ -331,11 +335,11 @@ class CrossAttention(nn.Module):
         """memory [B, S, D] -> k, v [B, K, S, Dh]."""
         B, S, _ = memory.shape
         k, v = self.kv(memory).view(B, S, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return k, v
+        return self.k_norm(k), v
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        q = self.q_norm(self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2))
         dropout = self.dropout if self.training else 0.0
         return self.out(attend(q, k, v, mask, False, dropout, self.scale, self.softcap))
 

@@ -41,6 +41,7 @@ from encore.train.checkpoint import (
 from encore.train.dist import Dist, init_distributed, wrap
 from encore.train.logging import MetricsLog, TrainingError, peak_flops
 from encore.train.losses import Loss, default_loss
+from encore.train.optim import freeze_all_but
 from encore.train.rundir import check_identity, claim_run_dir, run_identity
 from encore.train.signals import GracefulStop, TrainingInterrupted
 
@@ -75,6 +76,7 @@ class TrainConfig:
     overwrite: bool = False  # clear an earlier run's files in out_dir first
     allow_changed_settings: bool = False  # resume although batch / seed / data settings changed
     run_info: dict[str, Any] = field(default_factory=dict)  # data settings that define the run (checked on resume)
+    train_only: str | None = None  # train one part ("cross_attention", "encoder", "decoder"); freeze the rest
     fsdp: bool = False
     tensorboard: bool = False
     progress: bool = True
@@ -122,7 +124,11 @@ def _setup(model: nn.Module, config: TrainConfig, source: BatchSource, loss: Los
         )
     ckpt_root = Path(config.out_dir) / "checkpoints"
     torch.manual_seed(config.seed)
+    if config.train_only:
+        freeze_all_but(model, config.train_only)
     settings = {"batch-size": config.batch_size, "seed": config.seed, **config.run_info}
+    if config.train_only:
+        settings["train-only"] = config.train_only
     identity = run_identity(model, settings)
     start_step, trainer_state = 0, None
     if d.main:  # the main rank decides what --out means (and clears it for --overwrite); the others wait
@@ -251,6 +257,10 @@ def train(
     progress = Progress(config.max_steps, start_step, "step", "train", enabled=d.main and config.progress)
     run.model.train()
     try:
+        if eval_source is not None and config.eval_every and start_step == 0:  # the loss before training
+            eval_loss = evaluate_loss(run, eval_source, eval_loss_fn or loss_fn)
+            if d.main:
+                log.write({"step": 0, "eval_loss": eval_loss})
         with GracefulStop() as stop:
             for step in range(start_step + 1, config.max_steps + 1):
                 record = _step(run, step)

@@ -191,6 +191,30 @@ class CombinedOptimizer(Optimizer):
         return "CombinedOptimizer(\n" + "\n".join(f"{k}: {v!r}" for k, v in self.optimizers.items()) + "\n)"
 
 
+# the parts `--train-only` can name: parameter-name prefixes (components) of an encoder-decoder
+TRAIN_PARTS = {
+    "cross_attention": ("cross", "cross_norm", "post_cross_norm"),
+    "encoder": ("encoder", "encoder_norm", "encoder_embed"),
+    "decoder": ("decoder",),
+}
+
+
+def freeze_all_but(model: nn.Module, part: str) -> int:
+    """Leave only `part`'s parameters trainable (`TRAIN_PARTS`); the number that train. A warm-up of a
+    fresh cross-attention (`encore adapt --cross-init random`) trains "cross_attention" alone."""
+    if part not in TRAIN_PARTS:
+        raise ValueError(f"--train-only {part!r}: choose one of {', '.join(TRAIN_PARTS)}")
+    keys = set(TRAIN_PARTS[part])
+    n = 0
+    for name, p in model.named_parameters():
+        keep = bool(keys & set(name.split(".")))
+        p.requires_grad_(keep)
+        n += p.numel() if keep else 0
+    if n == 0:
+        raise ValueError(f"--train-only {part}: the model has no {part} parameters (is it an encoder-decoder?)")
+    return n
+
+
 def param_groups_for_muon(model: nn.Module) -> tuple[NamedParams, NamedParams]:
     """Split the trainable parameters into (muon, adamw) lists of (name, parameter).
 
