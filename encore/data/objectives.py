@@ -30,7 +30,6 @@ import numpy as np
 
 from encore.data.corpora import Corpus
 from encore.data.packing import TokenStream
-from encore.tokenizer import UL2_MODE_TOKENS
 from encore.data.span_corruption import (
     CausalLMStream,
     SpanCorruptionStream,
@@ -39,6 +38,7 @@ from encore.data.span_corruption import (
     random_spans_helper,
     span_corrupt,
 )
+from encore.tokenizer import UL2_MODE_TOKENS
 
 Layout = Callable[[list[int]], list[int]]
 
@@ -190,7 +190,9 @@ def pretraining_stream(
         raise ValueError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     if arch == "deconly":
         if objective != "span_corruption":
-            raise ValueError(f"--objective {objective} trains an encoder-decoder; a decoder-only model pretrains as a causal LM")
+            raise ValueError(
+                f"--objective {objective} trains an encoder-decoder; a decoder-only model pretrains as a causal LM"
+            )
         if seq_len is None:
             seq_len = random_spans_helper(input_len, noise_density, mean_span_length)[0]
         return CausalLMStream(corpus, tokenizer, seq_len=seq_len, repeat=repeat)

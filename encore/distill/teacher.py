@@ -26,8 +26,8 @@ from encore.distill.errors import DistillError, TokenizerMismatchError
 from encore.model.base import LanguageModel
 from encore.tokenizer import UL2_MODE_TOKENS
 
-# T5-style sentinels (and UL2's mode tokens): a student may add them after the teacher's vocabulary (span corruption needs
-# them); the teacher then gives them probability 0 and they are left out of the KD term.
+# T5-style sentinels and UL2's mode tokens: a student may add them after the teacher's vocabulary (span
+# corruption and UL2 need them); the teacher then gives them probability 0 and they are left out of the KD term.
 SENTINEL = re.compile(r"<extra_id_\d+>|" + "|".join(re.escape(t) for t in UL2_MODE_TOKENS))
 # Same vocabulary but a different normaliser / pre-tokeniser still tokenizes text differently.
 PROBE_TEXT = "Hello world! The quick brown fox (no. 1234) jumps; Über café — naïve?\n  indented\tend."
@@ -76,8 +76,8 @@ def check_tokenizers(teacher_tokenizer: Any, student_tokenizer: Any) -> int:
     if extra_s:
         raise TokenizerMismatchError(
             f"the student tokenizer has {len(s_tab) - n} ids beyond the teacher's {len(t_tab)}, and "
-            f"{len(extra_s)} of them are neither <extra_id_N> sentinels nor UL2 mode tokens (e.g. {extra_s[:3]}): the teacher cannot "
-            f"produce them. {hint}"
+            f"{len(extra_s)} of them are neither <extra_id_N> sentinels nor UL2 mode tokens (e.g. {extra_s[:3]}): "
+            f"the teacher cannot produce them. {hint}"
         )
     added = _added_tokens(teacher_tokenizer)
     extra_t = [t_tab[i] for i in range(n, len(t_tab)) if t_tab[i] not in added]
