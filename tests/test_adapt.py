@@ -65,6 +65,19 @@ def test_every_weight_is_the_source_weight_it_came_from(source):
     assert model.config.layer_types("decoder") == [kinds[n - 1], kinds[0]]
 
 
+def test_a_silent_cross_attention_starts_as_the_source_reading_the_target(source):
+    model = adapt(source, cross_init="zero")
+    torch.manual_seed(0)
+    x, y = torch.randint(3, 150, (2, 9)), torch.randint(3, 150, (2, 6))
+    with torch.no_grad():
+        ours, theirs = model(x, y), source(y)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    layer, own = model.decoder[0], source.decoder[0]
+    rows = source.config.n_heads * source.config.head_dim
+    _same(layer.cross.q.weight, own.attn.qkv.weight[:rows], "q as under 'self'")
+    assert not layer.cross.out.weight.any()
+
+
 def test_random_cross_attention_is_fresh_and_seeded(source):
     a, b = adapt(source, cross_init="random", seed=1), adapt(source, cross_init="random", seed=1)
     rows = source.config.n_heads * source.config.head_dim
@@ -74,10 +87,11 @@ def test_random_cross_attention_is_fresh_and_seeded(source):
     assert torch.equal(a.decoder[0].attn.qkv.weight, source.decoder[0].attn.qkv.weight)
 
 
-def test_pick_layers_spreads_a_count_over_the_depth():
-    assert pick_layers(10, 30, "--decoder-layers") == [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]
+def test_pick_layers_keeps_the_ends_of_the_stack():
+    assert pick_layers(10, 30, "--decoder-layers") == [0, 1, 2, 3, 24, 25, 26, 27, 28, 29]
     assert pick_layers("all", 3, "--encoder-layers") == [0, 1, 2]
-    assert pick_layers("2", 5, "--decoder-layers") == [0, 4]
+    assert pick_layers(3, 3, "--encoder-layers") == [0, 1, 2]
+    assert pick_layers("1", 5, "--decoder-layers") == [4]
     assert pick_layers("4,1", 5, "--decoder-layers") == [4, 1]
 
 

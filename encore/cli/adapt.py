@@ -18,7 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encoder-layers",
         default="all",
-        help="all, a count N (evenly spaced, first and last kept) or indices i,j,...",
+        help="all, a count N (the first 40%% and the last 60%% of N: the middle goes) or indices i,j,...",
     )
     p.add_argument(
         "--decoder-layers",
@@ -27,10 +27,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--cross-init",
-        choices=["self", "random"],
+        choices=["self", "zero", "random"],
         default="self",
-        help="cross-attention starts as the layer's self-attention, or fresh (then warm it up with "
-        "--train-only cross_attention)",
+        help="cross-attention starts as the layer's self-attention (T5Gemma's), as that with its output "
+        "projection zero (the model starts as the source reading the target; docs/adapt.md), or fresh (then warm "
+        "it up with --train-only cross_attention)",
     )
     p.add_argument(
         "--sentinels",
