@@ -187,3 +187,14 @@ def special_ids(tokenizer: Any) -> tuple[int, int, int]:
     if pad is None or eos is None:
         raise ValueError("the tokenizer needs pad and EOS tokens (encore.tokenizer.load_tokenizer sets them)")
     return pad, pad if bos is None else bos, eos
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]], template: str | None = None) -> list[int]:
+    """The prompt ids of a conversation, as transformers' `apply_chat_template` makes them: the
+    template (`template`, else the tokenizer's) renders the messages and the generation prompt, and the
+    text is tokenized without adding special tokens (the template writes them)."""
+    template = template or getattr(tokenizer, "chat_template", None)
+    if template is None:
+        raise ValueError("the tokenizer has no chat template; pass one (--chat-template FILE)")
+    text = tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

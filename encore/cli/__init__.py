@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("encore.cli.infer:eval", "generate on a task split and score the predictions"),
     "bench": ("encore.cli.bench", "time an encoder-decoder against a decoder-only model of the same size"),
     "export": ("encore.cli.export", "export a model for deployment (ONNX graphs + manifest; int8, static shapes)"),
+    "chat": ("encore.cli.chat", "chat with a model in the terminal (its chat template, streamed replies)"),
     "serve": ("encore.cli.serve", "an OpenAI-compatible HTTP server with continuous batching"),
     "convert": (
         "encore.cli.convert",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from encore.cli.common import add_model_args, from_args, load_for_inference, text_only
 
@@ -54,6 +55,32 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--random-weights",
         action="store_true",
         help="serve a preset or config untrained (capacity benchmarks; its text is noise)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("ENCORE_API_KEY"),
+        help="require `Authorization: Bearer KEY` on every route but /health (default: $ENCORE_API_KEY; none)",
+    )
+    p.add_argument("--max-body-mb", type=float, default=1.0, help="larger request bodies get a 413 (%(default)s)")
+    p.add_argument(
+        "--request-timeout",
+        dest="request_timeout_s",
+        type=float,
+        default=600.0,
+        help="seconds a request may run before it is cut: 408, or an error event on a stream (%(default)s)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="send CORS headers for this origin (repeat for more; '*' for any); none by default",
+    )
+    p.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="FILE",
+        help="a Jinja chat template for /v1/chat/completions (default: the checkpoint tokenizer's)",
     )
     p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(%(default)s)")

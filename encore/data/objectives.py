@@ -13,8 +13,8 @@ was, which is what makes distilling it on the target tokens line up (`encore.dis
 UL2 (Tay et al., 2022) mixes seven denoisers, each example drawing one: R (regular span corruption:
 mean span 3 or 8 at 15% noise), X (extreme: mean span 3 or 8 at 50%, 64 at 15% or 50%) and S
 (sequential: PrefixLM). Each input starts with its denoiser's mode token (`[NLU]` R, `[NLG]` X, `[S2S]`
-S). R and X draw uniformly among their settings; the families are drawn R 40%, X 40%, S 20% (UL2's
-paper gives S about a fifth of the mixture; these weights are encore's, `UL2Stream(weights=...)`).
+S). R and X draw uniformly among their settings; the families are drawn R 40%, X 40%, S 20% (encore's
+choice, not a published mixture; `UL2Stream(weights=...)` sets others).
 Span-corruption inputs and targets end with EOS as in `SpanCorruptionStream`; S targets do not.
 
 Both streams are deterministic given the seed (each example's draws come from a generator seeded by

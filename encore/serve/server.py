@@ -41,6 +41,11 @@ class ServerConfig:
     max_prefill_tokens: int | None = None  # prompt tokens prefilled per step; None: max_input_len
     served_model_name: str | None = None  # the name clients send as `model`; None: the --model's name
     shutdown_grace_s: float = 30.0
+    api_key: str | None = None  # every route but /health needs `Authorization: Bearer <key>`
+    max_body_mb: float = 1.0  # larger request bodies get a 413
+    request_timeout_s: float | None = 600.0  # a request running longer is cut (None: never)
+    allow_origin: list[str] | None = None  # CORS origins (None: no CORS headers)
+    chat_template: str | None = None  # a Jinja file replacing the tokenizer's chat template
     access_log: bool = True
     log_level: str = "info"
 
@@ -75,12 +80,17 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
     inference: `encore.optimize`). The app's lifespan starts and stops the scheduler's thread."""
     from encore.infer.engine import Engine
     from encore.model.io import spec_label
-    from encore.serve.api import create_app
+    from encore.serve.api import Guard, create_app
+    from encore.serve.chat import read_template
     from encore.serve.metrics import ServerMetrics
     from encore.serve.scheduler import Scheduler
 
     if cfg.max_batch < 1 or cfg.max_queue < 0 or cfg.kv_budget_mb <= 0:
         raise ValueError("--max-batch must be >= 1, --max-queue >= 0 and --kv-budget-mb > 0")
+    if cfg.max_body_mb <= 0 or (cfg.request_timeout_s is not None and cfg.request_timeout_s <= 0):
+        raise ValueError("--max-body-mb and --request-timeout must be positive")
+    if cfg.api_key is not None and not cfg.api_key.strip():
+        raise ValueError("--api-key is empty")
     if model.tokenizer is None:
         raise ValueError(f"--model {cfg.model!r} has no tokenizer; pass --tokenizer")
     max_input_len, max_tokens = _limits(cfg, model.config)
@@ -105,7 +115,16 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
         max_tokens,
         engine.cache.nbytes / MiB,
     )
-    return create_app(scheduler, name, max_input_len, max_tokens), scheduler
+    guard = Guard(
+        api_key=cfg.api_key,
+        max_body_bytes=int(cfg.max_body_mb * MiB),
+        request_timeout_s=cfg.request_timeout_s,
+        allow_origins=list(cfg.allow_origin or []),
+    )
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.api_key is None:
+        log.warning("listening on %s without an API key: anyone who reaches it can use it (--api-key)", cfg.host)
+    template = read_template(cfg.chat_template)
+    return create_app(scheduler, name, max_input_len, max_tokens, guard, template), scheduler
 
 
 def serve(cfg: ServerConfig, model: Any) -> int:

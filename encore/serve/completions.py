@@ -1,0 +1,219 @@
+"""`POST /v1/completions`: OpenAI's completions shape, and the request -> scheduler job -> response
+path the chat route shares (`encore.serve.chat`).
+
+    prompt (str | list[str]), max_tokens, temperature, top_p, top_k, seed, stop, n, stream
+    (+ stream_options.include_usage; ignore_eos, as vLLM's) -> choices[i].text, finish_reason
+    ("stop" | "length"), usage; stream: Server-Sent Events, one chunk per token, then `data: [DONE]`
+
+`temperature` 0 is greedy; above it samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from encore.data.collate import prompt_ids
+from encore.serve.scheduler import Choice, Closed, Job, QueueFull
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str | None = None
+    prompt: str | list[str]
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    ignore_eos: bool = False  # an extension (vLLM's name): generate max_tokens whatever comes; for benchmarks
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+
+
+def error_body(message: str, param: str | None, kind: str, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(
+    status: int, message: str, param: str | None, kind: str, headers: dict | None = None, code: str | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(message, param, kind, code), status_code=status, headers=headers)
+
+
+class Completions:
+    """`POST /v1/completions` for one served model: a request checked against the server's limits
+    becomes a scheduler `Job`; its text deltas become one JSON answer or a stream of SSE chunks."""
+
+    def __init__(
+        self, scheduler: Any, model_name: str, max_input_len: int, max_tokens: int, timeout_s: float | None = None
+    ):
+        self.scheduler, self.model, self.name = scheduler, scheduler.model, model_name
+        self.max_input_len, self.max_tokens, self.timeout_s = max_input_len, max_tokens, timeout_s
+
+    kind, prefix = "text_completion", "cmpl"
+
+    async def __call__(self, body: Any, request: Request) -> Any:
+        job = self.job(body)
+        try:
+            self.scheduler.submit(job)
+        except QueueFull:
+            message = f"too many requests waiting (--max-queue {self.scheduler.max_queue}); retry later"
+            raise APIError(429, message, None, "rate_limit_error") from None
+        except Closed:
+            raise APIError(503, "the server is shutting down", None, "server_error") from None
+        head = {"id": f"{self.prefix}-{uuid.uuid4().hex}", "object": self.kind, "created": int(time.time())}
+        head["model"] = self.name
+        if body.stream:
+            return StreamingResponse(self.stream(job, head, body), media_type="text/event-stream")
+        return await self.collect(job, request, head)
+
+    def prompts(self, body: Any) -> list[tuple[str, list[int]]]:
+        """(where, input ids) of each prompt of the request."""
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts:
+            raise APIError(400, "prompt is an empty list", "prompt")
+        where = ["prompt"] if isinstance(body.prompt, str) else [f"prompt[{i}]" for i in range(len(prompts))]
+        return [(w, prompt_ids(self.model.tokenizer, text, self.model.config)) for w, text in zip(where, prompts)]
+
+    def max_new(self, body: Any) -> tuple[int, str]:
+        """(the request's max new tokens, the field that set it)."""
+        return body.max_tokens, "max_tokens"
+
+    def job(self, body: Any) -> Job:
+        """The request checked against what this server serves, as a scheduler job."""
+        if body.model is not None and body.model != self.name:
+            raise APIError(400, f"model {body.model!r} is not served here; this server serves {self.name!r}", "model")
+        for name, value in (body.model_extra or {}).items():
+            if name in ("logprobs", "echo", "suffix", "best_of", "top_logprobs") and value not in (None, False, 0, 1):
+                raise APIError(400, f"{name} is not supported by this server", name)
+        max_tokens, field = self.max_new(body)
+        if max_tokens > self.max_tokens:
+            message = f"{field} {max_tokens} is more than this server's limit {self.max_tokens}"
+            raise APIError(400, message, field)
+        slots = self.scheduler.engine.max_batch
+        if body.n > slots:
+            raise APIError(400, f"n {body.n} is more than this server's {slots} slots", "n")
+        encoded = []
+        for where, ids in self.prompts(body):
+            if len(ids) > self.max_input_len:
+                message = f"{where} is {len(ids)} tokens; this server's limit is {self.max_input_len}"
+                raise APIError(400, message, where.split("[")[0])
+            encoded.append(ids)
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if any(not s for s in stop):
+            raise APIError(400, "stop strings must not be empty", "stop")
+        sampling = {"do_sample": body.temperature > 0, "temperature": body.temperature or 1.0}
+        sampling.update(top_k=body.top_k, top_p=body.top_p if body.top_p < 1.0 else None)
+        if body.ignore_eos:
+            sampling["eos_token_id"] = None
+        choices = [
+            Choice(p * body.n + k, ids, None if body.seed is None else body.seed + k)
+            for p, ids in enumerate(encoded)
+            for k in range(body.n)
+        ]
+        return Job(choices, max_tokens, sampling, stop, asyncio.get_running_loop(), asyncio.Queue())
+
+    def remaining(self, job: Job) -> float | None:
+        """Seconds left before `job` passes the request timeout (None: no timeout)."""
+        if self.timeout_s is None:
+            return None
+        return max(0.0, job.t_arrival + self.timeout_s - time.perf_counter())
+
+    def timed_out(self, job: Job) -> bool:
+        return self.timeout_s is not None and self.remaining(job) <= 0.0
+
+    def timeout_message(self) -> str:
+        return f"the request ran past this server's timeout of {self.timeout_s:g} s (--request-timeout)"
+
+    def choice(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+
+    def chunks(self, index: int, delta: str, reason: str | None, first: bool) -> list[dict[str, Any]]:
+        """The stream's choice objects for one text delta."""
+        return [self.choice(index, delta, reason)]
+
+    async def collect(self, job: Job, request: Request, head: dict) -> Any:
+        """Wait for every choice to finish; one JSON answer. A client gone meanwhile frees its slots."""
+        texts = {c.index: "" for c in job.choices}
+        reasons: dict[int, str] = {}
+        try:
+            while len(reasons) < len(job.choices):
+                try:
+                    index, delta, reason = await asyncio.wait_for(job.updates.get(), timeout=0.25)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        self.scheduler.cancel(job)
+                        return Response(status_code=499)
+                    if self.timed_out(job):
+                        self.scheduler.cancel(job)
+                        raise APIError(408, self.timeout_message(), None, "timeout_error") from None
+                    continue
+                texts[index] += delta
+                if reason is not None:
+                    reasons[index] = reason
+        except asyncio.CancelledError:
+            self.scheduler.cancel(job)
+            raise
+        if "error" in reasons.values():
+            raise APIError(500, "generation failed on the server (see its log)", None, "server_error")
+        choices = [self.choice(i, texts[i], reasons[i]) for i in sorted(texts)]
+        return {**head, "choices": choices, "usage": usage(job)}
+
+    async def stream(self, job: Job, head: dict, body: Any) -> AsyncIterator[str]:
+        """One SSE chunk per text delta, then `data: [DONE]`; a client gone frees its slots. With
+        `stream_options.include_usage`, a last chunk carries the usage (OpenAI's)."""
+        finished, started = 0, set()
+        try:
+            while finished < len(job.choices):
+                try:
+                    index, delta, reason = await asyncio.wait_for(job.updates.get(), timeout=self.remaining(job))
+                except asyncio.TimeoutError:
+                    yield f"data: {json.dumps(error_body(self.timeout_message(), None, 'timeout_error'))}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                finished += reason is not None
+                for choice in self.chunks(index, delta, reason, index not in started):
+                    yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
+                started.add(index)
+            if (getattr(body, "stream_options", None) or {}).get("include_usage"):
+                yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage(job)})}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            if finished < len(job.choices):  # the client went away (or the server stopped)
+                self.scheduler.cancel(job)
+
+
+def usage(job: Job) -> dict[str, int]:
+    prompt_tokens = sum(len(c.ids) for c in job.choices)
+    completion_tokens = sum(len(c.tokens) for c in job.choices)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

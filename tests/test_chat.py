@@ -1,0 +1,155 @@
+"""Chat: `/v1/chat/completions` over real HTTP with the `openai` client (stream and not), the template
+applied as transformers applies it, an API key, body limits, a model without a template, and
+`encore chat` driven through a pseudo-terminal."""
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+from test_serve import NAME, Server, checkpoint  # noqa: F401  (the fixture)
+
+from encore import load, optimize
+from encore.tokenizer import chat_ids
+
+pytest.importorskip("fastapi")
+TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+)
+KEY = "sk-test-123"
+MESSAGES = [{"role": "system", "content": "be short"}, {"role": "user", "content": "the list of a file"}]
+
+
+@pytest.fixture(scope="module")
+def chat_checkpoint(checkpoint, tmp_path_factory):  # noqa: F811
+    """The serving tests' checkpoint with a chat template in its tokenizer."""
+    model = load(checkpoint)
+    model.tokenizer.chat_template = TEMPLATE
+    directory = tmp_path_factory.mktemp("chat") / "ckpt"
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def server(chat_checkpoint):
+    s = Server(chat_checkpoint, "--api-key", KEY, "--max-body-mb", "0.01", "--max-tokens-limit", "32")
+    yield s
+    assert s.stop() == 0
+
+
+def greedy(directory, messages, max_tokens: int) -> str:
+    model = optimize(load(directory))
+    ids = chat_ids(model.tokenizer, messages)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens)[0].tolist()
+    eos = model.config.eos_token_id
+    return model.tokenizer.decode(out[: out.index(eos)] if eos in out else out, skip_special_tokens=True)
+
+
+def test_the_template_is_applied_as_transformers_applies_it(chat_checkpoint):
+    tok = load(chat_checkpoint).tokenizer
+    theirs = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
+    theirs = theirs["input_ids"] if isinstance(theirs, dict) or hasattr(theirs, "keys") else theirs
+    assert chat_ids(tok, MESSAGES) == list(theirs)
+
+
+def test_chat_with_the_openai_client_stream_and_not(server, chat_checkpoint):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    want = greedy(chat_checkpoint, MESSAGES, 16)
+    reply = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=16, temperature=0)
+    assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content == want
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens > 0 and reply.usage.prompt_tokens == len(
+        chat_ids(load(chat_checkpoint).tokenizer, MESSAGES)
+    )
+    stream = client.chat.completions.create(
+        model=NAME, messages=MESSAGES, max_completion_tokens=16, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == want
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+
+
+def test_an_api_key_guards_every_route_but_health(server):
+    url = server.url
+    assert httpx.get(f"{url}/health").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        r = httpx.get(f"{url}/v1/models", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MESSAGES}, headers=headers)
+        assert r.status_code == 401
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_limits_answer_413_and_400_naming_them(server):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    big = [{"role": "user", "content": "word " * 5000}]
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": big}, headers=auth)
+    assert r.status_code == 413 and "limit is 10485" in r.json()["error"]["message"]
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 99}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": []}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]},
+                   headers=auth)  # fmt: skip
+    assert r.status_code == 400
+
+
+def test_a_model_without_a_template_gets_a_400(checkpoint):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from encore.serve import ServerConfig, build_app
+
+    model = optimize(load(checkpoint))
+    app, _ = build_app(ServerConfig(model=str(checkpoint), max_input_len=64, max_tokens=8, kv_budget_mb=16), model)
+    with TestClient(app) as client:
+        r = client.post("/v1/chat/completions", json={"messages": MESSAGES})
+        assert r.status_code == 400 and "has no chat template" in r.json()["error"]["message"]
+        assert "--chat-template" in r.json()["error"]["message"]
+        r = client.options(
+            "/v1/models", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}
+        )
+        assert "access-control-allow-origin" not in r.headers  # no CORS unless asked
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 120) -> bytes:
+    out, deadline = b"", time.monotonic() + timeout
+    while marker not in out:
+        assert time.monotonic() < deadline, f"no {marker!r} in {out[-300:]!r}"
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            out += os.read(fd, 4096)
+    return out
+
+
+def test_encore_chat_in_a_terminal(chat_checkpoint):
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "encore", "chat", "--model", str(chat_checkpoint), "--max-new-tokens", "8",
+               "--system", "be short"]  # fmt: skip
+    proc = subprocess.Popen(command, stdin=secondary, stdout=secondary, stderr=secondary, env=env)
+    os.close(secondary)
+    try:
+        _read_until(primary, b"> ")
+        os.write(primary, b"the list of a file\n")
+        reply = _read_until(primary, b"> ").decode(errors="replace")
+        want = greedy(chat_checkpoint, MESSAGES, 8)
+        assert want.strip() in reply.replace("\r", "")
+        os.write(primary, b"/reset\n")
+        assert b"conversation cleared" in _read_until(primary, b"> ")
+        os.write(primary, b"/exit\n")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
