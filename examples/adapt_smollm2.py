@@ -36,11 +36,11 @@ PROMPTS = [
     "def fibonacci(n):\n",
     'def read_json(path):\n    """Read a JSON file and return its contents."""\n',
 ]
-ADAPT_STEPS = {"30-10": 60, "30-30": 30}  # as many as ~35 minutes of this CPU allow
+ADAPT_STEPS = {"30-10": 60, "30-30": 15}  # as many as ~40 minutes of this CPU allow
 PRETRAIN = ["--data", "stdlib", "--objective", "prefix_lm", "--seq-len", "128", "--batch-size", "8",
             "--micro-batch-size", "8", "--optimizer", "adamw", "--lr", "2e-4", "--eval-data", "stdlib:validation",
             "--eval-batches", "4", "--alpha", "0.5", "--kind", "forward_kl"]  # fmt: skip
-FT_STEPS = 25
+FT_STEPS = 20
 FINETUNE = ["--max-steps", str(FT_STEPS), "--batch-size", "8", "--micro-batch-size", "8", "--max-source-len", "192",
             "--max-target-len", "48", "--seed", "0"]  # fmt: skip
 PRETRAINED_LR = ["--optimizer", "adamw", "--lr", "1e-4"]  # gentle on pretrained weights
@@ -189,7 +189,7 @@ def finetune_stage() -> None:
                 sh("finetune", "--model", *model_flags, "--task", task, *FINETUNE, "--out", str(out), "--resume=auto",
                    log=f"finetune-{slug}")  # fmt: skip
             preds = ROOT / f"eval-{slug}.jsonl"
-            sh("eval", "--model", str(out / "final"), "--task", task, "--limit", "100", *eval_flags,
+            sh("eval", "--model", str(out / "final"), "--task", task, "--limit", "60", *eval_flags,
                "--out", str(preds), log=f"eval-{slug}")  # fmt: skip
             save(key, json.loads(preds.with_suffix(".metrics.json").read_text()))
 

@@ -43,6 +43,13 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="prompt tokens prefilled per step at most, so arrivals do not stall the running requests for all "
         "their prefills at once (default: --max-input-len, one longest prompt per step)",
     )
+    p.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=256.0,
+        help="decoder-only models: keep the K/V of earlier prompts and replies (blocks of 32 tokens, LRU) so a "
+        "request that starts with one (a chat's next turn) prefills only the rest; 0 turns it off (%(default)s)",
+    )
     p.add_argument("--served-model-name", default=None, help="the name clients send as `model` (default: --model's)")
     p.add_argument(
         "--shutdown-grace",

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -66,6 +66,7 @@ class _Request:
     slot: int = -1
     produced: int = 0
     cache_len: int = 0  # the slot's positions written (a host-side mirror of the cache's `length`)
+    tokens: list[int] = field(default_factory=list)  # generated so far
 
 
 class Engine:
@@ -79,6 +80,8 @@ class Engine:
         compile_backend: str = "inductor",
         prefill_tokens: int | None = None,
         max_prefill_tokens: int | None = None,
+        prefix_cache_bytes: int = 0,
+        prefix_block: int = 32,
     ):
         """`model`: an encore model, ready for inference (see `encore.optimize`). The cache for
         `max_batch` slots of `max_input_len` input and `max_new_tokens` output tokens is allocated
@@ -89,7 +92,10 @@ class Engine:
         (16 x 512 tokens prefill 25% faster in groups of 2 than in one batch), 16384 on a GPU.
         `max_prefill_tokens`: a step admits queued requests while their prompts (distinct ones) sum to at
         most this many tokens (always at least one request), so a burst of arrivals does not stall the
-        running requests' next token for all their prefills at once; default: no limit."""
+        running requests' next token for all their prefills at once; default: no limit.
+        `prefix_cache_bytes` > 0 (decoder-only): keep the K/V of prompts and replies in blocks of
+        `prefix_block` tokens (`encore.infer.prefix.PrefixStore`, LRU within that many bytes) and
+        prefill a prompt that starts with a stored prefix from where the prefix ends."""
         for name, value in (("max_batch", max_batch), ("max_input_len", max_input_len)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Engine {name} must be a positive integer, got {value!r}")
@@ -117,6 +123,11 @@ class Engine:
         self.prefilled_rows = 0  # prompts prefilled so far (requests sharing a prompt count once)
         self.queue: deque[_Request] = deque()
         self._ids = itertools.count()
+        self.prefix = None
+        if prefix_cache_bytes and config.arch == "deconly":
+            from encore.infer.prefix import PrefixStore
+
+            self.prefix = PrefixStore(prefix_block, prefix_cache_bytes)
         self._graphs = None
         if graphs or (graphs is None and self.device.type == "cuda"):
             from encore.infer.graphs import GraphedStep
@@ -181,9 +192,16 @@ class Engine:
                 return True
         for request in self.slots:
             if request is not None and request.id == request_id:
-                self.slots[request.slot] = None
+                self._release(request)
                 return True
         return False
+
+    def _release(self, r: _Request) -> None:
+        """Free `r`'s slot; with prefix reuse, keep the K/V of what it wrote (prompt + reply so far)."""
+        self.slots[r.slot] = None
+        if self.prefix is not None:
+            written = (r.ids + r.tokens)[: r.cache_len]
+            self.prefix.put(written, self.cache.k[:, r.slot], self.cache.v[:, r.slot])
 
     def has_work(self) -> bool:
         return bool(self.queue) or any(r is not None for r in self.slots)
@@ -229,10 +247,25 @@ class Engine:
             prompts.add(ids)
             tokens += cost
         events: list[Event] = []
+        if self.prefix is not None:  # prompts that start with a stored prefix: prefilled from its end
+            reused = [(r, n) for r in batch if (n := self.prefix.match(r.ids))]
+            for r, n in reused:
+                events += self._prefill_after(r, n, free.pop(0))
+            batch = [r for r in batch if all(r is not q for q, _ in reused)]
         for group in self._groups(batch):
             slots, free = free[: len(group)], free[len(group) :]
             events += self._prefill(group, slots)
         return events
+
+    def _prefill_after(self, r: _Request, n: int, slot: int) -> list[Event]:
+        """Prefill `r` after its first `n` tokens, whose K/V the prefix store holds."""
+        past_k, past_v = self.prefix.gather(r.ids, n)
+        ids = torch.tensor([r.ids[n:]], device=self.device)
+        logits, fresh = self.model.prefill_after(ids, past_k, past_v, 1)
+        self.cache.install(fresh, [slot])
+        r.slot, self.slots[slot], r.cache_len = slot, r, len(r.ids)
+        self.prefilled_rows += 1
+        return self._emit([r], logits)
 
     def _groups(self, batch: list[_Request]) -> list[list[_Request]]:
         """Consecutive requests, at most `prefill_tokens` padded tokens per group."""
@@ -263,6 +296,8 @@ class Engine:
         for r, slot in zip(group, slots):
             r.slot, self.slots[slot] = slot, r
             r.cache_len = 1 if self.config.arch == "encdec" else len(r.ids)
+            if self.prefix is not None:  # the prompt's blocks, for requests that share them meanwhile
+                self.prefix.put(r.ids, self.cache.k[:, slot], self.cache.v[:, slot])
         self.prefilled_rows += len(prompts)
         return self._emit(group, logits[rows])
 
@@ -296,10 +331,11 @@ class Engine:
         events = []
         for r, token in zip(requests, chosen.tolist()):  # the step's one host read
             r.produced += 1
+            r.tokens.append(token)
             reason = (
                 STOP if r.eos is not None and token in r.eos else LENGTH if r.produced == r.max_new_tokens else None
             )
             if reason is not None:
-                self.slots[r.slot] = None
+                self._release(r)
             events.append(Event(r.id, token, reason is not None, reason))
         return events

@@ -34,6 +34,7 @@ class GenerationCache:
     cross_v: Tensor | None = None
     cross_mask: Tensor | None = None  # [B, S] bool: real encoder positions; None when nothing is padded
     prefilling: bool = False  # a prefill writes K/V at 0 .. T_new - 1 and attends over its own K/V only
+    prefill_start: int = 0  # ... or, after cached positions (prefix reuse), at P .. P + T_new - 1 over 0 .. P + T_new
 
     @classmethod
     def allocate(
@@ -76,9 +77,10 @@ class GenerationCache:
         rows' first T_new positions, attended as they are. Decode (T_new = 1): each row's own position
         `length[b]`, then the whole [B, K, T, Dh] cache (the step's mask hides what is not written)."""
         if self.prefilling:
-            self.k[layer, :, :, : k.shape[2]] = k
-            self.v[layer, :, :, : v.shape[2]] = v
-            return k, v
+            start, end = self.prefill_start, self.prefill_start + k.shape[2]
+            self.k[layer, :, :, start:end] = k
+            self.v[layer, :, :, start:end] = v
+            return (k, v) if start == 0 else (self.k[layer, :, :, :end], self.v[layer, :, :, :end])
         B, K, _, Dh = k.shape
         where = self.length.clamp(max=self.max_len - 1).view(B, 1, 1, 1).expand(B, K, 1, Dh)
         self.k[layer].scatter_(2, where, k)

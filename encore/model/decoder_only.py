@@ -107,6 +107,34 @@ class DecoderOnly(LanguageModel):
         cache = self.new_cache(B, S, max_new_tokens)
         return self.prefill_rows(input_ids, lengths, cache, inputs_embeds), cache
 
+    def prefill_after(
+        self, input_ids: Tensor, past_k: Tensor, past_v: Tensor, max_new_tokens: int
+    ) -> tuple[Tensor, GenerationCache]:
+        """One prompt's tokens after P positions whose K/V are known (`past_k` / `past_v` [L, K, P, Dh]:
+        a reused prefix) -> its last-position logits [1, V] and a cache of P + T + `max_new_tokens`
+        positions. The same logits and cache as prefilling the whole prompt, at the cost of T tokens."""
+        _, T = input_ids.shape
+        P = past_k.shape[2]
+        if P + T + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(
+                f"{P} cached + {T} new positions + max_new_tokens {max_new_tokens} exceed max_seq_len="
+                f"{self.config.max_seq_len}"
+            )
+        cache = self.new_cache(1, P + T, max_new_tokens)
+        cache.k[:, 0, :, :P], cache.v[:, 0, :, :P] = past_k, past_v
+        positions = torch.arange(P, P + T, device=input_ids.device)[None]
+        ropes = self.rotary(positions)
+        masks = causal_masks(None, T, input_ids.device, self.config.sliding_window, past=P)  # [1, 1, T, P + T]
+        cache.prefilling, cache.prefill_start = True, P
+        try:
+            x = self.embed(input_ids)  # [1, T, D]
+            for i, layer in enumerate(self.decoder):
+                x = layer(x, ropes[layer.kind], masks[layer.kind], causal=False, cache=cache, layer=i)
+        finally:
+            cache.prefilling, cache.prefill_start = False, 0
+        cache.length.fill_(P + T)
+        return self.head(x[:, -1]), cache
+
     def prefill_rows(
         self, input_ids: Tensor, lengths: Tensor, cache: GenerationCache, inputs_embeds: Tensor | None = None
     ) -> Tensor:

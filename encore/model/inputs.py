@@ -67,26 +67,32 @@ def positions_from_mask(mask: Tensor | None, batch: int, length: int, device: to
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def causal_mask(key_mask: Tensor | None, length: int, device: torch.device, window: int = 0) -> Tensor | None:
+def causal_mask(
+    key_mask: Tensor | None, length: int, device: torch.device, window: int = 0, past: int = 0
+) -> Tensor | None:
     """[B, 1, T, T] causal AND key-is-real; a padded query may see itself (never an all-false row).
     None when nothing is padded and there is no window: SDPA's is_causal path does the rest. With a
-    `window` W, query i sees keys i - W < j <= i (a sliding layer)."""
-    if key_mask is None and not window:
+    `window` W, query i sees keys i - W < j <= i (a sliding layer). With `past` P > 0 (a prefill after
+    P cached positions, unpadded), [1, 1, T, P + T]: the queries are positions P .. P + T - 1."""
+    if key_mask is None and not window and not past:
         return None
-    i = torch.arange(length, device=device)
-    causal = i[None, :] <= i[:, None]  # [T, T]: key j <= query i
+    if past and key_mask is not None:
+        raise ValueError("causal_mask: a prefill after cached positions takes one unpadded row")
+    i = torch.arange(past, past + length, device=device)  # the queries' positions
+    j = torch.arange(past + length, device=device)  # the keys'
+    causal = j[None, :] <= i[:, None]  # [T, P + T]: key j <= query i
     if window:
-        causal &= i[None, :] > i[:, None] - window
+        causal &= j[None, :] > i[:, None] - window
     if key_mask is None:
         return causal[None, None]
     eye = torch.eye(length, dtype=torch.bool, device=device)
     return ((causal & key_mask[:, None, :]) | eye)[:, None]
 
 
-def causal_masks(key_mask: Tensor | None, length: int, device: torch.device, window: int) -> dict:
+def causal_masks(key_mask: Tensor | None, length: int, device: torch.device, window: int, past: int = 0) -> dict:
     """`causal_mask` for each layer kind: "full", and "sliding" (the same one when there is no window)."""
-    full = causal_mask(key_mask, length, device)
-    return {"full": full, "sliding": causal_mask(key_mask, length, device, window) if window else full}
+    full = causal_mask(key_mask, length, device, past=past)
+    return {"full": full, "sliding": causal_mask(key_mask, length, device, window, past) if window else full}
 
 
 def bidirectional_mask(

@@ -86,6 +86,11 @@ def create_app(
         body.update(running=engine.running, waiting=scheduler.waiting(), slots=engine.max_batch)
         body.update(arch=config.arch, vocab_size=config.vocab_size, kv_bytes=engine.cache.nbytes)
         body.update(max_input_len=max_input_len, max_tokens=max_tokens)
+        if engine.prefix is not None:
+            store = engine.prefix
+            body.update(
+                prefix_cache_bytes=store.nbytes, prefix_hits=store.hits, prefix_reused_tokens=store.reused_tokens
+            )
         return JSONResponse(body, status_code=503 if scheduler.closing else 200)
 
     @app.get("/v1/models")

@@ -39,6 +39,7 @@ class ServerConfig:
     max_input_len: int | None = None  # prompt tokens; None: min(1024, what the model holds)
     max_tokens: int = 256  # the largest `max_tokens` a request may ask for
     max_prefill_tokens: int | None = None  # prompt tokens prefilled per step; None: max_input_len
+    prefix_cache_mb: float = 256.0  # decoder-only: K/V of earlier prompts and replies kept for reuse (0: off)
     served_model_name: str | None = None  # the name clients send as `model`; None: the --model's name
     shutdown_grace_s: float = 30.0
     api_key: str | None = None  # every route but /health needs `Authorization: Bearer <key>`
@@ -103,7 +104,16 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
             f"(one needs {need:.1f} MiB); raise it or lower --max-input-len / --max-tokens-limit"
         )
     prefill = cfg.max_prefill_tokens or max_input_len
-    engine = Engine(model, slots, max_input_len, max_tokens, max_prefill_tokens=prefill)
+    if cfg.prefix_cache_mb < 0:
+        raise ValueError(f"--prefix-cache-mb must be >= 0, got {cfg.prefix_cache_mb:g}")
+    engine = Engine(
+        model,
+        slots,
+        max_input_len,
+        max_tokens,
+        max_prefill_tokens=prefill,
+        prefix_cache_bytes=int(cfg.prefix_cache_mb * MiB),
+    )
     scheduler = Scheduler(model, model.tokenizer, engine, cfg.max_queue, ServerMetrics())
     name = cfg.served_model_name or spec_label(cfg.model)
     log.info(
