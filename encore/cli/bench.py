@@ -73,6 +73,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="encore's fp32 CPU projection kernel ('aten' = F.linear, torch's BLAS; default: onednn on x86-64, "
         "else aten)",
     )
+    parser.add_argument(
+        "--workload",
+        choices=["single", "chat"],
+        default="single",
+        help="chat: a scripted conversation (--turns, --user-len, --reply-len), time to first token per turn and "
+        "total interaction latency, the decoder-only model with and without prefix reuse",
+    )
+    parser.add_argument("--turns", type=int, default=8, help="--workload chat: turns (%(default)s)")
+    parser.add_argument(
+        "--user-len", type=int, default=64, help="--workload chat: new user tokens per turn (%(default)s)"
+    )
+    parser.add_argument(
+        "--reply-len", type=int, default=64, help="--workload chat: reply tokens per turn (%(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -217,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     if args.serve:
         run_serve_bench(serve_config_from_args(args))
         return 0
+    if args.workload == "chat":
+        return run_chat(args)
     if args.vision:
         if args.threads:
             import torch
@@ -225,4 +241,37 @@ def run(args: argparse.Namespace) -> int:
         run_vision_bench(vision_config_from_args(args))
         return 0
     run_bench(config_from_args(args))
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """`--workload chat`: the conversation on both architectures; a table, bench_chat.json and a plot."""
+    from encore.bench.chat import ChatBenchConfig, format_chat_report, plot_chat, run_chat_bench
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    quantize = [q for q in (args.quantize or ["none"]) if q != "none"]
+    if len(args.quantize or []) > 1:
+        raise ValueError("--workload chat takes one --quantize setting")
+    cfg = ChatBenchConfig(
+        model=args.model,
+        baseline=args.baseline,
+        turns=args.turns,
+        user_len=args.user_len,
+        reply_len=args.reply_len,
+        quantize=quantize[0] if quantize else None,
+        repeats=args.repeats,
+        seed=args.seed,
+        peak_gflops=args.peak_gflops,
+    )
+    data = run_chat_bench(cfg)
+    json_path = args.json if args.json is not None else "bench_chat.json"
+    plot_path = args.plot if args.plot is not None else "bench_chat.png"
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=2) + "\n")
+    if plot_path:
+        plot_chat(data, plot_path)
+    print(format_chat_report(data))
     return 0
