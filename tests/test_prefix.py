@@ -60,3 +60,24 @@ def test_the_engine_reuses_earlier_turns_and_gives_the_same_tokens():
     engine = Engine(model, max_batch=2, max_input_len=128, max_new_tokens=8, prefix_cache_bytes=1 << 20, prefix_block=8)
     assert conversation(engine) == plain
     assert engine.prefix.hits == 2 and engine.prefix.reused_tokens >= 40 + 7 + 6
+
+
+def test_the_chat_workload_bench_runs_both_architectures(tmp_path):
+    import json
+
+    from encore.cli import main
+
+    out = tmp_path / "chat.json"
+    argv = ["bench", "--workload", "chat", "--model", "encdec-tiny", "--baseline", "deconly-tiny", "--turns", "3",
+            "--user-len", "8", "--reply-len", "4", "--repeats", "1", "--json", str(out), "--plot", "",
+            "--peak-gflops", "10"]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    labels = [r["label"] for r in data["results"]]
+    assert labels == ["encoder-decoder", "decoder-only", "decoder-only + prefix reuse"]
+    for r in data["results"]:
+        assert [t["input_tokens"] for t in r["turns"]] == [8, 20, 32]
+        assert all(t["ttft_s"] > 0 and t["predicted_prefill_s"] > 0 for t in r["turns"])
+    reuse = data["results"][2]["turns"]
+    assert reuse[2]["predicted_prefill_s"] < data["results"][1]["turns"][2]["predicted_prefill_s"]
+    assert set(data["crossover"]) == {"decoder-only", "decoder-only + prefix reuse"}
