@@ -153,3 +153,61 @@ def test_encore_chat_in_a_terminal(chat_checkpoint):
         if proc.poll() is None:
             proc.kill()
         os.close(primary)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _metric(server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def _one(server, i: int) -> int:
+    """One soak request of kind i % 5: plain, streamed to the end, streamed then dropped, cut by the
+    client's timeout, or bad input. The HTTP status (0 when the client gave up)."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    url = f"{server.url}/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": f"the list {i} of a file"}], "max_tokens": 24, "temperature": 1,
+            "seed": i}  # fmt: skip
+    kind = i % 5
+    try:
+        if kind == 0:
+            return httpx.post(url, json=body, headers=auth, timeout=60).status_code
+        if kind in (1, 2):
+            with httpx.stream("POST", url, json={**body, "stream": True}, headers=auth, timeout=60) as r:
+                for n, _ in enumerate(r.iter_lines()):
+                    if kind == 2 and n == 1:
+                        break  # the client goes away mid-stream
+                return r.status_code
+        if kind == 3:
+            return httpx.post(url, json=body, headers=auth, timeout=0.05).status_code
+        bad = [{"messages": "hi"}, {"messages": [], "max_tokens": 4}, {"messages": body["messages"], "n": 0}]
+        return httpx.post(url, json=bad[i % 3], headers=auth, timeout=60).status_code
+    except httpx.TimeoutException:
+        return 0
+
+
+@pytest.mark.slow
+def test_soak_leaves_no_slot_or_memory_behind(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:  # warm-up: allocator pools and caches reach their working size
+        list(pool.map(lambda i: _one(server, i), range(40)))
+    server.wait_idle = lambda: None
+    rss = _rss_mb(server.proc.pid)
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda i: _one(server, i), range(300)))
+    assert statuses.count(200) >= 150 and all(s in (0, 200, 400) for s in statuses), sorted(set(statuses))
+    deadline = time.monotonic() + 60
+    while _metric(server, "encore_slots_in_use") > 0 or _metric(server, "encore_kv_cache_bytes_in_use") > 0:
+        assert time.monotonic() < deadline, "slots or K/V still in use after the soak"
+        time.sleep(0.1)
+    assert _rss_mb(server.proc.pid) - rss < 64  # MiB: the stated bound for 300 requests
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 4},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60)  # fmt: skip
+    assert r.status_code == 200  # and it still serves
