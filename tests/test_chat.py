@@ -198,7 +198,6 @@ def test_soak_leaves_no_slot_or_memory_behind(server):
 
     with ThreadPoolExecutor(8) as pool:  # warm-up: allocator pools and caches reach their working size
         list(pool.map(lambda i: _one(server, i), range(40)))
-    server.wait_idle = lambda: None
     rss = _rss_mb(server.proc.pid)
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(lambda i: _one(server, i), range(300)))
@@ -211,3 +210,25 @@ def test_soak_leaves_no_slot_or_memory_behind(server):
     r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 4},
                    headers={"Authorization": f"Bearer {KEY}"}, timeout=60)  # fmt: skip
     assert r.status_code == 200  # and it still serves
+
+
+def _browser() -> str | None:
+    import shutil
+
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless browser installed (Debian: apt install chromium)")
+def test_the_chat_page_streams_a_reply_in_a_real_browser(chat_checkpoint, tmp_path):
+    s = Server(chat_checkpoint, "--max-tokens-limit", "32")
+    try:
+        url = f"{s.url}/?temperature=0&max_tokens=8&system=be%20short&q=the%20list%20of%20a%20file"
+        command = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                   "--virtual-time-budget=20000", "--dump-dom", url]  # fmt: skip
+        dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    finally:
+        assert s.stop() == 0
+    assert '<div class="msg user">the list of a file</div>' in dom
+    want = greedy(chat_checkpoint, MESSAGES, 8)
+    assert f'<div class="msg assistant">{want}</div>' in dom
+    assert "first token" in dom and "tokens/s" in dom

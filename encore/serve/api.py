@@ -3,11 +3,12 @@
     POST /v1/completions        `encore.serve.completions`
     POST /v1/chat/completions   `encore.serve.chat` (the checkpoint's chat template, or --chat-template)
     GET  /v1/models, /health, /metrics
+    GET  /                      a chat page (static/chat.html: streamed replies, sampling settings, speed)
 
 Bad input gets a 400 with OpenAI's error object naming the field (`param`); a full queue a 429 with
 Retry-After; a server shutting down a 503. What makes it safe to expose (`Guard`): with an API key
-every route but /health needs `Authorization: Bearer KEY` (401 otherwise); a body over the limit is a
-413 and a POST without Content-Length a 411; a request running past its timeout is cut (408, or an
+every route but /health and the page needs `Authorization: Bearer KEY` (401 otherwise); a body over
+the limit is a 413 and a POST without Content-Length a 411; a request running past its timeout is cut (408, or an
 error event on a stream); no CORS headers unless origins are allowed.
 """
 
@@ -18,11 +19,12 @@ import hmac
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from encore.serve.chat import ChatCompletions, ChatRequest
 from encore.serve.completions import APIError, CompletionRequest, Completions, error_response
@@ -93,6 +95,13 @@ def create_app(
             )
         return JSONResponse(body, status_code=503 if scheduler.closing else 200)
 
+    page = (Path(__file__).parent / "static" / "chat.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page() -> HTMLResponse:
+        """A chat page (one static file, no external assets) talking to /v1/chat/completions."""
+        return HTMLResponse(page)
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         card = {"id": model_name, "object": "model", "created": started, "owned_by": "encore"}
@@ -126,7 +135,8 @@ def _guard(app: FastAPI, guard: Guard, metrics: Any) -> None:
 
     @app.middleware("http")
     async def check(request: Request, call_next: Any) -> Response:
-        if guard.api_key is not None and request.url.path != "/health" and request.method != "OPTIONS":
+        open_paths = ("/health", "/")  # the page holds no data; it asks for the key itself
+        if guard.api_key is not None and request.url.path not in open_paths and request.method != "OPTIONS":
             sent = request.headers.get("authorization", "")
             scheme, _, token = sent.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), guard.api_key):
