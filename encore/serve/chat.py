@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from encore.serve.completions import APIError, Completions
+from encore.serve.completions import APIError, Completions, GenerationRequest
 from encore.tokenizer import chat_ids
 
 
@@ -29,22 +29,10 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    model: str | None = None
+class ChatRequest(GenerationRequest):
     messages: list[ChatMessage]
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = Field(1, ge=1)
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    ignore_eos: bool = False
 
 
 def read_template(path: str | None) -> str | None:

@@ -25,12 +25,12 @@ from encore.data.collate import prompt_ids
 from encore.serve.scheduler import Choice, Closed, Job, QueueFull
 
 
-class CompletionRequest(BaseModel):
+class GenerationRequest(BaseModel):
+    """What the completions and chat requests share: the model and the sampling settings."""
+
     model_config = ConfigDict(extra="allow", strict=True)
 
     model: str | None = None
-    prompt: str | list[str]
-    max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1)
@@ -40,6 +40,11 @@ class CompletionRequest(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = False  # an extension (vLLM's name): generate max_tokens whatever comes; for benchmarks
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: str | list[str]
+    max_tokens: int = Field(16, ge=1)
 
 
 class APIError(Exception):
