@@ -13,7 +13,8 @@ Stages, each an `encore` command printed before it runs, each skipped when its o
    the same tokens;
 4. fine-tuning on code2doc and synthqa, same steps and examples: the adapted 30 + 10, the same shape
    from scratch, and SmolLM2 itself (decoder-only); `encore eval` on the validation split;
-5. `encore bench`: the adapted model against SmolLM2 in the same engine, int8, 512 -> 128.
+5. `encore bench`: the adapted model against SmolLM2 in the same engine, int8, 512 -> 128;
+6. 30 + 30 with only the cross-attention trained, at 10x the learning rate (`--train-only`).
 Everything goes to runs/adapt-smollm2/ (results.json, logs).
 """
 
@@ -168,6 +169,21 @@ def pretrain_stage() -> None:
         save(f"pretrain {shape}", {"steps": steps, "held_out_ce": evals, "median_step_s": median})
 
 
+def warmup_stage() -> None:
+    """30 + 30 again, training only the (silent) cross-attention, at 10x the learning rate: how fast the
+    decoder learns to read the encoder when nothing else moves."""
+    out = ROOT / "pt-30-30-cross"
+    if not (out / "final" / "config.json").exists():
+        flags = [f for f in PRETRAIN]
+        flags[flags.index("--lr") + 1] = "2e-3"
+        sh("pretrain", "--model", str(ROOT / "ed-30-30"), "--teacher", str(ROOT / "smollm2"), *flags,
+           "--train-only", "cross_attention", "--max-steps", "15", "--eval-every", "5", "--out", str(out),
+           "--resume=auto", log="pretrain-30-30-cross")  # fmt: skip
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: round(r["eval_loss"], 4) for r in records if "eval_loss" in r}
+    save("pretrain 30-30 cross-attention only, lr 2e-3", {"steps": 15, "held_out_ce": evals})
+
+
 MODELS = {
     "adapted 30+10": lambda: [str(ROOT / "pt-30-10" / "final"), *PRETRAINED_LR],
     "scratch 30+10": lambda: [str(ROOT / "ed-30-10" / "config.json"), "--tokenizer", str(ROOT / "ed-30-10")],
@@ -206,12 +222,12 @@ def bench_stage() -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--report", action="store_true", help="print results.json and stop")
-    p.add_argument("--only", nargs="*", default=None, help="stages: source adapt pretrain finetune bench")
+    p.add_argument("--only", nargs="*", default=None, help="stages: source adapt pretrain finetune bench warmup")
     args = p.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
     if not args.report:
         stages = {"source": source_stage, "adapt": adapt_stage, "pretrain": pretrain_stage,
-                  "finetune": finetune_stage, "bench": bench_stage}  # fmt: skip
+                  "finetune": finetune_stage, "bench": bench_stage, "warmup": warmup_stage}  # fmt: skip
         for name, stage in stages.items():
             if args.only is None or name in args.only:
                 stage()
