@@ -216,7 +216,7 @@ def bench_stage() -> None:
         if not path.exists():
             sh("bench", "--model", str(ROOT / f"pt-{shape}" / "final"), "--baseline", str(ROOT / "smollm2"),
                "--quantize", "int8", "--input-len", "512", "--output-len", "128", "--no-sweep", "--repeats", "3",
-               "--json", str(path), log=f"bench-{shape}")  # fmt: skip
+               "--json", str(path), "--plot", str(path.with_suffix(".png")), log=f"bench-{shape}")  # fmt: skip
 
 
 def main() -> None:
