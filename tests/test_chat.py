@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 import torch
-from test_serve import NAME, Server, checkpoint  # noqa: F401  (the fixture)
+from test_serve import NAME, Server, checkpoint, free_port  # noqa: F401  (the fixture)
 
 from encore import load, optimize
 from encore.tokenizer import chat_ids
@@ -218,17 +218,78 @@ def _browser() -> str | None:
     return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 
+class Browser:
+    """A headless browser driven over the DevTools protocol (a websocket): open a page, read its DOM,
+    take a screenshot; real time, so a streamed reply has the time it needs."""
+
+    def __init__(self, profile) -> None:
+        self.port = free_port()
+        command = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                   f"--remote-debugging-port={self.port}", "--window-size=1100,720", "about:blank"]  # fmt: skip
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pages = httpx.get(f"http://127.0.0.1:{self.port}/json/list", timeout=1).json()
+                self.ws = next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page")
+                return
+            except (httpx.TransportError, StopIteration, ValueError):
+                assert time.monotonic() < deadline, "the browser did not open its DevTools port"
+                time.sleep(0.2)
+
+    def run(self, url: str, ready_js: str, timeout: float = 60, screenshot=None) -> str:
+        """Open `url`, wait until `ready_js` is truthy, return `document.body.innerHTML`."""
+        import asyncio
+        import base64
+        import json
+
+        import websockets
+
+        async def go() -> str:
+            async with websockets.connect(self.ws, max_size=None) as ws:
+                ids = iter(range(1, 10**6))
+
+                async def call(method, **params):
+                    i = next(ids)
+                    await ws.send(json.dumps({"id": i, "method": method, "params": params}))
+                    while True:
+                        message = json.loads(await ws.recv())
+                        if message.get("id") == i:
+                            return message.get("result", {})
+
+                async def value(expression):
+                    result = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+                    return result.get("result", {}).get("value")
+
+                await call("Page.navigate", url=url)
+                deadline = time.monotonic() + timeout
+                while not await value(ready_js):
+                    assert time.monotonic() < deadline, await value("document.body.innerHTML")
+                    await asyncio.sleep(0.2)
+                if screenshot is not None:
+                    shot = await call("Page.captureScreenshot", format="png")
+                    screenshot.write_bytes(base64.b64decode(shot["data"]))
+                return await value("document.body.innerHTML")
+
+        return asyncio.run(go())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
 @pytest.mark.skipif(_browser() is None, reason="no headless browser installed (Debian: apt install chromium)")
 def test_the_chat_page_streams_a_reply_in_a_real_browser(chat_checkpoint, tmp_path):
+    pytest.importorskip("websockets")
     s = Server(chat_checkpoint, "--max-tokens-limit", "32")
+    browser = Browser(tmp_path / "profile")
     try:
         url = f"{s.url}/?temperature=0&max_tokens=8&system=be%20short&q=the%20list%20of%20a%20file"
-        command = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                   "--virtual-time-budget=20000", "--dump-dom", url]  # fmt: skip
-        dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+        shown = browser.run(url, "document.querySelector('.stats') !== null")
     finally:
+        browser.close()
         assert s.stop() == 0
-    assert '<div class="msg user">the list of a file</div>' in dom
+    assert '<div class="msg user">the list of a file</div>' in shown, shown
     want = greedy(chat_checkpoint, MESSAGES, 8)
-    assert f'<div class="msg assistant">{want}</div>' in dom
-    assert "first token" in dom and "tokens/s" in dom
+    assert f'<div class="msg assistant">{want}</div>' in shown, (want, shown)
+    assert "first token" in shown and "tokens/s" in shown, shown

@@ -92,8 +92,10 @@ def _stream_reply(model, ids: list[int], args: argparse.Namespace) -> str:
                 shown = text
     except KeyboardInterrupt:
         sys.stdout.write(" [stopped]")
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    sys.stdout.write(text[len(shown) :])  # what waited for the rest of a character that never came
     print(flush=True)
     if args.stats and first is not None:
         rate = (len(tokens) - 1) / max(time.perf_counter() - first, 1e-9)
         print(f"({first - start:.2f} s to the first token, {rate:.1f} tokens/s)", flush=True)
-    return tokenizer.decode(tokens, skip_special_tokens=True)
+    return text
