@@ -136,15 +136,17 @@ def _probe_gflops(quantize: str | None) -> float:
     return measure_machine("cpu", torch.float32, kernel=kernel).peak_flops / 1e9
 
 
-def crossover(results: list[dict]) -> dict[str, int | None]:
-    """The first turn at which each decoder-only variant reaches its first token before the
-    encoder-decoder does (None: never within the conversation)."""
+def crossover(results: list[dict]) -> dict[str, dict[str, int | None]]:
+    """For each decoder-only variant, the first turn at which it beats the encoder-decoder: on the
+    first token ("ttft_s") and on the whole turn ("turn_s"); None: not within the conversation."""
     encdec = next(r for r in results if r["arch"] == "encdec")
     out = {}
     for r in results:
         if r["arch"] == "deconly":
-            later = [t["turn"] for t, e in zip(r["turns"], encdec["turns"]) if t["ttft_s"] < e["ttft_s"]]
-            out[r["label"]] = later[0] if later else None
+            out[r["label"]] = {}
+            for key in ("ttft_s", "turn_s"):
+                wins = [t["turn"] for t, e in zip(r["turns"], encdec["turns"]) if t[key] < e[key]]
+                out[r["label"]][key] = wins[0] if wins else None
     return out
 
 
@@ -161,8 +163,9 @@ def format_chat_report(data: dict) -> str:
         row += [f"{r['turns'][t]['ttft_s'] * 1000:.0f} ms" for r in results]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("| total interaction | | " + " | ".join(f"{r['total_s']:.2f} s" for r in results) + " |")
-    for label, turn in data["crossover"].items():
-        lines.append(f"{label}: first token sooner than the encoder-decoder's from turn {turn or 'never'}")
+    for label, turns in data["crossover"].items():
+        first, whole = (turns[k] or "never" for k in ("ttft_s", "turn_s"))
+        lines.append(f"{label} beats the encoder-decoder: first token from turn {first}, whole turn from turn {whole}")
     return "\n".join(lines)
 
 
