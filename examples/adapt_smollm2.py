@@ -14,7 +14,8 @@ Stages, each an `encore` command printed before it runs, each skipped when its o
 4. fine-tuning on code2doc and synthqa, same steps and examples: the adapted 30 + 10, the same shape
    from scratch, and SmolLM2 itself (decoder-only); `encore eval` on the validation split;
 5. `encore bench`: the adapted model against SmolLM2 in the same engine, int8, 512 -> 128;
-6. 30 + 30 with only the cross-attention trained, at 10x the learning rate (`--train-only`).
+6. 30 + 30 with only the cross-attention trained, at 10x the learning rate (`--train-only`);
+7. 30 + 10 for 150 steps instead of 60 (`--only long`).
 Everything goes to runs/adapt-smollm2/ (results.json, logs).
 """
 
@@ -184,6 +185,18 @@ def warmup_stage() -> None:
     save("pretrain 30-30 cross-attention only, lr 2e-3", {"steps": 15, "held_out_ce": evals})
 
 
+def long_stage() -> None:
+    """30 + 10 again for 150 steps (~30 minutes): whether more of the same recipe closes the gap."""
+    out = ROOT / "pt-30-10-long"
+    if not (out / "final" / "config.json").exists():
+        sh("pretrain", "--model", str(ROOT / "ed-30-10"), "--teacher", str(ROOT / "smollm2"), *PRETRAIN,
+           "--max-steps", "150", "--eval-every", "25", "--out", str(out), "--resume=auto",
+           log="pretrain-30-10-long")  # fmt: skip
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: round(r["eval_loss"], 4) for r in records if "eval_loss" in r}
+    save("pretrain 30-10, 150 steps", {"steps": 150, "held_out_ce": evals})
+
+
 MODELS = {
     "adapted 30+10": lambda: [str(ROOT / "pt-30-10" / "final"), *PRETRAINED_LR],
     "scratch 30+10": lambda: [str(ROOT / "ed-30-10" / "config.json"), "--tokenizer", str(ROOT / "ed-30-10")],
@@ -222,12 +235,13 @@ def bench_stage() -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--report", action="store_true", help="print results.json and stop")
-    p.add_argument("--only", nargs="*", default=None, help="stages: source adapt pretrain finetune bench warmup")
+    p.add_argument("--only", nargs="*", default=None, help="stages: source adapt pretrain finetune bench warmup long")
     args = p.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
     if not args.report:
         stages = {"source": source_stage, "adapt": adapt_stage, "pretrain": pretrain_stage,
-                  "finetune": finetune_stage, "bench": bench_stage, "warmup": warmup_stage}  # fmt: skip
+                  "finetune": finetune_stage, "bench": bench_stage, "warmup": warmup_stage,
+                  "long": long_stage}  # fmt: skip
         for name, stage in stages.items():
             if args.only is None or name in args.only:
                 stage()
