@@ -247,12 +247,14 @@ class Engine:
             prompts.add(ids)
             tokens += cost
         events: list[Event] = []
-        if self.prefix is not None:  # prompts that start with a stored prefix: prefilled from its end
-            reused = [(r, n) for r in batch if (n := self.prefix.match(r.ids))]
-            for r, n in reused:
+        fresh = []
+        for r in batch:  # a prompt that starts with a stored prefix is prefilled from its end
+            n = self.prefix.match(r.ids) if self.prefix is not None else 0
+            if n:
                 events += self._prefill_after(r, n, free.pop(0))
-            batch = [r for r in batch if all(r is not q for q, _ in reused)]
-        for group in self._groups(batch):
+            else:
+                fresh.append(r)
+        for group in self._groups(fresh):
             slots, free = free[: len(group)], free[len(group) :]
             events += self._prefill(group, slots)
         return events

@@ -67,14 +67,16 @@ class DecoderOnly(LanguageModel):
         cache: GenerationCache | None = None,
         positions: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
+        past: int = 0,
     ) -> Tensor:
-        """Hidden states [B, T, D] (before the final norm); stores every layer's K/V in `cache` when given."""
+        """Hidden states [B, T, D] (before the final norm); stores every layer's K/V in `cache` when given.
+        `past` P > 0: the tokens come after P positions whose K/V `cache` holds (one unpadded row)."""
         B, T = input_ids.shape
-        self._check_length(T, "input")
+        self._check_length(past + T, "input")
         if positions is None:
-            positions = positions_from_mask(mask, B, T, input_ids.device)
+            positions = positions_from_mask(mask, B, T, input_ids.device) + past
         ropes = self.rotary(positions)
-        masks = causal_masks(mask, T, input_ids.device, self.config.sliding_window)
+        masks = causal_masks(mask, T, input_ids.device, self.config.sliding_window, past)
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
         for i, layer in enumerate(self.decoder):
             x = layer(x, ropes[layer.kind], masks[layer.kind], causal=True, cache=cache, layer=i)
@@ -122,18 +124,13 @@ class DecoderOnly(LanguageModel):
             )
         cache = self.new_cache(1, P + T, max_new_tokens)
         cache.k[:, 0, :, :P], cache.v[:, 0, :, :P] = past_k, past_v
-        positions = torch.arange(P, P + T, device=input_ids.device)[None]
-        ropes = self.rotary(positions)
-        masks = causal_masks(None, T, input_ids.device, self.config.sliding_window, past=P)  # [1, 1, T, P + T]
         cache.prefilling, cache.prefill_start = True, P
         try:
-            x = self.embed(input_ids)  # [1, T, D]
-            for i, layer in enumerate(self.decoder):
-                x = layer(x, ropes[layer.kind], masks[layer.kind], causal=False, cache=cache, layer=i)
+            hidden = self._run(input_ids, None, cache, past=P)  # [1, T, D]
         finally:
             cache.prefilling, cache.prefill_start = False, 0
         cache.length.fill_(P + T)
-        return self.head(x[:, -1]), cache
+        return self.head(hidden[:, -1]), cache
 
     def prefill_rows(
         self, input_ids: Tensor, lengths: Tensor, cache: GenerationCache, inputs_embeds: Tensor | None = None
