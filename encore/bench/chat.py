@@ -25,12 +25,10 @@ from typing import Any
 
 import torch
 
-from encore.bench.backends import bench_config
+from encore.bench.backends import BackendSpec, EncoreBackend
 from encore.bench.costmodel import prefill_cost
-from encore.convert import load
 from encore.infer.engine import Engine
-from encore.infer.optimize import optimize
-from encore.model.io import build, spec_label
+from encore.model.io import spec_label
 
 
 @dataclass
@@ -47,12 +45,9 @@ class ChatBenchConfig:
 
 
 def _model(spec: str, max_len: int, quantize: str | None, seed: int) -> Any:
-    _, config, checkpoint = bench_config(spec, max_len)
-    if checkpoint is not None:
-        model = load(checkpoint, max_seq_len=config.max_seq_len)
-    else:
-        model = build(config, seed=seed)
-    return optimize(model, quantize=quantize)
+    """The model as the bench's encore backend builds it (random weights seeded, or a checkpoint)."""
+    recipe = BackendSpec("encore", spec, max_len, "cpu", "float32", seed, quantize=quantize)
+    return EncoreBackend(recipe).build()
 
 
 def _conversation(engine: Engine, cfg: ChatBenchConfig, rng: torch.Generator, vocab: int) -> list[dict]:

@@ -183,11 +183,8 @@ def _pretraining_teacher(args: argparse.Namespace, model: LanguageModel):
 
     if args.teacher is None:
         return None
-    if args.objective != "prefix_lm" or model.config.arch != "encdec":
-        raise ValueError(
-            "--teacher: distillation during pretraining needs --objective prefix_lm and an encoder-decoder "
-            "(the teacher reads prefix + target as one text; corrupted spans mean nothing to it)"
-        )
+    if model.config.arch != "encdec":
+        raise ValueError(f"--teacher: distillation during pretraining trains an encoder-decoder, not {args.model}")
     teacher = load_teacher(args.teacher, tokenizer=model.tokenizer, device=local_device())
     return DistillLoss(
         teacher,
@@ -204,13 +201,18 @@ def run_pretrain(args: argparse.Namespace) -> int:
     claim_out(args)
     if args.teacher:
         check_local(args.teacher, "--teacher")
+        if args.objective != "prefix_lm":
+            raise ValueError(
+                "--teacher: distillation during pretraining needs --objective prefix_lm "
+                "(the teacher reads prefix + target as one text; corrupted spans mean nothing to it)"
+            )
+    if args.eval_data and not args.eval_every:
+        raise ValueError("--eval-data needs --eval-every N (the validation loss every N steps)")
     model = build_model(args.model, args.tokenizer, args.seed, args.dropout, args.trust_remote_code)
     # Every rank reads the same stream and takes its share of each global batch (train.py), so a
     # DDP run sees exactly the batches of a one-process run.
     source = _pretraining_source(args, model, args.data)
     eval_source = _pretraining_source(args, model, args.eval_data, repeat=False) if args.eval_data else None
-    if eval_source is not None and not args.eval_every:
-        raise ValueError("--eval-data needs --eval-every N (the validation loss every N steps)")
     loss = _pretraining_teacher(args, model)
     eval_loss = seq2seq_loss if loss is not None else None  # CE on the held-out text, with or without KD
     train(model, train_config(args, "pretrain"), source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=eval_loss)
