@@ -56,7 +56,7 @@ def adapt(
     """The encoder-decoder adapted from `source` (anything `encore.load` reads, or a loaded model).
 
     `encoder_layers` / `decoder_layers`: "all", a count (the ends of the stack, the middle dropped:
-    `pick_layers`) or explicit indices. `cross_init`: "self" or "random" (seeded by `seed`).
+    `pick_layers`) or explicit indices. `cross_init`: "self", "zero" (the copy, silent) or "random" (seeded by `seed`).
     `sentinels` > 0 adds that many T5 sentinels and UL2's mode tokens (span corruption / UL2 need them)."""
     if cross_init not in CROSS_INITS:
         raise AdaptError(f"--cross-init {cross_init!r}: choose one of {', '.join(CROSS_INITS)}")

@@ -103,19 +103,14 @@ def copy_self_to_cross(layer: nn.Module) -> None:
     copy_module(layer.post_cross_norm, layer.post_attn_norm)
 
 
-def _layer_params(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return [(n, p) for n, p in layer.named_parameters() if not n.startswith(("cross.", "cross_norm", "post_cross"))]
-
-
 @torch.no_grad()
 def copy_weights(
     model: LanguageModel, source: LanguageModel, encoder: list[int], decoder: list[int], cross_init: str
 ) -> None:
     """Fill the encoder-decoder `model` from the decoder-only `source` (see the module docstring)."""
     model.embed.weight.copy_(source.embed.weight[: model.config.vocab_size])
-    for name in ("eoi_embedding",):
-        if hasattr(source.embed, name):
-            getattr(model.embed, name).copy_(getattr(source.embed, name))
+    if hasattr(source.embed, "eoi_embedding"):
+        model.embed.eoi_embedding.copy_(source.embed.eoi_embedding)
     if model.lm_head is not None:
         model.lm_head.weight.copy_(source.lm_head.weight)
     copy_module(model.final_norm, source.final_norm)
@@ -123,9 +118,7 @@ def copy_weights(
     for layer, i in zip(model.encoder, encoder, strict=True):
         copy_module(layer, source.decoder[i])
     for layer, i in zip(model.decoder, decoder, strict=True):
-        own = dict(layer.named_parameters())
-        for name, p in _layer_params(source.decoder[i]):
-            own[name].copy_(p)
+        copy_module(layer, source.decoder[i])  # the source layer has no cross-attention: that comes next
         if cross_init in ("self", "zero"):
             copy_self_to_cross(layer)
         if cross_init == "zero":
