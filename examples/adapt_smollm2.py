@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from _encore import encore
 
 ROOT = Path("runs/adapt-smollm2")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,14 +48,7 @@ PRETRAINED_LR = ["--optimizer", "adamw", "--lr", "1e-4"]  # gentle on pretrained
 
 
 def sh(*argv: str, log: str) -> None:
-    line = "encore " + " ".join(shlex.quote(a) for a in argv)
-    print(f"\n$ {line}", flush=True)
-    start = time.perf_counter()
-    with open(ROOT / f"{log}.log", "w") as f:
-        done = subprocess.run([sys.executable, "-m", "encore", *argv], stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode:
-        raise SystemExit(f"failed ({done.returncode}); see {ROOT / log}.log")
-    print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+    encore(ROOT / f"{log}.log", *argv)
 
 
 def results() -> dict:

@@ -219,7 +219,15 @@ P = [0.7, 0.2, 0.1]  # teacher
 Q = [0.4, 0.4, 0.2]  # student
 # reverse: 0.4 ln(4/7) + 0.4 ln 2 + 0.2 ln 2 ; forward: 0.7 ln(7/4) + 0.2 ln(1/2) + 0.1 ln(1/2)
 # jsd(0.5): M = [0.55, 0.3, 0.15] ; 0.5·KL(P‖M) + 0.5·KL(Q‖M) = 0.5·0.0471740 + 0.5·0.0452277
-HAND = {"reverse_kl": 0.1920420, "forward_kl": 0.1837869, "jsd": 0.0462008}
+# skew_forward_kl(0.1): M = 0.1·P + 0.9·Q = [0.43, 0.38, 0.19]; KL(P‖M) = 0.7 ln(0.7/0.43) + 0.2 ln(0.2/0.38)
+#   + 0.1 ln(0.1/0.19); skew_reverse_kl(0.1): M = 0.1·Q + 0.9·P = [0.67, 0.22, 0.11]; KL(Q‖M)
+HAND = {
+    "reverse_kl": 0.1920420,
+    "forward_kl": 0.1837869,
+    "jsd": 0.0462008,
+    "skew_forward_kl": 0.1485504,
+    "skew_reverse_kl": 0.1523769,
+}
 
 
 @pytest.mark.parametrize("kind", KINDS)

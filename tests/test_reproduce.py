@@ -100,14 +100,16 @@ class FakeContext(Context):
 
 
 def test_kd_gate_and_arms(tmp_path):
-    weak = FakeContext(tmp_path, {"teacher": 15.0, "finetune-": 10.0})
+    weak = FakeContext(tmp_path, {"teacher": 15.0, "kd-student-ce": 10.0})
     claim = quality.kd(weak)
     assert claim["verdict"] == "inconclusive" and claim["student_kd_score"] is None
-    assert claim["measured"]["teacher_gap"] == pytest.approx(4.5) and not any("rkl" in c for c in weak.calls)
+    assert claim["measured"]["teacher_gap"] == pytest.approx(4.5) and not any("seqkd" in c for c in weak.calls)
 
-    strong = FakeContext(tmp_path, {"teacher": 60.0, "finetune-": 10.0, "rkl-a0.5": 14.0, "rkl-a1.0": 12.0,
-                                     "fkl": 13.0, "onpolicy": 20.0})  # fmt: skip
+    scores = {"teacher": 60.0, "kd-student-ce": 10.0, "seqkd-fkl": 20.0, "seqkd": 12.0, "fkl": 9.0}
+    strong = FakeContext(tmp_path, scores)
     claim = quality.kd(strong)
-    assert claim["verdict"] == "holds" and claim["measured"]["best"] == "on-policy, reverse KL, alpha 0.5"
+    assert claim["verdict"] == "holds" and claim["measured"] == {"gain at N=8": 10.0}
     assert claim["teacher_score"] == 60.0 and claim["student_score"] == 10.5 and claim["student_kd_score"] == 20.5
-    assert "kd-student-fkl-a0.5-s1" in strong.calls  # forward KL at the better alpha
+    assert "kd-student-seqkd-fkl-n8-s1" in strong.calls and "kd-student-ce-n8-s0" in strong.calls
+    arms = ["no KD", "forward KL, gold only", "sequence-level KD", "sequence-level + forward KL"]
+    assert [r["arm"] for r in claim["table"]] == [f"8 gold: {arm}" for arm in arms]

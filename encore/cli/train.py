@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from encore.cli.common import (
     TASK_HELP,
@@ -309,18 +310,39 @@ def configure_distill(p: argparse.ArgumentParser) -> None:
         "--kind",
         "--divergence",
         dest="kind",
-        choices=["reverse_kl", "forward_kl", "jsd"],
+        choices=["reverse_kl", "forward_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"],
         default="reverse_kl",
-        help="the KD divergence (the paper's: reverse_kl)",
+        help="the KD divergence (the paper's: reverse_kl; skew_*: DistiLLM's, bounded)",
     )
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--beta", type=float, default=0.5, help="the JSD mixture weight")
+    p.add_argument(
+        "--beta", type=float, default=None, help="the mixture weight of jsd (default 0.5) and skew_* (default 0.1)"
+    )
     p.add_argument(
         "--targets",
         default="gold",
-        help="target sources and their probabilities, e.g. gold, teacher, student, or gold=0.5,student=0.5",
+        help="target sources and their probabilities: gold, teacher (its greedy output: sequence-level KD), "
+        "student (on-policy, GKD: KD on the student's samples, CE on gold), or a mix: gold=0.5,student=0.5",
     )
-    p.add_argument("--target-max-new-tokens", type=int, default=64, help="length of generated targets")
+    p.add_argument(
+        "--target-max-new-tokens",
+        type=int,
+        default=None,
+        help="length of generated targets (teacher's and on-policy; default --max-target-len)",
+    )
+    p.add_argument(
+        "--sample-temperature",
+        type=float,
+        default=1.0,
+        help="on-policy targets are sampled from the student at this temperature (0: greedy)",
+    )
+    p.add_argument(
+        "--unlabeled",
+        default=None,
+        help="a task or file of extra source texts (no targets needed) that the teacher labels: "
+        "sequence-level KD on inputs without gold (sources already in the labeled set are skipped)",
+    )
+    p.add_argument("--unlabeled-limit", type=int, default=None, help="use only the first N --unlabeled sources")
     p.add_argument(
         "--topk",
         type=int,
@@ -330,6 +352,26 @@ def configure_distill(p: argparse.ArgumentParser) -> None:
     )
     add_task_args(p)
     add_train_args(p, steps=1000, batch=32, micro=8, lr=1e-2)
+
+
+def unlabeled_examples(args: argparse.Namespace, tokenizer: Any, labeled: list[dict]) -> list[dict]:
+    """`--unlabeled`'s sources as examples the teacher will label: ids after the labeled ones, sources
+    already among the labeled (or repeated) skipped, so no input is counted twice."""
+    from encore.data import load_sources
+    from encore.tokenizer import encode_text
+
+    options = task_options(args) if args.unlabeled == args.task else {}
+    seen = {tuple(e["source_ids"]) for e in labeled}
+    out: list[dict] = []
+    for text in load_sources(args.unlabeled, "train", limit=args.unlabeled_limit, **options):
+        ids = encode_text(tokenizer, text)
+        if tuple(ids) not in seen:
+            seen.add(tuple(ids))
+            out.append({"source_ids": ids, "target_ids": [], "example_id": len(labeled) + len(out), "unlabeled": True})
+    if not out:
+        raise ValueError(f"--unlabeled {args.unlabeled}: no sources beyond the labeled ones")
+    print(f"--unlabeled {args.unlabeled}: {len(out)} sources without gold targets, labeled by the teacher")
+    return out
 
 
 def run_distill(args: argparse.Namespace) -> int:
@@ -358,17 +400,25 @@ def run_distill(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
     )
     source, eval_source, collator = task_sources(args, student, with_ids=True)
+    if args.unlabeled:
+        from encore.data import TaskSource
+
+        extra = unlabeled_examples(args, student.tokenizer, source.examples)
+        source = TaskSource(source.examples + extra, source.collate_fn, seed=args.seed)
     out = Path(args.out)
     source = DistillSource(
         source,
         mix,
         collator=collator,
-        teacher=teacher if mix.get("teacher") else None,
+        teacher=teacher if mix.get("teacher") or args.unlabeled else None,
         student=student if mix.get("student") else None,
-        max_new_tokens=args.target_max_new_tokens,
+        max_new_tokens=args.target_max_new_tokens or args.max_target_len,
         cache_dir=out / "teacher_targets",
         seed=args.seed,
+        sample_temperature=args.sample_temperature,
     )
+    if args.unlabeled:
+        print(f"--unlabeled: the teacher labeled {source.prepare(args.micro_batch_size)} new sources")
     if args.topk:
         if mix.get("student"):
             raise ValueError("--topk (offline teacher) needs fixed targets: --targets gold or --targets teacher")

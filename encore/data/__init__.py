@@ -13,7 +13,7 @@ from __future__ import annotations
 from encore.lazy import lazy_exports
 
 _EXPORTS = {
-    "encore.data.tasks": ("load_task", "task_names", "TASKS"),
+    "encore.data.tasks": ("load_task", "load_sources", "task_names", "TASKS"),
     "encore.data.records": ("DataError", "SkipReport", "iter_records"),
     "encore.data.corpora": ("Corpus", "FileCorpus", "StdlibCorpus", "HFCorpus", "open_corpus", "parse_hf_spec"),
     "encore.data.packing": ("TokenStream",),

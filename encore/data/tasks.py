@@ -19,7 +19,7 @@ Tasks (`task_names()`; `TASKS` holds their descriptions and splits):
                     docstring out of the code). Option `language` (hub config, default "python").
     code2doc        stdlib functions -> first docstring sentence (`encore.data.code2doc`), offline.
     addition        generated n-digit sums with spaced digits (`encore.data.addition`), offline; options
-                    `size`, `seed`, `digits` (default 3).
+                    `size`, `seed`, `digits` (default 3), `offset` (a + b + offset: a changed task).
     synthqa         generated SQuAD-2-style QA (`encore.data.synthqa`), offline; options `size`, `seed`,
                     `max_entities` (smaller worlds, shorter contexts).
     <file>          a .jsonl / .jsonl.gz / .json / .parquet file of pairs; options `source_field`,
@@ -141,9 +141,12 @@ def code_x_glue_ct_examples(record: dict, path: str, line: int) -> list[Example]
     return [{"source": source, "target": target}]
 
 
-def _pair_adapter(source_field: str, target_field: str) -> Adapter:
+def _pair_adapter(source_field: str, target_field: str | None) -> Adapter:
+    """{"source", "target"} from a record's fields; `target_field=None` reads sources only (target "")."""
+
     def pair(record: dict, path: str, line: int) -> list[Example]:
-        return [{"source": _text(record, source_field, path, line), "target": _text(record, target_field, path, line)}]
+        target = "" if target_field is None else _text(record, target_field, path, line)
+        return [{"source": _text(record, source_field, path, line), "target": target}]
 
     return pair
 
@@ -215,11 +218,21 @@ TASKS: dict[str, Task] = {
             "addition",
             "n-digit addition with spaced digits, '4 7 1 + 3 9 2' -> '8 6 3' (offline)",
             ("train", "validation", "test"),
-            ("size", "seed", "digits"),
+            ("size", "seed", "digits", "offset"),
             builtin=_addition,
         ),
     )
 }
+
+
+def load_sources(
+    name_or_path: str | os.PathLike, split: str = "train", limit: int | None = None, **options: Any
+) -> Iterator[str]:
+    """The source texts of a task's split, or of a file whose records need only the source field (no
+    target): the unlabeled inputs a teacher labels for sequence-level distillation."""
+    if str(name_or_path) not in TASKS:
+        options.setdefault("target_field", None)
+    return (e["source"] for e in load_task(name_or_path, split, limit=limit, **options))
 
 
 def task_names() -> list[str]:

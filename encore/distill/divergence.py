@@ -2,7 +2,10 @@
 teacher's stored top-k, and the combined loss ``α·τ²·KD + (1−α)·CE``.
 
 - ``reverse_kl`` (the paper's): Σ q_S log(q_S/p_T); ``forward_kl``: Σ p_T log(p_T/q_S); ``jsd``: GKD's
-  generalised Jensen-Shannon divergence with weight β. Log-softmax in fp32, only at target tokens.
+  generalised Jensen-Shannon divergence with weight β; ``skew_forward_kl`` / ``skew_reverse_kl``:
+  DistiLLM's skewed KLs, KL(p‖β·p + (1−β)·q) and KL(q‖β·q + (1−β)·p), bounded by log(1/β) where the
+  plain KLs are not (their gradients stay the size of cross-entropy's against a peaked teacher).
+  Log-softmax in fp32, only at target tokens.
 - Where the teacher gives probability 0 (ids outside the shared vocabulary, logit −inf) both sides are
   renormalised over the teacher's support, with no 0·(−inf) NaN in the forward or backward pass.
 """
@@ -19,18 +22,27 @@ from torch import Tensor
 
 from encore.distill.errors import DistillError
 
-Kind = Literal["reverse_kl", "forward_kl", "jsd"]
-KINDS: tuple[str, ...] = ("reverse_kl", "forward_kl", "jsd")
+Kind = Literal["reverse_kl", "forward_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"]
+KINDS: tuple[str, ...] = ("reverse_kl", "forward_kl", "jsd", "skew_forward_kl", "skew_reverse_kl")
 NEG_INF = float("-inf")
+# the mixture weight β when none is given: GKD's JSD(0.5) and DistiLLM's skew 0.1
+DEFAULT_BETA = {"jsd": 0.5, "skew_forward_kl": 0.1, "skew_reverse_kl": 0.1}
 
 
-def _check_kind(kind: str, beta: float, temperature: float) -> None:
+def mixture_weight(kind: str, beta: float | None) -> float:
+    """β of the mixing divergences (`DEFAULT_BETA` when None); the plain KLs ignore it."""
+    return DEFAULT_BETA.get(kind, 0.5) if beta is None else beta
+
+
+def _check_kind(kind: str, beta: float | None, temperature: float) -> None:
     if kind not in KINDS:
         raise DistillError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind == "jsd" and not 0.0 < beta < 1.0:
+    if kind == "jsd" and beta is not None and not 0.0 < beta < 1.0:
         raise DistillError(
             f"jsd needs 0 < beta < 1 (got {beta}); beta -> 0 / 1 degenerate to 0, use forward_kl / reverse_kl"
         )
+    if kind.startswith("skew_") and beta is not None and not 0.0 <= beta < 1.0:
+        raise DistillError(f"{kind} needs 0 <= beta < 1 (got {beta}); beta 0 is the plain KL, 1 is always 0")
     if not temperature > 0:
         raise DistillError(f"temperature must be positive, got {temperature}")
 
@@ -43,7 +55,7 @@ def _token_mask(mask: Tensor | None, shape: torch.Size, device: torch.device) ->
     return mask.bool()
 
 
-def _divergence(logp: Tensor, logq: Tensor, kind: str, beta: float, support: Tensor | None) -> Tensor:
+def _divergence(logp: Tensor, logq: Tensor, kind: str, beta: float | None, support: Tensor | None) -> Tensor:
     """Per-row divergence [N] between normalised log-distributions [N, V] (p: teacher, q: student).
     Off ``support`` both are −inf (probability 0); those entries contribute exactly 0, and the
     log-probs are zeroed there first so no 0·(−inf) NaN reaches the forward or the backward pass."""
@@ -54,8 +66,20 @@ def _divergence(logp: Tensor, logq: Tensor, kind: str, beta: float, support: Ten
         return (q * (logq - logp)).sum(-1)
     if kind == "forward_kl":
         return (p * (logp - logq)).sum(-1)
-    logm = torch.logaddexp(logp + math.log(beta), logq + math.log1p(-beta))  # M = β·p + (1−β)·q
+    beta = mixture_weight(kind, beta)
+    if kind == "skew_forward_kl":  # KL(p ‖ β·p + (1−β)·q)
+        return (p * (logp - _log_mix(logp, logq, beta))).sum(-1)
+    if kind == "skew_reverse_kl":  # KL(q ‖ β·q + (1−β)·p)
+        return (q * (logq - _log_mix(logq, logp, beta))).sum(-1)
+    logm = _log_mix(logp, logq, beta)  # M = β·p + (1−β)·q
     return beta * (p * (logp - logm)).sum(-1) + (1 - beta) * (q * (logq - logm)).sum(-1)
+
+
+def _log_mix(loga: Tensor, logb: Tensor, weight: float) -> Tensor:
+    """log(w·a + (1−w)·b) from log a, log b, without leaving log space (w = 0 is b itself)."""
+    if weight == 0.0:
+        return logb
+    return torch.logaddexp(loga + math.log(weight), logb + math.log1p(-weight))
 
 
 def _reduce(per_token: Tensor, reduction: str) -> Tensor:
@@ -72,7 +96,7 @@ def kd_loss(
     mask: Tensor | None = None,
     kind: Kind = "reverse_kl",
     temperature: float = 1.0,
-    beta: float = 0.5,
+    beta: float | None = None,
     reduction: Literal["mean", "sum"] = "mean",
 ) -> Tensor:
     """Token mean (or sum) over ``mask`` of the divergence between the teacher's p_T and the student's q_S:
@@ -80,6 +104,8 @@ def kd_loss(
     - ``reverse_kl`` (the paper's): Σ q_S log(q_S / p_T)
     - ``forward_kl``: Σ p_T log(p_T / q_S)
     - ``jsd``: with M = β·p_T + (1−β)·q_S, β·KL(p_T‖M) + (1−β)·KL(q_S‖M) (GKD's generalised JSD)
+    - ``skew_forward_kl``: KL(p_T ‖ β·p_T + (1−β)·q_S); ``skew_reverse_kl``: KL(q_S ‖ β·q_S + (1−β)·p_T)
+      (DistiLLM); ``beta`` None takes `DEFAULT_BETA`
 
     Both logits [B, T, V] are divided by ``temperature``; the result is *not* multiplied by τ² (it is
     exactly the divergence of the tempered distributions; `distillation_loss` applies τ²). Only masked
@@ -186,7 +212,7 @@ def kd_loss_sparse(
     sparse: SparseLogits,
     mask: Tensor | None = None,
     kind: Kind = "reverse_kl",
-    beta: float = 0.5,
+    beta: float | None = None,
     reduction: Literal["mean", "sum"] = "mean",
 ) -> Tensor:
     """`kd_loss` against stored top-k teacher log-probs, on k + 1 buckets: the top-k ids and one tail
@@ -243,7 +269,7 @@ def distillation_loss(
     alpha: float = 0.5,
     kind: Kind = "reverse_kl",
     temperature: float = 1.0,
-    beta: float = 0.5,
+    beta: float | None = None,
     reduction: Literal["mean", "sum"] = "mean",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(total, kd, ce)`` with ``total = α·τ²·kd + (1−α)·ce``: ``kd`` from `kd_loss` (dense teacher
@@ -259,16 +285,30 @@ def distillation_loss(
     m = labels != -100 if mask is None else _token_mask(mask, labels.shape, labels.device)
     if mask is not None and bool((labels[m] == -100).any()):
         raise DistillError("labels are -100 at a position the mask marks as a target token")
-    if isinstance(teacher, SparseLogits):
-        if temperature != teacher.temperature:
-            raise DistillError(
-                f"the stored top-k teacher was computed at temperature {teacher.temperature}, not {temperature}"
-            )
-        kd = kd_loss_sparse(student_logits, teacher, m, kind, beta, reduction)
-    else:
-        kd = kd_loss(student_logits, teacher, m, kind, temperature, beta, reduction)
+    kd = kd_term(student_logits, teacher, m, kind=kind, temperature=temperature, beta=beta, reduction=reduction)
     ce = F.cross_entropy(student_logits[m].float(), labels[m], reduction="sum")
     if reduction == "mean":
         ce = ce / max(int(m.sum()), 1)
     total = alpha * temperature**2 * kd + (1 - alpha) * ce
     return total, kd, ce
+
+
+def kd_term(
+    student_logits: Tensor,
+    teacher: Tensor | SparseLogits,
+    mask: Tensor,
+    *,
+    kind: Kind = "reverse_kl",
+    temperature: float = 1.0,
+    beta: float | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
+) -> Tensor:
+    """The divergence of `kd_loss` (dense teacher logits) or `kd_loss_sparse` (`SparseLogits`, whose
+    temperature must be ``temperature``), without τ²."""
+    if isinstance(teacher, SparseLogits):
+        if temperature != teacher.temperature:
+            raise DistillError(
+                f"the stored top-k teacher was computed at temperature {teacher.temperature}, not {temperature}"
+            )
+        return kd_loss_sparse(student_logits, teacher, mask, kind, beta, reduction)
+    return kd_loss(student_logits, teacher, mask, kind, temperature, beta, reduction)

@@ -1,6 +1,7 @@
 """Where a distillation run's targets come from: gold, the teacher's own continuation (sequence-level
-KD, generated once and cached on disk) or the student's current output (on-policy), mixed per example
-with seeded draws so a resumed run draws the same targets."""
+KD, generated once and cached on disk; also the labels of unlabeled sources) or the student's current
+sampled output (on-policy, GKD: KD on the sample, CE on gold), mixed per example with seeded draws so a
+resumed run draws the same targets."""
 
 from __future__ import annotations
 
@@ -92,10 +93,19 @@ def parse_target_mix(spec: str) -> dict[str, float]:
 
 class DistillSource:
     """A `TaskSource` of {"source_ids", "target_ids", "example_id"} whose targets are drawn per example
-    from `mix`: the gold target, the teacher's own greedy continuation (generated once in batches,
-    cached on disk under `cache_dir`, reused across epochs and resumes) or the student's current
-    greedy output (on-policy: generated in one batch per global batch with the cached `generate`).
-    The draws are seeded by (seed, draw counter), so a resumed run draws the same targets."""
+    from `mix`:
+
+    - ``gold``: the example's target;
+    - ``teacher``: the teacher's own greedy continuation (sequence-level KD), generated once in
+      batches, cached on disk under `cache_dir`, reused across epochs and resumes;
+    - ``student`` (on-policy, GKD): the student's current output, *sampled* at `sample_temperature`
+      (0: greedy) in one batch per global batch. It goes to ``kd_target_ids``: the divergence is taken
+      on it (`DistillLoss`) while ``target_ids`` keeps the gold target for cross-entropy.
+
+    Examples marked ``"unlabeled": True`` (sources without a target, `--unlabeled`) take the teacher's
+    continuation as their gold target: the teacher labels them (`prepare` labels them all up front).
+    The draws (and the samples' seeds) follow (seed, draw counter), so a resumed run draws the same.
+    """
 
     def __init__(
         self,
@@ -108,14 +118,19 @@ class DistillSource:
         max_new_tokens: int = 64,
         cache_dir: str | Path | None = None,
         seed: int = 0,
+        sample_temperature: float = 1.0,
     ):
-        if mix.get("teacher") and teacher is None:
-            raise ValueError("teacher-generated targets need the teacher")
+        unlabeled = any(e.get("unlabeled") for e in inner.examples)
+        if (mix.get("teacher") or unlabeled) and teacher is None:
+            raise ValueError("teacher-generated targets (and unlabeled sources) need the teacher")
         if mix.get("student") and student is None:
             raise ValueError("on-policy targets need the student")
+        if sample_temperature < 0:
+            raise ValueError(f"the on-policy sampling temperature must be >= 0, got {sample_temperature}")
         self.inner, self.collator, self.teacher, self.student = inner, collator, teacher, student
         self.names, self.probs = list(mix), np.array(list(mix.values()))
         self.max_new_tokens, self.seed, self.draws = max_new_tokens, seed, 0
+        self.sample_temperature = sample_temperature
         self.cache_file = Path(cache_dir) / "targets.jsonl" if cache_dir is not None else None
         self.teacher_targets: dict[int, list[int]] = self._read_cache()
 
@@ -131,6 +146,14 @@ class DistillSource:
             cached[int(record["example_id"])] = record["target_ids"]
         return cached
 
+    def prepare(self, batch_size: int = 64) -> int:
+        """Label every unlabeled example with the teacher now (in batches; cached): returns how many
+        were generated (0 when the cache already held them all)."""
+        todo = [e for e in self.inner.examples if e.get("unlabeled") and e["example_id"] not in self.teacher_targets]
+        for start in range(0, len(todo), batch_size):
+            self._fill_teacher_cache(todo[start : start + batch_size])
+        return len(todo)
+
     def _choose(self, n: int) -> list[str]:
         if len(self.names) == 1:
             return self.names * n
@@ -140,19 +163,21 @@ class DistillSource:
     def next_batch(self, size: int) -> list[dict[str, Any]]:
         examples = self.inner.next_batch(size)
         choices = self._choose(len(examples))
+        out = self.apply_targets(examples, choices)
         self.draws += 1
-        return self.apply_targets(examples, choices)
+        return out
 
     def apply_targets(self, examples: list[dict[str, Any]], choices: list[str]) -> list[dict[str, Any]]:
         out = [dict(e) for e in examples]
-        want_teacher = [e for e, c in zip(out, choices) if c == "teacher"]
-        self._fill_teacher_cache([e for e in want_teacher if e["example_id"] not in self.teacher_targets])
-        for e in want_teacher:
+        unlabeled = [e for e in out if e.get("unlabeled")]
+        want_teacher = [e for e, c in zip(out, choices) if c == "teacher" and not e.get("unlabeled")]
+        self._fill_teacher_cache([e for e in unlabeled + want_teacher if e["example_id"] not in self.teacher_targets])
+        for e in unlabeled + want_teacher:
             e["target_ids"] = self.teacher_targets[e["example_id"]]
         want_student = [e for e, c in zip(out, choices) if c == "student"]
         if want_student:
             for e, ids in zip(want_student, self._generate(self.student, want_student, teacher=False)):
-                e["target_ids"] = ids
+                e["kd_target_ids"] = ids
         return out
 
     def _fill_teacher_cache(self, examples: list[dict[str, Any]]) -> None:
@@ -172,8 +197,8 @@ class DistillSource:
 
     @torch.no_grad()
     def _generate(self, model: Any, examples: list[dict[str, Any]], teacher: bool) -> list[list[int]]:
-        """Greedy targets (without EOS; the collator appends it) for the examples' sources, laid out as
-        the student's encoder reads them (x + [EOS])."""
+        """Targets (without EOS; the collator appends it) for the examples' sources, laid out as the
+        student's encoder reads them (x + [EOS]): the teacher's greedy, the student's sampled."""
         batch = self.collator([{"source_ids": e["source_ids"], "target_ids": []} for e in examples])
         ids, mask = batch["input_ids"], batch["attention_mask"]
         if teacher:
@@ -183,13 +208,14 @@ class DistillSource:
             )
             new, new_mask, eos = new.cpu(), new_mask.cpu(), self.teacher.eos_id
         else:
-            was_training = model.training
-            model.eval()
             device = next(model.parameters()).device
-            new = model.generate(ids.to(device), mask.to(device), max_new_tokens=self.max_new_tokens).cpu()
-            model.train(was_training)
-            new_mask = torch.ones_like(new)
-            eos = model.config.eos_token_id
+            sampling = (
+                {"do_sample": True, "temperature": self.sample_temperature, "seed": self.seed * 1_000_003 + self.draws}
+                if self.sample_temperature > 0
+                else {}
+            )
+            new = model.generate(ids.to(device), mask.to(device), max_new_tokens=self.max_new_tokens, **sampling)
+            new, new_mask, eos = new.cpu(), torch.ones_like(new, device="cpu"), model.config.eos_token_id
         targets = []
         for row, row_mask in zip(new.tolist(), new_mask.tolist()):
             row = [t for t, m in zip(row, row_mask) if m]
@@ -209,7 +235,15 @@ class DistillSource:
             yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def collate(self, examples: list[Any]) -> Batch:
-        return self.inner.collate(examples)
+        """The inner collator's batch; with on-policy samples among the examples, also the KD
+        sequences (``kd_decoder_input_ids``, ``kd_decoder_attention_mask``, ``kd_labels``: the sample,
+        or the example's own target where it has none) for `DistillLoss`."""
+        batch = self.inner.collate(examples)
+        if any("kd_target_ids" in e for e in examples):
+            kd = self.inner.collate([{**e, "target_ids": e.get("kd_target_ids", e["target_ids"])} for e in examples])
+            for key in ("decoder_input_ids", "decoder_attention_mask", "labels"):
+                batch["kd_" + key] = kd[key]
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.inner.state_dict(), "draws": self.draws}

@@ -146,8 +146,8 @@ class EncoreCausalLM(nn.Module):
         suppress_tokens: list[int] | None = None,
         **kwargs: Any,
     ) -> Tensor:
-        if suppress_tokens:
-            raise DistillError("an encore teacher never predicts ids outside its vocabulary: nothing to suppress")
+        # `suppress_tokens` (ids past the tokenizer in a padded embedding table) are not masked here:
+        # a trained encore teacher has never seen them, and generate_teacher_targets checks its output.
         new = self.model.generate(
             input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, **kwargs
         )

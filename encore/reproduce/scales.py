@@ -30,6 +30,9 @@ class Scale:
     teacher_shape: dict[str, Any]
     teacher_layers: int
     teacher_steps: int
+    kd_labeled: tuple[int, ...]  # labelled-set sizes N, smallest first
+    kd_pool: int  # training sources of which N carry gold targets; the teacher labels the rest
+    kd_steps: int  # the kd claim's student runs: long enough for the student to learn from the pool
     # long_context: evaluate the pretrained encoder-decoder at these input lengths
     long_lengths: tuple[int, int]
     long_batches: int
@@ -64,6 +67,9 @@ SCALES: dict[str, Scale] = {
         teacher_shape=dict(_SMOKE_SHAPE, d_model=48),
         teacher_layers=3,
         teacher_steps=6,
+        kd_labeled=(8,),
+        kd_pool=32,
+        kd_steps=4,
         long_lengths=(64, 256),
         long_batches=1,
         vision_steps=3,
@@ -89,6 +95,9 @@ SCALES: dict[str, Scale] = {
         teacher_shape=dict(_TINY_SHAPE, d_model=256, mlp_dim=1024, n_heads=8, n_kv_heads=4),
         teacher_layers=8,
         teacher_steps=800,
+        kd_labeled=(200, 1600),
+        kd_pool=6400,
+        kd_steps=600,
         long_lengths=(512, 2048),
         long_batches=8,
         vision_steps=200,
@@ -114,6 +123,9 @@ SCALES: dict[str, Scale] = {
         teacher_shape=dict(d_model=2048, n_heads=16, n_kv_heads=8, head_dim=128, mlp_dim=8192, max_seq_len=2048),
         teacher_layers=24,
         teacher_steps=10_000,
+        kd_labeled=(1_000, 8_000),
+        kd_pool=64_000,
+        kd_steps=3_000,
         long_lengths=(512, 2048),
         long_batches=32,
         vision_steps=3_000,

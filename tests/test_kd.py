@@ -1,0 +1,249 @@
+"""The distillation recipe: skewed KLs, on-policy KD as GKD does it (the divergence on the student's
+samples, cross-entropy on gold), sequence-level KD on unlabeled sources, and the changed-task test (a
+teacher that knows something the gold targets do not say is reproduced by every KD student)."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from encore.cli import main
+from encore.data import Seq2SeqCollator
+from encore.data.sources import TaskSource, WithExampleIds
+from encore.distill import DistillError, DistillLoss, DistillSource, Teacher, kd_loss, parse_target_mix
+from tests.test_distill import BOS, mixed_batch, tiny_llama, tiny_student
+
+# --- skewed KLs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,plain", [("skew_forward_kl", "forward_kl"), ("skew_reverse_kl", "reverse_kl")])
+def test_skew_kl_is_bounded_and_beta_zero_is_the_plain_kl(kind, plain):
+    torch.manual_seed(0)
+    s = torch.randn(2, 3, 16, requires_grad=True)
+    t = torch.randn(2, 3, 16) * 3
+    assert kd_loss(s, t, kind=kind, beta=0.0).item() == pytest.approx(kd_loss(s, t, kind=plain).item(), rel=1e-5)
+    # against a peaked teacher the plain KLs are unbounded; the skewed ones stay under log(1/β)
+    peaked = torch.full((2, 3, 16), -30.0)
+    peaked[..., 0] = 30.0
+    far = torch.zeros(2, 3, 16)
+    far[..., 5] = 20.0
+    for beta in (0.1, 0.3):
+        assert kd_loss(far, peaked, kind=plain).item() > 15
+        assert kd_loss(far, peaked, kind=kind, beta=beta).item() <= math.log(1 / beta) + 1e-5
+    (grad,) = torch.autograd.grad(kd_loss(s, t, kind=kind), s)
+    assert torch.isfinite(grad).all()
+    with pytest.raises(DistillError, match="beta"):
+        kd_loss(s, t, kind=kind, beta=1.0)
+
+
+# --- on-policy: KD on the student's samples, CE on gold ----------------------------------------------
+
+
+def _decoder_side(labels: torch.Tensor, mask: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
+    B = labels.shape[0]
+    return {
+        prefix + "decoder_input_ids": torch.cat([torch.full((B, 1), BOS), labels[:, :-1].clamp(min=0)], 1),
+        prefix + "decoder_attention_mask": torch.cat([torch.ones(B, 1, dtype=torch.long), mask[:, :-1]], 1),
+        prefix + "labels": labels,
+    }
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+def test_on_policy_loss_takes_kd_on_samples_and_ce_on_gold(alpha):
+    teacher = Teacher(tiny_llama(), bos_id=BOS, valid_vocab=40)
+    student = tiny_student()
+    src, src_mask, gold, gold_mask = mixed_batch(seed=0)
+    _, _, sample, sample_mask = mixed_batch(seed=1)  # different tokens
+    sample = sample[:, :3].masked_fill(torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 1]]).bool(), -100)  # 3, 2, 1
+    sample_mask = (sample != -100).long()
+    batch = {"input_ids": src, "attention_mask": src_mask, **_decoder_side(gold, gold_mask)}
+    batch.update(_decoder_side(sample, sample_mask, "kd_"))
+    loss = DistillLoss(teacher, alpha=alpha, kind="forward_kl", temperature=2.0)
+    calls = []
+    student.register_forward_hook(lambda *a: calls.append(1))
+    out = loss(student, batch)
+    assert len(calls) == (1 if alpha == 1.0 else 2)  # α = 1: no CE pass
+    # by hand: the teacher scored on the samples, the student's samples' logits, CE on gold
+    from encore.distill import aligned_teacher_logits
+
+    kd_logits = student(src, batch["kd_decoder_input_ids"], src_mask, batch["kd_decoder_attention_mask"])
+    t = aligned_teacher_logits(teacher, src, src_mask, sample, sample_mask, vocab_size=48)
+    kd_mean = kd_loss(kd_logits, t, sample_mask.bool(), "forward_kl", temperature=2.0)
+    n_gold = int((gold != -100).sum())
+    expected = alpha * 4 * kd_mean.item() * n_gold
+    if alpha < 1:
+        logits = student(src, batch["decoder_input_ids"], src_mask, batch["decoder_attention_mask"])
+        ce = F.cross_entropy(logits[gold != -100], gold[gold != -100], reduction="sum")
+        expected += (1 - alpha) * ce.item()
+        assert float(out.metrics["ce"]) == pytest.approx(ce.item() / n_gold, rel=1e-4)
+    assert float(out.metrics["kd"]) == pytest.approx(kd_mean.item(), rel=1e-4)
+    assert out.total.item() == pytest.approx(expected, rel=1e-4)
+    assert loss.target_tokens(batch) == n_gold and loss.read_tokens(batch) > int(src_mask.sum()) + n_gold
+
+
+class Sampler:
+    """A stand-in student: `generate` records its sampling arguments and answers from them."""
+
+    def __init__(self):
+        self.calls = []
+        self.config = type("C", (), {"eos_token_id": 2})()
+        self._p = torch.nn.Parameter(torch.zeros(1))
+
+    def parameters(self):
+        return iter([self._p])
+
+    def generate(self, ids, mask, max_new_tokens, **sampling):
+        self.calls.append(sampling)
+        seed = sampling.get("seed", 0)
+        return torch.tensor([[10 + seed % 7, 11, 2, 0]] * ids.shape[0])
+
+
+def _source(tmp_path, mix, examples=None, **kw):
+    examples = examples or [{"source_ids": [5 + i, 6, 7], "target_ids": [9, 9], "example_id": i} for i in range(8)]
+    collator = Seq2SeqCollator(0, 1, 2)
+    inner = TaskSource(examples, WithExampleIds(collator), seed=3)
+    return DistillSource(inner, mix, collator=collator, cache_dir=tmp_path / "cache", seed=1, **kw)
+
+
+def test_on_policy_source_samples_into_kd_targets_and_keeps_gold(tmp_path):
+    student = Sampler()
+    source = _source(tmp_path, parse_target_mix("gold=0.5,student=0.5"), student=student, sample_temperature=0.7)
+    first = source.next_batch(6)
+    state = source.state_dict()
+    second = source.next_batch(6)
+    sampled = [e for e in first + second if "kd_target_ids" in e]
+    assert sampled and all(e["target_ids"] == [9, 9] for e in first + second)  # gold kept for CE
+    assert student.calls[0]["do_sample"] and student.calls[0]["temperature"] == 0.7
+    assert student.calls[0]["seed"] != student.calls[1]["seed"]  # a fresh seed per draw...
+    resumed = _source(tmp_path, parse_target_mix("gold=0.5,student=0.5"), student=Sampler(), sample_temperature=0.7)
+    resumed.load_state_dict(state)
+    assert resumed.next_batch(6) == second  # ...that a resumed run draws again
+    batch = source.collate(first)
+    assert {"kd_decoder_input_ids", "kd_decoder_attention_mask", "kd_labels"} <= set(batch)
+    for row, e in enumerate(first):  # the KD sequence is the sample where there is one, else the target
+        want = e.get("kd_target_ids", e["target_ids"]) + [2]
+        assert batch["kd_labels"][row][: len(want)].tolist() == want
+        assert batch["labels"][row][:3].tolist() == [9, 9, 2]
+    assert "kd_labels" not in source.collate([e for e in first if "kd_target_ids" not in e])
+    greedy = _source(tmp_path / "g", {"student": 1.0}, student=Sampler(), sample_temperature=0.0)
+    greedy.next_batch(2)
+    assert greedy.student.calls == [{}]
+
+
+def test_unlabeled_sources_take_the_teachers_targets(tmp_path, monkeypatch):
+    asked: list[int] = []
+
+    def fake_generate(self, model, examples, teacher):
+        assert teacher
+        asked.extend(e["example_id"] for e in examples)
+        return [[3, e["source_ids"][0]] for e in examples]
+
+    monkeypatch.setattr(DistillSource, "_generate", fake_generate)
+    examples = [{"source_ids": [5 + i, 6], "target_ids": [9], "example_id": i} for i in range(4)]
+    examples += [
+        {"source_ids": [50 + i, 6], "target_ids": [], "example_id": 4 + i, "unlabeled": True} for i in range(6)
+    ]
+    source = _source(tmp_path, {"gold": 1.0}, examples, teacher=object())
+    assert source.prepare(batch_size=4) == 6 and sorted(asked) == list(range(4, 10))
+    assert _source(tmp_path, {"gold": 1.0}, examples, teacher=object()).prepare() == 0  # cached on disk
+    for e in source.next_batch(10):
+        assert e["target_ids"] == ([3, e["source_ids"][0]] if e.get("unlabeled") else [9])
+    with pytest.raises(ValueError, match="need the teacher"):
+        _source(tmp_path, {"gold": 1.0}, examples)
+
+
+# --- through the CLI -----------------------------------------------------------------------------------
+
+
+def test_distill_cli_unlabeled_and_on_policy(tmp_path):
+    from encore.cli.common import build_model
+    from tests.test_cli_train import STEPS, write_config, write_pairs
+
+    teacher_cfg = str(tmp_path / "teacher")  # a random decoder-only checkpoint with the default tokenizer
+    build_model(write_config(tmp_path / "t.json", "deconly")).save_pretrained(teacher_cfg)
+    student_cfg = write_config(tmp_path / "s.json", "encdec")
+    task = write_pairs(tmp_path / "pairs.jsonl")
+    sources = tmp_path / "sources.jsonl"  # sources only; the first repeats a labeled one and is skipped
+    labeled = [json.loads(line)["source"] for line in open(task)]
+    sources.write_text("".join(json.dumps({"source": s}) + "\n" for s in [labeled[0], "def g(y): pass", "x = 1"]))
+    common = ["distill", "--teacher", teacher_cfg, "--student", student_cfg, "--task", task, "--limit", "6", *STEPS]
+    out = tmp_path / "kd"
+    argv = [*common, "--unlabeled", str(sources), "--targets", "gold=0.5,student=0.5", "--alpha", "0.5"]
+    assert main([*argv, "--kind", "skew_reverse_kl", "--target-max-new-tokens", "4", "--out", str(out)]) == 0
+    cached = [json.loads(line) for line in (out / "teacher_targets" / "targets.jsonl").read_text().splitlines()]
+    assert sorted(r["example_id"] for r in cached) == [6, 7]  # the two new sources, after the 6 labeled
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"kd", "ce"} <= set(record) and math.isfinite(record["loss"])
+    bad = tmp_path / "empty.jsonl"
+    bad.write_text(json.dumps({"source": labeled[0]}) + "\n")
+    assert main([*common, "--unlabeled", str(bad), "--out", str(tmp_path / "x")]) == 2
+
+
+# --- the changed-task test --------------------------------------------------------------------------
+
+
+def _digit_tokenizer(path):
+    """A word-level tokenizer of the addition task's symbols: 16 ids, so tiny models train in ms/step."""
+    from tests.test_distill import make_tokenizer
+
+    make_tokenizer([str(d) for d in range(10)] + ["+", "<unk>"]).save_pretrained(path)
+    return str(path)
+
+
+def _answers(model_dir, n: int = 200) -> list[tuple[int, int, int | None]]:
+    """(a, b, answer) for the first `n` validation problems of 2-digit addition, greedy."""
+    from encore import load
+    from encore.data import load_task
+
+    model = load(model_dir)
+    problems = list(load_task("addition", split="validation", digits=2, size=n))
+    ids = [
+        model.config.source_ids(model.tokenizer(p["source"], add_special_tokens=False)["input_ids"]) for p in problems
+    ]
+    width = max(map(len, ids))
+    batch = torch.tensor([row + [model.config.pad_token_id] * (width - len(row)) for row in ids])
+    mask = (torch.arange(width)[None] < torch.tensor([len(r) for r in ids])[:, None]).long()
+    out = model.generate(batch, mask, max_new_tokens=5)
+    answers = []
+    for p, row in zip(problems, out.tolist()):
+        a, b = (int(x.replace(" ", "")) for x in p["source"].split("+"))
+        text = model.tokenizer.decode([t for t in row if t > 2], skip_special_tokens=True).replace(" ", "")
+        answers.append((a, b, int(text) if text.isdigit() else None))
+    return answers
+
+
+@pytest.mark.experiment
+def test_changed_task_every_kd_student_answers_like_the_teacher(tmp_path):
+    """The teacher learns a + b + 1; students see only the gold a + b pairs. At alpha 1.0 every
+    divergence, and on-policy, answers like the teacher on >= 80% of the held-out problems that the
+    CE-only student answers like gold."""
+    from tests.test_cli_train import write_config
+
+    tok = _digit_tokenizer(tmp_path / "tok")
+    shape = dict(d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, mlp_dim=256, vocab_size=16, max_seq_len=64)
+    teacher_cfg = write_config(tmp_path / "t.json", "deconly", **{**shape, "n_decoder_layers": 4})
+    student_cfg = write_config(tmp_path / "s.json", "encdec", **{**shape, "n_encoder_layers": 2, "n_decoder_layers": 1})
+    task = ["--task", "addition", "--task-option", "digits=2", "--max-source-len", "8", "--max-target-len", "4"]
+    train = ["--batch-size", "64", "--micro-batch-size", "64", "--lr", "1e-2", "--seed", "0", "--tokenizer", tok]
+    teacher = tmp_path / "teacher"
+    argv = ["finetune", "--model", teacher_cfg, *task, "--task-option", "offset=1", *train, "--max-steps", "1000"]
+    assert main([*argv, "--out", str(teacher)]) == 0
+    teacher_like = [a + b + 1 == y for a, b, y in _answers(teacher / "final")]
+    assert sum(teacher_like) >= 0.9 * len(teacher_like)
+    ce = tmp_path / "ce"
+    assert main(["finetune", "--model", student_cfg, *task, *train, "--max-steps", "1000", "--out", str(ce)]) == 0
+    solved = [i for i, (a, b, y) in enumerate(_answers(ce / "final")) if y == a + b]
+    assert len(solved) >= 100, "the CE-only student must learn gold addition for the comparison to mean anything"
+    arms = {
+        kind: ["--kind", kind] for kind in ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl")
+    }
+    arms["on-policy"] = ["--kind", "jsd", "--targets", "student", "--target-max-new-tokens", "4"]
+    for name, flags in arms.items():
+        out = tmp_path / name
+        head = ["distill", "--teacher", str(teacher / "final"), "--student", student_cfg, "--alpha", "1.0", *flags]
+        assert main([*head, *task, *train, "--max-steps", "1000", "--out", str(out)]) == 0
+        answers = _answers(out / "final")
+        like = sum(answers[i][2] == answers[i][0] + answers[i][1] + 1 for i in solved)
+        assert like >= 0.8 * len(solved), f"{name}: like the teacher on {like} of {len(solved)}"
