@@ -93,7 +93,7 @@ def test_int8_numerics_and_swaps(arch):
 def test_optimize_refuses_what_it_cannot_do():
     model = make_model("encdec")
     with pytest.raises(ValueError, match="quantize must be one of"):
-        encore.optimize(model, quantize="int4")
+        encore.optimize(model, quantize="int2")
     with pytest.raises(ValueError, match="linear must be one of"):
         encore.optimize(model, linear="mkl")
     with pytest.raises(ValueError, match="int8.*CPU path"):

@@ -25,6 +25,7 @@ from encore.convert import load, resolve_model
 from encore.infer.engine import Engine
 from encore.infer.optimize import optimize
 from encore.model.io import build, spec_label
+from encore.model.kernels import bytes_per_weight
 
 
 @dataclass
@@ -49,7 +50,7 @@ class BackendSpec:
     dtype: str
     seed: int
     cpu_linear: str | None = None  # encore's fp32 CPU kernel ("onednn" | "aten"; None: the fastest)
-    quantize: str | None = None  # "int8": int8 weights (encore: encore.optimize; CTranslate2: compute_type)
+    quantize: str | None = None  # "int8" / "int4": encore.optimize's weights (CTranslate2: compute_type, int8 only)
     retain_memory: bool = True  # the worker keeps freed memory for reuse (encore.infer.memory)
 
 
@@ -60,8 +61,8 @@ class Backend(Protocol):
     cost_config: ModelConfig  # the shapes the cost model prices (for anchors: the equivalent encore shapes)
     mirror: str | None  # anchors: label of the encore model whose shape this one copies (compared with it)
     sweep: bool  # measured at the sweep lengths too
-    kernel: str  # the matrix kernel its roofline is probed with ("aten" | "onednn" | "int8")
-    weight_bytes: int  # bytes per weight the cost model prices
+    kernel: str  # the matrix kernel its roofline is probed with ("aten" | "onednn" | "int8" | "int4")
+    weight_bytes: float  # bytes per weight the cost model prices (encore.model.kernels.bytes_per_weight)
 
     def build(self) -> Any: ...
     def params(self, model: Any) -> int: ...
@@ -102,7 +103,7 @@ class EncoreBackend:
         self.name = "encore" + (f"-{spec.quantize}" if spec.quantize else "")
         self.arch = self.cost_config.arch
         self.kernel = roofline_kernel(self.device, self.dtype, spec.quantize, self.linear)
-        self.weight_bytes = 1 if spec.quantize == "int8" else self.dtype.itemsize
+        self.weight_bytes = bytes_per_weight(spec.quantize, self.dtype)
         self._engine: tuple[tuple[int, int, int], Engine] | None = None
 
     def build(self) -> Any:

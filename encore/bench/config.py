@@ -36,7 +36,7 @@ class BenchConfig:
     vs_hf: bool = False  # also time the same shapes built with Hugging Face transformers
     vs_ct2: bool = False  # also time CTranslate2 running a T5 of the encoder-decoder's shape (fp32 / int8)
     onnx: bool = False  # also time the models exported to ONNX, run by onnxruntime (at each quantization)
-    quantize: tuple[str | None, ...] = (None,)  # encore models at each: None (the dtype) and / or "int8"
+    quantize: tuple[str | None, ...] = (None,)  # encore models at each: None (the dtype), "int8", "int4"
     json_path: str | None = "bench.json"
     plot_path: str | None = "bench.png"
     peak_flops: float | None = None  # FLOP/s for the cost model; None: probe it
@@ -82,10 +82,10 @@ class BenchConfig:
             fail("threads", "must be >= 1")
         if self.cpu_linear is not None and self.cpu_linear not in ("onednn", "aten"):
             fail("cpu_linear", "must be None, 'onednn' or 'aten'")
-        if not self.quantize or any(q not in (None, "int8") for q in self.quantize):
-            fail("quantize", "must be one or more of None (no quantization) and 'int8'")
-        if "int8" in self.quantize and self.device != "cpu":
-            fail("quantize", "int8 is a CPU path; on CUDA the models run in bf16")
+        if not self.quantize or any(q not in (None, "int8", "int4") for q in self.quantize):
+            fail("quantize", "must be one or more of None (no quantization), 'int8' and 'int4'")
+        if any(self.quantize) and self.device != "cpu":
+            fail("quantize", "int8 / int4 are CPU paths; on CUDA the models run in bf16")
         if self.vs_ct2 and self.device != "cpu":
             fail("vs_ct2", "the CTranslate2 anchor runs on the CPU")
         if self.onnx and (self.device != "cpu" or self.resolved_dtype() != "float32"):

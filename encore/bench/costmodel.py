@@ -157,7 +157,7 @@ def prefill_cost(
     input_len: int,
     dtype_bytes: int = 4,
     include_activations: bool = False,
-    weight_bytes: int | None = None,
+    weight_bytes: float | None = None,
 ) -> Phase:
     """Everything up to the first generated token (the time-to-first-token work). `weight_bytes`:
     bytes per weight when they differ from the activations' and the cache's (1 for int8 weights)."""
@@ -198,7 +198,7 @@ def decode_step_cost(
     step: int,
     dtype_bytes: int = 4,
     include_activations: bool = False,
-    weight_bytes: int | None = None,
+    weight_bytes: float | None = None,
 ) -> Phase:
     """Decode step `step` (1-based; step j produces token j+1): one token per row through the decoder."""
     _check(config, batch_size, input_len, dtype_bytes)
@@ -276,7 +276,7 @@ def generation_cost(
     output_len: int,
     dtype_bytes: int = 4,
     include_activations: bool = False,
-    weight_bytes: int | None = None,
+    weight_bytes: float | None = None,
 ) -> GenerationCost:
     if not isinstance(output_len, int) or output_len < 1:
         raise ValueError(f"output_len must be a positive integer, got {output_len!r}")

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encore.bench.costmodel import Machine, dtype_bytes
-from encore.model.kernels import Int8Linear, OneDNNLinear, onednn_available
+from encore.model.int4 import Int4Linear
+from encore.model.kernels import Int8Linear, OneDNNLinear, bytes_per_weight, onednn_available
 
 
 def _median_call(fn, budget_s: float, sync) -> float:
@@ -30,13 +31,15 @@ def _median_call(fn, budget_s: float, sync) -> float:
     return statistics.median(end - begin for begin, end in times)
 
 
-KERNELS = ("aten", "onednn", "int8")
+KERNELS = ("aten", "onednn", "int8", "int4")
 
 
 def probe_kernel(weight: Tensor, kernel: str) -> Callable[[Tensor], Tensor]:
     """The projection a model optimized with `kernel` runs, over `weight` [out, in]."""
     if kernel == "int8":
         return Int8Linear(weight)
+    if kernel == "int4":
+        return Int4Linear(weight)
     if kernel == "onednn":
         return OneDNNLinear(nn.Parameter(weight, requires_grad=False))
     return lambda x: F.linear(x, weight)
@@ -44,10 +47,10 @@ def probe_kernel(weight: Tensor, kernel: str) -> Callable[[Tensor], Tensor]:
 
 def roofline_kernel(device: torch.device | str, dtype: torch.dtype, quantize: str | None, linear: str = "auto") -> str:
     """The matrix kernel encore's models run on `device` at `dtype` / `quantize` (`encore.optimize`'s
-    choice), which the roofline is probed through: "int8", "onednn" (CPU fp32 where oneDNN is
-    there, unless `linear` is "aten") or "aten"."""
+    choice), which the roofline is probed through: "int8" / "int4" (int4: the decoding layers' kernel),
+    "onednn" (CPU fp32 where oneDNN is there, unless `linear` is "aten") or "aten"."""
     if quantize:
-        return "int8"
+        return quantize
     cpu_fp32 = torch.device(device).type == "cpu" and dtype == torch.float32
     return "onednn" if cpu_fp32 and linear != "aten" and onednn_available() else "aten"
 
@@ -69,7 +72,7 @@ def measure_machine(
     """Probe peak FLOP/s with a [512 x D] @ [D x 4D] matmul (prefill-like) and bandwidth with a
     matrix-vector product over a matrix far larger than the caches (decode-like: each weight read once,
     2 FLOPs per element read), both through the kernel the models run (`kernel`: "aten" = F.linear,
-    "onednn", "int8": int8 operations per second and int8 weight bytes per second). Each probe runs
+    "onednn", "int8" / "int4": integer operations per second and packed weight bytes per second). Each probe runs
     for about `budget_s` seconds."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -92,6 +95,12 @@ def _probe_flops(dev: torch.device, dtype: torch.dtype, budget_s: float, sync, k
 
 
 def _probe_bandwidth(dev: torch.device, dtype: torch.dtype, budget_s: float, sync, kernel: str) -> float:
+    if kernel == "int4":  # packed weights made directly: quantizing 256 MiB of int4 from fp32 takes seconds
+        rows = (1 << 28) * 2 // 4096
+        scales = torch.full((rows, 4096 // 128), 0.01)
+        project = Int4Linear.from_quantized(torch.full((rows, 2048), 0x9A, dtype=torch.uint8), scales)
+        x = torch.full((1, 4096), 0.5)
+        return rows * 4096 * bytes_per_weight("int4") / _median_call(lambda: project(x), budget_s, sync)
     weight_bytes = 1 if kernel == "int8" else dtype_bytes(dtype)
     rows = (1 << 30 if dev.type == "cuda" else 1 << 28) // (4096 * weight_bytes)  # 1 GiB / 256 MiB of weights
     w = torch.full((rows, 4096), 0.5, device=dev, dtype=dtype)  # written, so every page is really mapped

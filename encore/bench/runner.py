@@ -181,14 +181,14 @@ def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:
     models = [cfg.model] + ([cfg.baseline] if cfg.baseline else [])
     specs = [spec("encore", m, max_len, q) for q in cfg.quantize for m in models]
     if cfg.onnx:
-        specs += [spec("onnx", m, full_len, q) for q in cfg.quantize for m in models]
+        specs += [spec("onnx", m, full_len, q) for q in cfg.quantize if q != "int4" for m in models]
     if cfg.vs_hf:
         specs += [spec("hf", m, full_len, None) for m in models]
     if cfg.vs_ct2:
         # encore's encoder-decoders get a T5 of their shape; a transformers family's model (either
         # architecture) its own weights through CTranslate2's converter
         ct2 = [m for m in models if (c := resolve_model(m)[0]).arch == "encdec" or imported(c)]
-        specs += [spec("ct2", m, full_len, q) for q in cfg.quantize for m in ct2]
+        specs += [spec("ct2", m, full_len, q) for q in cfg.quantize if q != "int4" for m in ct2]  # CT2: no int4 on CPU
     return specs
 
 

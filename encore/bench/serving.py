@@ -36,6 +36,7 @@ import torch
 
 from encore.bench.costmodel import Machine, decode_step_cost, prefill_cost
 from encore.bench.runner import _device_name, _quantile
+from encore.model.kernels import bytes_per_weight
 
 MiB = 1 << 20
 
@@ -263,7 +264,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def predict(config: Any, slots: int, cfg: ServeBenchConfig, machine: Machine, weight_bytes: int | None) -> dict:
+def predict(config: Any, slots: int, cfg: ServeBenchConfig, machine: Machine, weight_bytes: float | None) -> dict:
     """The saturated server as the cost model sees it (module docstring), at the workload's mean lengths:
     its capacity; `at(rate)` of an offered load is min(rate, capacity) requests/s."""
     s_in = round((2 - cfg.spread) / 2 * cfg.input_len)
@@ -314,7 +315,9 @@ def _serve_one(model: str, cfg: ServeBenchConfig, words: list[str], machine: Mac
     finally:
         exit_code = server.stop()
     config = resolve_model(model)[0].replace(vocab_size=health["vocab_size"])
-    prediction = predict(config, health["slots"], cfg, machine, 1 if cfg.quantize == "int8" else None)
+    prediction = predict(
+        config, health["slots"], cfg, machine, bytes_per_weight(cfg.quantize) if cfg.quantize else None
+    )
     return {
         "model": model,
         "arch": health["arch"],

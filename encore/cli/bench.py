@@ -33,9 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize",
         nargs="+",
-        choices=["none", "int8"],
+        choices=["none", "int8", "int4"],
         default=None,
-        help="encore models at each: 'none' (fp32 on CPU, bf16 on CUDA) and / or 'int8' (CPU; default none; "
+        help="encore models at each: 'none' (fp32 on CPU, bf16 on CUDA), 'int8' and / or 'int4' (CPU; default none; "
         "--serve: the servers' one setting, default int8 on CPU)",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default=d.device)

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from encore.cli.common import add_model_args, load_for_inference, text_only
+from encore.cli.common import add_model_args, add_quantize_flag, load_for_inference, text_only
 
 HELP = "/reset clears the conversation, /exit ends it; Ctrl-C stops a reply"
 
@@ -25,7 +25,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (%(default)s)")
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 weights on the CPU")
+    add_quantize_flag(p)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--stats", action="store_true", help="after each reply: time to first token and tokens/s")
 

@@ -137,6 +137,16 @@ def build_model(
     return model
 
 
+def add_quantize_flag(p: argparse.ArgumentParser) -> None:
+    """--quantize for the commands that run a model (generate, eval, serve, chat)."""
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8", "int4"],
+        default="none",
+        help="int8 / int4 weights on the CPU (encore.optimize; a quantized checkpoint is already so) (%(default)s)",
+    )
+
+
 def load_for_inference(
     spec: str, tokenizer: str | None, device: str, quantize: str | None = None, random_weights: bool | None = None
 ) -> LanguageModel:

@@ -1,5 +1,6 @@
-"""`encore convert --model SRC --out DIR [--to encore|hf] [--dtype fp32|bf16]`: a checkpoint from one
-layout to the other (a transformers family's, or encore's own)."""
+"""`encore convert --model SRC --out DIR [--to encore|hf] [--dtype fp32|bf16] [--quantize int8|int4]`: a
+checkpoint from one layout to the other (a transformers family's, or encore's own), or to a quantized
+encore checkpoint that loads ready to run (encore.model.quantized)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ def configure(p: argparse.ArgumentParser) -> None:
         "(AutoModelForCausalLM / AutoModelForSeq2SeqLM load it)",
     )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the weights' dtype on disk")
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8", "int4"],
+        default="none",
+        help="write a quantized encore checkpoint (CPU kernels; encore.optimize's default policy): packed weights "
+        "and scales, loaded without re-quantizing",
+    )
+    p.add_argument("--group-size", type=int, default=None, help="int4: inputs per scale (default 128)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +46,21 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.resolve() == Path(checkpoint).resolve():
         raise ValueError(f"--out {args.out}: the same directory as --model; write the conversion elsewhere")
+    quantize = None if args.quantize == "none" else args.quantize
+    if quantize and (args.to != "encore" or args.dtype != "fp32"):
+        raise ValueError(f"--quantize {quantize}: writes an encore checkpoint (--to encore, --dtype fp32)")
+    if args.group_size is not None and quantize != "int4":
+        raise ValueError("--group-size: only with --quantize int4")
     model = load(checkpoint)
-    model.save_pretrained(out, format=args.to, dtype=DTYPES[args.dtype])
+    if quantize:
+        from encore.infer.optimize import optimize
+        from encore.model.int4 import DEFAULT_GROUP_SIZE
+
+        optimize(model, "cpu", quantize=quantize, group_size=args.group_size or DEFAULT_GROUP_SIZE)
+        model.save_pretrained(out)
+    else:
+        model.save_pretrained(out, format=args.to, dtype=DTYPES[args.dtype])
     size = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
-    print(f"encore convert: {args.model} -> {out} ({args.to}, {args.dtype}, {size / 2**20:.1f} MiB of weights)")
+    what = quantize or f"{args.to}, {args.dtype}"
+    print(f"encore convert: {args.model} -> {out} ({what}, {size / 2**20:.1f} MiB of weights)")
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 from encore.cli.common import (
     TASK_HELP,
     add_model_args,
+    add_quantize_flag,
     add_task_option_arg,
     from_args,
     load_for_inference,
@@ -29,9 +30,7 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--quantize", choices=["none", "int8"], default="none", help="int8: int8 weights on the CPU (encore.optimize)"
-    )
+    add_quantize_flag(p)
     p.add_argument(
         "--backend",
         choices=["torch", "onnx"],

@@ -1,12 +1,12 @@
 """`encore serve --model CHECKPOINT [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget-mb MB]
-[--max-queue Q] [--quantize int8] [--device cpu|cuda]`: the OpenAI-compatible server (`encore.serve`)."""
+[--max-queue Q] [--quantize int8|int4] [--device cpu|cuda]`: the OpenAI-compatible server (`encore.serve`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from encore.cli.common import add_model_args, from_args, load_for_inference, text_only
+from encore.cli.common import add_model_args, add_quantize_flag, from_args, load_for_inference, text_only
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-queue", type=int, default=256, help="requests waiting for a slot before 429 Retry-After (%(default)s)"
     )
-    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 weights on the CPU (%(default)s)")
+    add_quantize_flag(p)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(%(default)s)")
     p.add_argument(
         "--max-input-len", type=int, default=None, help="prompt tokens at most (default: min(1024, the model's room))"

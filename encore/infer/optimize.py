@@ -2,6 +2,7 @@
 
     model = encore.optimize(model)                    # CPU fp32: oneDNN projections (x86-64)
     model = encore.optimize(model, quantize="int8")   # CPU: int8 weights, dynamic int8 activations
+    model = encore.optimize(model, quantize="int4")   # CPU: int4 weights where decoding reads them
     model = encore.optimize(model, device="cuda")     # GPU: bf16 weights; SDPA's fused kernels
     encore.deoptimize(model)                          # the plain Linear modules back, as they were
 
@@ -13,17 +14,23 @@ the model had. Nothing global changes: two models in one process can run differe
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 from torch import nn
 
+from encore.model.int4 import CHUNK, DEFAULT_GROUP_SIZE, Int4Linear, int4_available, int4_divides
 from encore.model.kernels import Int8Linear, OneDNNLinear, int8_available, onednn_available
 from encore.model.layers import Linear
 from encore.model.vlm import VisionLanguageModel
 
-QUANTIZE = (None, "int8")
+QUANTIZE = (None, "int8", "int4")
 CPU_LINEAR = ("auto", "onednn", "aten")
+KINDS = ("int4", "int8", "none")  # what a policy may give a module
+# quantize="int4" unless a policy says otherwise: the encoder (prefill only: int8's fbgemm GEMM is 2-4x the
+# int4 kernel at 512 rows) stays int8; decoding's layers and head go int4 (docs/engine.md)
+DEFAULT_INT4_POLICY = {"encoder.*": "int8"}
 
 
 def optimize(
@@ -32,6 +39,8 @@ def optimize(
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
     linear: str = "auto",
+    group_size: int = DEFAULT_GROUP_SIZE,
+    policy: dict[str, str] | None = None,
 ) -> Any:
     """Move `model` to `device` / `dtype` (default: its device; fp32 on CPU, bf16 on CUDA), put it in
     eval mode without gradients, and swap its projections for the fastest inference kernels there:
@@ -40,15 +49,25 @@ def optimize(
       keeps F.linear, i.e. torch's BLAS);
     - CPU, `quantize="int8"`: `Int8Linear` (fbgemm VNNI): int8 per-channel weights, activations
       quantized per call; the output head too (the embedding lookup stays fp32);
+    - CPU, `quantize="int4"`: `Int4Linear`: int4 weights in groups of `group_size` inputs, int8
+      activations per call; by `DEFAULT_INT4_POLICY` the encoder stays int8; a projection whose inputs
+      do not divide into groups of `group_size` takes groups of 64, or int8 where 64 does not divide;
+    - `policy`: {module-name pattern: "int4" | "int8" | "none"} (fnmatch, first match wins, over
+      `DEFAULT_INT4_POLICY`), e.g. {"lm_head": "int8"} or {"decoder.*.mlp.*": "int4", "*": "int8"};
     - CUDA: bf16 weights, F.linear (cuBLAS); int8 is a CPU path and is refused here.
 
     Returns the model (changed in place). Calling it again first undoes the previous swaps."""
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    if policy and not quantize:
+        raise ValueError("a quantization policy needs quantize='int8' or 'int4'")
+    bad = {k: v for k, v in (policy or {}).items() if v not in KINDS}
+    if bad:
+        raise ValueError(f"policy: each value must be one of {KINDS}, got {bad}")
     if linear not in CPU_LINEAR:
         raise ValueError(f"linear must be one of {CPU_LINEAR}, got {linear!r}")
     if isinstance(model, VisionLanguageModel):  # the text model gets the kernels; the tower follows its device/dtype
-        optimize(model.lm, device, dtype, quantize, linear)
+        optimize(model.lm, device, dtype, quantize, linear, group_size, policy)
         weight = model.lm.embed.weight
         model.vision.to(device=weight.device, dtype=weight.dtype).eval().requires_grad_(False)
         return model
@@ -56,34 +75,60 @@ def optimize(
     device = torch.device(device) if device is not None else model.embed.weight.device
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if quantize == "int8":
-        if device.type != "cpu" or dtype != torch.float32:
-            raise ValueError(
-                f"quantize='int8' is a CPU path (fp32 activations, int8 weights); got device {device}, dtype {dtype}. "
-                "On a GPU use dtype=torch.bfloat16"
-            )
-        if not int8_available():
-            raise ValueError("quantize='int8' needs a torch with the x86 / fbgemm quantized engine (CPU x86-64 builds)")
+    if quantize:
+        _check_quantize(quantize, device, dtype, group_size)
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    kernel = _kernel(device, dtype, quantize, linear)
+    plain = _kernel(device, dtype, linear)
+    rules = [*(policy or {}).items(), *(DEFAULT_INT4_POLICY.items() if quantize == "int4" else ())]
     swaps: list[tuple[nn.Module, str, nn.Module | None]] = []
-    if kernel is not None:
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is Linear:
-                    setattr(parent, name, kernel(child.weight, child.bias))
-                    swaps.append((parent, name, child))
-        if model.lm_head is None:  # the tied head: the embedding's weight, as a projection
-            model.lm_head = kernel(model.embed.weight)
-            swaps.append((model, "lm_head", None))
+    targets = [(p, n, c) for p in model.modules() for n, c in p.named_children() if type(c) is Linear]
+    names = {id(m): name for name, m in model.named_modules()}
+    if model.lm_head is None:  # the tied head: the embedding's weight, as a projection
+        targets.append((model, "lm_head", None))
+    for parent, name, child in targets:
+        qualified = f"{names[id(parent)]}.{name}".lstrip(".")
+        weight, bias = (model.embed.weight, None) if child is None else (child.weight, child.bias)
+        kind = next((k for pattern, k in rules if fnmatchcase(qualified, pattern)), quantize or "none")
+        group = next((g for g in (group_size, CHUNK) if int4_divides(weight.shape[1], g)), None)
+        if kind == "int4" and group is None:
+            kind = "int8"  # inputs that do not divide into groups of 64: int8
+        if kind == "int4":
+            setattr(parent, name, Int4Linear(weight, bias, group))
+        elif kind == "int8":
+            setattr(parent, name, Int8Linear(weight, bias))
+        elif plain is not None:
+            setattr(parent, name, plain(weight, bias))
+        else:
+            continue
+        swaps.append((parent, name, child))
     model._encore_swaps = swaps
-    model._encore_optimized = {"device": str(device), "dtype": str(dtype), "quantize": quantize, "linear": linear}
+    model._encore_optimized = {
+        "device": str(device),
+        "dtype": str(dtype),
+        "quantize": quantize,
+        "linear": linear,
+        **({"group_size": group_size, "policy": dict(policy or {})} if quantize == "int4" else {}),
+    }
     return model
 
 
-def _kernel(device: torch.device, dtype: torch.dtype, quantize: str | None, linear: str):
-    if quantize == "int8":
-        return Int8Linear
+def _check_quantize(quantize: str, device: torch.device, dtype: torch.dtype, group_size: int) -> None:
+    if device.type != "cpu" or dtype != torch.float32:
+        raise ValueError(
+            f"quantize={quantize!r} is a CPU path (fp32 activations, {quantize} weights); got device {device}, "
+            f"dtype {dtype}. On a GPU use dtype=torch.bfloat16"
+        )
+    if not int8_available():  # int4's policy falls back to int8 where groups do not divide
+        raise ValueError(f"quantize={quantize!r} needs a torch with the x86 / fbgemm quantized engine (x86-64 builds)")
+    if quantize == "int4":
+        if group_size <= 0 or group_size % 64:
+            raise ValueError(f"group_size must be a positive multiple of 64, got {group_size}")
+        if not int4_available():
+            raise ValueError("quantize='int4' needs a C compiler (cc / gcc, or $CC) on Linux to build its kernel")
+
+
+def _kernel(device: torch.device, dtype: torch.dtype, linear: str):
+    """The fp32 / bf16 projection kernel (None: keep F.linear)."""
     if device.type == "cpu" and dtype == torch.float32 and linear != "aten" and onednn_available():
         return OneDNNLinear
     if linear == "onednn" and device.type == "cpu":

@@ -157,10 +157,14 @@ class LanguageModel(nn.Module):
 
         if format not in ("encore", "hf"):
             raise ValueError(f"format must be 'encore' or 'hf', got {format!r}")
-        if getattr(self, "_encore_swaps", None):
+        from encore.model.quantized import QUANTIZATION_FILE, json_text, quantized_modules, quantized_state
+
+        quantized = bool(quantized_modules(self))
+        if getattr(self, "_encore_swaps", None) and not quantized or (quantized and (format != "encore" or dtype)):
             raise ValueError(
                 "this model was optimized for inference (its projections are swapped for inference kernels); "
                 "call encore.deoptimize(model) before save_pretrained"
+                + (" (a quantized model saves as format='encore', its own dtypes)" if quantized else "")
             )
         if format == "hf":  # convert.save knows configs and tensor names, not model classes: no circle
             from encore.convert.save import save_hf
@@ -168,7 +172,12 @@ class LanguageModel(nn.Module):
             return save_hf(self, directory, dtype)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu().to(dtype or v.dtype) for k, v in self.state_dict().items()}
+        if quantized:  # packed weights + scales, and quantization.json naming each kernel (encore.model.quantized)
+            state, manifest = quantized_state(self)
+            atomic_write(directory / QUANTIZATION_FILE, lambda p: Path(p).write_text(json_text(manifest)))
+        else:
+            state = {k: v.detach().contiguous().cpu().to(dtype or v.dtype) for k, v in self.state_dict().items()}
+            (directory / QUANTIZATION_FILE).unlink(missing_ok=True)
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
         text = json.dumps({**self.config.to_json_dict(), "model_type": "encore"}, indent=2, sort_keys=True) + "\n"
         atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
@@ -200,8 +209,14 @@ class LanguageModel(nn.Module):
             )
         if config_changes:
             config = config.replace(**config_changes)
+        from encore.model.quantized import install_quantized, read_manifest, strip_quantized
+
+        manifest = read_manifest(directory)
+        if manifest is not None and (torch.device(device).type != "cpu" or dtype not in (None, torch.float32)):
+            raise ValueError(f"{directory}: a quantized checkpoint runs on the CPU in float32 (got {device}, {dtype})")
         with torch.device("meta"):  # skip random init: every weight comes from the file
             model = cls(config)
+        shapes = strip_quantized(model, manifest) if manifest else {}
         model.to_empty(device=device)
         model.reset_buffers(device)
         weights = directory / WEIGHTS_FILE
@@ -211,7 +226,13 @@ class LanguageModel(nn.Module):
             state = load_file(str(weights), device=str(device))
         except SafetensorError as e:
             raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
-        expected = model.state_dict()
+        if manifest:
+            install_quantized(model, manifest, state, shapes, weights)
+        expected = {
+            k: v
+            for k, v in model.state_dict().items()
+            if not (manifest and k.rpartition(".")[0] in manifest["modules"])
+        }
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
@@ -224,7 +245,7 @@ class LanguageModel(nn.Module):
                     f"{weights}: {name} has shape {tuple(tensor.shape)}, the config implies "
                     f"{tuple(expected[name].shape)}"
                 )
-        model.load_state_dict(state)
+        model.load_state_dict(state, strict=manifest is None)  # kernels hold their own tensors
         if dtype is not None:
             model.to(dtype)
         if (directory / "tokenizer.json").exists():

@@ -104,12 +104,45 @@ class Int8Linear(nn.Module):
         # without VNNI, fbgemm's u8 x s8 pairs can saturate int16: quantize activations to 7 bits there
         self.reduce_range = not _has_vnni()
 
+    @classmethod
+    def from_quantized(cls, qweight: Tensor, scales: Tensor, bias: Tensor | None = None) -> Int8Linear:
+        """An Int8Linear of already-quantized weights: int8 [N, K] and per-channel scales [N] (a
+        quantized checkpoint's tensors); nothing is rounded again."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = qweight.shape
+        zero = torch.zeros(layer.out_features, dtype=torch.long)
+        with warnings.catch_warnings():  # as in __init__
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            q = torch._make_per_channel_quantized_tensor(qweight.to(torch.int8), scales.double(), zero, 0)
+        bias = None if bias is None else bias.to(torch.float32)
+        layer._packed = torch.ops.quantized.linear_prepack(q, bias)
+        layer.reduce_range = not _has_vnni()
+        return layer
+
+    def quantized(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(int8 weight [N, K], fp32 per-channel scales [N], bias or None): what a checkpoint stores."""
+        qweight, bias = torch.ops.quantized.linear_unpack(self._packed)
+        return qweight.int_repr(), qweight.q_per_channel_scales().float(), bias
+
     def forward(self, x: Tensor) -> Tensor:
         y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features), self._packed, self.reduce_range)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel=int8-dynamic"
+
+
+def bytes_per_weight(quantize: str | None, dtype: torch.dtype = torch.float32, group_size: int = 128) -> float:
+    """Bytes one weight costs a decode step in each kernel (scales included): what the bench's cost
+    model and roofline price. int4: half a byte plus an fp32 scale per `group_size` weights."""
+    if quantize == "int4":
+        return 0.5 + 4 / group_size
+    if quantize == "int8":
+        return 1.0
+    if quantize is None:
+        return float(dtype.itemsize)
+    raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
 
 
 def int8_weight_bytes(module: nn.Module) -> int:

@@ -34,7 +34,7 @@ class ServerConfig:
     max_batch: int = 64  # at most this many requests in flight, whatever the budget
     kv_budget_mb: float = 1024.0  # K/V memory for the slots
     max_queue: int = 256  # requests waiting for a slot before the server answers 429
-    quantize: str | None = None  # "int8": int8 weights on the CPU (encore.optimize)
+    quantize: str | None = None  # "int8" / "int4": quantized weights on the CPU (encore.optimize)
     device: str = "cpu"
     max_input_len: int | None = None  # prompt tokens; None: min(1024, what the model holds)
     max_tokens: int = 256  # the largest `max_tokens` a request may ask for

@@ -1,0 +1,141 @@
+"""Quantized checkpoints: an int8 / int4 model saved as its packed weights and loaded without re-quantizing.
+
+`model.save_pretrained(dir)` on a model `encore.optimize(..., quantize=...)` made writes, beside
+config.json, `quantization.json`:
+
+    {"format": "encore-quantized", "version": 1,
+     "modules": {"decoder.0.attn.qkv": {"kind": "int4", "group_size": 128}, "lm_head": {"kind": "int8"}, ...}}
+
+and model.safetensors holds each quantized module's tensors under its name: `NAME.qweight` (int4: uint8
+[N, K/2], two weights a byte; int8: int8 [N, K]), `NAME.scales` (fp32; int4 [N, K/group], int8 [N]) and
+`NAME.bias` where it has one. Everything else (embeddings, norms) is stored as in a plain checkpoint.
+`encore.load(dir)` builds the kernels from those tensors directly: the model is ready to run, no
+rounding again, and an fp32 copy of the quantized weights never exists (so `deoptimize` has nothing to
+restore: such a model stays quantized).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from encore.model.int4 import Int4Linear
+from encore.model.kernels import Int8Linear
+
+QUANTIZATION_FILE = "quantization.json"
+FORMAT, VERSION = "encore-quantized", 1
+
+
+def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's int8 / int4 kernel modules by qualified name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, Int8Linear | Int4Linear)}
+
+
+def quantized_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(the tensors to save, quantization.json's content) of an optimized, quantized model."""
+    modules = quantized_modules(model)
+    state: dict[str, Tensor] = {}
+    for name, value in model.state_dict().items():
+        owner = name.rpartition(".")[0]
+        if owner in modules or (name == "lm_head.weight" and model.lm_head is not None and _tied(model)):
+            continue  # a kernel's own tensors are written below; a tied head's weight is the embedding's
+        state[name] = value
+    manifest: dict[str, Any] = {"format": FORMAT, "version": VERSION, "modules": {}}
+    for name, module in modules.items():
+        qweight, scales, bias = module.quantized()
+        state[f"{name}.qweight"], state[f"{name}.scales"] = qweight, scales
+        if bias is not None:
+            state[f"{name}.bias"] = bias
+        entry = (
+            {"kind": "int4", "group_size": module.group_size} if isinstance(module, Int4Linear) else {"kind": "int8"}
+        )
+        manifest["modules"][name] = entry
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}, manifest
+
+
+def _tied(model: nn.Module) -> bool:
+    return bool(getattr(model.config, "tie_embeddings", False))
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """quantization.json of a checkpoint, checked; None for a plain checkpoint."""
+    path = directory / QUANTIZATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(f"{path}: format must be {FORMAT!r} version {VERSION}")
+    for name, entry in manifest.get("modules", {}).items():
+        if entry.get("kind") not in ("int8", "int4"):
+            raise ValueError(f"{path}: module {name}: kind must be 'int8' or 'int4', got {entry.get('kind')!r}")
+    return manifest
+
+
+def strip_quantized(model: nn.Module, manifest: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Before the model's storage is made (meta-built): drop the plain projections the checkpoint has
+    quantized, so no fp32 copy of them is ever allocated; the kernels take their places in
+    `install_quantized`. Returns each one's [out, in] as the config implies it."""
+    shapes = {}
+    for name in manifest["modules"]:
+        parent, _, child = name.rpartition(".")
+        try:
+            holder = model.get_submodule(parent) if parent else model
+        except AttributeError:
+            holder = None
+        current = getattr(holder, child, None)
+        if name == "lm_head" and current is None:  # the tied head: the embedding's shape
+            shapes[name] = tuple(model.embed.weight.shape)
+            continue
+        if not isinstance(getattr(current, "weight", None), Tensor) or current.weight.dim() != 2:
+            raise ValueError(f"{QUANTIZATION_FILE}: module {name} is not a projection of a model of this config")
+        shapes[name] = tuple(current.weight.shape)
+        setattr(holder, child, nn.Identity())
+    return shapes
+
+
+def install_quantized(
+    model: nn.Module,
+    manifest: dict[str, Any],
+    state: dict[str, Tensor],
+    shapes: dict[str, tuple[int, int]],
+    where: Path,
+) -> None:
+    """Build each quantized module's kernel from the checkpoint's tensors (popped from `state`)."""
+    for name, entry in manifest["modules"].items():
+        try:
+            qweight, scales = state.pop(f"{name}.qweight"), state.pop(f"{name}.scales")
+        except KeyError as e:
+            raise ValueError(f"{where}: quantized module {name} has no tensor {e.args[0]}") from None
+        bias = state.pop(f"{name}.bias", None)
+        got = (qweight.shape[0], qweight.shape[1] * (2 if entry["kind"] == "int4" else 1))
+        if got != shapes[name]:
+            raise ValueError(
+                f"{where}: {name}.qweight holds a {list(got)} projection, the config implies {list(shapes[name])}"
+            )
+        if entry["kind"] == "int4":
+            module: nn.Module = Int4Linear.from_quantized(qweight, scales, bias)
+        else:
+            module = Int8Linear.from_quantized(qweight, scales, bias)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, module)
+    kinds = "+".join(sorted({e["kind"] for e in manifest["modules"].values()}))
+    model._encore_swaps = []  # nothing to restore: the fp32 weights are not in the checkpoint
+    model._encore_optimized = {"device": "cpu", "dtype": "torch.float32", "quantize": kinds, "linear": "auto"}
+
+
+def quantized_bytes(model: nn.Module) -> int:
+    """Bytes the model's quantized kernels hold (packed weights, scales, biases)."""
+    total = 0
+    for module in quantized_modules(model).values():
+        total += sum(t.numel() * t.element_size() for t in module.quantized() if t is not None)
+    return total
+
+
+def json_text(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
