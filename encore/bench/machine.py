@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from encore.bench.costmodel import Machine, dtype_bytes
 from encore.model.int4 import Int4Linear
-from encore.model.kernels import Int8Linear, OneDNNLinear, bytes_per_weight, onednn_available
+from encore.model.kernels import DEFAULT_GROUP_SIZE, Int8Linear, OneDNNLinear, bytes_per_weight, onednn_available
 
 
 def _median_call(fn, budget_s: float, sync) -> float:
@@ -97,7 +97,7 @@ def _probe_flops(dev: torch.device, dtype: torch.dtype, budget_s: float, sync, k
 def _probe_bandwidth(dev: torch.device, dtype: torch.dtype, budget_s: float, sync, kernel: str) -> float:
     if kernel == "int4":  # packed weights made directly: quantizing 256 MiB of int4 from fp32 takes seconds
         rows = (1 << 28) * 2 // 4096
-        scales = torch.full((rows, 4096 // 128), 0.01)
+        scales = torch.full((rows, 4096 // DEFAULT_GROUP_SIZE), 0.01)
         project = Int4Linear.from_quantized(torch.full((rows, 2048), 0x9A, dtype=torch.uint8), scales)
         x = torch.full((1, 4096), 0.5)
         return rows * 4096 * bytes_per_weight("int4") / _median_call(lambda: project(x), budget_s, sync)

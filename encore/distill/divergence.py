@@ -286,11 +286,16 @@ def distillation_loss(
     if mask is not None and bool((labels[m] == -100).any()):
         raise DistillError("labels are -100 at a position the mask marks as a target token")
     kd = kd_term(student_logits, teacher, m, kind=kind, temperature=temperature, beta=beta, reduction=reduction)
-    ce = F.cross_entropy(student_logits[m].float(), labels[m], reduction="sum")
+    ce = ce_sum(student_logits, labels, m)
     if reduction == "mean":
         ce = ce / max(int(m.sum()), 1)
     total = alpha * temperature**2 * kd + (1 - alpha) * ce
     return total, kd, ce
+
+
+def ce_sum(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """Cross-entropy summed over the target tokens `mask` marks, in fp32."""
+    return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
 
 
 def kd_term(

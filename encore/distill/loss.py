@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encore.distill.align import aligned_teacher_logits
-from encore.distill.divergence import Kind, SparseLogits, _check_kind, kd_term
+from encore.distill.divergence import Kind, SparseLogits, _check_kind, ce_sum, kd_term
 from encore.distill.errors import DistillError
 from encore.distill.topk_store import TopKStore, check_sparse_targets
 from encore.train.losses import Loss, LossOutput
@@ -89,7 +88,7 @@ class DistillLoss(Loss):
         mask = labels != -100
         if self.alpha == 0.0:  # cross-entropy only (e.g. sequence-level KD): the teacher need not run
             logits = self._student(model, batch)
-            ce = F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+            ce = ce_sum(logits, labels, mask)
             return LossOutput(ce, {"ce": ce.detach() / mask.sum().clamp(min=1)})
         on_policy = "kd_labels" in batch
         if on_policy and self.store is not None:
@@ -107,7 +106,7 @@ class DistillLoss(Loss):
         total = self.alpha * self.temperature**2 * kd * (n / n_kd)  # α·τ²·(KD per KD token) · label tokens
         metrics = {"kd": kd.detach() / n_kd}  # tensors: no host sync
         if logits is not None:
-            ce = F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+            ce = ce_sum(logits, labels, mask)
             total = total + (1 - self.alpha) * ce
             metrics["ce"] = ce.detach() / n
         return LossOutput(total, metrics)

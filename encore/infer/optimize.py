@@ -89,9 +89,9 @@ def optimize(
         qualified = f"{names[id(parent)]}.{name}".lstrip(".")
         weight, bias = (model.embed.weight, None) if child is None else (child.weight, child.bias)
         kind = next((k for pattern, k in rules if fnmatchcase(qualified, pattern)), quantize or "none")
-        group = next((g for g in (group_size, CHUNK) if int4_divides(weight.shape[1], g)), None)
-        if kind == "int4" and group is None:
-            kind = "int8"  # inputs that do not divide into groups of 64: int8
+        if kind == "int4":
+            group = next((g for g in (group_size, CHUNK) if int4_divides(weight.shape[1], g)), None)
+            kind = "int8" if group is None else kind  # inputs that do not divide into groups of 64: int8
         if kind == "int4":
             setattr(parent, name, Int4Linear(weight, bias, group))
         elif kind == "int8":
@@ -121,8 +121,8 @@ def _check_quantize(quantize: str, device: torch.device, dtype: torch.dtype, gro
     if not int8_available():  # int4's policy falls back to int8 where groups do not divide
         raise ValueError(f"quantize={quantize!r} needs a torch with the x86 / fbgemm quantized engine (x86-64 builds)")
     if quantize == "int4":
-        if group_size <= 0 or group_size % 64:
-            raise ValueError(f"group_size must be a positive multiple of 64, got {group_size}")
+        if group_size <= 0 or group_size % CHUNK:
+            raise ValueError(f"group_size must be a positive multiple of {CHUNK}, got {group_size}")
         if not int4_available():
             raise ValueError("quantize='int4' needs a C compiler (cc / gcc, or $CC) on Linux to build its kernel")
 

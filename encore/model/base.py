@@ -160,11 +160,15 @@ class LanguageModel(nn.Module):
         from encore.model.quantized import QUANTIZATION_FILE, json_text, quantized_modules, quantized_state
 
         quantized = bool(quantized_modules(self))
-        if getattr(self, "_encore_swaps", None) and not quantized or (quantized and (format != "encore" or dtype)):
+        if quantized and (format != "encore" or dtype):
+            raise ValueError(
+                "a quantized model saves as format='encore' in its own dtypes (to save fp32 weights, "
+                "call encore.deoptimize(model) on a model optimized from them)"
+            )
+        if not quantized and getattr(self, "_encore_swaps", None):
             raise ValueError(
                 "this model was optimized for inference (its projections are swapped for inference kernels); "
                 "call encore.deoptimize(model) before save_pretrained"
-                + (" (a quantized model saves as format='encore', its own dtypes)" if quantized else "")
             )
         if format == "hf":  # convert.save knows configs and tensor names, not model classes: no circle
             from encore.convert.save import save_hf
@@ -228,11 +232,8 @@ class LanguageModel(nn.Module):
             raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
         if manifest:
             install_quantized(model, manifest, state, shapes, weights)
-        expected = {
-            k: v
-            for k, v in model.state_dict().items()
-            if not (manifest and k.rpartition(".")[0] in manifest["modules"])
-        }
+        kernels = manifest["modules"] if manifest else {}  # their tensors were taken by install_quantized
+        expected = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in kernels}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:

@@ -21,18 +21,16 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from encore.files import cache_dir
+from encore.files import atomic_write, cache_dir
+from encore.model.kernels import DEFAULT_GROUP_SIZE, cpu_flags
 
 SOURCE = Path(__file__).parent / "csrc" / "int4.c"
 CHUNK = 64  # inputs per 32 packed bytes: the kernel's unit, so a group size is a multiple of it
-GROUP_SIZES = (64, 128, 256)
-DEFAULT_GROUP_SIZE = 128  # docs/engine.md: decode speed and error by group size
 
 
 def int4_divides(in_features: int, group_size: int) -> bool:
@@ -83,21 +81,18 @@ def build_kernel(flags: list[str]) -> Path | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or platform.system() != "Linux":
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags, cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"int4-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
-    os.close(fd)
-    try:
-        subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=120)
-        os.replace(tmp, target)  # atomic: a concurrent build or reader never sees half a library
+    compile_to = lambda tmp: subprocess.run(  # noqa: E731
+        [compiler, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=120
+    )
+    try:  # atomic: a concurrent build or reader never sees half a library
+        atomic_write(target, compile_to)
     except (OSError, subprocess.SubprocessError):
         return None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 
@@ -121,14 +116,6 @@ def int4_linear(lib: ctypes.CDLL, x: Tensor, qweight: Tensor, scales: Tensor, bi
     if lib.encore_int4_linear(rows.data_ptr(), *args, None if bias is None else bias.data_ptr(), y.data_ptr()):
         raise MemoryError("int4 linear: out of memory for the activation workspace")
     return y.view(*x.shape[:-1], n)
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return ""
 
 
 def int4_available() -> bool:

@@ -47,14 +47,22 @@ def int8_available() -> bool:
     return any(e in engines for e in ("x86", "fbgemm")) and hasattr(torch.ops.quantized, "linear_dynamic")
 
 
+DEFAULT_GROUP_SIZE = 128  # int4: inputs per scale (docs/engine.md: decode speed and error by group size)
+
+
 @functools.cache
-def _has_vnni() -> bool:
-    """AVX-512 VNNI / AVX-VNNI: u8 x s8 dot products accumulate in int32 without int16 saturation."""
+def cpu_flags() -> str:
+    """The CPU's feature line of /proc/cpuinfo ("flags" on x86, "Features" on Arm); "" where unreadable."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
     except OSError:
-        return False
+        return ""
+
+
+def _has_vnni() -> bool:
+    """AVX-512 VNNI / AVX-VNNI: u8 x s8 dot products accumulate in int32 without int16 saturation."""
+    flags = cpu_flags()
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
@@ -93,16 +101,11 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
         super().__init__()
         w = weight.detach().to("cpu", torch.float32)
-        bias = None if bias is None else bias.detach().to("cpu", torch.float32)
-        self.out_features, self.in_features = w.shape
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
-        zero = torch.zeros(self.out_features, dtype=torch.long)
+        zero = torch.zeros(w.shape[0], dtype=torch.long)
         with warnings.catch_warnings():  # torch deprecates quantized tensors: docs/NOTES.md ("int8")
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        # without VNNI, fbgemm's u8 x s8 pairs can saturate int16: quantize activations to 7 bits there
-        self.reduce_range = not _has_vnni()
+            self._pack(torch.quantize_per_channel(w, scale, zero, 0, torch.qint8), bias)
 
     @classmethod
     def from_quantized(cls, qweight: Tensor, scales: Tensor, bias: Tensor | None = None) -> Int8Linear:
@@ -110,15 +113,21 @@ class Int8Linear(nn.Module):
         quantized checkpoint's tensors); nothing is rounded again."""
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
-        layer.out_features, layer.in_features = qweight.shape
-        zero = torch.zeros(layer.out_features, dtype=torch.long)
+        zero = torch.zeros(qweight.shape[0], dtype=torch.long)
         with warnings.catch_warnings():  # as in __init__
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            q = torch._make_per_channel_quantized_tensor(qweight.to(torch.int8), scales.double(), zero, 0)
-        bias = None if bias is None else bias.to(torch.float32)
-        layer._packed = torch.ops.quantized.linear_prepack(q, bias)
-        layer.reduce_range = not _has_vnni()
+            layer._pack(
+                torch._make_per_channel_quantized_tensor(qweight.to(torch.int8), scales.double(), zero, 0), bias
+            )
         return layer
+
+    def _pack(self, qweight: Tensor, bias: Tensor | None) -> None:
+        """fbgemm's packed form of a per-channel qint8 weight [N, K] (and the fp32 bias)."""
+        self.out_features, self.in_features = qweight.shape
+        bias = None if bias is None else bias.detach().to("cpu", torch.float32)
+        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        # without VNNI, fbgemm's u8 x s8 pairs can saturate int16: quantize activations to 7 bits there
+        self.reduce_range = not _has_vnni()
 
     def quantized(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """(int8 weight [N, K], fp32 per-channel scales [N], bias or None): what a checkpoint stores."""
@@ -133,7 +142,9 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel=int8-dynamic"
 
 
-def bytes_per_weight(quantize: str | None, dtype: torch.dtype = torch.float32, group_size: int = 128) -> float:
+def bytes_per_weight(
+    quantize: str | None, dtype: torch.dtype = torch.float32, group_size: int = DEFAULT_GROUP_SIZE
+) -> float:
     """Bytes one weight costs a decode step in each kernel (scales included): what the bench's cost
     model and roofline price. int4: half a byte plus an fp32 scale per `group_size` weights."""
     if quantize == "int4":
@@ -143,9 +154,3 @@ def bytes_per_weight(quantize: str | None, dtype: torch.dtype = torch.float32, g
     if quantize is None:
         return float(dtype.itemsize)
     raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
-
-
-def int8_weight_bytes(module: nn.Module) -> int:
-    """Bytes of int8 weights (plus per-channel scales) held by a model's Int8Linear modules."""
-    int8 = [m for m in module.modules() if isinstance(m, Int8Linear)]
-    return sum(m.in_features * m.out_features + 8 * m.out_features for m in int8)

@@ -129,13 +129,5 @@ def install_quantized(
     model._encore_optimized = {"device": "cpu", "dtype": "torch.float32", "quantize": kinds, "linear": "auto"}
 
 
-def quantized_bytes(model: nn.Module) -> int:
-    """Bytes the model's quantized kernels hold (packed weights, scales, biases)."""
-    total = 0
-    for module in quantized_modules(model).values():
-        total += sum(t.numel() * t.element_size() for t in module.quantized() if t is not None)
-    return total
-
-
 def json_text(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
