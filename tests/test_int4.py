@@ -19,45 +19,68 @@ from encore.model.kernels import Int8Linear
 pytestmark = pytest.mark.skipif(not int4.int4_available(), reason="no C compiler for the int4 kernel")
 
 
-def reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins=None) -> torch.Tensor:
     """The kernel's arithmetic in torch: activations rounded to int8 per row and group, integer dot
-    products per group, then both scales."""
+    products per group, then both scales (and the groups' minimums times the rounded activations' sums)."""
     n, k = qweight.shape[0], 2 * qweight.shape[1]
     group = k // scales.shape[1]
     xg = x.reshape(x.shape[0], k // group, group)
     sx = xg.abs().amax(-1, keepdim=True) / 127
     qx = torch.where(sx > 0, xg / sx, torch.zeros_like(xg)).round()
     packed = qweight.reshape(n, k // CHUNK, 1, CHUNK // 2)
-    q = torch.cat([packed & 0x0F, packed >> 4], dim=2).reshape(n, k // group, group).double() - 8
+    q = torch.cat([packed & 0x0F, packed >> 4], dim=2).reshape(n, k // group, group).double()
     dots = torch.einsum("mgk,ngk->mng", qx.double(), q)  # exact integers
-    return (dots * scales.double()[None] * sx.squeeze(-1).double()[:, None]).sum(-1).float()
+    low = -8 * scales if mins is None else mins
+    terms = dots * scales.double()[None] + qx.double().sum(-1)[:, None] * low.double()[None]  # fp16 -> exact
+    return (terms * sx.squeeze(-1).double()[:, None]).sum(-1).float()
 
 
 def test_quantize_rounds_each_weight_to_its_nearest_level():
     torch.manual_seed(0)
     w = torch.randn(48, 256)
-    qweight, scales = quantize_int4(w, 128)
+    qweight, scales, _ = quantize_int4(w, 128, symmetric=True)
     assert qweight.dtype == torch.uint8 and qweight.shape == (48, 128) and scales.shape == (48, 2)
-    step = scales.abs().repeat_interleave(128, dim=1)
+    assert scales.dtype == torch.float16  # as llama.cpp stores them
+    step = scales.float().abs().repeat_interleave(128, dim=1)
     error = (dequantize_int4(qweight, scales) - w).abs()
     inside = w.abs() <= 7 * step  # levels run -8..7 steps: the far side of the extreme may clip by < 1 step
     assert (error[inside] <= step[inside] / 2 + 1e-6).all() and (error <= step + 1e-6).all()
     # the largest magnitude of each group is exactly -8 levels (Q4_0's choice: the full range)
     extreme = w.view(48, 2, 128).gather(2, w.view(48, 2, 128).abs().argmax(2, keepdim=True)).squeeze(-1)
-    assert torch.allclose(extreme, -8 * scales)
-    zero_rows = quantize_int4(torch.zeros(4, 64), 64)  # an all-zero group: scale 0, no NaN
+    assert torch.allclose(extreme, -8 * scales.float(), rtol=1e-3)  # the fp16 scale's rounding
+    zero_rows = quantize_int4(torch.zeros(4, 64), 64, symmetric=True)  # an all-zero group: scale 0, no NaN
     assert (dequantize_int4(*zero_rows) == 0).all()
 
 
-@pytest.mark.parametrize("rows,k,group", [(1, 1024, 128), (3, 512, 256), (5, 320, 64), (2, 192, 64)])
-def test_kernel_equals_its_arithmetic_and_tracks_the_float_product(rows, k, group):
+def test_asymmetric_levels_span_each_group():
+    """symmetric=False: each group's minimum and maximum are levels 0 and 15 (Q4_1's choice); a weight
+    already on such a grid (a Q4_1 file's, dequantized) comes back exactly."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 128)
+    qweight, scales, mins = quantize_int4(w, 32, symmetric=False)
+    assert scales.shape == mins.shape == (8, 4)
+    back = dequantize_int4(qweight, scales, mins)
+    assert (back - w).abs().max() <= scales.float().max() * 0.51  # half a level (the fp16 rounding of scale, min)
+    torch.testing.assert_close(back.view(8, 4, 32).amin(-1), w.view(8, 4, 32).amin(-1), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(back.view(8, 4, 32).amax(-1), w.view(8, 4, 32).amax(-1), rtol=1e-3, atol=1e-3)
+    again = dequantize_int4(*quantize_int4(back, 32, symmetric=False))
+    torch.testing.assert_close(again, back, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "rows,k,group,symmetric",
+    [(1, 1024, 128, True), (3, 512, 256, True), (5, 320, 64, True), (2, 192, 64, True), (1, 576, 32, True),
+     (3, 576, 32, False), (2, 512, 128, False)],
+)  # fmt: skip
+def test_kernel_equals_its_arithmetic_and_tracks_the_float_product(rows, k, group, symmetric):
     torch.manual_seed(rows)
     w, x, bias = torch.randn(37, k) * 0.05, torch.randn(rows, k), torch.randn(37)
-    layer = Int4Linear(w, bias, group_size=group)
+    layer = Int4Linear(w, bias, group_size=group, symmetric=symmetric)
+    assert layer.symmetric == symmetric
     y = layer(x)
-    expected = reference(x, layer.qweight, layer.scales) + bias
+    expected = reference(x, layer.qweight, layer.scales, layer.mins) + bias
     assert torch.allclose(y, expected, rtol=1e-4, atol=1e-4)  # N=37: the 4-row tiles and the tail
-    exact = x @ dequantize_int4(layer.qweight, layer.scales).T + bias
+    exact = x @ dequantize_int4(layer.qweight, layer.scales, layer.mins).T + bias
     assert (y - exact).norm() / exact.norm() < 0.02  # only the activations' int8 rounding
     assert layer(x.view(rows, 1, k)).shape == (rows, 1, 37)
 
@@ -68,18 +91,19 @@ def test_plain_c_path_equals_the_vnni_path():
     plain = int4.open_kernel(path)
     assert not plain.encore_int4_has_vnni()
     torch.manual_seed(1)
-    layer = Int4Linear(torch.randn(21, 256), group_size=128)
-    x = torch.randn(3, 256)
-    got = int4.int4_linear(plain, x, layer.qweight, layer.scales, None)
-    assert torch.allclose(got, reference(x, layer.qweight, layer.scales), rtol=1e-4, atol=1e-4)
-    assert torch.allclose(got, layer(x), rtol=1e-4, atol=1e-4)
+    for group, symmetric in ((128, True), (32, False)):
+        layer = Int4Linear(torch.randn(21, 256), group_size=group, symmetric=symmetric)
+        x = torch.randn(3, 256)
+        got = int4.int4_linear(plain, x, layer.qweight, layer.scales, None, layer.mins)
+        assert torch.allclose(got, reference(x, layer.qweight, layer.scales, layer.mins), rtol=1e-4, atol=1e-4)
+        assert torch.allclose(got, layer(x), rtol=1e-4, atol=1e-4)
 
 
 def test_bad_group_sizes_are_named():
     with pytest.raises(ValueError, match="do not divide into groups of 128"):
         quantize_int4(torch.randn(4, 192), 128)
     model = build(ModelConfig.preset("deconly-tiny"), seed=0)
-    with pytest.raises(ValueError, match="group_size must be a positive multiple of 64"):
+    with pytest.raises(ValueError, match="group_size must be 32 or a positive multiple of 64"):
         encore.optimize(model, quantize="int4", group_size=100)
     with pytest.raises(ValueError, match="policy: each value must be one of"):
         encore.optimize(model, quantize="int4", policy={"lm_head": "int2"})
@@ -92,12 +116,15 @@ def test_default_policy_and_overrides():
     model = encore.optimize(build(config, seed=0), quantize="int4")
     kinds = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, Int4Linear | Int8Linear)}
     assert all(k == "Int8Linear" for n, k in kinds.items() if n.startswith("encoder."))  # prefill-only: int8
+    assert kinds.pop("lm_head") == "Int8Linear"  # the head too (docs/engine.md)
     assert all(k == "Int4Linear" for n, k in kinds.items() if not n.startswith("encoder."))
-    assert "lm_head" in kinds and encore.infer.optimize.optimized(model)["group_size"] == 128
-    encore.optimize(model, quantize="int4", policy={"lm_head": "int8", "encoder.*": "int4"})
-    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.encoder[0].attn.qkv, Int4Linear)
+    settings = encore.infer.optimize.optimized(model)
+    assert settings["group_size"] == 32 and settings["symmetric"] is False  # llama.cpp's Q4_1 layout
+    assert model.decoder[0].mlp.up.group_size == 32 and not model.decoder[0].mlp.up.symmetric
+    encore.optimize(model, quantize="int4", policy={"lm_head": "int4", "encoder.*": "int4"})
+    assert isinstance(model.lm_head, Int4Linear) and isinstance(model.encoder[0].attn.qkv, Int4Linear)
     narrow = build(config.replace(d_model=192, n_heads=3, n_kv_heads=3), seed=0)  # 192: groups of 64
-    encore.optimize(narrow, quantize="int4", policy={"*": "int4"})
+    encore.optimize(narrow, quantize="int4", policy={"*": "int4"}, group_size=128)
     assert narrow.encoder[0].attn.qkv.group_size == 64
 
 
@@ -116,26 +143,40 @@ def test_engine_runs_int4_like_generate(preset):
         assert got[rid] == ref[0].tolist()[: len(got[rid])] and len(got[rid]) == 10
 
 
-@pytest.mark.parametrize("quantize", ["int8", "int4"])
+@pytest.mark.parametrize("quantize", ["int8", "int4", "int4-asym32"])
 def test_quantized_checkpoint_loads_ready_without_rounding_again(tmp_path, monkeypatch, quantize):
     model = build(ModelConfig.preset("encdec-tiny"), seed=0)
     model.save_pretrained(tmp_path / "fp32")
-    encore.optimize(model, quantize=quantize)
+    asym = quantize == "int4-asym32"
+    quantize = "int4" if asym else quantize
+    settings = {"group_size": 128, "symmetric": True} if quantize == "int4" and not asym else {}
+    encore.optimize(model, quantize=quantize, **settings)  # int4: symmetric groups of 128; asym32: the defaults
     ids = torch.randint(5, 300, (2, 9))
     before = model.generate(ids, max_new_tokens=12, do_sample=False)
     model.save_pretrained(tmp_path / "q")
     manifest = json.loads((tmp_path / "q" / "quantization.json").read_text())
-    assert manifest["format"] == "encore-quantized" and manifest["modules"]["lm_head"]["kind"] == quantize
+    up = "decoder.0.mlp.up"
+    assert manifest["format"] == "encore-quantized" and manifest["modules"][up]["kind"] == quantize
+    assert manifest["modules"]["lm_head"]["kind"] == "int8"  # int4's default policy keeps the head int8
     state = load_file(str(tmp_path / "q" / "model.safetensors"))
-    assert "lm_head.weight" not in state and state["lm_head.qweight"].dtype == (
-        torch.uint8 if quantize == "int4" else torch.int8
-    )
+    assert "lm_head.weight" not in state and state["lm_head.qweight"].dtype == torch.int8
+    assert state[f"{up}.qweight"].dtype == (torch.uint8 if quantize == "int4" else torch.int8)
     size = lambda d: (d / "model.safetensors").stat().st_size  # noqa: E731
     assert size(tmp_path / "q") < 0.7 * size(tmp_path / "fp32")
     monkeypatch.setattr(int4, "quantize_int4", lambda *a: pytest.fail("re-quantized at load"))
     loaded = load(tmp_path / "q")
     assert torch.equal(loaded.generate(ids, max_new_tokens=12, do_sample=False), before)
     assert type(loaded.lm_head) is type(model.lm_head)
+    if quantize == "int4":
+        symmetric = not asym
+        assert manifest["modules"][up] == {
+            "kind": "int4",
+            "group_size": 128 if symmetric else 32,
+            "symmetric": symmetric,
+        }
+        loaded_up, model_up = loaded.get_submodule(up), model.get_submodule(up)
+        assert torch.equal(loaded_up.scales, model_up.scales) and loaded_up.symmetric == symmetric
+        assert symmetric or torch.equal(loaded_up.mins, model_up.mins)
     with pytest.raises(ValueError, match="pass|deoptimize"):
         loaded.save_pretrained(tmp_path / "hf", format="hf")
     loaded.save_pretrained(tmp_path / "again")  # a loaded quantized model saves as it is
@@ -173,3 +214,8 @@ def test_cli_convert_quantize_then_generate(tmp_path):
     assert gen.returncode == 0, gen.stderr
     bad = run("convert", "--model", str(tmp_path / "fp32"), "--out", str(tmp_path / "x"), "--group-size", "64")
     assert bad.returncode != 0 and "--group-size: only with --quantize int4" in bad.stderr
+    fast = ("--quantize", "int4", "--group-size", "128", "--symmetric")
+    out = run("convert", "--model", str(tmp_path / "fp32"), "--out", str(tmp_path / "q4s"), *fast)
+    assert out.returncode == 0, out.stderr
+    modules = json.loads((tmp_path / "q4s" / "quantization.json").read_text())["modules"]
+    assert modules["decoder.0.mlp.up"] == {"kind": "int4", "group_size": 128, "symmetric": True}

@@ -77,23 +77,26 @@ def test_manifest_names_the_graphs_and_their_axes(exported):
 
 
 @pytest.mark.slow
-def test_int8_first_step_logits_stay_close(tmp_path):
+@pytest.mark.parametrize("quantize,bound", [("int8", 0.05), ("int4", 0.15)])
+def test_quantized_first_step_logits_stay_close(tmp_path, quantize, bound):
+    """int8: MatMulInteger everywhere; int4: MatMulNBits in the decoder step (4-bit weights), the head
+    MatMulInteger (int8, as encore.optimize's policy), the encoder int8."""
     model = make_model("encdec", max_seq_len=128)
     with torch.no_grad():  # weights of a trained model's scale
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.05)
-    export_onnx(model, tmp_path, quantize="int8")
-    graph = onnx.load(
-        tmp_path / json.loads((tmp_path / "encore_onnx.json").read_text())["graphs"]["decoder_step"]["file"]
-    )
-    assert "MatMulInteger" in {n.op_type for n in graph.graph.node}
+    export_onnx(model, tmp_path, quantize=quantize)
+    graphs = json.loads((tmp_path / "encore_onnx.json").read_text())["graphs"]
+    ops = {name: {n.op_type for n in onnx.load(tmp_path / g["file"]).graph.node} for name, g in graphs.items()}
+    assert "MatMulInteger" in ops["decoder_step"] and "MatMulInteger" in ops["encoder"]
+    assert ("MatMulNBits" in ops["decoder_step"]) == (quantize == "int4") and "MatMulNBits" not in ops["encoder"]
     ids = torch.randint(3, 512, (2, 9), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         reference, _ = model.prefill(ids, None, 4)
     logits, _ = OnnxGenerator(tmp_path)._prefill(ids.numpy(), np.ones_like(ids.numpy()), 4)
     error = np.linalg.norm(logits - reference.numpy()) / np.linalg.norm(reference.numpy())
-    assert error < 0.05, f"int8 first-step logits are {error:.3f} off fp32"
+    assert error < bound, f"{quantize} first-step logits are {error:.3f} off fp32"
 
 
 @pytest.mark.slow

@@ -79,12 +79,25 @@ def test_int8_numerics_and_swaps(arch):
     assert "kernel=int8-dynamic" in repr(model)
     with torch.inference_mode(), SeenOps() as seen:
         quantized = model(*args)
-    assert "quantized.linear_dynamic" in seen.ops
-    # first-step logits close to fp32: relative error of a few percent, the same top token almost everywhere
+    assert "quantized.linear_with_input_q_dq_qweight_dq_output_fp32" in seen.ops  # several rows: a scale per row
+    # first-step logits close to fp32: relative error of a few percent
     error = (quantized - reference).norm() / reference.norm()
     assert error < 0.05, f"int8 logits are {error:.3f} off fp32"
-    agree = (quantized.argmax(-1) == reference.argmax(-1)).float().mean()
-    assert agree > 0.9
+    # (top-token agreement over 14 positions of a random model turns on near-ties; the real model's
+    # agreement and perplexity are measured in docs/engine.md)
+    layer = int8[0]
+    with torch.inference_mode(), SeenOps() as seen:
+        layer(torch.randn(1, layer.in_features))  # one row (decoding): fbgemm's dynamic linear
+    assert "quantized.linear_dynamic" in seen.ops
+    x = torch.randn(4, layer.in_features)
+    x[0] *= 1000  # a token with massive activations
+    with torch.inference_mode():
+        together = layer(x)
+        pairs = torch.cat([layer(x[i : i + 2]) for i in (0, 2)])
+    torch.testing.assert_close(together, pairs, rtol=0, atol=0)  # a row's result does not depend on the others
+    exact = x @ model.embed.weight.T if layer is model.lm_head else None
+    if exact is not None:  # the other rows keep their own precision
+        assert ((together[1:] - exact[1:]).norm() / exact[1:].norm()) < 0.05
     encore.deoptimize(model)
     with torch.inference_mode():
         torch.testing.assert_close(model(*args), reference)

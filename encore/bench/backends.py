@@ -23,7 +23,7 @@ from encore.bench.machine import roofline_kernel
 from encore.config import ModelConfig
 from encore.convert import load, resolve_model
 from encore.infer.engine import Engine
-from encore.infer.optimize import optimize
+from encore.infer.optimize import DEFAULT_INT4_POLICY, optimize
 from encore.model.io import build, spec_label
 from encore.model.kernels import bytes_per_weight
 
@@ -89,6 +89,17 @@ def quantized_label(label: str, quantize: str | None) -> str:
     return f"{label} {quantize}" if quantize else label
 
 
+def decode_bytes_per_weight(config: ModelConfig, quantize: str | None, dtype: torch.dtype) -> float:
+    """Bytes per weight a decode step reads, averaged over the decoder and the output head: int4's
+    default policy keeps the head int8 (`infer.optimize.DEFAULT_INT4_POLICY`)."""
+    layers = bytes_per_weight(quantize, dtype)
+    if quantize != "int4":
+        return layers
+    head_kind = DEFAULT_INT4_POLICY.get("lm_head", "int4")
+    decoder, head = config.param_counts()["decoder"], config.vocab_size * config.d_model
+    return (decoder * layers + head * bytes_per_weight(head_kind, dtype)) / (decoder + head)
+
+
 class EncoreBackend:
     """encore: a preset / config with random weights (seeded) or a checkpoint, made ready with
     `encore.optimize` (int8 when the spec says so), timed through `encore.Engine`."""
@@ -103,7 +114,7 @@ class EncoreBackend:
         self.name = "encore" + (f"-{spec.quantize}" if spec.quantize else "")
         self.arch = self.cost_config.arch
         self.kernel = roofline_kernel(self.device, self.dtype, spec.quantize, self.linear)
-        self.weight_bytes = bytes_per_weight(spec.quantize, self.dtype)
+        self.weight_bytes = decode_bytes_per_weight(self.cost_config, spec.quantize, self.dtype)
         self._engine: tuple[tuple[int, int, int], Engine] | None = None
 
     def build(self) -> Any:
@@ -161,7 +172,7 @@ class OnnxBackend:
         self.label = f"onnx {spec.quantize or 'fp32'} ({label})"
         self.name = "onnxruntime" + (f"-{spec.quantize}" if spec.quantize else "")
         self.kernel = roofline_kernel("cpu", torch.float32, spec.quantize)
-        self.weight_bytes = 1 if spec.quantize else 4
+        self.weight_bytes = decode_bytes_per_weight(self.cost_config, spec.quantize, torch.float32)
         if spec.device != "cpu" or spec.dtype != "float32":
             raise ValueError("the ONNX backend exports a float32 model and runs it on the CPU provider")
 

@@ -13,7 +13,14 @@ from torch import Tensor, nn
 
 from encore.bench.costmodel import Machine, dtype_bytes
 from encore.model.int4 import Int4Linear
-from encore.model.kernels import DEFAULT_GROUP_SIZE, Int8Linear, OneDNNLinear, bytes_per_weight, onednn_available
+from encore.model.kernels import (
+    DEFAULT_GROUP_SIZE,
+    DEFAULT_SYMMETRIC,
+    Int8Linear,
+    OneDNNLinear,
+    bytes_per_weight,
+    onednn_available,
+)
 
 
 def _median_call(fn, budget_s: float, sync) -> float:
@@ -98,7 +105,8 @@ def _probe_bandwidth(dev: torch.device, dtype: torch.dtype, budget_s: float, syn
     if kernel == "int4":  # packed weights made directly: quantizing 256 MiB of int4 from fp32 takes seconds
         rows = (1 << 28) * 2 // 4096
         scales = torch.full((rows, 4096 // DEFAULT_GROUP_SIZE), 0.01)
-        project = Int4Linear.from_quantized(torch.full((rows, 2048), 0x9A, dtype=torch.uint8), scales)
+        mins = None if DEFAULT_SYMMETRIC else torch.zeros_like(scales)  # the layout optimize gives
+        project = Int4Linear.from_quantized(torch.full((rows, 2048), 0x9A, dtype=torch.uint8), scales, None, mins)
         x = torch.full((1, 4096), 0.5)
         return rows * 4096 * bytes_per_weight("int4") / _median_call(lambda: project(x), budget_s, sync)
     weight_bytes = 1 if kernel == "int8" else dtype_bytes(dtype)

@@ -181,7 +181,7 @@ def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:
     models = [cfg.model] + ([cfg.baseline] if cfg.baseline else [])
     specs = [spec("encore", m, max_len, q) for q in cfg.quantize for m in models]
     if cfg.onnx:
-        specs += [spec("onnx", m, full_len, q) for q in cfg.quantize if q != "int4" for m in models]
+        specs += [spec("onnx", m, full_len, q) for q in cfg.quantize for m in models]
     if cfg.vs_hf:
         specs += [spec("hf", m, full_len, None) for m in models]
     if cfg.vs_ct2:

@@ -34,7 +34,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="write a quantized encore checkpoint (CPU kernels; encore.optimize's default policy): packed weights "
         "and scales, loaded without re-quantizing",
     )
-    p.add_argument("--group-size", type=int, default=None, help="int4: inputs per scale (default 128)")
+    p.add_argument("--group-size", type=int, default=None, help="int4: inputs per scale, 32 or a multiple of 64 (32)")
+    p.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="int4: Q4_0's levels, no minimum per group (faster, coarser; docs/engine.md) instead of Q4_1's",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,14 +54,16 @@ def run(args: argparse.Namespace) -> int:
     quantize = None if args.quantize == "none" else args.quantize
     if quantize and (args.to != "encore" or args.dtype != "fp32"):
         raise ValueError(f"--quantize {quantize}: writes an encore checkpoint (--to encore, --dtype fp32)")
-    if args.group_size is not None and quantize != "int4":
-        raise ValueError("--group-size: only with --quantize int4")
+    for flag, given in (("--group-size", args.group_size is not None), ("--symmetric", args.symmetric)):
+        if given and quantize != "int4":
+            raise ValueError(f"{flag}: only with --quantize int4")
     model = load(checkpoint)
     if quantize:
         from encore.infer.optimize import optimize
-        from encore.model.int4 import DEFAULT_GROUP_SIZE
+        from encore.model.kernels import DEFAULT_GROUP_SIZE, DEFAULT_SYMMETRIC
 
-        optimize(model, "cpu", quantize=quantize, group_size=args.group_size or DEFAULT_GROUP_SIZE)
+        group_size = args.group_size or DEFAULT_GROUP_SIZE
+        optimize(model, "cpu", quantize=quantize, group_size=group_size, symmetric=args.symmetric or DEFAULT_SYMMETRIC)
         model.save_pretrained(out)
     else:
         model.save_pretrained(out, format=args.to, dtype=DTYPES[args.dtype])

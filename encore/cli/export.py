@@ -14,9 +14,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory: graphs, tokenizer.json, encore_onnx.json")
     p.add_argument(
         "--quantize",
-        choices=["none", "int8", "qdq-int8"],
+        choices=["none", "int8", "int4", "qdq-int8"],
         default="none",
-        help="int8: dynamic int8 MatMuls (CPUs); qdq-int8: static QuantizeLinear/DequantizeLinear with ranges "
+        help="int8: dynamic int8 MatMuls (CPUs); int4: MatMulNBits 4-bit decoding layers, encoder and head int8 "
+        "(CPUs); qdq-int8: static QuantizeLinear/DequantizeLinear with ranges "
         "from --calibration (NPU execution providers) (default: %(default)s)",
     )
     p.add_argument("--static", action="store_true", help="fix batch and lengths (what NPU compilers need)")

@@ -187,7 +187,8 @@ def export_onnx(
 ) -> Manifest:
     """Write `model`'s graphs, its tokenizer and `encore_onnx.json` to `directory`.
 
-    `quantize`: None (fp32), "int8" (dynamic: int8 weights, activations quantized per call; for CPUs) or
+    `quantize`: None (fp32), "int8" (dynamic: int8 weights, activations quantized per call; for CPUs),
+    "int4" (onnxruntime's MatMulNBits for the decoding layers, Q4_1's levels; encoder and head int8) or
     "qdq-int8" (static QuantizeLinear / DequantizeLinear pairs with activation ranges from
     `calibration`, a list of input id sequences: the form NPU execution providers take). `static`:
     {"batch_size", "max_input_len", "max_new_tokens"} fixes every shape (what NPU compilers need);
@@ -202,8 +203,8 @@ def export_onnx(
         )
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError("export a float32 CPU model (model.float().cpu()); int8 comes from quantize='int8'")
-    if quantize not in (None, "int8", "qdq-int8"):
-        raise ValueError(f"quantize must be None, 'int8' or 'qdq-int8', got {quantize!r}")
+    if quantize not in (None, "int8", "int4", "qdq-int8"):
+        raise ValueError(f"quantize must be None, 'int8', 'int4' or 'qdq-int8', got {quantize!r}")
     if quantize == "qdq-int8" and not calibration:
         raise ValueError("qdq-int8 needs calibration inputs (encore export --calibration TASK_OR_FILE)")
     config = model.config

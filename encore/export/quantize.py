@@ -1,4 +1,4 @@
-"""int8 for exported graphs, with onnxruntime's quantization tools.
+"""int8 / int4 for exported graphs, with onnxruntime's quantization tools.
 
 - "int8": dynamic quantization of the weights' MatMul / Gemm (MatMulInteger with activations quantized
   per call): what CPUs run fastest, no calibration.
@@ -6,6 +6,10 @@
   activation, ranges from calibration inputs): the form NPU execution providers (QNN, OpenVINO NPU)
   compile into integer kernels. The calibration inputs are what the torch model itself feeds each
   graph on the calibration prompts.
+- "int4": what `encore.optimize(quantize="int4")` runs, as onnxruntime's `MatMulNBits` (4-bit weights
+  in asymmetric blocks of 32 with fp scales and zero points, llama.cpp's Q4_1 levels; accuracy level 4:
+  int8 activations, its fastest CPU path) for the decoding layers, and the same policy: the encoder's
+  graph and the output head stay dynamic int8.
 
 Only products with a constant weight are quantized (`MatMulConstBOnly`): attention's q @ k and
 weights @ v stay in float.
@@ -39,10 +43,16 @@ def quantize_graphs(
     feeds = calibration_feeds(model, calibration, static) if mode == "qdq-int8" else {}
     for name, graph in graphs.items():
         source = directory / graph["file"]
-        target = source.with_name(source.stem + ".int8.onnx")
+        target = source.with_name(source.stem + f".{'int4' if mode == 'int4' else 'int8'}.onnx")
         large = (directory / (graph["file"] + ".data")).exists()
         common = dict(op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, use_external_data_format=large)
-        if mode == "int8":
+        if mode == "int4" and name != "encoder":  # decoding's layers int4, then the rest (the head) int8
+            int4 = source.with_name(source.stem + ".q4.onnx")
+            _matmul_nbits(source, int4, model.config.vocab_size, large)
+            quantize_dynamic(int4, target, weight_type=QuantType.QInt8, extra_options=options, **common)
+            for f in directory.glob(int4.name + "*"):
+                f.unlink()
+        elif mode in ("int8", "int4"):
             quantize_dynamic(source, target, weight_type=QuantType.QInt8, extra_options=options, **common)
         else:
             quantize_static(
@@ -58,6 +68,26 @@ def quantize_graphs(
         for f in directory.glob(graph["file"] + "*"):
             f.unlink()
         graph["file"] = target.name
+
+
+INT4_BLOCK = 32  # inputs per MatMulNBits block: llama.cpp's Q4_1 groups, as encore.optimize's default
+
+
+def _matmul_nbits(source: Path, target: Path, vocab_size: int, large: bool) -> None:
+    """Every MatMul with a constant weight -> MatMulNBits (4 bits, asymmetric blocks of INT4_BLOCK,
+    accuracy level 4), except the output head (the weight with `vocab_size` outputs: int8, as the
+    PyTorch policy keeps it)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    graph = onnx.load(str(source))
+    shapes = {t.name: list(t.dims) for t in graph.graph.initializer}
+    head = [n.name for n in graph.graph.node if n.op_type == "MatMul" and vocab_size in shapes.get(n.input[1], [])]
+    quantizer = MatMulNBitsQuantizer(
+        graph, block_size=INT4_BLOCK, is_symmetric=False, accuracy_level=4, nodes_to_exclude=head
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
 
 
 class _Reader:

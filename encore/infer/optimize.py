@@ -20,8 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from encore.model.int4 import CHUNK, DEFAULT_GROUP_SIZE, Int4Linear, int4_available, int4_divides
-from encore.model.kernels import Int8Linear, OneDNNLinear, int8_available, onednn_available
+from encore.model.fused import fuse, fused_available
+from encore.model.int4 import (
+    CHUNK,
+    DEFAULT_GROUP_SIZE,
+    Int4Linear,
+    int4_available,
+    int4_divides,
+    valid_group_size,
+)
+from encore.model.kernels import DEFAULT_SYMMETRIC, Int8Linear, OneDNNLinear, int8_available, onednn_available
 from encore.model.layers import Linear
 from encore.model.vlm import VisionLanguageModel
 
@@ -29,8 +37,9 @@ QUANTIZE = (None, "int8", "int4")
 CPU_LINEAR = ("auto", "onednn", "aten")
 KINDS = ("int4", "int8", "none")  # what a policy may give a module
 # quantize="int4" unless a policy says otherwise: the encoder (prefill only: int8's fbgemm GEMM is 2-4x the
-# int4 kernel at 512 rows) stays int8; decoding's layers and head go int4 (docs/engine.md)
-DEFAULT_INT4_POLICY = {"encoder.*": "int8"}
+# int4 kernel at 512 rows) and the output head (4 bits there cost SmolLM2 4% of perplexity; llama.cpp
+# keeps its output at 6 bits) stay int8; decoding's layers go int4 (docs/engine.md)
+DEFAULT_INT4_POLICY = {"encoder.*": "int8", "lm_head": "int8"}
 
 
 def optimize(
@@ -41,6 +50,8 @@ def optimize(
     linear: str = "auto",
     group_size: int = DEFAULT_GROUP_SIZE,
     policy: dict[str, str] | None = None,
+    fused: bool = True,
+    symmetric: bool = DEFAULT_SYMMETRIC,
 ) -> Any:
     """Move `model` to `device` / `dtype` (default: its device; fp32 on CPU, bf16 on CUDA), put it in
     eval mode without gradients, and swap its projections for the fastest inference kernels there:
@@ -49,12 +60,17 @@ def optimize(
       keeps F.linear, i.e. torch's BLAS);
     - CPU, `quantize="int8"`: `Int8Linear` (fbgemm VNNI): int8 per-channel weights, activations
       quantized per call; the output head too (the embedding lookup stays fp32);
-    - CPU, `quantize="int4"`: `Int4Linear`: int4 weights in groups of `group_size` inputs, int8
-      activations per call; by `DEFAULT_INT4_POLICY` the encoder stays int8; a projection whose inputs
-      do not divide into groups of `group_size` takes groups of 64, or int8 where 64 does not divide;
+    - CPU, `quantize="int4"`: `Int4Linear`: int4 weights in groups of `group_size` inputs (32, or a
+      multiple of 64), each with an fp16 scale and, unless `symmetric`, an fp16 minimum (the defaults:
+      llama.cpp's Q4_1, which reproduces a Q4_1 GGUF's weights exactly; `symmetric=True` is Q4_0's
+      levels); int8 activations per call, row and group; by `DEFAULT_INT4_POLICY` the encoder and the
+      output head stay int8; a projection whose inputs do not divide into groups of `group_size` takes
+      groups of 64, or int8 where 64 does not divide;
     - `policy`: {module-name pattern: "int4" | "int8" | "none"} (fnmatch, first match wins, over
       `DEFAULT_INT4_POLICY`), e.g. {"lm_head": "int8"} or {"decoder.*.mlp.*": "int4", "*": "int8"};
-    - CUDA: bf16 weights, F.linear (cuBLAS); int8 is a CPU path and is refused here.
+    - CUDA: bf16 weights, F.linear (cuBLAS); int8 is a CPU path and is refused here;
+    - CPU fp32, `fused=True` (and a C compiler): RMSNorms and the decode step's one-query attention
+      through encore's fused C kernels (`encore.model.fused`).
 
     Returns the model (changed in place). Calling it again first undoes the previous swaps."""
     if quantize not in QUANTIZE:
@@ -67,7 +83,7 @@ def optimize(
     if linear not in CPU_LINEAR:
         raise ValueError(f"linear must be one of {CPU_LINEAR}, got {linear!r}")
     if isinstance(model, VisionLanguageModel):  # the text model gets the kernels; the tower follows its device/dtype
-        optimize(model.lm, device, dtype, quantize, linear, group_size, policy)
+        optimize(model.lm, device, dtype, quantize, linear, group_size, policy, fused, symmetric)
         weight = model.lm.embed.weight
         model.vision.to(device=weight.device, dtype=weight.dtype).eval().requires_grad_(False)
         return model
@@ -93,7 +109,7 @@ def optimize(
             group = next((g for g in (group_size, CHUNK) if int4_divides(weight.shape[1], g)), None)
             kind = "int8" if group is None else kind  # inputs that do not divide into groups of 64: int8
         if kind == "int4":
-            setattr(parent, name, Int4Linear(weight, bias, group))
+            setattr(parent, name, Int4Linear(weight, bias, group, symmetric))
         elif kind == "int8":
             setattr(parent, name, Int8Linear(weight, bias))
         elif plain is not None:
@@ -101,13 +117,21 @@ def optimize(
         else:
             continue
         swaps.append((parent, name, child))
+    fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available()
+    if fused:
+        swaps += fuse(model)
     model._encore_swaps = swaps
     model._encore_optimized = {
         "device": str(device),
         "dtype": str(dtype),
         "quantize": quantize,
         "linear": linear,
-        **({"group_size": group_size, "policy": dict(policy or {})} if quantize == "int4" else {}),
+        "fused": fused,
+        **(
+            {"group_size": group_size, "symmetric": symmetric, "policy": dict(policy or {})}
+            if quantize == "int4"
+            else {}
+        ),  # noqa: E501
     }
     return model
 
@@ -121,8 +145,8 @@ def _check_quantize(quantize: str, device: torch.device, dtype: torch.dtype, gro
     if not int8_available():  # int4's policy falls back to int8 where groups do not divide
         raise ValueError(f"quantize={quantize!r} needs a torch with the x86 / fbgemm quantized engine (x86-64 builds)")
     if quantize == "int4":
-        if group_size <= 0 or group_size % CHUNK:
-            raise ValueError(f"group_size must be a positive multiple of {CHUNK}, got {group_size}")
+        if not valid_group_size(group_size):
+            raise ValueError(f"group_size must be 32 or a positive multiple of {CHUNK}, got {group_size}")
         if not int4_available():
             raise ValueError("quantize='int4' needs a C compiler (cc / gcc, or $CC) on Linux to build its kernel")
 

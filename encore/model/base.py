@@ -213,7 +213,7 @@ class LanguageModel(nn.Module):
             )
         if config_changes:
             config = config.replace(**config_changes)
-        from encore.model.quantized import install_quantized, read_manifest, strip_quantized
+        from encore.model.quantized import fuse_loaded, install_quantized, read_manifest, strip_quantized
 
         manifest = read_manifest(directory)
         if manifest is not None and (torch.device(device).type != "cpu" or dtype not in (None, torch.float32)):
@@ -247,6 +247,8 @@ class LanguageModel(nn.Module):
                     f"{tuple(expected[name].shape)}"
                 )
         model.load_state_dict(state, strict=manifest is None)  # kernels hold their own tensors
+        if manifest:
+            fuse_loaded(model)
         if dtype is not None:
             model.to(dtype)
         if (directory / "tokenizer.json").exists():

@@ -187,6 +187,13 @@ def attend(
     return out.transpose(1, 2).flatten(2)
 
 
+class Attend(nn.Module):
+    """The attention product of an attention module (`attend`), a module of its own so that
+    `encore.optimize` can swap in a fused kernel for decoding (`encore.model.fused.FusedAttend`)."""
+
+    forward = staticmethod(attend)
+
+
 def _attend_capped(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float | None, softcap: SoftCap
 ) -> Tensor:
@@ -237,6 +244,7 @@ class SelfAttention(nn.Module):
         self.out = Linear(self.n_heads * self.head_dim, config.d_model)
         self.scale = config.attn_scale
         self.softcap = None if config.attn_softcap is None else SoftCap(config.attn_softcap)
+        self.attend = Attend()
         self.dropout = config.dropout
 
     def project(self, x: Tensor, rope: Rope, cache=None, layer: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -254,7 +262,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, causal: bool, cache=None, layer: int = 0) -> Tensor:
         q, k, v = self.project(x, rope, cache, layer)
         dropout = self.dropout if self.training else 0.0
-        return self.out(attend(q, k, v, mask, causal, dropout, self.scale, self.softcap))
+        return self.out(self.attend(q, k, v, mask, causal, dropout, self.scale, self.softcap))
 
 
 class MergedAttention(SelfAttention):
@@ -296,7 +304,7 @@ class MergedAttention(SelfAttention):
         merged = _merged_mask(mask, causal, x.shape[1], k.shape[2], cross_mask, cross_k.shape[2], x.device)
         k, v = torch.cat([k, cross_k], dim=2), torch.cat([v, cross_v], dim=2)  # [B, K, T_self + S, Dh]
         dropout = self.dropout if self.training else 0.0
-        return self.out(attend(q, k, v, merged, False, dropout, self.scale, self.softcap))
+        return self.out(self.attend(q, k, v, merged, False, dropout, self.scale, self.softcap))
 
 
 def _merged_mask(
@@ -329,6 +337,7 @@ class CrossAttention(nn.Module):
         self.out = Linear(self.n_heads * self.head_dim, config.d_model)
         self.scale = config.attn_scale
         self.softcap = None if config.attn_softcap is None else SoftCap(config.attn_softcap)
+        self.attend = Attend()
         self.dropout = config.dropout
 
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
@@ -341,7 +350,7 @@ class CrossAttention(nn.Module):
         B, T, _ = x.shape
         q = self.q_norm(self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2))
         dropout = self.dropout if self.training else 0.0
-        return self.out(attend(q, k, v, mask, False, dropout, self.scale, self.softcap))
+        return self.out(self.attend(q, k, v, mask, False, dropout, self.scale, self.softcap))
 
 
 _GELU_C = math.sqrt(8 / math.pi)  # tanh(z) = 2 sigmoid(2z) - 1, so GELU-tanh = x sigmoid(C (x + 0.044715 x^3))

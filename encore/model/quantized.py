@@ -4,14 +4,16 @@
 config.json, `quantization.json`:
 
     {"format": "encore-quantized", "version": 1,
-     "modules": {"decoder.0.attn.qkv": {"kind": "int4", "group_size": 128}, "lm_head": {"kind": "int8"}, ...}}
+     "modules": {"decoder.0.attn.qkv": {"kind": "int4", "group_size": 128, "symmetric": true},
+                 "lm_head": {"kind": "int8"}, ...}}
 
 and model.safetensors holds each quantized module's tensors under its name: `NAME.qweight` (int4: uint8
-[N, K/2], two weights a byte; int8: int8 [N, K]), `NAME.scales` (fp32; int4 [N, K/group], int8 [N]) and
-`NAME.bias` where it has one. Everything else (embeddings, norms) is stored as in a plain checkpoint.
-`encore.load(dir)` builds the kernels from those tensors directly: the model is ready to run, no
-rounding again, and an fp32 copy of the quantized weights never exists (so `deoptimize` has nothing to
-restore: such a model stays quantized).
+[N, K/2], two weights a byte; int8: int8 [N, K]), `NAME.scales` (int4: fp16 [N, K/group]; int8: fp32 [N]),
+`NAME.mins` (asymmetric int4: fp16 [N, K/group]) and `NAME.bias` where it has one (an entry without
+"symmetric" reads as symmetric: checkpoints written before asymmetric int4 existed). Everything else
+(embeddings, norms) is stored as in a plain checkpoint. `encore.load(dir)` builds the kernels from those
+tensors directly: the model is ready to run, no rounding again, and an fp32 copy of the quantized
+weights never exists (so `deoptimize` has nothing to restore: such a model stays quantized).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from encore.model.fused import fuse, fused_available
 from encore.model.int4 import Int4Linear
 from encore.model.kernels import Int8Linear
 
@@ -49,9 +52,11 @@ def quantized_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]
         state[f"{name}.qweight"], state[f"{name}.scales"] = qweight, scales
         if bias is not None:
             state[f"{name}.bias"] = bias
-        entry = (
-            {"kind": "int4", "group_size": module.group_size} if isinstance(module, Int4Linear) else {"kind": "int8"}
-        )
+        entry: dict[str, Any] = {"kind": "int8"}
+        if isinstance(module, Int4Linear):
+            entry = {"kind": "int4", "group_size": module.group_size, "symmetric": module.symmetric}
+            if not module.symmetric:
+                state[f"{name}.mins"] = module.mins
         manifest["modules"][name] = entry
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}, manifest
 
@@ -113,13 +118,16 @@ def install_quantized(
         except KeyError as e:
             raise ValueError(f"{where}: quantized module {name} has no tensor {e.args[0]}") from None
         bias = state.pop(f"{name}.bias", None)
+        mins = None if entry.get("symmetric", True) else state.pop(f"{name}.mins", None)
+        if entry["kind"] == "int4" and not entry.get("symmetric", True) and mins is None:
+            raise ValueError(f"{where}: asymmetric int4 module {name} has no tensor {name}.mins")
         got = (qweight.shape[0], qweight.shape[1] * (2 if entry["kind"] == "int4" else 1))
         if got != shapes[name]:
             raise ValueError(
                 f"{where}: {name}.qweight holds a {list(got)} projection, the config implies {list(shapes[name])}"
             )
         if entry["kind"] == "int4":
-            module: nn.Module = Int4Linear.from_quantized(qweight, scales, bias)
+            module: nn.Module = Int4Linear.from_quantized(qweight, scales, bias, mins)
         else:
             module = Int8Linear.from_quantized(qweight, scales, bias)
         parent, _, child = name.rpartition(".")
@@ -127,6 +135,14 @@ def install_quantized(
     kinds = "+".join(sorted({e["kind"] for e in manifest["modules"].values()}))
     model._encore_swaps = []  # nothing to restore: the fp32 weights are not in the checkpoint
     model._encore_optimized = {"device": "cpu", "dtype": "torch.float32", "quantize": kinds, "linear": "auto"}
+
+
+def fuse_loaded(model: nn.Module) -> None:
+    """After a quantized checkpoint's weights are in: its norms and attention through the fused
+    kernels too, as `encore.optimize` would have left them (and `deoptimize` can undo)."""
+    if fused_available():
+        model._encore_swaps = fuse(model)
+    model._encore_optimized["fused"] = fused_available()
 
 
 def json_text(manifest: dict[str, Any]) -> str:

@@ -1,10 +1,12 @@
 /* int4 weight-only matrix products for CPU inference: y = x @ W.T (+ bias), W in 4-bit groups.
  *
  * Weights: per output row n, K/64 chunks of 32 bytes; byte i of chunk c holds q[64c + i] in its low
- * nibble and q[64c + 32 + i] in its high one (q in 0..15, w ~= (q - 8) * scale[n, k / group]). One
- * fp32 scale per `group` inputs (a multiple of 64). Activations are quantized per row and per group to
- * int8 (symmetric, round to nearest) for the call, so the products are u8 x s8 dot products in int32
- * (AVX-512 VNNI `vpdpbusd`), then scaled in fp32. The `- 8` is folded in per group as -8 * sum(xq).
+ * nibble and q[64c + 32 + i] in its high one (q in 0..15). Per `group` inputs (32, or a multiple of
+ * 64) an fp16 scale and offset (fp16: as llama.cpp stores them; 4 bytes a group of 32 instead of 8): w ~= q * scale[n, g] + min[n, g], where a symmetric weight (`mins`
+ * NULL, llama.cpp's Q4_0 levels) has min = -8 * scale, an asymmetric one (Q4_1's) its own min.
+ * Activations are quantized per row and per group to int8 (symmetric, round to nearest) for the call,
+ * so the products are u8 x s8 dot products in int32 (AVX-512 VNNI `vpdpbusd`), then scaled in fp32:
+ * y = sum_g sx[g] * scale[g] * dot_g + sum_g min[g] * sx[g] * sum(xq)_g.
  *
  * Built at first use by encore/model/int4.py (cc -O3 -march=native -fopenmp) and called through
  * ctypes; the OpenMP runtime is the one torch already loaded (same soname), so the threads are
@@ -14,9 +16,34 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __AVX512VNNI__
+#if defined(__AVX512VNNI__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
+
+typedef uint16_t half; /* IEEE fp16 bits */
+
+/* fp16 -> fp32 without F16C (the plain path; the vector path converts with vcvtph2ps). */
+static inline float h2f(half h) {
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1F, m = h & 0x3FF;
+    float f;
+    if (e == 0) {
+        f = ldexpf((float)m, -24); /* zero, subnormal */
+    } else if (e == 31) {
+        f = m ? NAN : INFINITY;
+    } else {
+        uint32_t bits = ((e + 112) << 23) | (m << 13);
+        memcpy(&f, &bits, 4);
+    }
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    bits |= sign;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
 
 int encore_int4_has_vnni(void) {
 #ifdef __AVX512VNNI__
@@ -26,9 +53,10 @@ int encore_int4_has_vnni(void) {
 #endif
 }
 
-/* Per row m and group j: qx = round(x / s), s = absmax / 127; corr[m, j] = -8 * sum(qx). */
+/* Per row m and group j: qx = round(x / s), s = absmax / 127; u[m, j] = s * sum(qx), what the group's
+ * weight offsets (min) multiply. */
 static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t group, int8_t *qx, float *sx,
-                          int32_t *corr) {
+                          float *u) {
     const int64_t G = K / group;
 #pragma omp parallel for schedule(static) if (M > 8)
     for (int64_t m = 0; m < M; m++) {
@@ -61,9 +89,25 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t group, i
             }
 #endif
             sx[m * G + j] = amax / 127.f;
-            corr[m * G + j] = -8 * sum;
+            u[m * G + j] = amax / 127.f * (float)sum;
         }
     }
+}
+
+/* sum_g min[n, g] * u[m, g]: the weight offsets' share of y[m, n] (min = -8 * scale when symmetric). */
+static inline float offsets(const half *sw, const half *mw, const float *u, int64_t n, int64_t m, int64_t G) {
+    const half *o = (mw ? mw : sw) + n * G;
+    const float *um = u + m * G;
+    float total = 0.f;
+    int64_t j = 0;
+#ifdef __AVX512VNNI__
+    __m512 t = _mm512_setzero_ps();
+    for (; j + 16 <= G; j += 16)
+        t = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(o + j))), _mm512_loadu_ps(um + j), t);
+    total = _mm512_reduce_add_ps(t);
+#endif
+    for (; j < G; j++) total += h2f(o[j]) * um[j];
+    return mw ? total : -8.f * total;
 }
 
 #ifdef __AVX512VNNI__
@@ -71,72 +115,89 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t group, i
  * doubles that (docs/engine.md). */
 #define PREFETCH_ROWS 16
 
-/* NR output rows x MR input rows, all K: NR * MR results. NR, MR are constants at each call. */
+static inline __attribute__((always_inline)) __m512i unpack(const uint8_t *row, const __m256i low) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)row);
+    const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  /* inputs 0..31 | 32..63 of the chunk */
+}
+
+/* NR output rows x MR input rows, all K: NR * MR results. NR, MR are constants at each call. A group
+ * of 64 or more spans whole chunks; a group of 32 is half a chunk (its dot products land in lanes 0-7
+ * and 8-15 of one vector). */
 static inline __attribute__((always_inline)) void tile(const int NR, const int MR, int64_t n, int64_t m, int64_t K,
-                                                       int64_t N, int64_t group, const uint8_t *w, const float *sw,
-                                                       const int8_t *qx, const float *sx, const int32_t *corr,
-                                                       float *y) {
+                                                       int64_t N, int64_t group, const uint8_t *w, const half *sw,
+                                                       const half *mw, const int8_t *qx, const float *sx,
+                                                       const float *u, float *y) {
     const int64_t G = K / group;
     const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m512i pairs = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512 acc[4][2];
     for (int a = 0; a < NR; a++)
         for (int r = 0; r < MR; r++) acc[a][r] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < G; j++) {
+    const int64_t step = group >= 64 ? group : 64; /* inputs per pass: one group, or two of 32 */
+    for (int64_t k0 = 0; k0 < K; k0 += step) {
         __m512i dot[4][2];
         for (int a = 0; a < NR; a++)
-            for (int r = 0; r < MR; r++) dot[a][r] = _mm512_zextsi128_si512(_mm_cvtsi32_si128(corr[(m + r) * G + j]));
-        for (int64_t k = j * group; k < (j + 1) * group; k += 64) {
+            for (int r = 0; r < MR; r++) dot[a][r] = _mm512_setzero_si512();
+        for (int64_t k = k0; k < k0 + step; k += 64) {
             __m512i xv[2];
             for (int r = 0; r < MR; r++) xv[r] = _mm512_loadu_si512((const void *)(qx + (m + r) * K + k));
             for (int a = 0; a < NR; a++) {
                 const uint8_t *row = w + (n + a) * (K / 2) + k / 2;
                 _mm_prefetch((const char *)(row + PREFETCH_ROWS * (K / 2)), _MM_HINT_T0);  /* a hint: no fault past the end */
-                __m256i v = _mm256_loadu_si256((const __m256i *)row);
-                __m256i lo = _mm256_and_si256(v, low);
-                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                const __m512i wv = unpack(row, low);
                 for (int r = 0; r < MR; r++) dot[a][r] = _mm512_dpbusd_epi32(dot[a][r], wv, xv[r]);
             }
         }
-        for (int a = 0; a < NR; a++) {
-            const float s = sw[(n + a) * G + j];
-            for (int r = 0; r < MR; r++)
-                acc[a][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[a][r]), _mm512_set1_ps(s * sx[(m + r) * G + j]),
-                                            acc[a][r]);
+        const int64_t j = k0 / group; /* the pass's (first) group */
+        if (group >= 64) {
+            for (int a = 0; a < NR; a++)
+                for (int r = 0; r < MR; r++)
+                    acc[a][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[a][r]),
+                                                _mm512_set1_ps(h2f(sw[(n + a) * G + j]) * sx[(m + r) * G + j]), acc[a][r]);
+        } else { /* groups j, j + 1: lanes 0-7 and 8-15 */
+            __m512 xs[2];
+            for (int r = 0; r < MR; r++) xs[r] = _mm512_permutexvar_ps(pairs, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)(sx + (m + r) * G + j)))));
+            for (int a = 0; a < NR; a++) {
+                int32_t two; /* the two groups' fp16 scales */
+                memcpy(&two, sw + (n + a) * G + j, 4);
+                const __m512 ws = _mm512_permutexvar_ps(pairs, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(two))));
+                for (int r = 0; r < MR; r++)
+                    acc[a][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[a][r]), _mm512_mul_ps(ws, xs[r]), acc[a][r]);
+            }
         }
     }
     for (int a = 0; a < NR; a++)
-        for (int r = 0; r < MR; r++) y[(m + r) * N + n + a] = _mm512_reduce_add_ps(acc[a][r]);
+        for (int r = 0; r < MR; r++) y[(m + r) * N + n + a] = _mm512_reduce_add_ps(acc[a][r]) + offsets(sw, mw, u, n + a, m + r, G);
 }
 #endif
 
-static void products(int64_t M, int64_t K, int64_t N, int64_t group, const uint8_t *w, const float *sw,
-                     const int8_t *qx, const float *sx, const int32_t *corr, float *y) {
+static void products(int64_t M, int64_t K, int64_t N, int64_t group, const uint8_t *w, const half *sw,
+                     const half *mw, const int8_t *qx, const float *sx, const float *u, float *y) {
 #pragma omp parallel for schedule(static)
     for (int64_t n0 = 0; n0 < N; n0 += 4) {
 #ifdef __AVX512VNNI__
         int64_t m = 0;
         if (n0 + 4 <= N) {
-            for (; m + 2 <= M; m += 2) tile(4, 2, n0, m, K, N, group, w, sw, qx, sx, corr, y);
-            for (; m < M; m++) tile(4, 1, n0, m, K, N, group, w, sw, qx, sx, corr, y);
+            for (; m + 2 <= M; m += 2) tile(4, 2, n0, m, K, N, group, w, sw, mw, qx, sx, u, y);
+            for (; m < M; m++) tile(4, 1, n0, m, K, N, group, w, sw, mw, qx, sx, u, y);
         } else {
             for (int64_t n = n0; n < N; n++)
-                for (m = 0; m < M; m++) tile(1, 1, n, m, K, N, group, w, sw, qx, sx, corr, y);
+                for (m = 0; m < M; m++) tile(1, 1, n, m, K, N, group, w, sw, mw, qx, sx, u, y);
         }
 #else
         const int64_t G = K / group;
         for (int64_t n = n0; n < N && n < n0 + 4; n++) {
             const uint8_t *wr = w + n * (K / 2);
             for (int64_t m = 0; m < M; m++) {
-                float total = 0.f;
+                float total = offsets(sw, mw, u, n, m, G);
                 for (int64_t j = 0; j < G; j++) {
-                    int32_t dot = corr[m * G + j];
-                    for (int64_t k = j * group; k < (j + 1) * group; k += 64)
-                        for (int i = 0; i < 32; i++) {
-                            const uint8_t b = wr[k / 2 + i];
-                            dot += (b & 0x0F) * qx[m * K + k + i] + (b >> 4) * qx[m * K + k + 32 + i];
-                        }
-                    total += (float)dot * sw[n * G + j] * sx[m * G + j];
+                    int32_t dot = 0;
+                    for (int64_t k = j * group; k < (j + 1) * group; k++) {
+                        const uint8_t b = wr[k / 64 * 32 + k % 32];
+                        dot += (k % 64 < 32 ? b & 0x0F : b >> 4) * qx[m * K + k];
+                    }
+                    total += sx[m * G + j] * h2f(sw[n * G + j]) * (float)dot;
                 }
                 y[m * N + n] = total;
             }
@@ -145,22 +206,22 @@ static void products(int64_t M, int64_t K, int64_t N, int64_t group, const uint8
     }
 }
 
-/* y[M, N] = x[M, K] @ W.T (+ bias[N]); returns 0, or -1 when out of memory. */
-int encore_int4_linear(const float *x, int64_t M, int64_t K, int64_t N, const uint8_t *w, const float *sw,
-                       int64_t group, const float *bias, float *y) {
+/* y[M, N] = x[M, K] @ W.T (+ bias[N]); `mw` NULL for symmetric weights; returns 0, or -1 when out of memory. */
+int encore_int4_linear(const float *x, int64_t M, int64_t K, int64_t N, const uint8_t *w, const half *sw,
+                       const half *mw, int64_t group, const float *bias, float *y) {
     const int64_t G = K / group;
     int8_t *qx = aligned_alloc(64, (size_t)((M * K + 63) / 64 * 64));
     float *sx = malloc(sizeof(float) * (size_t)(M * G));
-    int32_t *corr = malloc(sizeof(int32_t) * (size_t)(M * G));
-    if (!qx || !sx || !corr) {
-        free(qx), free(sx), free(corr);
+    float *u = malloc(sizeof(float) * (size_t)(M * G));
+    if (!qx || !sx || !u) {
+        free(qx), free(sx), free(u);
         return -1;
     }
-    quantize_rows(x, M, K, group, qx, sx, corr);
-    products(M, K, N, group, w, sw, qx, sx, corr, y);
+    quantize_rows(x, M, K, group, qx, sx, u);
+    products(M, K, N, group, w, sw, mw, qx, sx, u, y);
     if (bias)
         for (int64_t m = 0; m < M; m++)
             for (int64_t n = 0; n < N; n++) y[m * N + n] += bias[n];
-    free(qx), free(sx), free(corr);
+    free(qx), free(sx), free(u);
     return 0;
 }

@@ -1,0 +1,261 @@
+/* Fused fp32 CPU kernels for the decode step: an RMSNorm in one pass, and attention for one query per
+ * head (decoding), in place of the eager ops they replace (a norm is ~8 aten calls, SDPA's flash
+ * kernel ~36 us for one query). Built and called as csrc/int4.c is (encore/model/native.py,
+ * encore/model/fused.py). Strides are in elements; the last dimension of every tensor is contiguous.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <omp.h>
+#include <stdlib.h>
+
+/* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of `dim` (x rows `x_stride` apart, y contiguous). */
+void encore_rms_norm(const float *x, int64_t rows, int64_t dim, int64_t x_stride, const float *w, float eps,
+                     float *y) {
+#pragma omp parallel for schedule(static) if (rows * dim >= (1 << 16))
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * x_stride;
+        float *yr = y + r * dim;
+        float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t d = 0; d < dim; d++) ss += xr[d] * xr[d];
+        const float inv = 1.f / sqrtf(ss / (float)dim + eps);
+#pragma omp simd
+        for (int64_t d = 0; d < dim; d++) yr[d] = xr[d] * inv * w[d];
+    }
+}
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+/* e^x for x <= 0 (softmax's shifted logits), 16 at a time: 2^n * poly(r), |r| <= ln2 / 2 (~1e-7). */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 y = _mm512_set1_ps(1.f / 720);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 120));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 24));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 6));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(y, n);
+}
+
+/* [sum(v[0]), ..., sum(v[15])]: 16 horizontal sums as one transposing tree of adds. */
+static inline __m512 sum16(const __m512 *v) {
+    __m512 r[8], s[4], t[2];
+    for (int p = 0; p < 8; p++)
+        r[p] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * p], v[2 * p + 1]), _mm512_unpackhi_ps(v[2 * p], v[2 * p + 1]));
+    for (int p = 0; p < 4; p++) {
+        const __m512d a = _mm512_castps_pd(r[2 * p]), b = _mm512_castps_pd(r[2 * p + 1]);
+        s[p] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    for (int p = 0; p < 2; p++)
+        t[p] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * p], s[2 * p + 1], 0x88),
+                             _mm512_shuffle_f32x4(s[2 * p], s[2 * p + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
+}
+#endif
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Scores of positions [s0, s1) for one KV head's G query heads (q rows q_h apart), into sc[i * n + s - s0]. */
+static void scores(const float *q, int64_t G, int64_t q_h, const float *k, int64_t k_s, int64_t Dh, int64_t s0,
+                   int64_t s1, float scale, float *sc) {
+    const int64_t n = s1 - s0;
+    int64_t s = s0;
+#ifdef __AVX512F__
+    if (Dh % 16 == 0 && Dh <= 256)
+        for (; s + 16 <= s1; s += 16)
+            for (int64_t i = 0; i < G; i++) {
+                const float *qi = q + i * q_h;
+                __m512 acc[16];
+                for (int j = 0; j < 16; j++) {
+                    const float *kj = k + (s + j) * k_s;
+                    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qi), _mm512_loadu_ps(kj));
+                    for (int64_t d = 16; d < Dh; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qi + d), _mm512_loadu_ps(kj + d), a);
+                    acc[j] = a;
+                }
+                _mm512_storeu_ps(sc + i * n + s - s0, _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale)));
+            }
+#endif
+    for (; s < s1; s++)
+        for (int64_t i = 0; i < G; i++) sc[i * n + s - s0] = dot(q + i * q_h, k + s * k_s, Dh) * scale;
+}
+
+/* softmax numerators in place over one head's n scores (masked ones -> 0): returns their sum; *top is the max. */
+static float exponentiate(float *sc, int64_t n, const uint8_t *mask, float softcap, float *top) {
+    float m = -INFINITY;
+    for (int64_t s = 0; s < n; s++) {
+        if (mask && !mask[s]) continue;
+        if (softcap > 0.f) sc[s] = softcap * tanhf(sc[s] / softcap);
+        if (sc[s] > m) m = sc[s];
+    }
+    *top = m;
+    if (m == -INFINITY) {  /* nothing to attend: weights of zero */
+        for (int64_t s = 0; s < n; s++) sc[s] = 0.f;
+        return 0.f;
+    }
+    int64_t s = 0;
+    float total = 0.f;
+#ifdef __AVX512F__
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 vt = _mm512_setzero_ps();
+    for (; s + 16 <= n; s += 16) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(sc + s), vm));
+        if (mask) {
+            const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(mask + s)));
+            e = _mm512_maskz_mov_ps(_mm512_test_epi32_mask(bytes, bytes), e);
+        }
+        vt = _mm512_add_ps(vt, e);
+        _mm512_storeu_ps(sc + s, e);
+    }
+    total = _mm512_reduce_add_ps(vt);
+#endif
+    for (; s < n; s++) {
+        const float e = (mask && !mask[s]) ? 0.f : expf(sc[s] - m);
+        sc[s] = e;
+        total += e;
+    }
+    return total;
+}
+
+/* o[0:Dh] = sum_s w[s] * v[s] over n positions (rows v_s apart). */
+static void weigh(const float *w, int64_t n, const float *v, int64_t v_s, int64_t Dh, float *o) {
+#ifdef __AVX512F__
+    if (Dh % 64 == 0) {
+        for (int64_t d0 = 0; d0 < Dh; d0 += 64) {  /* two positions at a time: 8 independent chains */
+            __m512 a[4], b[4];
+            for (int j = 0; j < 4; j++) a[j] = b[j] = _mm512_setzero_ps();
+            int64_t s = 0;
+            for (; s + 2 <= n; s += 2) {
+                const __m512 w0 = _mm512_set1_ps(w[s]), w1 = _mm512_set1_ps(w[s + 1]);
+                const float *v0 = v + s * v_s + d0, *v1 = v0 + v_s;
+                for (int j = 0; j < 4; j++) {
+                    a[j] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(v0 + 16 * j), a[j]);
+                    b[j] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(v1 + 16 * j), b[j]);
+                }
+            }
+            if (s < n)
+                for (int j = 0; j < 4; j++) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(w[s]), _mm512_loadu_ps(v + s * v_s + d0 + 16 * j), a[j]);
+            for (int j = 0; j < 4; j++) _mm512_storeu_ps(o + d0 + 16 * j, _mm512_add_ps(a[j], b[j]));
+        }
+        return;
+    }
+#endif
+    for (int64_t d = 0; d < Dh; d++) o[d] = 0.f;
+    for (int64_t s = 0; s < n; s++) {
+        const float ws = w[s];
+        const float *vs = v + s * v_s;
+#pragma omp simd
+        for (int64_t d = 0; d < Dh; d++) o[d] += ws * vs[d];
+    }
+}
+
+/* One query per head: out[b, h*Dh:(h+1)*Dh] = softmax_s(cap(q[b,h] . k[b,g,s] * scale)) @ v[b,g,s],
+ * over the positions s < S where mask[b, s] is nonzero (all when mask is NULL), g = h / (H / KH).
+ * Each (row, KV head) splits its positions into chunks over the threads (flash-decoding: a chunk's
+ * max, sum and weighted values, combined after), and a KV head's query heads are computed together,
+ * so each K/V row is read once per step. Returns 0, or -1 when out of memory. A row with no position
+ * to attend gets zeros. */
+int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t S, int64_t Dh, int64_t q_b,
+                      int64_t q_h, const float *k, int64_t k_b, int64_t k_h, int64_t k_s, const float *v,
+                      int64_t v_b, int64_t v_h, int64_t v_s, const uint8_t *mask, int64_t mask_b, float scale,
+                      float softcap, float *out) {
+    const int64_t G = H / KH, tasks = B * KH;
+    const int threads = omp_get_max_threads();
+    int64_t chunks = (2 * threads + tasks - 1) / tasks; /* about two chunks per thread */
+    if (chunks > S / 64) chunks = S / 64;
+    if (chunks < 1) chunks = 1;
+    const int64_t size = (S + chunks - 1) / chunks;
+    float *part = malloc(sizeof(float) * (size_t)(tasks * chunks * G * (Dh + 2)));  /* per chunk, head: m, l, o[Dh] */
+    float *sc = malloc(sizeof(float) * (size_t)(tasks * chunks * G * size));
+    if (!part || !sc) {
+        free(part), free(sc);
+        return -1;
+    }
+#pragma omp parallel for schedule(static) if (tasks * S * Dh >= (1 << 14))
+    for (int64_t t = 0; t < tasks * chunks; t++) {
+        const int64_t b = t / (KH * chunks), g = t / chunks % KH, c = t % chunks;
+        const int64_t s0 = c * size, s1 = s0 + size < S ? s0 + size : S;
+        const uint8_t *mc = mask ? mask + b * mask_b + s0 : NULL;
+        const float *kb = k + b * k_b + g * k_h, *vb = v + b * v_b + g * v_h;
+        float *p = sc + t * G * size, *pt = part + t * G * (Dh + 2);
+        if (s1 > s0) scores(q + b * q_b + g * G * q_h, G, q_h, kb, k_s, Dh, s0, s1, scale, p);
+        for (int64_t i = 0; i < G; i++) {
+            float *pi = p + i * (s1 - s0), *o = pt + i * (Dh + 2) + 2;
+            pt[i * (Dh + 2) + 1] = s1 > s0 ? exponentiate(pi, s1 - s0, mc, softcap, pt + i * (Dh + 2)) : 0.f;
+            if (s1 <= s0) pt[i * (Dh + 2)] = -INFINITY;
+            weigh(pi, s1 - s0, vb + s0 * v_s, v_s, Dh, o);
+        }
+    }
+    for (int64_t bg = 0; bg < tasks; bg++)
+        for (int64_t i = 0; i < G; i++) {
+            float *o = out + (bg / KH) * H * Dh + (bg % KH * G + i) * Dh;
+            float top = -INFINITY, total = 0.f;
+            for (int64_t c = 0; c < chunks; c++) {
+                const float m = part[((bg * chunks + c) * G + i) * (Dh + 2)];
+                if (m > top) top = m;
+            }
+            for (int64_t d = 0; d < Dh; d++) o[d] = 0.f;
+            if (top == -INFINITY) continue;
+            for (int64_t c = 0; c < chunks; c++) {
+                const float *pc = part + ((bg * chunks + c) * G + i) * (Dh + 2);
+                if (pc[0] == -INFINITY) continue;
+                const float f = expf(pc[0] - top);
+                total += pc[1] * f;
+                for (int64_t d = 0; d < Dh; d++) o[d] += pc[2 + d] * f;
+            }
+            for (int64_t d = 0; d < Dh; d++) o[d] /= total;
+        }
+    free(part), free(sc);
+    return 0;
+}
+
+/* One head's vector in place: RMS-normalised by `norm` (NULL: not), then rotated by RoPE (rotate-half
+ * layout: the first half pairs with the second) with this position's cos / sin. */
+static void norm_rope(float *x, int64_t Dh, const float *norm, float eps, const float *cos, const float *sin) {
+    if (norm) {
+        float ss = 0.f;
+        for (int64_t d = 0; d < Dh; d++) ss += x[d] * x[d];
+        const float inv = 1.f / sqrtf(ss / (float)Dh + eps);
+        for (int64_t d = 0; d < Dh; d++) x[d] *= inv * norm[d];
+    }
+    const int64_t half = Dh / 2;
+    for (int64_t d = 0; d < half; d++) {
+        const float a = x[d], b = x[d + half];
+        x[d] = a * cos[d] - b * sin[d];
+        x[d + half] = b * cos[d + half] + a * sin[d + half];
+    }
+}
+
+/* A decode step's self-attention inputs, from the fused q/k/v projection qkv [B, (H + 2 KH) * Dh] (rows
+ * qkv_b apart): q (normed, rotated) into q_out [B, H, Dh]; k (normed, rotated) and v into the cache at
+ * each row's position min(length[b], max_len - 1). cos / sin: [B, Dh]; q_norm / k_norm: [Dh] or NULL. */
+void encore_rope_store(const float *qkv, int64_t B, int64_t H, int64_t KH, int64_t Dh, int64_t qkv_b,
+                       const float *cos, const float *sin, const float *q_norm, const float *k_norm, float eps,
+                       float *k, int64_t k_b, int64_t k_h, int64_t k_s, float *v, int64_t v_b, int64_t v_h,
+                       int64_t v_s, const int64_t *length, int64_t max_len, float *q_out) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *row = qkv + b * qkv_b, *c = cos + b * Dh, *s = sin + b * Dh;
+        const int64_t pos = length[b] < max_len - 1 ? length[b] : max_len - 1;
+        for (int64_t h = 0; h < H; h++) {
+            float *q = q_out + (b * H + h) * Dh;
+            for (int64_t d = 0; d < Dh; d++) q[d] = row[h * Dh + d];
+            norm_rope(q, Dh, q_norm, eps, c, s);
+        }
+        for (int64_t g = 0; g < KH; g++) {
+            float *kd = k + b * k_b + g * k_h + pos * k_s, *vd = v + b * v_b + g * v_h + pos * v_s;
+            const float *ks = row + (H + g) * Dh, *vs = row + (H + KH + g) * Dh;
+            for (int64_t d = 0; d < Dh; d++) kd[d] = ks[d], vd[d] = vs[d];
+            norm_rope(kd, Dh, k_norm, eps, c, s);
+        }
+    }
+}

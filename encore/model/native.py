@@ -1,0 +1,52 @@
+"""encore's C kernels: each `csrc/*.c` is compiled on first use with the machine's C compiler
+(`cc -O3 -march=native -fopenmp`, about a second), cached under `$ENCORE_CACHE/kernels` by a hash of
+its source, compiler, flags and CPU, and opened through ctypes after torch, so that its OpenMP
+runtime (same soname) is the one torch loaded and its threads are torch's.
+
+    path = build("int4", FLAGS)        # Path of the shared library, or None (no compiler, not Linux)
+    lib = ctypes.CDLL(str(path))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from encore.files import atomic_write, cache_dir
+from encore.model.kernels import cpu_flags
+
+CSRC = Path(__file__).parent / "csrc"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+
+
+def compiler() -> str | None:
+    """The C compiler kernels are built with ($CC, cc or gcc), or None where there is none or the
+    system is not Linux."""
+    if platform.system() != "Linux":
+        return None
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(name: str, flags: list[str]) -> Path | None:
+    """Compile csrc/`name`.c with `flags` into $ENCORE_CACHE/kernels (once); its path, or None."""
+    cc = compiler()
+    if cc is None:
+        return None
+    source = CSRC / f"{name}.c"
+    key = hashlib.sha256(source.read_bytes() + " ".join([cc, *flags, cpu_flags()]).encode()).hexdigest()[:16]
+    target = cache_dir() / "kernels" / f"{name}-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    compile_to = lambda tmp: subprocess.run(  # noqa: E731
+        [cc, *flags, "-o", tmp, str(source)], check=True, capture_output=True, timeout=120
+    )
+    try:  # atomic: a concurrent build or reader never sees half a library
+        atomic_write(target, compile_to)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return target

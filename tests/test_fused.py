@@ -1,0 +1,102 @@
+"""The fused CPU kernels `encore.optimize` swaps in (encore/model/fused.py, csrc/decode.c): each equals
+the eager module it replaces, and a fused model generates the eager model's tokens."""
+
+import copy
+
+import pytest
+import torch
+from conftest import make_model
+
+import encore
+from encore.infer.optimize import optimized
+from encore.model.fused import FusedAttend, FusedRMSNorm, FusedSelfAttention, fused_available
+from encore.model.layers import Attend, OffsetRMSNorm, RMSNorm, SelfAttention, SoftCap, attend
+
+pytestmark = pytest.mark.skipif(not fused_available(), reason="the fused kernels need a C compiler on Linux")
+
+
+@pytest.mark.parametrize(
+    "B,H,KH,S,Dh,masked",
+    [(1, 6, 3, 512, 64, False), (3, 8, 2, 37, 128, True), (2, 4, 4, 100, 256, True), (2, 4, 1, 70, 32, True),
+     (1, 2, 1, 1, 64, False), (4, 6, 3, 600, 64, True), (2, 16, 2, 33, 80, True)],
+)  # fmt: skip
+def test_one_query_attention_equals_sdpa(B, H, KH, S, Dh, masked):
+    """GQA, masks per row, strided K/V (the cross K/V's layout), head dims with and without the
+    vector path, positions split over threads; with a query scale and soft-capped logits too."""
+    g = torch.Generator().manual_seed(S)
+    q = torch.randn(B, H, 1, Dh, generator=g)
+    k, v = torch.randn(B, S, 2, KH, Dh, generator=g).permute(2, 0, 3, 1, 4)
+    mask = None
+    if masked:
+        mask = torch.rand(B, 1, 1, S, generator=g) > 0.3
+        mask[..., 0] = True
+    fused = FusedAttend()
+    for scale, cap in ((None, None), (0.3, SoftCap(5.0))):
+        expected = attend(q, k, v, mask, False, 0.0, scale, cap)
+        torch.testing.assert_close(fused(q, k, v, mask, False, 0.0, scale, cap), expected, rtol=1e-5, atol=2e-6)
+
+
+def test_attention_edge_cases():
+    """A row with nothing to attend gets zeros; a broadcast mask serves every row; prefill shapes and
+    causal calls without a mask run SDPA."""
+    fused = FusedAttend()
+    q, k = torch.randn(2, 2, 1, 64), torch.randn(2, 1, 20, 64)
+    mask = torch.zeros(2, 1, 1, 20, dtype=torch.bool)
+    mask[1] = True
+    out = fused(q, k, k, mask, False, 0.0)
+    assert out.shape == (2, 1, 128) and out[0].abs().max() == 0
+    torch.testing.assert_close(out[1], attend(q, k, k, mask, False, 0.0)[1])
+    shared = torch.rand(1, 1, 1, 20) > 0.5
+    shared[..., 3] = True
+    torch.testing.assert_close(fused(q, k, k, shared, False, 0.0), attend(q, k, k, shared, False, 0.0))
+    q5 = torch.randn(2, 2, 5, 64)
+    torch.testing.assert_close(fused(q5, k, k, None, True, 0.0), attend(q5, k, k, None, True, 0.0))
+
+
+@pytest.mark.parametrize("cls", [RMSNorm, OffsetRMSNorm])
+def test_fused_norm_equals_the_norm(cls):
+    norm = cls(96, 1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 5, 96)
+    fused = FusedRMSNorm(norm)
+    assert fused.state_dict().keys() == norm.state_dict().keys()
+    torch.testing.assert_close(fused(x), norm(x), rtol=1e-5, atol=1e-5)
+    strided = torch.randn(4, 2, 96)[:, 0]  # rows not adjacent
+    torch.testing.assert_close(fused(strided), norm(strided), rtol=1e-5, atol=1e-5)
+
+
+GEMMA_LIKE = dict(norm_plus_one=True, sandwich_norm=True, qk_norm=True, attn_softcap=20.0, attn_scale=0.2)
+SLIDING = dict(qkv_bias=True, sliding_window=3, decoder_layer_types=["sliding", "full"], rope_local_theta=500.0)
+
+
+@pytest.mark.parametrize("overrides", [{}, GEMMA_LIKE, SLIDING], ids=["encore", "gemma-like", "sliding-bias"])
+def test_fused_model_generates_the_eager_tokens(arch, overrides):
+    """optimize swaps every norm and attention product (visible, undone by deoptimize); greedy tokens
+    and logits match the unfused model, left-padded rows included; fused=False keeps them eager."""
+    if arch == "encdec" and "decoder_layer_types" in overrides:
+        overrides = {**overrides, "encoder_layer_types": ["sliding", "full"]}
+    model = make_model(arch, **overrides)
+    eager = encore.optimize(copy.deepcopy(model), fused=False)
+    assert optimized(eager)["fused"] is False and not any(isinstance(m, FusedAttend) for m in eager.modules())
+    norms = {n: m for n, m in model.named_modules() if type(m) in (RMSNorm, OffsetRMSNorm)}
+    fused = encore.optimize(model)
+    assert optimized(fused)["fused"] is True and "kernel=c" in repr(fused)
+    assert not any(type(m) in (RMSNorm, OffsetRMSNorm, Attend, SelfAttention) for m in fused.modules())
+    assert any(isinstance(m, FusedSelfAttention) for m in fused.modules())
+    ids = torch.randint(3, 512, (2, 9), generator=torch.Generator().manual_seed(2))  # past the window of 3
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.inference_mode():
+        want, got = eager.prefill(ids, mask, 8), fused.prefill(ids, mask, 8)
+        for _ in range(6):
+            torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
+            tokens = want[0].argmax(-1)
+            want, got = (eager.decode_step(tokens, want[1]), want[1]), (fused.decode_step(tokens, got[1]), got[1])
+    assert torch.equal(fused.generate(ids, mask, max_new_tokens=8), eager.generate(ids, mask, max_new_tokens=8))
+    encore.deoptimize(fused)
+    assert {n: m for n, m in fused.named_modules() if type(m) in (RMSNorm, OffsetRMSNorm)} == norms
+    assert not any(isinstance(m, (FusedAttend, FusedRMSNorm, FusedSelfAttention)) for m in fused.modules())
+    assert sum(type(m) is SelfAttention for m in fused.modules()) == sum(
+        type(m) is SelfAttention for m in eager.modules()
+    )
