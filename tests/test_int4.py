@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import encore
 from encore.config import ModelConfig
@@ -198,6 +198,16 @@ def test_quantized_checkpoint_errors_are_named(tmp_path):
     (tmp_path / "quantization.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="layers.0.nothing is not a projection"):
         load(tmp_path)
+    asym = encore.optimize(build(ModelConfig.preset("deconly-tiny"), seed=0), quantize="int4")  # Q4_1: mins
+    asym.save_pretrained(tmp_path / "asym")
+    state = load_file(str(tmp_path / "asym" / "model.safetensors"))
+    save_file(
+        {k: v for k, v in state.items() if k != "decoder.0.mlp.up.mins"}, str(tmp_path / "asym" / "model.safetensors")
+    )
+    with pytest.raises(
+        ValueError, match=r"asymmetric int4 module decoder\.0\.mlp\.up has no tensor decoder\.0\.mlp\.up\.mins"
+    ):
+        load(tmp_path / "asym")
 
 
 def test_cli_convert_quantize_then_generate(tmp_path):

@@ -131,7 +131,7 @@ def optimize(
             {"group_size": group_size, "symmetric": symmetric, "policy": dict(policy or {})}
             if quantize == "int4"
             else {}
-        ),  # noqa: E501
+        ),
     }
     return model
 

@@ -138,7 +138,7 @@ def int4_fast() -> bool:
 
 class Int4Linear(nn.Module):
     """y ~= x @ weight.T with int4 weights (groups of `group_size` inputs, fp16 scales; symmetric, or
-    with fp32 mins too) and int8 activations quantized per call, row and group; fp32 in and out.
+    with fp16 mins too) and int8 activations quantized per call, row and group; fp32 in and out.
     Inference only."""
 
     def __init__(

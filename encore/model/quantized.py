@@ -118,8 +118,9 @@ def install_quantized(
         except KeyError as e:
             raise ValueError(f"{where}: quantized module {name} has no tensor {e.args[0]}") from None
         bias = state.pop(f"{name}.bias", None)
-        mins = None if entry.get("symmetric", True) else state.pop(f"{name}.mins", None)
-        if entry["kind"] == "int4" and not entry.get("symmetric", True) and mins is None:
+        symmetric = entry.get("symmetric", True)  # absent: int8, or int4 from before asymmetric groups
+        mins = None if symmetric else state.pop(f"{name}.mins", None)
+        if not symmetric and mins is None:
             raise ValueError(f"{where}: asymmetric int4 module {name} has no tensor {name}.mins")
         got = (qweight.shape[0], qweight.shape[1] * (2 if entry["kind"] == "int4" else 1))
         if got != shapes[name]:
@@ -140,9 +141,10 @@ def install_quantized(
 def fuse_loaded(model: nn.Module) -> None:
     """After a quantized checkpoint's weights are in: its norms and attention through the fused
     kernels too, as `encore.optimize` would have left them (and `deoptimize` can undo)."""
-    if fused_available():
+    fused = fused_available()
+    if fused:
         model._encore_swaps = fuse(model)
-    model._encore_optimized["fused"] = fused_available()
+    model._encore_optimized["fused"] = fused
 
 
 def json_text(manifest: dict[str, Any]) -> str:

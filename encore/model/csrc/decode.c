@@ -1,5 +1,5 @@
-/* Fused fp32 CPU kernels for the decode step: an RMSNorm in one pass, and attention for one query per
- * head (decoding), in place of the eager ops they replace (a norm is ~8 aten calls, SDPA's flash
+/* Fused fp32 CPU kernels for the decode step: an RMSNorm in one pass, attention for one query per head
+ * (decoding), and the self-attention's q/k norms + RoPE + cache write, in place of the eager ops they replace (a norm is ~8 aten calls, SDPA's flash
  * kernel ~36 us for one query). Built and called as csrc/int4.c is (encore/model/native.py,
  * encore/model/fused.py). Strides are in elements; the last dimension of every tensor is contiguous.
  */
@@ -8,20 +8,21 @@
 #include <omp.h>
 #include <stdlib.h>
 
+/* y = x / sqrt(mean(x^2) + eps) * w over one row of `dim` (y may be x). */
+static inline void rms_row(const float *x, int64_t dim, const float *w, float eps, float *y) {
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t d = 0; d < dim; d++) ss += x[d] * x[d];
+    const float inv = 1.f / sqrtf(ss / (float)dim + eps);
+#pragma omp simd
+    for (int64_t d = 0; d < dim; d++) y[d] = x[d] * inv * w[d];
+}
+
 /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of `dim` (x rows `x_stride` apart, y contiguous). */
 void encore_rms_norm(const float *x, int64_t rows, int64_t dim, int64_t x_stride, const float *w, float eps,
                      float *y) {
 #pragma omp parallel for schedule(static) if (rows * dim >= (1 << 16))
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * x_stride;
-        float *yr = y + r * dim;
-        float ss = 0.f;
-#pragma omp simd reduction(+ : ss)
-        for (int64_t d = 0; d < dim; d++) ss += xr[d] * xr[d];
-        const float inv = 1.f / sqrtf(ss / (float)dim + eps);
-#pragma omp simd
-        for (int64_t d = 0; d < dim; d++) yr[d] = xr[d] * inv * w[d];
-    }
+    for (int64_t r = 0; r < rows; r++) rms_row(x + r * x_stride, dim, w, eps, y + r * dim);
 }
 
 #ifdef __AVX512F__
@@ -222,12 +223,7 @@ int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t 
 /* One head's vector in place: RMS-normalised by `norm` (NULL: not), then rotated by RoPE (rotate-half
  * layout: the first half pairs with the second) with this position's cos / sin. */
 static void norm_rope(float *x, int64_t Dh, const float *norm, float eps, const float *cos, const float *sin) {
-    if (norm) {
-        float ss = 0.f;
-        for (int64_t d = 0; d < Dh; d++) ss += x[d] * x[d];
-        const float inv = 1.f / sqrtf(ss / (float)Dh + eps);
-        for (int64_t d = 0; d < Dh; d++) x[d] *= inv * norm[d];
-    }
+    if (norm) rms_row(x, Dh, norm, eps, x);
     const int64_t half = Dh / 2;
     for (int64_t d = 0; d < half; d++) {
         const float a = x[d], b = x[d + half];
