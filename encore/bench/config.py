@@ -35,6 +35,7 @@ class BenchConfig:
     sweep_repeats: int = 3
     vs_hf: bool = False  # also time the same shapes built with Hugging Face transformers
     vs_ct2: bool = False  # also time CTranslate2 running a T5 of the encoder-decoder's shape (fp32 / int8)
+    vs_llamacpp: bool = False  # also time llama.cpp on the decoder-only model's own weights (F32 / Q8_0 / Q4_0)
     onnx: bool = False  # also time the models exported to ONNX, run by onnxruntime (at each quantization)
     quantize: tuple[str | None, ...] = (None,)  # encore models at each: None (the dtype), "int8", "int4"
     json_path: str | None = "bench.json"
@@ -88,6 +89,8 @@ class BenchConfig:
             fail("quantize", "int8 / int4 are CPU paths; on CUDA the models run in bf16")
         if self.vs_ct2 and self.device != "cpu":
             fail("vs_ct2", "the CTranslate2 anchor runs on the CPU")
+        if self.vs_llamacpp and self.device != "cpu":
+            fail("vs_llamacpp", "the llama.cpp anchor runs on the CPU")
         if self.onnx and (self.device != "cpu" or self.resolved_dtype() != "float32"):
             fail("onnx", "the ONNX backend exports float32 models and runs them on the CPU provider")
         for name in ("peak_flops", "mem_bandwidth"):

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 from encore.bench.anchors import CT2Backend, HFBackend
 from encore.bench.backends import Backend, BackendSpec, EncoreBackend, OnnxBackend
+from encore.bench.llamacpp import LlamaCppBackend
 
-BACKENDS: dict[str, type] = {"encore": EncoreBackend, "onnx": OnnxBackend, "hf": HFBackend, "ct2": CT2Backend}
+BACKENDS: dict[str, type] = {
+    "encore": EncoreBackend,
+    "onnx": OnnxBackend,
+    "hf": HFBackend,
+    "ct2": CT2Backend,
+    "llamacpp": LlamaCppBackend,
+}
 
 
 def make_backend(spec: BackendSpec) -> Backend:

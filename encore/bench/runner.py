@@ -189,6 +189,13 @@ def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:
         # architecture) its own weights through CTranslate2's converter
         ct2 = [m for m in models if (c := resolve_model(m)[0]).arch == "encdec" or imported(c)]
         specs += [spec("ct2", m, full_len, q) for q in cfg.quantize if q != "int4" for m in ct2]  # CT2: no int4 on CPU
+    if cfg.vs_llamacpp:
+        require("llama_cpp", "llamacpp")  # before any model is built
+        # the decoder-only models (llama.cpp's Python API runs no encoder-decoder), on their own weights
+        deconly = [m for m in models if resolve_model(m)[0].arch == "deconly"]
+        if not deconly:
+            raise ValueError("--vs-llamacpp runs decoder-only models: give one as --model or --baseline")
+        specs += [spec("llamacpp", m, full_len, q) for q in cfg.quantize for m in deconly]
     return specs
 
 
@@ -198,7 +205,10 @@ def _measure(
     """Build every model in its worker and time every point: (params, runs, KV bytes) per (model, point)."""
 
     def active(point: Point) -> list[int]:
-        return [i for i, b in enumerate(backends) if b.sweep or point.kind == "full"]
+        def runs(b: Backend) -> bool:  # an anchor of batch 1 only (llama.cpp) skips larger batches
+            return point.batch_size <= getattr(b, "max_batch", point.batch_size)
+
+        return [i for i, b in enumerate(backends) if (b.sweep or point.kind == "full") and runs(b)]
 
     total = sum((p.warmup + p.repeats) * len(active(p)) for p in points)
     runs: dict[tuple[int, int], list[dict]] = {}
@@ -287,6 +297,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         import ctranslate2
 
         doc["ctranslate2"] = ctranslate2.__version__
+    if cfg.vs_llamacpp:
+        import llama_cpp
+
+        doc["llama_cpp_python"] = llama_cpp.__version__
     validate_bench_json(doc)
     if cfg.json_path:
         Path(cfg.json_path).write_text(json.dumps(doc, indent=2) + "\n")
@@ -329,12 +343,15 @@ def _machine_doc(machine: Machine) -> dict[str, Any]:
 
 def _comparisons(results: list[dict], backends: list[Backend], baseline: bool) -> list[dict]:
     """model vs baseline (each at the same quantization) at every point both measured; each anchor vs
-    the encore model it mirrors."""
+    the encore model it mirrors; a `rival` anchor of the baseline (llama.cpp) vs the model too (the
+    user's choice: encore's encoder-decoder, or the other engine running the decoder-only model)."""
     by_key = {(r["model"], r["input_len"], r["batch_size"]): r for r in results}
     own = [b for b in backends if b.mirror is None]  # model, baseline for each quantization (see _specs)
-    pairs = [(a.label, b.label) for a, b in zip(own[0::2], own[1::2])] if baseline else []
+    partner = {b.label: a.label for a, b in zip(own[0::2], own[1::2])} if baseline else {}
+    pairs = [(a, b) for b, a in partner.items()]
     labels = {b.label for b in own}
     pairs += [(b.mirror, b.label) for b in backends if b.mirror in labels]
+    pairs += [(partner[b.mirror], b.label) for b in backends if getattr(b, "rival", False) and b.mirror in partner]
     out = []
     for a, b in pairs:
         for r in results:

@@ -62,6 +62,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also time CTranslate2 running a T5 of the encoder-decoder's shape, at each --quantize (pip install "
         "'encore[anchors]')",
     )
+    parser.add_argument(
+        "--vs-llamacpp",
+        action="store_true",
+        help="also time llama.cpp on the decoder-only model's own weights, written as GGUF: F32 / Q8_0 / Q4_0 at "
+        "--quantize none / int8 / int4, batch 1 (pip install 'encore[llamacpp]', builds llama.cpp)",
+    )
     parser.add_argument("--json", metavar="PATH", help="results ('' to skip; bench.json, --serve: bench_serve.json)")
     parser.add_argument("--plot", metavar="PATH", help="plot ('' to skip; bench.png, --serve: bench_serve.png)")
     parser.add_argument("--peak-gflops", type=float, help="cost model FLOP/s in GFLOP/s (default: probe)")
