@@ -59,6 +59,9 @@ class ModelConfig:
     # an encoder sliding layer sees keys i - back .. i + ahead: [back, ahead] (empty: [window, window],
     # T5Gemma's |i - j| <= window; T5Gemma 2 splits its window around the query)
     encoder_window: list[int] = dataclasses.field(default_factory=list)
+    # the encoder's own widths where they differ from the decoder's (T5Gemma 9B-2B): any of
+    # ENCODER_SHAPE_FIELDS; {} for one width. Cross-attention projects its K/V from the encoder's width.
+    encoder_shape: dict[str, int] = dataclasses.field(default_factory=dict)
     merged_attention: bool = False  # the decoder's self- and cross-attention are one softmax (T5Gemma 2)
     eoi_token_id: int | None = None  # a token whose input embedding is a vector of its own (T5Gemma 2's <eoi>)
     rope_local_theta: float | None = None  # RoPE base of the sliding layers (None: rope_theta)
@@ -132,8 +135,32 @@ class ModelConfig:
                 fail(name, "must be positive (or None)")
         if self.rope_params is not None and self.rope_params.get("rope_type") not in ("linear", "llama3"):
             fail("rope_params", "rope_type must be 'linear' or 'llama3' (the RoPE scalings encore implements)")
+        if self.encoder_shape:
+            self._validate_encoder_shape(fail)
+
+    def _validate_encoder_shape(self, fail) -> None:
+        if self.arch != "encdec" or set(self.encoder_shape) - set(ENCODER_SHAPE_FIELDS):
+            fail("encoder_shape", f"an encoder-decoder's encoder widths: keys among {', '.join(ENCODER_SHAPE_FIELDS)}")
+        if self.encoder_width != self.d_model and self.tie_encoder_embeddings:
+            fail("encoder_shape", "an encoder of its own width needs its own embedding table (tie_encoder_embeddings)")
+        if self.merged_attention:
+            fail("encoder_shape", "T5Gemma 2's merged attention reads encoder states of the decoder's width")
+        try:
+            self.encoder_config()
+        except ValueError as e:
+            fail("encoder_shape", f"the encoder's config is invalid: {e}")
 
     # --- derived --------------------------------------------------------------------------------
+
+    def encoder_config(self) -> ModelConfig:
+        """The config the encoder's blocks, norm and own embedding table are built from: this one with
+        `encoder_shape`'s widths (itself when the encoder has the decoder's)."""
+        return self.replace(**self.encoder_shape, encoder_shape={}) if self.encoder_shape else self
+
+    @property
+    def encoder_width(self) -> int:
+        """The width of the encoder's states (what cross-attention projects K/V from)."""
+        return self.encoder_shape.get("d_model", self.d_model)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -143,6 +170,23 @@ class ModelConfig:
     def source_ids(self, ids: list[int]) -> list[int]:
         """A source's text ids laid out as the model reads them (`source_layout`)."""
         return lay_out_source(ids, self.source_layout, self.arch, self.bos_token_id, self.eos_token_id)
+
+    def cache_positions(self, input_len: int, new_tokens: int) -> tuple[int, int]:
+        """(self, cross): the K/V positions a request of `input_len` input tokens and `new_tokens` new
+        ones holds. Encoder-decoder: the outputs (the start token first; at least one) and the input;
+        decoder-only: prompt + outputs, no cross-attention. After a prefill (`new_tokens` 0) a row has
+        written the self positions of (input_len, 0)."""
+        if self.arch == "encdec":
+            return max(new_tokens, 1), input_len
+        return input_len + new_tokens, 0
+
+    def positions_needed(self, input_len: int, new_tokens: int) -> int:
+        """The RoPE positions such a request reaches: its longest sequence (encoder input or decoder)."""
+        return max(self.cache_positions(input_len, new_tokens)[0], input_len)
+
+    def max_input_len(self, new_tokens: int) -> int:
+        """The longest input that still leaves room for `new_tokens` within `max_seq_len`."""
+        return self.max_seq_len - (self.positions_needed(0, new_tokens) if self.arch == "deconly" else 0)
 
     @property
     def gated_mlp(self) -> bool:
@@ -173,7 +217,7 @@ class ModelConfig:
         return {
             "self_attn": d * (self.n_heads + 2 * self.n_kv_heads) * hd + self.n_heads * hd * d,
             "cross_q_out": 2 * d * self.n_heads * hd if encdec and not self.merged_attention else 0,
-            "cross_kv": d * 2 * self.n_kv_heads * hd if encdec else 0,
+            "cross_kv": self.encoder_width * 2 * self.n_kv_heads * hd if encdec else 0,
             "mlp": (3 if self.gated_mlp else 2) * d * self.mlp_dim,
             "head": self.vocab_size * d,
         }
@@ -185,14 +229,20 @@ class ModelConfig:
         attn_extra = (2 * self.head_dim if self.qk_norm else 0) + (
             (self.n_heads + 2 * self.n_kv_heads) * self.head_dim if self.qkv_bias else 0
         )
-        enc_layer = m["self_attn"] + m["mlp"] + 2 * per_norm * norm + attn_extra
+        enc, enc_m = self.encoder_config(), self.encoder_config().matrix_params()
+        enc_attn_extra = (2 * enc.head_dim if enc.qk_norm else 0) + (
+            (enc.n_heads + 2 * enc.n_kv_heads) * enc.head_dim if enc.qkv_bias else 0
+        )
+        enc_layer = enc_m["self_attn"] + enc_m["mlp"] + 2 * per_norm * enc.d_model + enc_attn_extra
         cross = (m["cross_q_out"] + m["cross_kv"] + per_norm * norm + attn_extra) if self.arch == "encdec" else 0
         if self.merged_attention:  # no cross-attention block: a copy of the K/V projection reads the encoder
             cross = m["cross_kv"]
         dec_layer = m["self_attn"] + m["mlp"] + 2 * per_norm * norm + cross + attn_extra
-        tables = 1 + (not self.tie_embeddings) + (self.arch == "encdec" and not self.tie_encoder_embeddings)
+        tables = 1 + (not self.tie_embeddings)
         embedding = self.vocab_size * self.d_model * tables + (self.d_model if self.eoi_token_id is not None else 0)
-        encoder = self.n_encoder_layers * enc_layer + (norm if self.n_encoder_layers else 0)
+        if self.arch == "encdec" and not self.tie_encoder_embeddings:
+            embedding += self.vocab_size * enc.d_model
+        encoder = self.n_encoder_layers * enc_layer + (enc.d_model if self.n_encoder_layers else 0)
         decoder = self.n_decoder_layers * dec_layer + norm
         return {"embedding": embedding, "encoder": encoder, "decoder": decoder, "total": embedding + encoder + decoder}
 
@@ -255,6 +305,7 @@ class ModelConfig:
 
 
 SOURCE_LAYOUTS = ("encore", "bos", "plain")
+ENCODER_SHAPE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "mlp_dim")
 
 
 def lay_out_source(ids: list[int], layout: str, arch: str, bos: int, eos: int) -> list[int]:

@@ -78,7 +78,8 @@ def _t5gemma():
 
 
 def _t5gemma2():
-    """T5Gemma 2 with a tiny SigLIP tower (encore loads the text model; the tower stays behind)."""
+    """T5Gemma 2 with a tiny SigLIP tower (encore loads the text model, or the tower too with vision=True):
+    32 px images, 8 px patches, pooled to 4 tokens; <start_of_image> 151, <image> 152, <eoi> 150."""
     rope = {
         "full_attention": {"rope_type": "linear", "rope_theta": 100000.0, "factor": 4.0},
         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
@@ -90,9 +91,10 @@ def _t5gemma2():
         vision_config=dict(vision, patch_size=8),
         mm_tokens_per_image=4,
         eoi_token_index=150,  # inside the tiny vocabulary: its own input vector is exercised
+        boi_token_index=151,
     )
     decoder = dict(text, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"])
-    config = transformers.T5Gemma2Config(encoder=encoder, decoder=decoder, eoi_token_index=150)
+    config = transformers.T5Gemma2Config(encoder=encoder, decoder=decoder, eoi_token_index=150, image_token_index=152)
     return transformers.T5Gemma2ForConditionalGeneration(config)
 
 
@@ -276,3 +278,85 @@ def test_an_encore_swiglu_decoder_only_model_saves_as_llama(tmp_path):
     ids = torch.randint(3, 256, (1, 9))
     with torch.no_grad():
         _close(model(ids), hf(input_ids=ids).logits)
+
+
+# --- T5Gemma 2's image tower --------------------------------------------------------------------------
+
+
+def test_t5gemma2_loads_with_its_image_tower(tmp_path):
+    """vision=True: SigLIP + Gemma 3's pooling projector around the text model; logits and greedy tokens
+    with an image equal transformers'; the encore-format save loads back as the same model."""
+    from encore.model.vlm import VisionLanguageModel
+
+    hf = _reference(_t5gemma2)
+    hf.save_pretrained(tmp_path / "hf")
+    vlm = load(tmp_path / "hf", vision=True)
+    assert isinstance(vlm, VisionLanguageModel) and vlm.vision_config.projector == "pool"
+    assert vlm.image_block == [151, 152, 152, 152, 152, 150]  # <start_of_image>, 4 pooled tokens, <end_of_image>
+    text = torch.randint(3, 140, (2, 7), generator=torch.Generator().manual_seed(3)).tolist()
+    ids = torch.tensor([vlm.image_prompt(row) for row in text])
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    dec = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, pixel_values=pixels, decoder_input_ids=dec).logits
+        _close(vlm(ids, pixels, dec), theirs)
+        assert (theirs - hf(input_ids=ids, decoder_input_ids=dec).logits).abs().max() > 1e-3  # the image counts
+        reference = hf.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=STEPS, do_sample=False)
+    ours = vlm.generate(ids, pixel_values=pixels, max_new_tokens=STEPS, eos_token_id=None)
+    assert ours.tolist() == reference[:, -STEPS:].tolist()
+    vlm.save_pretrained(tmp_path / "encore")
+    again = load(tmp_path / "encore")
+    assert isinstance(again, VisionLanguageModel) and again.image_block == vlm.image_block
+    with torch.no_grad():
+        _close(again(ids, pixels, dec), theirs)
+
+
+def test_vision_needs_a_tower(pair, tmp_path):
+    family, _, directory, _ = pair
+    if family == "t5gemma2":
+        assert not isinstance(load(directory), encore.VisionLanguageModel)  # text only unless asked
+        return
+    with pytest.raises(ConversionError, match="no image tower in this checkpoint"):
+        load(directory, vision=True)
+
+
+# --- T5Gemma with an encoder of its own width (9B-2B's layout) -------------------------------------------
+
+
+def _t5gemma_unbalanced():
+    half = dict(SHAPE, sliding_window=WINDOW, query_pre_attn_scalar=24, final_logit_softcapping=30.0,
+                attn_logit_softcapping=50.0)  # fmt: skip
+    wide = dict(half, num_hidden_layers=2, hidden_size=96, intermediate_size=160, num_attention_heads=6,
+                num_key_value_heads=3)  # fmt: skip
+    config = transformers.T5GemmaConfig(
+        encoder=wide, decoder=dict(half, num_hidden_layers=2), vocab_size=VOCAB, pad_token_id=0, eos_token_id=1,
+        bos_token_id=2,
+    )  # fmt: skip
+    return transformers.T5GemmaForConditionalGeneration(config)
+
+
+def test_t5gemma_encoder_of_its_own_width(tmp_path):
+    """The encoder 96 wide with 6 heads, the decoder 64 with 4: cross-attention projects K/V from the
+    encoder's width; logits, greedy tokens and the way back to transformers' files match."""
+    hf = _reference(_t5gemma_unbalanced)
+    hf.save_pretrained(tmp_path / "hf")
+    model = load(tmp_path / "hf")
+    assert model.config.encoder_shape == {"d_model": 96, "mlp_dim": 160, "n_heads": 6, "n_kv_heads": 3}
+    assert model.config.d_model == 64 and model.num_parameters() == model.config.param_counts()["total"]
+    assert model.num_parameters() == sum(p.numel() for p in hf.parameters())
+    ids, mask = _batch("right")
+    dec = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        _close(model(ids, dec, attention_mask=mask), theirs)
+        reference = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=STEPS, do_sample=False)
+    assert model.generate(ids, attention_mask=mask, max_new_tokens=STEPS, eos_token_id=None).tolist() == (
+        reference[:, -STEPS:].tolist()
+    )
+    model.save_pretrained(tmp_path / "back", format="hf")
+    again = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "back").eval()
+    again.config._attn_implementation = "eager"
+    with torch.no_grad():
+        _close(again(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits, theirs)
+    with pytest.raises(ValueError, match="encoder_shape"):
+        model.config.replace(tie_encoder_embeddings=True)  # a 96-wide encoder cannot read the 64-wide table

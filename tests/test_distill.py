@@ -423,6 +423,26 @@ def test_load_hf_teacher_with_lora_and_tokenizer_check(tmp_path):
         load_teacher(tmp_path / "base", tokenizer=make_tokenizer([f"v{i}" for i in range(37)]))
 
 
+@pytest.mark.parametrize("end", ["strip", "append"])
+def test_teacher_reads_sources_as_its_own_layout_ends_them(end):
+    """A student reading x [EOS] and a teacher fine-tuned on [BOS] x y (an imported family's layout):
+    the teacher sees [BOS] x y, not [BOS] x [EOS] y; and the other way round for an encore-layout teacher
+    under a student whose sources have no EOS."""
+    teacher = FeatureTeacher()
+    teacher.bos_id, teacher.eos_id, teacher.pad_id, teacher.source_end = BOS, EOS, PAD, end
+    x, y = [[5, 6, 7], [8]], [[9, 10], [11]]
+    rows = [(xs + [EOS] if end == "strip" else xs) for xs in x]
+    src = torch.tensor([r + [PAD] * (4 - len(r)) for r in rows])
+    src_mask = (torch.arange(4)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    tgt = torch.tensor([[9, 10], [11, -100]])
+    tgt_mask = torch.tensor([[1, 1], [1, 0]])
+    out = aligned_teacher_logits(teacher, src, src_mask, tgt, tgt_mask, vocab_size=48)
+    for b in range(2):
+        seen = [BOS, *x[b]] + ([EOS] if end == "append" else [])  # what the teacher's own layout reads
+        for j in range(len(y[b])):
+            assert out[b, j, :4].tolist() == features(seen + y[b][:j])
+
+
 def test_load_encore_decoder_only_teacher(tmp_path):
     torch.manual_seed(0)
     config = ModelConfig.preset(
@@ -446,6 +466,12 @@ def test_load_encore_decoder_only_teacher(tmp_path):
     with pytest.raises(DistillError, match="decoder-only"):
         tiny_student().save_pretrained(tmp_path / "ed")
         load_teacher(tmp_path / "ed")
+    # an encore-layout teacher ([BOS] x [EOS] y) reads a student's x [EOS] as it is; one of an imported
+    # family's layout ([BOS] x y) reads it without the EOS
+    assert load_teacher(tmp_path / "dec", student_sources_end_in_eos=True).source_end == "keep"
+    DecoderOnly(config.replace(source_layout="bos")).save_pretrained(tmp_path / "imported")
+    assert load_teacher(tmp_path / "imported", student_sources_end_in_eos=True).source_end == "strip"
+    assert load_teacher(tmp_path / "dec", student_sources_end_in_eos=False).source_end == "append"
 
 
 def test_generated_targets_are_the_teachers_greedy_choices():

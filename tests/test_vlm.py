@@ -146,7 +146,7 @@ def test_a_training_step_reaches_the_projector_not_the_frozen_tower(arch, tmp_pa
         }
         for i in range(3)
     ]
-    collate = VisionCollator(finetune_collator(vlm.config), lambda im: preprocess(im, VIT), 104, vlm.n_image_tokens)
+    collate = VisionCollator(finetune_collator(vlm.config), lambda im: preprocess(im, VIT), vlm.image_block)
     batch = collate(examples)
     assert batch["pixel_values"].shape == (3, 3, 64, 64) and (batch["input_ids"] == 104).sum() == 3 * 22
     default_loss(arch)(vlm, batch).total.backward()

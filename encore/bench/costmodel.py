@@ -174,9 +174,10 @@ def prefill_cost(
         # causal attention: S(S+1)/2 pairs; K/V written to the cache once and read back once
         attention = Part("attention", Ld * attn_pair * B * S * (S + 1) / 2, float(Ld * B * S * kv_pos * 2))
         return Phase((layers, attention, head))
-    Le = config.n_encoder_layers
-    encoder = _matmuls("encoder", Le * (w.self_attn + w.mlp), B * S, wb, b, Le * _encoder_layer_io(config), acts)
-    d, kv = config.d_model, 2 * config.n_kv_heads * config.head_dim
+    Le, enc = config.n_encoder_layers, config.encoder_config()  # the encoder's own widths (T5Gemma 9B-2B)
+    we = weight_counts(enc)
+    encoder = _matmuls("encoder", Le * (we.self_attn + we.mlp), B * S, wb, b, Le * _encoder_layer_io(enc), acts)
+    d, kv = config.encoder_width, 2 * config.n_kv_heads * config.head_dim
     cross_kv = _matmuls("cross_kv", Ld * w.cross_kv, B * S, wb, b, Ld * (d + kv), acts)
     step_params = Ld * (w.self_attn + w.cross_q_out + w.mlp)
     decoder = _matmuls("decoder", step_params, B, wb, b, Ld * _decoder_step_io(config), acts)
@@ -184,9 +185,10 @@ def prefill_cost(
     # cache traffic: write the cross K/V (S positions) and the BOS self K/V, read both back once
     enc_pairs = Le * B * S * S
     dec_pairs = Ld * B * (1 + S)
-    enc_kv_bytes = Le * B * S * kv_pos if acts else 0
+    enc_kv_bytes = Le * B * S * _kv_per_position(enc, b) if acts else 0
+    enc_pair = 4.0 * enc.n_heads * enc.head_dim
     attention = Part(
-        "attention", attn_pair * (enc_pairs + dec_pairs), float(Ld * B * (S + 1) * kv_pos * 2 + enc_kv_bytes)
+        "attention", enc_pair * enc_pairs + attn_pair * dec_pairs, float(Ld * B * (S + 1) * kv_pos * 2 + enc_kv_bytes)
     )
     return Phase((encoder, cross_kv, decoder, attention, head))
 

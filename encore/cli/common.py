@@ -104,15 +104,16 @@ def build_model(
     seed: int = 0,
     dropout: float | None = None,
     trust_remote_code: bool = False,
+    vision: bool = False,
 ) -> LanguageModel:
-    """A checkpoint directory is loaded as is; a preset or a ModelConfig .json file is built fresh, its
-    vocabulary and special ids taken from the tokenizer (vocab rounded up to a multiple of 64 for fast
-    matmuls)."""
+    """A checkpoint directory is loaded as is (`vision`: a transformers checkpoint's image tower too);
+    a preset or a ModelConfig .json file is built fresh, its vocabulary and special ids taken from the
+    tokenizer (vocab rounded up to a multiple of 64 for fast matmuls)."""
     from encore.tokenizer import special_ids
 
     config, checkpoint = resolve_model(spec)
     if checkpoint is not None:
-        model = load(checkpoint)
+        model = load(checkpoint, vision=vision)
         if tokenizer_name:
             model.tokenizer = resolve_tokenizer(tokenizer_name, trust_remote_code=trust_remote_code)
         if model.tokenizer is None:
@@ -148,12 +149,18 @@ def add_quantize_flag(p: argparse.ArgumentParser) -> None:
 
 
 def load_for_inference(
-    spec: str, tokenizer: str | None, device: str, quantize: str | None = None, random_weights: bool | None = None
+    spec: str,
+    tokenizer: str | None,
+    device: str,
+    quantize: str | None = None,
+    random_weights: bool | None = None,
+    vision: bool = False,
 ) -> LanguageModel:
     """A checkpoint with its tokenizer, made ready for inference on `device` (`encore.optimize`); the
     process keeps freed memory for reuse (`encore.infer.memory`), as a CPU deployment should.
     `random_weights`: None for a command without that flag; True lets a preset or config be built
-    untrained (a command's `--random-weights`, for capacity benchmarks)."""
+    untrained (a command's `--random-weights`, for capacity benchmarks). `vision`: images will come
+    (a transformers checkpoint's image tower is loaded too)."""
     from encore.infer.memory import retain_freed_memory
     from encore.infer.optimize import optimize
 
@@ -162,7 +169,7 @@ def load_for_inference(
     if checkpoint is None and not random_weights:
         hint = "" if random_weights is None else "; pass one, or --random-weights to serve the preset untrained"
         raise ValueError(f"--model {spec!r}: not a checkpoint directory{hint}")
-    return optimize(build_model(spec, tokenizer), device=device, quantize=quantize)
+    return optimize(build_model(spec, tokenizer, vision=vision), device=device, quantize=quantize)
 
 
 def text_only(model: Any, spec: str, command: str) -> Any:

@@ -64,11 +64,11 @@ def read_inputs(path: Path) -> list[str]:
     return sources
 
 
-def _model(args: argparse.Namespace) -> Any:
-    """The torch model the flags name (None for --backend onnx)."""
+def _model(args: argparse.Namespace, vision: bool = False) -> Any:
+    """The torch model the flags name (None for --backend onnx); `vision`: images will come."""
     if args.backend == "onnx":
         return None
-    return load_for_inference(args.model, args.tokenizer, args.device, _quantize(args))
+    return load_for_inference(args.model, args.tokenizer, args.device, _quantize(args), vision=vision)
 
 
 def _texts(
@@ -127,7 +127,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from encore.data.vqa import read_image, read_vqa_file
     from encore.model.vlm import VisionLanguageModel
 
-    model = _model(args)
+    model = _model(args, vision=getattr(args, "image", None) is not None)
     images = None
     if args.input is not None:
         sources = [args.input]
@@ -167,7 +167,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from encore.eval.metrics import compute_metrics, vqa_accuracy
     from encore.model.vlm import VisionLanguageModel
 
-    model = _model(args)
+    model = _model(args, vision=is_vision_task(args.task))
     vision = isinstance(model, VisionLanguageModel) or is_vision_task(args.task)
     load = load_vqa if vision else load_task
     files = {} if vision else {"data_files": args.data_files}

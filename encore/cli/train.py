@@ -186,7 +186,12 @@ def _pretraining_teacher(args: argparse.Namespace, model: LanguageModel):
         return None
     if model.config.arch != "encdec":
         raise ValueError(f"--teacher: distillation during pretraining trains an encoder-decoder, not {args.model}")
-    teacher = load_teacher(args.teacher, tokenizer=model.tokenizer, device=local_device())
+    teacher = load_teacher(
+        args.teacher,
+        tokenizer=model.tokenizer,
+        device=local_device(),
+        student_sources_end_in_eos=model.config.source_ids([])[-1:] == [model.config.eos_token_id],
+    )
     return DistillLoss(
         teacher,
         alpha=args.alpha,
@@ -398,6 +403,7 @@ def run_distill(args: argparse.Namespace) -> int:
         device=device,
         lora=args.teacher_lora,
         trust_remote_code=args.trust_remote_code,
+        student_sources_end_in_eos=student.config.source_ids([])[-1:] == [student.config.eos_token_id],
     )
     source, eval_source, collator = task_sources(args, student, with_ids=True)
     if args.unlabeled:

@@ -75,17 +75,17 @@ def vision_sources(args: argparse.Namespace, model: Any) -> tuple[Any, Any, Any]
     from encore.data.vqa import VisionCollator, load_vqa
     from encore.vision import preprocess
 
-    k = model.n_image_tokens
+    k = len(model.image_block)
     text = finetune_collator(
         model.config,
         max_source_len=args.max_source_len + k,  # the image's placeholders come on top of the text's room
         max_target_len=args.max_target_len,
         truncation="right" if args.truncation == "left" else args.truncation,  # never cut the placeholders
     )
-    collator = VisionCollator(text, lambda images: preprocess(images, model.vision_config), model.image_token_id, k)
+    collator = VisionCollator(text, lambda images: preprocess(images, model.vision_config), model.image_block)
     options = task_options(args)
     examples = tokenize_pairs(model.tokenizer, load_vqa(args.task, split="train", limit=args.limit, **options))
-    print(f"{args.task}: {len(examples)} training examples with images, {k} image tokens each")
+    print(f"{args.task}: {len(examples)} training examples with images, {model.n_image_tokens} image tokens each")
     eval_source = None
     if args.eval_every:
         val = tokenize_pairs(model.tokenizer, load_vqa(args.task, split=args.eval_split, **options))

@@ -4,6 +4,7 @@
     model = encore.load("hf:google/t5gemma-b-b-ul2")   # the hub, through huggingface_hub (needs access)
     model = encore.load("SmolLM2-135M.Q4_1.gguf")      # a GGUF file, dequantized by transformers
     model = encore.from_hf(hf_model)                   # a transformers model object already in memory
+    vlm = encore.load("path/to/t5gemma-2", vision=True)  # its SigLIP tower too: a VisionLanguageModel
     model.save_pretrained("out", format="hf")          # back to the family's transformers layout
 
 `load` and `resolve_model` take every model spec a `--model` flag takes: an encore preset, a
@@ -55,27 +56,40 @@ def resolve_model(spec: str | Path, flag: str = "--model") -> tuple[ModelConfig,
 
 
 def load(
-    spec: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, **config_changes: Any
+    spec: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    vision: bool = False,
+    **config_changes: Any,
 ) -> LanguageModel:
     """Any checkpoint: encore's own (`encore.model.io.load`), a transformers directory, `hf:ORG/NAME`
-    or a `.gguf` file. `config_changes` replace config fields that do not change shapes."""
+    or a `.gguf` file. `config_changes` replace config fields that do not change shapes. `vision`: a
+    transformers checkpoint's image tower too (T5Gemma 2), as a `VisionLanguageModel`; an encore
+    vision checkpoint is one whatever `vision` says."""
     text = str(spec)
     if text.startswith(HUB_PREFIX):
-        return load_hf(download(text[len(HUB_PREFIX) :]), device, dtype, **config_changes)
+        return load_hf(download(text[len(HUB_PREFIX) :]), device, dtype, vision, **config_changes)
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
+        if vision:
+            raise ConversionError(f"{path}: a GGUF file holds a text model (no image tower)")
         return load_gguf(path, device, dtype, **config_changes)
     if path.is_dir() and is_hf_checkpoint(path):
-        return load_hf(path, device, dtype, **config_changes)
+        return load_hf(path, device, dtype, vision, **config_changes)
     return io.load(path, device=device, dtype=dtype, **config_changes)
 
 
 def from_hf(
-    model_or_path: Any, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, **config_changes: Any
+    model_or_path: Any,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    vision: bool = False,
+    **config_changes: Any,
 ) -> LanguageModel:
-    """A transformers model object (its config and weights) or a checkpoint path -> the encore model."""
+    """A transformers model object (its config and weights) or a checkpoint path -> the encore model
+    (`vision`: with its image tower, as `load`)."""
     if isinstance(model_or_path, (str, Path)):
-        return load(model_or_path, device, dtype, **config_changes)
+        return load(model_or_path, device, dtype, vision, **config_changes)
     hf = model_or_path.config.to_dict()
     adapter = adapter_for(hf.get("model_type"), type(model_or_path).__name__)
     generation = getattr(model_or_path, "generation_config", None)
@@ -86,6 +100,10 @@ def from_hf(
     config = tie_equal_tables(config, set(state), get).replace(**config_changes)
     model = fill_model(config, adapter.from_hf(get, config), device, dtype, where=type(model_or_path).__name__)
     model.generation_config = generation
+    if vision:
+        from encore.convert.vision import with_vision
+
+        model = with_vision(model, adapter, hf, get, list(state), type(model_or_path).__name__)
     return model.eval()
 
 

@@ -32,6 +32,7 @@ class StateDictAdapter:
     architecture: str = ""  # the transformers class `to_hf` writes (config.json `architectures`)
     # prefixes a transformers model object names differently in memory than on disk -> the disk's
     memory_names: dict[str, str] = {}
+    vision_prefix: str | None = None  # the image tower's tensors (families with one: `vision_from_hf`)
 
     def disk_name(self, name: str) -> str:
         """A model object's state-dict name as the checkpoint files spell it."""
@@ -54,6 +55,16 @@ class StateDictAdapter:
         """None when this family can express `config`, else the reason in a few words."""
         raise NotImplementedError
 
+    def vision_from_hf(self, hf: dict[str, Any], tokenizer: Any = None) -> tuple[Any, dict[str, Any]]:
+        """(the image tower's `VisionConfig`, `VisionLanguageModel` keywords: "image_token_id",
+        "image_start_ids", "image_end_ids") of a family with an image tower (`encore.convert.vision`);
+        `tokenizer` (the checkpoint's, or None) spells what the family's processor puts around an image."""
+        raise ConversionError(f"model_type {self.model_types[0]!r} has no image tower encore reads")
+
+    def vision_tensors(self, get: Getter, names: list[str]) -> Iterator[tuple[str, Tensor]]:
+        """(name in `encore.vision.ImageEncoder`, tensor) for every tensor of the tower and projector."""
+        raise ConversionError(f"model_type {self.model_types[0]!r} has no image tower encore reads")
+
     # --- tensors ----------------------------------------------------------------------------------
 
     def rules(self, config: ModelConfig) -> list[Rule]:
@@ -72,7 +83,8 @@ class StateDictAdapter:
             if len(parts) == 1:
                 out.setdefault(parts[0], tensor)
                 continue
-            rows = [part_rows(p, config) for p in parts]
+            shapes = config.encoder_config() if name.startswith("encoder.") else config  # its own widths
+            rows = [part_rows(p, shapes) for p in parts]
             for part, piece in zip(parts, tensor.split(rows)):
                 out.setdefault(part, piece.contiguous())  # a tensor two rules read: the first one writes it
         return out

@@ -82,19 +82,26 @@ def load_hf(
     directory: str | Path,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    vision: bool = False,
     **config_changes: Any,
 ) -> LanguageModel:
-    """A transformers checkpoint directory -> the encore model (tokenizer and generation config with it)."""
+    """A transformers checkpoint directory -> the encore model (tokenizer and generation config with it);
+    `vision`: its image tower too, as a `VisionLanguageModel` (`encore.convert.vision`)."""
     directory = Path(directory)
     config, adapter, generation = read_config(directory)
     tensors = Tensors(directory, dtype or torch.float32)
     try:
         config = tie_equal_tables(config, set(tensors.names()), tensors.get).replace(**config_changes)
         model = fill_model(config, adapter.from_hf(tensors.get, config), device, dtype, where=str(directory))
+        model.generation_config = generation
+        _attach_tokenizer(model, directory)
+        if vision:
+            from encore.convert.vision import with_vision
+
+            hf = read_json(directory / "config.json")
+            model = with_vision(model, adapter, hf, tensors.get, tensors.names(), str(directory))
     finally:
         tensors.close()
-    model.generation_config = generation
-    _attach_tokenizer(model, directory)
     return model.eval()
 
 

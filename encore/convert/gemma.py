@@ -6,11 +6,15 @@ soft-caps attention and output logits, and keeps an embedding table for its enco
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+
+from torch import Tensor
 
 from encore.config import ModelConfig
 from encore.convert.adapter import (
     ConversionError,
+    Getter,
     Rule,
     StateDictAdapter,
     attention_rules,
@@ -22,6 +26,7 @@ from encore.convert.adapter import (
     rope_to_hf,
     special_tokens,
 )
+from encore.vision.config import VisionConfig
 
 _GEMMA_BLOCKS = dict(mlp_type="geglu", norm_plus_one=True, sandwich_norm=True, embed_scale=True)
 
@@ -157,16 +162,26 @@ class Gemma3TextAdapter(StateDictAdapter):
         return rules
 
 
+# the widths a T5Gemma encoder may have of its own (9B-2B), by their config.json and ModelConfig names
+WIDTHS = {
+    "hidden_size": "d_model",
+    "intermediate_size": "mlp_dim",
+    "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads",
+}
+
+
 def _encoder_decoder(
     enc: dict[str, Any], dec: dict[str, Any], hf: dict[str, Any], generation: dict[str, Any], same: tuple[str, ...]
 ) -> tuple[dict[str, Any], int]:
     """The fields both T5Gemma generations read the same way from their encoder and decoder configs
-    (which must agree on `same`), and the sliding window."""
+    (which must agree on `same`), and the sliding window. The decoder's widths are the model's; an
+    encoder of other widths (T5Gemma 9B-2B) gets them as `encoder_shape`."""
     for key in same:
         if enc.get(key) != dec.get(key):
             raise ConversionError(
                 f"config.json: encoder and decoder differ in {key} ({enc.get(key)} vs {dec.get(key)}); "
-                "encore's encoder-decoders share one width and head shape (T5Gemma 9B-2B is not supported yet)"
+                f"encore's encoder and decoder may differ only in {', '.join(WIDTHS)}"
             )
     enc_kinds, window = layer_kinds(enc, need(enc, "num_hidden_layers", "config.json encoder"))
     dec_kinds, dec_window = layer_kinds(dec, need(dec, "num_hidden_layers", "config.json decoder"))
@@ -184,6 +199,7 @@ def _encoder_decoder(
         decoder_layer_types=dec_kinds,
         sliding_window=window or dec_window,
         source_layout="bos",
+        encoder_shape={ours: enc[key] for key, ours in WIDTHS.items() if key in enc and enc[key] != dec.get(key)},
         **tokens,
     )
     return fields, window or dec_window
@@ -194,10 +210,6 @@ class T5GemmaAdapter(StateDictAdapter):
     architecture = "T5GemmaForConditionalGeneration"
     _same = (
         "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_attention_heads",
-        "num_key_value_heads",
         "head_dim",
         "query_pre_attn_scalar",
         "attn_logit_softcapping",
@@ -231,7 +243,7 @@ class T5GemmaAdapter(StateDictAdapter):
 
         parts = {}
         for part in ("encoder", "decoder"):
-            kwargs = _gemma_to_hf(config, part)
+            kwargs = _gemma_to_hf(config.encoder_config() if part == "encoder" else config, part)
             kwargs["rope_parameters"] = rope_to_hf(config)
             parts[part] = T5GemmaModuleConfig(**kwargs)
         hf = T5GemmaConfig(
@@ -270,16 +282,58 @@ class T5GemmaAdapter(StateDictAdapter):
 class T5Gemma2Adapter(StateDictAdapter):
     """T5Gemma 2: Gemma 3 blocks (q/k norms, local and global RoPE bases), one embedding table for the
     encoder, the decoder and the head (with T5Gemma 2's <eoi> vector), a window split around the
-    encoder's queries, and a decoder whose self- and cross-attention are one softmax. Text only: the
-    SigLIP tower and projector of the checkpoint are not loaded (docs/convert.md)."""
+    encoder's queries, and a decoder whose self- and cross-attention are one softmax. The SigLIP
+    tower and Gemma 3's pooling projector load when asked (`encore.load(path, vision=True)`: a
+    `VisionLanguageModel`); the text model alone otherwise (docs/convert.md)."""
 
     model_types = ("t5gemma2",)
     architecture = "T5Gemma2ForConditionalGeneration"
     memory_names = {"model.encoder.text_model.": "model.encoder."}
+    vision_prefix = "model.encoder.vision_tower."
+    projector_prefix = "model.encoder.multi_modal_projector."
+
+    def vision_from_hf(self, hf: dict[str, Any], tokenizer: Any = None) -> tuple[VisionConfig, dict[str, Any]]:
+        encoder = need(hf, "encoder")
+        vc = need(encoder, "vision_config")
+        if vc.get("model_type", "siglip_vision_model") != "siglip_vision_model":
+            raise ConversionError(f"config.json: encoder.vision_config is {vc['model_type']!r}, not a SigLIP tower")
+        options = {k: vc[k] for k in ("hidden_act", "layer_norm_eps", "vision_use_head", "num_channels") if k in vc}
+        vision = VisionConfig(
+            kind="siglip",
+            hidden_size=need(vc, "hidden_size"),
+            intermediate_size=need(vc, "intermediate_size"),
+            num_layers=need(vc, "num_hidden_layers"),
+            num_heads=need(vc, "num_attention_heads"),
+            image_size=need(vc, "image_size"),
+            patch_size=need(vc, "patch_size"),
+            projector="pool",
+            pooled_tokens=encoder.get("mm_tokens_per_image", 256),
+            norm_eps=vc.get("layer_norm_eps", 1e-6),
+            resample="bilinear",  # Gemma 3's image processor
+            tower_options=options,
+        )
+        # as Gemma 3's processor lays an image out: "\n\n" <start_of_image> k x <image> <end_of_image> "\n\n"
+        gap = tokenizer.encode("\n\n", add_special_tokens=False) if tokenizer is not None else []
+        gap = gap if len(gap) == 1 else []  # (a tokenizer without the one-token "\n\n": none)
+        ids = {
+            "image_token_id": hf.get("image_token_index", encoder.get("image_token_index")),
+            "image_start_ids": [*gap, encoder.get("boi_token_index", 255_999)],
+            "image_end_ids": [hf.get("eoi_token_index") or encoder.get("eoi_token_index", 256_000), *gap],
+        }
+        return vision.validate(), ids
+
+    def vision_tensors(self, get: Getter, names: list[str]) -> Iterator[tuple[str, Tensor]]:
+        """(name in `ImageEncoder`, tensor): the tower as it is, the projector's norm, and its
+        [vision, text] matrix transposed into a linear layer's weight."""
+        for name in names:
+            if name.startswith(self.vision_prefix):
+                yield "tower." + name[len(self.vision_prefix) :], get(name)
+        yield "projector.norm.weight", get(self.projector_prefix + "mm_soft_emb_norm.weight")
+        yield "projector.proj.weight", get(self.projector_prefix + "mm_input_projection_weight").t().contiguous()
 
     def config_from_hf(self, hf: dict[str, Any], generation: dict[str, Any]) -> ModelConfig:
         encoder, dec = need(hf, "encoder"), need(hf, "decoder")
-        same = (*T5GemmaAdapter._same, "final_logit_softcapping")
+        same = (*T5GemmaAdapter._same, *WIDTHS, "final_logit_softcapping")  # merged attention: one width
         fields, w = _encoder_decoder(encoder.get("text_config") or encoder, dec, hf, generation, same)
         theta, rope_params = rope_settings(dec, "full_attention")
         eoi = hf.get("eoi_token_index") or encoder.get("eoi_token_index")
@@ -299,7 +353,10 @@ class T5Gemma2Adapter(StateDictAdapter):
         )
 
     def why_not(self, config: ModelConfig) -> str | None:
-        return "encore loads T5Gemma 2's text model only; writing it back would drop the vision tower"
+        return (
+            "this is T5Gemma 2's text model only, and the family's files need its image tower (a model "
+            "loaded with vision=True saves in encore's format)"
+        )
 
     def config_to_hf(self, config: ModelConfig) -> Any:
         """The family's config, with transformers' default vision tower (the bench's random models)."""

@@ -104,12 +104,13 @@ def load_vqa(name_or_path: str | os.PathLike, split: str = "train", **options: A
 
 
 class VisionCollator:
-    """A text collator's batch + `pixel_values`, with `n_image_tokens` placeholders before each source.
-    Examples: {"source_ids", "target_ids", "image"} (images as PIL)."""
+    """A text collator's batch + `pixel_values`, with an image's block of ids (`VisionLanguageModel.
+    image_block`: its placeholders, between start / end tokens where the model has them) before each
+    source. Examples: {"source_ids", "target_ids", "image"} (images as PIL)."""
 
-    def __init__(self, text_collator: Callable, preprocess: Callable[[list], Any], image_token_id: int, k: int):
+    def __init__(self, text_collator: Callable, preprocess: Callable[[list], Any], image_block: list[int]):
         self.text, self.preprocess = text_collator, preprocess
-        self.placeholders = [image_token_id] * k
+        self.placeholders = list(image_block)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         for i, e in enumerate(examples):

@@ -41,6 +41,31 @@ def right_padded_lengths(ids: Tensor, mask: Tensor | None, name: str) -> Tensor:
     return lengths
 
 
+def teacher_sources(teacher: nn.Module, source_ids: Tensor, source_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The student's right-padded sources as the teacher's own layout ends them (`Teacher.source_end`):
+    "strip" drops a trailing EOS (a teacher of an imported family was fine-tuned on ``[BOS] x y``, the
+    student reads ``x [EOS]``), "append" adds one (encore's decoder-only layout ``[BOS] x [EOS] y`` under
+    a student whose sources end without it), "keep" leaves them."""
+    end, eos = getattr(teacher, "source_end", "keep"), getattr(teacher, "eos_id", None)
+    mask = torch.ones_like(source_ids) if source_mask is None else source_mask
+    if end == "keep" or not isinstance(eos, int):
+        return source_ids, mask
+    lengths = right_padded_lengths(source_ids, mask, "source")
+    rows = torch.arange(source_ids.shape[0], device=source_ids.device)
+    last = (lengths - 1).clamp(min=0)
+    ends_in_eos = (lengths > 0) & (source_ids[rows, last] == eos)
+    if end == "strip":
+        mask = mask.clone()
+        mask[rows[ends_in_eos], last[ends_in_eos]] = 0
+        return source_ids.masked_fill(mask == 0, getattr(teacher, "pad_id", 0)), mask
+    ids = torch.nn.functional.pad(source_ids, (0, 1), value=getattr(teacher, "pad_id", 0))
+    mask = torch.nn.functional.pad(mask, (0, 1))
+    add = ~ends_in_eos
+    ids[rows[add], lengths[add]] = eos
+    mask[rows[add], lengths[add]] = 1
+    return ids, mask
+
+
 def teacher_layout(
     source_ids: Tensor,
     source_mask: Tensor | None,
@@ -149,6 +174,7 @@ def aligned_teacher_logits(
         valid_vocab = getattr(teacher, "valid_vocab", None)
     teacher_vocab = getattr(teacher, "vocab_size", None)
     B, T = target_ids.shape
+    source_ids, source_mask = teacher_sources(teacher, source_ids, source_mask)
     ids, mask, pos, start = teacher_layout(source_ids, source_mask, target_ids, target_mask, bos_id=bos, pad_id=pad)
     if teacher_vocab is not None:
         for name, t, m in (("source_ids", source_ids, source_mask), ("target_ids", target_ids, target_mask)):

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from encore.data.collate import Batch
 from encore.data.sources import TaskSource
-from encore.distill.align import teacher_layout
+from encore.distill.align import teacher_layout, teacher_sources
 from encore.distill.errors import DistillError
 from encore.distill.teacher import Teacher
 from encore.train.dist import is_main_process
@@ -44,6 +44,7 @@ def generate_teacher_targets(
     if not isinstance(teacher, Teacher):
         raise DistillError("generate_teacher_targets needs a Teacher (see load_teacher / Teacher(model))")
     bos = teacher.bos_id if teacher_bos_id == "auto" else teacher_bos_id
+    source_ids, source_mask = teacher_sources(teacher, source_ids, source_mask)
     empty = source_ids[:, :0]
     ids, mask, _, start = teacher_layout(source_ids, source_mask, empty, None, bos_id=bos, pad_id=teacher.pad_id)
     eos = eos_id if eos_id is not None else teacher.eos_id

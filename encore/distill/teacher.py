@@ -162,8 +162,9 @@ class Teacher(nn.Module):
     Wraps a Hugging Face causal LM (an encore `DecoderOnly` is wrapped in `EncoreCausalLM` first, which
     speaks the same convention). Carries what alignment needs to know: ``bos_id`` (prepended to every
     source, or None), ``pad_id``, ``eos_id``, ``vocab_size`` (width of its logits), ``valid_vocab``
-    (ids ``>=`` this are masked: beyond the tokenizer or the shared vocabulary). Stays in eval mode
-    even when a parent module calls ``.train()``.
+    (ids ``>=`` this are masked: beyond the tokenizer or the shared vocabulary), ``source_end`` (the
+    student's sources end in EOS or not; the teacher's layout may want the other: "strip" / "append" /
+    "keep", `align.teacher_sources`). Stays in eval mode even when a parent module calls ``.train()``.
     """
 
     def __init__(
@@ -175,8 +176,12 @@ class Teacher(nn.Module):
         pad_id: int = 0,
         eos_id: int | None = None,
         valid_vocab: int | None = None,
+        source_end: Literal["keep", "strip", "append"] = "keep",
     ):
         super().__init__()
+        if source_end not in ("keep", "strip", "append"):
+            raise ValueError(f"source_end must be 'keep', 'strip' or 'append', got {source_end!r}")
+        self.source_end = source_end  # what `align.teacher_sources` does to a student's source's end
         if isinstance(model, LanguageModel):
             model = EncoreCausalLM(model)
         self.model = model.eval().requires_grad_(False)
@@ -230,6 +235,7 @@ def load_teacher(
     lora: str | Path | None = None,
     trust_remote_code: bool = False,
     bos_id: int | None | Literal["auto"] = "auto",
+    student_sources_end_in_eos: bool | None = None,
 ) -> Teacher:
     """Load a frozen teacher: an encore decoder-only checkpoint directory, or a Hugging Face causal LM
     (local directory or hub id) optionally with LoRA adapters merged in at load.
@@ -238,6 +244,9 @@ def load_teacher(
     (`check_tokenizers`, which refuses a different one) and the shared vocabulary becomes
     ``valid_vocab``. ``dtype`` defaults to bf16 on CUDA, fp32 elsewhere. ``bos_id="auto"`` takes the
     teacher tokenizer's convention (`teacher_bos_convention`); None never prepends one.
+    ``student_sources_end_in_eos`` (the student's layout: encore's encoder reads ``x [EOS]``): a
+    teacher fine-tuned without an EOS after the source (an imported family's layout, a Hugging Face
+    model) then reads the sources without it, an encore-layout teacher with it (`Teacher.source_end`).
     """
     device = torch.device(device)
     if dtype is None:
@@ -259,6 +268,7 @@ def load_teacher(
         # student's source is x [EOS]: prepending BOS gives the teacher exactly its training layout. An
         # imported model (a GGUF file) reads its texts as its family does: "plain" ones without BOS.
         auto_bos = None if model.config.source_layout == "plain" else model.config.bos_token_id
+        reads_eos = model.config.source_layout == "encore"  # [BOS] x [EOS] y [EOS]; imported: [BOS] x y
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -285,6 +295,7 @@ def load_teacher(
             0,
         )
         auto_bos = teacher_bos_convention(teacher_tok)
+        reads_eos = False  # a causal LM reads a prompt and continues it
     valid = len(teacher_tok) if teacher_tok is not None else None
     if tokenizer is not None:
         if teacher_tok is None:
@@ -302,4 +313,11 @@ def load_teacher(
         bos_id=auto_bos if bos_id == "auto" else bos_id,
         pad_id=int(pad_id),
         valid_vocab=valid,
+        source_end=_source_end(student_sources_end_in_eos, reads_eos),
     )
+
+
+def _source_end(student: bool | None, teacher: bool) -> Literal["keep", "strip", "append"]:
+    if student is None or student == teacher:
+        return "keep"
+    return "strip" if student else "append"

@@ -213,7 +213,7 @@ def export_onnx(
     directory.mkdir(parents=True, exist_ok=True)
     if static:
         batch, input_len = static["batch_size"], static["max_input_len"]
-        self_len = static["max_new_tokens"] + (input_len if config.arch == "deconly" else 0)
+        self_len = config.cache_positions(input_len, static["max_new_tokens"])[0]
     else:
         batch, input_len, self_len = 2, 8, 12
     examples = _examples(config, batch, input_len, self_len)

@@ -103,7 +103,7 @@ class Engine:
         if max_prefill_tokens is not None and (not isinstance(max_prefill_tokens, int) or max_prefill_tokens < 1):
             raise ValueError(f"Engine max_prefill_tokens must be a positive integer, got {max_prefill_tokens!r}")
         config = model.config
-        longest = max_input_len + max_new_tokens if config.arch == "deconly" else max(max_input_len, max_new_tokens)
+        longest = config.positions_needed(max_input_len, max_new_tokens)
         if longest > config.max_seq_len:
             raise ValueError(
                 f"Engine max_input_len {max_input_len} and max_new_tokens {max_new_tokens} need {longest} "
@@ -116,7 +116,7 @@ class Engine:
         self.prefill_tokens = prefill_tokens or (16384 if self.device.type == "cuda" else 1024)
         self.max_prefill_tokens = max_prefill_tokens
         self.cache = model.new_cache(max_batch, max_input_len, max_new_tokens)
-        if config.arch == "encdec":
+        if self.cache.cross_k is not None:
             self.cache.cross_mask = torch.zeros(max_batch, max_input_len, dtype=torch.bool, device=self.device)
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)  # each slot's next input
         self.slots: list[_Request | None] = [None] * max_batch
@@ -220,7 +220,7 @@ class Engine:
         used = 0
         for r in self.slots:
             if r is not None:
-                used += per_position * (r.cache_len + (len(r.ids) if self.config.arch == "encdec" else 0))
+                used += per_position * (r.cache_len + self.config.cache_positions(len(r.ids), 0)[1])
         return used
 
     # --- the step ------------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ class Engine:
         self.cache.install(fresh, slots, rows)
         for r, slot in zip(group, slots):
             r.slot, self.slots[slot] = slot, r
-            r.cache_len = 1 if self.config.arch == "encdec" else len(r.ids)
+            r.cache_len = self.config.cache_positions(len(r.ids), 0)[0]  # written by the prefill
             if self.prefix is not None:  # the prompt's blocks, for requests that share them meanwhile
                 self.prefix.put(r.ids, self.cache.k[:, slot], self.cache.v[:, slot])
         self.prefilled_rows += len(prompts)
@@ -313,7 +313,7 @@ class Engine:
             logits = self._graphs(rows)
         else:
             self_len = max(r.cache_len for r in running) + 1
-            cross_len = max(len(r.ids) for r in running) if self.config.arch == "encdec" else None
+            cross_len = max(self.config.cache_positions(len(r.ids), 0)[1] for r in running) or None
             view = self.cache.view(rows, self_len, cross_len)
             logits = self.model.decode_step(self.tokens[:rows], view)
         for r in running:

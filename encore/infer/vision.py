@@ -30,7 +30,7 @@ def answer_images(
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images for {len(questions)} questions")
     options = options or GenerationOptions()
-    room = options.max_source_len - (1 if vlm.arch == "encdec" else 2)
+    room = options.max_source_len - len(vlm.config.source_ids([]))  # the layout's special tokens
     if room < 1:
         raise ValueError(f"--max-source-len {options.max_source_len} leaves no room next to the special tokens")
     texts: list[str] = []

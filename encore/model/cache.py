@@ -49,16 +49,16 @@ class GenerationCache:
         """What `batch_size` rows of up to `input_len` input tokens need for `max_new_tokens` each:
         encoder-decoder: self K/V over the outputs + cross K/V over the input; decoder-only: self K/V
         over input + outputs."""
-        c, encdec = config, config.arch == "encdec"
-        self_len = max(max_new_tokens, 1) if encdec else input_len + max_new_tokens
+        c = config
+        self_len, cross_len = c.cache_positions(input_len, max_new_tokens)
         shape = (c.n_decoder_layers, batch_size, c.n_kv_heads, self_len, c.head_dim)
         cache = cls(
             k=torch.zeros(shape, device=device, dtype=dtype),
             v=torch.zeros(shape, device=device, dtype=dtype),
             length=torch.zeros(batch_size, dtype=torch.long, device=device),
         )
-        if encdec and input_len:  # (input_len 0: the caller brings the cross K/V)
-            cross = (c.n_decoder_layers, batch_size, c.n_kv_heads, input_len, c.head_dim)
+        if cross_len:  # (input_len 0: the caller brings the cross K/V)
+            cross = (c.n_decoder_layers, batch_size, c.n_kv_heads, cross_len, c.head_dim)
             cache.cross_k = torch.zeros(cross, device=device, dtype=dtype)
             cache.cross_v = torch.zeros(cross, device=device, dtype=dtype)
         return cache
@@ -133,7 +133,7 @@ class GenerationCache:
     def bytes_for(config: ModelConfig, input_len: int, max_new_tokens: int, dtype_bytes: int = 4) -> int:
         """Bytes of K/V one row needs for `input_len` input and `max_new_tokens` new tokens: what
         `allocate` gives each row (encoder-decoder: outputs + cross; decoder-only: prompt + outputs)."""
-        positions = input_len + (max(max_new_tokens, 1) if config.arch == "encdec" else max_new_tokens)
+        positions = sum(config.cache_positions(input_len, max_new_tokens))
         return 2 * config.n_decoder_layers * config.n_kv_heads * config.head_dim * positions * dtype_bytes
 
     @property

@@ -29,10 +29,11 @@ class EncoderDecoder(LanguageModel):
         if config.arch != "encdec":
             raise ValueError(f"EncoderDecoder needs an 'encdec' config, got arch={config.arch!r}")
         super().__init__(config)
+        enc = config.encoder_config()  # the encoder's widths (T5Gemma 9B-2B: its own; usually the decoder's)
         # the encoder's own embedding table, when the family keeps one (T5Gemma); else the shared `embed`
-        self.encoder_embed = None if config.tie_encoder_embeddings else make_embedding(config)
-        self.encoder = nn.ModuleList(EncoderLayer(config, kind) for kind in config.layer_types("encoder"))
-        self.encoder_norm = make_norm(config)
+        self.encoder_embed = None if config.tie_encoder_embeddings else make_embedding(enc)
+        self.encoder = nn.ModuleList(EncoderLayer(enc, kind) for kind in config.layer_types("encoder"))
+        self.encoder_norm = make_norm(enc)
         if config.merged_attention:  # T5Gemma 2: self- and cross-attention as one softmax
             layers = (MergedDecoderLayer(config, kind) for kind in config.layer_types("decoder"))
         else:

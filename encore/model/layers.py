@@ -272,7 +272,7 @@ class MergedAttention(SelfAttention):
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
-        self.cross_kv = Linear(config.d_model, 2 * self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.cross_kv = Linear(config.encoder_width, 2 * self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
 
     @torch.no_grad()
     def copy_kv_to_cross(self) -> None:
@@ -329,7 +329,8 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.q = Linear(config.d_model, self.n_heads * self.head_dim, bias=config.qkv_bias)
-        self.kv = Linear(config.d_model, 2 * self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+        # K/V from the encoder's states: its width (T5Gemma 9B-2B's encoder is wider than its decoder)
+        self.kv = Linear(config.encoder_width, 2 * self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
         # the family's per-head q / k norms (Qwen3, Gemma 3), so a cross-attention copied from a
         # self-attention (`encore.adapt`) computes what its source computed
         self.q_norm = make_norm(config, config.head_dim) if config.qk_norm else nn.Identity()

@@ -48,13 +48,23 @@ class VisionLanguageModel(nn.Module):
         selection: str = "variance",
         image_token_id: int = IMAGE_TOKEN_ID,
         lm: LanguageModel | None = None,
+        image_start_ids: list[int] | tuple[int, ...] = (),
+        image_end_ids: list[int] | tuple[int, ...] = (),
     ):
+        """`image_start_ids` / `image_end_ids`: tokens before / after an image's placeholders in a
+        prompt (T5Gemma 2's processor: "\n\n" <start_of_image> ... <end_of_image> "\n\n"); none for
+        encore's models."""
         super().__init__()
-        if not 0 <= image_token_id < text_config.vocab_size:
-            raise ValueError(f"image_token_id {image_token_id} is outside the vocabulary [0, {text_config.vocab_size})")
+        ids = (("image_token_id", image_token_id), *(("image_start_ids", i) for i in image_start_ids),
+               *(("image_end_ids", i) for i in image_end_ids))  # fmt: skip
+        for name, value in ids:
+            if not isinstance(value, int) or not 0 <= value < text_config.vocab_size:
+                raise ValueError(f"{name}: {value!r} is not an id of the vocabulary [0, {text_config.vocab_size})")
         self.lm = lm if lm is not None else model_class(text_config.arch)(text_config)
-        self.vision = ImageEncoder(vision_config, text_config.d_model, image_keep, selection)
+        # image tokens enter the input embeddings: the encoder's width in an encoder-decoder
+        self.vision = ImageEncoder(vision_config, text_config.encoder_width, image_keep, selection)
         self.image_token_id = image_token_id
+        self.image_start_ids, self.image_end_ids = list(image_start_ids), list(image_end_ids)
 
     # --- what callers read ---------------------------------------------------------------------
 
@@ -93,11 +103,15 @@ class VisionLanguageModel(nn.Module):
     # --- inputs --------------------------------------------------------------------------------
 
     def image_prompt(self, ids: list[int]) -> list[int]:
-        """Text ids (no specials) -> the input a generation reads: k placeholders before the text, laid
-        out as the fine-tuning collators lay out a source (encoder-decoder: + EOS; decoder-only: BOS
-        first, + EOS)."""
-        body = [self.image_token_id] * self.n_image_tokens + list(ids) + [self.config.eos_token_id]
-        return body if self.arch == "encdec" else [self.config.bos_token_id, *body]
+        """Text ids (no specials) -> the input a generation reads: k placeholders (between the image's
+        start and end tokens, where the model has them) before the text, laid out as the fine-tuning
+        collators lay out a source (`ModelConfig.source_ids`)."""
+        return self.config.source_ids([*self.image_block, *ids])
+
+    @property
+    def image_block(self) -> list[int]:
+        """What stands for one image in a prompt: start ids + k placeholders + end ids."""
+        return [*self.image_start_ids, *[self.image_token_id] * self.n_image_tokens, *self.image_end_ids]
 
     def check_inputs(self, input_ids: Tensor, pixel_values: Tensor | None, attention_mask: Tensor | None) -> None:
         """Placeholders must match the images: k per row with an image, none without. Reads on the host:
@@ -214,6 +228,8 @@ class VisionLanguageModel(nn.Module):
             "image_keep": self.vision.image_keep,
             "selection": self.vision.selection,
             "image_token_id": self.image_token_id,
+            "image_start_ids": self.image_start_ids,
+            "image_end_ids": self.image_end_ids,
         }
         text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
         atomic_write(directory / VISION_CONFIG_FILE, lambda p: Path(p).write_text(text))
@@ -239,7 +255,8 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"{path}: missing or malformed field {e}") from None
         config = ModelConfig.load(directory / CONFIG_FILE)
         lm = model_class(config.arch).from_pretrained(directory, device=device, dtype=dtype, **changes)
-        model = cls(lm.config, vision, keep, selection, image_token_id, lm=lm)
+        ends = meta.get("image_start_ids", []), meta.get("image_end_ids", [])  # (absent before T5Gemma 2)
+        model = cls(lm.config, vision, keep, selection, image_token_id, lm, *ends)
         weights = directory / VISION_WEIGHTS_FILE
         try:
             state = load_file(str(weights))

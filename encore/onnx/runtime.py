@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from encore.config import lay_out_source  # stdlib only: no torch
 from encore.onnx.manifest import Manifest
 from encore.onnx.sampling import check_sampling, sample_next
 
@@ -220,10 +221,7 @@ class OnnxGenerator:
         if self.tokenizer is None:
             raise ValueError(f"{self.directory}: no tokenizer.json beside the graphs; pass token ids to generate()")
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        layout = self.manifest.source_layout
-        if layout != "encore":
-            return [self.bos, *ids] if layout == "bos" else ids
-        return [*ids, self.eos] if self.manifest.arch == "encdec" else [self.bos, *ids, self.eos]
+        return lay_out_source(ids, self.manifest.source_layout, self.manifest.arch, self.bos, self.eos)
 
     def generate_text(self, texts: str | list[str], max_new_tokens: int = 64, **kwargs: Any) -> str | list[str]:
         """Generate for one text or a list (right-padded batch); returns the decoded new text(s)."""

@@ -62,7 +62,7 @@ def _limits(cfg: ServerConfig, model_config: Any) -> tuple[int, int]:
     for name, value in (*flags, ("--max-prefill-tokens", cfg.max_prefill_tokens)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    room = model_config.max_seq_len - (cfg.max_tokens if model_config.arch == "deconly" else 0)
+    room = model_config.max_input_len(cfg.max_tokens)
     if room < 1 or cfg.max_tokens > model_config.max_seq_len:
         raise ValueError(
             f"--max-tokens-limit {cfg.max_tokens} leaves no room in max_seq_len {model_config.max_seq_len}"

@@ -3,7 +3,8 @@
 Presets: `vit-tiny` (tests and CPU runs: 64 px, 8 px patches, 65 tokens), `clip-vit-l-336` (the shape
 of CLIP ViT-L/14-336, LLaVA's tower: 577 tokens, CLS included), `siglip-base` (SigLIP base/16-224:
 196 tokens, no CLS). Towers are built with random weights offline; pretrained ones come from
-`tower` (a hub id or a directory) when the user has them.
+`tower` (a hub id or a directory) when the user has them, or with a checkpoint (T5Gemma 2's SigLIP:
+`projector="pool"`, Gemma 3's average pool of the patch grid, `encore.convert.vision`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 KINDS = ("clip", "siglip")
 SELECTIONS = ("variance", "uniform", "learned")
+PROJECTORS = ("mlp", "pool")
+RESAMPLES = ("bicubic", "bilinear")
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -33,6 +36,14 @@ class VisionConfig:
     projector_hidden: int | None = None  # the MLP projector's hidden width; None: the text model's d_model
     tower: str | None = None  # pretrained weights: a hub id or a directory (transformers); None: random init
     freeze_tower: bool = True  # the paper's and LLaVA's default: train the projector (and the LM), not the tower
+    # "mlp": LLaVA's 2-layer MLP on each kept token; "pool": Gemma 3's (T5Gemma 2's): the patch grid
+    # average-pooled to `pooled_tokens`, a (1 + w) RMSNorm (`norm_eps`), one linear map, no selection
+    projector: str = "mlp"
+    pooled_tokens: int | None = None
+    norm_eps: float = 1e-6
+    resample: str = "bicubic"  # how images are resized (Gemma 3's processor: bilinear)
+    # more keyword arguments of the transformers vision config (e.g. SigLIP's vision_use_head, hidden_act)
+    tower_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> VisionConfig:
@@ -61,7 +72,9 @@ class VisionConfig:
 
     @property
     def tokens(self) -> int:
-        """Tokens the tower puts out per image (CLIP adds its CLS token)."""
+        """Tokens per image the projector receives (CLIP adds its CLS token) or, pooled, puts out."""
+        if self.projector == "pool":
+            return self.pooled_tokens
         return self.patches + (1 if self.kind == "clip" else 0)
 
     def kept(self, image_keep: float) -> int:
@@ -87,6 +100,18 @@ class VisionConfig:
             raise ValueError(
                 f"VisionConfig.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
             )
+        if self.projector not in PROJECTORS:
+            raise ValueError(f"VisionConfig.projector must be one of {PROJECTORS}, got {self.projector!r}")
+        if self.resample not in RESAMPLES:
+            raise ValueError(f"VisionConfig.resample must be one of {RESAMPLES}, got {self.resample!r}")
+        if self.projector == "pool":
+            side, pooled = self.image_size // self.patch_size, self.pooled_tokens
+            per_side = math.isqrt(pooled) if isinstance(pooled, int) and pooled > 0 else 0
+            if per_side * per_side != pooled or side % per_side or self.kind != "siglip":
+                raise ValueError(
+                    f"VisionConfig.pooled_tokens {pooled!r}: the pool projector needs a SigLIP tower and a square "
+                    f"number of tokens whose side divides the {side} x {side} patch grid"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Pixels -> `d_model` image tokens: the tower (transformers' CLIP / SigLIP vision model), token
-selection, and the MLP projector.
+selection, and the projector (LLaVA's MLP, or Gemma 3's pooling one that T5Gemma 2 uses).
 
     encoder = ImageEncoder(VisionConfig.preset("vit-tiny"), d_model=256, image_keep=0.33, selection="variance")
     tokens = encoder(pixel_values)                      # [B, k, d_model], k = config.kept(0.33)
@@ -19,6 +19,7 @@ Kept tokens stay in their original (raster) order.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +44,7 @@ def build_tower(config: VisionConfig) -> nn.Module:
         num_attention_heads=config.num_heads,
         image_size=config.image_size,
         patch_size=config.patch_size,
+        **config.tower_options,
     )
     return cls(hf)
 
@@ -68,8 +70,29 @@ def select(features: Tensor, k: int, selection: str, scorer: nn.Module | None = 
     return kept
 
 
+class PoolProjector(nn.Module):
+    """Gemma 3's projector (T5Gemma 2's): the tower's patch grid average-pooled to `pooled_tokens`
+    (a square), a (1 + w) RMSNorm, one linear map into the text model's width."""
+
+    def __init__(self, config: VisionConfig, d_model: int):
+        from encore.model.layers import OffsetRMSNorm  # (here: encore.model imports this module)
+
+        super().__init__()
+        self.side = config.image_size // config.patch_size
+        self.pool = nn.AvgPool2d(self.side // math.isqrt(config.pooled_tokens))
+        self.norm = OffsetRMSNorm(config.hidden_size, config.norm_eps)
+        self.proj = nn.Linear(config.hidden_size, d_model, bias=False)
+
+    def forward(self, features: Tensor) -> Tensor:
+        B, N, H = features.shape  # N = side * side patches, raster order
+        grid = features.transpose(1, 2).reshape(B, H, self.side, self.side)
+        pooled = self.pool(grid).flatten(2).transpose(1, 2)  # [B, k, H]
+        return self.proj(self.norm(pooled))
+
+
 class ImageEncoder(nn.Module):
-    """Tower -> selection -> 2-layer MLP projector (LLaVA-1.5's) into the text model's `d_model`."""
+    """Tower -> selection -> 2-layer MLP projector (LLaVA-1.5's) into the text model's `d_model`; or,
+    with `projector="pool"`, tower -> Gemma 3's pooling projector (every image keeps `pooled_tokens`)."""
 
     def __init__(self, config: VisionConfig, d_model: int, image_keep: float = 1.0, selection: str = "variance"):
         super().__init__()
@@ -77,6 +100,8 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"image_keep must be in (0, 1], got {image_keep!r}")
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if config.projector == "pool" and image_keep != 1:
+            raise ValueError(f"image_keep {image_keep}: a pooling projector keeps every pooled token (image_keep 1)")
         self.tower = build_tower(config)
         if config.tower is not None:  # the pretrained tower's own shape is the truth
             hf = self.tower.config
@@ -93,8 +118,11 @@ class ImageEncoder(nn.Module):
         if config.freeze_tower:
             self.tower.requires_grad_(False)
         self.scorer = nn.Linear(config.hidden_size, 1) if selection == "learned" else None
-        hidden = config.projector_hidden or d_model
-        self.projector = nn.Sequential(nn.Linear(config.hidden_size, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+        if config.projector == "pool":
+            self.projector = PoolProjector(config, d_model)
+        else:
+            hidden = config.projector_hidden or d_model
+            self.projector = nn.Sequential(nn.Linear(config.hidden_size, hidden), nn.GELU(), nn.Linear(hidden, d_model))
 
     @property
     def tokens(self) -> int:
@@ -109,18 +137,22 @@ class ImageEncoder(nn.Module):
                 f"pixel_values must be [B, {', '.join(map(str, expected))}], got {tuple(pixel_values.shape)}"
             )
         features = self.tower(pixel_values=pixel_values).last_hidden_state  # [B, N, H]
+        if self.config.projector == "pool":  # pools the whole grid: nothing is selected first
+            return self.projector(features)
         return self.projector(select(features, self.tokens, self.selection, self.scorer))
 
 
 def preprocess(images: list, config: VisionConfig) -> Tensor:
     """PIL images -> normalised pixel values [B, 3, S, S] as the tower's processor makes them
-    (RGB, resized to S x S bicubic, scaled to [0, 1], normalised with the tower's mean / std)."""
+    (RGB, resized to S x S with `config.resample`, scaled to [0, 1], normalised with the tower's mean /
+    std)."""
     from PIL import Image
 
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in config.mean_std)
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[config.resample]
     out = []
     for image in images:
-        rgb = image.convert("RGB").resize((config.image_size, config.image_size), Image.BICUBIC)
+        rgb = image.convert("RGB").resize((config.image_size, config.image_size), resample)
         pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
         pixels = pixels.view(config.image_size, config.image_size, 3).permute(2, 0, 1).float() / 255
         out.append((pixels - mean) / std)
