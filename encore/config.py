@@ -171,6 +171,11 @@ class ModelConfig:
         """A source's text ids laid out as the model reads them (`source_layout`)."""
         return lay_out_source(ids, self.source_layout, self.arch, self.bos_token_id, self.eos_token_id)
 
+    @property
+    def source_ends_in_eos(self) -> bool:
+        """Whether the layout ends a source with EOS (encore's: `x [EOS]`; an imported family's: no)."""
+        return self.source_ids([])[-1:] == [self.eos_token_id]
+
     def cache_positions(self, input_len: int, new_tokens: int) -> tuple[int, int]:
         """(self, cross): the K/V positions a request of `input_len` input tokens and `new_tokens` new
         ones holds. Encoder-decoder: the outputs (the start token first; at least one) and the input;
@@ -222,18 +227,19 @@ class ModelConfig:
             "head": self.vocab_size * d,
         }
 
+    def _attention_extra(self) -> int:
+        """Parameters of one attention beside its matrices: q/k norms, q/k/v biases."""
+        norms = 2 * self.head_dim if self.qk_norm else 0
+        return norms + ((self.n_heads + 2 * self.n_kv_heads) * self.head_dim if self.qkv_bias else 0)
+
     def param_counts(self) -> dict[str, int]:
         """Parameters split into embedding / encoder / decoder / total (tied head counted once)."""
         m, norm = self.matrix_params(), self.d_model
         per_norm = 2 if self.sandwich_norm else 1  # a norm before each sub-block, and after it when sandwiched
-        attn_extra = (2 * self.head_dim if self.qk_norm else 0) + (
-            (self.n_heads + 2 * self.n_kv_heads) * self.head_dim if self.qkv_bias else 0
-        )
-        enc, enc_m = self.encoder_config(), self.encoder_config().matrix_params()
-        enc_attn_extra = (2 * enc.head_dim if enc.qk_norm else 0) + (
-            (enc.n_heads + 2 * enc.n_kv_heads) * enc.head_dim if enc.qkv_bias else 0
-        )
-        enc_layer = enc_m["self_attn"] + enc_m["mlp"] + 2 * per_norm * enc.d_model + enc_attn_extra
+        attn_extra = self._attention_extra()
+        enc = self.encoder_config()  # the encoder's own widths
+        enc_m = enc.matrix_params()
+        enc_layer = enc_m["self_attn"] + enc_m["mlp"] + 2 * per_norm * enc.d_model + enc._attention_extra()
         cross = (m["cross_q_out"] + m["cross_kv"] + per_norm * norm + attn_extra) if self.arch == "encdec" else 0
         if self.merged_attention:  # no cross-attention block: a copy of the K/V projection reads the encoder
             cross = m["cross_kv"]

@@ -3,8 +3,9 @@ with on a CPU, timed on *the same weights* encore runs.
 
 The decoder-only model (a Llama-family preset with its seeded random weights, or a checkpoint) is
 written as an F32 GGUF (`encore.convert.gguf.save_gguf`), then quantized by llama.cpp's own quantizer
-as `llama-quantize` would: int8 -> Q8_0, int4 -> Q4_0 (its default per-tensor choices: a tied Q4_0
-model keeps its embedding / head in Q6_K). Files are cached under $ENCORE_CACHE/bench.
+as `llama-quantize` would: int8 -> Q8_0, int4 -> Q4_0 (its default per-tensor choices: a Q4_0
+model's head is Q6_K, or Q8_0 when its width is no multiple of 256). Files are cached under
+$ENCORE_CACHE/bench.
 
 It is timed through llama.cpp's C API (llama-cpp-python's ctypes bindings, no Python sampling
 loop of theirs): one `llama_decode` of the prompt in batches of 512, then one `llama_decode` per
@@ -39,6 +40,7 @@ FILE_TYPES = {None: ("F32", 0), "int8": ("Q8_0", 7), "int4": ("Q4_0", 2)}
 
 
 _LOG: collections.deque[str] = collections.deque(maxlen=20)  # llama.cpp's last log lines
+_log_callback = None  # the ctypes callback that fills it, kept alive here
 
 
 def _llama_cpp():
@@ -54,9 +56,6 @@ def _llama_cpp():
         _log_callback = llama_cpp.llama_log_callback(keep)  # held here: ctypes must not free it
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
     return llama_cpp
-
-
-_log_callback = None
 
 
 def _failure(what: str) -> RuntimeError:

@@ -190,7 +190,7 @@ def _pretraining_teacher(args: argparse.Namespace, model: LanguageModel):
         args.teacher,
         tokenizer=model.tokenizer,
         device=local_device(),
-        student_sources_end_in_eos=model.config.source_ids([])[-1:] == [model.config.eos_token_id],
+        student_sources_end_in_eos=model.config.source_ends_in_eos,
     )
     return DistillLoss(
         teacher,
@@ -403,7 +403,7 @@ def run_distill(args: argparse.Namespace) -> int:
         device=device,
         lora=args.teacher_lora,
         trust_remote_code=args.trust_remote_code,
-        student_sources_end_in_eos=student.config.source_ids([])[-1:] == [student.config.eos_token_id],
+        student_sources_end_in_eos=student.config.source_ends_in_eos,
     )
     source, eval_source, collator = task_sources(args, student, with_ids=True)
     if args.unlabeled:

@@ -109,7 +109,8 @@ def _write_config(writer, config: ModelConfig, file_type) -> None:
 
 
 def _write_vocabulary(writer, config: ModelConfig) -> None:
-    """Token ids only: `<tN>` pieces of a byte-level BPE without merges (see the module's docstring)."""
+    """Token ids only: `<tN>` pieces of a byte-level BPE whose one merge never applies (see the module's
+    docstring)."""
     gguf = require("gguf", "gguf")
     special = {config.pad_token_id, config.bos_token_id, config.eos_token_id, *config.extra_eos_token_ids}
     control, normal = gguf.TokenType.CONTROL, gguf.TokenType.NORMAL

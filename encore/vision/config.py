@@ -107,7 +107,7 @@ class VisionConfig:
         if self.projector == "pool":
             side, pooled = self.image_size // self.patch_size, self.pooled_tokens
             per_side = math.isqrt(pooled) if isinstance(pooled, int) and pooled > 0 else 0
-            if per_side * per_side != pooled or side % per_side or self.kind != "siglip":
+            if not per_side or per_side * per_side != pooled or side % per_side or self.kind != "siglip":
                 raise ValueError(
                     f"VisionConfig.pooled_tokens {pooled!r}: the pool projector needs a SigLIP tower and a square "
                     f"number of tokens whose side divides the {side} x {side} patch grid"
