@@ -4,6 +4,7 @@
     python examples/int4_measurements.py checkpoint   # encdec-330m on disk and load time: fp32, int8, int4
     python examples/int4_measurements.py quality      # SmolLM2-135M-Instruct: perplexity at fp32 / int8 / int4
     python examples/int4_measurements.py step [PRESET]  # the decode step, ms: int8 / int4 layouts, fused or eager
+    python examples/int4_measurements.py finetuned [DIR]  # a code2doc fine-tune, fp32 / int8 / int4: metric, agreement
 
 `kernels` times each candidate on the same weights, interleaved, median of 5 rounds (microseconds per
 call, 2 threads): fbgemm int8 (`Int8Linear`), torch's `_weight_int4pack_mm_for_cpu` (fp32 and bf16
@@ -195,6 +196,41 @@ def quality(windows: int = 32, length: int = 512) -> None:
     print(f"({count:,} tokens in {windows} windows of {length})")
 
 
+def finetuned(checkpoint: str = "runs/kd-smollm2/teacher/final", limit: int = 200) -> None:
+    """What each precision costs a fine-tuned model on its task: `encore eval --quantize none | int8 | int4`
+    of a code2doc checkpoint (default: examples/kd_smollm2.py's teacher, SmolLM2-135M fine-tuned on 400
+    pairs) on `limit` validation functions, greedy; ROUGE-L / BLEU and how many predictions are the fp32
+    model's word for word (and their tokens' agreement up to the first difference)."""
+    import json
+    import subprocess
+
+    import encore
+
+    out = Path(checkpoint).parent / "precisions"
+    out.mkdir(exist_ok=True)
+    tokenizer = encore.load(checkpoint).tokenizer
+    runs: dict[str, list[dict]] = {}
+    for precision in ("none", "int8", "int4"):
+        predictions = out / f"{precision}.jsonl"
+        if not predictions.exists():
+            argv = ["eval", "--model", checkpoint, "--task", "code2doc", "--split", "validation", "--limit", str(limit),
+                    "--max-source-len", "128", "--max-new-tokens", "32", "--batch-size", "32", "--quantize",
+                    precision, "--out", str(predictions)]  # fmt: skip
+            subprocess.run([sys.executable, "-m", "encore", *argv], check=True, stdout=subprocess.DEVNULL)
+        runs[precision] = [json.loads(line) for line in predictions.read_text().splitlines()]
+        metrics = json.loads(predictions.with_suffix(".metrics.json").read_text())
+        same, agree, total = 0, 0, 0
+        for mine, ref in zip(runs[precision], runs["none"]):
+            a, b = (tokenizer(r["prediction"])["input_ids"] for r in (mine, ref))
+            same += a == b
+            prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            agree, total = agree + prefix, total + max(len(b), 1)
+        n = len(runs[precision])
+        print(f"{precision}: ROUGE-L {metrics['rougeL']:.2f}, BLEU {metrics['bleu']:.2f}; the fp32 prediction "
+              f"word for word {same}/{n} ({same / n:.0%}); fp32's tokens matched up to the first difference "
+              f"{agree / total:.1%}")  # fmt: skip
+
+
 STEP_VARIANTS = {
     "int8, eager (fused=False)": {"quantize": "int8", "fused": False},
     "int8": {"quantize": "int8"},
@@ -241,7 +277,7 @@ def step(preset: str = "encdec-330m", steps: int = 64, rounds: int = 5) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(2)
     what = sys.argv[1] if len(sys.argv) > 1 else ""
-    commands = {"kernels": kernels, "checkpoint": checkpoint, "quality": quality, "step": step}
+    commands = {"kernels": kernels, "checkpoint": checkpoint, "quality": quality, "step": step, "finetuned": finetuned}
     if what not in commands:
         sys.exit(f"usage: python examples/int4_measurements.py {'|'.join(commands)} [PRESET]")
     commands[what](*sys.argv[2:3])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -309,6 +310,54 @@ def test_t5gemma2_loads_with_its_image_tower(tmp_path):
     assert isinstance(again, VisionLanguageModel) and again.image_block == vlm.image_block
     with torch.no_grad():
         _close(again(ids, pixels, dec), theirs)
+
+
+def test_t5gemma2_with_its_tower_saves_as_t5gemma2(tmp_path):
+    """format="hf" of a model loaded with vision=True: T5Gemma 2's own files, tower and projector
+    included, which transformers loads with the same logits (with and without an image) and encore
+    loads back as the same vision-language model; the text model alone is still refused."""
+    from PIL import Image
+    from safetensors import safe_open
+
+    from encore.vision import preprocess
+
+    hf = _reference(_t5gemma2)
+    hf.save_pretrained(tmp_path / "hf")
+    vlm = load(tmp_path / "hf", vision=True)
+    with pytest.raises(ConversionError, match="load the checkpoint with vision=True"):
+        vlm.lm.save_pretrained(tmp_path / "text", format="hf")
+    vlm.save_pretrained(tmp_path / "out", format="hf")
+    again = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out").eval()
+    again.config._attn_implementation = "eager"
+    ids = torch.tensor([vlm.image_prompt(list(range(3, 10))), vlm.image_prompt(list(range(20, 27)))])
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    dec = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        for inputs in ({"pixel_values": pixels}, {}):
+            _close(again(input_ids=ids, decoder_input_ids=dec, **inputs).logits,
+                   hf(input_ids=ids, decoder_input_ids=dec, **inputs).logits)  # fmt: skip
+    back = load(tmp_path / "out", vision=True)
+    assert back.image_block == vlm.image_block and back.vision_config == vlm.vision_config
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (50, 70, 3), dtype=np.uint8))
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "out")  # the tower's preprocessing
+    theirs = processor(images=[image], return_tensors="pt")["pixel_values"]
+    assert torch.equal(theirs, preprocess([image], vlm.vision_config))
+    bf16 = tmp_path / "bf16"
+    vlm.save_pretrained(bf16, format="hf", dtype=torch.bfloat16)
+    with safe_open(bf16 / "model.safetensors", "pt") as f:
+        names = list(f.keys())
+        assert {f.get_slice(n).get_dtype() for n in names} == {"BF16"}
+    assert any(n.startswith("model.encoder.vision_tower.") for n in names)
+    assert "model.encoder.multi_modal_projector.mm_input_projection_weight" in names
+
+
+def test_an_encore_vision_model_is_refused_as_hf(tmp_path):
+    from encore.vision import VisionConfig
+
+    config = encore.ModelConfig.preset("encdec-tiny", vocab_size=256)
+    vlm = encore.VisionLanguageModel(config, VisionConfig.preset("vit-tiny"), image_token_id=200)
+    with pytest.raises(ConversionError, match="an encore-built vision-language model has no transformers family"):
+        vlm.save_pretrained(tmp_path, format="hf")
 
 
 def test_vision_needs_a_tower(pair, tmp_path):

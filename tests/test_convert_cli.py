@@ -91,6 +91,29 @@ def test_convert_refuses_a_preset_and_the_same_directory(checkpoint, capsys):
     assert "the same directory" in capsys.readouterr().err
 
 
+def test_convert_keeps_an_image_tower_unless_told(tmp_path, capsys):
+    """T5Gemma 2 converts with its SigLIP tower both ways (--to hf: T5Gemma 2's files again), and
+    --text-only writes the text model alone."""
+    from test_convert import _reference, _t5gemma2
+
+    from encore.model.vlm import VisionLanguageModel
+
+    hf = _reference(_t5gemma2)
+    hf.save_pretrained(tmp_path / "hf")
+    assert main(["convert", "--model", str(tmp_path / "hf"), "--out", str(tmp_path / "encore")]) == 0
+    vlm = load(tmp_path / "encore")
+    assert isinstance(vlm, VisionLanguageModel)
+    assert main(["convert", "--model", str(tmp_path / "encore"), "--out", str(tmp_path / "back"), "--to", "hf"]) == 0
+    again = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "back").eval()
+    theirs = again.state_dict()
+    for name, tensor in hf.state_dict().items():
+        assert torch.equal(tensor, theirs[name]), name
+    text = tmp_path / "text"
+    assert main(["convert", "--model", str(tmp_path / "hf"), "--out", str(text), "--text-only"]) == 0
+    assert not isinstance(load(text), VisionLanguageModel) and not (text / "vision.safetensors").exists()
+    capsys.readouterr()
+
+
 def test_onnx_export_of_an_imported_model_gives_the_engines_tokens(checkpoint, tmp_path):
     pytest.importorskip("onnxruntime")
     from encore.onnx import OnnxGenerator

@@ -28,6 +28,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the weights' dtype on disk")
     p.add_argument(
+        "--text-only",
+        action="store_true",
+        help="leave out the checkpoint's image tower (T5Gemma 2's SigLIP), which is otherwise converted with it",
+    )
+    p.add_argument(
         "--quantize",
         choices=["none", "int8", "int4"],
         default="none",
@@ -44,6 +49,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from encore.convert import load, resolve_model
+    from encore.convert.checkpoint import has_image_tower, is_hf_checkpoint
 
     _, checkpoint = resolve_model(args.model)
     if checkpoint is None:
@@ -57,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     for flag, given in (("--group-size", args.group_size is not None), ("--symmetric", args.symmetric)):
         if given and quantize != "int4":
             raise ValueError(f"{flag}: only with --quantize int4")
-    model = load(checkpoint)
+    model = load(checkpoint, vision=not args.text_only and is_hf_checkpoint(checkpoint) and has_image_tower(checkpoint))
+    if args.text_only:
+        model = getattr(model, "lm", model)  # an encore vision checkpoint loads with its tower: its text model
     if quantize:
         from encore.infer.optimize import optimize
         from encore.model.kernels import DEFAULT_GROUP_SIZE, DEFAULT_SYMMETRIC

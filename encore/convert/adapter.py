@@ -65,6 +65,12 @@ class StateDictAdapter:
         """(name in `encore.vision.ImageEncoder`, tensor) for every tensor of the tower and projector."""
         raise ConversionError(f"model_type {self.model_types[0]!r} has no image tower encore reads")
 
+    def vision_to_hf(self, config: ModelConfig, vlm: Any) -> tuple[Any, dict[str, Tensor], Any]:
+        """A `VisionLanguageModel` of this family -> (the family's config with its tower, the tower's and
+        projector's tensors as the files name them, the family's image processor); ConversionError
+        naming what the family cannot hold."""
+        raise ConversionError(f"model_type {self.model_types[0]!r} has no image tower: save the text model alone")
+
     # --- tensors ----------------------------------------------------------------------------------
 
     def rules(self, config: ModelConfig) -> list[Rule]:

@@ -105,6 +105,19 @@ def load_hf(
     return model.eval()
 
 
+def has_image_tower(directory: str | Path) -> bool:
+    """Whether a transformers checkpoint directory holds its family's image tower (T5Gemma 2's SigLIP)."""
+    directory = Path(directory)
+    _, adapter, _ = read_config(directory)
+    if adapter.vision_prefix is None:
+        return False
+    tensors = Tensors(directory, torch.float32)
+    try:
+        return any(name.startswith(adapter.vision_prefix) for name in tensors.names())
+    finally:
+        tensors.close()
+
+
 def tie_equal_tables(config: ModelConfig, names: set[str], get: Callable[[str], Tensor]) -> ModelConfig:
     """T5Gemma stores an encoder and a decoder embedding table: one shared table when they are equal."""
     tables = [f"model.{part}.embed_tokens.weight" for part in ("encoder", "decoder")]

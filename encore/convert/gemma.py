@@ -331,6 +331,48 @@ class T5Gemma2Adapter(StateDictAdapter):
         yield "projector.norm.weight", get(self.projector_prefix + "mm_soft_emb_norm.weight")
         yield "projector.proj.weight", get(self.projector_prefix + "mm_input_projection_weight").t().contiguous()
 
+    def vision_to_hf(self, config: ModelConfig, vlm: Any) -> tuple[Any, dict[str, Tensor], Any]:
+        """The inverse of `vision_from_hf` + `vision_tensors`: SigLIP's config and tensors as they were,
+        Gemma 3's projector (its matrix [vision, text] again), the image tokens' ids, and Gemma 3's image
+        processor with the tower's size, resampling and normalisation (`encore.vision.preprocess`'s)."""
+        from transformers import Gemma3ImageProcessorPil
+
+        vc, tower = vlm.vision_config, vlm.vision
+        if vc.kind != "siglip" or vc.projector != "pool" or tower.scorer is not None:
+            raise ConversionError(
+                f"T5Gemma 2's files hold a SigLIP tower and Gemma 3's pooling projector; this model has a "
+                f"{vc.kind} tower and a{' learned-selection' if tower.scorer is not None else ''} {vc.projector} "
+                "projector (save it in encore's format)"
+            )
+        start, end = vlm.image_start_ids, vlm.image_end_ids
+        if not start or not end:
+            raise ConversionError("T5Gemma 2 puts <start_of_image> / <end_of_image> around images; this has none")
+        siglip = dict(
+            model_type="siglip_vision_model",
+            hidden_size=vc.hidden_size,
+            intermediate_size=vc.intermediate_size,
+            num_hidden_layers=vc.num_layers,
+            num_attention_heads=vc.num_heads,
+            image_size=vc.image_size,
+            patch_size=vc.patch_size,
+            layer_norm_eps=vc.norm_eps,
+            **{k: v for k, v in vc.tower_options.items() if k != "layer_norm_eps"},
+        )
+        ids = {"boi_token_index": start[-1], "eoi_token_index": end[0], "image_token_index": vlm.image_token_id}
+        hf = self._config(config, {"vision_config": siglip, "mm_tokens_per_image": vc.pooled_tokens, **ids})
+        state = {k: v.detach().cpu() for k, v in tower.state_dict().items()}
+        out = {self.vision_prefix + k.removeprefix("tower."): v for k, v in state.items() if k.startswith("tower.")}
+        out[self.projector_prefix + "mm_soft_emb_norm.weight"] = state["projector.norm.weight"]
+        out[self.projector_prefix + "mm_input_projection_weight"] = state["projector.proj.weight"].t().contiguous()
+        mean, std = vc.mean_std
+        processor = Gemma3ImageProcessorPil(
+            size={"height": vc.image_size, "width": vc.image_size},
+            image_mean=list(mean),
+            image_std=list(std),
+            resample={"bilinear": 2, "bicubic": 3}[vc.resample],  # PIL's codes
+        )
+        return hf, out, processor
+
     def config_from_hf(self, hf: dict[str, Any], generation: dict[str, Any]) -> ModelConfig:
         encoder, dec = need(hf, "encoder"), need(hf, "decoder")
         same = (*T5GemmaAdapter._same, *WIDTHS, "final_logit_softcapping")  # merged attention: one width
@@ -354,12 +396,16 @@ class T5Gemma2Adapter(StateDictAdapter):
 
     def why_not(self, config: ModelConfig) -> str | None:
         return (
-            "this is T5Gemma 2's text model only, and the family's files need its image tower (a model "
-            "loaded with vision=True saves in encore's format)"
+            "this is T5Gemma 2's text model only, and the family's files need its image tower (load the "
+            "checkpoint with vision=True: that model saves as T5Gemma 2)"
         )
 
     def config_to_hf(self, config: ModelConfig) -> Any:
         """The family's config, with transformers' default vision tower (the bench's random models)."""
+        return self._config(config, {})
+
+    def _config(self, config: ModelConfig, vision: dict[str, Any]) -> Any:
+        """T5Gemma2Config of the text model; `vision`: the encoder's tower and image-token fields."""
         from transformers import T5Gemma2Config
 
         rope = {
@@ -368,7 +414,9 @@ class T5Gemma2Adapter(StateDictAdapter):
         }
         parts = {part: {**_gemma_to_hf(config, part), "rope_parameters": rope} for part in ("encoder", "decoder")}
         eoi = {} if config.eoi_token_id is None else {"eoi_token_index": config.eoi_token_id}
-        hf = T5Gemma2Config(encoder={"text_config": parts["encoder"], **eoi}, decoder=parts["decoder"], **eoi)
+        encoder = {"text_config": parts["encoder"], **eoi, **vision}
+        top = {**eoi, **{k: vision[k] for k in ("image_token_index",) if k in vision}}
+        hf = T5Gemma2Config(encoder=encoder, decoder=parts["decoder"], **top)
         hf.decoder_start_token_id = config.bos_token_id
         return hf
 

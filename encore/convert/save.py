@@ -16,14 +16,19 @@ from encore.convert.registry import ADAPTERS, GENERATION_FILE
 from encore.files import atomic_write
 
 
-def save_hf(model: Any, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+def save_hf(model: Any, directory: str | Path, dtype: torch.dtype | None = None, vision: Any = None) -> None:
     """Write `model` as a transformers checkpoint of its family (or the one family that can express
-    an encore-built model); a model no family can express is refused, saying why."""
+    an encore-built model); a model no family can express is refused, saying why. `vision`: the
+    `VisionLanguageModel` around `model`, whose tower and projector go into the family's files too."""
     from safetensors.torch import save_file
 
     config = model.config
     adapter = ADAPTERS.get(config.family)
-    if adapter is None:
+    if vision is not None:
+        if adapter is None:
+            raise ConversionError("an encore-built vision-language model has no transformers family: save it as encore")
+        hf_config, vision_state, processor = adapter.vision_to_hf(config, vision)
+    elif adapter is None:
         reasons = {t: a.why_not(config) for t, a in ADAPTERS.items()}
         adapter = next((ADAPTERS[t] for t, why in reasons.items() if why is None), None)
         if adapter is None:
@@ -35,9 +40,12 @@ def save_hf(model: Any, directory: str | Path, dtype: torch.dtype | None = None)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     hf_state = adapter.to_hf(state, config)
+    if vision is not None:
+        hf_state.update(vision_state)
+    else:
+        hf_config = adapter.config_to_hf(config)
     if dtype is not None:
         hf_state = {k: v.to(dtype) for k, v in hf_state.items()}
-    hf_config = adapter.config_to_hf(config)
     hf_config.architectures = [adapter.architecture]
     if dtype is not None:
         hf_config.dtype = str(dtype).removeprefix("torch.")
@@ -49,6 +57,8 @@ def save_hf(model: Any, directory: str | Path, dtype: torch.dtype | None = None)
     atomic_write(directory / GENERATION_FILE, lambda p: Path(p).write_text(gen_text))
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(directory))
+    if vision is not None:
+        processor.save_pretrained(str(directory))  # preprocessor_config.json: AutoImageProcessor reads it
 
 
 def _generation_ids(config: ModelConfig) -> dict[str, Any]:

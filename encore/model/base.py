@@ -149,16 +149,13 @@ class LanguageModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, directory: str | Path, format: str = "encore", dtype: torch.dtype | None = None) -> None:
-        """config.json + model.safetensors (+ tokenizer files), each file written atomically.
-        `format="hf"`: a transformers checkpoint of the model's family (`encore.convert.save_hf`), which
-        `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM` load; `dtype` casts its tensors."""
-        from safetensors.torch import save_file
+    def check_savable(self, format: str, dtype: torch.dtype | None) -> bool:
+        """Whether the model is quantized; ValueError for a save it cannot make (an unknown format, an
+        optimized model's swapped kernels, a quantized model in another format or dtype)."""
+        from encore.model.quantized import quantized_modules
 
         if format not in ("encore", "hf"):
             raise ValueError(f"format must be 'encore' or 'hf', got {format!r}")
-        from encore.model.quantized import QUANTIZATION_FILE, json_text, quantized_modules, quantized_state
-
         quantized = bool(quantized_modules(self))
         if quantized and (format != "encore" or dtype):
             raise ValueError(
@@ -170,6 +167,17 @@ class LanguageModel(nn.Module):
                 "this model was optimized for inference (its projections are swapped for inference kernels); "
                 "call encore.deoptimize(model) before save_pretrained"
             )
+        return quantized
+
+    def save_pretrained(self, directory: str | Path, format: str = "encore", dtype: torch.dtype | None = None) -> None:
+        """config.json + model.safetensors (+ tokenizer files), each file written atomically.
+        `format="hf"`: a transformers checkpoint of the model's family (`encore.convert.save_hf`), which
+        `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM` load; `dtype` casts its tensors."""
+        from safetensors.torch import save_file
+
+        from encore.model.quantized import QUANTIZATION_FILE, json_text, quantized_state
+
+        quantized = self.check_savable(format, dtype)
         if format == "hf":  # convert.save knows configs and tensor names, not model classes: no circle
             from encore.convert.save import save_hf
 

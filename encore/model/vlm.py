@@ -213,15 +213,22 @@ class VisionLanguageModel(nn.Module):
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, format: str = "encore", dtype: torch.dtype | None = None) -> None:
         """The text model's files (config.json, model.safetensors, tokenizer) + vision_config.json
         (the tower's shape, selection, image_keep, placeholder id) + vision.safetensors (tower,
-        scorer, projector). `encore.load` sees vision_config.json and returns a VisionLanguageModel."""
+        scorer, projector). `encore.load` sees vision_config.json and returns a VisionLanguageModel.
+        `format="hf"`: the family's transformers checkpoint, tower included (T5Gemma 2's
+        `AutoModelForSeq2SeqLM` files: `encore.convert.save_hf`)."""
         from safetensors.torch import save_file
 
+        self.lm.check_savable(format, dtype)
+        if format == "hf":
+            from encore.convert.save import save_hf
+
+            return save_hf(self.lm, directory, dtype, vision=self)
         directory = Path(directory)
-        self.lm.save_pretrained(directory)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.vision.state_dict().items()}
+        self.lm.save_pretrained(directory, dtype=dtype)
+        state = {k: v.detach().contiguous().cpu().to(dtype or v.dtype) for k, v in self.vision.state_dict().items()}
         atomic_write(directory / VISION_WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
         meta = {
             "vision": self.vision_config.to_dict(),
