@@ -204,11 +204,11 @@ def finetuned(checkpoint: str = "runs/kd-smollm2/teacher/final", limit: int = 20
     import json
     import subprocess
 
-    import encore
+    from encore.tokenizer import load_tokenizer
 
     out = Path(checkpoint).parent / "precisions"
     out.mkdir(exist_ok=True)
-    tokenizer = encore.load(checkpoint).tokenizer
+    tokenizer = load_tokenizer(checkpoint)  # the predictions' tokens; the model loads in `encore eval`
     runs: dict[str, list[dict]] = {}
     for precision in ("none", "int8", "int4"):
         predictions = out / f"{precision}.jsonl"
@@ -224,11 +224,11 @@ def finetuned(checkpoint: str = "runs/kd-smollm2/teacher/final", limit: int = 20
             a, b = (tokenizer(r["prediction"])["input_ids"] for r in (mine, ref))
             same += a == b
             prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            agree, total = agree + prefix, total + max(len(b), 1)
+            agree, total = agree + prefix, total + len(b)
         n = len(runs[precision])
         print(f"{precision}: ROUGE-L {metrics['rougeL']:.2f}, BLEU {metrics['bleu']:.2f}; the fp32 prediction "
               f"word for word {same}/{n} ({same / n:.0%}); fp32's tokens matched up to the first difference "
-              f"{agree / total:.1%}")  # fmt: skip
+              f"{agree / max(total, 1):.1%}")  # fmt: skip
 
 
 STEP_VARIANTS = {

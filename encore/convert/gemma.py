@@ -359,7 +359,8 @@ class T5Gemma2Adapter(StateDictAdapter):
             **{k: v for k, v in vc.tower_options.items() if k != "layer_norm_eps"},
         )
         ids = {"boi_token_index": start[-1], "eoi_token_index": end[0], "image_token_index": vlm.image_token_id}
-        hf = self._config(config, {"vision_config": siglip, "mm_tokens_per_image": vc.pooled_tokens, **ids})
+        encoder = {"vision_config": siglip, "mm_tokens_per_image": vc.pooled_tokens, **ids}
+        hf = self._config(config, encoder, {"image_token_index": vlm.image_token_id})
         state = {k: v.detach().cpu() for k, v in tower.state_dict().items()}
         out = {self.vision_prefix + k.removeprefix("tower."): v for k, v in state.items() if k.startswith("tower.")}
         out[self.projector_prefix + "mm_soft_emb_norm.weight"] = state["projector.norm.weight"]
@@ -402,10 +403,11 @@ class T5Gemma2Adapter(StateDictAdapter):
 
     def config_to_hf(self, config: ModelConfig) -> Any:
         """The family's config, with transformers' default vision tower (the bench's random models)."""
-        return self._config(config, {})
+        return self._config(config, {}, {})
 
-    def _config(self, config: ModelConfig, vision: dict[str, Any]) -> Any:
-        """T5Gemma2Config of the text model; `vision`: the encoder's tower and image-token fields."""
+    def _config(self, config: ModelConfig, encoder: dict[str, Any], top: dict[str, Any]) -> Any:
+        """T5Gemma2Config of the text model, with more fields of the encoder's config (its tower and
+        image-token ids) and of the top level (the image placeholder's id)."""
         from transformers import T5Gemma2Config
 
         rope = {
@@ -414,9 +416,8 @@ class T5Gemma2Adapter(StateDictAdapter):
         }
         parts = {part: {**_gemma_to_hf(config, part), "rope_parameters": rope} for part in ("encoder", "decoder")}
         eoi = {} if config.eoi_token_id is None else {"eoi_token_index": config.eoi_token_id}
-        encoder = {"text_config": parts["encoder"], **eoi, **vision}
-        top = {**eoi, **{k: vision[k] for k in ("image_token_index",) if k in vision}}
-        hf = T5Gemma2Config(encoder=encoder, decoder=parts["decoder"], **top)
+        encoder = {"text_config": parts["encoder"], **eoi, **encoder}
+        hf = T5Gemma2Config(encoder=encoder, decoder=parts["decoder"], **eoi, **top)
         hf.decoder_start_token_id = config.bos_token_id
         return hf
 

@@ -23,27 +23,18 @@ def save_hf(model: Any, directory: str | Path, dtype: torch.dtype | None = None,
     from safetensors.torch import save_file
 
     config = model.config
-    adapter = ADAPTERS.get(config.family)
-    if vision is not None:
+    if vision is not None:  # the family's files hold the tower (the text model alone may be refused)
+        adapter = ADAPTERS.get(config.family)
         if adapter is None:
             raise ConversionError("an encore-built vision-language model has no transformers family: save it as encore")
-        hf_config, vision_state, processor = adapter.vision_to_hf(config, vision)
-    elif adapter is None:
-        reasons = {t: a.why_not(config) for t, a in ADAPTERS.items()}
-        adapter = next((ADAPTERS[t] for t, why in reasons.items() if why is None), None)
-        if adapter is None:
-            detail = "; ".join(f"{t}: {why}" for t, why in reasons.items())
-            raise ConversionError(f"no transformers family can express this model ({detail})")
-    elif (why := adapter.why_not(config)) is not None:
-        raise ConversionError(f"this {config.family} model can no longer be written as {config.family}: {why}")
+        hf_config, tower_state, processor = adapter.vision_to_hf(config, vision)
+    else:
+        adapter = _text_family(config)
+        hf_config, tower_state, processor = adapter.config_to_hf(config), {}, None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    hf_state = adapter.to_hf(state, config)
-    if vision is not None:
-        hf_state.update(vision_state)
-    else:
-        hf_config = adapter.config_to_hf(config)
+    hf_state = {**adapter.to_hf(state, config), **tower_state}
     if dtype is not None:
         hf_state = {k: v.to(dtype) for k, v in hf_state.items()}
     hf_config.architectures = [adapter.architecture]
@@ -57,8 +48,23 @@ def save_hf(model: Any, directory: str | Path, dtype: torch.dtype | None = None,
     atomic_write(directory / GENERATION_FILE, lambda p: Path(p).write_text(gen_text))
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(directory))
-    if vision is not None:
+    if processor is not None:
         processor.save_pretrained(str(directory))  # preprocessor_config.json: AutoImageProcessor reads it
+
+
+def _text_family(config: ModelConfig) -> Any:
+    """The adapter that writes a text model: its own family's, or the one family that can express an
+    encore-built model; ConversionError saying why when none can."""
+    adapter = ADAPTERS.get(config.family)
+    if adapter is None:
+        reasons = {t: a.why_not(config) for t, a in ADAPTERS.items()}
+        adapter = next((ADAPTERS[t] for t, why in reasons.items() if why is None), None)
+        if adapter is None:
+            detail = "; ".join(f"{t}: {why}" for t, why in reasons.items())
+            raise ConversionError(f"no transformers family can express this model ({detail})")
+    elif (why := adapter.why_not(config)) is not None:
+        raise ConversionError(f"this {config.family} model can no longer be written as {config.family}: {why}")
+    return adapter
 
 
 def _generation_ids(config: ModelConfig) -> dict[str, Any]:

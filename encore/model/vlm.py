@@ -221,13 +221,13 @@ class VisionLanguageModel(nn.Module):
         `AutoModelForSeq2SeqLM` files: `encore.convert.save_hf`)."""
         from safetensors.torch import save_file
 
-        self.lm.check_savable(format, dtype)
         if format == "hf":
             from encore.convert.save import save_hf
 
+            self.lm.check_savable(format, dtype)
             return save_hf(self.lm, directory, dtype, vision=self)
         directory = Path(directory)
-        self.lm.save_pretrained(directory, dtype=dtype)
+        self.lm.save_pretrained(directory, format, dtype)  # checks the format and what can be saved
         state = {k: v.detach().contiguous().cpu().to(dtype or v.dtype) for k, v in self.vision.state_dict().items()}
         atomic_write(directory / VISION_WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
         meta = {
