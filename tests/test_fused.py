@@ -2,6 +2,7 @@
 the eager module it replaces, and a fused model generates the eager model's tokens."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -9,7 +10,15 @@ from conftest import make_model
 
 import encore
 from encore.infer.optimize import optimized
-from encore.model.fused import FusedAttend, FusedRMSNorm, FusedSelfAttention, fused_available
+from encore.model.fused import (
+    FusedAttend,
+    FusedDecoderLayer,
+    FusedMergedDecoderLayer,
+    FusedRMSNorm,
+    FusedSelfAttention,
+    _layer_library,
+    fused_available,
+)
 from encore.model.layers import Attend, OffsetRMSNorm, RMSNorm, SelfAttention, SoftCap, attend
 
 pytestmark = pytest.mark.skipif(not fused_available(), reason="the fused kernels need a C compiler on Linux")
@@ -100,3 +109,73 @@ def test_fused_model_generates_the_eager_tokens(arch, overrides):
     assert sum(type(m) is SelfAttention for m in fused.modules()) == sum(
         type(m) is SelfAttention for m in eager.modules()
     )
+
+
+@pytest.mark.parametrize("quantize", ["int4", "int8"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {**GEMMA_LIKE, "mlp_type": "geglu"},
+        {**SLIDING, "mlp_type": "swiglu"},
+        {**GEMMA_LIKE, **SLIDING, "merged_attention": True},
+    ],
+    ids=["encore", "gemma-like-geglu", "sliding-bias-swiglu", "t5gemma2-like"],
+)
+def test_fused_layer_equals_its_modules(arch, overrides, quantize):
+    """int4 and int8 run each decoder layer's decode step as one C call (`FusedDecoderLayer`): the K/V
+    it writes and its logits equal those of the same layers run module by module (the same norm and
+    attention kernels; int4's kernel, or fbgemm's int8 with the same per-row activation scales), rows
+    padded and past the window; deoptimize puts the very layers back. (Equal to float rounding, which
+    now and then moves an activation across an int8 rounding boundary: that row's logits then move by
+    a few hundredths of their scale. A wrong mask, position, norm or weight moves every row, every
+    step, by about its whole scale.)"""
+    if arch == "encdec" and "decoder_layer_types" in overrides:
+        overrides = {**overrides, "encoder_layer_types": ["sliding", "full"]}
+    if overrides.get("merged_attention") and arch != "encdec":
+        pytest.skip("merged attention is an encoder-decoder's")
+    model = make_model(arch, **overrides)
+    layers = list(model.decoder)
+    fused = encore.optimize(model, quantize=quantize)
+    if quantize == "int8" and not _layer_library().encore_int8_has_vnni():
+        pytest.skip("int8 layers fuse only where csrc/int8.c has its VNNI path")
+    kind = FusedMergedDecoderLayer if overrides.get("merged_attention") else FusedDecoderLayer
+    assert [type(m) for m in fused.decoder] == [kind] * len(layers)
+    modules = copy.deepcopy(fused)
+    for layer in modules.decoder:  # the same modules, called one by one
+        layer.forward = functools.partial(layer._eager.forward, layer)
+    ids = torch.randint(3, 512, (3, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, 6:] = 0
+
+    exact = []  # per step and row: equal to float rounding
+
+    def assert_close_but_rare_flips(got: torch.Tensor, want: torch.Tensor, rows: int = 0) -> None:
+        scale = want.abs().max().item()
+        off = (got - want).abs()
+        assert off.max() <= 0.1 * scale, f"off by {off.max() / scale:.1%} of the scale"
+        exact.extend((off.flatten(1).amax(1) <= 1e-4 * scale).tolist() if rows else [])
+
+    with torch.inference_mode():
+        (want, want_cache), (got, got_cache) = modules.prefill(ids, mask, 8), fused.prefill(ids, mask, 8)
+        for _ in range(7):
+            assert_close_but_rare_flips(got, want, rows=3)
+            for side in ("k", "v"):
+                assert_close_but_rare_flips(getattr(got_cache, side), getattr(want_cache, side))
+            tokens = want.argmax(-1)
+            want, got = modules.decode_step(tokens, want_cache), fused.decode_step(tokens, got_cache)
+    assert sum(exact) >= 0.75 * len(exact), exact
+    encore.deoptimize(fused)
+    assert list(fused.decoder) == layers
+
+
+def test_a_layer_the_fused_path_cannot_run_keeps_its_modules():
+    """fp32 projections, and a layer with one fp32 projection, keep the module path; int4 and int8
+    projections mix in one fused layer."""
+    model = encore.optimize(make_model("deconly"))
+    assert not any(isinstance(m, FusedDecoderLayer) for m in model.modules())
+    mixed = encore.optimize(make_model("deconly"), quantize="int4", policy={"decoder.0.mlp.*": "none"})
+    assert [type(m) is FusedDecoderLayer for m in mixed.decoder] == [False, True]
+    both = encore.optimize(make_model("deconly"), quantize="int4", policy={"decoder.*.mlp.*": "int8"})
+    assert all(type(m) is FusedDecoderLayer for m in both.decoder) == bool(_layer_library().encore_int8_has_vnni())

@@ -1,8 +1,11 @@
 """Fused fp32 CPU modules for inference, what `encore.optimize` swaps in on the CPU beside the
 projection kernels: `FusedRMSNorm` (one pass instead of ~8 aten calls), `FusedAttend` (attention for
-one query per head, the decode step's, in one call instead of SDPA's flash kernel) and
-`FusedSelfAttention` (the decode step's q/k norms, RoPE and cache write in one call). They run
-`csrc/decode.c`, built on first use (`encore.model.native`). Measured in docs/engine.md.
+one query per head, the decode step's, in one call instead of SDPA's flash kernel),
+`FusedSelfAttention` (the decode step's q/k norms, RoPE and cache write in one call) and
+`FusedDecoderLayer` (a whole decoder layer's decode step in one call, where its projections are int4 or
+int8).
+They run `csrc/decode.c` and `csrc/layer.c`, built on first use (`encore.model.native`). Measured in
+docs/engine.md.
 
     swaps = fuse(model)    # [(parent, name, original)]: what encore.deoptimize puts back, in reverse
 """
@@ -13,10 +16,25 @@ import ctypes
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encore.model import native
-from encore.model.layers import Attend, OffsetRMSNorm, RMSNorm, Rope, SelfAttention, SoftCap, attend
+from encore.model.int4 import Int4Linear
+from encore.model.kernels import Int8Linear
+from encore.model.layers import (
+    Attend,
+    DecoderLayer,
+    MergedAttention,
+    MergedDecoderLayer,
+    OffsetRMSNorm,
+    RMSNorm,
+    Rope,
+    SelfAttention,
+    SoftCap,
+    attend,
+    gelu_tanh,
+)
 from encore.model.native import FLAGS
 
 _I64, _PTR, _F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
@@ -33,7 +51,7 @@ def _library() -> ctypes.CDLL | None:
     lib.encore_rms_norm.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _F32, _PTR]
     lib.encore_attend_one.restype = ctypes.c_int
     lib.encore_attend_one.argtypes = [_PTR, *[_I64] * 7, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3, _PTR, _I64]
-    lib.encore_attend_one.argtypes += [_F32, _F32, _PTR]
+    lib.encore_attend_one.argtypes += [_F32, _F32, _PTR, _PTR]
     lib.encore_rope_store.restype = None
     lib.encore_rope_store.argtypes = [_PTR, *[_I64] * 5, *[_PTR] * 4, _F32, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
     lib.encore_rope_store.argtypes += [_PTR, _I64, _PTR]
@@ -45,7 +63,7 @@ def fused_available() -> bool:
     return _library() is not None
 
 
-class FusedRMSNorm(nn.Module):
+class FusedRMSNorm(native.Handles, nn.Module):
     """x / rms(x) * scale for fp32 CPU inference, in one pass. Holds the norm's own `weight` (so the
     state dict is the norm's) and `scale`, the factor it applies: w, or 1 + w for Gemma's offset norm
     (folded once, when made)."""
@@ -56,6 +74,9 @@ class FusedRMSNorm(nn.Module):
         self.eps = norm.eps
         scale = norm.weight + 1.0 if isinstance(norm, OffsetRMSNorm) else norm.weight
         self.register_buffer("scale", scale.detach().to("cpu", torch.float32).contiguous(), persistent=False)
+        self._bind()
+
+    def _bind(self) -> None:
         self._lib = _library()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -70,12 +91,15 @@ class FusedRMSNorm(nn.Module):
         return f"{self.scale.shape[0]}, eps={self.eps}, kernel=c"
 
 
-class FusedAttend(Attend):
+class FusedAttend(native.Handles, Attend):
     """`Attend` with one query per head (decoding) in one C call: GQA, boolean key masks, a query scale
     and soft-capped logits. Anything else (prefill, a causal call without a mask) runs `attend`."""
 
     def __init__(self):
         super().__init__()
+        self._bind()
+
+    def _bind(self) -> None:
         self._lib = _library()
 
     def forward(
@@ -105,7 +129,7 @@ class FusedAttend(Attend):
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
             v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
             mask_ptr, mask_b, Dh**-0.5 if scale is None else scale, 0.0 if softcap is None else softcap.cap,
-            out.data_ptr(),
+            out.data_ptr(), None,
         )  # fmt: skip
         if failed:
             raise MemoryError("fused attention: out of memory for the scores")
@@ -115,7 +139,7 @@ class FusedAttend(Attend):
         return "kernel=c (one query per head), else scaled_dot_product_attention"
 
 
-class FusedSelfAttention(SelfAttention):
+class FusedSelfAttention(native.Handles, SelfAttention):
     """`SelfAttention` whose decode step (one new position per row, into a generation cache) runs the
     q/k norms, RoPE and the cache write in one C call (`encore_rope_store`) between the q/k/v projection
     and the attention: ~20 tensor ops fewer per layer. Holds the very submodules of the attention it is
@@ -133,8 +157,11 @@ class FusedSelfAttention(SelfAttention):
         norms = [getattr(attn.qk_norm, side, None) for side in ("q", "k")]
         fused._norms = norms if all(isinstance(n, FusedRMSNorm) for n in norms) else None
         fused._plain = fused._norms is not None or isinstance(attn.qk_norm, nn.Identity)
-        fused._lib = _library()
+        fused._bind()
         return fused
+
+    def _bind(self) -> None:
+        self._lib = _library()
 
     def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, causal: bool, cache=None, layer: int = 0) -> Tensor:
         if not self._plain or cache is None or x.shape[1] != 1 or cache.prefilling or mask is None:
@@ -154,9 +181,210 @@ class FusedSelfAttention(SelfAttention):
         return self.out(self.attend(q, k, v, mask, False, 0.0, self.scale, self.softcap))
 
 
+class _Proj(ctypes.Structure):  # csrc/layer.c's Proj: an Int4Linear's tensors, or an Int8Linear's rows()
+    _fields_ = [("bits", _I64), *((name, _PTR) for name in ("w", "scales", "mins", "sums", "bias"))]
+    _fields_ += [("N", _I64), ("K", _I64), ("group", _I64)]
+
+
+_NORMS = ("attn_norm", "post_attn_norm", "q_norm", "k_norm", "cross_norm", "post_cross_norm", "cross_q_norm")
+_PROJS = ("qkv", "out", "cross_q", "cross_out", "up", "down")
+
+
+class _Layer(ctypes.Structure):  # csrc/layer.c's Layer
+    _fields_ = [
+        *((name, _I64) for name in ("D", "H", "KH", "Dh", "F", "gated", "gelu", "cross", "merged")),
+        *((name, _F32) for name in ("eps", "scale", "softcap", "cross_scale", "cross_softcap")),
+        *((name, _PTR) for name in (*_NORMS, "mlp_norm", "post_mlp_norm")),
+        *((name, _Proj) for name in _PROJS),
+    ]
+
+
+@functools.cache
+def _layer_library() -> ctypes.CDLL | None:
+    """csrc/layer.c (which includes decode.c and int4.c), built once; None where it cannot be."""
+    path = native.build("layer", FLAGS)
+    if path is None:
+        return None
+    lib = ctypes.CDLL(str(path))
+    lib.encore_decode_layer.restype = ctypes.c_int
+    lib.encore_decode_layer.argtypes = [ctypes.POINTER(_Layer), _PTR, _I64, _PTR, _PTR, _PTR, *[_I64] * 3, _PTR]
+    lib.encore_decode_layer.argtypes += [*[_I64] * 3, _PTR, _I64, _PTR, _I64, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
+    lib.encore_decode_layer.argtypes += [_I64, _PTR, _I64]
+    lib.encore_int8_has_vnni.restype = ctypes.c_int
+    return lib
+
+
+def _projection(module: nn.Module) -> bool:
+    """Whether csrc/layer.c runs this projection: int4, or int8 where its VNNI path is built (else
+    fbgemm's module path is the faster one)."""
+    if isinstance(module, Int4Linear):
+        return True
+    return (
+        isinstance(module, Int8Linear)
+        and module.in_features % 64 == 0
+        and bool(_layer_library().encore_int8_has_vnni())
+    )
+
+
+def _layer_parts(layer: DecoderLayer, strict: bool = True) -> dict[str, nn.Module] | None:
+    """The modules a fused layer reads, by csrc/layer.c's names; None where the layer is not one it runs
+    (`strict`): every norm fused (post-norms may be absent), the self-attention's fused path, int4
+    projections."""
+    attn, mlp, cross = layer.attn, layer.mlp, getattr(layer, "cross", None)
+    qk = [getattr(attn.qk_norm, side, None) for side in ("q", "k")]
+    parts = {
+        "attn_norm": layer.attn_norm, "post_attn_norm": layer.post_attn_norm, "mlp_norm": layer.mlp_norm,
+        "post_mlp_norm": layer.post_mlp_norm, "q_norm": qk[0], "k_norm": qk[1],
+        "qkv": attn.qkv, "out": attn.out, "up": mlp.up, "down": mlp.down,
+    }  # fmt: skip
+    if cross is not None:
+        parts |= {"cross_norm": layer.cross_norm, "post_cross_norm": layer.post_cross_norm}
+        parts |= {"cross_q_norm": cross.q_norm, "cross_q": cross.q, "cross_out": cross.out}
+    norms = [m for name, m in parts.items() if name.endswith("norm") and not isinstance(m, nn.Identity | None)]
+    merged = type(layer) is MergedDecoderLayer and type(attn) is MergedAttention
+    plain_qk = isinstance(attn.qk_norm, nn.Identity) or all(isinstance(n, FusedRMSNorm) for n in qk)
+    ok = not strict or (
+        (
+            (type(layer) is DecoderLayer and isinstance(attn, FusedSelfAttention) and attn._plain)
+            or (merged and plain_qk)
+        )
+        and mlp.act in (F.silu, gelu_tanh)
+        and all(isinstance(parts[n], FusedRMSNorm) for n in ("attn_norm", "mlp_norm"))
+        and all(isinstance(m, FusedRMSNorm) for m in norms)
+        and len({m.eps for m in norms}) == 1
+        and all(_projection(parts[n]) for n in _PROJS if n in parts)
+    )
+    return parts if ok else None
+
+
+class _FusedLayer(native.Handles):
+    """A decoder layer whose decode step (one new position per row into a generation cache) is one C
+    call (`csrc/layer.c`): norms, int4 / int8 projections, q/k norms, RoPE, the cache write, self- and
+    cross-attention (or T5Gemma 2's merged attention), the MLP and the residuals. Made by `fused_layer`
+    where `_layer_parts` accepts the layer; holds its very submodules, and anything but a decode step
+    runs the layer's own `forward` (`_eager`'s)."""
+
+    _eager: type[nn.Module]
+    _handles = ("_lib", "_desc")
+
+    def _bind(self) -> None:
+        self._lib = _layer_library()
+        self._desc = None  # made at the first decode step, from this layer's own tensors (a copy's too)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: Rope,
+        mask: Tensor | None,
+        causal: bool,
+        cross_kv: tuple[Tensor, Tensor] | None = None,
+        cross_mask: Tensor | None = None,
+        cache=None,
+        layer: int = 0,
+    ) -> Tensor:
+        if (
+            self.training
+            or cache is None
+            or cache.prefilling
+            or x.shape[1] != 1
+            or mask is None
+            or mask.dtype != torch.bool
+            or (cross_kv is None) == (hasattr(self, "cross") or isinstance(self, MergedDecoderLayer))
+            or (cross_mask is not None and cross_mask.dtype != torch.bool)
+        ):
+            return self._eager.forward(self, x, rope, mask, causal, cross_kv, cross_mask, cache, layer)
+        B, T = x.shape[0], cache.max_len
+        y = x.to(torch.float32, copy=True).contiguous()  # [B, 1, D]: the layer's output, updated in place
+        cos, sin = (t.contiguous() for t in rope)  # [B, 1, 1, Dh]
+        k, v = cache.k[layer], cache.v[layer]  # [B, KH, T, Dh]
+        rows = mask.reshape(mask.shape[0], T)
+        rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+        ck = cv = cross_rows = None
+        S, ck_strides, cv_strides, cross_b = 0, (0, 0, 0), (0, 0, 0), 0
+        if cross_kv is not None:
+            ck, cv = cross_kv
+            S, ck_strides, cv_strides = ck.shape[2], ck.stride()[:3], cv.stride()[:3]
+            if cross_mask is not None:
+                cross_rows = cross_mask.reshape(cross_mask.shape[0], S)
+                cross_rows = cross_rows if cross_rows.stride(-1) == 1 else cross_rows.contiguous()
+                cross_b = cross_rows.stride(0) if cross_rows.shape[0] > 1 else 0
+        if self._desc is None:
+            self._desc = _describe(self, _layer_parts(self, strict=False))
+        failed = self._lib.encore_decode_layer(
+            ctypes.byref(self._desc), y.data_ptr(), B, cos.data_ptr(), sin.data_ptr(),
+            k.data_ptr(), *k.stride()[:3], v.data_ptr(), *v.stride()[:3], cache.length.data_ptr(), T,
+            rows.data_ptr(), rows.stride(0) if rows.shape[0] > 1 else 0,
+            None if ck is None else ck.data_ptr(), *ck_strides, None if cv is None else cv.data_ptr(), *cv_strides,
+            S, None if cross_rows is None else cross_rows.data_ptr(), cross_b,
+        )  # fmt: skip
+        if failed:
+            raise MemoryError("fused decoder layer: out of memory for its workspace")
+        return y
+
+
+class FusedDecoderLayer(_FusedLayer, DecoderLayer):
+    _eager = DecoderLayer
+
+
+class FusedMergedDecoderLayer(_FusedLayer, MergedDecoderLayer):
+    _eager = MergedDecoderLayer
+
+
+def fused_layer(layer: nn.Module) -> _FusedLayer | None:
+    """The fused form of decoder layer `layer` (sharing its submodules), or None where csrc/layer.c does
+    not run it (`_layer_parts`) or cannot be built."""
+    parts = _layer_parts(layer) if _layer_library() is not None else None
+    if parts is None:
+        return None
+    cls = FusedMergedDecoderLayer if isinstance(layer, MergedDecoderLayer) else FusedDecoderLayer
+    fused = cls.__new__(cls)
+    nn.Module.__init__(fused)
+    for key, value in vars(layer).items():
+        if not key.startswith("_"):
+            setattr(fused, key, value)
+    for name, child in layer.named_children():
+        setattr(fused, name, child)
+    for module in parts.values():
+        if isinstance(module, Int8Linear):
+            module.rows()  # now, not at the first request
+    fused._bind()
+    return fused
+
+
+def _describe(layer: DecoderLayer | MergedDecoderLayer, parts: dict[str, nn.Module]) -> _Layer:
+    """csrc/layer.c's description of `layer`: sizes, flags and the data pointers of its tensors (the
+    modules' own: the fused layer holds them, so they stay where they are)."""
+    attn, mlp = layer.attn, layer.mlp
+    cross = getattr(layer, "cross", None)
+    desc = _Layer(D=attn.qkv.in_features, H=attn.n_heads, KH=attn.n_kv_heads, Dh=attn.head_dim)
+    desc.F, desc.gated, desc.gelu = mlp.down.in_features, mlp.gated, mlp.act is gelu_tanh
+    desc.cross, desc.merged, desc.eps = cross is not None, isinstance(layer, MergedDecoderLayer), layer.attn_norm.eps
+    desc.scale = attn.head_dim**-0.5 if attn.scale is None else attn.scale
+    desc.softcap = 0.0 if attn.softcap is None else attn.softcap.cap
+    if cross is not None:
+        desc.cross_scale = attn.head_dim**-0.5 if cross.scale is None else cross.scale
+        desc.cross_softcap = 0.0 if cross.softcap is None else cross.softcap.cap
+    for name in (*_NORMS, "mlp_norm", "post_mlp_norm"):
+        norm = parts.get(name)
+        setattr(desc, name, norm.scale.data_ptr() if isinstance(norm, FusedRMSNorm) else None)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    for name in _PROJS:
+        p = parts.get(name)
+        if isinstance(p, Int4Linear):
+            b = p._buffers
+            setattr(desc, name, _Proj(4, b["qweight"].data_ptr(), b["scales"].data_ptr(), ptr(b["mins"]), None,
+                                      ptr(b["bias"]), p.out_features, p.in_features, p.group_size))  # fmt: skip
+        elif isinstance(p, Int8Linear):
+            w, scales, sums = p.rows()
+            setattr(desc, name, _Proj(8, w.data_ptr(), scales.data_ptr(), None, sums.data_ptr(),
+                                      ptr(p._bias), p.out_features, p.in_features, p.in_features))  # fmt: skip
+    return desc
+
+
 def fuse(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     """Swap every RMSNorm, attention product and self-attention of `model` for its fused module (in
-    place); the swaps made, as (parent, name, original), for `encore.deoptimize` to undo (in reverse)."""
+    place), then every decoder layer `FusedDecoderLayer` runs; the swaps made, as (parent, name,
+    original), for `encore.deoptimize` to undo (in reverse)."""
     swaps = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -171,5 +399,10 @@ def fuse(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
         for name, child in list(parent.named_children()):
             if type(child) is SelfAttention:
                 setattr(parent, name, FusedSelfAttention.of(child))
+                swaps.append((parent, name, child))
+    for parent in list(model.modules()):  # after everything inside the layers
+        for name, child in list(parent.named_children()):
+            if type(child) in (DecoderLayer, MergedDecoderLayer) and (layer := fused_layer(child)) is not None:
+                setattr(parent, name, layer)
                 swaps.append((parent, name, child))
     return swaps

@@ -136,7 +136,7 @@ def int4_fast() -> bool:
     return lib is not None and bool(lib.encore_int4_has_vnni())
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(native.Handles, nn.Module):
     """y ~= x @ weight.T with int4 weights (groups of `group_size` inputs, fp16 scales; symmetric, or
     with fp16 mins too) and int8 activations quantized per call, row and group; fp32 in and out.
     Inference only."""
@@ -174,6 +174,11 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales", scales.to("cpu", torch.float16).contiguous())
         self.register_buffer("mins", None if mins is None else mins.to("cpu", torch.float16).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to("cpu", torch.float32).contiguous())
+        self._bind()
+
+    _handles = ("_fn",)
+
+    def _bind(self) -> None:
         self._fn = _library().encore_int4_linear
 
     @property

@@ -147,6 +147,17 @@ class Int8Linear(nn.Module):
         qweight, bias = torch.ops.quantized.linear_unpack(self._packed)
         return qweight.int_repr(), qweight.q_per_channel_scales().float(), bias
 
+    def rows(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(int8 weight [N, K], fp32 scales [N], int32 row sums [N]): the weight as csrc/int8.c reads it,
+        for the fused decoder layer (encore.model.fused). Made once and kept beside fbgemm's packed
+        copy (which prefill keeps using): one more byte a weight, in non-persistent buffers."""
+        if "row_weight" not in self._buffers:
+            qweight, scales, _ = self.quantized()
+            self.register_buffer("row_weight", qweight.contiguous(), persistent=False)
+            self.register_buffer("row_scales", scales.contiguous(), persistent=False)
+            self.register_buffer("row_sums", qweight.sum(dim=1, dtype=torch.int32), persistent=False)
+        return self.row_weight, self.row_scales, self.row_sums
+
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] == 1:

@@ -1,7 +1,8 @@
 """encore's C kernels: each `csrc/*.c` is compiled on first use with the machine's C compiler
 (`cc -O3 -march=native -fopenmp`, about a second), cached under `$ENCORE_CACHE/kernels` by a hash of
-its source, compiler, flags and CPU, and opened through ctypes after torch, so that its OpenMP
-runtime (same soname) is the one torch loaded and its threads are torch's.
+every source in csrc/ (one may include another), compiler, flags and CPU, and opened through ctypes
+after torch, so that its OpenMP runtime (same soname) is the one torch loaded and its threads are
+torch's.
 
     path = build("int4", FLAGS)        # Path of the shared library, or None (no compiler, not Linux)
     lib = ctypes.CDLL(str(path))
@@ -37,7 +38,8 @@ def build(name: str, flags: list[str]) -> Path | None:
     if cc is None:
         return None
     source = CSRC / f"{name}.c"
-    key = hashlib.sha256(source.read_bytes() + " ".join([cc, *flags, cpu_flags()]).encode()).hexdigest()[:16]
+    sources = b"".join(path.read_bytes() for path in sorted(CSRC.glob("*.[ch]")))  # layer.c includes the others
+    key = hashlib.sha256(sources + " ".join([cc, *flags, cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"{name}-{key}.so"
     if target.exists():
         return target
@@ -50,3 +52,21 @@ def build(name: str, flags: list[str]) -> Path | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return target
+
+
+class Handles:
+    """Mixin for modules that hold ctypes handles (a library, a function of it, a description of
+    tensors by address), which neither pickle nor survive a copy: `copy.deepcopy` and pickling leave
+    out the attributes named in `_handles`, and the copy's `_bind()` makes them again."""
+
+    _handles: tuple[str, ...] = ("_lib",)
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key not in self._handles}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._bind()
+
+    def _bind(self) -> None:
+        raise NotImplementedError

@@ -165,11 +165,12 @@ static void weigh(const float *w, int64_t n, const float *v, int64_t v_s, int64_
  * Each (row, KV head) splits its positions into chunks over the threads (flash-decoding: a chunk's
  * max, sum and weighted values, combined after), and a KV head's query heads are computed together,
  * so each K/V row is read once per step. Returns 0, or -1 when out of memory. A row with no position
- * to attend gets zeros. */
+ * to attend gets zeros. `lse` [B, H] (NULL: not wanted) receives each head's log-sum-exp of its
+ * logits (-inf where nothing is attended): what merges two attentions into one softmax (`merge`). */
 int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t S, int64_t Dh, int64_t q_b,
                       int64_t q_h, const float *k, int64_t k_b, int64_t k_h, int64_t k_s, const float *v,
                       int64_t v_b, int64_t v_h, int64_t v_s, const uint8_t *mask, int64_t mask_b, float scale,
-                      float softcap, float *out) {
+                      float softcap, float *out, float *lse) {
     const int64_t G = H / KH, tasks = B * KH;
     const int threads = omp_get_max_threads();
     int64_t chunks = (2 * threads + tasks - 1) / tasks; /* about two chunks per thread */
@@ -206,6 +207,7 @@ int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t 
                 if (m > top) top = m;
             }
             for (int64_t d = 0; d < Dh; d++) o[d] = 0.f;
+            if (lse) lse[(bg / KH) * H + bg % KH * G + i] = -INFINITY;
             if (top == -INFINITY) continue;
             for (int64_t c = 0; c < chunks; c++) {
                 const float *pc = part + ((bg * chunks + c) * G + i) * (Dh + 2);
@@ -215,9 +217,21 @@ int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t 
                 for (int64_t d = 0; d < Dh; d++) o[d] += pc[2 + d] * f;
             }
             for (int64_t d = 0; d < Dh; d++) o[d] /= total;
+            if (lse) lse[(bg / KH) * H + bg % KH * G + i] = top + logf(total);
         }
     free(part), free(sc);
     return 0;
+}
+
+/* Two attentions of the same queries (each normalized, with its log-sum-exp) as one softmax over both
+ * key sets: a[n] = a[n] * w_a + b[n] * w_b per head, w = e^(lse - max) / sum. n_heads heads of Dh. */
+static void merge(float *a, const float *lse_a, const float *b, const float *lse_b, int64_t n_heads, int64_t Dh) {
+    for (int64_t h = 0; h < n_heads; h++) {
+        const float top = lse_a[h] > lse_b[h] ? lse_a[h] : lse_b[h];
+        if (top == -INFINITY) continue; /* nothing attended on either side: zeros */
+        const float ea = expf(lse_a[h] - top), eb = expf(lse_b[h] - top), wa = ea / (ea + eb), wb = eb / (ea + eb);
+        for (int64_t d = 0; d < Dh; d++) a[h * Dh + d] = a[h * Dh + d] * wa + b[h * Dh + d] * wb;
+    }
 }
 
 /* One head's vector in place: RMS-normalised by `norm` (NULL: not), then rotated by RoPE (rotate-half

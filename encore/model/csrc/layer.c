@@ -1,0 +1,162 @@
+/* A whole decoder layer's decode step in one C call: the int4 / int8 projections of csrc/int4.c and csrc/int8.c, the
+ * norms, RoPE, cache write and one-query attention of csrc/decode.c, composed here so that a step
+ * of an L-layer model crosses from Python into C L times instead of ~20 L (docs/engine.md).
+ *
+ *   x += post_attn_norm(out(attend(rope(qkv(attn_norm(x))), self K/V cache)))    merged: over self + cross K/V
+ *   x += post_cross_norm(cross.out(attend(q_norm(cross.q(cross_norm(x))), cross K/V)))   (encoder-decoder)
+ *   x += post_mlp_norm(down(act(up(mlp_norm(x)))))            act: silu(gate) * up, gelu(gate) * up, or gelu
+ *
+ * Which variant a layer is (post-norms, q/k norms, cross-attention, biases, gating) is fixed when
+ * encore/model/fused.py describes it in a `Layer`; a NULL pointer is a module the layer does not have.
+ * One query per row (decoding), B rows; the caller checks everything else (encore/model/fused.py).
+ */
+#include "decode.c"
+#include "int4.c"
+#include "int8.c"
+
+typedef struct { /* a projection: int4 as Int4Linear holds it, or int8 rows as Int8Linear.rows() gives them */
+    int64_t bits;              /* 4 or 8 */
+    const void *w;             /* uint8 [N, K/2] packed nibbles, or int8 [N, K] */
+    const void *scales;        /* int4: fp16 [N, K/group]; int8: fp32 [N] */
+    const half *mins;          /* int4: fp16 [N, K/group], NULL when symmetric */
+    const int32_t *sums;       /* int8: each row's sum */
+    const float *bias;         /* NULL: none */
+    int64_t N, K, group;
+} Proj;
+
+typedef struct {
+    int64_t D, H, KH, Dh, F, gated, gelu, cross, merged;  /* F: the MLP's width; merged: T5Gemma 2's attention */
+    float eps, scale, softcap, cross_scale, cross_softcap;          /* softcap 0: none */
+    const float *attn_norm, *post_attn_norm, *q_norm, *k_norm;     /* norms' scales; post / q / k: NULL if absent */
+    const float *cross_norm, *post_cross_norm, *cross_q_norm;
+    const float *mlp_norm, *post_mlp_norm;
+    Proj qkv, out, cross_q, cross_out, up, down;
+} Layer;
+
+typedef struct { /* scratch for one call */
+    float *in, *proj, *q, *att, *att2, *lse, *lse2;
+    int8_t *qx;
+    float *sx, *u;
+} Work;
+
+static inline int64_t max2(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* y[B, N] = x[B, K] @ W.T (+ bias): the int4 / int8 kernel without its allocations. */
+static void project(const Proj *p, const float *x, int64_t B, float *y, const Work *w) {
+    if (p->bits == 8) {
+        quantize_rows_u8(x, B, p->K, (uint8_t *)w->qx, w->sx);
+        products8(B, p->K, p->N, p->w, p->scales, p->sums, (const uint8_t *)w->qx, w->sx, y);
+    } else {
+        quantize_rows(x, B, p->K, p->group, w->qx, w->sx, w->u);
+        products(B, p->K, p->N, p->group, p->w, p->scales, p->mins, w->qx, w->sx, w->u, y);
+    }
+    if (p->bias)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t n = 0; n < p->N; n++) y[b * p->N + n] += p->bias[n];
+}
+
+/* x[b] += norm(y[b]) (norm NULL: y itself), B rows of D. */
+static void residual(float *x, float *y, int64_t B, int64_t D, const float *norm, float eps) {
+    for (int64_t b = 0; b < B; b++) {
+        if (norm) rms_row(y + b * D, D, norm, eps, y + b * D);
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) x[b * D + d] += y[b * D + d];
+    }
+}
+
+/* x sigmoid(x), or GELU-tanh as x sigmoid(C (x + 0.044715 x^3)), n values in place. */
+static void activate(float *x, int64_t n, int gelu) {
+    const float c = 1.5957691216057308f; /* sqrt(8 / pi) */
+    int64_t i = 0;
+#ifdef __AVX512F__
+    const __m512 one = _mm512_set1_ps(1.f), vc = _mm512_set1_ps(c), cubic = _mm512_set1_ps(0.044715f);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        __m512 z = v;
+        if (gelu) z = _mm512_mul_ps(vc, _mm512_fmadd_ps(_mm512_mul_ps(cubic, v), _mm512_mul_ps(v, v), v));
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)); /* e^-z (inf for z < -88: sigmoid 0) */
+        _mm512_storeu_ps(x + i, _mm512_div_ps(v, _mm512_add_ps(one, e)));
+    }
+#endif
+    for (; i < n; i++) {
+        const float v = x[i], z = gelu ? c * (v + 0.044715f * v * v * v) : v;
+        x[i] = v / (1.f + expf(-z));
+    }
+}
+
+/* x[B, D] += the MLP of mlp_norm(x). */
+static void mlp(const Layer *L, float *x, int64_t B, const Work *w) {
+    const int64_t D = L->D, F = L->F;
+    for (int64_t b = 0; b < B; b++) rms_row(x + b * D, D, L->mlp_norm, L->eps, w->in + b * D);
+    project(&L->up, w->in, B, w->proj, w);
+    for (int64_t b = 0; b < B; b++) { /* the down projection's input, [B, F], into w->in */
+        float *h = w->proj + b * L->up.N, *a = w->in + b * F;
+        activate(h, F, (int)L->gelu);
+        if (L->gated)
+#pragma omp simd
+            for (int64_t f = 0; f < F; f++) a[f] = h[f] * h[F + f];
+        else
+            for (int64_t f = 0; f < F; f++) a[f] = h[f];
+    }
+    project(&L->down, w->in, B, w->proj, w);
+    residual(x, w->proj, B, D, L->post_mlp_norm, L->eps);
+}
+
+/* One decode step of one layer for B rows: x [B, D] updated in place. Self K/V: k, v [B, KH, T, Dh]
+ * (strides in elements), each row's new position min(length[b], T - 1), mask [B | 1, T] (rows mask_b
+ * apart); cos / sin [B, Dh]. Cross K/V [B, KH, S, Dh] and cmask [B | 1, S] (NULL: all real) when
+ * L->cross or L->merged. Returns 0, or -1 when out of memory. */
+int encore_decode_layer(const Layer *L, float *x, int64_t B, const float *cos, const float *sin, float *k,
+                        int64_t k_b, int64_t k_h, int64_t k_s, float *v, int64_t v_b, int64_t v_h, int64_t v_s,
+                        const int64_t *length, int64_t T, const uint8_t *mask, int64_t mask_b, const float *ck,
+                        int64_t ck_b, int64_t ck_h, int64_t ck_s, const float *cv, int64_t cv_b, int64_t cv_h,
+                        int64_t cv_s, int64_t S, const uint8_t *cmask, int64_t cmask_b) {
+    const int64_t D = L->D, H = L->H, KH = L->KH, Dh = L->Dh, HD = H * Dh;
+    const int64_t K = max2(max2(D, HD), L->F);
+    const int64_t N = max2(max2(L->qkv.N, L->up.N), max2(D, HD));
+    Work w;
+    w.in = malloc(sizeof(float) * (size_t)(B * K));
+    w.proj = malloc(sizeof(float) * (size_t)(B * N));
+    w.q = malloc(sizeof(float) * (size_t)(B * HD));
+    w.att = malloc(sizeof(float) * (size_t)(B * HD));
+    w.att2 = malloc(sizeof(float) * (size_t)(B * HD));
+    w.lse = malloc(sizeof(float) * (size_t)(B * H));
+    w.lse2 = malloc(sizeof(float) * (size_t)(B * H));
+    w.qx = aligned_alloc(64, (size_t)((B * K + 63) / 64 * 64));
+    w.sx = malloc(sizeof(float) * (size_t)(B * K / 32 + 1));
+    w.u = malloc(sizeof(float) * (size_t)(B * K / 32 + 1));
+    int failed = !w.in || !w.proj || !w.q || !w.att || !w.att2 || !w.lse || !w.lse2 || !w.qx || !w.sx || !w.u;
+    if (!failed) { /* self-attention */
+        for (int64_t b = 0; b < B; b++) rms_row(x + b * D, D, L->attn_norm, L->eps, w.in + b * D);
+        project(&L->qkv, w.in, B, w.proj, &w);
+        encore_rope_store(w.proj, B, H, KH, Dh, L->qkv.N, cos, sin, L->q_norm, L->k_norm, L->eps, k, k_b, k_h, k_s,
+                          v, v_b, v_h, v_s, length, T, w.q);
+        failed = encore_attend_one(w.q, B, H, KH, T, Dh, HD, Dh, k, k_b, k_h, k_s, v, v_b, v_h, v_s, mask, mask_b,
+                                   L->scale, L->softcap, w.att, L->merged ? w.lse : NULL);
+    }
+    if (!failed && L->merged) { /* one softmax over the layer's own keys and the encoder's */
+        failed = encore_attend_one(w.q, B, H, KH, S, Dh, HD, Dh, ck, ck_b, ck_h, ck_s, cv, cv_b, cv_h, cv_s, cmask,
+                                   cmask_b, L->scale, L->softcap, w.att2, w.lse2);
+        if (!failed) merge(w.att, w.lse, w.att2, w.lse2, B * H, Dh);
+    }
+    if (!failed) {
+        project(&L->out, w.att, B, w.proj, &w);
+        residual(x, w.proj, B, D, L->post_attn_norm, L->eps);
+    }
+    if (!failed && L->cross) {
+        for (int64_t b = 0; b < B; b++) rms_row(x + b * D, D, L->cross_norm, L->eps, w.in + b * D);
+        project(&L->cross_q, w.in, B, w.q, &w);
+        if (L->cross_q_norm)
+            for (int64_t h = 0; h < B * H; h++) rms_row(w.q + h * Dh, Dh, L->cross_q_norm, L->eps, w.q + h * Dh);
+        failed = encore_attend_one(w.q, B, H, KH, S, Dh, HD, Dh, ck, ck_b, ck_h, ck_s, cv, cv_b, cv_h, cv_s, cmask,
+                                   cmask_b, L->cross_scale, L->cross_softcap, w.att, NULL);
+        if (!failed) {
+            project(&L->cross_out, w.att, B, w.proj, &w);
+            residual(x, w.proj, B, D, L->post_cross_norm, L->eps);
+        }
+    }
+    if (!failed) mlp(L, x, B, &w);
+    free(w.in), free(w.proj), free(w.q), free(w.att), free(w.att2), free(w.lse), free(w.lse2);
+    free(w.qx), free(w.sx), free(w.u);
+    return failed ? -1 : 0;
+}
