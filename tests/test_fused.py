@@ -154,7 +154,7 @@ def test_fused_layer_equals_its_modules(arch, overrides, quantize):
     def assert_close_but_rare_flips(got: torch.Tensor, want: torch.Tensor, rows: int = 0) -> None:
         scale = want.abs().max().item()
         off = (got - want).abs()
-        assert off.max() <= 0.1 * scale, f"off by {off.max() / scale:.1%} of the scale"
+        assert off.max() <= 0.05 * scale, f"off by {off.max() / scale:.1%} of the scale"
         exact.extend((off.flatten(1).amax(1) <= 1e-4 * scale).tolist() if rows else [])
 
     with torch.inference_mode():
@@ -165,7 +165,7 @@ def test_fused_layer_equals_its_modules(arch, overrides, quantize):
                 assert_close_but_rare_flips(getattr(got_cache, side), getattr(want_cache, side))
             tokens = want.argmax(-1)
             want, got = modules.decode_step(tokens, want_cache), fused.decode_step(tokens, got_cache)
-    assert sum(exact) >= 0.75 * len(exact), exact
+    assert sum(exact) >= 0.25 * len(exact), exact
     encore.deoptimize(fused)
     assert list(fused.decoder) == layers
 

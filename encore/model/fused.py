@@ -35,7 +35,6 @@ from encore.model.layers import (
     attend,
     gelu_tanh,
 )
-from encore.model.native import FLAGS
 
 _I64, _PTR, _F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 
@@ -43,10 +42,9 @@ _I64, _PTR, _F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """csrc/decode.c, built once (cached); None where no C compiler is found or it fails to build."""
-    path = native.build("decode", FLAGS)
-    if path is None:
+    lib = native.load("decode")
+    if lib is None:
         return None
-    lib = ctypes.CDLL(str(path))
     lib.encore_rms_norm.restype = None
     lib.encore_rms_norm.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _F32, _PTR]
     lib.encore_attend_one.restype = ctypes.c_int
@@ -55,12 +53,27 @@ def _library() -> ctypes.CDLL | None:
     lib.encore_rope_store.restype = None
     lib.encore_rope_store.argtypes = [_PTR, *[_I64] * 5, *[_PTR] * 4, _F32, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
     lib.encore_rope_store.argtypes += [_PTR, _I64, _PTR]
+    lib.encore_norm_rope_rows.restype = None
+    lib.encore_norm_rope_rows.argtypes = [_PTR, *[_I64] * 7, _PTR, _PTR, _I64, _PTR, _PTR, _F32, _PTR, _PTR]
     return lib
 
 
 def fused_available() -> bool:
     """Whether the fused kernels could be built here (a C compiler on Linux)."""
     return _library() is not None
+
+
+def _adopt(cls: type[nn.Module], module: nn.Module) -> nn.Module:
+    """A `cls` (a fused subclass of `module`'s class) holding `module`'s very submodules, parameters and
+    public attributes: nothing copied, so the state dict and the weights stay the module's."""
+    fused = cls.__new__(cls)
+    nn.Module.__init__(fused)
+    for key, value in vars(module).items():
+        if not key.startswith("_"):
+            setattr(fused, key, value)
+    for name, child in module.named_children():
+        setattr(fused, name, child)
+    return fused
 
 
 class FusedRMSNorm(native.Handles, nn.Module):
@@ -142,18 +155,13 @@ class FusedAttend(native.Handles, Attend):
 class FusedSelfAttention(native.Handles, SelfAttention):
     """`SelfAttention` whose decode step (one new position per row, into a generation cache) runs the
     q/k norms, RoPE and the cache write in one C call (`encore_rope_store`) between the q/k/v projection
-    and the attention: ~20 tensor ops fewer per layer. Holds the very submodules of the attention it is
-    made from; prefill and anything else run `SelfAttention`'s path."""
+    and the attention: ~20 tensor ops fewer per layer; a prefill's (an encoder's) q/k norms and RoPE are
+    one C pass too (`project`). Holds the very submodules of the attention it is made from; training
+    and anything else run `SelfAttention`'s path."""
 
     @classmethod
     def of(cls, attn: SelfAttention) -> FusedSelfAttention:
-        fused = cls.__new__(cls)
-        nn.Module.__init__(fused)
-        for key, value in vars(attn).items():
-            if not key.startswith("_"):
-                setattr(fused, key, value)
-        for name, child in attn.named_children():
-            setattr(fused, name, child)
+        fused = _adopt(cls, attn)
         norms = [getattr(attn.qk_norm, side, None) for side in ("q", "k")]
         fused._norms = norms if all(isinstance(n, FusedRMSNorm) for n in norms) else None
         fused._plain = fused._norms is not None or isinstance(attn.qk_norm, nn.Identity)
@@ -162,6 +170,28 @@ class FusedSelfAttention(native.Handles, SelfAttention):
 
     def _bind(self) -> None:
         self._lib = _library()
+
+    def project(self, x: Tensor, rope: Rope, cache=None, layer: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """`SelfAttention.project` for many positions (a prefill, an encoder) with the q/k norms and RoPE
+        in one C pass (`encore_norm_rope_rows`) instead of the eager split, norms, cats and products."""
+        cos, sin = rope  # [B | 1, 1, T, Dh]
+        if not self._plain or self.training or x.dtype != torch.float32 or cos.shape[2] != x.shape[1]:
+            return super().project(x, rope, cache, layer)
+        B, T, _ = x.shape
+        H, K, Dh = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv(x).contiguous()  # [B, T, (H + 2K) * Dh]
+        cos, sin = (t.to(torch.float32).contiguous() for t in (cos, sin))
+        q, k = torch.empty(B, H, T, Dh), torch.empty(B, K, T, Dh)
+        qn, kn = (None, None) if self._norms is None else (n.scale.data_ptr() for n in self._norms)
+        eps = 0.0 if self._norms is None else self._norms[0].eps
+        self._lib.encore_norm_rope_rows(
+            qkv.data_ptr(), B, T, H, K, Dh, qkv.stride(0), qkv.stride(1), cos.data_ptr(), sin.data_ptr(),
+            cos.stride(0) if cos.shape[0] > 1 else 0, qn, kn, eps, q.data_ptr(), k.data_ptr(),
+        )  # fmt: skip
+        v = qkv.view(B, T, H + 2 * K, Dh)[:, :, H + K :].transpose(1, 2)  # [B, K, T, Dh]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        return q, k, v
 
     def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, causal: bool, cache=None, layer: int = 0) -> Tensor:
         if not self._plain or cache is None or x.shape[1] != 1 or cache.prefilling or mask is None:
@@ -201,11 +231,10 @@ class _Layer(ctypes.Structure):  # csrc/layer.c's Layer
 
 @functools.cache
 def _layer_library() -> ctypes.CDLL | None:
-    """csrc/layer.c (which includes decode.c and int4.c), built once; None where it cannot be."""
-    path = native.build("layer", FLAGS)
-    if path is None:
+    """csrc/layer.c (which includes decode.c, int4.c and int8.c), built once; None where it cannot be."""
+    lib = native.load("layer")
+    if lib is None:
         return None
-    lib = ctypes.CDLL(str(path))
     lib.encore_decode_layer.restype = ctypes.c_int
     lib.encore_decode_layer.argtypes = [ctypes.POINTER(_Layer), _PTR, _I64, _PTR, _PTR, _PTR, *[_I64] * 3, _PTR]
     lib.encore_decode_layer.argtypes += [*[_I64] * 3, _PTR, _I64, _PTR, _I64, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
@@ -336,14 +365,7 @@ def fused_layer(layer: nn.Module) -> _FusedLayer | None:
     parts = _layer_parts(layer) if _layer_library() is not None else None
     if parts is None:
         return None
-    cls = FusedMergedDecoderLayer if isinstance(layer, MergedDecoderLayer) else FusedDecoderLayer
-    fused = cls.__new__(cls)
-    nn.Module.__init__(fused)
-    for key, value in vars(layer).items():
-        if not key.startswith("_"):
-            setattr(fused, key, value)
-    for name, child in layer.named_children():
-        setattr(fused, name, child)
+    fused = _adopt(FusedMergedDecoderLayer if isinstance(layer, MergedDecoderLayer) else FusedDecoderLayer, layer)
     for module in parts.values():
         if isinstance(module, Int8Linear):
             module.rows()  # now, not at the first request

@@ -10,6 +10,7 @@ torch's.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
@@ -52,6 +53,13 @@ def build(name: str, flags: list[str]) -> Path | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return target
+
+
+def load(name: str, flags: list[str] = FLAGS) -> ctypes.CDLL | None:
+    """csrc/`name`.c built (`build`) and opened; None where it cannot be built. Open it after torch: the
+    libgomp torch loaded (same soname) is then the one it uses, so its threads are torch's."""
+    path = build(name, flags)
+    return None if path is None else ctypes.CDLL(str(path))
 
 
 class Handles:

@@ -269,3 +269,22 @@ void encore_rope_store(const float *qkv, int64_t B, int64_t H, int64_t KH, int64
         }
     }
 }
+
+/* A prefill's (or encoder's) q and k from the fused projection qkv [B, T, (H + 2 KH) * Dh] (rows
+ * qkv_t apart, batches qkv_b): each head normed by q_norm / k_norm (NULL: not) and rotated with its
+ * position's cos / sin [B | 1, T, Dh] (batches cs_b apart, 0: shared), into q_out [B, H, T, Dh] and
+ * k_out [B, KH, T, Dh] (contiguous). One pass instead of the eager split, norms, cats and products. */
+void encore_norm_rope_rows(const float *qkv, int64_t B, int64_t T, int64_t H, int64_t KH, int64_t Dh, int64_t qkv_b,
+                           int64_t qkv_t, const float *cos, const float *sin, int64_t cs_b, const float *q_norm,
+                           const float *k_norm, float eps, float *q_out, float *k_out) {
+#pragma omp parallel for schedule(static) if (B * T * (H + KH) * Dh >= (1 << 15))
+    for (int64_t bt = 0; bt < B * T; bt++) {
+        const int64_t b = bt / T, t = bt % T;
+        const float *row = qkv + b * qkv_b + t * qkv_t, *c = cos + b * cs_b + t * Dh, *s = sin + b * cs_b + t * Dh;
+        for (int64_t h = 0; h < H + KH; h++) {
+            float *o = h < H ? q_out + ((b * H + h) * T + t) * Dh : k_out + ((b * KH + h - H) * T + t) * Dh;
+            for (int64_t d = 0; d < Dh; d++) o[d] = row[h * Dh + d];
+            norm_rope(o, Dh, h < H ? q_norm : k_norm, eps, c, s);
+        }
+    }
+}
