@@ -104,6 +104,12 @@ static inline float offsets(const half *sw, const half *mw, const float *u, int6
     __m512 t = _mm512_setzero_ps();
     for (; j + 16 <= G; j += 16)
         t = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(o + j))), _mm512_loadu_ps(um + j), t);
+    if (j < G) { /* the last G % 16 groups, masked: no scalar tail (it cost as much as the products) */
+        const __mmask16 rest = (__mmask16)((1u << (G - j)) - 1);
+        const __m512 w = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(rest, o + j));
+        t = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(rest, um + j), t);
+        j = G;
+    }
     total = _mm512_reduce_add_ps(t);
 #endif
     for (; j < G; j++) total += h2f(o[j]) * um[j];
