@@ -10,6 +10,7 @@ from conftest import make_model
 
 import encore
 from encore.infer.optimize import optimized
+from encore.model import fused as fused_module
 from encore.model.fused import (
     FusedAttend,
     FusedDecoderLayer,
@@ -126,10 +127,7 @@ def test_fused_layer_equals_its_modules(arch, overrides, quantize):
     """int4 and int8 run each decoder layer's decode step as one C call (`FusedDecoderLayer`): the K/V
     it writes and its logits equal those of the same layers run module by module (the same norm and
     attention kernels; int4's kernel, or fbgemm's int8 with the same per-row activation scales), rows
-    padded and past the window; deoptimize puts the very layers back. (Equal to float rounding, which
-    now and then moves an activation across an int8 rounding boundary: that row's logits then move by
-    a few hundredths of their scale. A wrong mask, position, norm or weight moves every row, every
-    step, by about its whole scale.)"""
+    padded and past the window (`assert_like_its_modules`); deoptimize puts the very layers back."""
     if arch == "encdec" and "decoder_layer_types" in overrides:
         overrides = {**overrides, "encoder_layer_types": ["sliding", "full"]}
     if overrides.get("merged_attention") and arch != "encdec":
@@ -141,6 +139,27 @@ def test_fused_layer_equals_its_modules(arch, overrides, quantize):
         pytest.skip("int8 layers fuse only where csrc/int8.c has its VNNI path")
     kind = FusedMergedDecoderLayer if overrides.get("merged_attention") else FusedDecoderLayer
     assert [type(m) for m in fused.decoder] == [kind] * len(layers)
+    assert_like_its_modules(fused)
+    encore.deoptimize(fused)
+    assert list(fused.decoder) == layers
+
+
+def test_a_layer_the_fused_path_cannot_run_keeps_its_modules():
+    """fp32 projections, and a layer with one fp32 projection, keep the module path; int4 and int8
+    projections mix in one fused layer."""
+    model = encore.optimize(make_model("deconly"))
+    assert not any(isinstance(m, FusedDecoderLayer) for m in model.modules())
+    mixed = encore.optimize(make_model("deconly"), quantize="int4", policy={"decoder.0.mlp.*": "none"})
+    assert [type(m) is FusedDecoderLayer for m in mixed.decoder] == [False, True]
+    both = encore.optimize(make_model("deconly"), quantize="int4", policy={"decoder.*.mlp.*": "int8"})
+    assert all(type(m) is FusedDecoderLayer for m in both.decoder) == bool(_layer_library().encore_int8_has_vnni())
+
+
+def assert_like_its_modules(fused) -> None:
+    """The fused model's logits and K/V over 7 decode steps of padded rows equal those of a copy whose
+    fused layers run their modules one by one: to float rounding, which now and then moves one
+    activation across an int8 rounding boundary (that row's logits then move by a few hundredths of
+    their scale; scaling the attention by 1.3 moves them by 12-16%)."""
     modules = copy.deepcopy(fused)
     for layer in modules.decoder:  # the same modules, called one by one
         layer.forward = functools.partial(layer._eager.forward, layer)
@@ -148,7 +167,6 @@ def test_fused_layer_equals_its_modules(arch, overrides, quantize):
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     mask[2, 6:] = 0
-
     exact = []  # per step and row: equal to float rounding
 
     def assert_close_but_rare_flips(got: torch.Tensor, want: torch.Tensor, rows: int = 0) -> None:
@@ -166,16 +184,15 @@ def test_fused_layer_equals_its_modules(arch, overrides, quantize):
             tokens = want.argmax(-1)
             want, got = modules.decode_step(tokens, want_cache), fused.decode_step(tokens, got_cache)
     assert sum(exact) >= 0.25 * len(exact), exact
-    encore.deoptimize(fused)
-    assert list(fused.decoder) == layers
 
 
-def test_a_layer_the_fused_path_cannot_run_keeps_its_modules():
-    """fp32 projections, and a layer with one fp32 projection, keep the module path; int4 and int8
-    projections mix in one fused layer."""
-    model = encore.optimize(make_model("deconly"))
-    assert not any(isinstance(m, FusedDecoderLayer) for m in model.modules())
-    mixed = encore.optimize(make_model("deconly"), quantize="int4", policy={"decoder.0.mlp.*": "none"})
-    assert [type(m) is FusedDecoderLayer for m in mixed.decoder] == [False, True]
-    both = encore.optimize(make_model("deconly"), quantize="int4", policy={"decoder.*.mlp.*": "int8"})
-    assert all(type(m) is FusedDecoderLayer for m in both.decoder) == bool(_layer_library().encore_int8_has_vnni())
+def test_the_plain_c_layer_equals_its_modules(monkeypatch):
+    """Machines without AVX-512 build csrc/layer.c's plain C paths (attention, int4 products,
+    activations): the same results. (int8 layers are not fused there: fbgemm's modules are faster.)"""
+    plain = fused_module._layer_library(("-O2", "-fopenmp", "-shared", "-fPIC"))  # no -march: no vector paths
+    assert plain is not None and not plain.encore_int8_has_vnni()
+    monkeypatch.setattr(fused_module, "_layer_library", lambda *flags: plain)
+    for arch in ("encdec", "deconly"):
+        model = encore.optimize(make_model(arch, **GEMMA_LIKE), quantize="int4")
+        assert all(layer._lib is plain for layer in model.decoder)
+        assert_like_its_modules(model)

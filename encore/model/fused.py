@@ -230,9 +230,10 @@ class _Layer(ctypes.Structure):  # csrc/layer.c's Layer
 
 
 @functools.cache
-def _layer_library() -> ctypes.CDLL | None:
-    """csrc/layer.c (which includes decode.c, int4.c and int8.c), built once; None where it cannot be."""
-    lib = native.load("layer")
+def _layer_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL | None:
+    """csrc/layer.c (which includes decode.c, int4.c and int8.c), built once per `flags`; None where it
+    cannot be."""
+    lib = native.load("layer", list(flags))
     if lib is None:
         return None
     lib.encore_decode_layer.restype = ctypes.c_int
