@@ -256,10 +256,11 @@ def _projection(module: nn.Module) -> bool:
     )
 
 
-def _layer_parts(layer: DecoderLayer, strict: bool = True) -> dict[str, nn.Module] | None:
+def _layer_parts(layer: DecoderLayer | MergedDecoderLayer, strict: bool = True) -> dict[str, nn.Module] | None:
     """The modules a fused layer reads, by csrc/layer.c's names; None where the layer is not one it runs
-    (`strict`): every norm fused (post-norms may be absent), the self-attention's fused path, int4
-    projections."""
+    (`strict`): every norm fused (post-norms may be absent, all with one eps), the self-attention's
+    fused path (or T5Gemma 2's merged attention with fused q/k norms), SiLU or GELU-tanh, int4 or int8
+    projections (`_projection`)."""
     attn, mlp, cross = layer.attn, layer.mlp, getattr(layer, "cross", None)
     qk = [getattr(attn.qk_norm, side, None) for side in ("q", "k")]
     parts = {
