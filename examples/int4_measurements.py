@@ -152,6 +152,8 @@ PRECISIONS = {
     "int8": {"quantize": "int8"},
     "int4 (default: groups of 32, asymmetric; head int8)": {"quantize": "int4"},
     "int4, head int4 too": {"quantize": "int4", "policy": {"lm_head": "int4"}},
+    "int8, K/V cache fp16": {"quantize": "int8", "kv_dtype": torch.float16},
+    "int4, K/V cache fp16": {"quantize": "int4", "kv_dtype": torch.float16},
     "int4 symmetric, groups of 128 (head int8)": {"quantize": "int4", "group_size": 128, "symmetric": True},
     "int4 symmetric, groups of 32 (head int8)": {"quantize": "int4", "symmetric": True},
 }
@@ -232,10 +234,12 @@ def fused(prompts: int = 16, length: int = 128, new: int = 64) -> None:
         return same / reference.numel()
 
     print(f"fp32 against its own greedy tokens: {agreement(fp32):.1%}")
+    print(f"fp32, K/V cache fp16: {agreement(encore.optimize(copy.deepcopy(model), kv_dtype=torch.float16)):.1%}")
     for quantize in ("int8", "int4"):
-        for layers in ("modules", "fused"):
-            share = agreement(step_model(copy.deepcopy(model), layers=layers, quantize=quantize))
-            print(f"{quantize}, layers {layers}: {share:.1%} of {reference.numel()} steps pick fp32's token")
+        for layers, kv in (("modules", None), ("fused", None), ("fused", torch.float16)):
+            share = agreement(step_model(copy.deepcopy(model), layers=layers, quantize=quantize, kv_dtype=kv))
+            cache = ", K/V cache fp16" if kv else ""
+            print(f"{quantize}, layers {layers}{cache}: {share:.1%} of {reference.numel()} steps pick fp32's token")
 
 
 def finetuned(checkpoint: str = "runs/kd-smollm2/teacher/final", limit: int = 200) -> None:
@@ -280,10 +284,56 @@ STEP_VARIANTS = {
     "int4, eager (fused=False)": {"quantize": "int4", "fused": False},
     "int4, fused modules, each layer module by module": {"quantize": "int4", "layers": "modules"},
     "int4 (default: Q4_1, groups of 32; head int8)": {"quantize": "int4"},
+    "int8, K/V cache fp16": {"quantize": "int8", "kv_dtype": torch.float16},
+    "int4, K/V cache fp16": {"quantize": "int4", "kv_dtype": torch.float16},
     "int4 symmetric, groups of 128 (head int8)": {"quantize": "int4", "group_size": 128, "symmetric": True},
     "int4 symmetric, groups of 128, head int4": {
         "quantize": "int4", "group_size": 128, "symmetric": True, "policy": {"lm_head": "int4"}},
 }  # fmt: skip
+
+
+def interleaved_steps(models: dict, ids: torch.Tensor, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per decode step after prompt `ids` for each model, over `rounds` interleaved rounds of
+    `steps` steps (after one warm-up round: kernels built, memory touched)."""
+
+    @torch.inference_mode()
+    def time_steps(model) -> float:
+        logits, cache = model.prefill(ids, None, steps + 1)
+        token = logits.argmax(-1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            token = model.decode_step(token, cache).argmax(-1)
+        return (time.perf_counter() - start) / steps
+
+    for model in models.values():
+        time_steps(model)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(time_steps(model))
+    return times
+
+
+def kvcache(preset: str = "smollm2-360m", prompt: str = "1536", steps: int = 48, rounds: int = 5) -> None:
+    """The decode step (batch 1, after `prompt` tokens; random weights) with the K/V cache in fp32 and
+    in fp16 (`optimize(kv_dtype=torch.float16)`), int8 and int4, interleaved; medians."""
+    import copy
+
+    import encore
+    from encore.config import ModelConfig
+    from encore.model.io import build
+
+    base = build(ModelConfig.preset(preset), seed=0)
+    ids = torch.randint(5, 1000, (1, int(prompt)), generator=torch.Generator().manual_seed(0))
+    models = {
+        f"{quantize}, K/V {name}": encore.optimize(copy.deepcopy(base), quantize=quantize, kv_dtype=kv)
+        for quantize in ("int8", "int4")
+        for name, kv in (("fp32", None), ("fp16", torch.float16))
+    }
+
+    times = interleaved_steps(models, ids, steps, rounds)
+    for name, ts in times.items():
+        print(f"{preset} after {prompt} tokens, {name}: {statistics.median(ts) * 1e3:.2f} ms/step")
 
 
 def step_model(model, layers: str = "fused", **settings):
@@ -300,42 +350,28 @@ def step_model(model, layers: str = "fused", **settings):
     return model
 
 
-def step(preset: str = "encdec-330m", steps: int = 64, rounds: int = 5) -> None:
-    """Milliseconds per decode step (batch 1, after a 512-token prompt; random weights), each variant
+def step(preset: str = "encdec-330m", prompt: str = "512", steps: int = 64, rounds: int = 5) -> None:
+    """Milliseconds per decode step (batch 1, after a `prompt`-token prompt; random weights), each variant
     built once and timed in `rounds` interleaved rounds of `steps` steps; medians. Run nothing else."""
     from encore.config import ModelConfig
     from encore.model.io import build
 
     config = ModelConfig.preset(preset)
-    ids = torch.randint(5, 1000, (1, 512), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(5, 1000, (1, int(prompt)), generator=torch.Generator().manual_seed(0))
     models = {name: step_model(build(config, seed=0), **kw) for name, kw in STEP_VARIANTS.items()}
 
-    @torch.inference_mode()
-    def time_steps(model) -> float:
-        logits, cache = model.prefill(ids, None, steps + 1)
-        token = logits.argmax(-1)
-        start = time.perf_counter()
-        for _ in range(steps):
-            token = model.decode_step(token, cache).argmax(-1)
-        return (time.perf_counter() - start) / steps
-
-    for model in models.values():
-        time_steps(model)  # warm-up: kernels built, memory touched
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            times[name].append(time_steps(model))
+    times = interleaved_steps(models, ids, steps, rounds)
     first = statistics.median(next(iter(times.values())))
     for name, ts in times.items():
         ms = statistics.median(ts) * 1e3
-        print(f"{preset} {name}: {ms:.2f} ms/step, {1e3 / ms:.0f} tok/s, {first * 1e3 / ms:.2f}x the first")
+        print(f"{preset} after {prompt} {name}: {ms:.2f} ms/step, {1e3 / ms:.0f} tok/s, {first * 1e3 / ms:.2f}x the first")  # noqa: E501
 
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     commands = {"kernels": kernels, "checkpoint": checkpoint, "quality": quality, "step": step, "finetuned": finetuned}
-    commands["fused"] = fused
+    commands |= {"fused": fused, "kvcache": kvcache}
     if what not in commands:
-        sys.exit(f"usage: python examples/int4_measurements.py {'|'.join(commands)} [PRESET]")
-    commands[what](*sys.argv[2:3])
+        sys.exit(f"usage: python examples/int4_measurements.py {'|'.join(commands)} [PRESET [PROMPT_TOKENS]]")
+    commands[what](*sys.argv[2:4])

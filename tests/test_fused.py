@@ -9,6 +9,7 @@ import torch
 from conftest import make_model
 
 import encore
+from encore import Engine
 from encore.infer.optimize import optimized
 from encore.model import fused as fused_module
 from encore.model.fused import (
@@ -196,3 +197,47 @@ def test_the_plain_c_layer_equals_its_modules(monkeypatch):
         model = encore.optimize(make_model(arch, **GEMMA_LIKE), quantize="int4")
         assert all(layer._lib is plain for layer in model.decoder)
         assert_like_its_modules(model)
+
+
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_half_precision_kv_cache(arch, quantize):
+    """optimize(kv_dtype=torch.float16): caches hold K/V in fp16 (half the bytes), written and read by the
+    fused kernels (modules and whole layers), the cross K/V too; the logits stay within fp16's rounding
+    of the fp32 cache's, and the engine gives generate's tokens (fp32 weights)."""
+    overrides = {} if arch == "deconly" else {"merged_attention": True, **GEMMA_LIKE}
+    model = make_model(arch, **overrides)
+    full = encore.optimize(copy.deepcopy(model), quantize=quantize)
+    half = encore.optimize(model, quantize=quantize, kv_dtype=torch.float16)
+    assert half.kv_dtype == torch.float16 and optimized(half)["kv_dtype"] == "torch.float16"
+    ids = torch.randint(3, 512, (2, 9), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.inference_mode():
+        (want, want_cache), (got, got_cache) = full.prefill(ids, mask, 6), half.prefill(ids, mask, 6)
+        assert got_cache.k.dtype == torch.float16 and got_cache.nbytes * 2 == want_cache.nbytes
+        for _ in range(5):
+            tolerance = (5e-3 if quantize is None else 5e-2) * want.abs().max().item()
+            torch.testing.assert_close(got, want, rtol=0, atol=tolerance)
+            tokens = want.argmax(-1)
+            want, got = full.decode_step(tokens, want_cache), half.decode_step(tokens, got_cache)
+    assert encore.deoptimize(copy.deepcopy(half)).kv_dtype == torch.float32
+    engine = Engine(half, max_batch=2, max_input_len=9, max_new_tokens=6)
+    assert engine.cache.k.dtype == torch.float16
+    if quantize is not None:  # (int4's rounding of activations can turn a float-order difference into a token)
+        return
+    rows = [ids[0].tolist(), ids[1, :5].tolist()]
+    rids = [engine.add(r, max_new_tokens=6, eos_token_id=None) for r in rows]
+    got_tokens: dict[int, list[int]] = {r: [] for r in rids}
+    while engine.has_work():
+        for event in engine.step():
+            got_tokens[event.request_id].append(event.token)
+    for r, rid in zip(rows, rids):
+        alone = half.generate(torch.tensor([r]), max_new_tokens=6, do_sample=False, eos_token_id=None)
+        assert got_tokens[rid] == alone[0].tolist()
+
+
+def test_half_precision_kv_cache_needs_the_fused_kernels():
+    with pytest.raises(ValueError, match="kv_dtype=torch.float16 is the fused CPU kernels'"):
+        encore.optimize(make_model("deconly"), fused=False, kv_dtype=torch.float16)
+    with pytest.raises(ValueError, match="kv_dtype must be None, torch.float32 or torch.float16"):
+        encore.optimize(make_model("deconly"), kv_dtype=torch.bfloat16)

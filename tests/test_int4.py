@@ -166,6 +166,8 @@ def test_quantized_checkpoint_loads_ready_without_rounding_again(tmp_path, monke
     monkeypatch.setattr(int4, "quantize_int4", lambda *a: pytest.fail("re-quantized at load"))
     loaded = load(tmp_path / "q")
     assert torch.equal(loaded.generate(ids, max_new_tokens=12, do_sample=False), before)
+    encore.optimize(loaded)  # what every CLI command does to a loaded model: the kernels' formats stay
+    assert torch.equal(loaded.generate(ids, max_new_tokens=12, do_sample=False), before)
     assert type(loaded.lm_head) is type(model.lm_head)
     if quantize == "int4":
         symmetric = not asym
@@ -222,6 +224,9 @@ def test_cli_convert_quantize_then_generate(tmp_path):
     assert "int4" in out.stdout and (tmp_path / "q4" / "quantization.json").is_file()
     gen = run("generate", "--model", str(tmp_path / "q4"), "--input", "hello", "--max-new-tokens", "4")
     assert gen.returncode == 0, gen.stderr
+    half = ("--kv-cache-dtype", "fp16")  # the quantized checkpoint with a half-precision K/V cache
+    gen16 = run("generate", "--model", str(tmp_path / "q4"), "--input", "hello", "--max-new-tokens", "4", *half)
+    assert gen16.returncode == 0 and gen16.stdout.strip(), gen16.stderr
     bad = run("convert", "--model", str(tmp_path / "fp32"), "--out", str(tmp_path / "x"), "--group-size", "64")
     assert bad.returncode != 0 and "--group-size: only with --quantize int4" in bad.stderr
     fast = ("--quantize", "int4", "--group-size", "128", "--symmetric")

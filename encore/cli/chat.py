@@ -36,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
 
     template = read_template(args.chat_template)
     quantize = None if args.quantize == "none" else args.quantize
-    model = text_only(load_for_inference(args.model, args.tokenizer, args.device, quantize), args.model, "chat")
+    model = text_only(
+        load_for_inference(args.model, args.tokenizer, args.device, quantize, kv_cache_dtype=args.kv_cache_dtype),
+        args.model,
+        "chat",
+    )
     tokenizer = model.tokenizer
     if template is None and getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"--model {args.model} has no chat template; pass --chat-template FILE")

@@ -139,12 +139,18 @@ def build_model(
 
 
 def add_quantize_flag(p: argparse.ArgumentParser) -> None:
-    """--quantize for the commands that run a model (generate, eval, serve, chat)."""
+    """--quantize and --kv-cache-dtype for the commands that run a model (generate, eval, serve, chat)."""
     p.add_argument(
         "--quantize",
         choices=["none", "int8", "int4"],
         default="none",
         help="int8 / int4 weights on the CPU (encore.optimize; a quantized checkpoint is already so) (%(default)s)",
+    )
+    p.add_argument(
+        "--kv-cache-dtype",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="K/V cache precision on the CPU: fp16 halves its memory and the K/V a decode step reads (%(default)s)",
     )
 
 
@@ -155,12 +161,14 @@ def load_for_inference(
     quantize: str | None = None,
     random_weights: bool | None = None,
     vision: bool = False,
+    kv_cache_dtype: str = "fp32",
 ) -> LanguageModel:
     """A checkpoint with its tokenizer, made ready for inference on `device` (`encore.optimize`); the
     process keeps freed memory for reuse (`encore.infer.memory`), as a CPU deployment should.
     `random_weights`: None for a command without that flag; True lets a preset or config be built
     untrained (a command's `--random-weights`, for capacity benchmarks). `vision`: images will come
-    (a transformers checkpoint's image tower is loaded too)."""
+    (a transformers checkpoint's image tower is loaded too). `kv_cache_dtype`: "fp32" or "fp16"
+    (`--kv-cache-dtype`)."""
     from encore.infer.memory import retain_freed_memory
     from encore.infer.optimize import optimize
 
@@ -169,7 +177,11 @@ def load_for_inference(
     if checkpoint is None and not random_weights:
         hint = "" if random_weights is None else "; pass one, or --random-weights to serve the preset untrained"
         raise ValueError(f"--model {spec!r}: not a checkpoint directory{hint}")
-    return optimize(build_model(spec, tokenizer, vision=vision), device=device, quantize=quantize)
+    import torch
+
+    model = build_model(spec, tokenizer, vision=vision)
+    kv_dtype = torch.float16 if kv_cache_dtype == "fp16" else None
+    return optimize(model, device=device, quantize=quantize, kv_dtype=kv_dtype)
 
 
 def text_only(model: Any, spec: str, command: str) -> Any:

@@ -68,7 +68,9 @@ def _model(args: argparse.Namespace, vision: bool = False) -> Any:
     """The torch model the flags name (None for --backend onnx); `vision`: images will come."""
     if args.backend == "onnx":
         return None
-    return load_for_inference(args.model, args.tokenizer, args.device, _quantize(args), vision=vision)
+    return load_for_inference(
+        args.model, args.tokenizer, args.device, _quantize(args), vision=vision, kv_cache_dtype=args.kv_cache_dtype
+    )
 
 
 def _texts(

@@ -52,6 +52,7 @@ def optimize(
     policy: dict[str, str] | None = None,
     fused: bool = True,
     symmetric: bool = DEFAULT_SYMMETRIC,
+    kv_dtype: torch.dtype | None = None,
 ) -> Any:
     """Move `model` to `device` / `dtype` (default: its device; fp32 on CPU, bf16 on CUDA), put it in
     eval mode without gradients, and swap its projections for the fastest inference kernels there:
@@ -70,7 +71,10 @@ def optimize(
       `DEFAULT_INT4_POLICY`), e.g. {"lm_head": "int8"} or {"decoder.*.mlp.*": "int4", "*": "int8"};
     - CUDA: bf16 weights, F.linear (cuBLAS); int8 is a CPU path and is refused here;
     - CPU fp32, `fused=True` (and a C compiler): RMSNorms and the decode step's one-query attention
-      through encore's fused C kernels (`encore.model.fused`).
+      through encore's fused C kernels (`encore.model.fused`), a decoder layer per C call where its
+      projections are int8 / int4;
+    - `kv_dtype=torch.float16` (CPU, fused): generation caches hold K/V in half precision (half the
+      cache memory, a decode step reads half the K/V bytes); None keeps the model's dtype.
 
     Returns the model (changed in place). Calling it again first undoes the previous swaps."""
     if quantize not in QUANTIZE:
@@ -82,8 +86,10 @@ def optimize(
         raise ValueError(f"policy: each value must be one of {KINDS}, got {bad}")
     if linear not in CPU_LINEAR:
         raise ValueError(f"linear must be one of {CPU_LINEAR}, got {linear!r}")
+    if kv_dtype not in (None, torch.float32, torch.float16):
+        raise ValueError(f"kv_dtype must be None, torch.float32 or torch.float16, got {kv_dtype!r}")
     if isinstance(model, VisionLanguageModel):  # the text model gets the kernels; the tower follows its device/dtype
-        optimize(model.lm, device, dtype, quantize, linear, group_size, policy, fused, symmetric)
+        optimize(model.lm, device, dtype, quantize, linear, group_size, policy, fused, symmetric, kv_dtype)
         weight = model.lm.embed.weight
         model.vision.to(device=weight.device, dtype=weight.dtype).eval().requires_grad_(False)
         return model
@@ -93,6 +99,12 @@ def optimize(
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if quantize:
         _check_quantize(quantize, device, dtype, group_size)
+    fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available()
+    if kv_dtype == torch.float16 and not fused:
+        raise ValueError(
+            "kv_dtype=torch.float16 is the fused CPU kernels' (they read and write half-precision K/V): it needs "
+            "device cpu, dtype float32, fused=True and a C compiler"
+        )
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     plain = _kernel(device, dtype, linear)
     rules = [*(policy or {}).items(), *(DEFAULT_INT4_POLICY.items() if quantize == "int4" else ())]
@@ -117,9 +129,9 @@ def optimize(
         else:
             continue
         swaps.append((parent, name, child))
-    fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available()
     if fused:
         swaps += fuse(model)
+    model._encore_kv_dtype = kv_dtype
     model._encore_swaps = swaps
     model._encore_optimized = {
         "device": str(device),
@@ -127,6 +139,7 @@ def optimize(
         "quantize": quantize,
         "linear": linear,
         "fused": fused,
+        "kv_dtype": str(kv_dtype or dtype),
         **(
             {"group_size": group_size, "symmetric": symmetric, "policy": dict(policy or {})}
             if quantize == "int4"
@@ -170,6 +183,7 @@ def deoptimize(model: Any) -> Any:
         setattr(parent, name, original)
     model._encore_swaps = []
     model._encore_optimized = None
+    model._encore_kv_dtype = None
     return model
 
 

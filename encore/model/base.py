@@ -93,15 +93,22 @@ class LanguageModel(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> GenerationCache:
-        """The cache a request of `batch_size` rows of `input_len` tokens needs for `max_new_tokens`."""
+        """The cache a request of `batch_size` rows of `input_len` tokens needs for `max_new_tokens`, in
+        `kv_dtype` unless `dtype` says otherwise."""
         return GenerationCache.allocate(
             self.config,
             batch_size,
             input_len,
             max_new_tokens,
             device=device or self.embed.weight.device,
-            dtype=dtype or self.embed.weight.dtype,
+            dtype=dtype or self.kv_dtype,
         )
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """What generation caches hold K/V in: the model's dtype, or what `encore.optimize(kv_dtype=...)`
+        set (fp16 on a CPU)."""
+        return getattr(self, "_encore_kv_dtype", None) or self.embed.weight.dtype
 
     def prefill(
         self, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int

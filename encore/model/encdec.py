@@ -126,7 +126,7 @@ class EncoderDecoder(LanguageModel):
         self._check_length(max_new_tokens, "max_new_tokens")
         mask = padding_mask(attention_mask)
         cache = self.new_cache(B, 0, max_new_tokens)
-        cache.cross_k, cache.cross_v = self.cross_kv(input_ids, mask, inputs_embeds)
+        cache.cross_k, cache.cross_v = (t.to(cache.k.dtype) for t in self.cross_kv(input_ids, mask, inputs_embeds))
         cache.cross_mask = mask
         bos = torch.full((B,), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
         return self.decode_step(bos, cache), cache

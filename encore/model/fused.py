@@ -49,10 +49,10 @@ def _library() -> ctypes.CDLL | None:
     lib.encore_rms_norm.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _F32, _PTR]
     lib.encore_attend_one.restype = ctypes.c_int
     lib.encore_attend_one.argtypes = [_PTR, *[_I64] * 7, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3, _PTR, _I64]
-    lib.encore_attend_one.argtypes += [_F32, _F32, _PTR, _PTR]
+    lib.encore_attend_one.argtypes += [_F32, _F32, _PTR, _PTR, _I64]
     lib.encore_rope_store.restype = None
     lib.encore_rope_store.argtypes = [_PTR, *[_I64] * 5, *[_PTR] * 4, _F32, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
-    lib.encore_rope_store.argtypes += [_PTR, _I64, _PTR]
+    lib.encore_rope_store.argtypes += [_PTR, _I64, _PTR, _I64]
     lib.encore_norm_rope_rows.restype = None
     lib.encore_norm_rope_rows.argtypes = [_PTR, *[_I64] * 7, _PTR, _PTR, _I64, _PTR, _PTR, _F32, _PTR, _PTR]
     return lib
@@ -127,7 +127,9 @@ class FusedAttend(native.Handles, Attend):
         softcap: SoftCap | None = None,
     ) -> Tensor:
         B, H, T, Dh = q.shape
-        if T != 1 or (causal and mask is None) or (mask is not None and mask.dtype != torch.bool):
+        kv16 = k.dtype == torch.float16  # a half-precision cache (optimize(kv_dtype=torch.float16))
+        if T != 1 or (causal and mask is None) or (mask is not None and mask.dtype != torch.bool) or v.dtype != k.dtype:
+            k, v = k.to(q.dtype), v.to(q.dtype)
             return attend(q, k, v, mask, causal, dropout, scale, softcap)
         KH, S = k.shape[1], k.shape[2]
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -142,7 +144,7 @@ class FusedAttend(native.Handles, Attend):
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
             v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
             mask_ptr, mask_b, Dh**-0.5 if scale is None else scale, 0.0 if softcap is None else softcap.cap,
-            out.data_ptr(), None,
+            out.data_ptr(), None, kv16,
         )  # fmt: skip
         if failed:
             raise MemoryError("fused attention: out of memory for the scores")
@@ -206,7 +208,7 @@ class FusedSelfAttention(native.Handles, SelfAttention):
         self._lib.encore_rope_store(
             qkv.data_ptr(), B, H, KH, Dh, qkv.shape[-1], cos.data_ptr(), sin.data_ptr(), qn, kn, eps,
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
-            cache.length.data_ptr(), cache.max_len, q.data_ptr(),
+            cache.length.data_ptr(), cache.max_len, q.data_ptr(), k.dtype == torch.float16,
         )  # fmt: skip
         return self.out(self.attend(q, k, v, mask, False, 0.0, self.scale, self.softcap))
 
@@ -239,7 +241,7 @@ def _layer_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL 
     lib.encore_decode_layer.restype = ctypes.c_int
     lib.encore_decode_layer.argtypes = [ctypes.POINTER(_Layer), _PTR, _I64, _PTR, _PTR, _PTR, *[_I64] * 3, _PTR]
     lib.encore_decode_layer.argtypes += [*[_I64] * 3, _PTR, _I64, _PTR, _I64, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
-    lib.encore_decode_layer.argtypes += [_I64, _PTR, _I64]
+    lib.encore_decode_layer.argtypes += [_I64, _PTR, _I64, _I64]
     lib.encore_int8_has_vnni.restype = ctypes.c_int
     return lib
 
@@ -322,6 +324,8 @@ class _FusedLayer(native.Handles):
             or mask.dtype != torch.bool
             or (cross_kv is None) == (hasattr(self, "cross") or isinstance(self, MergedDecoderLayer))
             or (cross_mask is not None and cross_mask.dtype != torch.bool)
+            or cache.k.dtype not in (torch.float32, torch.float16)
+            or (cross_kv is not None and cross_kv[0].dtype != cache.k.dtype)
         ):
             return self._eager.forward(self, x, rope, mask, causal, cross_kv, cross_mask, cache, layer)
         B, T = x.shape[0], cache.max_len
@@ -346,7 +350,7 @@ class _FusedLayer(native.Handles):
             k.data_ptr(), *k.stride()[:3], v.data_ptr(), *v.stride()[:3], cache.length.data_ptr(), T,
             rows.data_ptr(), rows.stride(0) if rows.shape[0] > 1 else 0,
             None if ck is None else ck.data_ptr(), *ck_strides, None if cv is None else cv.data_ptr(), *cv_strides,
-            S, None if cross_rows is None else cross_rows.data_ptr(), cross_b,
+            S, None if cross_rows is None else cross_rows.data_ptr(), cross_b, k.dtype == torch.float16,
         )  # fmt: skip
         if failed:
             raise MemoryError("fused decoder layer: out of memory for its workspace")

@@ -181,6 +181,19 @@ class Int4Linear(native.Handles, nn.Module):
     def _bind(self) -> None:
         self._fn = _library().encore_int4_linear
 
+    def _apply(self, fn, recurse: bool = True):
+        """`Module.to(dtype)` / `.float()` cast floating buffers; the fp16 scales and minimums are the
+        kernel's format, not a dtype to follow (`encore.optimize` of a loaded int4 checkpoint moved them
+        to fp32, which the kernel then read as fp16 bits), so they are left as they are."""
+        order = list(self._buffers)
+        kept = {name: self._buffers.pop(name) for name in ("scales", "mins")}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._buffers.update(kept)
+            self._buffers.update([(name, self._buffers.pop(name)) for name in order])  # the original order
+        return self
+
     @property
     def symmetric(self) -> bool:
         return self.mins is None

@@ -95,7 +95,7 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
     if model.tokenizer is None:
         raise ValueError(f"--model {cfg.model!r} has no tokenizer; pass --tokenizer")
     max_input_len, max_tokens = _limits(cfg, model.config)
-    dtype_bytes = model.embed.weight.element_size()
+    dtype_bytes = model.kv_dtype.itemsize
     slots = min(cfg.max_batch, slots_for(model.config, cfg.kv_budget_mb * MiB, max_input_len, max_tokens, dtype_bytes))
     if slots < 1:
         need = GenerationCache.bytes_for(model.config, max_input_len, max_tokens, dtype_bytes) / MiB

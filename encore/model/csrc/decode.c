@@ -8,6 +8,17 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "half.h"
+
+/* K/V elements are fp32, or fp16 where `kv16` (a cache kept in half precision): element i of a row. */
+static inline float kv_at(const void *p, int64_t i, int kv16) {
+    return kv16 ? h2f(((const half *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline const void *kv_offset(const void *p, int64_t elements, int kv16) {
+    return (const char *)p + elements * (kv16 ? 2 : 4);
+}
+
 /* y = x / sqrt(mean(x^2) + eps) * w over one row of `dim` (y may be x). */
 static inline void rms_row(const float *x, int64_t dim, const float *w, float eps, float *y) {
     float ss = 0.f;
@@ -27,6 +38,10 @@ void encore_rms_norm(const float *x, int64_t rows, int64_t dim, int64_t x_stride
 
 #ifdef __AVX512F__
 #include <immintrin.h>
+
+static inline __m512 kv_load16(const void *p, int64_t i, int kv16) {
+    return kv16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const half *)p + i))) : _mm512_loadu_ps((const float *)p + i);
+}
 
 /* e^x for x <= 0 (softmax's shifted logits), 16 at a time: 2^n * poly(r), |r| <= ln2 / 2 (~1e-7). */
 static inline __m512 exp16(__m512 x) {
@@ -68,8 +83,8 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 }
 
 /* Scores of positions [s0, s1) for one KV head's G query heads (q rows q_h apart), into sc[i * n + s - s0]. */
-static void scores(const float *q, int64_t G, int64_t q_h, const float *k, int64_t k_s, int64_t Dh, int64_t s0,
-                   int64_t s1, float scale, float *sc) {
+static void scores(const float *q, int64_t G, int64_t q_h, const void *k, int kv16, int64_t k_s, int64_t Dh,
+                   int64_t s0, int64_t s1, float scale, float *sc) {
     const int64_t n = s1 - s0;
     int64_t s = s0;
 #ifdef __AVX512F__
@@ -79,16 +94,24 @@ static void scores(const float *q, int64_t G, int64_t q_h, const float *k, int64
                 const float *qi = q + i * q_h;
                 __m512 acc[16];
                 for (int j = 0; j < 16; j++) {
-                    const float *kj = k + (s + j) * k_s;
-                    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qi), _mm512_loadu_ps(kj));
-                    for (int64_t d = 16; d < Dh; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qi + d), _mm512_loadu_ps(kj + d), a);
+                    const int64_t kj = (s + j) * k_s;
+                    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qi), kv_load16(k, kj, kv16));
+                    for (int64_t d = 16; d < Dh; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qi + d), kv_load16(k, kj + d, kv16), a);
                     acc[j] = a;
                 }
                 _mm512_storeu_ps(sc + i * n + s - s0, _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale)));
             }
 #endif
     for (; s < s1; s++)
-        for (int64_t i = 0; i < G; i++) sc[i * n + s - s0] = dot(q + i * q_h, k + s * k_s, Dh) * scale;
+        for (int64_t i = 0; i < G; i++) {
+            const float *qi = q + i * q_h;
+            float total = 0.f;
+            if (kv16)
+                for (int64_t d = 0; d < Dh; d++) total += qi[d] * kv_at(k, s * k_s + d, 1);
+            else
+                total = dot(qi, (const float *)k + s * k_s, Dh);
+            sc[i * n + s - s0] = total * scale;
+        }
 }
 
 /* softmax numerators in place over one head's n scores (masked ones -> 0): returns their sum; *top is the max. */
@@ -129,7 +152,7 @@ static float exponentiate(float *sc, int64_t n, const uint8_t *mask, float softc
 }
 
 /* o[0:Dh] = sum_s w[s] * v[s] over n positions (rows v_s apart). */
-static void weigh(const float *w, int64_t n, const float *v, int64_t v_s, int64_t Dh, float *o) {
+static void weigh(const float *w, int64_t n, const void *v, int kv16, int64_t v_s, int64_t Dh, float *o) {
 #ifdef __AVX512F__
     if (Dh % 64 == 0) {
         for (int64_t d0 = 0; d0 < Dh; d0 += 64) {  /* two positions at a time: 8 independent chains */
@@ -138,14 +161,14 @@ static void weigh(const float *w, int64_t n, const float *v, int64_t v_s, int64_
             int64_t s = 0;
             for (; s + 2 <= n; s += 2) {
                 const __m512 w0 = _mm512_set1_ps(w[s]), w1 = _mm512_set1_ps(w[s + 1]);
-                const float *v0 = v + s * v_s + d0, *v1 = v0 + v_s;
+                const int64_t v0 = s * v_s + d0, v1 = v0 + v_s;
                 for (int j = 0; j < 4; j++) {
-                    a[j] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(v0 + 16 * j), a[j]);
-                    b[j] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(v1 + 16 * j), b[j]);
+                    a[j] = _mm512_fmadd_ps(w0, kv_load16(v, v0 + 16 * j, kv16), a[j]);
+                    b[j] = _mm512_fmadd_ps(w1, kv_load16(v, v1 + 16 * j, kv16), b[j]);
                 }
             }
             if (s < n)
-                for (int j = 0; j < 4; j++) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(w[s]), _mm512_loadu_ps(v + s * v_s + d0 + 16 * j), a[j]);
+                for (int j = 0; j < 4; j++) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(w[s]), kv_load16(v, s * v_s + d0 + 16 * j, kv16), a[j]);
             for (int j = 0; j < 4; j++) _mm512_storeu_ps(o + d0 + 16 * j, _mm512_add_ps(a[j], b[j]));
         }
         return;
@@ -154,7 +177,11 @@ static void weigh(const float *w, int64_t n, const float *v, int64_t v_s, int64_
     for (int64_t d = 0; d < Dh; d++) o[d] = 0.f;
     for (int64_t s = 0; s < n; s++) {
         const float ws = w[s];
-        const float *vs = v + s * v_s;
+        if (kv16) {
+            for (int64_t d = 0; d < Dh; d++) o[d] += ws * kv_at(v, s * v_s + d, 1);
+            continue;
+        }
+        const float *vs = (const float *)v + s * v_s;
 #pragma omp simd
         for (int64_t d = 0; d < Dh; d++) o[d] += ws * vs[d];
     }
@@ -166,11 +193,12 @@ static void weigh(const float *w, int64_t n, const float *v, int64_t v_s, int64_
  * max, sum and weighted values, combined after), and a KV head's query heads are computed together,
  * so each K/V row is read once per step. Returns 0, or -1 when out of memory. A row with no position
  * to attend gets zeros. `lse` [B, H] (NULL: not wanted) receives each head's log-sum-exp of its
- * logits (-inf where nothing is attended): what merges two attentions into one softmax (`merge`). */
+ * logits (-inf where nothing is attended): what merges two attentions into one softmax (`merge`).
+ * `kv16`: K and V are fp16 (a half-precision cache), else fp32. */
 int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t S, int64_t Dh, int64_t q_b,
-                      int64_t q_h, const float *k, int64_t k_b, int64_t k_h, int64_t k_s, const float *v,
+                      int64_t q_h, const void *k, int64_t k_b, int64_t k_h, int64_t k_s, const void *v,
                       int64_t v_b, int64_t v_h, int64_t v_s, const uint8_t *mask, int64_t mask_b, float scale,
-                      float softcap, float *out, float *lse) {
+                      float softcap, float *out, float *lse, int64_t kv16) {
     const int64_t G = H / KH, tasks = B * KH;
     const int threads = omp_get_max_threads();
     int64_t chunks = (2 * threads + tasks - 1) / tasks; /* about two chunks per thread */
@@ -188,14 +216,14 @@ int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t 
         const int64_t b = t / (KH * chunks), g = t / chunks % KH, c = t % chunks;
         const int64_t s0 = c * size, s1 = s0 + size < S ? s0 + size : S;
         const uint8_t *mc = mask ? mask + b * mask_b + s0 : NULL;
-        const float *kb = k + b * k_b + g * k_h, *vb = v + b * v_b + g * v_h;
+        const void *kb = kv_offset(k, b * k_b + g * k_h, (int)kv16), *vb = kv_offset(v, b * v_b + g * v_h, (int)kv16);
         float *p = sc + t * G * size, *pt = part + t * G * (Dh + 2);
-        if (s1 > s0) scores(q + b * q_b + g * G * q_h, G, q_h, kb, k_s, Dh, s0, s1, scale, p);
+        if (s1 > s0) scores(q + b * q_b + g * G * q_h, G, q_h, kb, (int)kv16, k_s, Dh, s0, s1, scale, p);
         for (int64_t i = 0; i < G; i++) {
             float *pi = p + i * (s1 - s0), *o = pt + i * (Dh + 2) + 2;
             pt[i * (Dh + 2) + 1] = s1 > s0 ? exponentiate(pi, s1 - s0, mc, softcap, pt + i * (Dh + 2)) : 0.f;
             if (s1 <= s0) pt[i * (Dh + 2)] = -INFINITY;
-            weigh(pi, s1 - s0, vb + s0 * v_s, v_s, Dh, o);
+            weigh(pi, s1 - s0, kv_offset(vb, s0 * v_s, (int)kv16), (int)kv16, v_s, Dh, o);
         }
     }
     for (int64_t bg = 0; bg < tasks; bg++)
@@ -225,7 +253,7 @@ int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t 
 
 /* Two attentions of the same queries (each normalized, with its log-sum-exp) as one softmax over both
  * key sets: a[n] = a[n] * w_a + b[n] * w_b per head, w = e^(lse - max) / sum. n_heads heads of Dh. */
-static void merge(float *a, const float *lse_a, const float *b, const float *lse_b, int64_t n_heads, int64_t Dh) {
+static inline void merge(float *a, const float *lse_a, const float *b, const float *lse_b, int64_t n_heads, int64_t Dh) {
     for (int64_t h = 0; h < n_heads; h++) {
         const float top = lse_a[h] > lse_b[h] ? lse_a[h] : lse_b[h];
         if (top == -INFINITY) continue; /* nothing attended on either side: zeros */
@@ -248,11 +276,12 @@ static void norm_rope(float *x, int64_t Dh, const float *norm, float eps, const 
 
 /* A decode step's self-attention inputs, from the fused q/k/v projection qkv [B, (H + 2 KH) * Dh] (rows
  * qkv_b apart): q (normed, rotated) into q_out [B, H, Dh]; k (normed, rotated) and v into the cache at
- * each row's position min(length[b], max_len - 1). cos / sin: [B, Dh]; q_norm / k_norm: [Dh] or NULL. */
+ * each row's position min(length[b], max_len - 1), fp16 where `kv16`. cos / sin: [B, Dh]; q_norm /
+ * k_norm: [Dh] or NULL. */
 void encore_rope_store(const float *qkv, int64_t B, int64_t H, int64_t KH, int64_t Dh, int64_t qkv_b,
                        const float *cos, const float *sin, const float *q_norm, const float *k_norm, float eps,
-                       float *k, int64_t k_b, int64_t k_h, int64_t k_s, float *v, int64_t v_b, int64_t v_h,
-                       int64_t v_s, const int64_t *length, int64_t max_len, float *q_out) {
+                       void *k, int64_t k_b, int64_t k_h, int64_t k_s, void *v, int64_t v_b, int64_t v_h,
+                       int64_t v_s, const int64_t *length, int64_t max_len, float *q_out, int64_t kv16) {
     for (int64_t b = 0; b < B; b++) {
         const float *row = qkv + b * qkv_b, *c = cos + b * Dh, *s = sin + b * Dh;
         const int64_t pos = length[b] < max_len - 1 ? length[b] : max_len - 1;
@@ -262,10 +291,18 @@ void encore_rope_store(const float *qkv, int64_t B, int64_t H, int64_t KH, int64
             norm_rope(q, Dh, q_norm, eps, c, s);
         }
         for (int64_t g = 0; g < KH; g++) {
-            float *kd = k + b * k_b + g * k_h + pos * k_s, *vd = v + b * v_b + g * v_h + pos * v_s;
-            const float *ks = row + (H + g) * Dh, *vs = row + (H + KH + g) * Dh;
-            for (int64_t d = 0; d < Dh; d++) kd[d] = ks[d], vd[d] = vs[d];
+            const int64_t at_k = b * k_b + g * k_h + pos * k_s, at_v = b * v_b + g * v_h + pos * v_s;
+            const float *vs = row + (H + KH + g) * Dh;
+            float kd[Dh]; /* normed and rotated here, then stored at the cache's precision */
+            for (int64_t d = 0; d < Dh; d++) kd[d] = row[(H + g) * Dh + d];
             norm_rope(kd, Dh, k_norm, eps, c, s);
+            if (kv16) { /* saturated at fp16's largest finite value, as the prefill's writes are */
+                for (int64_t d = 0; d < Dh; d++)
+                    ((half *)k)[at_k + d] = f2h(fminf(fmaxf(kd[d], -65504.f), 65504.f)),
+                    ((half *)v)[at_v + d] = f2h(fminf(fmaxf(vs[d], -65504.f), 65504.f));
+            } else {
+                for (int64_t d = 0; d < Dh; d++) ((float *)k)[at_k + d] = kd[d], ((float *)v)[at_v + d] = vs[d];
+            }
         }
     }
 }

@@ -16,34 +16,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "half.h"
 #if defined(__AVX512VNNI__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
-
-typedef uint16_t half; /* IEEE fp16 bits */
-
-/* fp16 -> fp32 without F16C (the plain path; the vector path converts with vcvtph2ps). */
-static inline float h2f(half h) {
-#ifdef __F16C__
-    return _cvtsh_ss(h);
-#else
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1F, m = h & 0x3FF;
-    float f;
-    if (e == 0) {
-        f = ldexpf((float)m, -24); /* zero, subnormal */
-    } else if (e == 31) {
-        f = m ? NAN : INFINITY;
-    } else {
-        uint32_t bits = ((e + 112) << 23) | (m << 13);
-        memcpy(&f, &bits, 4);
-    }
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    bits |= sign;
-    memcpy(&f, &bits, 4);
-    return f;
-#endif
-}
 
 int encore_int4_has_vnni(void) {
 #ifdef __AVX512VNNI__
