@@ -189,14 +189,14 @@ def assert_like_its_modules(fused) -> None:
 
 def test_the_plain_c_layer_equals_its_modules(monkeypatch):
     """Machines without AVX-512 build csrc/layer.c's plain C paths (attention, int4 products,
-    activations): the same results. (int8 layers are not fused there: fbgemm's modules are faster.)"""
+    activations, fp16 conversions): the same results. (int8 layers are not fused there: fbgemm's modules are faster.)"""
     plain = fused_module._layer_library(("-O2", "-fopenmp", "-shared", "-fPIC"))  # no -march: no vector paths
     assert plain is not None and not plain.encore_int8_has_vnni()
     monkeypatch.setattr(fused_module, "_layer_library", lambda *flags: plain)
-    for arch in ("encdec", "deconly"):
-        model = encore.optimize(make_model(arch, **GEMMA_LIKE), quantize="int4")
+    for arch, kv_dtype in (("encdec", None), ("deconly", None), ("deconly", torch.float16)):
+        model = encore.optimize(make_model(arch, **GEMMA_LIKE), quantize="int4", kv_dtype=kv_dtype)
         assert all(layer._lib is plain for layer in model.decoder)
-        assert_like_its_modules(model)
+        assert_like_its_modules(model)  # fp16 K/V: the plain fp16 conversions against F16C's
 
 
 @pytest.mark.parametrize("quantize", [None, "int4"])
