@@ -148,12 +148,9 @@ def checkpoint() -> None:
 # what `quality` compares: name -> encore.optimize's arguments
 PRECISIONS = {
     "fp32": {},
-    "int8, fused modules, each layer module by module": {"quantize": "int8", "layers": "modules"},
     "int8": {"quantize": "int8"},
     "int4 (default: groups of 32, asymmetric; head int8)": {"quantize": "int4"},
     "int4, head int4 too": {"quantize": "int4", "policy": {"lm_head": "int4"}},
-    "int8, K/V cache fp16": {"quantize": "int8", "kv_dtype": torch.float16},
-    "int4, K/V cache fp16": {"quantize": "int4", "kv_dtype": torch.float16},
     "int4 symmetric, groups of 128 (head int8)": {"quantize": "int4", "group_size": 128, "symmetric": True},
     "int4 symmetric, groups of 32 (head int8)": {"quantize": "int4", "symmetric": True},
 }
