@@ -78,15 +78,15 @@ class GenerationCache:
         `length[b]`, then the whole [B, K, T, Dh] cache (the step's mask hides what is not written)."""
         if self.prefilling:
             start, end = self.prefill_start, self.prefill_start + k.shape[2]
-            self.k[layer, :, :, start:end] = _fit(k, self.k.dtype)
-            self.v[layer, :, :, start:end] = _fit(v, self.v.dtype)
+            self.k[layer, :, :, start:end] = _stored(k, self.k.dtype)
+            self.v[layer, :, :, start:end] = _stored(v, self.v.dtype)
             if start == 0:
                 return k, v
             return self.k[layer, :, :, :end].to(k.dtype), self.v[layer, :, :, :end].to(v.dtype)
         B, K, _, Dh = k.shape
         where = self.length.clamp(max=self.max_len - 1).view(B, 1, 1, 1).expand(B, K, 1, Dh)
-        self.k[layer].scatter_(2, where, _fit(k, self.k.dtype).to(self.k.dtype))
-        self.v[layer].scatter_(2, where, _fit(v, self.v.dtype).to(self.v.dtype))
+        self.k[layer].scatter_(2, where, _stored(k, self.k.dtype))
+        self.v[layer].scatter_(2, where, _stored(v, self.v.dtype))
         return self.k[layer], self.v[layer]
 
     def step_mask(self, window: int = 0) -> Tensor:
@@ -144,10 +144,13 @@ class GenerationCache:
         return sum(t.nbytes for t in (self.k, self.v, self.cross_k, self.cross_v) if t is not None)
 
 
-def _fit(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """K/V for a cache of `dtype`: saturated at fp16's largest finite value when that is a half-precision
-    cache (`encore.optimize(kv_dtype=torch.float16)`), so an outlier is not stored as inf; else as is."""
-    return x.clamp(-65504.0, 65504.0) if dtype == torch.float16 and x.dtype != torch.float16 else x
+def _stored(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """K/V as a cache of `dtype` holds them: in a half-precision cache (`encore.optimize(kv_dtype=
+    torch.float16)`) saturated at fp16's largest finite value, so an outlier is not stored as inf (as
+    csrc/half.h's f2h_saturated does for the fused kernels' writes)."""
+    if dtype == torch.float16 and x.dtype != torch.float16:
+        x = x.clamp(-65504.0, 65504.0)
+    return x.to(dtype)
 
 
 def step_masks(cache, window: int) -> dict[str, Tensor]:

@@ -43,7 +43,8 @@ static inline __m512 kv_load16(const void *p, int64_t i, int kv16) {
     return kv16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const half *)p + i))) : _mm512_loadu_ps((const float *)p + i);
 }
 
-/* e^x for x <= 0 (softmax's shifted logits), 16 at a time: 2^n * poly(r), |r| <= ln2 / 2 (~1e-7). */
+/* e^x, 16 at a time: 2^n * poly(r), |r| <= ln2 / 2 (~1e-7); x below -87 counts as -87, above ~88 gives
+ * inf. Softmax's shifted logits (x <= 0), and the MLP's sigmoids (csrc/layer.c: either sign). */
 static inline __m512 exp16(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
@@ -296,10 +297,9 @@ void encore_rope_store(const float *qkv, int64_t B, int64_t H, int64_t KH, int64
             float kd[Dh]; /* normed and rotated here, then stored at the cache's precision */
             for (int64_t d = 0; d < Dh; d++) kd[d] = row[(H + g) * Dh + d];
             norm_rope(kd, Dh, k_norm, eps, c, s);
-            if (kv16) { /* saturated at fp16's largest finite value, as the prefill's writes are */
+            if (kv16) {
                 for (int64_t d = 0; d < Dh; d++)
-                    ((half *)k)[at_k + d] = f2h(fminf(fmaxf(kd[d], -65504.f), 65504.f)),
-                    ((half *)v)[at_v + d] = f2h(fminf(fmaxf(vs[d], -65504.f), 65504.f));
+                    ((half *)k)[at_k + d] = f2h_saturated(kd[d]), ((half *)v)[at_v + d] = f2h_saturated(vs[d]);
             } else {
                 for (int64_t d = 0; d < Dh; d++) ((float *)k)[at_k + d] = kd[d], ((float *)v)[at_v + d] = vs[d];
             }

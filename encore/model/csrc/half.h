@@ -53,4 +53,8 @@ static inline half f2h(float f) {
     return (half)(sign | out);
 #endif
 }
+
+/* f2h saturated at fp16's largest finite value: an outlier is stored as +-65504, not inf (the cache's
+ * prefill writes clamp the same way: encore/model/cache.py). */
+static inline half f2h_saturated(float f) { return f2h(fminf(fmaxf(f, -65504.f), 65504.f)); }
 #endif
