@@ -148,7 +148,9 @@ def checkpoint() -> None:
 # what `quality` compares: name -> encore.optimize's arguments
 PRECISIONS = {
     "fp32": {},
-    "int8": {"quantize": "int8"},
+    "fp32, prefill attention bf16": {"prefill_attention": "bf16"},
+    "int8 (prefill attention bf16: the default where the CPU has AVX512-BF16)": {"quantize": "int8"},
+    "int8, prefill attention fp32": {"quantize": "int8", "prefill_attention": "fp32"},
     "int4 (default: groups of 32, asymmetric; head int8)": {"quantize": "int4"},
     "int4, head int4 too": {"quantize": "int4", "policy": {"lm_head": "int4"}},
     "int4 symmetric, groups of 128 (head int8)": {"quantize": "int4", "group_size": 128, "symmetric": True},
@@ -361,7 +363,9 @@ def step(preset: str = "encdec-330m", prompt: str = "512", steps: int = 64, roun
     first = statistics.median(next(iter(times.values())))
     for name, ts in times.items():
         ms = statistics.median(ts) * 1e3
-        print(f"{preset} after {prompt} {name}: {ms:.2f} ms/step, {1e3 / ms:.0f} tok/s, {first * 1e3 / ms:.2f}x the first")  # noqa: E501
+        print(
+            f"{preset} after {prompt} {name}: {ms:.2f} ms/step, {1e3 / ms:.0f} tok/s, {first * 1e3 / ms:.2f}x the first"
+        )  # noqa: E501
 
 
 if __name__ == "__main__":

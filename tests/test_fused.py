@@ -77,6 +77,23 @@ def test_fused_norm_equals_the_norm(cls):
     torch.testing.assert_close(fused(strided), norm(strided), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_linear_equals_onednn(bias):
+    """A few rows (a decode step's head) through csrc/fp32.c, more through oneDNN: the same products to
+    float rounding, K off the 16-wide grid included; the very weight is held."""
+    from encore.model.fused import FP32_MAX_ROWS, FusedLinear
+    from encore.model.kernels import OneDNNLinear
+
+    weight = torch.nn.Parameter(torch.randn(37, 70), requires_grad=False)
+    b = torch.nn.Parameter(torch.randn(37), requires_grad=False) if bias else None
+    plain, fused = OneDNNLinear(weight, b), FusedLinear(weight, b)
+    assert fused.weight is weight and "c-fp32" in repr(fused)
+    for rows in (1, 3, FP32_MAX_ROWS, FP32_MAX_ROWS + 1, 40):
+        x = torch.randn(rows, 1, 70)
+        with torch.inference_mode():
+            torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
 GEMMA_LIKE = dict(norm_plus_one=True, sandwich_norm=True, qk_norm=True, attn_softcap=20.0, attn_scale=0.2)
 SLIDING = dict(qkv_bias=True, sliding_window=3, decoder_layer_types=["sliding", "full"], rope_local_theta=500.0)
 
@@ -113,7 +130,7 @@ def test_fused_model_generates_the_eager_tokens(arch, overrides):
     )
 
 
-@pytest.mark.parametrize("quantize", ["int4", "int8"])
+@pytest.mark.parametrize("quantize", [None, "int4", "int8"])
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -125,10 +142,11 @@ def test_fused_model_generates_the_eager_tokens(arch, overrides):
     ids=["encore", "gemma-like-geglu", "sliding-bias-swiglu", "t5gemma2-like"],
 )
 def test_fused_layer_equals_its_modules(arch, overrides, quantize):
-    """int4 and int8 run each decoder layer's decode step as one C call (`FusedDecoderLayer`): the K/V
-    it writes and its logits equal those of the same layers run module by module (the same norm and
-    attention kernels; int4's kernel, or fbgemm's int8 with the same per-row activation scales), rows
-    padded and past the window (`assert_like_its_modules`); deoptimize puts the very layers back."""
+    """fp32, int4 and int8 run each decoder layer's decode step as one C call (`FusedDecoderLayer`): the
+    K/V it writes and its logits equal those of the same layers run module by module (the same norm and
+    attention kernels; oneDNN's fp32, int4's kernel, or fbgemm's int8 with the same per-row activation
+    scales), rows padded and past the window (`assert_like_its_modules`); deoptimize puts the very
+    layers back."""
     if arch == "encdec" and "decoder_layer_types" in overrides:
         overrides = {**overrides, "encoder_layer_types": ["sliding", "full"]}
     if overrides.get("merged_attention") and arch != "encdec":
@@ -146,14 +164,21 @@ def test_fused_layer_equals_its_modules(arch, overrides, quantize):
 
 
 def test_a_layer_the_fused_path_cannot_run_keeps_its_modules():
-    """fp32 projections, and a layer with one fp32 projection, keep the module path; int4 and int8
-    projections mix in one fused layer."""
-    model = encore.optimize(make_model("deconly"))
-    assert not any(isinstance(m, FusedDecoderLayer) for m in model.modules())
+    """A layer whose norms disagree on eps keeps the module path; fp32, int4 and int8 projections mix in
+    one fused layer; an fp32 layer runs its modules for steps of more than FP32_MAX_ROWS rows (oneDNN's
+    GEMM is the faster there), and gives the same tokens either way."""
+    odd = make_model("deconly")
+    odd.decoder[0].mlp_norm.eps = 1e-3
+    assert [type(m) is FusedDecoderLayer for m in encore.optimize(odd).decoder] == [False, True]
     mixed = encore.optimize(make_model("deconly"), quantize="int4", policy={"decoder.0.mlp.*": "none"})
-    assert [type(m) is FusedDecoderLayer for m in mixed.decoder] == [False, True]
+    assert all(type(m) is FusedDecoderLayer for m in mixed.decoder)
     both = encore.optimize(make_model("deconly"), quantize="int4", policy={"decoder.*.mlp.*": "int8"})
     assert all(type(m) is FusedDecoderLayer for m in both.decoder) == bool(_layer_library().encore_int8_has_vnni())
+    fp32 = encore.optimize(make_model("deconly"))
+    assert [m.max_rows for m in fp32.decoder] == [fused_module.FP32_MAX_ROWS] * 2 and mixed.decoder[1].max_rows is None
+    ids = torch.randint(3, 512, (fused_module.FP32_MAX_ROWS + 1, 5), generator=torch.Generator().manual_seed(6))
+    wide = fp32.generate(ids, max_new_tokens=4)
+    assert torch.equal(wide[:2], fp32.generate(ids[:2], max_new_tokens=4))
 
 
 def assert_like_its_modules(fused) -> None:

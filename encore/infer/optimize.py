@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from encore.model.fused import fuse, fused_available
+from encore.model.fused import bf16_attention_available, fuse, fused_available
 from encore.model.int4 import (
     CHUNK,
     DEFAULT_GROUP_SIZE,
@@ -36,6 +36,7 @@ from encore.model.vlm import VisionLanguageModel
 QUANTIZE = (None, "int8", "int4")
 CPU_LINEAR = ("auto", "onednn", "aten")
 KINDS = ("int4", "int8", "none")  # what a policy may give a module
+PREFILL_ATTENTION = ("auto", "fp32", "bf16")
 # quantize="int4" unless a policy says otherwise: the encoder (prefill only: int8's fbgemm GEMM is 2-4x the
 # int4 kernel at 512 rows) and the output head (4 bits there cost SmolLM2 4% of perplexity; llama.cpp
 # keeps its output at 6 bits) stay int8; decoding's layers go int4 (docs/engine.md)
@@ -53,6 +54,7 @@ def optimize(
     fused: bool = True,
     symmetric: bool = DEFAULT_SYMMETRIC,
     kv_dtype: torch.dtype | None = None,
+    prefill_attention: str = "auto",
 ) -> Any:
     """Move `model` to `device` / `dtype` (default: its device; fp32 on CPU, bf16 on CUDA), put it in
     eval mode without gradients, and swap its projections for the fastest inference kernels there:
@@ -71,25 +73,21 @@ def optimize(
       `DEFAULT_INT4_POLICY`), e.g. {"lm_head": "int8"} or {"decoder.*.mlp.*": "int4", "*": "int8"};
     - CUDA: bf16 weights, F.linear (cuBLAS); int8 is a CPU path and is refused here;
     - CPU fp32, `fused=True` (and a C compiler): RMSNorms and the decode step's one-query attention
-      through encore's fused C kernels (`encore.model.fused`), a decoder layer per C call where its
-      projections are int8 / int4;
+      through encore's fused C kernels (`encore.model.fused`), a decoder layer's decode step per C call
+      (fp32, int8 or int4 projections);
     - `kv_dtype=torch.float16` (CPU, fused): generation caches hold K/V in half precision (half the
-      cache memory, a decode step reads half the K/V bytes); None keeps the model's dtype.
+      cache memory, a decode step reads half the K/V bytes); None keeps the model's dtype;
+    - `prefill_attention`: how attention over many queries (a prefill, an encoder) runs on the CPU:
+      "fp32" (SDPA), "bf16" (csrc/attend.c: bf16 products accumulated in fp32, fp32 softmax; 4.5x SDPA
+      on a T5Gemma 2 encoder layer; needs the fused kernels and a CPU with AVX512-BF16), or "auto":
+      bf16 for a quantized model where it runs (its int8 activations are coarser than bf16's
+      rounding), fp32 otherwise.
 
     Returns the model (changed in place). Calling it again first undoes the previous swaps."""
-    if quantize not in QUANTIZE:
-        raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
-    if policy and not quantize:
-        raise ValueError("a quantization policy needs quantize='int8' or 'int4'")
-    bad = {k: v for k, v in (policy or {}).items() if v not in KINDS}
-    if bad:
-        raise ValueError(f"policy: each value must be one of {KINDS}, got {bad}")
-    if linear not in CPU_LINEAR:
-        raise ValueError(f"linear must be one of {CPU_LINEAR}, got {linear!r}")
-    if kv_dtype not in (None, torch.float32, torch.float16):
-        raise ValueError(f"kv_dtype must be None, torch.float32 or torch.float16, got {kv_dtype!r}")
+    _check_arguments(quantize, policy, linear, kv_dtype, prefill_attention)
     if isinstance(model, VisionLanguageModel):  # the text model gets the kernels; the tower follows its device/dtype
-        optimize(model.lm, device, dtype, quantize, linear, group_size, policy, fused, symmetric, kv_dtype)
+        settings = (quantize, linear, group_size, policy, fused, symmetric, kv_dtype, prefill_attention)
+        optimize(model.lm, device, dtype, *settings)
         weight = model.lm.embed.weight
         model.vision.to(device=weight.device, dtype=weight.dtype).eval().requires_grad_(False)
         return model
@@ -100,11 +98,7 @@ def optimize(
     if quantize:
         _check_quantize(quantize, device, dtype, group_size)
     fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available()
-    if kv_dtype == torch.float16 and not fused:
-        raise ValueError(
-            "kv_dtype=torch.float16 is the fused CPU kernels' (they read and write half-precision K/V): it needs "
-            "device cpu, dtype float32, fused=True and a C compiler"
-        )
+    bf16_prefill = _bf16_prefill(prefill_attention, quantize, fused, kv_dtype)
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     plain = _kernel(device, dtype, linear)
     rules = [*(policy or {}).items(), *(DEFAULT_INT4_POLICY.items() if quantize == "int4" else ())]
@@ -130,7 +124,7 @@ def optimize(
             continue
         swaps.append((parent, name, child))
     if fused:
-        swaps += fuse(model)
+        swaps += fuse(model, bf16_prefill)
     model._encore_kv_dtype = kv_dtype
     model._encore_swaps = swaps
     model._encore_optimized = {
@@ -140,6 +134,7 @@ def optimize(
         "linear": linear,
         "fused": fused,
         "kv_dtype": str(kv_dtype or dtype),
+        "prefill_attention": "bf16" if bf16_prefill else "fp32",
         **(
             {"group_size": group_size, "symmetric": symmetric, "policy": dict(policy or {})}
             if quantize == "int4"
@@ -147,6 +142,43 @@ def optimize(
         ),
     }
     return model
+
+
+def _check_arguments(
+    quantize: str | None, policy: dict | None, linear: str, kv_dtype: torch.dtype | None, prefill_attention: str
+) -> None:
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    if policy and not quantize:
+        raise ValueError("a quantization policy needs quantize='int8' or 'int4'")
+    bad = {k: v for k, v in (policy or {}).items() if v not in KINDS}
+    if bad:
+        raise ValueError(f"policy: each value must be one of {KINDS}, got {bad}")
+    if linear not in CPU_LINEAR:
+        raise ValueError(f"linear must be one of {CPU_LINEAR}, got {linear!r}")
+    if kv_dtype not in (None, torch.float32, torch.float16):
+        raise ValueError(f"kv_dtype must be None, torch.float32 or torch.float16, got {kv_dtype!r}")
+    if prefill_attention not in PREFILL_ATTENTION:
+        raise ValueError(f"prefill_attention must be one of {PREFILL_ATTENTION}, got {prefill_attention!r}")
+
+
+def _bf16_prefill(prefill_attention: str, quantize: str | None, fused: bool, kv_dtype: torch.dtype | None) -> bool:
+    """Whether the fused attention runs a prefill with bf16 products (`prefill_attention`, checked here
+    against what this machine and these settings allow)."""
+    if kv_dtype == torch.float16 and not fused:
+        raise ValueError(
+            "kv_dtype=torch.float16 is the fused CPU kernels' (they read and write half-precision K/V): it needs "
+            "device cpu, dtype float32, fused=True and a C compiler"
+        )
+    if prefill_attention == "bf16" and not (fused and bf16_attention_available()):
+        raise ValueError(
+            "prefill_attention='bf16' is a fused CPU kernel: it needs device cpu, dtype float32, fused=True, a C "
+            "compiler and a CPU with AVX512-BF16 (this one: "
+            f"{'has it' if bf16_attention_available() else 'has not'})"
+        )
+    if prefill_attention == "auto":
+        return quantize is not None and fused and bf16_attention_available()
+    return prefill_attention == "bf16"
 
 
 def _check_quantize(quantize: str, device: torch.device, dtype: torch.dtype, group_size: int) -> None:

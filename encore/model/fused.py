@@ -1,11 +1,11 @@
 """Fused fp32 CPU modules for inference, what `encore.optimize` swaps in on the CPU beside the
 projection kernels: `FusedRMSNorm` (one pass instead of ~8 aten calls), `FusedAttend` (attention for
-one query per head, the decode step's, in one call instead of SDPA's flash kernel),
-`FusedSelfAttention` (the decode step's q/k norms, RoPE and cache write in one call) and
-`FusedDecoderLayer` (a whole decoder layer's decode step in one call, where its projections are int4 or
-int8).
-They run `csrc/decode.c` and `csrc/layer.c`, built on first use (`encore.model.native`). Measured in
-docs/engine.md.
+one query per head, the decode step's, in one call instead of SDPA's flash kernel; a prefill's with
+bf16 products where asked), `FusedSelfAttention` (the decode step's q/k norms, RoPE and cache write in
+one call), `FusedMLP` (a gated MLP's activation in one pass) and `FusedDecoderLayer` (a whole decoder
+layer's decode step in one call; fp32, int4 or int8 projections).
+They run `csrc/decode.c`, `csrc/attend.c` and `csrc/layer.c`, built on first use
+(`encore.model.native`). Measured in docs/engine.md.
 
     swaps = fuse(model)    # [(parent, name, original)]: what encore.deoptimize puts back, in reverse
 """
@@ -21,10 +21,12 @@ from torch import Tensor, nn
 
 from encore.model import native
 from encore.model.int4 import Int4Linear
-from encore.model.kernels import Int8Linear
+from encore.model.kernels import PLAIN_TENSORS, Int8Linear, OneDNNLinear
 from encore.model.layers import (
+    MLP,
     Attend,
     DecoderLayer,
+    Linear,
     MergedAttention,
     MergedDecoderLayer,
     OffsetRMSNorm,
@@ -53,9 +55,30 @@ def _library() -> ctypes.CDLL | None:
     lib.encore_rope_store.restype = None
     lib.encore_rope_store.argtypes = [_PTR, *[_I64] * 5, *[_PTR] * 4, _F32, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
     lib.encore_rope_store.argtypes += [_PTR, _I64, _PTR, _I64]
+    lib.encore_glu_rows.restype = None
+    lib.encore_glu_rows.argtypes = [_PTR, *[_I64] * 4, _PTR]
     lib.encore_norm_rope_rows.restype = None
     lib.encore_norm_rope_rows.argtypes = [_PTR, *[_I64] * 7, _PTR, _PTR, _I64, _PTR, _PTR, _F32, _PTR, _PTR]
     return lib
+
+
+@functools.cache
+def _attend_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL | None:
+    """csrc/attend.c (a prefill's attention with bf16 products), built once per `flags`; None where it
+    cannot be built or the CPU (or `flags`) has no AVX512-BF16."""
+    lib = native.load("attend", list(flags))
+    if lib is None or not lib.encore_attend_bf16_built():
+        return None
+    lib.encore_attend_bf16.restype = ctypes.c_int
+    lib.encore_attend_bf16.argtypes = [_PTR, *[_I64] * 9, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
+    lib.encore_attend_bf16.argtypes += [_F32, _F32, _PTR]
+    return lib
+
+
+def bf16_attention_available() -> bool:
+    """Whether a prefill's attention can run with bf16 products here (csrc/attend.c: a C compiler on
+    Linux and a CPU with AVX512-BF16, e.g. AMD Zen 4, Intel Sapphire Rapids)."""
+    return _attend_library() is not None
 
 
 def fused_available() -> bool:
@@ -104,16 +127,58 @@ class FusedRMSNorm(native.Handles, nn.Module):
         return f"{self.scale.shape[0]}, eps={self.eps}, kernel=c"
 
 
-class FusedAttend(native.Handles, Attend):
-    """`Attend` with one query per head (decoding) in one C call: GQA, boolean key masks, a query scale
-    and soft-capped logits. Anything else (prefill, a causal call without a mask) runs `attend`."""
+# fp32 layers in one call: 1.20-1.45x the modules at 1 row a step, 1.09-1.24x at 4, 0.88-1.09x at 16
+# (T5Gemma 2 270M, SmolLM2-360M shapes; oneDNN's GEMM wins once the weights are reused enough)
+FP32_MAX_ROWS = 8
 
-    def __init__(self):
+
+class FusedLinear(native.Handles, OneDNNLinear):
+    """`OneDNNLinear` whose products for up to FP32_MAX_ROWS rows (a decode step's output head) stream the
+    weights through csrc/fp32.c: 1.12-1.19x oneDNN's read rate on T5Gemma 2's 262k-word head, 1.25x on
+    SmolLM2's 49k (docs/engine.md). More rows (a prefill) run oneDNN. Holds the very weight."""
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None):
+        super().__init__(weight, bias)
+        self._bind()
+
+    def _bind(self) -> None:
+        self._lib = _layer_library()
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // self.in_features
+        w = self.weight
+        if rows > FP32_MAX_ROWS or not self.inference_call(x) or not w.is_contiguous():
+            return super().forward(x)
+        x = x.contiguous()
+        y = torch.empty(*x.shape[:-1], self.out_features)
+        bias = None if self.bias is None else self.bias.data_ptr()
+        self._lib.encore_fp32_linear(
+            x.data_ptr(), rows, self.in_features, self.out_features, w.data_ptr(), bias, y.data_ptr()
+        )
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, kernel=onednn-fp32, up to {FP32_MAX_ROWS} rows: c-fp32"
+        )
+
+
+class FusedAttend(native.Handles, Attend):
+    """`Attend` through encore's C kernels: one query per head (decoding) in one fp32 call (GQA, boolean
+    key masks, a query scale, soft-capped logits); with `bf16_prefill`, many queries (a prefill, an
+    encoder) through csrc/attend.c's bf16 products, fp32 accumulation and softmax (4.5x SDPA's flash
+    kernel on a T5Gemma 2 encoder layer; docs/engine.md). Anything else runs `attend`."""
+
+    _handles = ("_lib", "_prefill_lib")
+
+    def __init__(self, bf16_prefill: bool = False):
         super().__init__()
+        self.bf16_prefill = bf16_prefill
         self._bind()
 
     def _bind(self) -> None:
         self._lib = _library()
+        self._prefill_lib = _attend_library() if self.bf16_prefill else None
 
     def forward(
         self,
@@ -128,8 +193,18 @@ class FusedAttend(native.Handles, Attend):
     ) -> Tensor:
         B, H, T, Dh = q.shape
         kv16 = k.dtype == torch.float16  # a half-precision cache (optimize(kv_dtype=torch.float16))
-        if T != 1 or (causal and mask is None) or (mask is not None and mask.dtype != torch.bool) or v.dtype != k.dtype:
+        masked = mask is None or mask.dtype == torch.bool
+        if T != 1 or (causal and mask is None) or not masked or v.dtype != k.dtype:
             k, v = k.to(q.dtype), v.to(q.dtype)
+            if (
+                self._prefill_lib is not None
+                and masked
+                and dropout == 0.0
+                and (mask is None or (mask.dim() == 4 and mask.shape[1] == 1))
+            ):
+                out = self._prefill(q, k, v, mask, causal, scale, softcap)
+                if out is not None:
+                    return out
             return attend(q, k, v, mask, causal, dropout, scale, softcap)
         KH, S = k.shape[1], k.shape[2]
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -150,8 +225,43 @@ class FusedAttend(native.Handles, Attend):
             raise MemoryError("fused attention: out of memory for the scores")
         return out
 
+    def _prefill(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float | None, softcap
+    ) -> Tensor | None:
+        """q [B, H, T, Dh], k / v [B, KH, S, Dh] -> [B, T, H * Dh] through csrc/attend.c; None where it
+        does not take the call (not fp32, gradients wanted, a causal call over a cache, Dh not a
+        multiple of 32)."""
+        B, H, T, Dh = q.shape
+        KH, S = k.shape[1], k.shape[2]
+        if (
+            q.dtype != torch.float32
+            or k.dtype != torch.float32
+            or (torch.is_grad_enabled() and q.requires_grad)
+            or (causal and mask is None and T != S)
+        ):
+            return None
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        mask_ptr, mask_b, mask_t = None, 0, 0
+        if mask is not None:  # [B | 1, 1, T | 1, S]
+            rows = mask.expand(mask.shape[0], 1, mask.shape[2], S).reshape(mask.shape[0], mask.shape[2], S)
+            rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+            mask_ptr = rows.data_ptr()
+            mask_b = rows.stride(0) if rows.shape[0] > 1 else 0
+            mask_t = rows.stride(1) if rows.shape[1] > 1 else 0
+        out = torch.empty(B, T, H * Dh)
+        failed = self._prefill_lib.encore_attend_bf16(
+            q.data_ptr(), B, H, KH, T, S, Dh, q.stride(0), q.stride(1), q.stride(2),
+            k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
+            mask_ptr, mask_b, mask_t, causal and mask is None, Dh**-0.5 if scale is None else scale,
+            0.0 if softcap is None else softcap.cap, out.data_ptr(),
+        )  # fmt: skip
+        if failed == -1:
+            raise MemoryError("bf16 prefill attention: out of memory for its packed K / V")
+        return out if failed == 0 else None
+
     def extra_repr(self) -> str:
-        return "kernel=c (one query per head), else scaled_dot_product_attention"
+        many = "bf16 products (c)" if self.bf16_prefill else "scaled_dot_product_attention"
+        return f"kernel=c (one query per head), many queries: {many}"
 
 
 class FusedSelfAttention(native.Handles, SelfAttention):
@@ -213,6 +323,30 @@ class FusedSelfAttention(native.Handles, SelfAttention):
         return self.out(self.attend(q, k, v, mask, False, 0.0, self.scale, self.softcap))
 
 
+class FusedMLP(native.Handles, MLP):
+    """`MLP` whose gate, act(gate) * up, is one C pass over all positions (`encore_glu_rows`) instead of
+    ~6 eager ops over [T, 2F] (a 512-token T5Gemma 2 encoder layer: ~0.7 -> ~0.15 ms). Holds the very
+    submodules of the MLP it is made from; training and anything else run `MLP`'s path."""
+
+    @classmethod
+    def of(cls, mlp: MLP) -> FusedMLP:
+        fused = _adopt(cls, mlp)
+        fused._bind()
+        return fused
+
+    def _bind(self) -> None:
+        self._lib = _library()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.gated or self.training or x.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        h = self.up(x).contiguous()  # [..., 2F]: [gate; up]
+        rows, width = h.numel() // h.shape[-1], h.shape[-1] // 2
+        a = torch.empty(*h.shape[:-1], width)
+        self._lib.encore_glu_rows(h.data_ptr(), rows, width, 2 * width, self.act is gelu_tanh, a.data_ptr())
+        return self.down(a)
+
+
 class _Proj(ctypes.Structure):  # csrc/layer.c's Proj: an Int4Linear's tensors, or an Int8Linear's rows()
     _fields_ = [("bits", _I64), *((name, _PTR) for name in ("w", "scales", "mins", "sums", "bias"))]
     _fields_ += [("N", _I64), ("K", _I64), ("group", _I64)]
@@ -243,14 +377,19 @@ def _layer_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL 
     lib.encore_decode_layer.argtypes += [*[_I64] * 3, _PTR, _I64, _PTR, _I64, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
     lib.encore_decode_layer.argtypes += [_I64, _PTR, _I64, _I64]
     lib.encore_int8_has_vnni.restype = ctypes.c_int
+    lib.encore_fp32_linear.restype = None
+    lib.encore_fp32_linear.argtypes = [_PTR, *[_I64] * 3, _PTR, _PTR, _PTR]
     return lib
 
 
 def _projection(module: nn.Module) -> bool:
-    """Whether csrc/layer.c runs this projection: int4, or int8 where its VNNI path is built (else
-    fbgemm's module path is the faster one)."""
+    """Whether csrc/layer.c runs this projection: int4; int8 where its VNNI path is built (else fbgemm's
+    module path is the faster one); fp32 weights on the CPU (`OneDNNLinear`, or a plain `Linear`)."""
     if isinstance(module, Int4Linear):
         return True
+    if isinstance(module, OneDNNLinear | Linear):
+        w = module.weight
+        return w.dtype == torch.float32 and w.device.type == "cpu" and w.is_contiguous() and type(w) in PLAIN_TENSORS
     return (
         isinstance(module, Int8Linear)
         and module.in_features % 64 == 0
@@ -261,8 +400,8 @@ def _projection(module: nn.Module) -> bool:
 def _layer_parts(layer: DecoderLayer | MergedDecoderLayer, strict: bool = True) -> dict[str, nn.Module] | None:
     """The modules a fused layer reads, by csrc/layer.c's names; None where the layer is not one it runs
     (`strict`): every norm fused (post-norms may be absent, all with one eps), the self-attention's
-    fused path (or T5Gemma 2's merged attention with fused q/k norms), SiLU or GELU-tanh, int4 or int8
-    projections (`_projection`)."""
+    fused path (or T5Gemma 2's merged attention with fused q/k norms), SiLU or GELU-tanh, fp32, int4 or
+    int8 projections (`_projection`)."""
     attn, mlp, cross = layer.attn, layer.mlp, getattr(layer, "cross", None)
     qk = [getattr(attn.qk_norm, side, None) for side in ("q", "k")]
     parts = {
@@ -292,13 +431,15 @@ def _layer_parts(layer: DecoderLayer | MergedDecoderLayer, strict: bool = True) 
 
 class _FusedLayer(native.Handles):
     """A decoder layer whose decode step (one new position per row into a generation cache) is one C
-    call (`csrc/layer.c`): norms, int4 / int8 projections, q/k norms, RoPE, the cache write, self- and
-    cross-attention (or T5Gemma 2's merged attention), the MLP and the residuals. Made by `fused_layer`
-    where `_layer_parts` accepts the layer; holds its very submodules, and anything but a decode step
-    runs the layer's own `forward` (`_eager`'s)."""
+    call (`csrc/layer.c`): norms, fp32 / int4 / int8 projections, q/k norms, RoPE, the cache write, self-
+    and cross-attention (or T5Gemma 2's merged attention), the MLP and the residuals. Made by
+    `fused_layer` where `_layer_parts` accepts the layer; holds its very submodules, and anything but a
+    decode step (or, for fp32 projections, a step of more than `max_rows` rows) runs the layer's own
+    `forward` (`_eager`'s)."""
 
     _eager: type[nn.Module]
     _handles = ("_lib", "_desc")
+    max_rows: int | None = None  # more rows a step than this: the modules (None: any number)
 
     def _bind(self) -> None:
         self._lib = _layer_library()
@@ -320,6 +461,7 @@ class _FusedLayer(native.Handles):
             or cache is None
             or cache.prefilling
             or x.shape[1] != 1
+            or (self.max_rows is not None and x.shape[0] > self.max_rows)
             or mask is None
             or mask.dtype != torch.bool
             or (cross_kv is None) == (hasattr(self, "cross") or isinstance(self, MergedDecoderLayer))
@@ -375,6 +517,8 @@ def fused_layer(layer: nn.Module) -> _FusedLayer | None:
     for module in parts.values():
         if isinstance(module, Int8Linear):
             module.rows()  # now, not at the first request
+    if any(isinstance(m, OneDNNLinear | Linear) for m in parts.values()):
+        fused.max_rows = FP32_MAX_ROWS
     fused._bind()
     return fused
 
@@ -402,6 +546,9 @@ def _describe(layer: DecoderLayer | MergedDecoderLayer, parts: dict[str, nn.Modu
             b = p._buffers
             setattr(desc, name, _Proj(4, b["qweight"].data_ptr(), b["scales"].data_ptr(), ptr(b["mins"]), None,
                                       ptr(b["bias"]), p.out_features, p.in_features, p.group_size))  # fmt: skip
+        elif isinstance(p, OneDNNLinear | Linear):
+            setattr(desc, name, _Proj(32, p.weight.data_ptr(), None, None, None, ptr(p.bias), p.out_features,
+                                      p.in_features, p.in_features))  # fmt: skip
         elif isinstance(p, Int8Linear):
             w, scales, sums = p.rows()
             setattr(desc, name, _Proj(8, w.data_ptr(), scales.data_ptr(), None, sums.data_ptr(),
@@ -409,17 +556,20 @@ def _describe(layer: DecoderLayer | MergedDecoderLayer, parts: dict[str, nn.Modu
     return desc
 
 
-def fuse(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """Swap every RMSNorm, attention product and self-attention of `model` for its fused module (in
-    place), then every decoder layer `FusedDecoderLayer` runs; the swaps made, as (parent, name,
-    original), for `encore.deoptimize` to undo (in reverse)."""
+def fuse(model: nn.Module, bf16_prefill: bool = False) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Swap every RMSNorm, attention product, oneDNN projection, self-attention and gated MLP of `model`
+    for its fused module (in place), then every decoder layer `FusedDecoderLayer` runs; the swaps made,
+    as (parent, name, original), for `encore.deoptimize` to undo (in reverse). `bf16_prefill`: attention over many
+    queries with bf16 products (`FusedAttend`; where `bf16_attention_available()`)."""
     swaps = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) in (RMSNorm, OffsetRMSNorm):
                 setattr(parent, name, FusedRMSNorm(child))
             elif type(child) is Attend:
-                setattr(parent, name, FusedAttend())
+                setattr(parent, name, FusedAttend(bf16_prefill))
+            elif type(child) is OneDNNLinear and _layer_library() is not None:
+                setattr(parent, name, FusedLinear(child.weight, child.bias))
             else:
                 continue
             swaps.append((parent, name, child))
@@ -427,7 +577,11 @@ def fuse(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
         for name, child in list(parent.named_children()):
             if type(child) is SelfAttention:
                 setattr(parent, name, FusedSelfAttention.of(child))
-                swaps.append((parent, name, child))
+            elif type(child) is MLP and child.act in (F.silu, gelu_tanh):
+                setattr(parent, name, FusedMLP.of(child))
+            else:
+                continue
+            swaps.append((parent, name, child))
     for parent in list(model.modules()):  # after everything inside the layers
         for name, child in list(parent.named_children()):
             if type(child) in (DecoderLayer, MergedDecoderLayer) and (layer := fused_layer(child)) is not None:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_PLAIN = (Tensor, nn.Parameter)  # not DTensor (FSDP2), FakeTensor (torch.compile), ...
+PLAIN_TENSORS = (Tensor, nn.Parameter)  # not DTensor (FSDP2), FakeTensor (torch.compile), ...
 
 
 @functools.cache
@@ -80,18 +80,22 @@ class OneDNNLinear(nn.Module):
         self.bias = bias
         self.out_features, self.in_features = weight.shape
 
-    def forward(self, x: Tensor) -> Tensor:
+    def inference_call(self, x: Tensor) -> bool:
+        """Whether this call is fp32 CPU inference on plain tensors (else: F.linear)."""
         w = self.weight
-        if (
+        return (
             x.device.type == "cpu"
             and x.dtype == torch.float32
-            and type(x) in _PLAIN
-            and type(w) in _PLAIN
+            and type(x) in PLAIN_TENSORS
+            and type(w) in PLAIN_TENSORS
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
             and not torch.compiler.is_compiling()  # inductor emits its own (oneDNN) kernel for F.linear
-        ):
-            return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
-        return F.linear(x, w, self.bias)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.inference_call(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel=onednn-fp32"

@@ -1,6 +1,6 @@
 /* Fused fp32 CPU kernels for the decode step: an RMSNorm in one pass, attention for one query per head
  * (decoding), and the self-attention's q/k norms + RoPE + cache write, in place of the eager ops they replace (a norm is ~8 aten calls, SDPA's flash
- * kernel ~36 us for one query). Built and called as csrc/int4.c is (encore/model/native.py,
+ * kernel ~36 us for one query); for many positions (a prefill), the q/k norms + RoPE and a gated MLP's activation. Built and called as csrc/int4.c is (encore/model/native.py,
  * encore/model/fused.py). Strides are in elements; the last dimension of every tensor is contiguous.
  */
 #include <math.h>
@@ -37,44 +37,45 @@ void encore_rms_norm(const float *x, int64_t rows, int64_t dim, int64_t x_stride
 }
 
 #ifdef __AVX512F__
-#include <immintrin.h>
+#include "simd.h"
 
 static inline __m512 kv_load16(const void *p, int64_t i, int kv16) {
     return kv16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const half *)p + i))) : _mm512_loadu_ps((const float *)p + i);
 }
-
-/* e^x, 16 at a time: 2^n * poly(r), |r| <= ln2 / 2 (~1e-7); x below -87 counts as -87, above ~88 gives
- * inf. Softmax's shifted logits (x <= 0), and the MLP's sigmoids (csrc/layer.c: either sign). */
-static inline __m512 exp16(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-    __m512 y = _mm512_set1_ps(1.f / 720);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 120));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 24));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 6));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
-    return _mm512_scalef_ps(y, n);
-}
-
-/* [sum(v[0]), ..., sum(v[15])]: 16 horizontal sums as one transposing tree of adds. */
-static inline __m512 sum16(const __m512 *v) {
-    __m512 r[8], s[4], t[2];
-    for (int p = 0; p < 8; p++)
-        r[p] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * p], v[2 * p + 1]), _mm512_unpackhi_ps(v[2 * p], v[2 * p + 1]));
-    for (int p = 0; p < 4; p++) {
-        const __m512d a = _mm512_castps_pd(r[2 * p]), b = _mm512_castps_pd(r[2 * p + 1]);
-        s[p] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-    }
-    for (int p = 0; p < 2; p++)
-        t[p] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * p], s[2 * p + 1], 0x88),
-                             _mm512_shuffle_f32x4(s[2 * p], s[2 * p + 1], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
-}
 #endif
+
+/* y = x sigmoid(x), or GELU-tanh as x sigmoid(C (x + 0.044715 x^3)), over n values (y may be x). */
+static void activate(const float *x, int64_t n, int gelu, float *y) {
+    const float c = 1.5957691216057308f; /* sqrt(8 / pi) */
+    int64_t i = 0;
+#ifdef __AVX512F__
+    const __m512 one = _mm512_set1_ps(1.f), vc = _mm512_set1_ps(c), cubic = _mm512_set1_ps(0.044715f);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        __m512 z = v;
+        if (gelu) z = _mm512_mul_ps(vc, _mm512_fmadd_ps(_mm512_mul_ps(cubic, v), _mm512_mul_ps(v, v), v));
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)); /* e^-z (inf for z < -88: sigmoid 0) */
+        _mm512_storeu_ps(y + i, _mm512_div_ps(v, _mm512_add_ps(one, e)));
+    }
+#endif
+    for (; i < n; i++) {
+        const float v = x[i], z = gelu ? c * (v + 0.044715f * v * v * v) : v;
+        y[i] = v / (1.f + expf(-z));
+    }
+}
+
+/* A gated MLP's down-projection input for many positions in one pass: out[r, f] = act(h[r, f]) * h[r, F + f]
+ * over rows of h [rows, 2F] (rows h_r apart; act as `activate`), out [rows, F] contiguous. */
+void encore_glu_rows(const float *h, int64_t rows, int64_t F, int64_t h_r, int64_t gelu, float *out) {
+#pragma omp parallel for schedule(static) if (rows * F >= (1 << 15))
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = h + r * h_r, *u = g + F;
+        float *o = out + r * F;
+        activate(g, F, (int)gelu, o);
+#pragma omp simd
+        for (int64_t f = 0; f < F; f++) o[f] *= u[f];
+    }
+}
 
 static inline float dot(const float *a, const float *b, int64_t n) {
     float s = 0.f;

@@ -1,5 +1,6 @@
-/* A whole decoder layer's decode step in one C call: the int4 / int8 projections of csrc/int4.c and csrc/int8.c, the
- * norms, RoPE, cache write and one-query attention of csrc/decode.c, composed here so that a step
+/* A whole decoder layer's decode step in one C call: the fp32 / int4 / int8 projections of csrc/fp32.c,
+ * csrc/int4.c and csrc/int8.c, the norms, RoPE, cache write and one-query attention of csrc/decode.c,
+ * composed here so that a step
  * of an L-layer model crosses from Python into C L times instead of ~20 L (docs/engine.md).
  *
  *   x += post_attn_norm(out(attend(rope(qkv(attn_norm(x))), self K/V cache)))    merged: over self + cross K/V
@@ -11,12 +12,13 @@
  * One query per row (decoding), B rows; the caller checks everything else (encore/model/fused.py).
  */
 #include "decode.c"
+#include "fp32.c"
 #include "int4.c"
 #include "int8.c"
 
-typedef struct { /* a projection: int4 as Int4Linear holds it, or int8 rows as Int8Linear.rows() gives them */
-    int64_t bits;              /* 4 or 8 */
-    const void *w;             /* uint8 [N, K/2] packed nibbles, or int8 [N, K] */
+typedef struct { /* a projection: int4 as Int4Linear holds it, int8 rows as Int8Linear.rows() gives them, or fp32 */
+    int64_t bits;              /* 4, 8 or 32 */
+    const void *w;             /* uint8 [N, K/2] packed nibbles, int8 [N, K], or fp32 [N, K] */
     const void *scales;        /* int4: fp16 [N, K/group]; int8: fp32 [N] */
     const half *mins;          /* int4: fp16 [N, K/group], NULL when symmetric */
     const int32_t *sums;       /* int8: each row's sum */
@@ -43,7 +45,9 @@ static inline int64_t max2(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* y[B, N] = x[B, K] @ W.T (+ bias): the int4 / int8 kernel without its allocations. */
 static void project(const Proj *p, const float *x, int64_t B, float *y, const Work *w) {
-    if (p->bits == 8) {
+    if (p->bits == 32) {
+        products32(B, p->K, p->N, p->w, x, y);
+    } else if (p->bits == 8) {
         quantize_rows_u8(x, B, p->K, (uint8_t *)w->qx, w->sx);
         products8(B, p->K, p->N, p->w, p->scales, p->sums, (const uint8_t *)w->qx, w->sx, y);
     } else {
@@ -64,26 +68,6 @@ static void residual(float *x, float *y, int64_t B, int64_t D, const float *norm
     }
 }
 
-/* x sigmoid(x), or GELU-tanh as x sigmoid(C (x + 0.044715 x^3)), n values in place. */
-static void activate(float *x, int64_t n, int gelu) {
-    const float c = 1.5957691216057308f; /* sqrt(8 / pi) */
-    int64_t i = 0;
-#ifdef __AVX512F__
-    const __m512 one = _mm512_set1_ps(1.f), vc = _mm512_set1_ps(c), cubic = _mm512_set1_ps(0.044715f);
-    for (; i + 16 <= n; i += 16) {
-        const __m512 v = _mm512_loadu_ps(x + i);
-        __m512 z = v;
-        if (gelu) z = _mm512_mul_ps(vc, _mm512_fmadd_ps(_mm512_mul_ps(cubic, v), _mm512_mul_ps(v, v), v));
-        const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)); /* e^-z (inf for z < -88: sigmoid 0) */
-        _mm512_storeu_ps(x + i, _mm512_div_ps(v, _mm512_add_ps(one, e)));
-    }
-#endif
-    for (; i < n; i++) {
-        const float v = x[i], z = gelu ? c * (v + 0.044715f * v * v * v) : v;
-        x[i] = v / (1.f + expf(-z));
-    }
-}
-
 /* x[B, D] += the MLP of mlp_norm(x). */
 static void mlp(const Layer *L, float *x, int64_t B, const Work *w) {
     const int64_t D = L->D, F = L->F;
@@ -91,7 +75,7 @@ static void mlp(const Layer *L, float *x, int64_t B, const Work *w) {
     project(&L->up, w->in, B, w->proj, w);
     for (int64_t b = 0; b < B; b++) { /* the down projection's input, [B, F], into w->in */
         float *h = w->proj + b * L->up.N, *a = w->in + b * F;
-        activate(h, F, (int)L->gelu);
+        activate(h, F, (int)L->gelu, h);
         if (L->gated)
 #pragma omp simd
             for (int64_t f = 0; f < F; f++) a[f] = h[f] * h[F + f];

@@ -1,0 +1,287 @@
+/* Attention for many queries at once (a prefill, an encoder) with bf16 products, on CPUs with AVX512-BF16
+ * (AMD Zen 4+, Intel Cooper Lake / Sapphire Rapids+): Q K^T and P V as bf16 dot products accumulated
+ * in fp32 (vdpbf16ps, twice fp32's FMA rate), the scores, mask, soft-cap and softmax in fp32. What
+ * rounds to bf16: q * scale, k, v and the softmax numerators. Built and called as csrc/decode.c is
+ * (encore/model/native.py, encore/model/fused.py `FusedAttend`); elsewhere `encore_attend_bf16`
+ * returns -2 and the caller keeps SDPA.
+ *
+ *   out[b, t, h] = softmax_s(cap(q[b, h, t] . k[b, g, s] * scale), mask[b, t, s]) @ v[b, g, s],  g = h / (H / KH)
+ *
+ * Each KV head's K and V are packed once into vdpbf16ps's layout (pairs of bf16 along the reduced
+ * dimension); then each (row, head, block of query positions) is a task: its scores over the keys
+ * its mask allows (the block's first to last allowed key: a causal or sliding mask skips the rest),
+ * the softmax of each row, and the weighted values, as two small GEMMs through one 6 x 64 tile.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#include "simd.h"
+
+enum { MB = 48, MR = 6, NP = 64 }; /* query positions per task; rows per tile; columns per packed panel */
+
+/* C[m, 0:16 NB] = sum_k A[m, k] . B[k, 0:16 NB] for m < mr: A, B hold bf16 pairs as 32-bit words (A: rows
+ * lda words apart; B: a packed panel, rows NP words apart), K2 words to reduce; C fp32, rows ldc apart. */
+static inline __attribute__((always_inline)) void tile(const uint32_t *A, int64_t lda, const uint32_t *B, int64_t K2,
+                                                       float *C, int64_t ldc, const int mr, const int NB) {
+    __m512 acc[MR][4];
+    for (int m = 0; m < mr; m++)
+        for (int i = 0; i < NB; i++) acc[m][i] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K2; k++) {
+        __m512bh b[4];
+        for (int i = 0; i < NB; i++) b[i] = (__m512bh)_mm512_loadu_si512(B + k * NP + 16 * i);
+        for (int m = 0; m < mr; m++) {
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)A[m * lda + k]);
+            for (int i = 0; i < NB; i++) acc[m][i] = _mm512_dpbf16_ps(acc[m][i], a, b[i]);
+        }
+    }
+    for (int m = 0; m < mr; m++)
+        for (int i = 0; i < NB; i++) _mm512_storeu_ps(C + m * ldc + 16 * i, acc[m][i]);
+}
+
+#define TILE_ROWS(NB)                                                                      \
+    switch (mr) {                                                                          \
+    case 6: tile(A, lda, B, K2, C, ldc, 6, NB); break;                                \
+    case 5: tile(A, lda, B, K2, C, ldc, 5, NB); break;                                \
+    case 4: tile(A, lda, B, K2, C, ldc, 4, NB); break;                                \
+    case 3: tile(A, lda, B, K2, C, ldc, 3, NB); break;                                \
+    case 2: tile(A, lda, B, K2, C, ldc, 2, NB); break;                                \
+    default: tile(A, lda, B, K2, C, ldc, 1, NB); break;                               \
+    }
+
+/* C[M, N] = A[M, K2 pairs] B[K2 pairs, N] (N a multiple of 16), tile by tile; B packed in panels of NP
+ * columns, `panel` words apart (a panel's rows NP words apart, so that a tile reads its B contiguously). */
+static void gemm(const uint32_t *A0, int64_t lda, const uint32_t *B0, int64_t panel, int64_t K2, float *C0, int64_t ldc,
+                 int64_t M, int64_t N) {
+    for (int64_t n = 0; n < N; n += NP) {
+        const int nb = N - n >= NP ? 4 : (int)((N - n) / 16);
+        for (int64_t m = 0; m < M; m += MR) {
+            const int mr = M - m >= MR ? MR : (int)(M - m);
+            const uint32_t *A = A0 + m * lda, *B = B0 + n / NP * panel;
+            float *C = C0 + m * ldc + n;
+            if (nb == 4) {
+                TILE_ROWS(4)
+            } else if (nb == 3) {
+                TILE_ROWS(3)
+            } else if (nb == 2) {
+                TILE_ROWS(2)
+            } else {
+                TILE_ROWS(1)
+            }
+        }
+    }
+}
+
+/* 16 floats -> 16 bf16 (round to nearest even), zero-extended into 32-bit lanes. */
+static inline __m512i bf16_lanes(__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); }
+
+/* One KV head's K [S, Dh] (rows k_s apart) and V [S, Dh] (rows v_s apart) packed for `gemm`, zeros past S:
+ * K^T's panels of NP keys, kp[s / NP][d / 2][s % NP] = (k[s, d], k[s, d + 1]), and V's panels of NP
+ * columns, vp[d / NP][s / 2][d % NP] = (v[s, d], v[s + 1, d]), for s < S64. */
+static void pack_kv(const float *k, int64_t k_s, const float *v, int64_t v_s, int64_t S, int64_t S64, int64_t Dh,
+                    uint32_t *kp, uint32_t *vp) {
+    const int64_t D2 = Dh / 2, S2 = S64 / 2;
+    const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd_idx = _mm512_add_epi32(even_idx, _mm512_set1_epi32(1));
+    for (int64_t s = 0; s < S64; s++) {
+        uint32_t row[D2];
+        if (s < S)
+            for (int64_t d = 0; d < Dh; d += 32) { /* words (k[d], k[d + 1]): even elements low, odd high */
+                const __m512i lo = bf16_lanes(_mm512_loadu_ps(k + s * k_s + d));
+                const __m512i hi = bf16_lanes(_mm512_loadu_ps(k + s * k_s + d + 16));
+                const __m512i even = _mm512_permutex2var_epi32(lo, even_idx, hi);
+                const __m512i odd = _mm512_permutex2var_epi32(lo, odd_idx, hi);
+                _mm512_storeu_si512(row + d / 2, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
+            }
+        else
+            memset(row, 0, sizeof(row));
+        uint32_t *panel = kp + s / NP * D2 * NP + s % NP;
+        for (int64_t d2 = 0; d2 < D2; d2++) panel[d2 * NP] = row[d2];
+    }
+    for (int64_t s = 0; s < S64; s += 2)
+        for (int64_t d = 0; d < Dh; d += 16) {
+            const __m512i a = s < S ? bf16_lanes(_mm512_loadu_ps(v + s * v_s + d)) : _mm512_setzero_si512();
+            const __m512i b = s + 1 < S ? bf16_lanes(_mm512_loadu_ps(v + (s + 1) * v_s + d)) : _mm512_setzero_si512();
+            _mm512_storeu_si512(vp + d / NP * S2 * NP + s / 2 * NP + d % NP, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+        }
+}
+
+/* The first and last allowed key of rows [t0, t1) of a mask (rows mask_t apart; NULL: causal if
+ * `causal`, else all), as [*lo, *hi); *lo >= *hi when none is. */
+static void key_range(const uint8_t *mask, int64_t mask_t, int64_t causal, int64_t t0, int64_t t1, int64_t S,
+                      int64_t *lo, int64_t *hi) {
+    if (!mask) {
+        *lo = 0;
+        *hi = causal ? (t1 < S ? t1 : S) : S;
+        return;
+    }
+    int64_t first = S, last = -1;
+    for (int64_t t = t0; t < t1; t++) {
+        const uint8_t *row = mask + t * mask_t;
+        int64_t s = 0;
+        for (; s + 64 <= first; s += 64) {
+            const __mmask64 m = _mm512_test_epi8_mask(_mm512_loadu_si512(row + s), _mm512_set1_epi8(-1));
+            if (m) {
+                s += __builtin_ctzll(m);
+                break;
+            }
+        }
+        for (; s < first && !row[s]; s++) {}
+        if (s < first) first = s;
+        int64_t e = S;
+        for (; e - 64 >= last + 1 && e >= 64; e -= 64) {
+            const __mmask64 m = _mm512_test_epi8_mask(_mm512_loadu_si512(row + e - 64), _mm512_set1_epi8(-1));
+            if (m) {
+                e -= __builtin_clzll(m);
+                break;
+            }
+        }
+        for (; e > last + 1 && !row[e - 1]; e--) {}
+        if (e - 1 > last) last = e - 1;
+        if (mask_t == 0) break; /* one row for all */
+    }
+    *lo = first, *hi = last + 1;
+}
+
+/* Softmax numerators of one row's scores sc[lo16, hi16) (fp32, scaled) into bf16 p (same columns), masked
+ * keys, keys outside [lo, hi) and keys past `allowed_to` (causal) at zero; returns their sum (0: none). */
+static float row_softmax(float *sc, int64_t lo16, int64_t hi16, int64_t lo, int64_t hi, const uint8_t *mask,
+                         int64_t allowed_to, float softcap, uint16_t *p) {
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t s = lo16; s < hi16; s += 16) {
+        __m512 x = _mm512_loadu_ps(sc + s);
+        if (softcap > 0.f) { /* cap tanh(x / cap) = cap (1 - 2 / (e^(2x / cap) + 1)) */
+            const __m512 e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(2.f / softcap)));
+            const __m512 th = _mm512_sub_ps(_mm512_set1_ps(1.f), _mm512_div_ps(_mm512_set1_ps(2.f), _mm512_add_ps(e, _mm512_set1_ps(1.f))));
+            x = _mm512_mul_ps(th, _mm512_set1_ps(softcap));
+        }
+        const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)s), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+        __mmask16 ok = _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32((int)lo)) & _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32((int)(hi < allowed_to ? hi : allowed_to)));
+        if (mask) { /* the row's bytes up to its end only */
+            const __mmask16 in = s + 16 <= hi ? (__mmask16)0xFFFF : (__mmask16)((1u << (hi - s)) - 1);
+            ok &= _mm_test_epi8_mask(_mm_maskz_loadu_epi8(in, mask + s), _mm_set1_epi8(-1));
+        }
+        x = _mm512_mask_blend_ps(ok, _mm512_set1_ps(-INFINITY), x);
+        _mm512_storeu_ps(sc + s, x);
+        vmax = _mm512_max_ps(vmax, x);
+    }
+    const float top = _mm512_reduce_max_ps(vmax);
+    if (top == -INFINITY) {
+        memset(p + lo16, 0, sizeof(uint16_t) * (size_t)(hi16 - lo16));
+        return 0.f;
+    }
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t s = lo16; s < hi16; s += 16) {
+        const __m512 x = _mm512_loadu_ps(sc + s);
+        const __mmask16 ok = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        const __m512 e = _mm512_maskz_mov_ps(ok, exp16(_mm512_sub_ps(x, _mm512_set1_ps(top))));
+        total = _mm512_add_ps(total, e);
+        _mm256_storeu_si256((__m256i *)(p + s), (__m256i)_mm512_cvtneps_pbh(e));
+    }
+    return _mm512_reduce_add_ps(total);
+}
+
+/* One task: query positions [t0, t1) of head h in row b, over its KV head's packed K / V (`pack_kv`). */
+static void attend_block(const float *q, int64_t q_t, int64_t S, int64_t Dh, int64_t S64, const uint32_t *kp,
+                         const uint32_t *vp, const uint8_t *mask, int64_t mask_t, int64_t causal, float scale,
+                         float softcap, int64_t t0, int64_t t1, float *out, int64_t out_t, uint32_t *qw, float *sc,
+                         uint16_t *p, float *o) {
+    const int64_t M = t1 - t0, D2 = Dh / 2;
+    int64_t lo, hi;
+    key_range(mask, mask_t, causal, t0, t1, S, &lo, &hi);
+    if (lo >= hi) {
+        for (int64_t t = t0; t < t1; t++) memset(out + t * out_t, 0, sizeof(float) * (size_t)Dh);
+        return;
+    }
+    const int64_t lo64 = lo & ~(int64_t)(NP - 1), hi16 = (hi + 15) & ~(int64_t)15; /* a panel's start; hi16 <= S64 */
+    const __m512 s = _mm512_set1_ps(scale);
+    for (int64_t m = 0; m < M; m++) /* q * scale as bf16, in order: the words are the pairs (d, d + 1) */
+        for (int64_t d = 0; d < Dh; d += 32) {
+            const float *x = q + (t0 + m) * q_t + d;
+            const __m512bh pairs = _mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(x + 16), s), _mm512_mul_ps(_mm512_loadu_ps(x), s));
+            _mm512_storeu_si512(qw + m * D2 + d / 2, (__m512i)pairs);
+        }
+    gemm(qw, D2, kp + lo64 / NP * D2 * NP, D2 * NP, D2, sc + lo64, S64, M, hi16 - lo64);
+    float sums[MB];
+    for (int64_t m = 0; m < M; m++) {
+        const int64_t t = t0 + m;
+        sums[m] = row_softmax(sc + m * S64, lo64, hi16, lo, hi, mask ? mask + t * mask_t : NULL,
+                              causal && !mask ? t + 1 : S, softcap, p + m * S64);
+    }
+    /* P V over the pairs of keys [lo64, hi16): p's rows are S64 / 2 words apart */
+    gemm((const uint32_t *)p + lo64 / 2, S64 / 2, vp + lo64 / 2 * NP, S64 / 2 * NP, (hi16 - lo64) / 2, o, Dh, M, Dh);
+    for (int64_t m = 0; m < M; m++) {
+        float *y = out + (t0 + m) * out_t;
+        const __m512 inv = _mm512_set1_ps(sums[m] > 0.f ? 1.f / sums[m] : 0.f);
+        for (int64_t d = 0; d < Dh; d += 16) _mm512_storeu_ps(y + d, _mm512_mul_ps(_mm512_loadu_ps(o + m * Dh + d), inv));
+    }
+}
+#endif
+
+/* 1 where this build runs encore_attend_bf16 (the compiler targeted AVX512-BF16), else 0. */
+int encore_attend_bf16_built(void) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* out [B, T, H * Dh] (contiguous) = attention of q [B, H, T, Dh] over k, v [B, KH, S, Dh] (strides in
+ * elements; the last dimension contiguous), fp32 in and out. mask: bool [B | 1, T | 1, S] (batches
+ * mask_b apart, rows mask_t apart, 0: broadcast), or NULL: every key, or key s <= t where `causal`.
+ * A query with no key to attend gets zeros. Returns 0; -1 out of memory; -2 not built for this CPU or
+ * shapes it does not take (Dh not a multiple of 32): the caller runs SDPA. */
+int encore_attend_bf16(const float *q, int64_t B, int64_t H, int64_t KH, int64_t T, int64_t S, int64_t Dh, int64_t q_b,
+                       int64_t q_h, int64_t q_t, const float *k, int64_t k_b, int64_t k_h, int64_t k_s, const float *v,
+                       int64_t v_b, int64_t v_h, int64_t v_s, const uint8_t *mask, int64_t mask_b, int64_t mask_t,
+                       int64_t causal, float scale, float softcap, float *out) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+    if (Dh % 32 || Dh > 512 || H % KH) return -2;
+    const int64_t S64 = (S + NP - 1) & ~(int64_t)(NP - 1), G = H / KH, blocks = (T + MB - 1) / MB;
+    const int64_t kv_words = (Dh / 2) * S64, v_words = (Dh + NP - 1) / NP * (S64 / 2) * NP;
+    uint32_t *kp = malloc(sizeof(uint32_t) * (size_t)(B * KH * kv_words));
+    uint32_t *vp = malloc(sizeof(uint32_t) * (size_t)(B * KH * v_words));
+    if (!kp || !vp) {
+        free(kp), free(vp);
+        return -1;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t bg = 0; bg < B * KH; bg++) {
+        const int64_t b = bg / KH, g = bg % KH;
+        pack_kv(k + b * k_b + g * k_h, k_s, v + b * v_b + g * v_h, v_s, S, S64, Dh, kp + bg * kv_words, vp + bg * v_words);
+    }
+    int failed = 0;
+#pragma omp parallel
+    {
+        uint32_t *qw = malloc(sizeof(uint32_t) * (size_t)(MB * Dh / 2));
+        float *sc = malloc(sizeof(float) * (size_t)(MB * S64)), *o = malloc(sizeof(float) * (size_t)(MB * Dh));
+        uint16_t *p = malloc(sizeof(uint16_t) * (size_t)(MB * S64));
+        const int ok = qw && sc && o && p;
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic)
+        for (int64_t task = 0; task < B * H * blocks; task++) {
+            if (!ok) continue;
+            const int64_t b = task / (H * blocks), h = task / blocks % H, blk = task % blocks, g = b * KH + h / G;
+            const int64_t t0 = blk * MB, t1 = t0 + MB < T ? t0 + MB : T;
+            attend_block(q + b * q_b + h * q_h, q_t, S, Dh, S64, kp + g * kv_words, vp + g * v_words,
+                         mask ? mask + b * mask_b : NULL, mask_t, causal, scale, softcap, t0, t1,
+                         out + b * T * H * Dh + h * Dh, H * Dh, qw, sc, p, o);
+        }
+        free(qw), free(sc), free(o), free(p);
+    }
+    free(kp), free(vp);
+    return failed ? -1 : 0;
+#else
+    (void)q, (void)B, (void)H, (void)KH, (void)T, (void)S, (void)Dh, (void)q_b, (void)q_h, (void)q_t, (void)k;
+    (void)k_b, (void)k_h, (void)k_s, (void)v, (void)v_b, (void)v_h, (void)v_s, (void)mask, (void)mask_b;
+    (void)mask_t, (void)causal, (void)scale, (void)softcap, (void)out;
+    return -2;
+#endif
+}

@@ -1,0 +1,39 @@
+/* AVX-512 helpers shared by the kernels (csrc/decode.c, csrc/attend.c): e^x and 16 horizontal sums. */
+#ifndef ENCORE_SIMD_H
+#define ENCORE_SIMD_H
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+/* e^x, 16 at a time: 2^n * poly(r), |r| <= ln2 / 2 (~1e-7); x below -87 counts as -87, above ~88 gives
+ * inf. Softmax's shifted logits (x <= 0), and the MLP's sigmoids (csrc/layer.c: either sign). */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 y = _mm512_set1_ps(1.f / 720);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 120));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 24));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 6));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(y, n);
+}
+
+/* [sum(v[0]), ..., sum(v[15])]: 16 horizontal sums as one transposing tree of adds. */
+static inline __m512 sum16(const __m512 *v) {
+    __m512 r[8], s[4], t[2];
+    for (int p = 0; p < 8; p++)
+        r[p] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * p], v[2 * p + 1]), _mm512_unpackhi_ps(v[2 * p], v[2 * p + 1]));
+    for (int p = 0; p < 4; p++) {
+        const __m512d a = _mm512_castps_pd(r[2 * p]), b = _mm512_castps_pd(r[2 * p + 1]);
+        s[p] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    for (int p = 0; p < 2; p++)
+        t[p] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * p], s[2 * p + 1], 0x88),
+                             _mm512_shuffle_f32x4(s[2 * p], s[2 * p + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
+}
+#endif
+#endif

@@ -1,0 +1,152 @@
+"""A prefill's fused CPU kernels (encore/model/fused.py): attention over many queries with bf16 products
+(csrc/attend.c, `FusedAttend(bf16_prefill=True)`, what `encore.optimize` gives a quantized model) and a
+gated MLP's activation in one pass (`FusedMLP`), each against the eager path it replaces."""
+
+import copy
+
+import pytest
+import torch
+from conftest import make_model
+
+import encore
+from encore.config import ModelConfig
+from encore.infer import optimize as optimize_module
+from encore.infer.optimize import optimized
+from encore.model import native
+from encore.model.fused import FusedAttend, FusedMLP, _attend_library, bf16_attention_available, fused_available
+from encore.model.layers import MLP, SoftCap, attend
+
+pytestmark = pytest.mark.skipif(not fused_available(), reason="the fused kernels need a C compiler on Linux")
+needs_bf16 = pytest.mark.skipif(not bf16_attention_available(), reason="csrc/attend.c runs on CPUs with AVX512-BF16")
+
+
+def close_to_bf16(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Within bf16's rounding of q, k, v and the softmax weights: ~0.5% of the output's scale (measured
+    0.3-0.5% on random inputs), against SDPA's fp32."""
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1.5e-2 * want.abs().max().item())
+
+
+@needs_bf16
+@pytest.mark.parametrize(
+    "B,H,KH,T,S,Dh",
+    [
+        (1, 4, 1, 300, 300, 256),
+        (2, 6, 3, 37, 37, 64),
+        (3, 4, 2, 70, 90, 128),
+        (2, 2, 2, 5, 100, 96),
+        (1, 8, 8, 2, 2, 32),
+    ],
+)
+def test_bf16_prefill_attention_equals_sdpa(B, H, KH, T, S, Dh):
+    """GQA, strided K/V (a fused projection's layout), head dims that fill a 64-column panel or not,
+    key counts off the 16 / 64 grid; no mask, padding masks per row, a shared mask, sliding windows,
+    causal calls, a query scale and soft-capped logits."""
+    g = torch.Generator().manual_seed(T + S)
+    q = torch.randn(B, H, T, Dh, generator=g)
+    k, v = torch.randn(B, S, 2, KH, Dh, generator=g).permute(2, 0, 3, 1, 4)
+    lengths = torch.randint(1, S + 1, (B,), generator=g)
+    padding = (torch.arange(S)[None] < lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
+    window = ((torch.arange(T)[:, None] + S - T - torch.arange(S)[None]).abs() < 17)[None, None]  # [1, 1, T, S]
+    masks = {"none": None, "padding": padding, "window": window, "window+padding": window & padding}
+    fused = FusedAttend(bf16_prefill=True)
+    for name, mask in masks.items():
+        for scale, cap in ((None, None), (0.3, SoftCap(5.0))):
+            if name == "window+padding":
+                mask[:, :, :, 0] = True  # every query has a key (a query with none: the next test)
+            close_to_bf16(fused(q, k, v, mask, False, 0.0, scale, cap), attend(q, k, v, mask, False, 0.0, scale, cap))
+    if T == S:
+        close_to_bf16(fused(q, k, v, None, True, 0.0), attend(q, k, v, None, True, 0.0))
+
+
+@needs_bf16
+def test_bf16_prefill_attention_edge_cases():
+    """A query with no key to attend gets zeros; what the kernel does not take runs SDPA exactly: a head
+    dim off the 32 grid, dropout, gradients, a per-head mask, a causal call over more keys than queries."""
+    fused = FusedAttend(bf16_prefill=True)
+    q, k, v = torch.randn(2, 2, 6, 64), torch.randn(2, 1, 20, 64), torch.randn(2, 1, 20, 64)
+    mask = torch.ones(2, 1, 6, 20, dtype=torch.bool)
+    mask[0, :, 2] = False
+    out = fused(q, k, v, mask, False, 0.0)
+    assert out[0, 2].abs().max() == 0
+    want = attend(q, k, v, mask, False, 0.0)
+    close_to_bf16(out[1], want[1])
+    close_to_bf16(out[0, [0, 1, 3, 4, 5]], want[0, [0, 1, 3, 4, 5]])
+    q80, k80 = torch.randn(1, 2, 5, 80), torch.randn(1, 2, 5, 80)
+    torch.testing.assert_close(fused(q80, k80, k80, None, True, 0.0), attend(q80, k80, k80, None, True, 0.0))
+    per_head = torch.rand(2, 2, 6, 20) > 0.3
+    per_head[..., 0] = True
+    torch.testing.assert_close(fused(q, k, v, per_head, False, 0.0), attend(q, k, v, per_head, False, 0.0))
+    k10, v10 = k[:, :, :10], v[:, :, :10]  # a causal call over more keys than queries: SDPA's alignment, SDPA
+    torch.testing.assert_close(fused(q, k10, v10, None, True, 0.0), attend(q, k10, v10, None, True, 0.0))
+    torch.manual_seed(0)
+    dropped = fused(q, k, v, None, False, 0.5)
+    torch.manual_seed(0)
+    torch.testing.assert_close(dropped, attend(q, k, v, None, False, 0.5))
+    qg = q.clone().requires_grad_()
+    torch.testing.assert_close(fused(qg, k, v, None, False, 0.0), attend(q, k, v, None, False, 0.0))
+
+
+def test_the_plain_c_build_has_no_bf16_attention():
+    """Without AVX512-BF16 (here: no -march) csrc/attend.c builds and says so; optimize then keeps SDPA."""
+    plain = native.load("attend", ["-O2", "-fopenmp", "-shared", "-fPIC"])
+    assert plain is not None and plain.encore_attend_bf16_built() == 0
+    assert _attend_library(("-O2", "-fopenmp", "-shared", "-fPIC")) is None
+
+
+@pytest.mark.parametrize("arch", ["encdec", "deconly"])
+def test_prefill_attention_settings(arch, monkeypatch):
+    """prefill_attention="auto" is bf16 for a quantized model where the CPU runs it, fp32 for an fp32
+    model; "bf16" elsewhere, or an unknown value, is refused in one line."""
+    model = make_model(arch)
+    want = "bf16" if bf16_attention_available() else "fp32"
+    assert optimized(encore.optimize(copy.deepcopy(model), quantize="int8"))["prefill_attention"] == want
+    assert optimized(encore.optimize(copy.deepcopy(model)))["prefill_attention"] == "fp32"
+    assert (
+        optimized(encore.optimize(copy.deepcopy(model), quantize="int8", prefill_attention="fp32"))["prefill_attention"]
+        == "fp32"
+    )
+    with pytest.raises(ValueError, match="prefill_attention must be one of"):
+        encore.optimize(copy.deepcopy(model), prefill_attention="fp16")
+    monkeypatch.setattr(optimize_module, "bf16_attention_available", lambda: False)
+    with pytest.raises(ValueError, match="prefill_attention='bf16' is a fused CPU kernel"):
+        encore.optimize(copy.deepcopy(model), prefill_attention="bf16")
+    assert optimized(encore.optimize(model, quantize="int8"))["prefill_attention"] == "fp32"
+
+
+@needs_bf16
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_model_with_bf16_prefill_attention(arch, quantize):
+    """Every attention product of the model takes bf16 products for many queries (the encoder's, a
+    decoder-only prefill's, soft-capped ones); the first-token logits stay within bf16's rounding of
+    SDPA's, and decoding is the same kernel as before."""
+    overrides = dict(norm_plus_one=True, sandwich_norm=True, qk_norm=True, attn_softcap=20.0, head_dim=32)
+    model = make_model(arch, **overrides)
+    fp32 = encore.optimize(copy.deepcopy(model), quantize=quantize, prefill_attention="fp32")
+    bf16 = encore.optimize(model, quantize=quantize, prefill_attention="bf16")
+    products = [m for m in bf16.modules() if isinstance(m, FusedAttend)]
+    assert products and all(m.bf16_prefill for m in products) and "bf16 products" in repr(bf16)
+    ids = torch.randint(3, 512, (2, 40), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0
+    with torch.inference_mode():
+        want, got = fp32.prefill(ids, mask, 4)[0], bf16.prefill(ids, mask, 4)[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=3e-2 * want.abs().max().item())
+    encore.deoptimize(bf16)
+    assert not any(isinstance(m, FusedAttend) for m in bf16.modules())
+
+
+@pytest.mark.parametrize("mlp_type", ["swiglu", "geglu"])
+def test_fused_mlp_equals_the_mlp(mlp_type):
+    """act(gate) * up in one C pass: the MLP's output to float rounding, for a prefill's rows (split
+    over threads) and a single row; an ungated MLP and training keep the eager path."""
+    mlp = MLP(ModelConfig.preset("deconly-tiny", mlp_type=mlp_type))
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.normal_(0, 0.5)
+    fused = FusedMLP.of(mlp)
+    assert fused.state_dict().keys() == mlp.state_dict().keys()
+    for shape in ((2, 300, mlp.up.in_features), (1, 1, mlp.up.in_features)):
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            torch.testing.assert_close(fused(x), mlp(x), rtol=1e-5, atol=1e-5)
