@@ -158,9 +158,8 @@ class FusedLinear(native.Handles, OneDNNLinear):
         return y
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, kernel=onednn-fp32, up to {FP32_MAX_ROWS} rows: c-fp32"
-        )
+        few = f"up to {FP32_MAX_ROWS} rows: c-fp32"
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=onednn-fp32, {few}"
 
 
 class FusedAttend(native.Handles, Attend):
