@@ -103,6 +103,27 @@ def test_int8_numerics_and_swaps(arch):
         torch.testing.assert_close(model(*args), reference)
 
 
+def test_unit_rows_in_c_equals_the_eager_scaling(monkeypatch):
+    """csrc/rows.c's rows onto [-1, 1] are the eager abs / amax / division, bit for bit (a zero row, a K off
+    the 16-wide grid, one huge row); so Int8Linear's products are unchanged."""
+    from encore.model import kernels
+
+    if kernels._rows_library() is None:
+        pytest.skip("csrc/rows.c needs a C compiler on Linux")
+    x = torch.randn(40, 70)
+    x[3] = 0.0
+    x[5] *= 1e4
+    unit, peak = kernels.unit_rows(x)
+    want_peak = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
+    assert torch.equal(peak, want_peak) and torch.equal(unit, x / want_peak)
+    if int8_available():
+        layer = Int8Linear(torch.randn(24, 70) * 0.05)
+        with torch.inference_mode():
+            fast = layer(x)
+            monkeypatch.setattr(kernels, "_rows_library", lambda: None)
+            assert torch.equal(fast, layer(x))
+
+
 def test_optimize_refuses_what_it_cannot_do():
     model = make_model("encdec")
     with pytest.raises(ValueError, match="quantize must be one of"):

@@ -11,6 +11,7 @@ torch's.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -19,10 +20,19 @@ import subprocess
 from pathlib import Path
 
 from encore.files import atomic_write, cache_dir
-from encore.model.kernels import cpu_flags
 
 CSRC = Path(__file__).parent / "csrc"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+
+
+@functools.cache
+def cpu_flags() -> str:
+    """The CPU's feature line of /proc/cpuinfo ("flags" on x86, "Features" on Arm); "" where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
 
 
 def compiler() -> str | None:
