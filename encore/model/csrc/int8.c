@@ -12,6 +12,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+#include "simd.h"
 #if defined(__AVX512VNNI__)
 #include <immintrin.h>
 #endif
@@ -22,16 +24,9 @@ static void quantize_rows_u8(const float *x, int64_t M, int64_t K, uint8_t *qx, 
     for (int64_t m = 0; m < M; m++) {
         const float *xs = x + m * K;
         uint8_t *qs = qx + m * K;
-        float amax = 0.f;
-        int64_t k = 0;
-#ifdef __AVX512VNNI__
-        __m512 vmax = _mm512_setzero_ps();
-        for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(xs + k)));
-        amax = _mm512_reduce_max_ps(vmax);
-#endif
-        for (; k < K; k++) amax = fmaxf(amax, fabsf(xs[k]));
+        const float amax = absmax(xs, K);
         const float inv = amax > 0.f ? 127.f / amax : 0.f;
-        k = 0;
+        int64_t k = 0;
 #ifdef __AVX512VNNI__
         const __m512 vinv = _mm512_set1_ps(inv);
         const __m512i offset = _mm512_set1_epi32(128);

@@ -5,26 +5,17 @@
  */
 #include <math.h>
 #include <stdint.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+
+#include "simd.h"
 
 void encore_unit_rows(const float *x, int64_t M, int64_t K, float *unit, float *peak) {
 #pragma omp parallel for schedule(static) if (M * K >= (1 << 15))
     for (int64_t m = 0; m < M; m++) {
         const float *row = x + m * K;
         float *out = unit + m * K;
-        float top = 0.f;
-        int64_t k = 0;
-#ifdef __AVX512F__
-        __m512 vmax = _mm512_setzero_ps();
-        for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
-        top = _mm512_reduce_max_ps(vmax);
-#endif
-        for (; k < K; k++) top = fmaxf(top, fabsf(row[k]));
-        top = fmaxf(top, 1e-12f);
+        const float top = fmaxf(absmax(row, K), 1e-12f);
         peak[m] = top;
-        k = 0;
+        int64_t k = 0;
 #ifdef __AVX512F__
         const __m512 vtop = _mm512_set1_ps(top);
         for (; k + 16 <= K; k += 16) _mm512_storeu_ps(out + k, _mm512_div_ps(_mm512_loadu_ps(row + k), vtop));

@@ -1,8 +1,27 @@
-/* AVX-512 helpers shared by the kernels (csrc/decode.c, csrc/attend.c): e^x and 16 horizontal sums. */
+/* Helpers shared by the kernels (csrc/decode.c, attend.c, int8.c, rows.c): a row's largest magnitude;
+ * with AVX-512, e^x and 16 horizontal sums. */
 #ifndef ENCORE_SIMD_H
 #define ENCORE_SIMD_H
+#include <math.h>
+#include <stdint.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
+#endif
+
+/* max_k |x[k]| over K values (0 for none). */
+static inline float absmax(const float *x, int64_t K) {
+    float top = 0.f;
+    int64_t k = 0;
+#ifdef __AVX512F__
+    __m512 vmax = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    top = _mm512_reduce_max_ps(vmax);
+#endif
+    for (; k < K; k++) top = fmaxf(top, fabsf(x[k]));
+    return top;
+}
+
+#ifdef __AVX512F__
 
 /* e^x, 16 at a time: 2^n * poly(r), |r| <= ln2 / 2 (~1e-7); x below -87 counts as -87, above ~88 gives
  * inf. Softmax's shifted logits (x <= 0), and the MLP's sigmoids (csrc/layer.c: either sign). */
