@@ -132,6 +132,32 @@ def _read_until(fd: int, marker: bytes, timeout: float = 120) -> bytes:
     return out
 
 
+def test_generate_with_chat_lays_inputs_out_by_the_template(chat_checkpoint, tmp_path, capsys):
+    """`encore generate --chat`: each input is one user message through the chat template (or
+    `--chat-template FILE`), the tokens `generate` gives for those ids; refused in one line where it
+    cannot apply."""
+    from encore.cli import main
+
+    question = [{"role": "user", "content": "the list of a file"}]
+    assert main(["generate", "--model", str(chat_checkpoint), "--chat", "--input", "the list of a file",
+                 "--max-new-tokens", "6"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip() == greedy(chat_checkpoint, question, 6).strip()
+    other = tmp_path / "template.jinja"
+    other.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert main(["generate", "--model", str(chat_checkpoint), "--chat", "--chat-template", str(other),
+                 "--input", "the list of a file", "--max-new-tokens", "6"]) == 0  # fmt: skip
+    model = optimize(load(chat_checkpoint))
+    ids = chat_ids(model.tokenizer, question, other.read_text())
+    out = model.generate(torch.tensor([ids]), max_new_tokens=6)[0].tolist()
+    out = out[: out.index(model.config.eos_token_id)] if model.config.eos_token_id in out else out
+    assert capsys.readouterr().out.strip() == model.tokenizer.decode(out, skip_special_tokens=True).strip()
+    assert main(["generate", "--model", str(chat_checkpoint), "--chat-template", str(other), "--input", "x"]) != 0
+    assert "error: --chat-template goes with --chat" in capsys.readouterr().err
+    too_long = ["--chat", "--input", "the list", "--max-source-len", "3"]
+    assert main(["generate", "--model", str(chat_checkpoint), *too_long]) != 0
+    assert "input 1: its chat prompt is" in capsys.readouterr().err
+
+
 def test_encore_chat_in_a_terminal(chat_checkpoint):
     primary, secondary = pty.openpty()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

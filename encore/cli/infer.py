@@ -81,10 +81,15 @@ def _texts(
     if model is None:
         if images is not None:
             raise ValueError("--backend onnx runs text models only: images need --backend torch")
+        if getattr(args, "chat", False):
+            raise ValueError("--chat runs with --backend torch (the ONNX runtime tokenizes plain text)")
         return _onnx_texts(args, sources), 0
+    if getattr(args, "chat", False) and images is not None:
+        raise ValueError("--chat is for text models: a vision-language model answers --image inputs as they are")
     from encore.infer.vision import answer_images
     from encore.model.vlm import VisionLanguageModel
     from encore.progress import Progress
+    from encore.serve.chat import read_template
 
     if isinstance(model, VisionLanguageModel) != (images is not None):
         raise ValueError(
@@ -96,7 +101,9 @@ def _texts(
     try:
         if images is not None:
             return answer_images(model, images, sources, generation_options(args), progress.update)
-        return generate_texts(model, sources, generation_options(args), progress.update)
+        chat = getattr(args, "chat", False)
+        template = read_template(args.chat_template) if chat else None
+        return generate_texts(model, sources, generation_options(args), progress.update, chat, template)
     finally:
         progress.close()
 
@@ -122,6 +129,12 @@ def configure_generate(p: argparse.ArgumentParser) -> None:
         help="a text file (one input per line) or JSONL with a 'source' field (vision-language: image records)",
     )
     p.add_argument("--image", default=None, help="an image file for --input (vision-language checkpoints)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="each input is a user message laid out by the model's chat template (instruct models)",
+    )
+    p.add_argument("--chat-template", default=None, help="with --chat: a Jinja file replacing the tokenizer's")
     add_generation_args(p)
 
 
@@ -140,11 +153,19 @@ def run_generate(args: argparse.Namespace) -> int:
         sources, images = [r["source"] for r in records], [r["image"] for r in records]
     else:
         sources = read_inputs(Path(args.input_file))
+    if args.chat_template is not None and not args.chat:
+        raise ValueError("--chat-template goes with --chat")
     texts, truncated = _texts(args, model, sources, images)
     for text in texts:
         print(text)
     if truncated:
         print(f"note: {truncated} input(s) truncated to --max-source-len {args.max_source_len}", file=sys.stderr)
+    empty = sum(not text for text in texts)
+    if empty and not args.chat and getattr(getattr(model, "tokenizer", None), "chat_template", None):
+        print(
+            f"note: {empty} empty output(s); this model has a chat template: an instruct model may want --chat",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from encore.data.collate import finetune_collator
 from encore.infer.engine import Engine
-from encore.tokenizer import encode_text
+from encore.tokenizer import chat_ids, encode_text
 
 
 @dataclass
@@ -49,6 +49,21 @@ def encode_sources(model: Any, sources: list[str], max_source_len: int) -> tuple
             ids, truncated = ids[:room], truncated + 1
         encoded.append(collator.source(ids))
     return encoded, truncated
+
+
+def encode_chats(model: Any, sources: list[str], max_source_len: int, template: str | None = None) -> list[list[int]]:
+    """Each source as one user message of a conversation, laid out by the chat template (`template`,
+    else the tokenizer's) with the generation prompt: what an instruct model expects. A prompt longer
+    than `max_source_len` is refused (cutting it would cut the template's generation prompt)."""
+    if template is None and getattr(model.tokenizer, "chat_template", None) is None:
+        raise ValueError("the model's tokenizer has no chat template; pass one (--chat-template FILE)")
+    encoded = [chat_ids(model.tokenizer, [{"role": "user", "content": text}], template) for text in sources]
+    for i, ids in enumerate(encoded):
+        if len(ids) > max_source_len:
+            raise ValueError(
+                f"input {i + 1}: its chat prompt is {len(ids)} tokens, over --max-source-len {max_source_len}"
+            )
+    return encoded
 
 
 def generate_ids(
@@ -88,10 +103,16 @@ def generate_texts(
     sources: list[str],
     options: GenerationOptions | None = None,
     progress: Callable[[int], None] | None = None,
+    chat: bool = False,
+    chat_template: str | None = None,
 ) -> tuple[list[str], int]:
     """Generate for every source (`generate_ids`) and decode; returns (texts in input order, how many
-    sources were truncated to `max_source_len`)."""
+    sources were truncated to `max_source_len`). `chat`: each source is a user message laid out by the
+    chat template (`encode_chats`; `chat_template` replaces the tokenizer's)."""
     options = options or GenerationOptions()
-    encoded, truncated = encode_sources(model, sources, options.max_source_len)
+    if chat:
+        encoded, truncated = encode_chats(model, sources, options.max_source_len, chat_template), 0
+    else:
+        encoded, truncated = encode_sources(model, sources, options.max_source_len)
     tokens = generate_ids(model, encoded, options, progress)
     return [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens], truncated
