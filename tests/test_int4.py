@@ -85,11 +85,35 @@ def test_kernel_equals_its_arithmetic_and_tracks_the_float_product(rows, k, grou
     assert layer(x.view(rows, 1, k)).shape == (rows, 1, 37)
 
 
+@pytest.mark.skipif(not int4.bf16_many_rows(), reason="the many-row bf16 path needs AVX512-BF16 and oneDNN")
+@pytest.mark.parametrize("group,symmetric", [(32, False), (32, True), (128, True), (64, False)])
+def test_many_rows_go_through_the_bf16_weight(group, symmetric):
+    """MANY_ROWS rows or more (a prefill): the weight unpacked to bf16 exactly as the int4 levels say (to
+    bf16's rounding), multiplied by oneDNN; within bf16's rounding of the float product of the levels,
+    and of the int4 products; fewer rows keep the products."""
+    torch.manual_seed(group)
+    w, bias = torch.randn(45, 384) * 0.05, torch.randn(45)
+    layer = Int4Linear(w, bias, group_size=group, symmetric=symmetric)
+    levels = dequantize_int4(layer.qweight, layer.scales, layer.mins)
+    unpacked = int4.bf16_weight(layer._lib, layer.qweight, layer.scales, layer.mins)
+    assert unpacked.dtype == torch.bfloat16 and torch.equal(unpacked, levels.to(torch.bfloat16))
+    x = torch.randn(int4.MANY_ROWS, 384)
+    exact = x @ levels.T + bias
+    many = layer(x)
+    assert (many - exact).norm() / exact.norm() < 0.006  # bf16 activations and outputs
+    few = layer(x[: int4.MANY_ROWS - 1])
+    torch.testing.assert_close(
+        few, reference(x[:-1], layer.qweight, layer.scales, layer.mins) + bias, rtol=1e-4, atol=1e-4
+    )
+    assert (many[:-1] - few).norm() / few.norm() < 0.02
+
+
 def test_plain_c_path_equals_the_vnni_path():
     """Machines without AVX-512 VNNI run the same arithmetic in plain C."""
     path = int4.build_kernel(["-O2", "-fopenmp", "-shared", "-fPIC"])  # no -march: no VNNI intrinsics
     plain = int4.open_kernel(path)
     assert not plain.encore_int4_has_vnni()
+    assert plain.encore_int4_to_bf16(None, None, None, 0, 0, 32, None) == -2  # no AVX512-BF16: no bf16 path
     torch.manual_seed(1)
     for group, symmetric in ((128, True), (32, False)):
         layer = Int4Linear(torch.randn(21, 256), group_size=group, symmetric=symmetric)

@@ -208,3 +208,37 @@ int encore_int4_linear(const float *x, int64_t M, int64_t K, int64_t N, const ui
     free(qx), free(sx), free(u);
     return 0;
 }
+
+/* The weight as bf16 [N, K] (out), w = q * scale + min rounded to nearest even: what a many-row call (a
+ * prefill) multiplies through oneDNN's bf16 GEMM on CPUs with AVX512-BF16, 4-5x this file's products at
+ * 512 rows (encore/model/int4.py). Returns 0, or -2 where the compiler did not target AVX512-BF16. */
+int encore_int4_to_bf16(const uint8_t *w, const half *sw, const half *mw, int64_t N, int64_t K, int64_t group,
+                        uint16_t *out) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+    const int64_t G = K / group;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *row = w + n * (K / 2);
+        uint16_t *o = out + n * K;
+        for (int64_t c = 0; c < K / 64; c++) {
+            const __m256i bytes = _mm256_loadu_si256((const __m256i *)(row + 32 * c));
+            for (int half_ = 0; half_ < 2; half_++) { /* low nibbles: inputs 64c..64c+31; high: +32 */
+                const int64_t k0 = 64 * c + 32 * half_, g = k0 / group;
+                const float s = h2f(sw[n * G + g]), lo = mw ? h2f(mw[n * G + g]) : -8.f * s;
+                const __m256i nib = half_ ? _mm256_and_si256(_mm256_srli_epi16(bytes, 4), _mm256_set1_epi8(0x0F))
+                                          : _mm256_and_si256(bytes, _mm256_set1_epi8(0x0F));
+                for (int q = 0; q < 2; q++) { /* 16 inputs at a time */
+                    const __m128i part = q ? _mm256_extracti128_si256(nib, 1) : _mm256_castsi256_si128(nib);
+                    const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(part)), _mm512_set1_ps(s),
+                                                     _mm512_set1_ps(lo));
+                    _mm256_storeu_si256((__m256i *)(o + k0 + 16 * q), (__m256i)_mm512_cvtneps_pbh(v));
+                }
+            }
+        }
+    }
+    return 0;
+#else
+    (void)w, (void)sw, (void)mw, (void)N, (void)K, (void)group, (void)out;
+    return -2;
+#endif
+}
