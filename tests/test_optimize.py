@@ -136,7 +136,12 @@ def test_optimize_refuses_what_it_cannot_do():
 
 
 def test_aten_keeps_the_plain_model():
+    """linear="aten": every projection stays F.linear (torch's BLAS), so no layer's decode step moves
+    into C's fp32 products either."""
+    from encore.model.fused import FusedDecoderLayer
+
     model = make_model("deconly")
     encore.optimize(model, linear="aten")
     assert projections(model) and all(type(m) is Linear for m in projections(model))
+    assert not any(isinstance(m, FusedDecoderLayer) for m in model.modules())
     assert not model.training and not any(p.requires_grad for p in model.parameters())

@@ -26,7 +26,6 @@ from encore.model.layers import (
     MLP,
     Attend,
     DecoderLayer,
-    Linear,
     MergedAttention,
     MergedDecoderLayer,
     OffsetRMSNorm,
@@ -383,10 +382,11 @@ def _layer_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL 
 
 def _projection(module: nn.Module) -> bool:
     """Whether csrc/layer.c runs this projection: int4; int8 where its VNNI path is built (else fbgemm's
-    module path is the faster one); fp32 weights on the CPU (`OneDNNLinear`, or a plain `Linear`)."""
+    module path is the faster one); fp32 weights on the CPU where `optimize` chose oneDNN for them
+    (`OneDNNLinear`; `linear="aten"` keeps torch's BLAS, and so its layers' modules)."""
     if isinstance(module, Int4Linear):
         return True
-    if isinstance(module, OneDNNLinear | Linear):
+    if isinstance(module, OneDNNLinear):
         w = module.weight
         return w.dtype == torch.float32 and w.device.type == "cpu" and w.is_contiguous() and type(w) in PLAIN_TENSORS
     return (
@@ -516,7 +516,7 @@ def fused_layer(layer: nn.Module) -> _FusedLayer | None:
     for module in parts.values():
         if isinstance(module, Int8Linear):
             module.rows()  # now, not at the first request
-    if any(isinstance(m, OneDNNLinear | Linear) for m in parts.values()):
+    if any(isinstance(m, OneDNNLinear) for m in parts.values()):
         fused.max_rows = FP32_MAX_ROWS
     fused._bind()
     return fused
@@ -545,7 +545,7 @@ def _describe(layer: DecoderLayer | MergedDecoderLayer, parts: dict[str, nn.Modu
             b = p._buffers
             setattr(desc, name, _Proj(4, b["qweight"].data_ptr(), b["scales"].data_ptr(), ptr(b["mins"]), None,
                                       ptr(b["bias"]), p.out_features, p.in_features, p.group_size))  # fmt: skip
-        elif isinstance(p, OneDNNLinear | Linear):
+        elif isinstance(p, OneDNNLinear):
             setattr(desc, name, _Proj(32, p.weight.data_ptr(), None, None, None, ptr(p.bias), p.out_features,
                                       p.in_features, p.in_features))  # fmt: skip
         elif isinstance(p, Int8Linear):
