@@ -78,7 +78,7 @@ def optimize(
     - `kv_dtype=torch.float16` (CPU, fused): generation caches hold K/V in half precision (half the
       cache memory, a decode step reads half the K/V bytes); None keeps the model's dtype;
     - `prefill_attention`: how attention over many queries (a prefill, an encoder) runs on the CPU:
-      "fp32" (SDPA), "bf16" (csrc/attend.c: bf16 products accumulated in fp32, fp32 softmax; 4.5x SDPA
+      "fp32" (SDPA), "bf16" (csrc/attend.c: bf16 products accumulated in fp32, fp32 softmax; ~4x SDPA
       on a T5Gemma 2 encoder layer; needs the fused kernels and a CPU with AVX512-BF16), or "auto":
       bf16 for a quantized model where it runs (its int8 activations are coarser than bf16's
       rounding), fp32 otherwise.

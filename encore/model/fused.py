@@ -164,7 +164,7 @@ class FusedLinear(native.Handles, OneDNNLinear):
 class FusedAttend(native.Handles, Attend):
     """`Attend` through encore's C kernels: one query per head (decoding) in one fp32 call (GQA, boolean
     key masks, a query scale, soft-capped logits); with `bf16_prefill`, many queries (a prefill, an
-    encoder) through csrc/attend.c's bf16 products, fp32 accumulation and softmax (4.5x SDPA's flash
+    encoder) through csrc/attend.c's bf16 products, fp32 accumulation and softmax (~4x SDPA's flash
     kernel on a T5Gemma 2 encoder layer; docs/engine.md). Anything else runs `attend`."""
 
     _handles = ("_lib", "_prefill_lib")
