@@ -1,7 +1,8 @@
 /* Fused fp32 CPU kernels for the decode step: an RMSNorm in one pass, attention for one query per head
- * (decoding), and the self-attention's q/k norms + RoPE + cache write, in place of the eager ops they replace (a norm is ~8 aten calls, SDPA's flash
- * kernel ~36 us for one query); for many positions (a prefill), the q/k norms + RoPE and a gated MLP's activation. Built and called as csrc/int4.c is (encore/model/native.py,
- * encore/model/fused.py). Strides are in elements; the last dimension of every tensor is contiguous.
+ * (decoding), and the self-attention's q/k norms + RoPE + cache write, in place of the eager ops they
+ * replace (a norm is ~8 aten calls, SDPA's flash kernel ~36 us for one query); for many positions (a
+ * prefill), the q/k norms + RoPE and a gated MLP's activation. Built and called as csrc/int4.c is
+ * (encore/model/native.py, encore/model/fused.py). Strides are in elements; the last dimension of every tensor is contiguous.
  */
 #include <math.h>
 #include <stdint.h>
@@ -64,17 +65,17 @@ static void activate(const float *x, int64_t n, int gelu, float *y) {
     }
 }
 
-/* A gated MLP's down-projection input for many positions in one pass: out[r, f] = act(h[r, f]) * h[r, F + f]
- * over rows of h [rows, 2F] (rows h_r apart; act as `activate`), out [rows, F] contiguous. */
+/* A gated MLP's down-projection input for one position: out[f] = act(h[f]) * h[F + f] (act as `activate`). */
+static void glu_row(const float *h, int64_t F, int gelu, float *out) {
+    activate(h, F, gelu, out);
+#pragma omp simd
+    for (int64_t f = 0; f < F; f++) out[f] *= h[F + f];
+}
+
+/* `glu_row` for many positions in one call: rows of h [rows, 2F] (rows h_r apart) into out [rows, F]. */
 void encore_glu_rows(const float *h, int64_t rows, int64_t F, int64_t h_r, int64_t gelu, float *out) {
 #pragma omp parallel for schedule(static) if (rows * F >= (1 << 15))
-    for (int64_t r = 0; r < rows; r++) {
-        const float *g = h + r * h_r, *u = g + F;
-        float *o = out + r * F;
-        activate(g, F, (int)gelu, o);
-#pragma omp simd
-        for (int64_t f = 0; f < F; f++) o[f] *= u[f];
-    }
+    for (int64_t r = 0; r < rows; r++) glu_row(h + r * h_r, F, (int)gelu, out + r * F);
 }
 
 static inline float dot(const float *a, const float *b, int64_t n) {

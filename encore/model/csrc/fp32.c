@@ -6,6 +6,8 @@
  * Included by csrc/layer.c; plain C where the compiler does not target AVX-512 (slow; correct).
  */
 #include <stdint.h>
+
+#include "simd.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
 
@@ -65,7 +67,5 @@ static void products32(int64_t M, int64_t K, int64_t N, const float *w, const fl
 /* y[M, N] = x[M, K] @ w[N, K].T (+ bias[N]). */
 void encore_fp32_linear(const float *x, int64_t M, int64_t K, int64_t N, const float *w, const float *bias, float *y) {
     products32(M, K, N, w, x, y);
-    if (bias)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t n = 0; n < N; n++) y[m * N + n] += bias[n];
+    add_bias(y, M, N, bias);
 }

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "half.h"
+#include "simd.h"
 #if defined(__AVX512VNNI__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -202,9 +203,7 @@ int encore_int4_linear(const float *x, int64_t M, int64_t K, int64_t N, const ui
     }
     quantize_rows(x, M, K, group, qx, sx, u);
     products(M, K, N, group, w, sw, mw, qx, sx, u, y);
-    if (bias)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t n = 0; n < N; n++) y[m * N + n] += bias[n];
+    add_bias(y, M, N, bias);
     free(qx), free(sx), free(u);
     return 0;
 }

@@ -120,9 +120,7 @@ int encore_int8_linear(const float *x, int64_t M, int64_t K, int64_t N, const in
     }
     quantize_rows_u8(x, M, K, qx, sx);
     products8(M, K, N, w, sw, sums, qx, sx, y);
-    if (bias)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t n = 0; n < N; n++) y[m * N + n] += bias[n];
+    add_bias(y, M, N, bias);
     free(qx), free(sx);
     return 0;
 }

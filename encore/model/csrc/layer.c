@@ -1,7 +1,7 @@
 /* A whole decoder layer's decode step in one C call: the fp32 / int4 / int8 projections of csrc/fp32.c,
  * csrc/int4.c and csrc/int8.c, the norms, RoPE, cache write and one-query attention of csrc/decode.c,
- * composed here so that a step
- * of an L-layer model crosses from Python into C L times instead of ~20 L (docs/engine.md).
+ * composed here so that a step of an L-layer model crosses from Python into C L times instead of ~20 L
+ * (docs/engine.md).
  *
  *   x += post_attn_norm(out(attend(rope(qkv(attn_norm(x))), self K/V cache)))    merged: over self + cross K/V
  *   x += post_cross_norm(cross.out(attend(q_norm(cross.q(cross_norm(x))), cross K/V)))   (encoder-decoder)
@@ -43,7 +43,7 @@ typedef struct { /* scratch for one call */
 
 static inline int64_t max2(int64_t a, int64_t b) { return a > b ? a : b; }
 
-/* y[B, N] = x[B, K] @ W.T (+ bias): the int4 / int8 kernel without its allocations. */
+/* y[B, N] = x[B, K] @ W.T (+ bias): the fp32 / int4 / int8 kernel without its allocations. */
 static void project(const Proj *p, const float *x, int64_t B, float *y, const Work *w) {
     if (p->bits == 32) {
         products32(B, p->K, p->N, p->w, x, y);
@@ -54,9 +54,7 @@ static void project(const Proj *p, const float *x, int64_t B, float *y, const Wo
         quantize_rows(x, B, p->K, p->group, w->qx, w->sx, w->u);
         products(B, p->K, p->N, p->group, p->w, p->scales, p->mins, w->qx, w->sx, w->u, y);
     }
-    if (p->bias)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t n = 0; n < p->N; n++) y[b * p->N + n] += p->bias[n];
+    add_bias(y, B, p->N, p->bias);
 }
 
 /* x[b] += norm(y[b]) (norm NULL: y itself), B rows of D. */
@@ -74,13 +72,12 @@ static void mlp(const Layer *L, float *x, int64_t B, const Work *w) {
     for (int64_t b = 0; b < B; b++) rms_row(x + b * D, D, L->mlp_norm, L->eps, w->in + b * D);
     project(&L->up, w->in, B, w->proj, w);
     for (int64_t b = 0; b < B; b++) { /* the down projection's input, [B, F], into w->in */
-        float *h = w->proj + b * L->up.N, *a = w->in + b * F;
-        activate(h, F, (int)L->gelu, h);
+        const float *h = w->proj + b * L->up.N;
+        float *a = w->in + b * F;
         if (L->gated)
-#pragma omp simd
-            for (int64_t f = 0; f < F; f++) a[f] = h[f] * h[F + f];
+            glu_row(h, F, (int)L->gelu, a);
         else
-            for (int64_t f = 0; f < F; f++) a[f] = h[f];
+            activate(h, F, (int)L->gelu, a);
     }
     project(&L->down, w->in, B, w->proj, w);
     residual(x, w->proj, B, D, L->post_mlp_norm, L->eps);

@@ -1,5 +1,5 @@
-/* Helpers shared by the kernels (csrc/decode.c, attend.c, int8.c, rows.c): a row's largest magnitude;
- * with AVX-512, e^x and 16 horizontal sums. */
+/* Helpers shared by the kernels (csrc/decode.c, attend.c, fp32.c, int4.c, int8.c, layer.c, rows.c): a
+ * row's largest magnitude, a bias added to rows; with AVX-512, e^x and 16 horizontal sums. */
 #ifndef ENCORE_SIMD_H
 #define ENCORE_SIMD_H
 #include <math.h>
@@ -21,8 +21,14 @@ static inline float absmax(const float *x, int64_t K) {
     return top;
 }
 
-#ifdef __AVX512F__
+/* y[m, n] += bias[n] over M rows of N (bias NULL: nothing). */
+static inline void add_bias(float *y, int64_t M, int64_t N, const float *bias) {
+    if (!bias) return;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) y[m * N + n] += bias[n];
+}
 
+#ifdef __AVX512F__
 /* e^x, 16 at a time: 2^n * poly(r), |r| <= ln2 / 2 (~1e-7); x below -87 counts as -87, above ~88 gives
  * inf. Softmax's shifted logits (x <= 0), and the MLP's sigmoids (csrc/layer.c: either sign). */
 static inline __m512 exp16(__m512 x) {
