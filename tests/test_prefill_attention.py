@@ -10,8 +10,8 @@ from conftest import make_model
 
 import encore
 from encore.config import ModelConfig
-from encore.infer import optimize as optimize_module
 from encore.infer.optimize import optimized
+from encore.model import fused as fused_module
 from encore.model import native
 from encore.model.fused import FusedAttend, FusedMLP, _attend_library, bf16_attention_available, fused_available
 from encore.model.layers import MLP, SoftCap, attend
@@ -108,7 +108,7 @@ def test_prefill_attention_settings(arch, monkeypatch):
     )
     with pytest.raises(ValueError, match="prefill_attention must be one of"):
         encore.optimize(copy.deepcopy(model), prefill_attention="fp16")
-    monkeypatch.setattr(optimize_module, "bf16_attention_available", lambda: False)
+    monkeypatch.setattr(fused_module, "_attend_library", lambda *flags: None)  # a CPU without AVX512-BF16
     with pytest.raises(ValueError, match="prefill_attention='bf16' is a fused CPU kernel"):
         encore.optimize(copy.deepcopy(model), prefill_attention="bf16")
     assert optimized(encore.optimize(model, quantize="int8"))["prefill_attention"] == "fp32"

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from encore.model.fused import bf16_attention_available, fuse, fused_available
+from encore.model.fused import bf16_attention_available, bf16_prefill_by_default, fuse, fused_available
 from encore.model.int4 import (
     CHUNK,
     DEFAULT_GROUP_SIZE,
@@ -177,7 +177,7 @@ def _bf16_prefill(prefill_attention: str, quantize: str | None, fused: bool, kv_
             f"{'has it' if bf16_attention_available() else 'has not'})"
         )
     if prefill_attention == "auto":
-        return quantize is not None and fused and bf16_attention_available()
+        return bf16_prefill_by_default(quantize is not None, fused)
     return prefill_attention == "bf16"
 
 

@@ -80,9 +80,30 @@ def bf16_attention_available() -> bool:
     return _attend_library() is not None
 
 
+def bf16_prefill_by_default(quantized: bool, fused: bool) -> bool:
+    """`prefill_attention="auto"`'s choice: bf16 products for a quantized model whose attention is fused,
+    where this CPU runs them (its int8 activations are coarser than bf16's rounding); fp32 otherwise."""
+    return quantized and fused and bf16_attention_available()
+
+
 def fused_available() -> bool:
     """Whether the fused kernels could be built here (a C compiler on Linux)."""
     return _library() is not None
+
+
+def _mask_rows(mask: Tensor | None, keys: int) -> tuple[Tensor | None, int, int]:
+    """A boolean mask [B | 1, 1, T | 1, keys] as the C kernels read it: its rows of `keys` bytes (a tensor
+    the caller keeps through the call; None for no mask), the batch stride and the row stride (0 where
+    the mask broadcasts)."""
+    if mask is None:
+        return None, 0, 0
+    rows = mask.reshape(mask.shape[0], -1, keys)  # [B | 1, T | 1, keys]
+    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+    return rows, rows.stride(0) if rows.shape[0] > 1 else 0, rows.stride(1) if rows.shape[1] > 1 else 0
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
 def _adopt(cls: type[nn.Module], module: nn.Module) -> nn.Module:
@@ -150,9 +171,8 @@ class FusedLinear(native.Handles, OneDNNLinear):
             return super().forward(x)
         x = x.contiguous()
         y = torch.empty(*x.shape[:-1], self.out_features)
-        bias = None if self.bias is None else self.bias.data_ptr()
         self._lib.encore_fp32_linear(
-            x.data_ptr(), rows, self.in_features, self.out_features, w.data_ptr(), bias, y.data_ptr()
+            x.data_ptr(), rows, self.in_features, self.out_features, w.data_ptr(), _ptr(self.bias), y.data_ptr()
         )
         return y
 
@@ -191,32 +211,19 @@ class FusedAttend(native.Handles, Attend):
     ) -> Tensor:
         B, H, T, Dh = q.shape
         kv16 = k.dtype == torch.float16  # a half-precision cache (optimize(kv_dtype=torch.float16))
-        masked = mask is None or mask.dtype == torch.bool
-        if T != 1 or (causal and mask is None) or not masked or v.dtype != k.dtype:
+        if T != 1 or (causal and mask is None) or (mask is not None and mask.dtype != torch.bool) or v.dtype != k.dtype:
             k, v = k.to(q.dtype), v.to(q.dtype)
-            if (
-                self._prefill_lib is not None
-                and masked
-                and dropout == 0.0
-                and (mask is None or (mask.dim() == 4 and mask.shape[1] == 1))
-            ):
-                out = self._prefill(q, k, v, mask, causal, scale, softcap)
-                if out is not None:
-                    return out
-            return attend(q, k, v, mask, causal, dropout, scale, softcap)
+            out = self._prefill(q, k, v, mask, causal, dropout, scale, softcap)
+            return out if out is not None else attend(q, k, v, mask, causal, dropout, scale, softcap)
         KH, S = k.shape[1], k.shape[2]
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         out = torch.empty(B, 1, H * Dh)
-        mask_ptr, mask_b = None, 0
-        if mask is not None:  # [B | 1, 1, 1, S]
-            rows = mask.reshape(mask.shape[0], S)
-            rows = rows if rows.stride(-1) == 1 else rows.contiguous()
-            mask_ptr, mask_b = rows.data_ptr(), rows.stride(0) if rows.shape[0] > 1 else 0
+        rows, mask_b, _ = _mask_rows(mask, S)  # [B | 1, 1, S]
         failed = self._lib.encore_attend_one(
             q.data_ptr(), B, H, KH, S, Dh, q.stride(0), q.stride(1),
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
             v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
-            mask_ptr, mask_b, Dh**-0.5 if scale is None else scale, 0.0 if softcap is None else softcap.cap,
+            _ptr(rows), mask_b, Dh**-0.5 if scale is None else scale, 0.0 if softcap is None else softcap.cap,
             out.data_ptr(), None, kv16,
         )  # fmt: skip
         if failed:
@@ -224,33 +231,38 @@ class FusedAttend(native.Handles, Attend):
         return out
 
     def _prefill(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float | None, softcap
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        causal: bool,
+        dropout: float,
+        scale: float | None,
+        softcap: SoftCap | None,
     ) -> Tensor | None:
         """q [B, H, T, Dh], k / v [B, KH, S, Dh] -> [B, T, H * Dh] through csrc/attend.c; None where it
-        does not take the call (not fp32, gradients wanted, a causal call over a cache, Dh not a
-        multiple of 32)."""
+        does not take the call (no `bf16_prefill`, not fp32, dropout or gradients wanted, a mask not
+        boolean or per head, a causal call over a cache, Dh not a multiple of 32)."""
         B, H, T, Dh = q.shape
         KH, S = k.shape[1], k.shape[2]
         if (
-            q.dtype != torch.float32
+            self._prefill_lib is None
+            or q.dtype != torch.float32
             or k.dtype != torch.float32
+            or dropout != 0.0
             or (torch.is_grad_enabled() and q.requires_grad)
+            or (mask is not None and (mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1))
             or (causal and mask is None and T != S)
         ):
             return None
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-        mask_ptr, mask_b, mask_t = None, 0, 0
-        if mask is not None:  # [B | 1, 1, T | 1, S]
-            rows = mask.expand(mask.shape[0], 1, mask.shape[2], S).reshape(mask.shape[0], mask.shape[2], S)
-            rows = rows if rows.stride(-1) == 1 else rows.contiguous()
-            mask_ptr = rows.data_ptr()
-            mask_b = rows.stride(0) if rows.shape[0] > 1 else 0
-            mask_t = rows.stride(1) if rows.shape[1] > 1 else 0
+        rows, mask_b, mask_t = _mask_rows(mask, S)  # [B | 1, T | 1, S]
         out = torch.empty(B, T, H * Dh)
         failed = self._prefill_lib.encore_attend_bf16(
             q.data_ptr(), B, H, KH, T, S, Dh, q.stride(0), q.stride(1), q.stride(2),
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
-            mask_ptr, mask_b, mask_t, causal and mask is None, Dh**-0.5 if scale is None else scale,
+            _ptr(rows), mask_b, mask_t, causal and mask is None, Dh**-0.5 if scale is None else scale,
             0.0 if softcap is None else softcap.cap, out.data_ptr(),
         )  # fmt: skip
         if failed == -1:
@@ -473,25 +485,20 @@ class _FusedLayer(native.Handles):
         y = x.to(torch.float32, copy=True).contiguous()  # [B, 1, D]: the layer's output, updated in place
         cos, sin = (t.contiguous() for t in rope)  # [B, 1, 1, Dh]
         k, v = cache.k[layer], cache.v[layer]  # [B, KH, T, Dh]
-        rows = mask.reshape(mask.shape[0], T)
-        rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+        rows, mask_b, _ = _mask_rows(mask, T)  # [B | 1, 1, T]
         ck = cv = cross_rows = None
         S, ck_strides, cv_strides, cross_b = 0, (0, 0, 0), (0, 0, 0), 0
         if cross_kv is not None:
             ck, cv = cross_kv
             S, ck_strides, cv_strides = ck.shape[2], ck.stride()[:3], cv.stride()[:3]
-            if cross_mask is not None:
-                cross_rows = cross_mask.reshape(cross_mask.shape[0], S)
-                cross_rows = cross_rows if cross_rows.stride(-1) == 1 else cross_rows.contiguous()
-                cross_b = cross_rows.stride(0) if cross_rows.shape[0] > 1 else 0
+            cross_rows, cross_b, _ = _mask_rows(cross_mask, S)  # [B | 1, 1, S]
         if self._desc is None:
             self._desc = _describe(self, _layer_parts(self, strict=False))
         failed = self._lib.encore_decode_layer(
             ctypes.byref(self._desc), y.data_ptr(), B, cos.data_ptr(), sin.data_ptr(),
             k.data_ptr(), *k.stride()[:3], v.data_ptr(), *v.stride()[:3], cache.length.data_ptr(), T,
-            rows.data_ptr(), rows.stride(0) if rows.shape[0] > 1 else 0,
-            None if ck is None else ck.data_ptr(), *ck_strides, None if cv is None else cv.data_ptr(), *cv_strides,
-            S, None if cross_rows is None else cross_rows.data_ptr(), cross_b, k.dtype == torch.float16,
+            _ptr(rows), mask_b, _ptr(ck), *ck_strides, _ptr(cv), *cv_strides,
+            S, _ptr(cross_rows), cross_b, k.dtype == torch.float16,
         )  # fmt: skip
         if failed:
             raise MemoryError("fused decoder layer: out of memory for its workspace")
@@ -538,20 +545,19 @@ def _describe(layer: DecoderLayer | MergedDecoderLayer, parts: dict[str, nn.Modu
     for name in (*_NORMS, "mlp_norm", "post_mlp_norm"):
         norm = parts.get(name)
         setattr(desc, name, norm.scale.data_ptr() if isinstance(norm, FusedRMSNorm) else None)
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     for name in _PROJS:
         p = parts.get(name)
         if isinstance(p, Int4Linear):
             b = p._buffers
-            setattr(desc, name, _Proj(4, b["qweight"].data_ptr(), b["scales"].data_ptr(), ptr(b["mins"]), None,
-                                      ptr(b["bias"]), p.out_features, p.in_features, p.group_size))  # fmt: skip
+            setattr(desc, name, _Proj(4, b["qweight"].data_ptr(), b["scales"].data_ptr(), _ptr(b["mins"]), None,
+                                      _ptr(b["bias"]), p.out_features, p.in_features, p.group_size))  # fmt: skip
         elif isinstance(p, OneDNNLinear):
-            setattr(desc, name, _Proj(32, p.weight.data_ptr(), None, None, None, ptr(p.bias), p.out_features,
+            setattr(desc, name, _Proj(32, p.weight.data_ptr(), None, None, None, _ptr(p.bias), p.out_features,
                                       p.in_features, p.in_features))  # fmt: skip
         elif isinstance(p, Int8Linear):
             w, scales, sums = p.rows()
             setattr(desc, name, _Proj(8, w.data_ptr(), scales.data_ptr(), None, sums.data_ptr(),
-                                      ptr(p._bias), p.out_features, p.in_features, p.in_features))  # fmt: skip
+                                      _ptr(p._bias), p.out_features, p.in_features, p.in_features))  # fmt: skip
     return desc
 
 

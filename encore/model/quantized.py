@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from encore.model.fused import bf16_attention_available, fuse, fused_available
+from encore.model.fused import bf16_prefill_by_default, fuse, fused_available
 from encore.model.int4 import Int4Linear
 from encore.model.kernels import Int8Linear
 
@@ -142,7 +142,7 @@ def fuse_loaded(model: nn.Module) -> None:
     """After a quantized checkpoint's weights are in: its norms and attention through the fused
     kernels too, as `encore.optimize` would have left them (and `deoptimize` can undo)."""
     fused = fused_available()
-    bf16_prefill = fused and bf16_attention_available()  # optimize's prefill_attention="auto" for a quantized model
+    bf16_prefill = bf16_prefill_by_default(True, fused)  # optimize's prefill_attention="auto"
     if fused:
         model._encore_swaps = fuse(model, bf16_prefill)
     model._encore_optimized["fused"] = fused
