@@ -56,6 +56,16 @@ def make_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:
     return model.eval()
 
 
+def engine_tokens(engine, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy tokens through `engine` (all added at once, EOS ignored), in prompt order."""
+    rids = [engine.add(p, max_new_tokens=max_new_tokens, eos_token_id=None) for p in prompts]
+    got: dict[int, list[int]] = {r: [] for r in rids}
+    while engine.has_work():
+        for event in engine.step():
+            got[event.request_id].append(event.token)
+    return [got[r] for r in rids]
+
+
 @pytest.fixture(params=["encdec", "deconly"])
 def arch(request) -> str:
     return request.param

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import engine_tokens, make_model
 
 import encore
 from encore import Engine
@@ -251,14 +251,9 @@ def test_half_precision_kv_cache(arch, quantize):
     if quantize is not None:  # (int4's rounding of activations can turn a float-order difference into a token)
         return
     rows = [ids[0].tolist(), ids[1, :5].tolist()]
-    rids = [engine.add(r, max_new_tokens=6, eos_token_id=None) for r in rows]
-    got_tokens: dict[int, list[int]] = {r: [] for r in rids}
-    while engine.has_work():
-        for event in engine.step():
-            got_tokens[event.request_id].append(event.token)
-    for r, rid in zip(rows, rids):
+    for r, got in zip(rows, engine_tokens(engine, rows, 6)):
         alone = half.generate(torch.tensor([r]), max_new_tokens=6, do_sample=False, eos_token_id=None)
-        assert got_tokens[rid] == alone[0].tolist()
+        assert got == alone[0].tolist()
 
 
 def test_half_precision_kv_cache_needs_the_fused_kernels():

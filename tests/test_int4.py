@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from conftest import engine_tokens
 from safetensors.torch import load_file, save_file
 
 import encore
@@ -157,14 +158,9 @@ def test_engine_runs_int4_like_generate(preset):
     model = encore.optimize(build(ModelConfig.preset(preset), seed=0), quantize="int4")
     prompts = [[5, 9, 14, 30, 31], [7, 8, 9]]
     engine = Engine(model, max_batch=2, max_input_len=8, max_new_tokens=10)
-    ids = [engine.add(p, max_new_tokens=10, eos_token_id=None) for p in prompts]
-    got: dict[int, list[int]] = {i: [] for i in ids}
-    while engine.has_work():
-        for event in engine.step():
-            got[event.request_id].append(event.token)
-    for prompt, rid in zip(prompts, ids):
+    for prompt, got in zip(prompts, engine_tokens(engine, prompts, 10)):
         ref = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None)
-        assert got[rid] == ref[0].tolist()[: len(got[rid])] and len(got[rid]) == 10
+        assert got == ref[0].tolist()[: len(got)] and len(got) == 10
 
 
 @pytest.mark.parametrize("quantize", ["int8", "int4", "int4-asym32"])
