@@ -27,7 +27,10 @@ class ModelConfig:
     n_kv_heads: int = 3
     head_dim: int = 64
     mlp_dim: int = 4096
-    mlp_type: Literal["gelu", "swiglu", "geglu"] = "gelu"  # geglu: gated GELU-tanh (Gemma)
+    # the MLP's activation: "gelu" (tanh approximation, encore), "gelu_exact" (erf: BART), "relu" (T5 v1.0,
+    # M2M100), "silu" (Marian); gated act(gate) * up: "swiglu" (SiLU: Llama, UL2), "geglu" (GELU-tanh: Gemma,
+    # Flan-T5)
+    mlp_type: Literal["gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu"] = "gelu"
     max_seq_len: int = 4096
     rope_theta: float = 10000.0
     # NTK-aware RoPE scaling: a factor s > 1 stretches the usable context by ~s without training,
@@ -42,8 +45,23 @@ class ModelConfig:
     # --- block variants: the defaults are encore's own blocks; imported families (encore.convert) set
     # what their checkpoints need. Each picks modules when the model is built (model/layers.py).
     extra_eos_token_ids: list[int] = dataclasses.field(default_factory=list)  # more ids that end a reply
-    norm_plus_one: bool = False  # RMSNorm scales by (1 + w), computed in fp32 (Gemma)
-    sandwich_norm: bool = False  # a norm after attention / cross-attention / MLP too, before the residual
+    # the norm: "rms" (x / rms(x) * w: Llama, T5, encore), "rms_offset" ((1 + w), in fp32: Gemma),
+    # "layernorm" (mean and variance, a weight and a bias: BART, Marian, M2M100)
+    norm_kind: Literal["rms", "rms_offset", "layernorm"] = "rms"
+    # where norms sit around each sub-block: "pre" (x + f(norm(x)), a final norm after each stack),
+    # "post" (norm(x + f(x)), no final norm: BART, Marian), "sandwich" (x + norm(f(norm(x))): Gemma)
+    block_order: Literal["pre", "post", "sandwich"] = "pre"
+    # how positions enter: "rope" (in the attention), "relative" (T5's bucketed bias on the scores of
+    # every layer), "learned" (a table added to the embeddings, from `position_offset`: BART),
+    # "sinusoidal" (fixed sin / cos vectors: Marian, Pegasus), "sinusoidal_fairseq" (M2M100 / NLLB's)
+    position_kind: Literal["rope", "relative", "learned", "sinusoidal", "sinusoidal_fairseq"] = "rope"
+    position_offset: int = 0  # the table row of position 0 ("learned", "sinusoidal_fairseq": 2)
+    relative_buckets: int = 32  # T5's relative bias: buckets, and the distance where the last one starts
+    relative_max_distance: int = 128
+    proj_bias: bool = False  # biases on every projection: attention, cross-attention, MLP (BART, Marian)
+    embed_norm: bool = False  # a norm right after the embeddings (and positions) of each stack (BART's)
+    logits_bias: bool = False  # a bias on the output logits (BART's and Marian's `final_logits_bias`)
+    head_scale: float | None = None  # hidden states scaled before the head (T5 v1.0: d_model ** -0.5)
     qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (Qwen3, Gemma 3)
     qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
     attn_scale: float | None = None  # the query scale (None: head_dim ** -0.5; Gemma: query_pre_attn_scalar ** -0.5)
@@ -85,8 +103,13 @@ class ModelConfig:
             fail("arch", "must be 'encdec' or 'deconly'")
         if self.source_layout not in SOURCE_LAYOUTS:
             fail("source_layout", "must be 'encore', 'bos' or 'plain'")
-        if self.mlp_type not in ("gelu", "swiglu", "geglu"):
-            fail("mlp_type", "must be 'gelu', 'swiglu' or 'geglu'")
+        for name, kinds in KINDS.items():
+            if getattr(self, name) not in kinds:
+                fail(name, f"must be one of {', '.join(map(repr, kinds))}")
+        if self.position_kind == "relative" and self.n_kv_heads != self.n_heads:
+            fail("n_kv_heads", "T5's relative bias is per head: it needs n_kv_heads == n_heads")
+        if self.position_offset < 0 or self.relative_buckets < 2 or self.relative_max_distance < 1:
+            fail("position_offset", "position_offset must be >= 0, relative_buckets >= 2, relative_max_distance >= 1")
         for name in (
             "vocab_size",
             "d_model",
@@ -105,7 +128,7 @@ class ModelConfig:
             fail("n_encoder_layers", "a decoder-only model has no encoder layers")
         if self.n_heads % self.n_kv_heads:
             fail("n_kv_heads", f"must divide n_heads={self.n_heads}")
-        if self.head_dim % 2:
+        if self.head_dim % 2 and self.position_kind == "rope":
             fail("head_dim", "RoPE needs an even head dimension")
         if self.rope_theta <= 0:
             fail("rope_theta", "must be positive")
@@ -126,11 +149,11 @@ class ModelConfig:
                 fail("sliding_window", f"{name} has sliding layers: the window must be a positive integer")
         if self.encoder_window and (len(self.encoder_window) != 2 or min(self.encoder_window) < 0):
             fail("encoder_window", "must be empty or [back, ahead], two non-negative integers")
-        if self.merged_attention and (self.arch != "encdec" or not self.qk_norm):
+        if self.merged_attention and (self.arch != "encdec" or not self.qk_norm or self.position_kind != "rope"):
             fail("merged_attention", "needs an encoder-decoder with q/k norms (T5Gemma 2's blocks)")
         if self.eoi_token_id is not None and not (self.embed_scale and 0 <= self.eoi_token_id < self.vocab_size):
             fail("eoi_token_id", "must be a token id of a model with scaled embeddings (or None)")
-        for name in ("attn_softcap", "final_softcap", "attn_scale", "rope_local_theta"):
+        for name in ("attn_softcap", "final_softcap", "attn_scale", "rope_local_theta", "head_scale"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 fail(name, "must be positive (or None)")
         if self.rope_params is not None and self.rope_params.get("rope_type") not in ("linear", "llama3"):
@@ -194,6 +217,12 @@ class ModelConfig:
         return self.max_seq_len - (self.positions_needed(0, new_tokens) if self.arch == "deconly" else 0)
 
     @property
+    def fusable(self) -> bool:
+        """Whether encore's fused C decode kernels take these blocks (RoPE, RMS norms before each sub-block,
+        no biases beyond q/k/v); other families run the same projection kernels through the modules."""
+        return self.position_kind == "rope" and self.norm_kind != "layernorm" and self.block_order != "post"
+
+    @property
     def gated_mlp(self) -> bool:
         return self.mlp_type in ("swiglu", "geglu")
 
@@ -228,28 +257,48 @@ class ModelConfig:
         }
 
     def _attention_extra(self) -> int:
-        """Parameters of one attention beside its matrices: q/k norms, q/k/v biases."""
+        """Parameters of one attention beside its matrices: q/k norms, q/k/v (and output) biases."""
         norms = 2 * self.head_dim if self.qk_norm else 0
-        return norms + ((self.n_heads + 2 * self.n_kv_heads) * self.head_dim if self.qkv_bias else 0)
+        qkv = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim if self.qkv_bias or self.proj_bias else 0
+        return norms + qkv + (self.d_model if self.proj_bias else 0)
+
+    def _norm_params(self) -> int:
+        return self.d_model * (2 if self.norm_kind == "layernorm" else 1)
+
+    def _stack_extra(self) -> int:
+        """Parameters a stack has besides its layers: its final norm, embedding norm and positions."""
+        final = self._norm_params() if self.block_order != "post" else 0
+        embed_norm = self._norm_params() if self.embed_norm else 0
+        positions = {
+            "learned": (self.max_seq_len + self.position_offset) * self.d_model,
+            "relative": self.relative_buckets * self.n_heads,
+        }.get(self.position_kind, 0)
+        return final + embed_norm + positions
 
     def param_counts(self) -> dict[str, int]:
         """Parameters split into embedding / encoder / decoder / total (tied head counted once)."""
-        m, norm = self.matrix_params(), self.d_model
-        per_norm = 2 if self.sandwich_norm else 1  # a norm before each sub-block, and after it when sandwiched
+        m = self.matrix_params()
+        per_norm = 2 if self.block_order == "sandwich" else 1  # a norm beside each sub-block; two when sandwiched
         attn_extra = self._attention_extra()
+        mlp_bias = ((2 if self.gated_mlp else 1) * self.mlp_dim + self.d_model) if self.proj_bias else 0
         enc = self.encoder_config()  # the encoder's own widths
         enc_m = enc.matrix_params()
-        enc_layer = enc_m["self_attn"] + enc_m["mlp"] + 2 * per_norm * enc.d_model + enc._attention_extra()
-        cross = (m["cross_q_out"] + m["cross_kv"] + per_norm * norm + attn_extra) if self.arch == "encdec" else 0
+        enc_mlp_bias = ((2 if enc.gated_mlp else 1) * enc.mlp_dim + enc.d_model) if enc.proj_bias else 0
+        enc_layer = enc_m["self_attn"] + enc_m["mlp"] + 2 * per_norm * enc._norm_params() + enc._attention_extra()
+        enc_layer += enc_mlp_bias
+        # cross-attention: q, k/v and output, with the same norms and biases as the self-attention's
+        cross = m["cross_q_out"] + m["cross_kv"] + per_norm * self._norm_params() + attn_extra
+        if self.arch != "encdec":
+            cross = 0
         if self.merged_attention:  # no cross-attention block: a copy of the K/V projection reads the encoder
             cross = m["cross_kv"]
-        dec_layer = m["self_attn"] + m["mlp"] + 2 * per_norm * norm + cross + attn_extra
+        dec_layer = m["self_attn"] + m["mlp"] + 2 * per_norm * self._norm_params() + cross + attn_extra + mlp_bias
         tables = 1 + (not self.tie_embeddings)
         embedding = self.vocab_size * self.d_model * tables + (self.d_model if self.eoi_token_id is not None else 0)
         if self.arch == "encdec" and not self.tie_encoder_embeddings:
             embedding += self.vocab_size * enc.d_model
-        encoder = self.n_encoder_layers * enc_layer + (enc.d_model if self.n_encoder_layers else 0)
-        decoder = self.n_decoder_layers * dec_layer + norm
+        encoder = self.n_encoder_layers * enc_layer + (enc._stack_extra() if self.n_encoder_layers else 0)
+        decoder = self.n_decoder_layers * dec_layer + self._stack_extra()
         return {"embedding": embedding, "encoder": encoder, "decoder": decoder, "total": embedding + encoder + decoder}
 
     # --- JSON round trip ------------------------------------------------------------------------
@@ -266,9 +315,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
+        data = {**data}
         if "rope_ntk_factor" in data:
-            data = {**data}
             data["rope_scaling"] = data.pop("rope_ntk_factor")
+        if data.pop("norm_plus_one", False):  # configs written before the kinds (2026-12-05)
+            data.setdefault("norm_kind", "rms_offset")
+        if data.pop("sandwich_norm", False):
+            data.setdefault("block_order", "sandwich")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"model_type", "encore_version"})
         if unknown:
@@ -311,6 +364,12 @@ class ModelConfig:
 
 
 SOURCE_LAYOUTS = ("encore", "bos", "plain")
+KINDS = {  # the enumerated block variants: each picks modules when the model is built (model/layers.py)
+    "mlp_type": ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu"),
+    "norm_kind": ("rms", "rms_offset", "layernorm"),
+    "block_order": ("pre", "post", "sandwich"),
+    "position_kind": ("rope", "relative", "learned", "sinusoidal", "sinusoidal_fairseq"),
+}
 ENCODER_SHAPE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "mlp_dim")
 
 
@@ -350,7 +409,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 _SMOLLM2 = dict(arch="deconly", n_encoder_layers=0, vocab_size=49152, head_dim=64, mlp_type="swiglu",
                 max_seq_len=8192, rope_theta=100000.0, norm_eps=1e-5, pad_token_id=2, bos_token_id=1,
                 eos_token_id=2, source_layout="plain", family="llama")  # fmt: skip
-_GEMMA = dict(mlp_type="geglu", norm_plus_one=True, sandwich_norm=True, embed_scale=True, pad_token_id=0,
+_GEMMA = dict(mlp_type="geglu", norm_kind="rms_offset", block_order="sandwich", embed_scale=True, pad_token_id=0,
               eos_token_id=1, bos_token_id=2, source_layout="bos")  # fmt: skip
 _T5GEMMA = dict(_GEMMA, arch="encdec", vocab_size=256000, head_dim=64, attn_scale=64**-0.5, attn_softcap=50.0,
                 final_softcap=30.0, sliding_window=4096, max_seq_len=8192, tie_encoder_embeddings=False,

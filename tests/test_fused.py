@@ -94,7 +94,7 @@ def test_fused_linear_equals_onednn(bias):
             torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
-GEMMA_LIKE = dict(norm_plus_one=True, sandwich_norm=True, qk_norm=True, attn_softcap=20.0, attn_scale=0.2)
+GEMMA_LIKE = dict(norm_kind="rms_offset", block_order="sandwich", qk_norm=True, attn_softcap=20.0, attn_scale=0.2)
 SLIDING = dict(qkv_bias=True, sliding_window=3, decoder_layer_types=["sliding", "full"], rope_local_theta=500.0)
 
 

@@ -120,7 +120,7 @@ def test_a_model_with_bf16_prefill_attention(arch, quantize):
     """Every attention product of the model takes bf16 products for many queries (the encoder's, a
     decoder-only prefill's, soft-capped ones); the first-token logits stay within bf16's rounding of
     SDPA's, and decoding is the same kernel as before."""
-    overrides = dict(norm_plus_one=True, sandwich_norm=True, qk_norm=True, attn_softcap=20.0, head_dim=32)
+    overrides = dict(norm_kind="rms_offset", block_order="sandwich", qk_norm=True, attn_softcap=20.0, head_dim=32)
     model = make_model(arch, **overrides)
     fp32 = encore.optimize(copy.deepcopy(model), quantize=quantize, prefill_attention="fp32")
     bf16 = encore.optimize(model, quantize=quantize, prefill_attention="bf16")

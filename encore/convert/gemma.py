@@ -28,7 +28,7 @@ from encore.convert.adapter import (
 )
 from encore.vision.config import VisionConfig
 
-_GEMMA_BLOCKS = dict(mlp_type="geglu", norm_plus_one=True, sandwich_norm=True, embed_scale=True)
+_GEMMA_BLOCKS = dict(mlp_type="geglu", norm_kind="rms_offset", block_order="sandwich", embed_scale=True)
 
 
 def _gemma_fields(hf: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +60,8 @@ def _gemma_why_not(config: ModelConfig) -> str | None:
         return "its blocks are not Gemma's (geglu MLP, 1 + w sandwich norms, scaled embeddings)"
     if config.qkv_bias or config.rope_scaling != 1.0:
         return "it has q/k/v biases or NTK RoPE scaling"
+    if config.position_kind != "rope" or config.proj_bias or config.embed_norm or config.logits_bias:
+        return "its positions or biases are not Gemma's"
     return None
 
 

@@ -65,9 +65,8 @@ class LlamaAdapter(StateDictAdapter):
         checks = {
             "it is an encoder-decoder": config.arch != "deconly",
             f"its MLP is {config.mlp_type} (needs swiglu)": config.mlp_type != "swiglu",
-            "it has Gemma-style norms or caps": config.norm_plus_one
-            or config.sandwich_norm
-            or config.embed_scale
+            "its blocks are not Llama's (RMSNorm before each sub-block, RoPE, no other biases)": not _llama_blocks(config),
+            "it has Gemma-style scales or caps": config.embed_scale
             or config.attn_softcap is not None
             or config.final_softcap is not None
             or config.attn_scale is not None,
@@ -139,3 +138,8 @@ class Qwen3Adapter(Qwen2Adapter):
         if hf.get("attention_bias"):
             raise ConversionError("config.json: attention_bias on Qwen3 is not supported")
         return super().config_from_hf(hf, generation)
+
+
+def _llama_blocks(config: ModelConfig) -> bool:
+    plain = (config.norm_kind, config.block_order, config.position_kind) == ("rms", "pre", "rope")
+    return plain and not (config.proj_bias or config.embed_norm or config.logits_bias or config.head_scale)

@@ -19,7 +19,19 @@ from torch import Tensor, nn
 from encore.config import ModelConfig
 from encore.files import atomic_write
 from encore.model.cache import GenerationCache, step_masks
-from encore.model.layers import Linear, Rope, RotaryEmbedding, SoftCap, init_weights, make_embedding, make_norm
+from encore.model.layers import (
+    Linear,
+    LogitsBias,
+    Rope,
+    RotaryEmbedding,
+    Scale,
+    SoftCap,
+    init_weights,
+    make_embedding,
+    make_norm,
+    stack_norm,
+)
+from encore.model.positions import make_positions
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -35,11 +47,16 @@ class LanguageModel(nn.Module):
         self.config = config
         self.embed = make_embedding(config)
         self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size)
-        self.rope = RotaryEmbedding(config, params=config.rope_params)  # the full-attention layers'
+        rope = config.position_kind == "rope"
+        self.rope = RotaryEmbedding(config, params=config.rope_params) if rope else None  # the full layers'
         sliding = "sliding" in config.encoder_layer_types + config.decoder_layer_types
-        local = sliding and (config.rope_local_theta is not None or config.rope_params is not None)
+        local = rope and sliding and (config.rope_local_theta is not None or config.rope_params is not None)
         self.rope_local = RotaryEmbedding(config, theta=config.rope_local_theta) if local else None
-        self.final_norm = make_norm(config)
+        self.positions = make_positions(config, "decoder")  # the decoder's (or decoder-only model's)
+        self.embed_norm = make_norm(config) if config.embed_norm else nn.Identity()
+        self.final_norm = stack_norm(config)
+        self.head_scale = nn.Identity() if config.head_scale is None else Scale(config.head_scale)
+        self.logits_bias = LogitsBias(config.vocab_size) if config.logits_bias else nn.Identity()
         self.logit_cap = nn.Identity() if config.final_softcap is None else SoftCap(config.final_softcap)
         self.tokenizer: Any = None  # a transformers tokenizer, saved beside the weights when set
         self.generation_config: dict[str, Any] = {}  # a checkpoint's generation_config.json, when it has one
@@ -48,18 +65,29 @@ class LanguageModel(nn.Module):
         init_weights(self, self.config.n_encoder_layers + self.config.n_decoder_layers)
 
     def head(self, h: Tensor) -> Tensor:
-        """Final norm + (tied) output projection: [.., D] -> [.., V]."""
-        h = self.final_norm(h)
-        return self.logit_cap(F.linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h))
+        """Final norm + (tied) output projection (+ the family's logits bias and cap): [.., D] -> [.., V]."""
+        h = self.head_scale(self.final_norm(h))
+        logits = F.linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
+        return self.logit_cap(self.logits_bias(logits))
 
     def reset_buffers(self, device: torch.device | str) -> None:
-        """Recompute the RoPE tables on `device` (after a meta-device build and `to_empty`)."""
-        for rope in (self.rope, self.rope_local):
-            if rope is not None:
-                rope.reset_tables(device)
+        """Recompute the position tables (RoPE's, sinusoids) on `device` (after a meta-device build and
+        `to_empty`)."""
+        for module in self.modules():
+            if hasattr(module, "reset_tables"):
+                module.reset_tables(device)
 
-    def rotary(self, positions: Tensor) -> dict[str, Rope]:
-        """positions [B, T] -> the RoPE tables of each layer kind ("full", "sliding")."""
+    def embed_tokens(self, ids: Tensor, positions: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
+        """The decoder's input: token embeddings (or `inputs_embeds`) [B, T, D] with their absolute
+        positions (families that add them) and the embedding norm (BART's)."""
+        x = self.embed(ids) if inputs_embeds is None else inputs_embeds
+        return self.embed_norm(self.positions.embed(x, positions))
+
+    def rotary(self, positions: Tensor) -> dict[str, Rope | None]:
+        """positions [B, T] -> the RoPE tables of each layer kind ("full", "sliding"); None for families
+        whose positions are not rotary."""
+        if self.rope is None:
+            return {"full": None, "sliding": None}
         dtype = self.embed.weight.dtype
         full = self.rope(positions, dtype)
         return {"full": full, "sliding": full if self.rope_local is None else self.rope_local(positions, dtype)}
@@ -124,11 +152,12 @@ class LanguageModel(nn.Module):
         its own position (`cache.length`), attends over what it has written (its window, in a sliding
         layer) and advances; fixed shapes, nothing read on the host (what CUDA graphs and the ONNX
         export capture)."""
-        position = cache.length.clamp(max=cache.max_len - 1)  # [B]
-        ropes = self.rotary(position[:, None])  # [B, 1, 1, Dh] each
-        masks = step_masks(cache, self.config.sliding_window)  # [B, 1, 1, T] each
+        position = cache.length.clamp(max=cache.max_len - 1)[:, None]  # [B, 1]
+        ropes = self.rotary(position)  # [B, 1, 1, Dh] each
+        keys = torch.arange(cache.max_len, device=position.device)[None]  # [1, T]: the cache's positions
+        masks = self.positions.scores(step_masks(cache, self.config.sliding_window), position, keys)  # [B, 1|H, 1, T]
         cross = self.cross_inputs(cache)
-        x = self.embed(tokens[:, None])  # [B, 1, D]
+        x = self.embed_tokens(tokens[:, None], position)  # [B, 1, D]
         for i, layer in enumerate(self.decoder):
             x = layer(x, ropes[layer.kind], masks[layer.kind], causal=False, cache=cache, layer=i, **cross(i))
         cache.length += 1

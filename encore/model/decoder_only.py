@@ -77,7 +77,9 @@ class DecoderOnly(LanguageModel):
             positions = positions_from_mask(mask, B, T, input_ids.device) + past
         ropes = self.rotary(positions)
         masks = causal_masks(mask, T, input_ids.device, self.config.sliding_window, past)
-        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
+        keys = torch.arange(past + T, device=input_ids.device)[None]  # (a relative bias's key positions)
+        masks = self.positions.scores(masks, positions, keys)
+        x = self.embed_tokens(input_ids, positions, inputs_embeds)  # [B, T, D]
         for i, layer in enumerate(self.decoder):
             x = layer(x, ropes[layer.kind], masks[layer.kind], causal=True, cache=cache, layer=i)
         return x

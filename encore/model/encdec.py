@@ -19,7 +19,8 @@ from encore.model.inputs import (
     padding_mask,
     positions_from_mask,
 )
-from encore.model.layers import DecoderLayer, EncoderLayer, MergedDecoderLayer, make_embedding, make_norm
+from encore.model.layers import DecoderLayer, EncoderLayer, MergedDecoderLayer, make_embedding, make_norm, stack_norm
+from encore.model.positions import make_positions
 
 
 class EncoderDecoder(LanguageModel):
@@ -32,8 +33,10 @@ class EncoderDecoder(LanguageModel):
         enc = config.encoder_config()  # the encoder's widths (T5Gemma 9B-2B: its own; usually the decoder's)
         # the encoder's own embedding table, when the family keeps one (T5Gemma); else the shared `embed`
         self.encoder_embed = None if config.tie_encoder_embeddings else make_embedding(enc)
+        self.encoder_positions = make_positions(enc, "encoder")
+        self.encoder_embed_norm = make_norm(enc) if enc.embed_norm else nn.Identity()
         self.encoder = nn.ModuleList(EncoderLayer(enc, kind) for kind in config.layer_types("encoder"))
-        self.encoder_norm = make_norm(enc)
+        self.encoder_norm = stack_norm(enc)
         if config.merged_attention:  # T5Gemma 2: self- and cross-attention as one softmax
             layers = (MergedDecoderLayer(config, kind) for kind in config.layer_types("decoder"))
         else:
@@ -60,13 +63,16 @@ class EncoderDecoder(LanguageModel):
         tokens at its placeholder positions)."""
         B, S = input_ids.shape
         self._check_length(S, "input")
-        ropes = self.rotary(positions_from_mask(mask, B, S, input_ids.device))
+        positions = positions_from_mask(mask, B, S, input_ids.device)  # [B, S]
+        ropes = self.rotary(positions)
         span = self.config.encoder_span()
-        masks = {  # [B, 1, 1, S] (or None), and [B|1, 1, S, S] for sliding layers
+        masks = {  # [B, 1, 1, S] (or None), and [B|1, 1, S, S] for sliding layers; [B, H, S, S] with a bias
             "full": bidirectional_mask(mask, S, input_ids.device),
             "sliding": bidirectional_mask(mask, S, input_ids.device, span) if span else None,
         }
+        masks = self.encoder_positions.scores(masks, positions, positions)
         x = self.input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds  # [B, S, D]
+        x = self.encoder_embed_norm(self.encoder_positions.embed(x, positions))
         for layer in self.encoder:
             x = layer(x, ropes[layer.kind], masks[layer.kind])
         return self.encoder_norm(x)
@@ -93,9 +99,11 @@ class EncoderDecoder(LanguageModel):
         B, T = decoder_input_ids.shape
         self._check_length(T, "decoder input")
         dec_mask = as_bool_mask(decoder_attention_mask)
-        ropes = self.rotary(positions_from_mask(dec_mask, B, T, decoder_input_ids.device))
+        positions = positions_from_mask(dec_mask, B, T, decoder_input_ids.device)  # [B, T]
+        ropes = self.rotary(positions)
         masks = causal_masks(dec_mask, T, decoder_input_ids.device, self.config.sliding_window)
-        x = self.embed(decoder_input_ids)  # [B, T, D]
+        masks = self.positions.scores(masks, positions, positions)
+        x = self.embed_tokens(decoder_input_ids, positions)  # [B, T, D]
         for layer in self.decoder:
             kv = layer.project_cross(memory)
             x = layer(x, ropes[layer.kind], masks[layer.kind], causal=True, cross_kv=kv, cross_mask=cross_mask)

@@ -1,4 +1,4 @@
-"""Blocks shared by both architectures: RMSNorm, RoPE, grouped-query attention, MLPs, layers.
+"""Blocks shared by both architectures: norms, RoPE, grouped-query attention, MLPs, layers.
 
 Shapes: B batch, T query length, S key length, D d_model, H query heads, K kv heads, Dh head dim.
 Attention masks are boolean and broadcastable to [B, 1, T, S]; True means "may attend".
@@ -50,13 +50,81 @@ class OffsetRMSNorm(RMSNorm):
         return y.type_as(x)
 
 
-def make_norm(config: ModelConfig, dim: int | None = None) -> RMSNorm:
-    return (OffsetRMSNorm if config.norm_plus_one else RMSNorm)(dim or config.d_model, config.norm_eps)
+NORMS = {"rms": RMSNorm, "rms_offset": OffsetRMSNorm, "layernorm": nn.LayerNorm}  # `ModelConfig.norm_kind`
+
+
+def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
+    return NORMS[config.norm_kind](dim or config.d_model, eps=config.norm_eps)
+
+
+def pre_norm(config: ModelConfig) -> nn.Module:
+    """The norm before a sub-block (pre-norm and sandwich blocks), or nothing (post-norm)."""
+    return nn.Identity() if config.block_order == "post" else make_norm(config)
 
 
 def post_norm(config: ModelConfig) -> nn.Module:
-    """The norm after a sub-block ("sandwich", Gemma 2/3), or nothing."""
-    return make_norm(config) if config.sandwich_norm else nn.Identity()
+    """The norm after a sub-block (sandwich: Gemma 2/3; post-norm: BART, Marian), or nothing."""
+    return nn.Identity() if config.block_order == "pre" else make_norm(config)
+
+
+def stack_norm(config: ModelConfig) -> nn.Module:
+    """The norm after a stack's last layer: none in post-norm families (their layers end normed)."""
+    return pre_norm(config)
+
+
+class AddResidual(nn.Module):
+    """Pre-norm and sandwich blocks: x + post(h) (`post` is the identity before a pre-norm's residual)."""
+
+    def forward(self, x: Tensor, h: Tensor, post: nn.Module) -> Tensor:
+        return x + post(h)
+
+
+class NormResidual(nn.Module):
+    """Post-norm blocks (BART, Marian): post(x + h)."""
+
+    def forward(self, x: Tensor, h: Tensor, post: nn.Module) -> Tensor:
+        return post(x + h)
+
+
+def make_residual(config: ModelConfig) -> nn.Module:
+    return NormResidual() if config.block_order == "post" else AddResidual()
+
+
+class Rotate(nn.Module):
+    """Rotates q and k by RoPE (`position_kind` "rope"); `Unrotated` for the other kinds."""
+
+    def forward(self, x: Tensor, rope: Rope) -> Tensor:
+        return apply_rope(x, rope)
+
+
+class Unrotated(nn.Module):
+    def forward(self, x: Tensor, rope: Rope | None) -> Tensor:
+        return x
+
+
+class Scale(nn.Module):
+    """x * factor (T5 v1.0's d_model ** -0.5 before its tied head)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+class LogitsBias(nn.Module):
+    """logits + bias (BART's and Marian's `final_logits_bias`, a saved buffer [1, V])."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.register_buffer("bias", torch.zeros(1, vocab_size))
+
+    def forward(self, logits: Tensor) -> Tensor:
+        return logits + self.bias[0].to(logits.dtype)
 
 
 class ScaledEmbedding(nn.Embedding):
@@ -239,9 +307,11 @@ class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.qkv = Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=config.qkv_bias)
+        qkv_bias = config.qkv_bias or config.proj_bias
+        self.qkv = Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=qkv_bias)
         self.qk_norm = QKNorm(config) if config.qk_norm else nn.Identity()
-        self.out = Linear(self.n_heads * self.head_dim, config.d_model)
+        self.rotate = Rotate() if config.position_kind == "rope" else Unrotated()
+        self.out = Linear(self.n_heads * self.head_dim, config.d_model, bias=config.proj_bias)
         self.scale = config.attn_scale
         self.softcap = None if config.attn_softcap is None else SoftCap(config.attn_softcap)
         self.attend = Attend()
@@ -253,7 +323,7 @@ class SelfAttention(nn.Module):
         B, T, _ = x.shape
         H, K = self.n_heads, self.n_kv_heads
         qkv = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).transpose(1, 2)  # [B, H+2K, T, Dh]
-        q, k = apply_rope(self.qk_norm(qkv[:, : H + K]), rope).split([H, K], dim=1)  # rotate q and k in one go
+        q, k = self.rotate(self.qk_norm(qkv[:, : H + K]), rope).split([H, K], dim=1)  # rotate q and k in one go
         v = qkv[:, H + K :]
         if cache is not None:
             k, v = cache.update(layer, k, v)
@@ -328,14 +398,15 @@ class CrossAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.q = Linear(config.d_model, self.n_heads * self.head_dim, bias=config.qkv_bias)
+        bias = config.qkv_bias or config.proj_bias
+        self.q = Linear(config.d_model, self.n_heads * self.head_dim, bias=bias)
         # K/V from the encoder's states: its width (T5Gemma 9B-2B's encoder is wider than its decoder)
-        self.kv = Linear(config.encoder_width, 2 * self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.kv = Linear(config.encoder_width, 2 * self.n_kv_heads * self.head_dim, bias=bias)
         # the family's per-head q / k norms (Qwen3, Gemma 3), so a cross-attention copied from a
         # self-attention (`encore.adapt`) computes what its source computed
         self.q_norm = make_norm(config, config.head_dim) if config.qk_norm else nn.Identity()
         self.k_norm = make_norm(config, config.head_dim) if config.qk_norm else nn.Identity()
-        self.out = Linear(self.n_heads * self.head_dim, config.d_model)
+        self.out = Linear(self.n_heads * self.head_dim, config.d_model, bias=config.proj_bias)
         self.scale = config.attn_scale
         self.softcap = None if config.attn_softcap is None else SoftCap(config.attn_softcap)
         self.attend = Attend()
@@ -369,16 +440,26 @@ def gelu_tanh(x: Tensor) -> Tensor:
     return y.sigmoid_().mul_(x)
 
 
+ACTIVATIONS = {  # `ModelConfig.mlp_type` -> the activation (of the gate, in a gated MLP)
+    "gelu": gelu_tanh,
+    "gelu_exact": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swiglu": F.silu,
+    "geglu": gelu_tanh,
+}
+
+
 class MLP(nn.Module):
-    """GELU-tanh (encore), or gated: act(gate) * up with SiLU (swiglu: Llama, Qwen) or GELU-tanh
-    (geglu: Gemma); `up` holds [gate; up] fused."""
+    """act(up(x)) -> down, or gated: act(gate) * up, with `up` holding [gate; up] fused (swiglu: Llama,
+    Qwen, UL2; geglu: Gemma, Flan-T5). Activations: `ACTIVATIONS`."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.gated = config.gated_mlp
-        self.act = F.silu if config.mlp_type == "swiglu" else gelu_tanh
-        self.up = Linear(config.d_model, (2 if self.gated else 1) * config.mlp_dim)
-        self.down = Linear(config.mlp_dim, config.d_model)
+        self.act = ACTIVATIONS[config.mlp_type]
+        self.up = Linear(config.d_model, (2 if self.gated else 1) * config.mlp_dim, bias=config.proj_bias)
+        self.down = Linear(config.mlp_dim, config.d_model, bias=config.proj_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:
@@ -388,22 +469,24 @@ class MLP(nn.Module):
 
 
 class _Block(nn.Module):
-    """What every layer has: [norm -> attention -> post-norm] + residual, optionally the same around
-    cross-attention, then [norm -> MLP -> post-norm] + residual. Post-norms are `nn.Identity` unless the
-    family sandwiches (Gemma). `kind` ("full" / "sliding") names the mask and RoPE table the model
-    hands the layer."""
+    """What every layer has: norm -> attention -> residual (with its post-norm), optionally the same
+    around cross-attention, then norm -> MLP -> residual. `block_order` picks which norms are modules
+    and which are `nn.Identity` (pre: the ones before; sandwich, Gemma: both; post, BART: the ones
+    after) and how the residual adds (`make_residual`). `kind` ("full" / "sliding") names the mask and
+    RoPE table the model hands the layer."""
 
     def __init__(self, config: ModelConfig, kind: str, attention: nn.Module, cross_attention: bool = False):
         super().__init__()
         self.kind = kind
-        self.attn_norm = make_norm(config)
+        self.residual = make_residual(config)
+        self.attn_norm = pre_norm(config)
         self.attn = attention
         self.post_attn_norm = post_norm(config)
         if cross_attention:
-            self.cross_norm = make_norm(config)
+            self.cross_norm = pre_norm(config)
             self.cross = CrossAttention(config)
             self.post_cross_norm = post_norm(config)
-        self.mlp_norm = make_norm(config)
+        self.mlp_norm = pre_norm(config)
         self.mlp = MLP(config)
         self.post_mlp_norm = post_norm(config)
         self.dropout = config.dropout
@@ -413,7 +496,7 @@ class _Block(nn.Module):
         return F.dropout(x, self.dropout, True) if self.dropout and self.training else x
 
     def _mlp_residual(self, x: Tensor) -> Tensor:
-        return x + self._drop(self.post_mlp_norm(self.mlp(self.mlp_norm(x))))
+        return self.residual(x, self._drop(self.mlp(self.mlp_norm(x))), self.post_mlp_norm)
 
 
 class EncoderLayer(_Block):
@@ -423,7 +506,7 @@ class EncoderLayer(_Block):
         super().__init__(config, kind, SelfAttention(config))
 
     def forward(self, x: Tensor, rope: Rope, mask: Tensor | None) -> Tensor:
-        x = x + self._drop(self.post_attn_norm(self.attn(self.attn_norm(x), rope, mask, causal=False)))
+        x = self.residual(x, self._drop(self.attn(self.attn_norm(x), rope, mask, causal=False)), self.post_attn_norm)
         return self._mlp_residual(x)
 
 
@@ -448,9 +531,11 @@ class DecoderLayer(_Block):
         cache=None,
         layer: int = 0,
     ) -> Tensor:
-        x = x + self._drop(self.post_attn_norm(self.attn(self.attn_norm(x), rope, mask, causal, cache, layer)))
+        h = self.attn(self.attn_norm(x), rope, mask, causal, cache, layer)
+        x = self.residual(x, self._drop(h), self.post_attn_norm)
         if cross_kv is not None:
-            x = x + self._drop(self.post_cross_norm(self.cross(self.cross_norm(x), *cross_kv, cross_mask)))
+            h = self.cross(self.cross_norm(x), *cross_kv, cross_mask)
+            x = self.residual(x, self._drop(h), self.post_cross_norm)
         return self._mlp_residual(x)
 
 
@@ -476,7 +561,7 @@ class MergedDecoderLayer(_Block):
         layer: int = 0,
     ) -> Tensor:
         attn = self.attn(self.attn_norm(x), rope, mask, causal, cache, layer, cross_kv, cross_mask)
-        return self._mlp_residual(x + self._drop(self.post_attn_norm(attn)))
+        return self._mlp_residual(self.residual(x, self._drop(attn), self.post_attn_norm))
 
 
 def init_weights(module: nn.Module, n_layers: int) -> None:
