@@ -27,7 +27,7 @@ from encore.convert.checkpoint import (
     load_hf,
     read_config,
     set_tokenizer,
-    tie_equal_tables,
+    settle_config,
 )
 from encore.convert.registry import ADAPTERS, adapter_for
 from encore.convert.save import save_hf
@@ -97,7 +97,7 @@ def from_hf(
     config = adapter.config_from_hf(hf, {k: v for k, v in generation.items() if v is not None})
     state = {adapter.disk_name(k): v for k, v in model_or_path.state_dict().items()}
     get = lambda name: state[name].to(dtype or torch.float32)
-    config = tie_equal_tables(config, set(state), get).replace(**config_changes)
+    config = settle_config(adapter, config, set(state), get).replace(**config_changes)
     model = fill_model(config, adapter.from_hf(get, config), device, dtype, where=type(model_or_path).__name__)
     model.generation_config = generation
     if vision:
@@ -113,7 +113,7 @@ def download(repo_id: str, flag: str = "--model") -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ValueError(f"{flag} hf:{repo_id}: needs huggingface_hub (pip install huggingface_hub)") from None
-    patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
+    patterns = ["*.json", "*.safetensors", "*.model", "*.spm", "*.jinja"]  # Marian's SentencePiece: *.spm
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # offline, gated, not found: one line naming the repo

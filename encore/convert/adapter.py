@@ -33,6 +33,8 @@ class StateDictAdapter:
     # prefixes a transformers model object names differently in memory than on disk -> the disk's
     memory_names: dict[str, str] = {}
     vision_prefix: str | None = None  # the image tower's tensors (families with one: `vision_from_hf`)
+    # a tensor the rules name -> other names a checkpoint may hold it under (tied tables saved once)
+    aliases: dict[str, tuple[str, ...]] = {}
 
     def disk_name(self, name: str) -> str:
         """A model object's state-dict name as the checkpoint files spell it."""
@@ -54,6 +56,11 @@ class StateDictAdapter:
     def why_not(self, config: ModelConfig) -> str | None:
         """None when this family can express `config`, else the reason in a few words."""
         raise NotImplementedError
+
+    def settle(self, config: ModelConfig, names: set[str], get: Getter) -> ModelConfig:
+        """The config once the checkpoint's tensor names are known (which tables are tied, whether a
+        bias is there): config.json alone does not always say."""
+        return config
 
     def vision_from_hf(self, hf: dict[str, Any], tokenizer: Any = None) -> tuple[Any, dict[str, Any]]:
         """(the image tower's `VisionConfig`, `VisionLanguageModel` keywords: "image_token_id",
@@ -78,8 +85,20 @@ class StateDictAdapter:
 
     def from_hf(self, get: Getter, config: ModelConfig) -> Iterator[tuple[str, Tensor]]:
         """(encore name, tensor) for every tensor of the model, read one rule at a time."""
+        get = self._aliased(get)
         for name, parts in self.rules(config):
             yield name, get(parts[0]) if len(parts) == 1 else torch.cat([get(p) for p in parts])
+
+    def _aliased(self, get: Getter) -> Getter:
+        def aliased(name: str) -> Tensor:
+            for candidate in (name, *self.aliases.get(name, ())):
+                try:
+                    return get(candidate)
+                except (ConversionError, KeyError):
+                    continue
+            return get(name)  # raises, naming the tensor the rules want
+
+        return aliased if self.aliases else get
 
     def to_hf(self, state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
         """An encore state dict -> the family's tensors (fused ones split back by their row counts)."""
@@ -107,7 +126,8 @@ def part_rows(hf_name: str, config: ModelConfig) -> int:
     """Output rows of one HF projection that encore keeps fused with others."""
     q, kv = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
     kind = hf_name.rsplit(".", 2)[-2]  # "q_proj", "gate_proj", ...
-    rows = {"q_proj": q, "k_proj": kv, "v_proj": kv, "gate_proj": config.mlp_dim, "up_proj": config.mlp_dim}
+    rows = {"q_proj": q, "k_proj": kv, "v_proj": kv, "gate_proj": config.mlp_dim, "up_proj": config.mlp_dim,
+            "q": q, "k": kv, "v": kv, "wi_0": config.mlp_dim, "wi_1": config.mlp_dim}  # fmt: skip
     return rows[kind]
 
 

@@ -91,7 +91,7 @@ def load_hf(
     config, adapter, generation = read_config(directory)
     tensors = Tensors(directory, dtype or torch.float32)
     try:
-        config = tie_equal_tables(config, set(tensors.names()), tensors.get).replace(**config_changes)
+        config = settle_config(adapter, config, set(tensors.names()), tensors.get).replace(**config_changes)
         model = fill_model(config, adapter.from_hf(tensors.get, config), device, dtype, where=str(directory))
         model.generation_config = generation
         _attach_tokenizer(model, directory)
@@ -124,6 +124,13 @@ def tie_equal_tables(config: ModelConfig, names: set[str], get: Callable[[str], 
     if config.arch != "encdec" or not set(tables) <= names:
         return config
     return config.replace(tie_encoder_embeddings=bool(torch.equal(*(get(t) for t in tables))))
+
+
+def settle_config(
+    adapter: StateDictAdapter, config: ModelConfig, names: set[str], get: Callable[[str], Tensor]
+) -> ModelConfig:
+    """The config as the checkpoint's tensors complete it (tied tables, biases present)."""
+    return adapter.settle(tie_equal_tables(config, names, get), names, adapter._aliased(get))
 
 
 def read_config(directory: Path) -> tuple[ModelConfig, StateDictAdapter, dict[str, Any]]:

@@ -8,12 +8,27 @@ from pathlib import Path
 from typing import Any
 
 from encore.convert.adapter import ConversionError, StateDictAdapter
+from encore.convert.bart import BartAdapter, M2M100Adapter, MarianAdapter, MBartAdapter, PegasusAdapter
 from encore.convert.gemma import Gemma3TextAdapter, T5Gemma2Adapter, T5GemmaAdapter
 from encore.convert.llama import LlamaAdapter, Qwen2Adapter, Qwen3Adapter
+from encore.convert.t5 import T5Adapter
 
 ADAPTERS: dict[str, StateDictAdapter] = {
     t: a
-    for a in (LlamaAdapter(), Qwen2Adapter(), Qwen3Adapter(), Gemma3TextAdapter(), T5GemmaAdapter(), T5Gemma2Adapter())
+    for a in (
+        LlamaAdapter(),
+        Qwen2Adapter(),
+        Qwen3Adapter(),
+        Gemma3TextAdapter(),
+        T5GemmaAdapter(),
+        T5Gemma2Adapter(),
+        T5Adapter(),
+        BartAdapter(),
+        MBartAdapter(),
+        MarianAdapter(),
+        PegasusAdapter(),
+        M2M100Adapter(),
+    )
     for t in a.model_types
 }
 GENERATION_FILE = "generation_config.json"
