@@ -99,9 +99,44 @@ def _t5gemma2():
     return transformers.T5Gemma2ForConditionalGeneration(config)
 
 
+def _t5(config_class="T5Config", **kwargs):
+    config = getattr(transformers, config_class)(
+        vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        relative_attention_max_distance=12, dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        **kwargs,
+    )  # fmt: skip
+    return getattr(transformers, config_class.replace("Config", "ForConditionalGeneration"))(config)
+
+
+def _mt5():
+    """T5 v1.1's blocks (gated GELU, no output scale); its own head is written into the files (`pair`)."""
+    return _t5("MT5Config", feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+
+
+# BART's kin: 2 + 2 layers, the encoder's MLP narrower than the decoder's (encore's `encoder_shape`)
+_FAIRSEQ = dict(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=128, max_position_embeddings=64,
+                init_std=0.2, dropout=0.0, pad_token_id=0, eos_token_id=1, bos_token_id=2, decoder_start_token_id=2,
+                forced_eos_token_id=None)  # fmt: skip
+
+
+def _fairseq(name: str, model: str, **kwargs):
+    return getattr(transformers, model)(getattr(transformers, f"{name}Config")(**{**_FAIRSEQ, **kwargs}))
+
+
 DECODER_ONLY = {"llama": _llama, "qwen2": _qwen2, "qwen3": _qwen3, "gemma3_text": _gemma3}
-FAMILIES = {**DECODER_ONLY, "t5gemma": _t5gemma, "t5gemma2": _t5gemma2}
-ENCODER_DECODER = ("t5gemma", "t5gemma2")
+SEQ2SEQ = {  # the encoder-decoders people deploy (issue #37): every kind of norm, block order and position
+    "t5": lambda: _t5(feed_forward_proj="relu"),  # T5 v1.0: tied head, scaled by d_model ** -0.5
+    "mt5": _mt5,
+    "bart": lambda: _fairseq("Bart", "BartForConditionalGeneration"),
+    "mbart": lambda: _fairseq("MBart", "MBartForConditionalGeneration", scale_embedding=True, activation_function="relu"),
+    "marian": lambda: _fairseq("Marian", "MarianMTModel", scale_embedding=True, activation_function="swish"),
+    "pegasus": lambda: _fairseq("Pegasus", "PegasusForConditionalGeneration"),
+    "m2m_100": lambda: _fairseq("M2M100", "M2M100ForConditionalGeneration", pad_token_id=1, encoder_layerdrop=0.0,
+                                decoder_layerdrop=0.0, activation_function="relu", scale_embedding=True),  # fmt: skip
+}
+FAMILIES = {**DECODER_ONLY, "t5gemma": _t5gemma, "t5gemma2": _t5gemma2, **SEQ2SEQ}
+ENCODER_DECODER = ("t5gemma", "t5gemma2", *SEQ2SEQ)
 
 
 def _reference(make):
@@ -109,7 +144,26 @@ def _reference(make):
     hf = make().eval()
     hf.config._attn_implementation = "eager"
     hf.generation_config.eos_token_id = None  # run every step: tokens compared position by position
+    with torch.no_grad():  # biases, norms and logits biases away from their zero / one init: each is checked
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+        if hasattr(hf, "final_logits_bias"):
+            hf.final_logits_bias.normal_(0.0, 0.5)
     return hf
+
+
+def _own_head(hf, directory):
+    """T5 v1.1's files hold a head of their own: write one in, and reload the reference from the files."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(directory / "model.safetensors")
+    state["lm_head.weight"] = torch.randn(VOCAB, 64, generator=torch.Generator().manual_seed(3))
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    again = type(hf).from_pretrained(directory).eval()
+    again.config._attn_implementation = "eager"
+    again.generation_config.eos_token_id = None
+    return again
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -118,6 +172,8 @@ def pair(request, tmp_path_factory):
     hf = _reference(FAMILIES[request.param])
     directory = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(directory)
+    if request.param == "mt5":
+        hf = _own_head(hf, directory)
     return request.param, hf, directory, load(directory)
 
 

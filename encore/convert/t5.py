@@ -36,7 +36,9 @@ class T5Adapter(StateDictAdapter):
         pick = lambda key, default: generation.get(key, hf.get(key, default))
         eos = pick("eos_token_id", 1)
         eos_ids = [eos] if isinstance(eos, int) else list(eos)
+        # T5 (v1.0) scales a tied head's input; T5 v1.1 / Flan-T5 (`tie_word_embeddings: false`) and mT5 do not
         scale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
+        scale = scale and hf.get("model_type") != "mt5"
         return ModelConfig(
             arch="encdec",
             vocab_size=vocab,
@@ -55,7 +57,7 @@ class T5Adapter(StateDictAdapter):
             relative_max_distance=hf.get("relative_attention_max_distance", 128),
             attn_scale=1.0,
             head_scale=d**-0.5 if scale else None,
-            tie_embeddings=bool(scale),  # settled by the weights: a separate lm_head unties it
+                tie_embeddings=True,  # settled by the weights: a head of its own unties it
             pad_token_id=pick("pad_token_id", 0),
             eos_token_id=eos_ids[0],
             extra_eos_token_ids=eos_ids[1:],
@@ -91,8 +93,11 @@ class T5Adapter(StateDictAdapter):
             or config.attn_softcap is not None
             or config.final_softcap is not None,
             "its encoder has its own widths or table": bool(config.encoder_shape) or not config.tie_encoder_embeddings,
-            "a tied head without T5 v1.0's scale, or a scaled untied one": config.tie_embeddings
-            != (config.head_scale is not None),
+            "its head's scale is not T5's (v1.0: tied and scaled; later: untied, unscaled; mT5: unscaled)": (
+                config.head_scale not in (None, config.d_model**-0.5)
+                or (config.family == "mt5" and config.head_scale is not None)
+                or (config.family != "mt5" and config.tie_embeddings != (config.head_scale is not None))
+            ),
             "it has grouped K/V heads": config.n_kv_heads != config.n_heads,
         }
         return next((why for why, bad in checks.items() if bad), None)
