@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from encore.infer.generate import check_max_new_tokens
+from encore.infer.generate import check_max_new_tokens, request_processors
+from encore.infer.processors import Processors
 from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos
 from encore.model.cache import GenerationCache
 
@@ -63,6 +64,7 @@ class _Request:
     sampling: Sampling
     eos: tuple[int, ...] | None
     generator: torch.Generator | None
+    processors: Processors = Processors()
     slot: int = -1
     produced: int = 0
     cache_len: int = 0  # the slot's positions written (a host-side mirror of the cache's `length`)
@@ -146,10 +148,12 @@ class Engine:
         top_p: float | None = None,
         seed: int | None = None,
         eos_token_id: int | list[int] | None | _FromConfig = FROM_CONFIG,
+        **processing: Any,
     ) -> int:
         """Queue a request; returns its id. `input_ids`: a 1-D sequence of token ids (list or LongTensor),
-        laid out as the model expects (`encore.data.prompt_ids`). Bad input raises ValueError naming what
-        is wrong, and nothing is queued."""
+        laid out as the model expects (`encore.data.prompt_ids`). `processing`: the logits processors
+        `generate` takes (`encore.infer.processors`), over the checkpoint's generation config. Bad input
+        raises ValueError naming what is wrong, and nothing is queued."""
         ids = self._check_ids(input_ids)
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         check_max_new_tokens(max_new, low=1)
@@ -157,7 +161,8 @@ class Engine:
             raise ValueError(f"max_new_tokens {max_new} is more than this engine's {self.max_new_tokens}")
         sampling = Sampling(do_sample, temperature, top_k, top_p, seed).check()
         eos = resolve_eos(eos_token_id, self.config)
-        request = _Request(next(self._ids), ids, max_new, sampling, eos, sampling.generator(self.device))
+        processors = request_processors(self.model, processing, len(ids))
+        request = _Request(next(self._ids), ids, max_new, sampling, eos, sampling.generator(self.device), processors)
         self.queue.append(request)
         return request.id
 
@@ -303,6 +308,13 @@ class Engine:
         self.prefilled_rows += len(prompts)
         return self._emit(group, logits[rows])
 
+    def _process(self, r: _Request, logits: Tensor) -> Tensor:
+        """A request's logits processors over its row [1, V] (its history: the decoder's start token or
+        the prompt, then its tokens)."""
+        start = [self.config.bos_token_id] if self.config.arch == "encdec" else r.ids
+        eos = r.eos or self.config.eos_token_ids
+        return r.processors(logits, [start + r.tokens], r.produced, r.produced == r.max_new_tokens - 1, eos)
+
     def decode(self) -> list[Event]:
         """Phase 2 of `step`: one decode step for every running slot; one token each."""
         running = [r for r in self.slots if r is not None]
@@ -322,6 +334,11 @@ class Engine:
 
     def _emit(self, requests: list[_Request], logits: Tensor) -> list[Event]:
         """Sample each request's next token from its row of `logits`, record it, free finished slots."""
+        processed = [i for i, r in enumerate(requests) if r.processors.active]
+        if processed:
+            logits = logits.clone()
+            for i in processed:
+                logits[i : i + 1] = self._process(requests[i], logits[i : i + 1])
         greedy = [i for i, r in enumerate(requests) if not r.sampling.do_sample]
         chosen = torch.empty(len(requests), dtype=torch.long, device=logits.device)
         if greedy:

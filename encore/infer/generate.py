@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from encore.infer.processors import Processors
 from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos, sample_next
 from encore.model.inputs import check_ids
 
@@ -39,20 +40,27 @@ def generate_stream(
     top_p: float | None = None,
     seed: int | None = None,
     inputs_embeds: Tensor | None = None,
+    **processing: Any,
 ) -> Iterator[Tensor]:
     """Yield the new token of every row [B] at each step; rows already finished get pad.
     Stops after `max_new_tokens` steps or once every row has produced EOS. Arguments are checked
     here, at call time, not at the first `next()`. `inputs_embeds` [B, S, D] replace the input's
-    token embeddings in the prefill (a vision-language model's image tokens)."""
+    token embeddings in the prefill (a vision-language model's image tokens). `processing`:
+    transformers' `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids`, `min_new_tokens`,
+    `forced_bos_token_id`, `suppress_tokens` (`encore.infer.processors`); each not given comes from the
+    checkpoint's generation config, as in transformers."""
     check_ids(input_ids, attention_mask, model.config.vocab_size)
     check_max_new_tokens(max_new_tokens)
     sampling = Sampling(do_sample, temperature, top_k, top_p, seed).check()
+    processors = request_processors(model, processing, input_ids.shape[1])
     device = model.embed.weight.device
     generator = sampling.generator(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
     eos = resolve_eos(eos_token_id, model.config)
     eos = None if eos is None else torch.tensor(eos, device=device)
     choose = lambda logits: sampling.choose(logits, generator)
+    if processors.active:
+        choose = _processed(choose, processors, model.config, input_ids, attention_mask, max_new_tokens, eos)
     prefill = model.prefill
     if inputs_embeds is not None:
         if inputs_embeds.shape[:2] != input_ids.shape:
@@ -92,6 +100,47 @@ def _stream(
                 logits = model.decode_step(tokens, cache)
     finally:
         model.train(was_training)
+
+
+def request_processors(model: LanguageModel, given: dict[str, Any], prompt_len: int) -> Processors:
+    """A request's logits processors: `given` settings over the checkpoint's generation config."""
+    unknown = sorted(set(given) - set(Processors.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword argument(s) {unknown}")
+    generation = getattr(model, "generation_config", None) or {}
+    config = model.config
+    return Processors.from_generation(generation, config.arch, prompt_len, **given).check(config.vocab_size)
+
+
+def _processed(
+    choose: Callable[[Tensor], Tensor],
+    processors: Processors,
+    config: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    max_new_tokens: int,
+    eos: Tensor | None,
+) -> Callable[[Tensor], Tensor]:
+    """`choose` after the processors, keeping each row's sequence so far (the history they read): the
+    decoder's start token (encoder-decoder) or the prompt's real tokens (decoder-only), then its outputs."""
+    if config.arch == "encdec":
+        history = [[config.bos_token_id] for _ in range(input_ids.shape[0])]
+    else:
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        history = [row[keep].tolist() for row, keep in zip(input_ids, real)]
+    eos_ids = config.eos_token_ids if eos is None else tuple(eos.tolist())  # what a minimum length bans
+    step = 0
+
+    def processed(logits: Tensor) -> Tensor:
+        nonlocal step
+        logits = processors(logits, history, step, step == max_new_tokens - 1, eos_ids)
+        tokens = choose(logits)
+        for row, token in zip(history, tokens.tolist()):
+            row.append(token)
+        step += 1
+        return tokens
+
+    return processed
 
 
 def generate(
