@@ -88,8 +88,15 @@ class ModelConfig:
     # "original_max_position_embeddings"}; None for none (`rope_scaling` is encore's NTK factor)
     rope_params: dict[str, Any] | None = None
     # how a source / prompt is laid out around its text ids: "encore" (encoder-decoder: ids + EOS;
-    # decoder-only: BOS + ids + EOS), "bos" (BOS + ids, as Llama's and Gemma's tokenizers do) or "plain"
-    source_layout: Literal["encore", "bos", "plain"] = "encore"
+    # decoder-only: BOS + ids + EOS), "bos" (BOS + ids, as Llama's and Gemma's tokenizers do), "plain", or
+    # "template": source_prefix + ids + source_suffix, the checkpoint tokenizer's own special tokens
+    # (T5: ids </s>; BART: <s> ids </s>; NLLB: lang ids </s>)
+    source_layout: Literal["encore", "bos", "plain", "template"] = "encore"
+    source_prefix: list[int] = dataclasses.field(default_factory=list)
+    source_suffix: list[int] = dataclasses.field(default_factory=list)
+    # the language token inside the template (NLLB, mBART-50, M2M100), which a request's source
+    # language replaces (`source_ids(ids, lang)`); None for a model without languages
+    source_lang_id: int | None = None
     family: str = "encore"  # the checkpoint family it came from (encore.convert), for save_pretrained(format="hf")
 
     def __post_init__(self) -> None:
@@ -102,7 +109,12 @@ class ModelConfig:
         if self.arch not in ("encdec", "deconly"):
             fail("arch", "must be 'encdec' or 'deconly'")
         if self.source_layout not in SOURCE_LAYOUTS:
-            fail("source_layout", "must be 'encore', 'bos' or 'plain'")
+            fail("source_layout", f"must be one of {', '.join(map(repr, SOURCE_LAYOUTS))}")
+        template = [*self.source_prefix, *self.source_suffix]
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size for i in template):
+            fail("source_prefix", f"source_prefix / source_suffix must be token ids in [0, {self.vocab_size})")
+        if self.source_lang_id is not None and self.source_lang_id not in template:
+            fail("source_lang_id", "must be one of the template's tokens (source_prefix / source_suffix)")
         for name, kinds in KINDS.items():
             if getattr(self, name) not in kinds:
                 fail(name, f"must be one of {', '.join(map(repr, kinds))}")
@@ -190,9 +202,24 @@ class ModelConfig:
         """Every id that ends a reply: `eos_token_id` first."""
         return (self.eos_token_id, *(i for i in self.extra_eos_token_ids if i != self.eos_token_id))
 
-    def source_ids(self, ids: list[int]) -> list[int]:
-        """A source's text ids laid out as the model reads them (`source_layout`)."""
-        return lay_out_source(ids, self.source_layout, self.arch, self.bos_token_id, self.eos_token_id)
+    def source_ids(self, ids: list[int], lang: int | None = None) -> list[int]:
+        """A source's text ids laid out as the model reads them (`source_layout`); `lang`: the source
+        language's token, in place of the template's (`source_lang_id`)."""
+        if lang is not None and self.source_lang_id is None:
+            raise ValueError("this model's tokenizer lays out no source language (it is not multilingual)")
+        return lay_out_source(
+            ids, self.source_layout, self.arch, self.bos_token_id, self.eos_token_id, self.template(lang)
+        )
+
+    def with_source_lang(self, lang: int) -> ModelConfig:
+        """This config with `lang` as the template's source language."""
+        prefix, suffix = self.template(lang)
+        return self.replace(source_prefix=prefix, source_suffix=suffix, source_lang_id=lang)
+
+    def template(self, lang: int | None = None) -> tuple[list[int], list[int]]:
+        """(prefix, suffix) of a "template" layout, with `lang` in place of `source_lang_id`."""
+        swap = lambda ids: [lang if lang is not None and i == self.source_lang_id else i for i in ids]
+        return swap(self.source_prefix), swap(self.source_suffix)
 
     @property
     def source_ends_in_eos(self) -> bool:
@@ -363,7 +390,7 @@ class ModelConfig:
         return sorted(PRESETS)
 
 
-SOURCE_LAYOUTS = ("encore", "bos", "plain")
+SOURCE_LAYOUTS = ("encore", "bos", "plain", "template")
 KINDS = {  # the enumerated block variants: each picks modules when the model is built (model/layers.py)
     "mlp_type": ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu"),
     "norm_kind": ("rms", "rms_offset", "layernorm"),
@@ -373,10 +400,15 @@ KINDS = {  # the enumerated block variants: each picks modules when the model is
 ENCODER_SHAPE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "mlp_dim")
 
 
-def lay_out_source(ids: list[int], layout: str, arch: str, bos: int, eos: int) -> list[int]:
+def lay_out_source(
+    ids: list[int], layout: str, arch: str, bos: int, eos: int, template: tuple[list[int], list[int]] = ([], [])
+) -> list[int]:
     """The ids a model reads for a source's text ids: "bos" -> BOS + ids, "plain" -> ids, "encore" ->
-    ids + EOS (encoder-decoder) or BOS + ids + EOS (decoder-only). The one place the layouts live
-    (`ModelConfig.source_ids`, the fine-tuning collators)."""
+    ids + EOS (encoder-decoder) or BOS + ids + EOS (decoder-only), "template" -> prefix + ids + suffix.
+    The one place the layouts live (`ModelConfig.source_ids`, the fine-tuning collators, the ONNX
+    runtime)."""
+    if layout == "template":
+        return [*template[0], *ids, *template[1]]
     if layout == "bos":
         return [bos, *ids]
     if layout == "plain":

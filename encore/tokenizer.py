@@ -198,3 +198,17 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]], template: str | Non
         raise ValueError("the tokenizer has no chat template; pass one (--chat-template FILE)")
     text = tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def language_id(tokenizer: Any, code: str, flag: str = "--src-lang") -> int:
+    """A language code's token id in a multilingual tokenizer: NLLB's `fra_Latn`, mBART-50's `fr_XX`,
+    M2M100's `fr` (its token `__fr__`). ValueError in one line for a code the tokenizer lacks."""
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    for token in (code, f"__{code}__"):
+        found = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(found, int) and found != unknown and tokenizer.convert_ids_to_tokens(found) == token:
+            return found
+    known = [t for t in getattr(tokenizer, "all_special_tokens", []) if t not in (tokenizer.unk_token, None)]
+    codes = [t for t in known if "_" in t.strip("_") or t.startswith("__")][:6]
+    hint = f"; it knows codes such as {', '.join(codes)}" if codes else "; this tokenizer has no language codes"
+    raise ValueError(f"{flag} {code!r}: not a language code of this model's tokenizer{hint}")

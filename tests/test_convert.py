@@ -129,11 +129,20 @@ SEQ2SEQ = {  # the encoder-decoders people deploy (issue #37): every kind of nor
     "t5": lambda: _t5(feed_forward_proj="relu"),  # T5 v1.0: tied head, scaled by d_model ** -0.5
     "mt5": _mt5,
     "bart": lambda: _fairseq("Bart", "BartForConditionalGeneration"),
-    "mbart": lambda: _fairseq("MBart", "MBartForConditionalGeneration", scale_embedding=True, activation_function="relu"),
+    "mbart": lambda: _fairseq(
+        "MBart", "MBartForConditionalGeneration", scale_embedding=True, activation_function="relu"
+    ),
     "marian": lambda: _fairseq("Marian", "MarianMTModel", scale_embedding=True, activation_function="swish"),
     "pegasus": lambda: _fairseq("Pegasus", "PegasusForConditionalGeneration"),
-    "m2m_100": lambda: _fairseq("M2M100", "M2M100ForConditionalGeneration", pad_token_id=1, encoder_layerdrop=0.0,
-                                decoder_layerdrop=0.0, activation_function="relu", scale_embedding=True),  # fmt: skip
+    "m2m_100": lambda: _fairseq(
+        "M2M100",
+        "M2M100ForConditionalGeneration",
+        pad_token_id=1,
+        encoder_layerdrop=0.0,
+        decoder_layerdrop=0.0,
+        activation_function="relu",
+        scale_embedding=True,
+    ),  # fmt: skip
 }
 FAMILIES = {**DECODER_ONLY, "t5gemma": _t5gemma, "t5gemma2": _t5gemma2, **SEQ2SEQ}
 ENCODER_DECODER = ("t5gemma", "t5gemma2", *SEQ2SEQ)
@@ -297,6 +306,13 @@ def test_bf16_load_streams_into_bf16(pair):
 
 
 # --- errors, in one line ------------------------------------------------------------------------------
+
+
+def test_a_hub_name_typed_as_a_path_gets_the_hf_prefix_hint():
+    with pytest.raises(
+        FileNotFoundError, match="no such checkpoint directory; for the hub, write hf:google/flan-t5-base"
+    ):
+        resolve_model("google/flan-t5-base")
 
 
 def test_unsupported_model_type_names_the_supported(tmp_path):

@@ -48,7 +48,8 @@ def add_model_args(p: argparse.ArgumentParser, training: bool = True) -> None:
         "--model",
         required=True,
         help="a preset name (encore.ModelConfig.preset_names()), a ModelConfig .json file, an encore or transformers "
-        "checkpoint directory (T5Gemma, Llama, Qwen2/3, Gemma 3), hf:ORG/NAME, or a .gguf file",
+        "checkpoint directory (T5, Flan-T5, mT5, BART, mBART, Marian, Pegasus, M2M100 / NLLB, T5Gemma, Llama, "
+        "Qwen2/3, Gemma 3), hf:ORG/NAME, or a .gguf file",
     )
     p.add_argument(
         "--tokenizer",

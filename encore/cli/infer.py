@@ -29,6 +29,19 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--repetition-penalty", type=float, default=None, help="> 1 discourages repeats (default: the checkpoint's)"
+    )
+    p.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        default=None,
+        help="no n-gram twice in an output (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--src-lang", default=None, help="a multilingual model's source language (NLLB: fra_Latn, M2M100: fr)"
+    )
+    p.add_argument("--tgt-lang", default=None, help="... and target language, forced as the first output token")
     p.add_argument("--device", default="cpu")
     add_quantize_flag(p)
     p.add_argument(

@@ -50,6 +50,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="decoder-only models: keep the K/V of earlier prompts and replies (blocks of 32 tokens, LRU) so a "
         "request that starts with one (a chat's next turn) prefills only the rest; 0 turns it off (%(default)s)",
     )
+    p.add_argument("--src-lang", default=None, help="a multilingual model's default source language (NLLB: fra_Latn)")
+    p.add_argument("--tgt-lang", default=None, help="... and target language (requests' target_lang replaces it)")
     p.add_argument("--served-model-name", default=None, help="the name clients send as `model` (default: --model's)")
     p.add_argument(
         "--shutdown-grace",

@@ -193,8 +193,40 @@ def _attach_tokenizer(model: LanguageModel, directory: Path) -> None:
 
 
 def set_tokenizer(model: LanguageModel, tokenizer: Any) -> None:
-    """Give an imported model its tokenizer; its sources start with BOS exactly when the tokenizer's do."""
+    """Give an imported model its tokenizer, and lay sources out as the tokenizer does: "bos" when it
+    only prepends BOS, "plain" when it adds nothing, else "template" with its own special tokens around
+    the text (T5's `x </s>`, BART's `<s> x </s>`, NLLB's `lang x </s>`, whose language token is
+    `source_lang_id`)."""
     model.tokenizer = tokenizer
-    sample = tokenizer("a")["input_ids"]
-    starts = tokenizer.bos_token_id is not None and sample[:1] == [tokenizer.bos_token_id]
-    model.config.source_layout = "bos" if starts else "plain"
+    config = model.config
+    prefix, suffix = special_template(tokenizer)
+    if not suffix and prefix in ([], [tokenizer.bos_token_id]):
+        config.source_layout = "bos" if prefix else "plain"
+        config.source_prefix, config.source_suffix, config.source_lang_id = [], [], None
+        return
+    config.source_layout, config.source_prefix, config.source_suffix = "template", prefix, suffix
+    config.source_lang_id = source_language_id(tokenizer, prefix + suffix)
+
+
+def special_template(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(the ids a tokenizer puts before a text, after it), read from how it encodes a sample."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    return [], []  # a tokenizer whose specials change the text's own ids: lay the text out as it is
+
+
+def source_language_id(tokenizer: Any, template: list[int]) -> int | None:
+    """The language token among a template's ids: the tokenizer's `src_lang` (NLLB, mBART-50, M2M100)."""
+    from encore.tokenizer import language_id
+
+    lang = getattr(tokenizer, "src_lang", None)
+    if not isinstance(lang, str):
+        return None
+    try:
+        found = language_id(tokenizer, lang)
+    except ValueError:
+        return None
+    return found if found in template else None

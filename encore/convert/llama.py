@@ -65,7 +65,9 @@ class LlamaAdapter(StateDictAdapter):
         checks = {
             "it is an encoder-decoder": config.arch != "deconly",
             f"its MLP is {config.mlp_type} (needs swiglu)": config.mlp_type != "swiglu",
-            "its blocks are not Llama's (RMSNorm before each sub-block, RoPE, no other biases)": not _llama_blocks(config),
+            "its blocks are not Llama's (RMSNorm before each sub-block, RoPE, no other biases)": not _llama_blocks(
+                config
+            ),
             "it has Gemma-style scales or caps": config.embed_scale
             or config.attn_softcap is not None
             or config.final_softcap is not None

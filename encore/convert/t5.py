@@ -57,7 +57,7 @@ class T5Adapter(StateDictAdapter):
             relative_max_distance=hf.get("relative_attention_max_distance", 128),
             attn_scale=1.0,
             head_scale=d**-0.5 if scale else None,
-                tie_embeddings=True,  # settled by the weights: a head of its own unties it
+            tie_embeddings=True,  # settled by the weights: a head of its own unties it
             pad_token_id=pick("pad_token_id", 0),
             eos_token_id=eos_ids[0],
             extra_eos_token_ids=eos_ids[1:],
@@ -130,7 +130,10 @@ class T5Adapter(StateDictAdapter):
             ("embed.weight", ("shared.weight",)),
             ("encoder_norm.weight", ("encoder.final_layer_norm.weight",)),
             ("final_norm.weight", ("decoder.final_layer_norm.weight",)),
-            ("encoder_positions.bias.weight", ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",)),
+            (
+                "encoder_positions.bias.weight",
+                ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",),
+            ),
             ("positions.bias.weight", ("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",)),
         ]
         if not config.tie_embeddings:

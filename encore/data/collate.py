@@ -116,13 +116,14 @@ class _Collator:
         target_truncation: Truncation = "right",
         add_special_tokens: bool = True,
         source_layout: str = "encore",
+        source_template: tuple[list[int], list[int]] = ([], []),
     ) -> None:
         _check_side("truncation", truncation)
         if source_layout not in SOURCE_LAYOUTS:
             raise ValueError(f"source_layout must be one of {list(SOURCE_LAYOUTS)}, got {source_layout!r}")
         _check_side("target_truncation", target_truncation)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.source_layout = source_layout
+        self.source_layout, self.source_template = source_layout, source_template
         self.n_source_specials = len(self.source([]))  # specials the source layout adds
         specials = self.n_source_specials if add_special_tokens else 0
         if max_source_len is not None and max_source_len <= specials:
@@ -136,7 +137,7 @@ class _Collator:
 
     def source(self, ids: Sequence[int]) -> list[int]:
         """A source's ids with the specials of this architecture's `source_layout`."""
-        return lay_out_source(list(ids), self.source_layout, self.arch, self.bos_id, self.eos_id)
+        return lay_out_source(list(ids), self.source_layout, self.arch, self.bos_id, self.eos_id, self.source_template)
 
     def _layout(self, example: dict, index: int, stats: TruncationStats) -> tuple[list[int], list[int]]:
         """(source with its specials, target with its EOS), cut to the limits and counted."""
@@ -213,10 +214,10 @@ class CausalLMCollator(_Collator):
 # --- wiring helpers ----------------------------------------------------------------------------------------
 
 
-def prompt_ids(tokenizer: Any, text: str, config: ModelConfig) -> list[int]:
+def prompt_ids(tokenizer: Any, text: str, config: ModelConfig, lang: int | None = None) -> list[int]:
     """The model input for generating from `text`, laid out as the fine-tuning collators lay out a
-    source (`ModelConfig.source_ids`)."""
-    return config.source_ids(encode_text(tokenizer, text))
+    source (`ModelConfig.source_ids`; `lang`: the source language's token)."""
+    return config.source_ids(encode_text(tokenizer, text), lang)
 
 
 def tokenize_pairs(tokenizer: Any, examples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -254,6 +255,7 @@ def finetune_collator(
         truncation=truncation,
         target_truncation=target_truncation,
         source_layout=config.source_layout,
+        source_template=config.template(),
     )
 
 

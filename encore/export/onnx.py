@@ -251,6 +251,7 @@ def export_onnx(
             "extra_eos": list(config.eos_token_ids[1:]),
         },
         source_layout=config.source_layout,
+        source_template=[list(part) for part in config.template()],
         graphs=graphs,
         tokenizer=tokenizer,
         versions={"torch": torch.__version__, "onnx": onnx.__version__},

@@ -14,7 +14,7 @@ from typing import Any
 
 from encore.data.collate import finetune_collator
 from encore.infer.engine import Engine
-from encore.tokenizer import chat_ids, encode_text
+from encore.tokenizer import chat_ids, encode_text, language_id
 
 
 @dataclass
@@ -27,6 +27,10 @@ class GenerationOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    repetition_penalty: float | None = None  # None: the checkpoint's generation config (as every below)
+    no_repeat_ngram_size: int | None = None
+    src_lang: str | None = None  # a multilingual model's source language code (NLLB: fra_Latn, M2M100: fr)
+    tgt_lang: str | None = None  # ... and target language: forced as the first new token
 
     def sampling(self) -> dict[str, Any]:
         """The sampling keywords of `generate` / `Engine.add`."""
@@ -34,11 +38,40 @@ class GenerationOptions:
             do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed
         )
 
+    def processing(self, model: Any) -> dict[str, Any]:
+        """The logits processors' keywords of `Engine.add` (`encore.infer.processors`); the target
+        language's token as the forced first token."""
+        given = dict(repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size)
+        if self.tgt_lang is not None:
+            if model.config.arch != "encdec":
+                raise ValueError("--tgt-lang is for encoder-decoder translation models (NLLB, mBART-50, M2M100)")
+            given["forced_bos_token_id"] = language_id(model.tokenizer, self.tgt_lang, "--tgt-lang")
+        return {k: v for k, v in given.items() if v is not None}
 
-def encode_sources(model: Any, sources: list[str], max_source_len: int) -> tuple[list[list[int]], int]:
-    """Each source as the model's input ids (the collator's layout, cut to `max_source_len`), and how
-    many were truncated."""
-    collator = finetune_collator(model.config)
+    def source_config(self, model: Any) -> Any:
+        """The model's config with `src_lang` in its source template."""
+        if self.src_lang is None:
+            return model.config
+        lang = language_id(model.tokenizer, self.src_lang, "--src-lang")
+        if model.config.source_lang_id is None:
+            raise ValueError(f"--src-lang {self.src_lang}: this model's tokenizer lays out no source language")
+        return model.config.with_source_lang(lang)
+
+
+def apply_languages(model: Any, src_lang: str | None, tgt_lang: str | None) -> None:
+    """A multilingual model's default languages (a server's --src-lang / --tgt-lang), in place: the
+    source template's language and the forced first token of every request that names none."""
+    options = GenerationOptions(src_lang=src_lang, tgt_lang=tgt_lang)
+    model.config = options.source_config(model)
+    model.generation_config = {**model.generation_config, **options.processing(model)}
+
+
+def encode_sources(
+    model: Any, sources: list[str], max_source_len: int, config: Any = None
+) -> tuple[list[list[int]], int]:
+    """Each source as the model's input ids (the collator's layout for `config`, the model's by default;
+    cut to `max_source_len`), and how many were truncated."""
+    collator = finetune_collator(config or model.config)
     room = max_source_len - collator.n_source_specials
     if room < 1:
         raise ValueError(f"--max-source-len {max_source_len} leaves no room next to the special tokens")
@@ -77,6 +110,7 @@ def generate_ids(
     shortest first so that requests admitted together have similar lengths. `progress(1)` is called as
     each request finishes."""
     options = options or GenerationOptions()
+    processing = options.processing(model)
     engine = Engine(
         model,
         max_batch=max(1, min(options.batch_size, len(encoded))),
@@ -85,7 +119,7 @@ def generate_ids(
     )
     which: dict[int, int] = {}
     for i in sorted(range(len(encoded)), key=lambda i: len(encoded[i])):
-        rid = engine.add(encoded[i], max_new_tokens=options.max_new_tokens, **options.sampling())
+        rid = engine.add(encoded[i], max_new_tokens=options.max_new_tokens, **options.sampling(), **processing)
         which[rid] = i
     tokens: list[list[int]] = [[] for _ in encoded]
     eos = set(model.config.eos_token_ids)
@@ -113,6 +147,6 @@ def generate_texts(
     if chat:
         encoded, truncated = encode_chats(model, sources, options.max_source_len, chat_template), 0
     else:
-        encoded, truncated = encode_sources(model, sources, options.max_source_len)
+        encoded, truncated = encode_sources(model, sources, options.max_source_len, options.source_config(model))
     tokens = generate_ids(model, encoded, options, progress)
     return [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens], truncated

@@ -35,6 +35,7 @@ class Processors:
     def from_generation(cls, generation: dict[str, Any], arch: str, prompt_len: int = 0, **given: Any) -> Processors:
         """A checkpoint's generation config as transformers applies it (`min_length` counts the decoder's
         start token, or a decoder-only prompt), with `given` settings over it (None: the config's)."""
+
         def pick(key: str, default: Any) -> Any:
             value = given.get(key)
             value = generation.get(key) if value is None else value
@@ -69,7 +70,9 @@ class Processors:
         ids += [i for i in (self.forced_bos_token_id, self.forced_eos_token_id) if i is not None]
         bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size]
         if bad:
-            raise ValueError(f"token id {bad[0]!r} (in a forced, banned or suppressed token) is not in [0, {vocab_size})")
+            raise ValueError(
+                f"token id {bad[0]!r} (in a forced, banned or suppressed token) is not in [0, {vocab_size})"
+            )
         if any(not seq for seq in self.bad_words_ids):
             raise ValueError("bad_words_ids: each entry must be a non-empty list of token ids")
         return self

@@ -47,7 +47,9 @@ def resolve_model(spec: str | Path, flag: str = "--model") -> tuple[ModelConfig,
             raise FileNotFoundError(f"{flag} {text}: no such ModelConfig file")
         return ModelConfig.load(path), None
     if text.startswith((".", "/", "~")) or "/" in text.rstrip("/"):
-        raise FileNotFoundError(f"{flag} {text}: no such checkpoint directory")
+        hub = text.count("/") == 1 and not text.startswith((".", "/", "~"))  # ORG/NAME, as the hub spells it
+        hint = f"; for the hub, write hf:{text}" if hub else ""
+        raise FileNotFoundError(f"{flag} {text}: no such checkpoint directory{hint}")
     raise ValueError(
         f"{flag} {text!r} is neither a checkpoint directory, a ModelConfig .json file nor a preset "
         f"({', '.join(ModelConfig.preset_names())})"

@@ -63,7 +63,7 @@ class SinusoidalPositions(Positions):
         half = self.dim // 2
         steps = torch.arange(half, dtype=torch.float64)
         exponent = steps / (half - 1) if self.fairseq else 2 * steps / self.dim
-        angles = torch.arange(self.n_positions, dtype=torch.float64)[:, None] * 10000.0 ** -exponent  # [N, D/2]
+        angles = torch.arange(self.n_positions, dtype=torch.float64)[:, None] * 10000.0**-exponent  # [N, D/2]
         table = torch.cat([angles.sin(), angles.cos(), torch.zeros(self.n_positions, self.dim % 2)], dim=-1)
         self.table = table.float().to(device or self.table.device)
 
@@ -94,9 +94,7 @@ class RelativeBias(Positions):
         else:
             relative = -relative.clamp(max=0)
         exact = n // 2
-        far = exact + (
-            torch.log(relative.float() / exact) / math.log(self.max_distance / exact) * (n - exact)
-        ).long()
+        far = exact + (torch.log(relative.float() / exact) / math.log(self.max_distance / exact) * (n - exact)).long()
         return out + torch.where(relative < exact, relative, far.clamp(max=n - 1))
 
     def scores(self, masks: Masks, queries: Tensor, keys: Tensor) -> Masks:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from encore.config import SOURCE_LAYOUTS  # stdlib only: no torch
+
 FORMAT = "encore-onnx-v1"
 MANIFEST = "encore_onnx.json"
 GRAPHS = {"encdec": ("encoder", "decoder_step"), "deconly": ("prefill", "decoder_step")}
@@ -41,6 +43,7 @@ class Manifest:
     tokenizer: str | None = None
     versions: dict[str, str] | None = None
     source_layout: str = "encore"  # how a text's ids are laid out (encore.ModelConfig.source_layout)
+    source_template: list[list[int]] | None = None  # [prefix, suffix] of a "template" layout
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **self.__dict__}, indent=2) + "\n"
@@ -59,7 +62,7 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{path}: field 'format' must be {FORMAT!r}, got {data.get('format')!r}")
         fields = set(cls.__dataclass_fields__)
-        missing = sorted(fields - set(data) - {"tokenizer", "versions", "source_layout"})
+        missing = sorted(fields - set(data) - {"tokenizer", "versions", "source_layout", "source_template"})
         if missing:
             raise ValueError(f"{path}: missing field(s) {missing}")
         manifest = cls(**{k: data[k] for k in fields if k in data})
@@ -75,6 +78,9 @@ class Manifest:
         extra = manifest.special_ids.get("extra_eos", [])
         if not isinstance(extra, list) or not all(isinstance(i, int) for i in extra):
             raise ValueError(f"{path}: field 'special_ids.extra_eos' must be a list of integers")
-        if manifest.source_layout not in ("encore", "bos", "plain"):
-            raise ValueError(f"{path}: field 'source_layout' must be 'encore', 'bos' or 'plain'")
+        if manifest.source_layout not in SOURCE_LAYOUTS:
+            raise ValueError(f"{path}: field 'source_layout' must be one of {', '.join(SOURCE_LAYOUTS)}")
+        template = manifest.source_template or [[], []]
+        if len(template) != 2 or not all(isinstance(i, int) for part in template for i in part):
+            raise ValueError(f"{path}: field 'source_template' must be [prefix ids, suffix ids]")
         return manifest

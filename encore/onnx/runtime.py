@@ -217,11 +217,15 @@ class OnnxGenerator:
     def encode(self, text: str) -> list[int]:
         """A source as the model's input ids, laid out as the model's collators lay it out
         (`encore.ModelConfig.source_ids`): encore's encoder-decoder `x + [EOS]`, decoder-only
-        `[BOS] + x + [EOS]`; an imported family's `[BOS] + x` ("bos") or `x` ("plain")."""
+        `[BOS] + x + [EOS]`; an imported family's `[BOS] + x` ("bos"), `x` ("plain") or its tokenizer's
+        own special tokens around `x` ("template")."""
         if self.tokenizer is None:
             raise ValueError(f"{self.directory}: no tokenizer.json beside the graphs; pass token ids to generate()")
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return lay_out_source(ids, self.manifest.source_layout, self.manifest.arch, self.bos, self.eos)
+        prefix, suffix = self.manifest.source_template or [[], []]
+        return lay_out_source(
+            ids, self.manifest.source_layout, self.manifest.arch, self.bos, self.eos, (prefix, suffix)
+        )
 
     def generate_text(self, texts: str | list[str], max_new_tokens: int = 64, **kwargs: Any) -> str | list[str]:
         """Generate for one text or a list (right-padded batch); returns the decoded new text(s)."""

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from encore.data.collate import prompt_ids
 from encore.serve.scheduler import Choice, Closed, Job, QueueFull
+from encore.tokenizer import language_id
 
 
 class GenerationRequest(BaseModel):
@@ -40,6 +41,12 @@ class GenerationRequest(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = False  # an extension (vLLM's name): generate max_tokens whatever comes; for benchmarks
+    # extensions, as vLLM names them; None: the checkpoint's generation config
+    repetition_penalty: float | None = Field(None, gt=0.0)
+    no_repeat_ngram_size: int | None = Field(None, ge=0)
+    min_tokens: int | None = Field(None, ge=0)
+    source_lang: str | None = None  # a multilingual model's languages (NLLB: fra_Latn); the server's defaults
+    target_lang: str | None = None
 
 
 class CompletionRequest(GenerationRequest):
@@ -104,7 +111,31 @@ class Completions:
         if not prompts:
             raise APIError(400, "prompt is an empty list", "prompt")
         where = ["prompt"] if isinstance(body.prompt, str) else [f"prompt[{i}]" for i in range(len(prompts))]
-        return [(w, prompt_ids(self.model.tokenizer, text, self.model.config)) for w, text in zip(where, prompts)]
+        lang = None if body.source_lang is None else self.language(body.source_lang, "source_lang")
+        if lang is not None and self.model.config.source_lang_id is None:
+            raise APIError(400, f"model {self.name!r} lays out no source language", "source_lang")
+        tokenizer, config = self.model.tokenizer, self.model.config
+        return [(w, prompt_ids(tokenizer, text, config, lang)) for w, text in zip(where, prompts)]
+
+    def language(self, code: str, field: str) -> int:
+        """A language code's token id, or a 400 naming the field."""
+        try:
+            return language_id(self.model.tokenizer, code, field)
+        except ValueError as e:
+            raise APIError(400, str(e), field) from None
+
+    def processing(self, body: Any) -> dict[str, Any]:
+        """The request's logits processors (`Engine.add`'s keywords) over the checkpoint's defaults."""
+        given = dict(
+            repetition_penalty=body.repetition_penalty,
+            no_repeat_ngram_size=body.no_repeat_ngram_size,
+            min_new_tokens=body.min_tokens,
+        )
+        if body.target_lang is not None:
+            if self.model.config.arch != "encdec":
+                raise APIError(400, "target_lang is for encoder-decoder translation models", "target_lang")
+            given["forced_bos_token_id"] = self.language(body.target_lang, "target_lang")
+        return {k: v for k, v in given.items() if v is not None}
 
     def max_new(self, body: Any) -> tuple[int, str]:
         """(the request's max new tokens, the field that set it)."""
@@ -137,6 +168,7 @@ class Completions:
         sampling.update(top_k=body.top_k, top_p=body.top_p if body.top_p < 1.0 else None)
         if body.ignore_eos:
             sampling["eos_token_id"] = None
+        sampling.update(self.processing(body))
         choices = [
             Choice(p * body.n + k, ids, None if body.seed is None else body.seed + k)
             for p, ids in enumerate(encoded)

@@ -52,7 +52,7 @@ class Job:
 
     choices: list[Choice]
     max_tokens: int
-    sampling: dict[str, Any]  # do_sample, temperature, top_k, top_p
+    sampling: dict[str, Any]  # do_sample, temperature, top_k, top_p, and the logits processors' keywords
     stop: list[str]
     loop: asyncio.AbstractEventLoop
     updates: asyncio.Queue  # (choice index, text delta, finish_reason or None)

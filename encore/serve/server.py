@@ -47,6 +47,8 @@ class ServerConfig:
     request_timeout_s: float | None = 600.0  # a request running longer is cut (None: never)
     allow_origin: list[str] | None = None  # CORS origins (None: no CORS headers)
     chat_template: str | None = None  # a Jinja file replacing the tokenizer's chat template
+    src_lang: str | None = None  # a multilingual model's default source / target languages (requests'
+    tgt_lang: str | None = None  # `source_lang` / `target_lang` replace them)
     access_log: bool = True
     log_level: str = "info"
 
@@ -80,6 +82,7 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
     """(the FastAPI app, its scheduler) serving `model` (loaded, with its tokenizer, ready for
     inference: `encore.optimize`). The app's lifespan starts and stops the scheduler's thread."""
     from encore.infer.engine import Engine
+    from encore.infer.pipeline import apply_languages
     from encore.model.io import spec_label
     from encore.serve.api import Guard, create_app
     from encore.serve.chat import read_template
@@ -94,6 +97,7 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
         raise ValueError("--api-key is empty")
     if model.tokenizer is None:
         raise ValueError(f"--model {cfg.model!r} has no tokenizer; pass --tokenizer")
+    apply_languages(model, cfg.src_lang, cfg.tgt_lang)
     max_input_len, max_tokens = _limits(cfg, model.config)
     dtype_bytes = model.kv_dtype.itemsize
     slots = min(cfg.max_batch, slots_for(model.config, cfg.kv_budget_mb * MiB, max_input_len, max_tokens, dtype_bytes))
