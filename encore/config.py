@@ -447,6 +447,14 @@ _T5GEMMA = dict(_GEMMA, arch="encdec", vocab_size=256000, head_dim=64, attn_scal
                 final_softcap=30.0, sliding_window=4096, max_seq_len=8192, tie_encoder_embeddings=False,
                 family="t5gemma")  # fmt: skip
 
+# The encoder-decoders people deploy (issue #37): T5 v1.1 / Flan-T5, BART, Marian (OPUS-MT), NLLB-200
+_FLAN_T5 = dict(arch="encdec", vocab_size=32128, head_dim=64, mlp_type="geglu", position_kind="relative", attn_scale=1.0,
+                tie_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=0, max_seq_len=4096, family="t5")  # fmt: skip
+_FAIRSEQ = dict(arch="encdec", head_dim=64, norm_kind="layernorm", norm_eps=1e-5, proj_bias=True, max_seq_len=1024)
+_BART = dict(_FAIRSEQ, vocab_size=50265, block_order="post", position_kind="learned", position_offset=2,
+             embed_norm=True, logits_bias=True, mlp_type="gelu_exact", pad_token_id=1, eos_token_id=2, bos_token_id=2,
+             family="bart")  # fmt: skip
+
 
 def _alternating(n: int) -> list[str]:
     """T5Gemma's (Gemma 2's) pattern: sliding, full, sliding, full, ..."""
@@ -455,6 +463,60 @@ def _alternating(n: int) -> list[str]:
 
 PRESETS.update(
     {
+        "flan-t5-small": dict(
+            _FLAN_T5, d_model=512, n_encoder_layers=8, n_decoder_layers=8, n_heads=6, n_kv_heads=6, mlp_dim=1024
+        ),
+        "flan-t5-base": dict(
+            _FLAN_T5, d_model=768, n_encoder_layers=12, n_decoder_layers=12, n_heads=12, n_kv_heads=12, mlp_dim=2048
+        ),
+        "flan-t5-large": dict(
+            _FLAN_T5, d_model=1024, n_encoder_layers=24, n_decoder_layers=24, n_heads=16, n_kv_heads=16, mlp_dim=2816
+        ),
+        "bart-base": dict(
+            _BART, d_model=768, n_encoder_layers=6, n_decoder_layers=6, n_heads=12, n_kv_heads=12, mlp_dim=3072
+        ),
+        "bart-large": dict(
+            _BART, d_model=1024, n_encoder_layers=12, n_decoder_layers=12, n_heads=16, n_kv_heads=16, mlp_dim=4096
+        ),
+        # Helsinki-NLP/opus-mt-en-de: Marian base, 6 + 6 layers, d 512
+        "opus-mt": dict(
+            _FAIRSEQ,
+            vocab_size=58101,
+            d_model=512,
+            n_encoder_layers=6,
+            n_decoder_layers=6,
+            n_heads=8,
+            n_kv_heads=8,
+            mlp_dim=2048,
+            block_order="post",
+            position_kind="sinusoidal",
+            logits_bias=True,
+            embed_scale=True,
+            mlp_type="silu",
+            max_seq_len=512,
+            pad_token_id=58100,
+            eos_token_id=0,
+            bos_token_id=58100,
+            family="marian",
+        ),
+        "nllb-200-distilled-600m": dict(
+            _FAIRSEQ,
+            vocab_size=256206,
+            d_model=1024,
+            n_encoder_layers=12,
+            n_decoder_layers=12,
+            n_heads=16,
+            n_kv_heads=16,
+            mlp_dim=4096,
+            position_kind="sinusoidal_fairseq",
+            position_offset=2,
+            embed_scale=True,
+            mlp_type="relu",
+            pad_token_id=1,
+            eos_token_id=2,
+            bos_token_id=2,
+            family="m2m_100",
+        ),
         "smollm2-135m": dict(_SMOLLM2, d_model=576, n_decoder_layers=30, n_heads=9, n_kv_heads=3, mlp_dim=1536),
         "smollm2-360m": dict(_SMOLLM2, d_model=960, n_decoder_layers=32, n_heads=15, n_kv_heads=5, mlp_dim=2560),
         "gemma3-270m": dict(

@@ -116,7 +116,20 @@ def test_encode_shape_and_padding():
 
 @pytest.mark.parametrize(
     "name,total_m",
-    [("encdec-330m", 331.8), ("deconly-330m", 329.6), ("encdec-1b", 949.1), ("deconly-1b", 955.4)],
+    [
+        ("encdec-330m", 331.8),
+        ("deconly-330m", 329.6),
+        ("encdec-1b", 949.1),
+        ("deconly-1b", 955.4),
+        # the releases' own counts (transformers' num_parameters; Marian's also holds its 0.52M sinusoids)
+        ("flan-t5-small", 77.0),
+        ("flan-t5-base", 247.6),
+        ("flan-t5-large", 783.2),
+        ("bart-base", 139.4),
+        ("bart-large", 406.3),
+        ("opus-mt", 73.9),
+        ("nllb-200-distilled-600m", 615.1),
+    ],
 )
 def test_preset_parameter_counts(name, total_m):
     counts = ModelConfig.preset(name).param_counts()
@@ -153,6 +166,18 @@ def test_presets_match_their_families():
 def test_model_parameter_count_matches_config(arch):
     config = ModelConfig.preset(f"{arch}-tiny")
     model = (EncoderDecoder if arch == "encdec" else DecoderOnly)(config)
+    assert model.num_parameters() == config.param_counts()["total"]
+
+
+@pytest.mark.parametrize("name", ["flan-t5-small", "bart-base", "opus-mt", "nllb-200-distilled-600m"])
+def test_family_kinds_count_their_parameters(name):
+    """Every kind's modules (LayerNorm biases, projection biases, position tables, relative biases) are
+    in `param_counts`: a small model of each family's blocks."""
+    small = dict(d_model=64, n_heads=2, n_kv_heads=2, head_dim=32, mlp_dim=96, vocab_size=300, max_seq_len=64)
+    ids = dict(pad_token_id=1, bos_token_id=2, eos_token_id=2)
+    config = ModelConfig.preset(name, **small, **ids, n_encoder_layers=2, n_decoder_layers=1)
+    with torch.device("meta"):
+        model = EncoderDecoder(config)
     assert model.num_parameters() == config.param_counts()["total"]
 
 
