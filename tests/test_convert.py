@@ -264,6 +264,21 @@ def test_engine_and_int8_run_an_imported_model(pair):
     assert torch.nn.functional.cosine_similarity(fp32, int8, dim=-1).min() > 0.99  # int8 error, not a wrong wiring
 
 
+def test_optimized_fp32_keeps_the_tokens(pair):
+    """`optimize`'s fp32 kernels (oneDNN projections, the C attention and norms where the family's
+    blocks take them) change no greedy token."""
+    family, _, _, model = pair
+    ids, mask = _batch("right")
+    reference = model.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=None)
+    encore.optimize(model)
+    try:
+        assert model.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=None).tolist() == (
+            reference.tolist()
+        )
+    finally:
+        encore.deoptimize(model)
+
+
 def test_round_trip_to_transformers(pair, tmp_path):
     family, hf, _, model = pair
     if family == "t5gemma2":  # its vision tower is not loaded: writing it back would drop it, so it is refused

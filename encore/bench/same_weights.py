@@ -59,8 +59,19 @@ def hf_directory(config: ModelConfig, seed: int, checkpoint: Path | None) -> Pat
         if model.tokenizer is None:
             _word_tokenizer(model.config).save_pretrained(str(work))
 
-    key = [config.to_json_dict(), seed, str(checkpoint), checkpoint and checkpoint.stat().st_mtime]
+    writer = _converter_version()  # a changed adapter writes another directory, never a stale one
+    key = [config.to_json_dict(), seed, str(checkpoint), checkpoint and checkpoint.stat().st_mtime, writer]
     return cached_directory(f"hf-{config.family}", key, make)
+
+
+def _converter_version() -> str:
+    """A digest of encore's conversion code (`encore/convert/*.py`), which writes the anchors' files."""
+    import encore.convert
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(encore.convert.__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _save_with_default_tower(model, directory: Path) -> None:
@@ -89,14 +100,17 @@ def _word_tokenizer(config: ModelConfig):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    names = {config.pad_token_id: "<pad>", config.bos_token_id: "<bos>", config.eos_token_id: "<eos>"}
+    names: dict[int, str] = {}  # one name an id (T5's pad is its decoder start token)
+    for i, name in ((config.pad_token_id, "<pad>"), (config.eos_token_id, "<eos>"), (config.bos_token_id, "<bos>")):
+        names.setdefault(i, name)
     vocab = {names.get(i, f"<t{i}>"): i for i in range(config.vocab_size)}
+    pad = names[config.pad_token_id]
     return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
-        pad_token="<pad>",
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token=pad)),
+        pad_token=pad,
         bos_token=names[config.bos_token_id],
         eos_token=names[config.eos_token_id],
-        unk_token="<pad>",
+        unk_token=pad,
     )
 
 

@@ -144,6 +144,8 @@ class BartAdapter(StateDictAdapter):
             decoder_start_token_id=config.bos_token_id,
             forced_eos_token_id=None,
         )
+        if self.model_types[0] in ("bart", "mbart"):  # as the hub's configs say (CTranslate2's converter reads it)
+            kwargs["normalize_before"] = self.block_order == "pre"
         if self.model_types[0] == "marian":
             kwargs["share_encoder_decoder_embeddings"] = config.tie_encoder_embeddings
         if self.model_types[0] == "m2m_100":

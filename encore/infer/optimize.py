@@ -97,9 +97,7 @@ def optimize(
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if quantize:
         _check_quantize(quantize, device, dtype, group_size)
-    # the fused C kernels take RoPE / RMSNorm pre-norm blocks; other families (T5's relative bias, BART's
-    # post-norm LayerNorm blocks) run the same projection kernels through their modules
-    fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available() and model.config.fusable
+    fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available()
     bf16_prefill = _bf16_prefill(prefill_attention, quantize, fused, kv_dtype)
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     plain = _kernel(device, dtype, linear)

@@ -563,7 +563,8 @@ def _describe(layer: DecoderLayer | MergedDecoderLayer, parts: dict[str, nn.Modu
 
 def fuse(model: nn.Module, bf16_prefill: bool = False) -> list[tuple[nn.Module, str, nn.Module]]:
     """Swap every RMSNorm, attention product, oneDNN projection, self-attention and gated MLP of `model`
-    for its fused module (in place), then every decoder layer `FusedDecoderLayer` runs; the swaps made,
+    for its fused module (in place), then every decoder layer `FusedDecoderLayer` runs (the RoPE / RMSNorm
+    pre-norm families, `ModelConfig.fusable`; the others keep their attention and layers); the swaps made,
     as (parent, name, original), for `encore.deoptimize` to undo (in reverse). `bf16_prefill`: attention over many
     queries with bf16 products (`FusedAttend`; where `bf16_attention_available()`)."""
     swaps = []
@@ -578,9 +579,10 @@ def fuse(model: nn.Module, bf16_prefill: bool = False) -> list[tuple[nn.Module, 
             else:
                 continue
             swaps.append((parent, name, child))
+    config = model.config
     for parent in list(model.modules()):  # after their norms and products: it holds the fused ones
         for name, child in list(parent.named_children()):
-            if type(child) is SelfAttention:
+            if type(child) is SelfAttention and config.position_kind == "rope":  # (its C pass rotates q and k)
                 setattr(parent, name, FusedSelfAttention.of(child))
             elif type(child) is MLP and child.act in (F.silu, gelu_tanh):
                 setattr(parent, name, FusedMLP.of(child))
@@ -589,7 +591,8 @@ def fuse(model: nn.Module, bf16_prefill: bool = False) -> list[tuple[nn.Module, 
             swaps.append((parent, name, child))
     for parent in list(model.modules()):  # after everything inside the layers
         for name, child in list(parent.named_children()):
-            if type(child) in (DecoderLayer, MergedDecoderLayer) and (layer := fused_layer(child)) is not None:
+            whole = type(child) in (DecoderLayer, MergedDecoderLayer) and config.fusable  # RoPE, RMSNorm pre-norm
+            if whole and (layer := fused_layer(child)) is not None:
                 setattr(parent, name, layer)
                 swaps.append((parent, name, child))
     return swaps
