@@ -448,8 +448,9 @@ _T5GEMMA = dict(_GEMMA, arch="encdec", vocab_size=256000, head_dim=64, attn_scal
                 family="t5gemma")  # fmt: skip
 
 # The encoder-decoders people deploy (issue #37): T5 v1.1 / Flan-T5, BART, Marian (OPUS-MT), NLLB-200
-_FLAN_T5 = dict(arch="encdec", vocab_size=32128, head_dim=64, mlp_type="geglu", position_kind="relative", attn_scale=1.0,
-                tie_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=0, max_seq_len=4096, family="t5")  # fmt: skip
+_FLAN_T5 = dict(arch="encdec", vocab_size=32128, head_dim=64, mlp_type="geglu", position_kind="relative",
+                attn_scale=1.0, tie_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=0, max_seq_len=4096,
+                family="t5")  # fmt: skip
 _FAIRSEQ = dict(arch="encdec", head_dim=64, norm_kind="layernorm", norm_eps=1e-5, proj_bias=True, max_seq_len=1024)
 _BART = dict(_FAIRSEQ, vocab_size=50265, block_order="post", position_kind="learned", position_offset=2,
              embed_norm=True, logits_bias=True, mlp_type="gelu_exact", pad_token_id=1, eos_token_id=2, bos_token_id=2,

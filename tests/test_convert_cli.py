@@ -1,6 +1,6 @@
 """Everything downstream takes an imported checkpoint: `encore generate / finetune / convert / export`
-on tiny transformers T5Gemma and Qwen3 directories (with a tokenizer), and the ONNX export of each
-gives the engine's greedy tokens."""
+on tiny transformers T5Gemma, Qwen3, T5 and BART directories (with a tokenizer), and the ONNX export of
+each gives the engine's greedy tokens."""
 
 from __future__ import annotations
 
@@ -32,10 +32,23 @@ def _hf_model(family: str):
             encoder=dict(half, num_hidden_layers=2), decoder=dict(half, num_hidden_layers=2), vocab_size=VOCAB, **ids
         )
         return transformers.T5GemmaForConditionalGeneration(config).eval()
+    if family == "t5":  # Flan-T5's blocks: relative bias, gated GELU
+        config = transformers.T5Config(
+            vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+            dropout_rate=0.0, decoder_start_token_id=0, **ids,
+        )  # fmt: skip
+        return transformers.T5ForConditionalGeneration(config).eval()
+    if family == "bart":  # post-norm LayerNorm blocks, learned positions, biases
+        config = transformers.BartConfig(
+            vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, max_position_embeddings=128,
+            dropout=0.0, decoder_start_token_id=2, forced_eos_token_id=None, **ids,
+        )  # fmt: skip
+        return transformers.BartForConditionalGeneration(config).eval()
     return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**shape, num_hidden_layers=2)).eval()
 
 
-@pytest.fixture(scope="module", params=["t5gemma", "qwen3"])
+@pytest.fixture(scope="module", params=["t5gemma", "qwen3", "t5", "bart"])
 def checkpoint(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(request.param)
     _hf_model(request.param).save_pretrained(directory)
@@ -73,11 +86,12 @@ def test_finetune_then_convert_back_to_transformers(checkpoint, tmp_path):
     tuned = load(out / "final")
     assert tuned.config.family == family and tuned.tokenizer is not None
     assert main(["convert", "--model", str(out / "final"), "--out", str(tmp_path / "hf"), "--to", "hf"]) == 0
-    auto = transformers.AutoModelForSeq2SeqLM if family == "t5gemma" else transformers.AutoModelForCausalLM
+    seq2seq = family in ("t5gemma", "t5", "bart")
+    auto = transformers.AutoModelForSeq2SeqLM if seq2seq else transformers.AutoModelForCausalLM
     hf = auto.from_pretrained(tmp_path / "hf").eval()
     ids = torch.randint(3, VOCAB, (1, 7))
     with torch.no_grad():
-        if family == "t5gemma":
+        if seq2seq:
             _close(tuned(ids, ids[:, :3]), hf(input_ids=ids, decoder_input_ids=ids[:, :3]).logits)
         else:
             _close(tuned(ids), hf(input_ids=ids).logits)

@@ -74,6 +74,11 @@ class PastCache:
     def max_len(self) -> int:
         return self.k[0].shape[2] + 1
 
+    def key_positions(self) -> Tensor:
+        """[B, T + 1]: the past keys at their positions, the new key (last) at the row's."""
+        past = torch.arange(self.k[0].shape[2], device=self.length.device)[None].expand(self.length.shape[0], -1)
+        return torch.cat([past, self.length[:, None]], dim=1)
+
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         self.new_k.append(k)
         self.new_v.append(v)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from encore.infer.beam import Beams, beam_search
 from encore.infer.processors import Processors
 from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos, sample_next
 from encore.model.inputs import check_ids
@@ -143,10 +144,20 @@ def _processed(
     return processed
 
 
+BEAM_SETTINGS = ("num_beams", "length_penalty", "early_stopping", "num_return_sequences")
+
+
 def generate(
     model: LanguageModel, input_ids: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 32, **kwargs
 ) -> Tensor:
-    """New tokens [B, max_new_tokens]; positions after a row's EOS (or after all rows stopped) hold pad."""
+    """New tokens [B, max_new_tokens]; positions after a row's EOS (or after all rows stopped) hold pad.
+    `num_beams` > 1 (given, or the checkpoint's generation config's): beam search (`encore.infer.beam`,
+    with `length_penalty`, `early_stopping`, `num_return_sequences`: [B * num_return_sequences, ...])."""
+    given = {k: kwargs.pop(k) for k in BEAM_SETTINGS if k in kwargs}
+    beams = Beams.from_generation(getattr(model, "generation_config", None) or {}, **given)
+    beams.check(kwargs.get("do_sample", False))
+    if beams.num_beams > 1 or beams.num_return_sequences > 1:
+        return generate_beams(model, input_ids, attention_mask, max_new_tokens, beams=beams, **kwargs)[0]
     stream = generate_stream(model, input_ids, attention_mask, max_new_tokens, **kwargs)
     out = torch.full(
         (input_ids.shape[0], max_new_tokens),
@@ -157,3 +168,30 @@ def generate(
     for step, tokens in enumerate(stream):
         out[:, step] = tokens
     return out
+
+
+def generate_beams(
+    model: LanguageModel,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    max_new_tokens: int = 32,
+    beams: Beams | None = None,
+    eos_token_id: int | list[int] | None | _FromConfig = FROM_CONFIG,
+    do_sample: bool = False,
+    **processing: Any,
+) -> tuple[Tensor, Tensor]:
+    """Beam search: (tokens [B * R, max_new_tokens], their length-penalised scores [B * R]), R =
+    `num_return_sequences` best first per input, transformers' results (`encore.infer.beam`)."""
+    check_ids(input_ids, attention_mask, model.config.vocab_size)
+    check_max_new_tokens(max_new_tokens, low=1)
+    beams = (beams or Beams()).check(do_sample)
+    processors = request_processors(model, processing, input_ids.shape[1])
+    eos = resolve_eos(eos_token_id, model.config)
+    device = model.embed.weight.device
+    attention_mask = None if attention_mask is None else attention_mask.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        return beam_search(model, input_ids.to(device), attention_mask, max_new_tokens, beams, processors, eos)
+    finally:
+        model.train(was_training)

@@ -154,7 +154,7 @@ class LanguageModel(nn.Module):
         export capture)."""
         position = cache.length.clamp(max=cache.max_len - 1)[:, None]  # [B, 1]
         ropes = self.rotary(position)  # [B, 1, 1, Dh] each
-        keys = torch.arange(cache.max_len, device=position.device)[None]  # [1, T]: the cache's positions
+        keys = cache.key_positions()  # [1|B, T] (a relative bias reads them)
         masks = self.positions.scores(step_masks(cache, self.config.sliding_window), position, keys)  # [B, 1|H, 1, T]
         cross = self.cross_inputs(cache)
         x = self.embed_tokens(tokens[:, None], position)  # [B, 1, D]

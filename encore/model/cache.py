@@ -67,6 +67,10 @@ class GenerationCache:
     def batch_size(self) -> int:
         return self.k.shape[1]
 
+    def key_positions(self) -> Tensor:
+        """[1, T]: the position of each key a decode step attends over (a relative bias reads them)."""
+        return torch.arange(self.max_len, device=self.length.device)[None]
+
     @property
     def max_len(self) -> int:
         """T: self-attention positions per row."""
@@ -111,6 +115,20 @@ class GenerationCache:
             cross_k=cut(self.cross_k, cross_len),
             cross_v=cut(self.cross_v, cross_len),
             cross_mask=None if self.cross_mask is None else self.cross_mask[:rows, :cross_len],
+        )
+
+    def select_rows(self, rows: Tensor, cross: bool = True) -> GenerationCache:
+        """A cache of rows `rows` [N] of this one (copies): a beam search's hypotheses. `cross=False`
+        keeps the cross K/V as they are, for a reorder among the beams of the same inputs."""
+        take = lambda t: None if t is None else t[:, rows]
+        return replace(
+            self,
+            k=take(self.k),
+            v=take(self.v),
+            length=self.length[rows],
+            cross_k=take(self.cross_k) if cross else self.cross_k,
+            cross_v=take(self.cross_v) if cross else self.cross_v,
+            cross_mask=self.cross_mask[rows] if cross and self.cross_mask is not None else self.cross_mask,
         )
 
     def install(self, other: GenerationCache, slots: list[int], rows: list[int] | None = None) -> None:

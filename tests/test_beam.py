@@ -1,0 +1,96 @@
+"""Beam search with transformers' tokens and scores (`sequences_scores`), on tiny random models of an
+encoder-decoder with T5's relative bias, BART's post-norm blocks, T5Gemma's, and a Llama; the settings
+translation and summarization checkpoints ship, alone and with the logits processors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_convert import FAMILIES, _batch, _reference
+
+from encore.convert import load
+from encore.infer.generate import Beams, generate_beams
+
+transformers = pytest.importorskip("transformers")
+
+STEPS = 16
+EOS = 1
+CASES = [
+    dict(num_beams=4),
+    dict(num_beams=4, num_return_sequences=3),
+    dict(num_beams=3, length_penalty=2.0, early_stopping=True),
+    dict(num_beams=4, early_stopping="never", length_penalty=0.5),
+    dict(num_beams=4, repetition_penalty=1.5),
+    dict(num_beams=4, no_repeat_ngram_size=2),
+    dict(num_beams=3, no_repeat_ngram_size=3, length_penalty=2.0, min_new_tokens=4),
+]
+
+
+@pytest.fixture(scope="module", params=["t5", "bart", "t5gemma", "llama"])
+def pair(request, tmp_path_factory):
+    hf = _reference(FAMILIES[request.param])
+    directory = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(directory)
+    hf.generation_config.eos_token_id = EOS
+    return hf, load(directory)
+
+
+def _cut(row: list[int]) -> list[int]:
+    return row[: row.index(EOS) + 1] if EOS in row else row
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_beam_search_matches_transformers(pair, case):
+    hf, model = pair
+    ids, mask = _batch("right")
+    beam_keys = {k: v for k, v in case.items() if k in Beams.__dataclass_fields__}
+    processing = {k: v for k, v in case.items() if k not in beam_keys}
+    # a decoder-only batch row by row (transformers generates after a right-padded prompt's pads)
+    rows = (
+        [(ids, mask)]
+        if hf.config.is_encoder_decoder
+        else [(ids[i : i + 1, : int(m.sum())], None) for i, m in enumerate(mask)]
+    )
+    for row_ids, row_mask in rows:
+        with torch.no_grad():
+            out = hf.generate(
+                input_ids=row_ids, attention_mask=row_mask, max_new_tokens=STEPS, do_sample=False,
+                output_scores=True, return_dict_in_generate=True, **case,
+            )  # fmt: skip
+        start = 1 if hf.config.is_encoder_decoder else row_ids.shape[1]
+        theirs = [_cut(r) for r in out.sequences[:, start:].tolist()]
+        tokens, scores = generate_beams(model, row_ids, row_mask, STEPS, Beams(**beam_keys), EOS, **processing)
+        assert [_cut(r) for r in tokens.tolist()] == theirs
+        torch.testing.assert_close(scores, out.sequences_scores.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_generate_takes_num_beams_from_the_generation_config(pair):
+    hf, model = pair
+    ids, mask = _batch("right")
+    ids, mask = ids[:1], mask[:1]
+    saved = dict(model.generation_config)
+    try:
+        model.generation_config = {**saved, "num_beams": 3, "length_penalty": 0.8}
+        expected = generate_beams(model, ids, mask, STEPS, Beams(num_beams=3, length_penalty=0.8), EOS)[0]
+        assert model.generate(ids, attention_mask=mask, max_new_tokens=STEPS, eos_token_id=EOS).tolist() == (
+            expected.tolist()
+        )
+        greedy = model.generate(ids, attention_mask=mask, max_new_tokens=STEPS, eos_token_id=EOS, num_beams=1)
+        assert greedy.shape == (1, STEPS)
+    finally:
+        model.generation_config = saved
+
+
+@pytest.mark.parametrize(
+    "given,message",
+    [
+        (dict(num_beams=0), "num_beams must be an integer >= 1"),
+        (dict(num_beams=2, num_return_sequences=3), "num_return_sequences 3 is more than num_beams 2"),
+        (dict(num_beams=2, early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
+        (dict(num_beams=2, do_sample=True), "beam sampling"),
+    ],
+)
+def test_bad_beam_settings_are_named(pair, given, message):
+    _, model = pair
+    with pytest.raises(ValueError, match=message):
+        model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=3, **given)
