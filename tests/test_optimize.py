@@ -7,6 +7,7 @@ import torch
 from conftest import SeenOps, make_model
 
 import encore
+from encore.model.fused_rows import FusedInt8Linear
 from encore.infer.optimize import optimized
 from encore.model.kernels import Int8Linear, OneDNNLinear, int8_available, onednn_available
 from encore.model.layers import Linear
@@ -86,9 +87,14 @@ def test_int8_numerics_and_swaps(arch):
     # (top-token agreement over 14 positions of a random model turns on near-ties; the real model's
     # agreement and perplexity are measured in docs/engine.md)
     layer = int8[0]
+    one = torch.randn(1, layer.in_features)
     with torch.inference_mode(), SeenOps() as seen:
-        layer(torch.randn(1, layer.in_features))  # one row (decoding): fbgemm's dynamic linear
+        dynamic = Int8Linear.forward(layer, one)  # one row (decoding): fbgemm's dynamic linear
     assert "quantized.linear_dynamic" in seen.ops
+    if isinstance(layer, FusedInt8Linear):  # where fused, decoding rows run csrc/int8.c: the same, to rounding
+        with torch.inference_mode():
+            rows = layer(one)
+        assert (rows - dynamic).norm() / dynamic.norm() < 0.02
     x = torch.randn(4, layer.in_features)
     x[0] *= 1000  # a token with massive activations
     with torch.inference_mode():

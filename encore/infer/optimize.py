@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from encore.model.fused import bf16_attention_available, bf16_prefill_by_default, fuse, fused_available
+from encore.model.fused_rows import fuse_int8_rows
 from encore.model.int4 import (
     CHUNK,
     DEFAULT_GROUP_SIZE,
@@ -125,6 +126,7 @@ def optimize(
         swaps.append((parent, name, child))
     if fused:
         swaps += fuse(model, bf16_prefill)
+        swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
     model._encore_kv_dtype = kv_dtype
     model._encore_swaps = swaps
     model._encore_optimized = {

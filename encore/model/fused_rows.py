@@ -1,0 +1,72 @@
+"""`FusedInt8Linear`: an `Int8Linear` whose few-row calls (a decode step's projections and output head)
+run csrc/int8.c's VNNI kernel, each row quantized symmetric to int8 as the fused decoder layer does,
+instead of fbgemm's one-row dynamic linear (~100 us a call on BART-base's 768 x 3072). Many rows (a
+prefill) keep fbgemm's per-row-scaled path. It serves the projections of layers that the whole-layer C
+call does not run (T5, BART, Marian, M2M100: `ModelConfig.fusable` False) and the output head; it shares
+the original's packed weight and adds csrc/int8.c's copy (`Int8Linear.rows`)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor, nn
+
+from encore.model import native
+from encore.model.fused import _I64, _PTR, _layer_library, _projection, _ptr
+from encore.model.kernels import Int8Linear
+
+MAX_ROWS = 8  # more rows than this: fbgemm (its GEMM wins once there are rows to share the weight's reads)
+
+
+class FusedInt8Linear(native.Handles, Int8Linear):
+    @classmethod
+    def of(cls, linear: Int8Linear) -> FusedInt8Linear:
+        """The same projection (its packed weight and bias shared, not copied) with the few-row C path."""
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        fused._packed, fused._bias, fused.reduce_range = linear._packed, linear._bias, linear.reduce_range
+        fused.out_features, fused.in_features = linear.out_features, linear.in_features
+        for name, tensor in zip(("row_weight", "row_scales", "row_sums"), linear.rows()):
+            fused.register_buffer(name, tensor, persistent=False)
+        fused._bind()
+        return fused
+
+    def _bind(self) -> None:
+        self._lib = _layer_library()
+        self._lib.encore_int8_linear.restype = ctypes.c_int
+        self._lib.encore_int8_linear.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR]
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // self.in_features
+        if rows > MAX_ROWS or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+            return super().forward(x)
+        x = x.contiguous()
+        y = torch.empty(*x.shape[:-1], self.out_features)
+        w, scales, sums = self.rows()
+        status = self._lib.encore_int8_linear(
+            x.data_ptr(), rows, self.in_features, self.out_features, w.data_ptr(), scales.data_ptr(),
+            sums.data_ptr(), _ptr(self._bias), y.data_ptr(),
+        )  # fmt: skip
+        if status:
+            raise MemoryError("csrc/int8.c: out of memory for a decode step's activations")
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, up to {MAX_ROWS} rows: c-int8"
+
+
+def fuse_int8_rows(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Swap each `Int8Linear` outside the encoder that csrc/int8.c runs (`fused._projection`) for a
+    `FusedInt8Linear`; the swaps made, as `fuse` returns them."""
+    swaps = []
+    if _layer_library() is None:
+        return swaps
+    for where, parent in list(model.named_modules()):
+        if where.startswith("encoder"):  # an encoder reads many rows at once: fbgemm's path is its own
+            continue
+        for name, child in list(parent.named_children()):
+            if type(child) is Int8Linear and _projection(child):
+                setattr(parent, name, FusedInt8Linear.of(child))
+                swaps.append((parent, name, child))
+    return swaps
