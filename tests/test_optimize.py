@@ -7,8 +7,8 @@ import torch
 from conftest import SeenOps, make_model
 
 import encore
-from encore.model.fused_rows import FusedInt8Linear
 from encore.infer.optimize import optimized
+from encore.model.fused_rows import FusedInt8Linear
 from encore.model.kernels import Int8Linear, OneDNNLinear, int8_available, onednn_available
 from encore.model.layers import Linear
 
