@@ -63,6 +63,20 @@ def test_generate_from_a_transformers_directory(checkpoint, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 1
 
 
+def test_generate_with_beams_equals_generate(checkpoint, capsys):
+    """`encore generate --num-beams 3 --length-penalty 0.8`: the texts of `generate`'s beam search."""
+    family, directory = checkpoint
+    text = "def add(a, b):"
+    argv = ["generate", "--model", str(directory), "--input", text, "--max-new-tokens", "6", "--num-beams", "3"]
+    assert main([*argv, "--length-penalty", "0.8"]) == 0
+    model = load(directory)
+    ids = torch.tensor([model.config.source_ids(encode_text(model.tokenizer, text))])
+    tokens = model.generate(ids, max_new_tokens=6, num_beams=3, length_penalty=0.8)[0].tolist()
+    eos = set(model.config.eos_token_ids)
+    tokens = tokens[: next((i for i, t in enumerate(tokens) if t in eos), len(tokens))]
+    assert capsys.readouterr().out.strip() == model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
 @pytest.mark.slow
 def test_finetune_then_convert_back_to_transformers(checkpoint, tmp_path):
     family, directory = checkpoint

@@ -29,6 +29,10 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-beams", type=int, default=None, help="> 1: beam search (default: the checkpoint's, else 1)")
+    p.add_argument(
+        "--length-penalty", type=float, default=None, help="beam scores / length ** this (default: the checkpoint's, 1)"
+    )
     p.add_argument(
         "--repetition-penalty", type=float, default=None, help="> 1 discourages repeats (default: the checkpoint's)"
     )

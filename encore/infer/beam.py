@@ -49,6 +49,9 @@ class Beams:
             num_return_sequences=pick("num_return_sequences", 1),
         )
 
+    def replace_returned(self, n: int) -> Beams:
+        return Beams(self.num_beams, self.length_penalty, self.early_stopping, n)
+
     def check(self, do_sample: bool = False) -> Beams:
         """Raise ValueError naming the setting out of range; returns self."""
         for name in ("num_beams", "num_return_sequences"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from encore.data.collate import finetune_collator
+from encore.infer.beam import Beams
 from encore.infer.engine import Engine
 from encore.tokenizer import chat_ids, encode_text, language_id
 
@@ -29,6 +30,8 @@ class GenerationOptions:
     seed: int | None = None
     repetition_penalty: float | None = None  # None: the checkpoint's generation config (as every below)
     no_repeat_ngram_size: int | None = None
+    num_beams: int | None = None  # > 1: beam search (`encore.infer.beam`); None: the checkpoint's
+    length_penalty: float | None = None
     src_lang: str | None = None  # a multilingual model's source language code (NLLB: fra_Latn, M2M100: fr)
     tgt_lang: str | None = None  # ... and target language: forced as the first new token
 
@@ -111,6 +114,10 @@ def generate_ids(
     each request finishes."""
     options = options or GenerationOptions()
     processing = options.processing(model)
+    beams = Beams.from_generation(model.generation_config, num_beams=options.num_beams,
+                                  length_penalty=options.length_penalty).check(options.do_sample)  # fmt: skip
+    if beams.num_beams > 1:
+        return _beam_ids(model, encoded, options, beams, processing, progress)
     engine = Engine(
         model,
         max_batch=max(1, min(options.batch_size, len(encoded))),
@@ -128,6 +135,36 @@ def generate_ids(
             if event.token not in eos:
                 tokens[which[event.request_id]].append(event.token)
             if event.finished and progress is not None:
+                progress(1)
+    return tokens
+
+
+def _beam_ids(
+    model: Any,
+    encoded: list[list[int]],
+    options: GenerationOptions,
+    beams: Beams,
+    processing: dict[str, Any],
+    progress: Callable[[int], None] | None,
+) -> list[list[int]]:
+    """`generate_ids` by beam search: batches of `batch_size` inputs (right-padded) through
+    `generate_beams` (the engine decodes greedily or by sampling; beams run a batch at a time)."""
+    import torch
+
+    from encore.infer.generate import generate_beams
+
+    eos, pad = set(model.config.eos_token_ids), model.config.pad_token_id
+    tokens: list[list[int]] = []
+    for start in range(0, len(encoded), options.batch_size):
+        batch = encoded[start : start + options.batch_size]
+        width = max(len(ids) for ids in batch)
+        ids = torch.tensor([row + [pad] * (width - len(row)) for row in batch])
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in batch])
+        out, _ = generate_beams(model, ids, mask, options.max_new_tokens, beams.replace_returned(1), **processing)
+        for row in out.tolist():
+            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+            tokens.append(row[:cut])
+            if progress is not None:
                 progress(1)
     return tokens
 
