@@ -246,3 +246,23 @@ def test_int8_batches_and_the_ctranslate2_anchor(tmp_path, monkeypatch, capsys):
         assert ("encdec-tiny int8", "ct2-t5 int8 (encdec-tiny)", b) in pairs
     assert len(pairs) == 8
     assert "encdec-tiny int8 vs ct2-t5 int8 (encdec-tiny), 16->4, batch 3:" in capsys.readouterr().out
+
+
+def test_an_anchor_that_crashes_ends_its_own_row(monkeypatch, capsys):
+    """llama-cpp-python once segfaulted mid-run and the bench died with it, printing none of encore's
+    figures: now the anchor's row is left out, named, and the rest is reported."""
+    from encore.bench.anchors import HFBackend
+    from encore.bench.report import format_report
+
+    class Crashing(HFBackend):
+        def timed_generate(self, model, ids, n, capacity):
+            raise RuntimeError("bench worker died (exit code -11)")
+
+    monkeypatch.setitem(BACKENDS, "hf", Crashing)
+    cfg = BenchConfig(**{**TINY, "baseline": None, "vs_hf": True}, json_path=None, plot_path=None)
+    doc = run_bench(cfg)
+    assert [r["model"] for r in doc["results"]] == ["encdec-tiny"]
+    ((label, why),) = doc["failed"].items()
+    assert label.startswith("hf-t5") and "exit code -11" in why
+    assert f"{label}: failed, no row" in format_report(doc)
+    assert "its row is left out" in capsys.readouterr().err

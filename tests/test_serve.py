@@ -230,6 +230,10 @@ def test_a_client_that_disconnects_frees_its_slot(server, reference):
         ({"prompt": "x", "model": "gpt-4"}, "model", "'gpt-4' is not served here"),
         ({"prompt": "x", "n": 99}, "n", "16 slots"),
         ({"max_tokens": 4}, "prompt", "Field required"),
+        ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty", "greater than 0"),
+        ({"prompt": "x", "no_repeat_ngram_size": -1}, "no_repeat_ngram_size", "greater than or equal to 0"),
+        ({"prompt": "x", "target_lang": "fra_Latn"}, "target_lang", "not a language code"),
+        ({"prompt": "x", "source_lang": "fra_Latn"}, "source_lang", "not a language code"),
     ],
 )
 def test_bad_input_names_the_field_and_the_server_goes_on(server, body, param, message):

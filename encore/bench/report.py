@@ -79,6 +79,8 @@ def _own(c: dict) -> bool:
 
 def format_report(doc: dict, cfg: BenchConfig | None = None) -> str:
     lines = [*_header(doc), "", *_results_table(doc)]
+    for label, why in (doc.get("failed") or {}).items():
+        lines.append(f"{label}: failed, no row ({why})")
     for c in doc["comparisons"]:
         if c["kind"] == "full":
             lines += ["", *_comparison(c)]

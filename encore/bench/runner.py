@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -201,8 +202,10 @@ def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:
 
 def _measure(
     cfg: BenchConfig, specs: list[BackendSpec], backends: list[Backend], points: list[Point], threads: int
-) -> tuple[list[int], dict[tuple[int, int], list[dict]], dict[tuple[int, int], int]]:
-    """Build every model in its worker and time every point: (params, runs, KV bytes) per (model, point)."""
+) -> tuple[list[int], dict[tuple[int, int], list[dict]], dict[tuple[int, int], int], dict[str, str]]:
+    """Build every model in its worker and time every point: (params, runs, KV bytes) per (model, point),
+    and the anchors that crashed (label -> why): an anchor's crash (llama.cpp's segfault, a converter's
+    error) ends its own row, not the bench; encore's own models still raise."""
 
     def active(point: Point) -> list[int]:
         def runs(b: Backend) -> bool:  # an anchor of batch 1 only (llama.cpp) skips larger batches
@@ -213,27 +216,46 @@ def _measure(
     total = sum((p.warmup + p.repeats) * len(active(p)) for p in points)
     runs: dict[tuple[int, int], list[dict]] = {}
     workers: list[Any] = []
+    failed: dict[str, str] = {}
+
+    def call(i: int, *args: Any) -> Any:
+        """workers[i].call(*args); None once an anchor has crashed (recorded in `failed`)."""
+        if backends[i].label in failed:
+            return None
+        try:
+            return workers[i].call(*args) if args else workers[i].wait_ready()
+        except RuntimeError as e:
+            if backends[i].mirror is None:  # encore's own model: the bench has nothing to compare
+                raise
+            failed[backends[i].label] = str(e)
+            print(f"encore bench: {backends[i].label} failed ({e}); its row is left out", file=sys.stderr)
+            return None
+
     with _progress(cfg, total) as bar:
         try:
             bar.describe("building models")
             # worker processes build in parallel; in-process workers one after the other
             workers = [(ProcessWorker if cfg.isolate else Worker)(spec, threads) for spec in specs]
-            params = [w.wait_ready() for w in workers]
+            params = [call(i) or 0 for i in range(len(workers))]
             for k, point in enumerate(points):
                 B, S, n = point.batch_size, point.input_len, point.output_len
                 who = active(point)
                 bar.describe(f"{S}->{n} x{B} warm-up")
                 for i in who:
                     for _ in range(point.warmup):
-                        workers[i].call("run", B, S, min(n, 8), n)
+                        call(i, "run", B, S, min(n, 8), n)
                         bar.update(1)
                 # interleave the models, alternating who goes first: a burst of load from another
                 # process then hits both sides instead of skewing one model's numbers
                 for rep in range(point.repeats):
                     for i in who if rep % 2 == 0 else who[::-1]:
                         bar.describe(f"{S}->{n} x{B} {backends[i].label}")
-                        runs.setdefault((i, k), []).append(workers[i].call("run", B, S, n, n))
+                        if (run := call(i, "run", B, S, n, n)) is not None:
+                            runs.setdefault((i, k), []).append(run)
                         bar.update(1)
+            for i, backend in enumerate(backends):  # a row cut short by a crash is left out whole
+                if backend.label in failed:
+                    runs = {key: value for key, value in runs.items() if key[0] != i}
             kv = {
                 (i, k): workers[i].call("kv_bytes", points[k].batch_size, points[k].input_len, points[k].output_len)
                 for (i, k) in runs
@@ -241,7 +263,7 @@ def _measure(
         finally:
             for w in workers:
                 w.close()
-    return params, runs, kv
+    return params, runs, kv, failed
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
@@ -260,7 +282,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         raise ValueError(f"--model and --baseline name the same model ({backends[0].label}); pick two")
     _check_memory(backends, points)
     machines = _machines(cfg, backends)
-    params, runs, kv = _measure(cfg, specs, backends, points, threads)
+    params, runs, kv, failed = _measure(cfg, specs, backends, points, threads)
     order = sorted(
         runs, key=lambda ik: (ik[0], points[ik[1]].kind != "full", points[ik[1]].batch_size, points[ik[1]].input_len)
     )
@@ -288,6 +310,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "wall_s": time.perf_counter() - started,
         "encore": __version__,
+        "failed": failed,  # anchors that crashed: label -> why (their rows are left out)
     }
     if cfg.vs_hf:
         import transformers
