@@ -105,7 +105,7 @@ class T5Adapter(StateDictAdapter):
     def config_to_hf(self, config: ModelConfig) -> Any:
         import transformers
 
-        hf = getattr(transformers, "MT5Config" if config.family == "mt5" else "T5Config")(
+        return getattr(transformers, "MT5Config" if config.family == "mt5" else "T5Config")(
             vocab_size=config.vocab_size,
             d_model=config.d_model,
             d_kv=config.head_dim,
@@ -123,7 +123,6 @@ class T5Adapter(StateDictAdapter):
             eos_token_id=config.eos_token_id,
             decoder_start_token_id=config.bos_token_id,
         )
-        return hf
 
     def rules(self, config: ModelConfig) -> list[Rule]:
         rules: list[Rule] = [

@@ -15,13 +15,13 @@ decides early stopping by its own rule, so its beams can differ from these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from encore.infer.processors import Processors
+from encore.infer.processors import Processors, sequence_starts, setting
 
 NEG = -1.0e9  # transformers' "never chosen" score
 
@@ -37,11 +37,7 @@ class Beams:
     def from_generation(cls, generation: dict[str, Any], **given: Any) -> Beams:
         """A checkpoint's generation config (transformers' defaults where it is silent), `given` over it."""
 
-        def pick(key: str, default: Any) -> Any:
-            value = given.get(key)
-            value = generation.get(key) if value is None else value
-            return default if value is None else value
-
+        pick = lambda key, default: setting(given, generation, key, default)
         return cls(
             num_beams=pick("num_beams", 1),
             length_penalty=pick("length_penalty", 1.0),
@@ -49,8 +45,9 @@ class Beams:
             num_return_sequences=pick("num_return_sequences", 1),
         )
 
-    def replace_returned(self, n: int) -> Beams:
-        return Beams(self.num_beams, self.length_penalty, self.early_stopping, n)
+    def best_only(self) -> Beams:
+        """The same search returning one sequence an input."""
+        return replace(self, num_return_sequences=1)
 
     def check(self, do_sample: bool = False) -> Beams:
         """Raise ValueError naming the setting out of range; returns self."""
@@ -88,11 +85,8 @@ def beam_search(
     logits, cache = model.prefill(input_ids, attention_mask, max_new_tokens)
     rows = torch.arange(B, device=logits.device).repeat_interleave(K)  # each input's beams: K rows
     cache = cache.select_rows(rows)
-    if config.arch == "encdec":
-        prompt = [[config.bos_token_id] for _ in range(B)]
-    else:
-        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        prompt = [row[keep].tolist() for row, keep in zip(input_ids, real)]
+    prompt = sequence_starts(config, input_ids, attention_mask)
+    eos_ids = eos or config.eos_token_ids  # what a minimum length bans
     search = _Search(B, K, max_new_tokens, beams, eos or (), logits.device)
     for step in range(max_new_tokens):
         if step:
@@ -101,7 +95,6 @@ def beam_search(
             logits = logits[rows]
         scores = torch.log_softmax(logits.float(), dim=-1)
         history = [prompt[i // K] + seq for i, seq in enumerate(search.histories())]
-        eos_ids = eos or config.eos_token_ids
         scores = processors(scores, history, step, step == max_new_tokens - 1, eos_ids)
         source = search.advance(scores, step)
         if not search.going(step):

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from encore.infer.generate import check_max_new_tokens, request_processors
-from encore.infer.processors import Processors
+from encore.infer.processors import Processors, sequence_start
 from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos
 from encore.model.cache import GenerationCache
 
@@ -311,9 +311,9 @@ class Engine:
     def _process(self, r: _Request, logits: Tensor) -> Tensor:
         """A request's logits processors over its row [1, V] (its history: the decoder's start token or
         the prompt, then its tokens)."""
-        start = [self.config.bos_token_id] if self.config.arch == "encdec" else r.ids
         eos = r.eos or self.config.eos_token_ids
-        return r.processors(logits, [start + r.tokens], r.produced, r.produced == r.max_new_tokens - 1, eos)
+        history = [sequence_start(self.config, r.ids) + r.tokens]
+        return r.processors(logits, history, r.produced, r.produced == r.max_new_tokens - 1, eos)
 
     def decode(self) -> list[Event]:
         """Phase 2 of `step`: one decode step for every running slot; one token each."""

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from encore.infer.beam import Beams, beam_search
-from encore.infer.processors import Processors
+from encore.infer.processors import Processors, sequence_starts
 from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos, sample_next
 from encore.model.inputs import check_ids
 
@@ -124,11 +124,7 @@ def _processed(
 ) -> Callable[[Tensor], Tensor]:
     """`choose` after the processors, keeping each row's sequence so far (the history they read): the
     decoder's start token (encoder-decoder) or the prompt's real tokens (decoder-only), then its outputs."""
-    if config.arch == "encdec":
-        history = [[config.bos_token_id] for _ in range(input_ids.shape[0])]
-    else:
-        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        history = [row[keep].tolist() for row, keep in zip(input_ids, real)]
+    history = sequence_starts(config, input_ids, attention_mask)
     eos_ids = config.eos_token_ids if eos is None else tuple(eos.tolist())  # what a minimum length bans
     step = 0
 

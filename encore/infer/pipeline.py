@@ -46,19 +46,31 @@ class GenerationOptions:
         language's token as the forced first token."""
         given = dict(repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size)
         if self.tgt_lang is not None:
-            if model.config.arch != "encdec":
-                raise ValueError("--tgt-lang is for encoder-decoder translation models (NLLB, mBART-50, M2M100)")
-            given["forced_bos_token_id"] = language_id(model.tokenizer, self.tgt_lang, "--tgt-lang")
+            given["forced_bos_token_id"] = target_language(model, self.tgt_lang, "--tgt-lang")
         return {k: v for k, v in given.items() if v is not None}
 
     def source_config(self, model: Any) -> Any:
         """The model's config with `src_lang` in its source template."""
         if self.src_lang is None:
             return model.config
-        lang = language_id(model.tokenizer, self.src_lang, "--src-lang")
-        if model.config.source_lang_id is None:
-            raise ValueError(f"--src-lang {self.src_lang}: this model's tokenizer lays out no source language")
-        return model.config.with_source_lang(lang)
+        return model.config.with_source_lang(source_language(model, self.src_lang, "--src-lang"))
+
+
+def source_language(model: Any, code: str, flag: str) -> int:
+    """A source language's token id for `model` (its tokenizer's code); ValueError naming `flag` for a
+    code the tokenizer lacks or a model whose sources carry no language."""
+    lang = language_id(model.tokenizer, code, flag)
+    if model.config.source_lang_id is None:
+        raise ValueError(f"{flag} {code}: this model's tokenizer lays out no source language")
+    return lang
+
+
+def target_language(model: Any, code: str, flag: str) -> int:
+    """A target language's token id (forced as an encoder-decoder's first new token); ValueError naming
+    `flag` for a decoder-only model or a code the tokenizer lacks."""
+    if model.config.arch != "encdec":
+        raise ValueError(f"{flag} is for encoder-decoder translation models (NLLB, mBART-50, M2M100)")
+    return language_id(model.tokenizer, code, flag)
 
 
 def apply_languages(model: Any, src_lang: str | None, tgt_lang: str | None) -> None:
@@ -160,7 +172,7 @@ def _beam_ids(
         width = max(len(ids) for ids in batch)
         ids = torch.tensor([row + [pad] * (width - len(row)) for row in batch])
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in batch])
-        out, _ = generate_beams(model, ids, mask, options.max_new_tokens, beams.replace_returned(1), **processing)
+        out, _ = generate_beams(model, ids, mask, options.max_new_tokens, beams.best_only(), **processing)
         for row in out.tolist():
             cut = next((i for i, t in enumerate(row) if t in eos), len(row))
             tokens.append(row[:cut])

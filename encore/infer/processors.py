@@ -12,7 +12,7 @@ nothing (`active` is False and the loops never call it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,11 +36,7 @@ class Processors:
         """A checkpoint's generation config as transformers applies it (`min_length` counts the decoder's
         start token, or a decoder-only prompt), with `given` settings over it (None: the config's)."""
 
-        def pick(key: str, default: Any) -> Any:
-            value = given.get(key)
-            value = generation.get(key) if value is None else value
-            return default if value is None else value
-
+        pick = lambda key, default: setting(given, generation, key, default)
         min_new = pick("min_new_tokens", None)
         if min_new is None:
             min_length = generation.get("min_length") or 0
@@ -76,9 +72,6 @@ class Processors:
         if any(not seq for seq in self.bad_words_ids):
             raise ValueError("bad_words_ids: each entry must be a non-empty list of token ids")
         return self
-
-    def without(self, *names: str) -> Processors:
-        return replace(self, **{n: Processors.__dataclass_fields__[n].default for n in names})
 
     @property
     def active(self) -> bool:
@@ -117,6 +110,25 @@ class Processors:
             if len(seq) == 1 or tuple(row[len(row) - len(seq) + 1 :]) == seq[:-1]:
                 banned.add(seq[-1])
         return banned
+
+
+def setting(given: dict[str, Any], generation: dict[str, Any], key: str, default: Any) -> Any:
+    """A decoding setting: the one given (not None), else the checkpoint's generation config's, else
+    transformers' default."""
+    value = given.get(key)
+    value = generation.get(key) if value is None else value
+    return default if value is None else value
+
+
+def sequence_start(config: Any, prompt: list[int]) -> list[int]:
+    """What a row's history starts with: the decoder's start token (encoder-decoder) or the prompt."""
+    return [config.bos_token_id] if config.arch == "encdec" else list(prompt)
+
+
+def sequence_starts(config: Any, input_ids: Tensor, attention_mask: Tensor | None) -> list[list[int]]:
+    """`sequence_start` of each row of a batch (a prompt's real tokens only)."""
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    return [sequence_start(config, row[keep].tolist()) for row, keep in zip(input_ids, real)]
 
 
 def _padded(rows: list[list[int]], device: torch.device) -> Tensor:

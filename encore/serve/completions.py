@@ -22,8 +22,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from encore.data.collate import prompt_ids
+from encore.infer.pipeline import source_language, target_language
 from encore.serve.scheduler import Choice, Closed, Job, QueueFull
-from encore.tokenizer import language_id
 
 
 class GenerationRequest(BaseModel):
@@ -111,16 +111,14 @@ class Completions:
         if not prompts:
             raise APIError(400, "prompt is an empty list", "prompt")
         where = ["prompt"] if isinstance(body.prompt, str) else [f"prompt[{i}]" for i in range(len(prompts))]
-        lang = None if body.source_lang is None else self.language(body.source_lang, "source_lang")
-        if lang is not None and self.model.config.source_lang_id is None:
-            raise APIError(400, f"model {self.name!r} lays out no source language", "source_lang")
+        lang = None if body.source_lang is None else self.language(source_language, body.source_lang, "source_lang")
         tokenizer, config = self.model.tokenizer, self.model.config
         return [(w, prompt_ids(tokenizer, text, config, lang)) for w, text in zip(where, prompts)]
 
-    def language(self, code: str, field: str) -> int:
-        """A language code's token id, or a 400 naming the field."""
+    def language(self, resolve: Any, code: str, field: str) -> int:
+        """`resolve(model, code, field)` (`source_language` / `target_language`), or a 400 naming the field."""
         try:
-            return language_id(self.model.tokenizer, code, field)
+            return resolve(self.model, code, field)
         except ValueError as e:
             raise APIError(400, str(e), field) from None
 
@@ -132,9 +130,7 @@ class Completions:
             min_new_tokens=body.min_tokens,
         )
         if body.target_lang is not None:
-            if self.model.config.arch != "encdec":
-                raise APIError(400, "target_lang is for encoder-decoder translation models", "target_lang")
-            given["forced_bos_token_id"] = self.language(body.target_lang, "target_lang")
+            given["forced_bos_token_id"] = self.language(target_language, body.target_lang, "target_lang")
         return {k: v for k, v in given.items() if v is not None}
 
     def max_new(self, body: Any) -> tuple[int, str]:
