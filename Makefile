@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# Pin the CPU torch that lies on these machines' disk when no torch is importable:
 	# a bare `torch` would pull a multi-GB CUDA build.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,data,eval,bench,distill,anchors,onnx,serve,vision,gguf]"
+	$(BIN)/python -m pip install -q -e ".[dev,data,eval,bench,distill,anchors,onnx,serve,vision,gguf,audio]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -7,6 +7,7 @@ special tokens) means the same thing for both, so a matched pair differs only in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -77,9 +78,14 @@ class ModelConfig:
     # an encoder sliding layer sees keys i - back .. i + ahead: [back, ahead] (empty: [window, window],
     # T5Gemma's |i - j| <= window; T5Gemma 2 splits its window around the query)
     encoder_window: list[int] = dataclasses.field(default_factory=list)
-    # the encoder's own widths where they differ from the decoder's (T5Gemma 9B-2B): any of
-    # ENCODER_SHAPE_FIELDS; {} for one width. Cross-attention projects its K/V from the encoder's width.
-    encoder_shape: dict[str, int] = dataclasses.field(default_factory=dict)
+    # the encoder's own shape where it differs from the decoder's: any of ENCODER_SHAPE_FIELDS (T5Gemma
+    # 9B-2B's widths; Whisper's 1,500 sinusoidal positions beside the decoder's 448 learned ones); {} for
+    # the decoder's. Cross-attention projects its K/V from the encoder's width.
+    encoder_shape: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # what the encoder reads: "tokens" (an embedding table) or "audio" (log-mel frames [B, audio_mels,
+    # 2 S] through Whisper's two-convolution stem)
+    encoder_input: Literal["tokens", "audio"] = "tokens"
+    audio_mels: int = 80
     merged_attention: bool = False  # the decoder's self- and cross-attention are one softmax (T5Gemma 2)
     eoi_token_id: int | None = None  # a token whose input embedding is a vector of its own (T5Gemma 2's <eoi>)
     rope_local_theta: float | None = None  # RoPE base of the sliding layers (None: rope_theta)
@@ -172,6 +178,13 @@ class ModelConfig:
             fail("rope_params", "rope_type must be 'linear' or 'llama3' (the RoPE scalings encore implements)")
         if self.encoder_shape:
             self._validate_encoder_shape(fail)
+        if self.encoder_input == "audio" and (self.arch != "encdec" or self.tie_encoder_embeddings):
+            fail(
+                "encoder_input",
+                "audio needs an encoder-decoder whose encoder has its own input (tie_encoder_embeddings)",
+            )
+        if not isinstance(self.audio_mels, int) or self.audio_mels <= 0:
+            fail("audio_mels", "must be a positive integer")
 
     def _validate_encoder_shape(self, fail) -> None:
         if self.arch != "encdec" or set(self.encoder_shape) - set(ENCODER_SHAPE_FIELDS):
@@ -302,6 +315,13 @@ class ModelConfig:
         }.get(self.position_kind, 0)
         return final + embed_norm + positions
 
+    def _encoder_input_params(self) -> int:
+        """The encoder's own input: an embedding table, or Whisper's stem (two width-3 convolutions)."""
+        d = self.encoder_width
+        if self.encoder_input == "audio":
+            return 3 * self.audio_mels * d + d + 3 * d * d + d
+        return self.vocab_size * d
+
     def param_counts(self) -> dict[str, int]:
         """Parameters split into embedding / encoder / decoder / total (tied head counted once)."""
         m = self.matrix_params()
@@ -323,7 +343,7 @@ class ModelConfig:
         tables = 1 + (not self.tie_embeddings)
         embedding = self.vocab_size * self.d_model * tables + (self.d_model if self.eoi_token_id is not None else 0)
         if self.arch == "encdec" and not self.tie_encoder_embeddings:
-            embedding += self.vocab_size * enc.d_model
+            embedding += self._encoder_input_params()
         encoder = self.n_encoder_layers * enc_layer + (enc._stack_extra() if self.n_encoder_layers else 0)
         decoder = self.n_decoder_layers * dec_layer + self._stack_extra()
         return {"embedding": embedding, "encoder": encoder, "decoder": decoder, "total": embedding + encoder + decoder}
@@ -383,7 +403,7 @@ class ModelConfig:
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})  # (no list or dict shared between configs)
 
     @staticmethod
     def preset_names() -> list[str]:
@@ -396,8 +416,9 @@ KINDS = {  # the enumerated block variants: each picks modules when the model is
     "norm_kind": ("rms", "rms_offset", "layernorm"),
     "block_order": ("pre", "post", "sandwich"),
     "position_kind": ("rope", "relative", "learned", "sinusoidal", "sinusoidal_fairseq"),
+    "encoder_input": ("tokens", "audio"),
 }
-ENCODER_SHAPE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "mlp_dim")
+ENCODER_SHAPE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "mlp_dim", "max_seq_len", "position_kind")
 
 
 def lay_out_source(
@@ -455,6 +476,15 @@ _FAIRSEQ = dict(arch="encdec", head_dim=64, norm_kind="layernorm", norm_eps=1e-5
 _BART = dict(_FAIRSEQ, vocab_size=50265, block_order="post", position_kind="learned", position_offset=2,
              embed_norm=True, logits_bias=True, mlp_type="gelu_exact", pad_token_id=1, eos_token_id=2, bos_token_id=2,
              family="bart")  # fmt: skip
+
+
+# Whisper: an audio encoder (log-mel frames through a convolution stem, 1,500 sinusoidal positions) and a
+# text decoder with 448 learned positions; multilingual vocabulary (51,865; large-v3's 51,866)
+_WHISPER = dict(arch="encdec", head_dim=64, norm_kind="layernorm", norm_eps=1e-5, proj_bias=True,
+                mlp_type="gelu_exact", position_kind="learned", max_seq_len=448, encoder_input="audio",
+                encoder_shape={"max_seq_len": 1500, "position_kind": "sinusoidal_fairseq"},
+                tie_encoder_embeddings=False, vocab_size=51865, pad_token_id=50257, eos_token_id=50257,
+                bos_token_id=50258, source_layout="plain", family="whisper")  # fmt: skip
 
 
 def _alternating(n: int) -> list[str]:
@@ -585,6 +615,39 @@ PRESETS.update(
             mlp_dim=2048,
             encoder_layer_types=_alternating(12),
             decoder_layer_types=_alternating(12),
+        ),
+        # openai/whisper-tiny, -base, -small; large-v3 (32 + 32) and large-v3-turbo (32 + 4): the same
+        # encoder, the decoder cut to 4 layers, the paper's split pushed further
+        "whisper-tiny": dict(
+            _WHISPER, d_model=384, n_encoder_layers=4, n_decoder_layers=4, n_heads=6, n_kv_heads=6, mlp_dim=1536
+        ),
+        "whisper-base": dict(
+            _WHISPER, d_model=512, n_encoder_layers=6, n_decoder_layers=6, n_heads=8, n_kv_heads=8, mlp_dim=2048
+        ),
+        "whisper-small": dict(
+            _WHISPER, d_model=768, n_encoder_layers=12, n_decoder_layers=12, n_heads=12, n_kv_heads=12, mlp_dim=3072
+        ),
+        "whisper-large-v3": dict(
+            _WHISPER,
+            d_model=1280,
+            n_encoder_layers=32,
+            n_decoder_layers=32,
+            n_heads=20,
+            n_kv_heads=20,
+            mlp_dim=5120,
+            vocab_size=51866,
+            audio_mels=128,
+        ),
+        "whisper-large-v3-turbo": dict(
+            _WHISPER,
+            d_model=1280,
+            n_encoder_layers=32,
+            n_decoder_layers=4,
+            n_heads=20,
+            n_kv_heads=20,
+            mlp_dim=5120,
+            vocab_size=51866,
+            audio_mels=128,
         ),
     }
 )

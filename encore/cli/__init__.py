@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("encore.cli.train:finetune", "fine-tune on a source -> target task"),
     "distill": ("encore.cli.train:distill", "distill a decoder-only teacher into an encoder-decoder student"),
     "generate": ("encore.cli.infer:generate", "generate from a checkpoint"),
+    "transcribe": ("encore.cli.transcribe", "speech files -> text / srt / vtt / json through a Whisper model"),
     "eval": ("encore.cli.infer:eval", "generate on a task split and score the predictions"),
     "bench": ("encore.cli.bench", "time an encoder-decoder against a decoder-only model of the same size"),
     "export": ("encore.cli.export", "export a model for deployment (ONNX graphs + manifest; int8, static shapes)"),

@@ -160,6 +160,10 @@ def run_generate(args: argparse.Namespace) -> int:
     from encore.model.vlm import VisionLanguageModel
 
     model = _model(args, vision=getattr(args, "image", None) is not None)
+    if getattr(getattr(model, "config", None), "encoder_input", "tokens") == "audio":
+        raise ValueError(
+            f"--model {args.model} is a speech model (Whisper): it reads audio, use encore transcribe FILE"
+        )
     images = None
     if args.input is not None:
         sources = [args.input]

@@ -70,7 +70,15 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("ENCORE_API_KEY"),
         help="require `Authorization: Bearer KEY` on every route but /health (default: $ENCORE_API_KEY; none)",
     )
-    p.add_argument("--max-body-mb", type=float, default=1.0, help="larger request bodies get a 413 (%(default)s)")
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=None,
+        help="larger request bodies get a 413 (default: 1; 25 for a Whisper model's audio uploads, as OpenAI's)",
+    )
+    p.add_argument(
+        "--beam-size", type=int, default=5, help="a Whisper model's beam size for transcriptions (%(default)s)"
+    )
     p.add_argument(
         "--request-timeout",
         dest="request_timeout_s",

@@ -3,13 +3,15 @@
     model = encore.load("path/to/t5gemma-b-b")         # a transformers checkpoint directory
     model = encore.load("hf:google/t5gemma-b-b-ul2")   # the hub, through huggingface_hub (needs access)
     model = encore.load("SmolLM2-135M.Q4_1.gguf")      # a GGUF file, dequantized by transformers
+    model = encore.load("faster-whisper-tiny.en")      # a CTranslate2 directory (Whisper's model.bin)
     model = encore.from_hf(hf_model)                   # a transformers model object already in memory
     vlm = encore.load("path/to/t5gemma-2", vision=True)  # its SigLIP tower too: a VisionLanguageModel
     model.save_pretrained("out", format="hf")          # back to the family's transformers layout
 
 `load` and `resolve_model` take every model spec a `--model` flag takes: an encore preset, a
 ModelConfig .json, an encore checkpoint, a transformers checkpoint directory (`model_type` in its
-config.json picks the adapter), `hf:ORG/NAME`, or a `.gguf` file. Families: `ADAPTERS`.
+config.json picks the adapter), `hf:ORG/NAME`, a CTranslate2 directory (Whisper, as faster-whisper
+ships it), or a `.gguf` file. Families: `ADAPTERS`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from encore.convert.checkpoint import (
     set_tokenizer,
     settle_config,
 )
+from encore.convert.ctranslate2 import ct2_config, is_ct2_directory, load_ct2
 from encore.convert.registry import ADAPTERS, adapter_for
 from encore.convert.save import save_hf
 from encore.model import io
@@ -52,6 +55,8 @@ def resolve_model(spec: str | Path, flag: str = "--model") -> tuple[ModelConfig,
         return _gguf_config(path), path
     if path.is_dir() and is_hf_checkpoint(path):
         return read_config(path)[0], path
+    if path.is_dir() and is_ct2_directory(path):
+        return ct2_config(path), path
     return io.resolve_model(spec, flag)
 
 
@@ -76,6 +81,8 @@ def load(
         return load_gguf(path, device, dtype, **config_changes)
     if path.is_dir() and is_hf_checkpoint(path):
         return load_hf(path, device, dtype, vision, **config_changes)
+    if path.is_dir() and is_ct2_directory(path):
+        return load_ct2(path, device, dtype, **config_changes)
     return io.load(path, device=device, dtype=dtype, **config_changes)
 
 

@@ -199,6 +199,8 @@ def set_tokenizer(model: LanguageModel, tokenizer: Any) -> None:
     `source_lang_id`)."""
     model.tokenizer = tokenizer
     config = model.config
+    if config.encoder_input != "tokens":  # an audio encoder reads no text: nothing to lay out
+        return
     prefix, suffix = special_template(tokenizer)
     if not suffix and prefix in ([], [tokenizer.bos_token_id]):
         config.source_layout = "bos" if prefix else "plain"

@@ -12,6 +12,7 @@ from encore.convert.bart import BartAdapter, M2M100Adapter, MarianAdapter, MBart
 from encore.convert.gemma import Gemma3TextAdapter, T5Gemma2Adapter, T5GemmaAdapter
 from encore.convert.llama import LlamaAdapter, Qwen2Adapter, Qwen3Adapter
 from encore.convert.t5 import T5Adapter
+from encore.convert.whisper import WhisperAdapter
 
 ADAPTERS: dict[str, StateDictAdapter] = {
     t: a
@@ -28,6 +29,7 @@ ADAPTERS: dict[str, StateDictAdapter] = {
         MarianAdapter(),
         PegasusAdapter(),
         M2M100Adapter(),
+        WhisperAdapter(),
     )
     for t in a.model_types
 }

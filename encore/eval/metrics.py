@@ -157,3 +157,29 @@ def compute_metrics(task_name: str, predictions: list[str], references: list) ->
     if task == "xsum":
         return _rouge(predictions, references, ["rouge1", "rouge2", "rougeL"])
     return {"rougeL": rouge_l(predictions, references), "exact_match": exact_match(predictions, references)}
+
+
+# --- speech ------------------------------------------------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    """Lowercased words without punctuation (hyphens split words: "round-fark" is two)."""
+    text = "".join(" " if ch in PUNCTUATION else ch for ch in text.lower())
+    return text.split()
+
+
+def word_error_rate(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Word error rate in percent: (substitutions + deletions + insertions) / reference words, over
+    the whole corpus, on lowercased words without punctuation."""
+    _check_lengths(predictions, references)
+    errors = words = 0
+    for prediction, reference in zip(predictions, references):
+        hyp, ref = _words(prediction), _words(reference)
+        row = list(range(len(hyp) + 1))  # edit distance, one row at a time
+        for i, r in enumerate(ref, 1):
+            prev, row[0] = row[0], i
+            for j, h in enumerate(hyp, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+        errors += row[-1]
+        words += len(ref)
+    return 100.0 * errors / max(words, 1)

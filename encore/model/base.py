@@ -107,9 +107,10 @@ class LanguageModel(nn.Module):
             if isinstance(getattr(module, "dropout", None), float):
                 module.dropout = p
 
-    def _check_length(self, n: int, what: str) -> None:
-        if n > self.config.max_seq_len:
-            raise ValueError(f"{what} length {n} exceeds max_seq_len={self.config.max_seq_len}")
+    def _check_length(self, n: int, what: str, limit: int | None = None) -> None:
+        limit = limit or self.config.max_seq_len
+        if n > limit:
+            raise ValueError(f"{what} length {n} exceeds max_seq_len={limit}")
 
     # --- generation: provided by each architecture ------------------------------------------------
 

@@ -15,12 +15,12 @@ from encore.model.inputs import (
     as_bool_mask,
     bidirectional_mask,
     causal_masks,
-    check_ids,
     padding_mask,
     positions_from_mask,
 )
-from encore.model.layers import DecoderLayer, EncoderLayer, MergedDecoderLayer, make_embedding, make_norm, stack_norm
+from encore.model.layers import DecoderLayer, EncoderLayer, MergedDecoderLayer, make_norm, stack_norm
 from encore.model.positions import make_positions
+from encore.model.stems import check_encoder_input, make_encoder_input
 
 
 class EncoderDecoder(LanguageModel):
@@ -31,8 +31,10 @@ class EncoderDecoder(LanguageModel):
             raise ValueError(f"EncoderDecoder needs an 'encdec' config, got arch={config.arch!r}")
         super().__init__(config)
         enc = config.encoder_config()  # the encoder's widths (T5Gemma 9B-2B: its own; usually the decoder's)
-        # the encoder's own embedding table, when the family keeps one (T5Gemma); else the shared `embed`
-        self.encoder_embed = None if config.tie_encoder_embeddings else make_embedding(enc)
+        # the encoder's own input, when the family keeps one (T5Gemma's table, Whisper's audio stem);
+        # else the shared `embed`
+        self.encoder_embed = None if config.tie_encoder_embeddings else make_encoder_input(enc)
+        self.encoder_max_len = enc.max_seq_len
         self.encoder_positions = make_positions(enc, "encoder")
         self.encoder_embed_norm = make_norm(enc) if enc.embed_norm else nn.Identity()
         self.encoder = nn.ModuleList(EncoderLayer(enc, kind) for kind in config.layer_types("encoder"))
@@ -49,29 +51,29 @@ class EncoderDecoder(LanguageModel):
     def blocks(self) -> list[nn.Module]:
         return [*self.encoder, *self.decoder]
 
-    def input_embeddings(self) -> nn.Embedding:
-        """The table that embeds the encoder's input."""
+    def input_embeddings(self) -> nn.Module:
+        """What embeds the encoder's input (a token table; Whisper's audio stem)."""
         return self.embed if self.encoder_embed is None else self.encoder_embed
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """input_ids [B, S] -> encoder states [B, S, D]."""
-        check_ids(input_ids, attention_mask, self.config.vocab_size)
+        """input_ids [B, S] (an audio encoder: log-mel features [B, M, 2S]) -> encoder states [B, S, D]."""
+        check_encoder_input(self.config, input_ids, attention_mask)
         return self._encode(input_ids, padding_mask(attention_mask))
 
     def _encode(self, input_ids: Tensor, mask: Tensor | None, inputs_embeds: Tensor | None = None) -> Tensor:
         """`inputs_embeds` [B, S, D] replace the token embeddings (a vision-language model's, with image
         tokens at its placeholder positions)."""
-        B, S = input_ids.shape
-        self._check_length(S, "input")
-        positions = positions_from_mask(mask, B, S, input_ids.device)  # [B, S]
+        x = self.input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds  # [B, S, D]
+        B, S = x.shape[:2]
+        self._check_length(S, "input", self.encoder_max_len)
+        positions = positions_from_mask(mask, B, S, x.device)  # [B, S]
         ropes = self.rotary(positions)
         span = self.config.encoder_span()
         masks = {  # [B, 1, 1, S] (or None), and [B|1, 1, S, S] for sliding layers; [B, H, S, S] with a bias
-            "full": bidirectional_mask(mask, S, input_ids.device),
-            "sliding": bidirectional_mask(mask, S, input_ids.device, span) if span else None,
+            "full": bidirectional_mask(mask, S, x.device),
+            "sliding": bidirectional_mask(mask, S, x.device, span) if span else None,
         }
         masks = self.encoder_positions.scores(masks, positions, positions)
-        x = self.input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds  # [B, S, D]
         x = self.encoder_embed_norm(self.encoder_positions.embed(x, positions))
         for layer in self.encoder:
             x = layer(x, ropes[layer.kind], masks[layer.kind])
@@ -109,6 +111,12 @@ class EncoderDecoder(LanguageModel):
             x = layer(x, ropes[layer.kind], masks[layer.kind], causal=True, cross_kv=kv, cross_mask=cross_mask)
         return self.head(x)
 
+    def transcribe(self, audio, **options):
+        """Speech -> {"text", "segments", "language"} (a Whisper model): see `encore.audio.transcribe`."""
+        from encore.audio.transcribe import transcribe
+
+        return transcribe(self, audio, **options)
+
     # --- generation: encode once, project cross K/V once, then one token at a time ---------------
 
     def cross_kv(
@@ -126,18 +134,48 @@ class EncoderDecoder(LanguageModel):
         attention_mask: Tensor | None,
         max_new_tokens: int,
         inputs_embeds: Tensor | None = None,
+        decoder_prompt: Tensor | None = None,
+        logits_at: list[int] | None = None,
     ) -> tuple[Tensor, GenerationCache]:
-        """Encode, fill the cross K/V, run the decoder on BOS: first-token logits [B, V] and a cache
-        for `max_new_tokens` outputs per row. Image tokens in `inputs_embeds` enter the cross K/V
-        here, once, and never the decoder's self-attention cache."""
-        B, S = input_ids.shape
-        self._check_length(max_new_tokens, "max_new_tokens")
+        """Encode, fill the cross K/V, run the decoder on its start: first-token logits [B, V] and a
+        cache for `max_new_tokens` outputs per row. Image tokens in `inputs_embeds` enter the cross K/V
+        here, once, and never the decoder's self-attention cache. `decoder_prompt` [B, P]: the decoder's
+        first tokens in place of BOS (Whisper's task tokens and previous text), one length for all rows;
+        `logits_at`: the prompt positions whose logits to return ([B, n, V], `decode_prompt`)."""
+        B = input_ids.shape[0]
+        prompt = decoder_prompt
+        if prompt is None:
+            prompt = torch.full((B, 1), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
+        what = "max_new_tokens" if decoder_prompt is None else "decoder prompt + max_new_tokens"
+        self._check_length(prompt.shape[1] - 1 + max_new_tokens, what)
         mask = padding_mask(attention_mask)
-        cache = self.new_cache(B, 0, max_new_tokens)
+        cache = self.new_cache(B, 0, prompt.shape[1] - 1 + max_new_tokens)
         cache.cross_k, cache.cross_v = (t.to(cache.k.dtype) for t in self.cross_kv(input_ids, mask, inputs_embeds))
         cache.cross_mask = mask
-        bos = torch.full((B,), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
-        return self.decode_step(bos, cache), cache
+        return self.decode_prompt(prompt, cache, logits_at), cache
+
+    def decode_prompt(self, tokens: Tensor, cache: GenerationCache, logits_at: list[int] | None = None) -> Tensor:
+        """The decoder's first tokens [B, P] into a fresh cache at positions 0 .. P - 1, in one pass:
+        the last one's next-token logits [B, V], or [B, n, V] at the prompt's positions `logits_at`
+        (Whisper reads its no-speech probability at the start token)."""
+        if tokens.shape[1] == 1 and logits_at is None:
+            return self.decode_step(tokens[:, 0], cache)
+        B, P = tokens.shape
+        positions = torch.arange(P, device=tokens.device).expand(B, P)
+        ropes = self.rotary(positions)
+        masks = self.positions.scores(
+            causal_masks(None, P, tokens.device, self.config.sliding_window), positions, positions
+        )
+        cross = self.cross_inputs(cache)
+        x = self.embed_tokens(tokens, positions)  # [B, P, D]
+        cache.prefilling = True
+        try:
+            for i, layer in enumerate(self.decoder):
+                x = layer(x, ropes[layer.kind], masks[layer.kind], causal=True, cache=cache, layer=i, **cross(i))
+        finally:
+            cache.prefilling = False
+        cache.length += P
+        return self.head(x[:, -1] if logits_at is None else x[:, logits_at])
 
     def cross_inputs(self, cache: GenerationCache) -> Callable[[int], dict]:
         """Layer i's encoder inputs for the shared decode step: its cross K/V and the input's mask."""

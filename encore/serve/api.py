@@ -2,6 +2,7 @@
 
     POST /v1/completions        `encore.serve.completions`
     POST /v1/chat/completions   `encore.serve.chat` (the checkpoint's chat template, or --chat-template)
+    POST /v1/audio/transcriptions, /v1/audio/translations   a Whisper model (`create_speech_app`)
     GET  /v1/models, /health, /metrics
     GET  /                      a chat page (static/chat.html: streamed replies, sampling settings, speed)
 
@@ -54,22 +55,8 @@ def create_app(
     completions up to `max_tokens`; `guard` for what exposing it needs; `chat_template` replaces the
     tokenizer's. Its lifespan starts and stops the scheduler's thread."""
     guard = guard or Guard()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler.start()
-        yield
-        scheduler.stop()  # cuts what still runs (uvicorn waited for the connections first)
-
-    app = FastAPI(title="encore", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = _base_app(scheduler, model_name, scheduler.metrics)
     metrics, config, engine = scheduler.metrics, scheduler.model.config, scheduler.engine
-    started = int(time.time())
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError) -> JSONResponse:
-        metrics.requests.labels("rejected").inc()
-        headers = {"Retry-After": str(RETRY_AFTER_S)} if e.status == 429 else None
-        return error_response(e.status, e.message, e.param, e.kind, headers, e.code)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -102,15 +89,6 @@ def create_app(
         """A chat page (one static file, no external assets) talking to /v1/chat/completions."""
         return HTMLResponse(page)
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        card = {"id": model_name, "object": "model", "created": started, "owned_by": "encore"}
-        return {"object": "list", "data": [card]}
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
     completions = Completions(scheduler, model_name, max_input_len, max_tokens, guard.request_timeout_s)
     chat = ChatCompletions(scheduler, model_name, max_input_len, max_tokens, guard.request_timeout_s, chat_template)
 
@@ -123,6 +101,64 @@ def create_app(
         return await chat(body, request)
 
     _guard(app, guard, metrics)
+    return app
+
+
+def _base_app(owner: Any, model_name: str, metrics: Any) -> FastAPI:
+    """What every encore app has: a lifespan that starts and stops `owner`'s thread (the scheduler, or
+    a speech worker), OpenAI's error objects, /v1/models and /metrics."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owner.start()
+        yield
+        owner.stop()  # cuts what still runs (uvicorn waited for the connections first)
+
+    app = FastAPI(title="encore", docs_url=None, redoc_url=None, lifespan=lifespan)
+    started = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError) -> JSONResponse:
+        metrics.requests.labels("rejected").inc()
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if e.status == 429 else None
+        return error_response(e.status, e.message, e.param, e.kind, headers, e.code)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card = {"id": model_name, "object": "model", "created": started, "owned_by": "encore"}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def create_speech_app(worker: Any, model_name: str, guard: Guard | None = None) -> FastAPI:
+    """The app serving a Whisper model (`encore.serve.speech`): OpenAI's audio routes, health, models,
+    metrics, behind the same `Guard`. Its lifespan starts and stops the worker's thread."""
+    from encore.serve.speech import AudioRoutes
+
+    guard = guard or Guard()
+    app = _base_app(worker, model_name, worker.metrics)
+    routes = AudioRoutes(worker, guard.request_timeout_s)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        body = {"status": "shutting down" if worker.closing else "ok", "model": model_name, "task": "speech"}
+        body.update(running=worker.running)
+        return JSONResponse(body, status_code=503 if worker.closing else 200)
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        return await routes(request, "transcribe")
+
+    @app.post("/v1/audio/translations")
+    async def translations(request: Request) -> Response:
+        return await routes(request, "translate")
+
+    _guard(app, guard, worker.metrics)
     return app
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from encore.model.cache import GenerationCache
@@ -43,7 +43,8 @@ class ServerConfig:
     served_model_name: str | None = None  # the name clients send as `model`; None: the --model's name
     shutdown_grace_s: float = 30.0
     api_key: str | None = None  # every route but /health needs `Authorization: Bearer <key>`
-    max_body_mb: float = 1.0  # larger request bodies get a 413
+    max_body_mb: float | None = None  # larger request bodies get a 413 (None: 1; 25 for a speech model's audio)
+    beam_size: int = 5  # a Whisper model's beam size for transcriptions
     request_timeout_s: float | None = 600.0  # a request running longer is cut (None: never)
     allow_origin: list[str] | None = None  # CORS origins (None: no CORS headers)
     chat_template: str | None = None  # a Jinja file replacing the tokenizer's chat template
@@ -91,12 +92,33 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
 
     if cfg.max_batch < 1 or cfg.max_queue < 0 or cfg.kv_budget_mb <= 0:
         raise ValueError("--max-batch must be >= 1, --max-queue >= 0 and --kv-budget-mb > 0")
+    speech = model.config.encoder_input == "audio"
+    if cfg.max_body_mb is None:
+        cfg = replace(cfg, max_body_mb=25.0 if speech else 1.0)
+    if cfg.beam_size < 1:
+        raise ValueError(f"--beam-size must be >= 1, got {cfg.beam_size}")
     if cfg.max_body_mb <= 0 or (cfg.request_timeout_s is not None and cfg.request_timeout_s <= 0):
         raise ValueError("--max-body-mb and --request-timeout must be positive")
     if cfg.api_key is not None and not cfg.api_key.strip():
         raise ValueError("--api-key is empty")
     if model.tokenizer is None:
         raise ValueError(f"--model {cfg.model!r} has no tokenizer; pass --tokenizer")
+    guard = Guard(
+        api_key=cfg.api_key,
+        max_body_bytes=int(cfg.max_body_mb * MiB),
+        request_timeout_s=cfg.request_timeout_s,
+        allow_origins=list(cfg.allow_origin or []),
+    )
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.api_key is None:
+        log.warning("listening on %s without an API key: anyone who reaches it can use it (--api-key)", cfg.host)
+    name = cfg.served_model_name or spec_label(cfg.model)
+    if speech:  # Whisper: OpenAI's audio routes (`encore.serve.speech`)
+        from encore.serve.api import create_speech_app
+        from encore.serve.speech import SpeechWorker
+
+        worker = SpeechWorker(model, cfg.max_queue, cfg.beam_size, ServerMetrics())
+        log.info("serving %s (speech): /v1/audio/transcriptions, /v1/audio/translations", name)
+        return create_speech_app(worker, name, guard), worker
     apply_languages(model, cfg.src_lang, cfg.tgt_lang)
     max_input_len, max_tokens = _limits(cfg, model.config)
     dtype_bytes = model.kv_dtype.itemsize
@@ -119,7 +141,6 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
         prefix_cache_bytes=int(cfg.prefix_cache_mb * MiB),
     )
     scheduler = Scheduler(model, model.tokenizer, engine, cfg.max_queue, ServerMetrics())
-    name = cfg.served_model_name or spec_label(cfg.model)
     log.info(
         "serving %s (%s): %d slots of %d input + %d new tokens in %.0f MiB of K/V",
         name,
@@ -129,14 +150,6 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
         max_tokens,
         engine.cache.nbytes / MiB,
     )
-    guard = Guard(
-        api_key=cfg.api_key,
-        max_body_bytes=int(cfg.max_body_mb * MiB),
-        request_timeout_s=cfg.request_timeout_s,
-        allow_origins=list(cfg.allow_origin or []),
-    )
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.api_key is None:
-        log.warning("listening on %s without an API key: anyone who reaches it can use it (--api-key)", cfg.host)
     template = read_template(cfg.chat_template)
     return create_app(scheduler, name, max_input_len, max_tokens, guard, template), scheduler
 

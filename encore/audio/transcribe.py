@@ -1,0 +1,262 @@
+"""`transcribe`: audio of any length -> text with timestamped segments, openai/whisper's long-form
+algorithm on encore's model: 30-s windows from a seek position that moves to the last timestamp the
+decoder wrote, the previous text as the next window's prompt, a temperature fallback when a window's
+text is too repetitive (gzip compression ratio) or unlikely (average log-probability), and windows the
+model calls silent (no-speech probability) skipped.
+
+`batch_size` > 1 is faster-whisper's batched pipeline: the audio is cut into 30-s windows decoded
+together, each alone (no previous text), with timestamps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from encore.audio.decoding import LogitRules, WindowResult, compression_ratio, decode_windows
+from encore.audio.features import FRAME_SECONDS, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel, pad_or_trim
+from encore.audio.io import AudioInput, load_audio
+from encore.audio.tokens import TIMESTAMP_SECONDS, WhisperTokens
+from encore.progress import Progress
+
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+INPUT_STRIDE = 2  # mel frames per encoder position (and per timestamp step)
+
+
+def transcribe(
+    model: Any,
+    audio: AudioInput,
+    language: str | None = None,
+    task: str = "transcribe",
+    beam_size: int = 5,
+    temperature: float | Sequence[float] = TEMPERATURES,
+    initial_prompt: str | None = None,
+    word_timestamps: bool = False,
+    condition_on_previous_text: bool = True,
+    compression_ratio_threshold: float | None = 2.4,
+    logprob_threshold: float | None = -1.0,
+    no_speech_threshold: float | None = 0.6,
+    without_timestamps: bool = False,
+    batch_size: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """{"text", "segments": [{"id", "seek", "start", "end", "text", "tokens", "temperature",
+    "avg_logprob", "compression_ratio", "no_speech_prob"}], "language", "duration"} for `audio` (a file,
+    or 16 kHz samples). Defaults are openai/whisper's (beam 5, temperatures 0 to 1 by 0.2, thresholds
+    2.4 / -1.0 / 0.6); `language` None detects it on a multilingual model."""
+    if word_timestamps:
+        raise ValueError("word_timestamps are not built yet: segments carry start and end times")
+    if not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    tokens = WhisperTokens.from_model(model)
+    if language is not None:
+        language = language.lower()
+        if tokens.multilingual:
+            tokens.language(language)
+        elif language != "en":
+            raise ValueError(f"language {language!r}: this Whisper model is English-only (*.en)")
+    tokens.start(language if tokens.multilingual else None, task, True)  # checks the task before any work
+    samples = load_audio(audio)
+    device = model.embed.weight.device
+    mel = log_mel(torch.from_numpy(samples).to(device), model.config.audio_mels, padding=N_SAMPLES)[0]  # [M, frames]
+    frames = mel.shape[-1] - N_FRAMES  # the audio's own frames (the rest is the appended silence)
+    if tokens.multilingual and language is None:
+        language = detect_language(model, tokens, mel[None, :, :N_FRAMES])[0]
+    generation, vocab = model.generation_config, model.config.vocab_size
+    in_vocab = lambda ids: [i for i in ids if 0 <= i < vocab]  # (a config may list ids of a larger vocabulary)
+    rules = LogitRules(
+        tokens,
+        in_vocab(tokens.suppressed(generation.get("suppress_tokens") or [])),
+        in_vocab(generation.get("begin_suppress_tokens") or [tokens.eot]),
+        timestamps=not without_timestamps,
+    )
+    decoder = _Decoder(model, tokens, rules, temperature, beam_size, compression_ratio_threshold, logprob_threshold)
+    decoder.start = tokens.start(language if tokens.multilingual else None, task, not without_timestamps)
+    decoder.generator.manual_seed(seed)
+    run = _windows_batched if batch_size > 1 else _windows_sequential
+    segments = run(decoder, mel, frames, initial_prompt, condition_on_previous_text, no_speech_threshold,
+                   batch_size, progress)  # fmt: skip
+    for i, segment in enumerate(segments):
+        segment["id"] = i
+    text = "".join(s["text"] for s in segments)
+    return {"text": text, "segments": segments, "language": language or "en", "duration": len(samples) / SAMPLE_RATE}
+
+
+class _Decoder:
+    """A window's decoding with the temperature fallback."""
+
+    def __init__(self, model, tokens, rules, temperature, beam_size, ratio_threshold, logprob_threshold):
+        self.model, self.tokens, self.rules = model, tokens, rules
+        temps = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
+        if not temps or any(not isinstance(x, (int, float)) or x < 0 for x in temps):
+            raise ValueError(f"temperature must be a number >= 0 or a sequence of them, got {temperature!r}")
+        self.temperatures = tuple(float(x) for x in temps)
+        self.beam_size, self.ratio_threshold, self.logprob_threshold = beam_size, ratio_threshold, logprob_threshold
+        self.generator = torch.Generator(device=model.embed.weight.device)
+        self.start: list[int] = []
+        self.n_ctx = model.config.max_seq_len
+
+    def prompt(self, previous: list[int]) -> list[int]:
+        """<|startofprev|> + the last previous-text tokens (up to half the decoder's positions) + start."""
+        keep = previous[-(self.n_ctx // 2 - 1) :] if previous else []
+        return ([self.tokens.sot_prev, *keep] if keep else []) + self.start
+
+    def max_tokens(self, prompt: list[int]) -> int:
+        return min(self.n_ctx // 2, self.n_ctx - len(prompt))
+
+    def decode(self, features: torch.Tensor, previous: list[list[int]]) -> list[WindowResult]:
+        """Windows [B, M, 3000] (B > 1: all with the same prompt) -> each one's result after fallback."""
+        prompt = self.prompt(previous[0])
+        results: list[WindowResult | None] = [None] * len(features)
+        todo = list(range(len(features)))
+        for temperature in self.temperatures:
+            beam = self.beam_size if temperature == 0.0 else 1
+            out = decode_windows(self.model, features[todo], prompt, self.rules, temperature, beam,
+                                 self.max_tokens(prompt), self.generator)  # fmt: skip
+            retry = []
+            for i, result in zip(todo, out):
+                result.text = self.text(result.tokens)
+                result.compression_ratio = compression_ratio(result.text)
+                results[i] = result
+                if self._needs_fallback(result):
+                    retry.append(i)
+            todo = retry
+            if not todo:
+                break
+        return results  # type: ignore[return-value]
+
+    def _needs_fallback(self, r: WindowResult) -> bool:
+        too_repetitive = self.ratio_threshold is not None and r.compression_ratio > self.ratio_threshold
+        too_unlikely = self.logprob_threshold is not None and r.avg_logprob < self.logprob_threshold
+        silent = r.no_speech_prob > 0.6 and too_unlikely  # openai: a silent window is not retried
+        return (too_repetitive or too_unlikely) and not silent
+
+    def text(self, ids: list[int]) -> str:
+        return self.model.tokenizer.decode([i for i in ids if i < self.tokens.eot])
+
+
+def _skip(result: WindowResult, no_speech_threshold: float | None, logprob_threshold: float | None) -> bool:
+    """openai's silence rule: the no-speech probability is high and the text is not confident."""
+    if no_speech_threshold is None or result.no_speech_prob <= no_speech_threshold:
+        return False
+    return logprob_threshold is None or result.avg_logprob <= logprob_threshold
+
+
+def _windows_sequential(decoder, mel, frames, initial_prompt, condition, no_speech_threshold, _, progress):
+    """openai/whisper's seek loop: one window at a time, each prompted with the text so far."""
+    all_tokens: list[int] = []
+    if initial_prompt:
+        all_tokens = decoder.model.tokenizer.encode(" " + initial_prompt.strip(), add_special_tokens=False)
+    reset_since = len(all_tokens)
+    segments: list[dict[str, Any]] = []
+    seek = 0
+    bar = Progress(frames, unit="frame", desc="transcribe") if progress else None
+    while seek < frames:
+        size = min(N_FRAMES, frames - seek)
+        window = pad_or_trim(mel[:, seek : seek + size], N_FRAMES)[None]
+        (result,) = decoder.decode(window, [all_tokens[reset_since:]] if condition else [[]])
+        offset = seek * FRAME_SECONDS
+        before = seek
+        if _skip(result, no_speech_threshold, decoder.logprob_threshold):
+            seek += size
+        else:
+            found, advance = split_segments(result, decoder, offset, size, seek)
+            segments += found
+            seek += advance
+            all_tokens += [t for s in found for t in s["tokens"]]
+        if not condition or result.temperature > 0.5:
+            reset_since = len(all_tokens)
+        if bar is not None:
+            bar.update(seek - before)
+    if bar is not None:
+        bar.close()
+    return segments
+
+
+def _windows_batched(decoder, mel, frames, initial_prompt, condition, no_speech_threshold, batch_size, progress):
+    """faster-whisper's batched pipeline: fixed 30-s windows decoded `batch_size` at a time, each on
+    its own (the initial prompt only)."""
+    previous = (
+        decoder.model.tokenizer.encode(" " + initial_prompt.strip(), add_special_tokens=False) if initial_prompt else []
+    )
+    starts = list(range(0, frames, N_FRAMES))
+    segments: list[dict[str, Any]] = []
+    bar = Progress(len(starts), unit="window", desc="transcribe") if progress else None
+    for first in range(0, len(starts), batch_size):
+        group = starts[first : first + batch_size]
+        windows = torch.stack([pad_or_trim(mel[:, s : s + N_FRAMES], N_FRAMES) for s in group])
+        for seek, result in zip(group, decoder.decode(windows, [previous])):
+            if not _skip(result, no_speech_threshold, decoder.logprob_threshold):
+                size = min(N_FRAMES, frames - seek)
+                segments += split_segments(result, decoder, seek * FRAME_SECONDS, size, seek, whole=True)[0]
+        if bar is not None:
+            bar.update(len(group))
+    if bar is not None:
+        bar.close()
+    return segments
+
+
+def split_segments(
+    result: WindowResult, decoder: _Decoder, offset: float, size: int, seek: int, whole: bool = False
+) -> tuple[list[dict[str, Any]], int]:
+    """A window's tokens -> (its segments, cut after each pair of consecutive timestamps, and the frames
+    to seek: to the last closed pair, or past the window). `whole`: the window is done whatever it
+    ends with (batched windows: a text left open after the last pair is a segment too)."""
+    begin = decoder.tokens.timestamp_begin
+    tokens = result.tokens
+    is_stamp = [t >= begin for t in tokens]
+    single_ending = is_stamp[-2:] == [False, True]
+    cuts = [i + 1 for i in range(len(tokens) - 1) if is_stamp[i] and is_stamp[i + 1]]
+    seconds = lambda stamp: offset + (stamp - begin) * TIMESTAMP_SECONDS
+    segments, advance = [], size
+    if cuts:
+        if (single_ending or whole) and cuts[-1] < len(tokens):
+            cuts.append(len(tokens))
+        last = 0
+        for cut in cuts:
+            piece = tokens[last:cut]
+            stamps = [t for t in piece if t >= begin] or [tokens[last - 1] if last else begin]
+            end = seconds(stamps[-1]) if len(stamps) > 1 or stamps[-1] != stamps[0] else offset + size * FRAME_SECONDS
+            segments.append(_segment(result, decoder, seek, seconds(stamps[0]), end, piece))
+            last = cut
+        if not (single_ending or whole):
+            advance = (tokens[last - 1] - begin) * INPUT_STRIDE
+    else:
+        duration = size * FRAME_SECONDS
+        stamps = [t for t in tokens if t >= begin]
+        if stamps and stamps[-1] != begin:
+            duration = (stamps[-1] - begin) * TIMESTAMP_SECONDS
+        segments.append(_segment(result, decoder, seek, offset, offset + duration, tokens))
+    return [s for s in segments if s["text"].strip()], max(advance, 1)
+
+
+def _segment(result: WindowResult, decoder: _Decoder, seek: int, start: float, end: float, tokens: list[int]):
+    return {
+        "id": 0,
+        "seek": seek,
+        "start": round(start, 3),
+        "end": round(end, 3),
+        "text": decoder.text(tokens),
+        "tokens": list(tokens),
+        "temperature": result.temperature,
+        "avg_logprob": result.avg_logprob,
+        "compression_ratio": result.compression_ratio,
+        "no_speech_prob": result.no_speech_prob,
+    }
+
+
+@torch.inference_mode()
+def detect_language(model: Any, tokens: WhisperTokens, features: torch.Tensor) -> list[str]:
+    """The likeliest language of each window [B, M, 3000]: the decoder's first step after
+    <|startoftranscript|>, over the language tokens."""
+    if not tokens.languages:
+        return ["en"] * features.shape[0]
+    start = torch.full((features.shape[0], 1), tokens.sot, dtype=torch.long, device=features.device)
+    logits, _ = model.prefill(features, None, 1, decoder_prompt=start)
+    codes, ids = list(tokens.languages), torch.tensor(list(tokens.languages.values()), device=logits.device)
+    return [codes[i] for i in logits[:, ids].argmax(dim=-1).tolist()]

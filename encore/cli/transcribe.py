@@ -1,0 +1,77 @@
+"""`encore transcribe`: speech files -> text, subtitles or JSON through a Whisper model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from encore.cli.common import add_quantize_flag, load_for_inference, nonnegative_int, positive_int
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a Whisper checkpoint: a transformers directory, a CTranslate2 / faster-whisper directory, or "
+        "hf:openai/whisper-*",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (anything FFmpeg decodes)")
+    p.add_argument("--language", default=None, help="the spoken language's code (en, de, ...); default: detected")
+    p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe", help="(%(default)s)")
+    p.add_argument("--output-format", choices=["txt", "srt", "vtt", "json"], default="txt", help="(%(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="a folder for FILE's stem + the format's extension; "
+                   "default: print to stdout")  # fmt: skip
+    p.add_argument("--beam-size", type=positive_int, default=5, help="(%(default)s; 1: greedy)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        help="the fallback temperatures, tried in order (%(default)s)",
+    )
+    p.add_argument("--initial-prompt", default=None, help="text that conditions the first window (names, style)")
+    p.add_argument("--no-condition-on-previous-text", action="store_true", help="do not prompt with the text so far")
+    p.add_argument("--without-timestamps", action="store_true", help="no timestamp tokens (segments span windows)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        help="windows decoded together (faster-whisper's batched mode: no previous text) (%(default)s)",
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="for the sampled fallbacks (%(default)s)")
+    p.add_argument("--device", default="cpu", help="(%(default)s)")
+    add_quantize_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from encore.audio.formats import render
+
+    quantize = None if args.quantize == "none" else args.quantize
+    model = load_for_inference(args.model, None, args.device, quantize, kv_cache_dtype=args.kv_cache_dtype)
+    if getattr(model.config, "encoder_input", "tokens") != "audio":
+        raise ValueError(f"--model {args.model} is a text model: encore transcribe takes a speech model (Whisper)")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    for file in args.files:
+        result = model.transcribe(
+            file,
+            language=args.language,
+            task=args.task,
+            beam_size=args.beam_size,
+            temperature=tuple(args.temperature),
+            initial_prompt=args.initial_prompt,
+            condition_on_previous_text=not args.no_condition_on_previous_text,
+            without_timestamps=args.without_timestamps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=True,
+        )
+        text = render(result, args.output_format)
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            target = args.out / f"{Path(file).stem}.{args.output_format}"
+            target.write_text(text, encoding="utf-8")
+            print(f"{file} -> {target}", file=sys.stderr)
+    return 0
