@@ -212,3 +212,16 @@ def language_id(tokenizer: Any, code: str, flag: str = "--src-lang") -> int:
     codes = [t for t in known if "_" in t.strip("_") or t.startswith("__")][:6]
     hint = f"; it knows codes such as {', '.join(codes)}" if codes else "; this tokenizer has no language codes"
     raise ValueError(f"{flag} {code!r}: not a language code of this model's tokenizer{hint}")
+
+
+def read_template(path: str | None) -> str | None:
+    """The text of `--chat-template FILE` (a Jinja template, as transformers' `chat_template`), or None."""
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"--chat-template {path}: no such file")
+    text = file.read_text()
+    if "{{" not in text and "{%" not in text:
+        raise ValueError(f"--chat-template {path}: not a Jinja chat template (no {{{{ or {{% in it)")
+    return text

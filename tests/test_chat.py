@@ -74,6 +74,8 @@ def test_chat_with_the_openai_client_stream_and_not(server, chat_checkpoint):
         stream_options={"include_usage": True},
     )  # fmt: skip
     chunks = list(stream)
+    assert {c.object for c in chunks} == {"chat.completion.chunk"}  # OpenAI's shape of every chunk
+    assert len({c.id for c in chunks}) == 1 and all(c.model == NAME for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == want

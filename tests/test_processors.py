@@ -123,3 +123,18 @@ def test_bad_settings_are_named(pair, given, message):
 def test_no_settings_cost_nothing():
     assert not Processors().active
     assert not Processors.from_generation({}, "encdec").active
+
+
+def test_frequency_and_presence_penalties_count_the_generated_tokens_only():
+    """OpenAI's rule: logits - frequency x count - presence x [count > 0], over the tokens generated so
+    far (not the prompt); the settings are checked where they enter."""
+    logits = torch.zeros(2, 6)
+    history = [[5, 5, 1, 1, 2], [3, 4, 4, 0]]  # a prompt ([5, 5]; [3]), then 3 generated tokens each
+    out = Processors(frequency_penalty=0.5, presence_penalty=0.25)(logits, history, 3, False, ())
+    want = torch.zeros(2, 6)
+    want[0, 1] = want[1, 4] = -(2 * 0.5 + 0.25)  # generated twice
+    want[0, 2] = want[1, 0] = -(0.5 + 0.25)  # once; the prompts' 5 and 3 are not counted
+    assert torch.equal(out, want)
+    assert Processors(frequency_penalty=1.0)(logits, history, 0, False, ()).abs().sum() == 0  # nothing generated
+    with pytest.raises(ValueError, match="frequency_penalty must be a number in"):
+        Processors(frequency_penalty=3.0).check(6)

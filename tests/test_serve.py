@@ -234,6 +234,10 @@ def test_a_client_that_disconnects_frees_its_slot(server, reference):
         ({"prompt": "x", "no_repeat_ngram_size": -1}, "no_repeat_ngram_size", "greater than or equal to 0"),
         ({"prompt": "x", "target_lang": "fra_Latn"}, "target_lang", "not a language code"),
         ({"prompt": "x", "source_lang": "fra_Latn"}, "source_lang", "not a language code"),
+        (b'{"prompt": "\\udcff"}', "prompt", "not valid Unicode text"),  # a lone surrogate: valid JSON
+        (b'{"prompt": ["ok", "a\\ud800b"]}', "prompt[1]", "not valid Unicode text"),
+        ({"prompt": "x", "frequency_penalty": 2.5}, "frequency_penalty", "less than or equal to 2"),
+        ({"prompt": "x", "presence_penalty": -3}, "presence_penalty", "greater than or equal to -2"),
     ],
 )
 def test_bad_input_names_the_field_and_the_server_goes_on(server, body, param, message):

@@ -176,7 +176,7 @@ def test_timestamp_rules():
 def _filtered(rules, sampled):
     logits = torch.zeros(len(WORDS) + len(SPECIALS) + len(STAMPS))
     logits[5] = 10.0  # a confident text token, so the timestamp-probability rule does not fire
-    rules(logits, sampled)
+    rules(logits[None], [sampled])
     return logits
 
 
@@ -191,7 +191,7 @@ def test_greedy_window_equals_a_reference_loop_over_transformers(whisper_dir, hf
         with torch.no_grad():
             for _ in range(12):
                 logits = hf_model(input_features=row[None], decoder_input_ids=torch.tensor([ids])).logits[0, -1]
-                rules(logits, sampled)
+                rules(logits[None], [sampled])
                 token = int(logits.argmax())
                 sampled.append(token)
                 ids.append(token)
@@ -344,3 +344,18 @@ def test_whisper_presets_have_the_releases_parameter_counts(name, released):
     assert config.param_counts()["total"] - key_biases + 1500 * config.d_model == released
     if name == "whisper-tiny":
         assert encore.EncoderDecoder(config).num_parameters() == config.param_counts()["total"]
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_beams_attend_over_one_shared_cross_kv(whisper_dir, quantize):
+    """Rows sharing one input's cross K/V ([1, K, S, Dh]: a beam's hypotheses) attend as the same rows
+    over their own copies would, plain and through the fused kernels."""
+    model = encore.optimize(encore.load(whisper_dir), quantize=quantize)
+    layer = model.decoder[0].cross
+    g = torch.Generator().manual_seed(0)
+    x, memory = torch.randn(3, 1, 32, generator=g), torch.randn(1, 1500, 32, generator=g)
+    with torch.no_grad():
+        k, v = layer.project_kv(memory)
+        shared = layer(x, k, v, None)
+        copied = layer(x, k.expand(3, -1, -1, -1).contiguous(), v.expand(3, -1, -1, -1).contiguous(), None)
+    assert (shared - copied).abs().max() < 1e-4

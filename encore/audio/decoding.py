@@ -29,7 +29,8 @@ class WindowResult:
 
 
 class LogitRules:
-    """Whisper's logit filters for one row: `__call__(logits [V], sampled)` edits the row in place."""
+    """Whisper's logit filters: `__call__(logits [B, V], sampled)` edits the rows in place, row b after
+    the tokens `sampled[b]` (per-row bounds in Python, the reductions batched)."""
 
     def __init__(
         self,
@@ -44,14 +45,22 @@ class LogitRules:
         self.begin_suppress = torch.tensor(begin_suppress, dtype=torch.long)
         self.max_initial = round(max_initial_timestamp / TIMESTAMP_SECONDS)
 
-    def __call__(self, logits: Tensor, sampled: list[int]) -> None:
-        if not sampled:
-            logits[self.begin_suppress] = NEG_INF  # no blank and no EOT first
-        logits[self.suppress] = NEG_INF
+    def __call__(self, logits: Tensor, sampled: list[list[int]]) -> None:
+        first = [b for b, seq in enumerate(sampled) if not seq]
+        if first:  # no blank and no EOT first
+            logits[torch.tensor(first)[:, None], self.begin_suppress[None]] = NEG_INF
+        logits[:, self.suppress] = NEG_INF
         if self.timestamps:
-            self._timestamps(logits, sampled)
+            for row, seq in zip(logits, sampled):
+                self._pairs(row, seq)
+            begin = self.t.timestamp_begin
+            logprobs = torch.log_softmax(logits, dim=-1)
+            stamp = torch.logsumexp(logprobs[:, begin:], dim=-1)
+            likelier = stamp > logprobs[:, :begin].max(dim=-1).values  # a timestamp beats every text token
+            logits[likelier, :begin] = NEG_INF
 
-    def _timestamps(self, logits: Tensor, sampled: list[int]) -> None:
+    def _pairs(self, logits: Tensor, sampled: list[int]) -> None:
+        """One row's timestamp bounds: in pairs, never decreasing, the first within max_initial."""
         begin, eot = self.t.timestamp_begin, self.t.eot
         logits[self.t.no_timestamps] = NEG_INF
         last = len(sampled) >= 1 and sampled[-1] >= begin
@@ -68,9 +77,6 @@ class LogitRules:
         if not sampled:  # the first token is a timestamp within max_initial_timestamp
             logits[:begin] = NEG_INF
             logits[begin + self.max_initial + 1 :] = NEG_INF
-        logprobs = torch.log_softmax(logits, dim=-1)
-        if torch.logsumexp(logprobs[begin:], dim=-1) > logprobs[:begin].max():
-            logits[:begin] = NEG_INF  # a timestamp is likelier than any text token
 
 
 def compression_ratio(text: str) -> float:
@@ -104,8 +110,7 @@ def decode_windows(
     sums, done = [0.0] * B, [False] * B
     for step in range(max_tokens):
         logits = logits.float()
-        for b in range(B):
-            rules(logits[b], sampled[b])
+        rules(logits, sampled)
         logprobs = torch.log_softmax(logits, dim=-1)
         if temperature == 0.0:
             tokens = logits.argmax(dim=-1)
@@ -142,8 +147,7 @@ def _beam(model, features: Tensor, prompt: list[int], rules: LogitRules, K: int,
     finished: dict[tuple[int, ...], float] = {}
     for step in range(max_tokens):
         logits = logits.float()
-        for row, (seq, _) in enumerate(running):
-            rules(logits[row], seq)
+        rules(logits, [seq for seq, _ in running])
         top = torch.log_softmax(logits, dim=-1).topk(K + 1, dim=-1)
         candidates: dict[tuple[int, ...], tuple[float, int]] = {}
         for row, ((seq, score), values, tokens) in enumerate(zip(running, top.values.tolist(), top.indices.tolist())):
@@ -164,7 +168,7 @@ def _beam(model, features: Tensor, prompt: list[int], rules: LogitRules, K: int,
         if len(finished) >= K or not kept or step + 1 == max_tokens:
             break
         rows = torch.tensor([row for *_, row in kept], device=features.device)
-        cache = cache.select_rows(rows, cross=step == 0)  # the first step spreads the one window to K rows
+        cache = cache.select_rows(rows, cross=False)  # the hypotheses share the window's one cross K/V
         running = [(seq, score) for seq, score, _ in kept]
         logits = model.decode_step(torch.tensor([seq[-1] for seq, _ in running], device=features.device), cache)
     pool = finished or {tuple(seq): score for seq, score in running}

@@ -110,9 +110,12 @@ class _Decoder:
         return min(self.n_ctx // 2, self.n_ctx - len(prompt))
 
     def decode(self, features: torch.Tensor, previous: list[list[int]]) -> list[WindowResult]:
-        """Windows [B, M, 3000] (B > 1: all with the same prompt) -> each one's result after fallback."""
+        """Windows [B, M, 3000] (B > 1: all with the same prompt) -> each one's result after fallback: the
+        first that passes the thresholds, else (as faster-whisper chooses) the likeliest of the tries
+        that are not too repetitive, else the likeliest of all."""
         prompt = self.prompt(previous[0])
-        results: list[WindowResult | None] = [None] * len(features)
+        tries: list[list[WindowResult]] = [[] for _ in range(len(features))]
+        done: list[WindowResult | None] = [None] * len(features)
         todo = list(range(len(features)))
         for temperature in self.temperatures:
             beam = self.beam_size if temperature == 0.0 else 1
@@ -122,13 +125,20 @@ class _Decoder:
             for i, result in zip(todo, out):
                 result.text = self.text(result.tokens)
                 result.compression_ratio = compression_ratio(result.text)
-                results[i] = result
+                tries[i].append(result)
                 if self._needs_fallback(result):
                     retry.append(i)
+                else:
+                    done[i] = result
             todo = retry
             if not todo:
                 break
-        return results  # type: ignore[return-value]
+        for i in todo:
+            fluent = [
+                r for r in tries[i] if self.ratio_threshold is None or r.compression_ratio <= self.ratio_threshold
+            ]
+            done[i] = max(fluent or tries[i], key=lambda r: r.avg_logprob)
+        return done  # type: ignore[return-value]
 
     def _needs_fallback(self, r: WindowResult) -> bool:
         too_repetitive = self.ratio_threshold is not None and r.compression_ratio > self.ratio_threshold

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 # name -> (module, one-line help). Add a subcommand by adding a line here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,22 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)  # prints --help / --version, or an error naming the unknown command
         return 2
     name, rest = argv[0], argv[1:]
-    module_name, _, entry = COMMANDS[name][0].partition(":")
-    module = importlib.import_module(module_name)
-    suffix = f"_{entry}" if entry else ""
-    parser = argparse.ArgumentParser(
-        prog=f"encore {name}",
-        description=COMMANDS[name][1],
-        formatter_class=_DefaultsFormatter,
-        epilog="--debug (any command): show tracebacks",
-    )
-    getattr(module, f"configure{suffix}")(parser)
-    for action in parser._actions:  # argparse prints no help line at all for a flag without help text
-        if action.help is None and action.option_strings:
-            action.help = ""
+    parser, run = command_parser(name)
     args = parser.parse_args(rest)
     try:
-        return int(getattr(module, f"run{suffix}")(args) or 0)
+        return int(run(args) or 0)
     except Exception as e:
         if debug or not _user_error(e):
             raise
@@ -90,6 +79,25 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"\nencore {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def command_parser(name: str) -> tuple[argparse.ArgumentParser, Any]:
+    """(the parser of `encore NAME`, its run function): what `main` runs and what the docs' CLI
+    reference prints (`docs/hooks/cli_reference.py`), one source for both."""
+    module_name, _, entry = COMMANDS[name][0].partition(":")
+    module = importlib.import_module(module_name)
+    suffix = f"_{entry}" if entry else ""
+    parser = argparse.ArgumentParser(
+        prog=f"encore {name}",
+        description=COMMANDS[name][1],
+        formatter_class=_DefaultsFormatter,
+        epilog="--debug (any command): show tracebacks",
+    )
+    getattr(module, f"configure{suffix}")(parser)
+    for action in parser._actions:  # argparse prints no help line at all for a flag without help text
+        if action.help is None and action.option_strings:
+            action.help = ""
+    return parser, getattr(module, f"run{suffix}")
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):

@@ -31,8 +31,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from encore.serve.chat import read_template
-    from encore.tokenizer import chat_ids
+    from encore.tokenizer import chat_ids, read_template
 
     template = read_template(args.chat_template)
     quantize = None if args.quantize == "none" else args.quantize

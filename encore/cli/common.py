@@ -155,6 +155,15 @@ def add_quantize_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_device(device: str) -> None:
+    """--device names a device this torch has (one line, not an assertion from torch's guts)."""
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"--device {device}: {why}; use --device cpu")
+
+
 def load_for_inference(
     spec: str,
     tokenizer: str | None,
@@ -174,6 +183,7 @@ def load_for_inference(
     from encore.infer.optimize import optimize
 
     retain_freed_memory()
+    check_device(device)
     config, checkpoint = resolve_model(spec)
     if checkpoint is None and not random_weights:
         hint = "" if random_weights is None else "; pass one, or --random-weights to serve the preset untrained"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 from encore.cli.common import add_model_args, build_model, text_only
@@ -42,6 +43,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from encore.export import export_onnx
     from encore.infer.pipeline import encode_sources
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"encore export needs {', '.join(missing)}: pip install 'encore[onnx]'")
 
     if args.quantize == "qdq-int8" and not args.calibration:
         raise ValueError("--quantize qdq-int8 needs --calibration TASK_OR_FILE")

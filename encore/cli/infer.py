@@ -106,7 +106,7 @@ def _texts(
     from encore.infer.vision import answer_images
     from encore.model.vlm import VisionLanguageModel
     from encore.progress import Progress
-    from encore.serve.chat import read_template
+    from encore.tokenizer import read_template
 
     if isinstance(model, VisionLanguageModel) != (images is not None):
         raise ValueError(

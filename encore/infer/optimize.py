@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from encore.model.fused import bf16_attention_available, bf16_prefill_by_default, fuse, fused_available
+from encore.model.fused import bf16_attention_available, fuse, fused_available
 from encore.model.fused_rows import fuse_int8_rows
 from encore.model.int4 import (
     CHUNK,
@@ -32,6 +32,7 @@ from encore.model.int4 import (
 )
 from encore.model.kernels import DEFAULT_SYMMETRIC, Int8Linear, OneDNNLinear, int8_available, onednn_available
 from encore.model.layers import Linear
+from encore.model.probes import bf16_prefill_by_default
 from encore.model.vlm import VisionLanguageModel
 
 QUANTIZE = (None, "int8", "int4")

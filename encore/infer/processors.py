@@ -1,6 +1,7 @@
 """transformers' logits processors that translation and summarization checkpoints ship in their
 generation config, with transformers' results: a repetition penalty, n-gram blocking, banned words,
-a minimum length, a forced first (the target language) and last token, suppressed tokens.
+a minimum length, a forced first (the target language) and last token, suppressed tokens; and OpenAI's
+frequency and presence penalties over the tokens generated so far.
 
 `Processors` holds one request's settings (checked where they enter: `generate`, `Engine.add`);
 `Processors.from_generation` reads a checkpoint's `generation_config.json` the way transformers does,
@@ -30,6 +31,8 @@ class Processors:
     forced_bos_token_id: int | None = None  # the first new token (an encoder-decoder's target language)
     forced_eos_token_id: int | None = None  # the last token allowed by max_new_tokens is EOS
     suppress_tokens: tuple[int, ...] = ()  # never generated
+    frequency_penalty: float = 0.0  # OpenAI's: logits - penalty x times the token was generated so far
+    presence_penalty: float = 0.0  # OpenAI's: logits - penalty once the token was generated
 
     @classmethod
     def from_generation(cls, generation: dict[str, Any], arch: str, prompt_len: int = 0, **given: Any) -> Processors:
@@ -51,6 +54,8 @@ class Processors:
             forced_bos_token_id=pick("forced_bos_token_id", None) if arch == "encdec" else None,
             forced_eos_token_id=forced_eos if isinstance(forced_eos, int) else None,
             suppress_tokens=tuple(pick("suppress_tokens", ())),
+            frequency_penalty=given.get("frequency_penalty") or 0.0,
+            presence_penalty=given.get("presence_penalty") or 0.0,
         )
 
     def check(self, vocab_size: int) -> Processors:
@@ -58,6 +63,10 @@ class Processors:
         penalty = self.repetition_penalty
         if isinstance(penalty, bool) or not (isinstance(penalty, (int, float)) and penalty > 0):
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -2.0 <= value <= 2.0:
+                raise ValueError(f"{name} must be a number in [-2, 2], got {value!r}")
         for name in ("no_repeat_ngram_size", "min_new_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -86,6 +95,11 @@ class Processors:
             score = logits.gather(1, seen)
             score = torch.where(score < 0, score * self.repetition_penalty, score / self.repetition_penalty)
             logits.scatter_(1, seen, score)
+        if (self.frequency_penalty or self.presence_penalty) and step:  # over the tokens generated so far
+            counts = torch.zeros_like(logits).scatter_add_(
+                1, _padded([row[-step:] for row in history], logits.device), _ones(history, step, logits)
+            )
+            logits -= self.frequency_penalty * counts + self.presence_penalty * (counts > 0).to(logits.dtype)
         banned = [self._banned(row) for row in history]
         for row, tokens in enumerate(banned):
             if tokens:
@@ -129,6 +143,11 @@ def sequence_starts(config: Any, input_ids: Tensor, attention_mask: Tensor | Non
     """`sequence_start` of each row of a batch (a prompt's real tokens only)."""
     real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     return [sequence_start(config, row[keep].tolist()) for row, keep in zip(input_ids, real)]
+
+
+def _ones(history: list[list[int]], step: int, logits: Tensor) -> Tensor:
+    """[B, step] ones: each row's last `step` tokens counted once each."""
+    return torch.ones(len(history), step, dtype=logits.dtype, device=logits.device)
 
 
 def _padded(rows: list[list[int]], device: torch.device) -> Tensor:

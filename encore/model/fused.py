@@ -80,12 +80,6 @@ def bf16_attention_available() -> bool:
     return _attend_library() is not None
 
 
-def bf16_prefill_by_default(quantized: bool, fused: bool) -> bool:
-    """`prefill_attention="auto"`'s choice: bf16 products for a quantized model whose attention is fused,
-    where this CPU runs them (its int8 activations are coarser than bf16's rounding); fp32 otherwise."""
-    return quantized and fused and bf16_attention_available()
-
-
 def fused_available() -> bool:
     """Whether the fused kernels could be built here (a C compiler on Linux)."""
     return _library() is not None

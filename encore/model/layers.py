@@ -420,8 +420,12 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_norm(self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2))
+        q = self.q_norm(self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2))  # [B, H, T, Dh]
         dropout = self.dropout if self.training else 0.0
+        if k.shape[0] == 1 < B:  # rows (a beam's hypotheses) sharing one input's K/V [1, K, S, Dh]: one pass
+            q = q.transpose(0, 1).reshape(1, self.n_heads, B * T, self.head_dim)  # their queries as one row's
+            out = self.attend(q, k, v, mask, False, dropout, self.scale, self.softcap).reshape(B, T, -1)
+            return self.out(out)
         return self.out(self.attend(q, k, v, mask, False, dropout, self.scale, self.softcap))
 
 

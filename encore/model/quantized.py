@@ -24,9 +24,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from encore.model.fused import bf16_prefill_by_default, fuse, fused_available
+from encore.model.fused import fuse, fused_available
 from encore.model.int4 import Int4Linear
 from encore.model.kernels import Int8Linear
+from encore.model.probes import bf16_prefill_by_default
 
 QUANTIZATION_FILE = "quantization.json"
 FORMAT, VERSION = "encore-quantized", 1

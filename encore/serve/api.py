@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from encore import __version__
 from encore.serve.chat import ChatCompletions, ChatRequest
 from encore.serve.completions import APIError, CompletionRequest, Completions, error_response
 
@@ -71,7 +72,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        body = {"status": "shutting down" if scheduler.closing else "ok", "model": model_name}
+        body = {"status": "shutting down" if scheduler.closing else "ok", "model": model_name, "version": __version__}
         body.update(running=engine.running, waiting=scheduler.waiting(), slots=engine.max_batch)
         body.update(arch=config.arch, vocab_size=config.vocab_size, kv_bytes=engine.cache.nbytes)
         body.update(max_input_len=max_input_len, max_tokens=max_tokens)
@@ -146,7 +147,8 @@ def create_speech_app(worker: Any, model_name: str, guard: Guard | None = None) 
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        body = {"status": "shutting down" if worker.closing else "ok", "model": model_name, "task": "speech"}
+        body = {"status": "shutting down" if worker.closing else "ok", "model": model_name, "version": __version__}
+        body["task"] = "speech"
         body.update(running=worker.running)
         return JSONResponse(body, status_code=503 if worker.closing else 200)
 

@@ -13,12 +13,11 @@ reply continues. `--chat-template FILE` replaces the checkpoint's; a model witho
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from encore.serve.completions import APIError, Completions, GenerationRequest
+from encore.serve.completions import APIError, Completions, GenerationRequest, encodable
 from encore.tokenizer import chat_ids
 
 
@@ -35,38 +34,25 @@ class ChatRequest(GenerationRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
-def read_template(path: str | None) -> str | None:
-    """The text of `--chat-template FILE` (a Jinja template, as transformers' `chat_template`), or None."""
-    if path is None:
-        return None
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"--chat-template {path}: no such file")
-    text = file.read_text()
-    if "{{" not in text and "{%" not in text:
-        raise ValueError(f"--chat-template {path}: not a Jinja chat template (no {{{{ or {{% in it)")
-    return text
-
-
 def _text(message: ChatMessage, index: int) -> str:
     """A message's content as text: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
     content = message.content
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return encodable(content, f"messages[{index}].content")
     parts = []
     for part in content:
         if part.get("type") != "text" or not isinstance(part.get("text"), str):
             raise APIError(400, f"messages[{index}].content: only text parts are supported", "messages")
-        parts.append(part["text"])
+        parts.append(encodable(part["text"], f"messages[{index}].content"))
     return "".join(parts)
 
 
 class ChatCompletions(Completions):
     """`POST /v1/chat/completions`: the conversation through the chat template, then as a completion."""
 
-    kind, prefix = "chat.completion", "chatcmpl"
+    kind, chunk_kind, prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
 
     def __init__(
         self,

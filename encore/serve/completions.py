@@ -2,7 +2,8 @@
 path the chat route shares (`encore.serve.chat`).
 
     prompt (str | list[str]), max_tokens, temperature, top_p, top_k, seed, stop, n, stream
-    (+ stream_options.include_usage; ignore_eos, as vLLM's) -> choices[i].text, finish_reason
+    (+ stream_options.include_usage), frequency_penalty, presence_penalty (+ vLLM's ignore_eos,
+    repetition_penalty, no_repeat_ngram_size, min_tokens) -> choices[i].text, finish_reason
     ("stop" | "length"), usage; stream: Server-Sent Events, one chunk per token, then `data: [DONE]`
 
 `temperature` 0 is greedy; above it samples.
@@ -42,6 +43,8 @@ class GenerationRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = False  # an extension (vLLM's name): generate max_tokens whatever comes; for benchmarks
     # extensions, as vLLM names them; None: the checkpoint's generation config
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
     no_repeat_ngram_size: int | None = Field(None, ge=0)
     min_tokens: int | None = Field(None, ge=0)
@@ -72,6 +75,16 @@ def error_body(message: str, param: str | None, kind: str, code: str | None = No
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def encodable(text: str, where: str) -> str:
+    """`text`, or a 400 naming `where` when it cannot be UTF-8 (a lone surrogate such as "\\udcff", which
+    JSON can carry and no tokenizer can read)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise APIError(400, f"{where}: not valid Unicode text ({e.reason} at character {e.start})", where) from None
+    return text
+
+
 def error_response(
     status: int, message: str, param: str | None, kind: str, headers: dict | None = None, code: str | None = None
 ) -> JSONResponse:
@@ -88,7 +101,7 @@ class Completions:
         self.scheduler, self.model, self.name = scheduler, scheduler.model, model_name
         self.max_input_len, self.max_tokens, self.timeout_s = max_input_len, max_tokens, timeout_s
 
-    kind, prefix = "text_completion", "cmpl"
+    kind, chunk_kind, prefix = "text_completion", "text_completion", "cmpl"
 
     async def __call__(self, body: Any, request: Request) -> Any:
         job = self.job(body)
@@ -99,7 +112,8 @@ class Completions:
             raise APIError(429, message, None, "rate_limit_error") from None
         except Closed:
             raise APIError(503, "the server is shutting down", None, "server_error") from None
-        head = {"id": f"{self.prefix}-{uuid.uuid4().hex}", "object": self.kind, "created": int(time.time())}
+        kind = self.chunk_kind if body.stream else self.kind
+        head = {"id": f"{self.prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time())}
         head["model"] = self.name
         if body.stream:
             return StreamingResponse(self.stream(job, head, body), media_type="text/event-stream")
@@ -113,7 +127,7 @@ class Completions:
         where = ["prompt"] if isinstance(body.prompt, str) else [f"prompt[{i}]" for i in range(len(prompts))]
         lang = None if body.source_lang is None else self.language(source_language, body.source_lang, "source_lang")
         tokenizer, config = self.model.tokenizer, self.model.config
-        return [(w, prompt_ids(tokenizer, text, config, lang)) for w, text in zip(where, prompts)]
+        return [(w, prompt_ids(tokenizer, encodable(text, w), config, lang)) for w, text in zip(where, prompts)]
 
     def language(self, resolve: Any, code: str, field: str) -> int:
         """`resolve(model, code, field)` (`source_language` / `target_language`), or a 400 naming the field."""
@@ -128,6 +142,8 @@ class Completions:
             repetition_penalty=body.repetition_penalty,
             no_repeat_ngram_size=body.no_repeat_ngram_size,
             min_new_tokens=body.min_tokens,
+            frequency_penalty=body.frequency_penalty or None,
+            presence_penalty=body.presence_penalty or None,
         )
         if body.target_lang is not None:
             given["forced_bos_token_id"] = self.language(target_language, body.target_lang, "target_lang")

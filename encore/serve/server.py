@@ -86,9 +86,9 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
     from encore.infer.pipeline import apply_languages
     from encore.model.io import spec_label
     from encore.serve.api import Guard, create_app
-    from encore.serve.chat import read_template
     from encore.serve.metrics import ServerMetrics
     from encore.serve.scheduler import Scheduler
+    from encore.tokenizer import read_template
 
     if cfg.max_batch < 1 or cfg.max_queue < 0 or cfg.kv_budget_mb <= 0:
         raise ValueError("--max-batch must be >= 1, --max-queue >= 0 and --kv-budget-mb > 0")
@@ -156,7 +156,10 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
 
 def serve(cfg: ServerConfig, model: Any) -> int:
     """Serve `model` until SIGTERM / Ctrl-C; returns 0 after a graceful shutdown."""
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError:
+        raise ValueError("encore serve needs uvicorn: pip install 'encore[serve]'") from None
 
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s"
