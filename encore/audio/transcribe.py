@@ -5,7 +5,8 @@ text is too repetitive (gzip compression ratio) or unlikely (average log-probabi
 model calls silent (no-speech probability) skipped.
 
 `batch_size` > 1 is faster-whisper's batched pipeline: the audio is cut into 30-s windows decoded
-together, each alone (no previous text), with timestamps.
+together, each alone (no previous text), with timestamps. `word_timestamps` aligns each window's words
+to its audio (`encore.audio.alignment`).
 """
 
 from __future__ import annotations
@@ -46,9 +47,8 @@ def transcribe(
     """{"text", "segments": [{"id", "seek", "start", "end", "text", "tokens", "temperature",
     "avg_logprob", "compression_ratio", "no_speech_prob"}], "language", "duration"} for `audio` (a file,
     or 16 kHz samples). Defaults are openai/whisper's (beam 5, temperatures 0 to 1 by 0.2, thresholds
-    2.4 / -1.0 / 0.6); `language` None detects it on a multilingual model."""
-    if word_timestamps:
-        raise ValueError("word_timestamps are not built yet: segments carry start and end times")
+    2.4 / -1.0 / 0.6); `language` None detects it on a multilingual model. `word_timestamps`: each
+    segment also gets "words" [{"word", "start", "end", "probability"}] (`encore.audio.alignment`)."""
     if not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -77,6 +77,8 @@ def transcribe(
     )
     decoder = _Decoder(model, tokens, rules, temperature, beam_size, compression_ratio_threshold, logprob_threshold)
     decoder.start = tokens.start(language if tokens.multilingual else None, task, not without_timestamps)
+    if word_timestamps:  # the start the alignment pass reads the text after (no timestamps)
+        decoder.align_start = tokens.start(language if tokens.multilingual else None, task, False)
     decoder.generator.manual_seed(seed)
     run = _windows_batched if batch_size > 1 else _windows_sequential
     segments = run(decoder, mel, frames, initial_prompt, condition_on_previous_text, no_speech_threshold,
@@ -99,6 +101,8 @@ class _Decoder:
         self.beam_size, self.ratio_threshold, self.logprob_threshold = beam_size, ratio_threshold, logprob_threshold
         self.generator = torch.Generator(device=model.embed.weight.device)
         self.start: list[int] = []
+        self.align_start: list[int] | None = None  # set: segments get "words" (`encore.audio.alignment`)
+        self.last_speech = 0.0  # where the last segment with words ended
         self.n_ctx = model.config.max_seq_len
 
     def prompt(self, previous: list[int]) -> list[int]:
@@ -176,6 +180,8 @@ def _windows_sequential(decoder, mel, frames, initial_prompt, condition, no_spee
             seek += size
         else:
             found, advance = split_segments(result, decoder, offset, size, seek)
+            if decoder.align_start is not None:
+                add_words(found, result, decoder, offset, size)
             segments += found
             seek += advance
             all_tokens += [t for s in found for t in s["tokens"]]
@@ -203,7 +209,10 @@ def _windows_batched(decoder, mel, frames, initial_prompt, condition, no_speech_
         for seek, result in zip(group, decoder.decode(windows, [previous])):
             if not _skip(result, no_speech_threshold, decoder.logprob_threshold):
                 size = min(N_FRAMES, frames - seek)
-                segments += split_segments(result, decoder, seek * FRAME_SECONDS, size, seek, whole=True)[0]
+                found = split_segments(result, decoder, seek * FRAME_SECONDS, size, seek, whole=True)[0]
+                if decoder.align_start is not None:
+                    add_words(found, result, decoder, seek * FRAME_SECONDS, size)
+                segments += found
         if bar is not None:
             bar.update(len(group))
     if bar is not None:
@@ -243,6 +252,26 @@ def split_segments(
             duration = (stamps[-1] - begin) * TIMESTAMP_SECONDS
         segments.append(_segment(result, decoder, seek, offset, offset + duration, tokens))
     return [s for s in segments if s["text"].strip()], max(advance, 1)
+
+
+def add_words(segments: list[dict[str, Any]], result: WindowResult, decoder: _Decoder, offset: float, size: int):
+    """Each segment's "words" [{"word", "start", "end", "probability"}] from the window's alignment
+    (times from the audio's start); a segment with words spans them."""
+    from encore.audio.alignment import find_words, fit_to_segment, median_duration
+
+    eot = decoder.tokens.eot
+    text = [t for s in segments for t in s["tokens"] if t < eot]
+    words = find_words(decoder.model, decoder.tokens, decoder.align_start, text, result.cross, size)
+    median = median_duration(words)
+    for segment in segments:
+        count, segment["words"] = sum(t < eot for t in segment["tokens"]), []
+        while count > 0 and words:
+            word = words.pop(0)
+            count -= len(word.pop("tokens"))
+            word["start"], word["end"] = offset + word["start"], offset + word["end"]
+            segment["words"].append(word)
+        fit_to_segment(segment["words"], segment, decoder.last_speech, median)
+        decoder.last_speech = segment["end"]
 
 
 def _segment(result: WindowResult, decoder: _Decoder, seek: int, start: float, end: float, tokens: list[int]):

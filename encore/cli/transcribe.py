@@ -34,6 +34,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-condition-on-previous-text", action="store_true", help="do not prompt with the text so far")
     p.add_argument("--without-timestamps", action="store_true", help="no timestamp tokens (segments span windows)")
     p.add_argument(
+        "--word-timestamps", action="store_true", help="each segment's words with their times (json: 'words')"
+    )
+    p.add_argument(
         "--batch-size",
         type=positive_int,
         default=1,
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
             initial_prompt=args.initial_prompt,
             condition_on_previous_text=not args.no_condition_on_previous_text,
             without_timestamps=args.without_timestamps,
+            word_timestamps=args.word_timestamps,
             batch_size=args.batch_size,
             seed=args.seed,
             progress=True,

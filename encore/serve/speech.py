@@ -2,9 +2,9 @@
 `/v1/audio/translations`.
 
     multipart form: file, model, language, prompt, response_format (json | text | srt | vtt |
-    verbose_json), temperature, timestamp_granularities[] (segment) -> {"text"}, the text, subtitles, or
-    verbose_json {"task", "language", "duration", "text", "segments": [... avg_logprob,
-    compression_ratio, no_speech_prob]}
+    verbose_json), temperature, timestamp_granularities[] (segment, word) -> {"text"}, the text,
+    subtitles, or verbose_json {"task", "language", "duration", "text", "segments": [... avg_logprob,
+    compression_ratio, no_speech_prob], "words": [{"word", "start", "end"}] (with word granularity)}
 
 Transcriptions run on one thread that owns the model, one request at a time, in arrival order (the
 event loop keeps answering /health and queueing); a full queue is a 429, a request past the server's
@@ -97,8 +97,8 @@ class AudioRoutes:
             raise APIError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt!r}",
                            "response_format", "invalid_request_error")  # fmt: skip
         granularities = form.getlist("timestamp_granularities[]") or form.getlist("timestamp_granularities")
-        if set(granularities) - {"segment"}:
-            raise APIError(400, "timestamp_granularities: only 'segment' is supported (word timestamps are not built)",
+        if set(granularities) - {"segment", "word"}:
+            raise APIError(400, f"timestamp_granularities: 'segment' and / or 'word', got {granularities}",
                            "timestamp_granularities[]", "invalid_request_error")  # fmt: skip
         temperature = _temperature(_field(form, "temperature", "0"))
         try:
@@ -108,8 +108,9 @@ class AudioRoutes:
                 400, f"file: {str(e).replace('the upload', name, 1)}", "file", "invalid_request_error"
             ) from None
         language = _field(form, "language", None) if task == "transcribe" else None
+        words = "word" in granularities and fmt == "verbose_json"  # (OpenAI: words need verbose_json)
         options = dict(audio=samples, task=task, language=language, initial_prompt=_field(form, "prompt", None),
-                       temperature=temperature)  # fmt: skip
+                       temperature=temperature, word_timestamps=words)  # fmt: skip
         try:
             result = await self.worker.run(self.timeout_s, **options)
         except ValueError as e:  # an unknown language code, an English-only model asked to translate
@@ -147,6 +148,8 @@ def _respond(result: dict[str, Any], fmt: str, task: str) -> Response:
     segments = [{k: s[k] for k in keys} for s in result["segments"]]
     body = {"task": task, "language": language_name(result["language"]), "duration": result["duration"],
             "text": result["text"], "segments": segments}  # fmt: skip
+    if any("words" in s for s in result["segments"]):  # OpenAI's verbose_json lists them beside the segments
+        body["words"] = [{k: w[k] for k in ("word", "start", "end")} for s in result["segments"] for w in s["words"]]
     return JSONResponse(body)
 
 
