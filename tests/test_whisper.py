@@ -456,3 +456,23 @@ def test_tiny_en_writes_faster_whispers_words(tmp_path):
     mine = [(w["word"], w["start"], w["end"]) for s in ours["segments"] for w in s["words"]]
     assert [w for w, *_ in mine] == [w for w, *_ in theirs]
     assert max(max(abs(a[1] - b[1]), abs(a[2] - b[2])) for a, b in zip(mine, theirs)) <= 0.021
+
+
+def test_bench_on_a_whisper_model_against_ctranslate2(whisper_dir, tmp_path, monkeypatch, capsys):
+    """`encore bench --model <whisper>` times one window (first token, decode, real-time factor), and
+    `--vs-ct2` CTranslate2's Whisper on the same weights (its converter's copy, in a process of its own)."""
+    pytest.importorskip("ctranslate2")
+    from encore.cli import main
+
+    monkeypatch.setenv("ENCORE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "speech.json"
+    argv = ["bench", "--model", str(whisper_dir), "--quantize", "none", "int8", "--vs-ct2", "--repeats", "1",
+            "--output-len", "4", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert [(r["engine"], r["quantize"]) for r in doc["rows"]] == [
+        ("encore", "none"), ("encore", "int8"), ("CTranslate2", "float32"), ("CTranslate2", "int8")
+    ]  # fmt: skip
+    assert all(r["first_token_s"] > 0 and r["decode_tok_s"] > 0 and r["rtf"] > 0 for r in doc["rows"])
+    assert "real-time factor" in capsys.readouterr().out
+    assert main(["bench", "--model", "whisper-tiny", "--vs-ct2", "--repeats", "1", "--json", ""]) == 2

@@ -57,6 +57,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--vs-hf", action="store_true", help="also time HF T5 / Llama of the same shapes")
     parser.add_argument(
+        "--audio",
+        default=None,
+        help="a speech model (Whisper): the file whose first 30 s are the timed window (default: noise; decoding "
+        "is forced to --output-len tokens either way)",
+    )
+    parser.add_argument(
         "--vs-ct2",
         action="store_true",
         help="also time CTranslate2 running a T5 of the encoder-decoder's shape, at each --quantize (pip install "
@@ -246,7 +252,38 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         run_vision_bench(vision_config_from_args(args))
         return 0
+    if _is_speech(args.model):
+        return run_speech(args)
     run_bench(config_from_args(args))
+    return 0
+
+
+def _is_speech(spec: str) -> bool:
+    from encore.convert import resolve_model
+
+    try:
+        return resolve_model(spec)[0].encoder_input == "audio"
+    except (ValueError, FileNotFoundError):
+        return False  # the text bench names what is wrong with the spec
+
+
+def run_speech(args: argparse.Namespace) -> int:
+    """A Whisper model: first token, decode rate and real-time factor per 30-s window (`encore.bench.speech`)."""
+    from encore.bench.speech import SpeechBenchConfig, run_speech_bench
+
+    if args.baseline not in ("none", None) and args.baseline != BenchConfig().baseline:
+        raise ValueError("a speech model is benchmarked alone or against CTranslate2 (--vs-ct2): --baseline none")
+    cfg = SpeechBenchConfig(
+        model=args.model,
+        quantize=args.quantize or ["none"],
+        output_len=args.output_len,
+        repeats=args.repeats,
+        audio=args.audio,
+        vs_ct2=args.vs_ct2,
+        threads=args.threads,
+        json_path="bench_speech.json" if args.json is None else args.json,
+    )
+    run_speech_bench(cfg)
     return 0
 
 

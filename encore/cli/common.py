@@ -44,13 +44,18 @@ def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def add_model_args(p: argparse.ArgumentParser, training: bool = True) -> None:
-    p.add_argument(
-        "--model",
-        required=True,
-        help="a preset name (encore.ModelConfig.preset_names()), a ModelConfig .json file, an encore or transformers "
-        "checkpoint directory (T5, Flan-T5, mT5, BART, mBART, Marian, Pegasus, M2M100 / NLLB, T5Gemma, Llama, "
-        "Qwen2/3, Gemma 3), hf:ORG/NAME, or a .gguf file",
+    checkpoints = (
+        "an encore or transformers checkpoint directory (T5, Flan-T5, mT5, BART, mBART, Marian, Pegasus, M2M100 / "
+        "NLLB, Whisper, T5Gemma, Llama, Qwen2/3, Gemma 3), hf:ORG/NAME, a CTranslate2 Whisper directory, "
+        "or a .gguf file"
     )
+    help_text = (
+        f"what to start from: a preset name (encore.ModelConfig.preset_names(): random weights), a ModelConfig .json "
+        f"file, or {checkpoints}"
+        if training
+        else f"the model to run: {checkpoints} (a preset's random weights only where --random-weights is offered)"
+    )
+    p.add_argument("--model", required=True, help=help_text)
     p.add_argument(
         "--tokenizer",
         default=None,
