@@ -156,3 +156,18 @@ def test_bench_vs_llamacpp(tmp_path, monkeypatch, capsys):
         assert decode_bytes_per_weight(config, qtype) == pytest.approx(measured, rel=0.01)
         assert anchors[f"llama.cpp {qtype} (llama-tiny)"]["weight_bytes"] == pytest.approx(measured, rel=0.01)
     assert "encdec-tiny int4 vs llama.cpp Q4_0 (llama-tiny), 16->4, batch 1:" in capsys.readouterr().out
+
+
+def test_a_cut_or_foreign_gguf_is_named_in_one_line(tmp_path):
+    """A download cut short, or a file that is not GGUF: one line naming the file (not numpy's reshape
+    error from inside the reader)."""
+    from encore.convert import load
+    from encore.convert.gguf import save_gguf
+
+    data = save_gguf(_llama(), tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
+    (tmp_path / "head.gguf").write_bytes(data[:2000])
+    (tmp_path / "text.gguf").write_text("hello world" * 100)
+    for name in ("cut.gguf", "head.gguf", "text.gguf"):
+        with pytest.raises(ValueError, match=rf"{name}: not a complete GGUF file \([\d,]+ bytes"):
+            load(tmp_path / name)

@@ -127,9 +127,32 @@ def download(repo_id: str, flag: str = "--model") -> Path:
         raise ValueError(f"{flag} hf:{repo_id}: could not fetch it from the hub ({type(e).__name__}: {e})") from None
 
 
+def check_gguf(path: Path) -> None:
+    """One line naming the file and what is wrong with it, before transformers' reader meets a file that
+    is not GGUF, or one cut short (a download that stopped): its tensors would not fit their shapes."""
+    try:
+        import gguf
+    except ImportError:
+        raise ValueError(f"{path}: reading GGUF needs the gguf package (pip install 'encore[gguf]')") from None
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # gguf raises ValueError, struct.error, IndexError for damaged files
+        size = path.stat().st_size
+        raise ConversionError(
+            f"{path}: not a complete GGUF file ({size:,} bytes; {type(e).__name__}: {str(e)[:120]}): a file cut short, "
+            "or not GGUF"
+        ) from None
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    if end > path.stat().st_size:
+        raise ConversionError(
+            f"{path}: truncated: its tensors need {end:,} bytes, the file has {path.stat().st_size:,}"
+        )
+
+
 def _gguf_config(path: Path) -> ModelConfig:
     from transformers import AutoConfig
 
+    check_gguf(path)
     hf = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name).to_dict()
     return adapter_for(hf.get("model_type"), str(path)).config_from_hf(hf, {})
 
@@ -138,6 +161,7 @@ def load_gguf(path: Path, device: torch.device | str = "cpu", dtype: torch.dtype
     """A GGUF file (decoder-only families), dequantized by transformers' GGUF reader (needs `gguf`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_gguf(path)
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
