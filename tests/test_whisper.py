@@ -466,12 +466,13 @@ def test_bench_on_a_whisper_model_against_ctranslate2(whisper_dir, tmp_path, mon
 
     monkeypatch.setenv("ENCORE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "speech.json"
-    argv = ["bench", "--model", str(whisper_dir), "--quantize", "none", "int8", "--vs-ct2", "--repeats", "1",
-            "--output-len", "4", "--json", str(out)]  # fmt: skip
+    argv = ["bench", "--model", str(whisper_dir), "--quantize", "none", "int8", "--vs-ct2", "--vs-hf",
+            "--repeats", "1", "--output-len", "4", "--json", str(out)]  # fmt: skip
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     assert [(r["engine"], r["quantize"]) for r in doc["rows"]] == [
-        ("encore", "none"), ("encore", "int8"), ("CTranslate2", "float32"), ("CTranslate2", "int8")
+        ("encore", "none"), ("encore", "int8"), ("transformers", "float32"), ("CTranslate2", "float32"),
+        ("CTranslate2", "int8"),
     ]  # fmt: skip
     assert all(r["first_token_s"] > 0 and r["decode_tok_s"] > 0 and r["rtf"] > 0 for r in doc["rows"])
     assert "real-time factor" in capsys.readouterr().out

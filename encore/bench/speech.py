@@ -29,6 +29,7 @@ class SpeechBenchConfig:
     repeats: int = 5
     audio: str | None = None  # a file whose first 30 s are the window (default: noise; decode is forced)
     vs_ct2: bool = False
+    vs_hf: bool = False
     threads: int | None = None
     json_path: str | None = "bench_speech.json"
 
@@ -43,10 +44,11 @@ def run_speech_bench(cfg: SpeechBenchConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     samples = load_audio(cfg.audio) if cfg.audio else np.random.RandomState(0).randn(16000 * 30).astype(np.float32)
     rows = [_encore_row(cfg, q, samples) for q in cfg.quantize]
+    features = window_features(samples, rows[0]["n_mels"])
+    if cfg.vs_hf:
+        rows.append(_hf_row(cfg, features))
     if cfg.vs_ct2:
-        n_mels = rows[0]["n_mels"]
-        features = window_features(samples, n_mels).numpy()
-        rows += [_ct2_row(cfg, q, features) for q in cfg.quantize]
+        rows += [_ct2_row(cfg, q, features.numpy()) for q in cfg.quantize]
     doc = {"kind": "speech", "model": cfg.model, "output_len": cfg.output_len, "repeats": cfg.repeats, "rows": rows}
     print(format_speech_report(doc))
     if cfg.json_path:
@@ -92,6 +94,45 @@ def _encore_row(cfg: SpeechBenchConfig, quantize: str, samples: np.ndarray) -> d
                 full.append(time.perf_counter() - mid)
     row = _row("encore", quantize, first, full, cfg.output_len)
     return {**row, "n_mels": model.config.audio_mels}
+
+
+def _hf_row(cfg: SpeechBenchConfig, features: Any) -> dict[str, Any]:
+    """transformers' WhisperForConditionalGeneration, fp32, on the same weights (a checkpoint's own
+    directory, or the preset's random weights written in transformers' layout), its own KV-cached loop."""
+    import tempfile
+
+    import torch
+    import transformers
+
+    import encore
+    from encore.convert import resolve_model
+
+    config, checkpoint = resolve_model(cfg.model)
+    ours = encore.load(checkpoint) if checkpoint is not None else encore.EncoderDecoder(config)
+    prompt = torch.tensor([_prompt(ours)])
+    with tempfile.TemporaryDirectory() as directory:
+        ours.tokenizer = None
+        ours.save_pretrained(directory, format="hf")  # (also a CTranslate2 directory: transformers' copy of it)
+        hf = transformers.WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32).eval()
+    del ours
+    eot = config.eos_token_id
+    first, decode = [], []
+    with torch.inference_mode():
+        for i in range(cfg.repeats + 1):  # the first run warms up
+            start = time.perf_counter()
+            encoded = hf.model.encoder(features).last_hidden_state
+            out = hf(encoder_outputs=(encoded,), decoder_input_ids=prompt, use_cache=True)
+            mid = time.perf_counter()
+            past, logits = out.past_key_values, out.logits[:, -1]
+            for _ in range(cfg.output_len):
+                logits[:, eot] = float("-inf")
+                out = hf(encoder_outputs=(encoded,), decoder_input_ids=logits.argmax(-1)[:, None],
+                         past_key_values=past, use_cache=True)  # fmt: skip
+                past, logits = out.past_key_values, out.logits[:, -1]
+            if i:
+                first.append(mid - start)
+                decode.append(time.perf_counter() - mid)
+    return _row("transformers", "float32", first, decode, cfg.output_len)
 
 
 def _prompt(model: Any) -> list[int]:

@@ -280,6 +280,7 @@ def run_speech(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         audio=args.audio,
         vs_ct2=args.vs_ct2,
+        vs_hf=args.vs_hf,
         threads=args.threads,
         json_path="bench_speech.json" if args.json is None else args.json,
     )
