@@ -266,3 +266,18 @@ def test_half_precision_kv_cache_needs_the_fused_kernels():
         encore.optimize(make_model("deconly"), fused=False, kv_dtype=torch.float16)
     with pytest.raises(ValueError, match="kv_dtype must be None, torch.float32 or torch.float16"):
         encore.optimize(make_model("deconly"), kv_dtype=torch.bfloat16)
+
+
+def test_without_a_compiler_encore_says_once_which_kernels_it_lacks(monkeypatch, capsys):
+    """No C compiler: the kernels are not built (their callers take the PyTorch paths), and each is named
+    once on stderr with how to get it."""
+    from encore.model import native
+
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    monkeypatch.setattr(native, "_SAID", set())
+    monkeypatch.delenv("ENCORE_QUIET", raising=False)
+    assert native.load("int8") is None and native.load("int8") is None and native.load("attend") is None
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(lines) == 2 and "csrc/int8.c is not built: no C compiler" in lines[0] and "apt-get install gcc" in lines[0]
+    )

@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from encore.files import atomic_write, cache_dir
@@ -44,9 +45,11 @@ def compiler() -> str | None:
 
 
 def build(name: str, flags: list[str]) -> Path | None:
-    """Compile csrc/`name`.c with `flags` into $ENCORE_CACHE/kernels (once); its path, or None."""
+    """Compile csrc/`name`.c with `flags` into $ENCORE_CACHE/kernels (once); its path, or None (said once
+    per process and kernel, on stderr: encore then runs that kernel's PyTorch path, slower)."""
     cc = compiler()
     if cc is None:
+        _say_once(name, "no C compiler ($CC, cc or gcc on Linux): install gcc (apt-get install gcc) for them")
         return None
     source = CSRC / f"{name}.c"
     sources = b"".join(path.read_bytes() for path in sorted(CSRC.glob("*.[ch]")))  # layer.c includes the others
@@ -60,9 +63,23 @@ def build(name: str, flags: list[str]) -> Path | None:
     )
     try:  # atomic: a concurrent build or reader never sees half a library
         atomic_write(target, compile_to)
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        why = detail.decode(errors="replace").strip().splitlines()[-1:] or [type(e).__name__]
+        _say_once(name, f"{cc} could not build it ({why[0][:160]})")
         return None
     return target
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(name: str, why: str) -> None:
+    """One line on stderr per kernel and process: which fast kernel is missing and how to get it."""
+    if name in _SAID or os.environ.get("ENCORE_QUIET"):
+        return
+    _SAID.add(name)
+    print(f"encore: the C kernel csrc/{name}.c is not built: {why}; running the slower PyTorch path", file=sys.stderr)
 
 
 def load(name: str, flags: list[str] = FLAGS) -> ctypes.CDLL | None:
