@@ -33,14 +33,14 @@ EOT, SOT, NO_TIMESTAMPS = 100, 101, 108
 BEGIN = NO_TIMESTAMPS + 1
 
 
-def whisper_tokenizer():
-    """A word-level tokenizer with Whisper's special tokens in Whisper's (English-only) order."""
+def whisper_tokenizer(specials: list[str] = SPECIALS):
+    """A word-level tokenizer with Whisper's special tokens in Whisper's order (English-only by default)."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-    vocab = {w: i for i, w in enumerate(WORDS + SPECIALS + STAMPS)}
+    vocab = {w: i for i, w in enumerate(WORDS + specials + STAMPS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens([AddedToken(s, special=True) for s in SPECIALS + STAMPS])
+    tok.add_special_tokens([AddedToken(s, special=True) for s in specials + STAMPS])
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="w0"
     )
@@ -477,3 +477,32 @@ def test_bench_on_a_whisper_model_against_ctranslate2(whisper_dir, tmp_path, mon
     assert all(r["first_token_s"] > 0 and r["decode_tok_s"] > 0 and r["rtf"] > 0 for r in doc["rows"])
     assert "real-time factor" in capsys.readouterr().out
     assert main(["bench", "--model", "whisper-tiny", "--vs-ct2", "--repeats", "1", "--json", ""]) == 2
+
+
+def test_a_multilingual_whisper_detects_the_language_and_translates(tmp_path):
+    """A multilingual checkpoint: the language is detected from the first window (a code the tokenizer
+    knows), an unknown code is one line, and translate puts <|translate|> in the prompt."""
+    from encore.audio.transcribe import detect_language
+
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|fr|>", "<|translate|>",
+                "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]  # fmt: skip
+    torch.manual_seed(1)
+    config = transformers.WhisperConfig(
+        vocab_size=len(WORDS) + len(specials) + len(STAMPS), num_mel_bins=80, d_model=32, encoder_layers=1,
+        decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, pad_token_id=EOT, eos_token_id=EOT, bos_token_id=EOT, decoder_start_token_id=SOT,
+    )  # fmt: skip
+    transformers.WhisperForConditionalGeneration(config).save_pretrained(tmp_path)
+    whisper_tokenizer(specials).save_pretrained(tmp_path)
+    model = encore.load(tmp_path)
+    model.generation_config["is_multilingual"] = True
+    tokens = WhisperTokens.from_model(model)
+    assert tokens.multilingual and list(tokens.languages) == ["en", "de", "fr"]
+    assert tokens.start("de", "translate", False) == [SOT, 103, 105, 110]
+    audio = np.random.RandomState(3).randn(16000 * 4).astype(np.float32) * 0.1
+    (code,) = detect_language(model, tokens, window_features(audio))
+    result = model.transcribe(audio, beam_size=1, temperature=0.0)
+    assert code in tokens.languages and result["language"] == code
+    assert model.transcribe(audio, task="translate", language="fr", beam_size=1, temperature=0.0)["language"] == "fr"
+    with pytest.raises(ValueError, match="unknown language code 'xx' for this model"):
+        model.transcribe(audio, language="xx")
