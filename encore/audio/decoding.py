@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from encore.audio.tokens import TIMESTAMP_SECONDS, WhisperTokens
+from encore.audio.features import TOKEN_SECONDS
+from encore.audio.tokens import WhisperTokens
 
 NEG_INF = float("-inf")
 
@@ -44,7 +45,7 @@ class LogitRules:
         self.t, self.timestamps = tokens, timestamps
         self.suppress = torch.tensor(suppress, dtype=torch.long)
         self.begin_suppress = torch.tensor(begin_suppress, dtype=torch.long)
-        self.max_initial = round(max_initial_timestamp / TIMESTAMP_SECONDS)
+        self.max_initial = round(max_initial_timestamp / TOKEN_SECONDS)
 
     def __call__(self, logits: Tensor, sampled: list[list[int]]) -> None:
         first = [b for b, seq in enumerate(sampled) if not seq]

@@ -20,7 +20,8 @@ CHUNK_SECONDS = 30
 N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480,000 samples in a window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3,000 frames in a window
 FRAME_SECONDS = HOP_LENGTH / SAMPLE_RATE  # 0.01 s
-TOKEN_SECONDS = 2 * FRAME_SECONDS  # one encoder position (the stem's stride 2): 0.02 s, a timestamp's step
+FRAMES_PER_TOKEN = 2  # mel frames per encoder position (the stem's stride 2), and per timestamp step
+TOKEN_SECONDS = FRAMES_PER_TOKEN * FRAME_SECONDS  # 0.02 s: one encoder position, a timestamp's step
 
 
 @lru_cache(maxsize=4)

@@ -7,7 +7,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-TIMESTAMP_SECONDS = 0.02  # one timestamp token step
 _LANGUAGE = re.compile(r"<\|([a-z]{2,3}|haw|yue)\|>")
 
 
@@ -26,7 +25,7 @@ class WhisperTokens:
 
     @property
     def timestamp_begin(self) -> int:
-        """<|0.00|>: timestamps are timestamp_begin + seconds / 0.02."""
+        """<|0.00|>: timestamps are timestamp_begin + seconds / TOKEN_SECONDS (0.02)."""
         return self.no_timestamps + 1
 
     @classmethod

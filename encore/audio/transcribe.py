@@ -17,13 +17,21 @@ from typing import Any
 import torch
 
 from encore.audio.decoding import LogitRules, WindowResult, compression_ratio, decode_windows
-from encore.audio.features import FRAME_SECONDS, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel, pad_or_trim
+from encore.audio.features import (
+    FRAME_SECONDS,
+    FRAMES_PER_TOKEN,
+    N_FRAMES,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    TOKEN_SECONDS,
+    log_mel,
+    pad_or_trim,
+)
 from encore.audio.io import AudioInput, load_audio
-from encore.audio.tokens import TIMESTAMP_SECONDS, WhisperTokens
+from encore.audio.tokens import WhisperTokens
 from encore.progress import Progress
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-INPUT_STRIDE = 2  # mel frames per encoder position (and per timestamp step)
 
 
 def transcribe(
@@ -76,9 +84,10 @@ def transcribe(
         timestamps=not without_timestamps,
     )
     decoder = _Decoder(model, tokens, rules, temperature, beam_size, compression_ratio_threshold, logprob_threshold)
-    decoder.start = tokens.start(language if tokens.multilingual else None, task, not without_timestamps)
+    prompt_language = language if tokens.multilingual else None
+    decoder.start = tokens.start(prompt_language, task, not without_timestamps)
     if word_timestamps:  # the start the alignment pass reads the text after (no timestamps)
-        decoder.align_start = tokens.start(language if tokens.multilingual else None, task, False)
+        decoder.align_start = tokens.start(prompt_language, task, False)
     decoder.generator.manual_seed(seed)
     run = _windows_batched if batch_size > 1 else _windows_sequential
     segments = run(decoder, mel, frames, initial_prompt, condition_on_previous_text, no_speech_threshold,
@@ -109,6 +118,12 @@ class _Decoder:
         """<|startofprev|> + the last previous-text tokens (up to half the decoder's positions) + start."""
         keep = previous[-(self.n_ctx // 2 - 1) :] if previous else []
         return ([self.tokens.sot_prev, *keep] if keep else []) + self.start
+
+    def initial_tokens(self, initial_prompt: str | None) -> list[int]:
+        """`initial_prompt` as the text before the first window (a leading space, as openai's)."""
+        if not initial_prompt:
+            return []
+        return self.model.tokenizer.encode(" " + initial_prompt.strip(), add_special_tokens=False)
 
     def max_tokens(self, prompt: list[int]) -> int:
         return min(self.n_ctx // 2, self.n_ctx - len(prompt))
@@ -163,9 +178,7 @@ def _skip(result: WindowResult, no_speech_threshold: float | None, logprob_thres
 
 def _windows_sequential(decoder, mel, frames, initial_prompt, condition, no_speech_threshold, _, progress):
     """openai/whisper's seek loop: one window at a time, each prompted with the text so far."""
-    all_tokens: list[int] = []
-    if initial_prompt:
-        all_tokens = decoder.model.tokenizer.encode(" " + initial_prompt.strip(), add_special_tokens=False)
+    all_tokens = decoder.initial_tokens(initial_prompt)
     reset_since = len(all_tokens)
     segments: list[dict[str, Any]] = []
     seek = 0
@@ -197,9 +210,7 @@ def _windows_sequential(decoder, mel, frames, initial_prompt, condition, no_spee
 def _windows_batched(decoder, mel, frames, initial_prompt, condition, no_speech_threshold, batch_size, progress):
     """faster-whisper's batched pipeline: fixed 30-s windows decoded `batch_size` at a time, each on
     its own (the initial prompt only)."""
-    previous = (
-        decoder.model.tokenizer.encode(" " + initial_prompt.strip(), add_special_tokens=False) if initial_prompt else []
-    )
+    previous = decoder.initial_tokens(initial_prompt)
     starts = list(range(0, frames, N_FRAMES))
     segments: list[dict[str, Any]] = []
     bar = Progress(len(starts), unit="window", desc="transcribe") if progress else None
@@ -231,7 +242,7 @@ def split_segments(
     is_stamp = [t >= begin for t in tokens]
     single_ending = is_stamp[-2:] == [False, True]
     cuts = [i + 1 for i in range(len(tokens) - 1) if is_stamp[i] and is_stamp[i + 1]]
-    seconds = lambda stamp: offset + (stamp - begin) * TIMESTAMP_SECONDS
+    seconds = lambda stamp: offset + (stamp - begin) * TOKEN_SECONDS
     segments, advance = [], size
     if cuts:
         if (single_ending or whole) and cuts[-1] < len(tokens):
@@ -244,12 +255,12 @@ def split_segments(
             segments.append(_segment(result, decoder, seek, seconds(stamps[0]), end, piece))
             last = cut
         if not (single_ending or whole):
-            advance = (tokens[last - 1] - begin) * INPUT_STRIDE
+            advance = (tokens[last - 1] - begin) * FRAMES_PER_TOKEN
     else:
         duration = size * FRAME_SECONDS
         stamps = [t for t in tokens if t >= begin]
         if stamps and stamps[-1] != begin:
-            duration = (stamps[-1] - begin) * TIMESTAMP_SECONDS
+            duration = (stamps[-1] - begin) * TOKEN_SECONDS
         segments.append(_segment(result, decoder, seek, offset, offset + duration, tokens))
     return [s for s in segments if s["text"].strip()], max(advance, 1)
 

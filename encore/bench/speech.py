@@ -31,24 +31,35 @@ class SpeechBenchConfig:
     vs_ct2: bool = False
     vs_hf: bool = False
     threads: int | None = None
+    seed: int = 0  # a preset's random weights (the same in every engine)
     json_path: str | None = "bench_speech.json"
 
 
 def run_speech_bench(cfg: SpeechBenchConfig) -> dict[str, Any]:
-    """Time encore at each --quantize (and CTranslate2 at the same precisions); print and save a table."""
+    """Time encore at each --quantize (and the anchors on the same weights); print and save a table."""
     import torch
 
     from encore.audio import load_audio, window_features
+    from encore.convert import resolve_model
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    config, checkpoint = resolve_model(cfg.model)
+    if config.encoder_input != "audio":
+        raise ValueError(f"--model {cfg.model}: not a speech model")
     samples = load_audio(cfg.audio) if cfg.audio else np.random.RandomState(0).randn(16000 * 30).astype(np.float32)
-    rows = [_encore_row(cfg, q, samples) for q in cfg.quantize]
-    features = window_features(samples, rows[0]["n_mels"])
+    features = window_features(samples, config.audio_mels)
+    rows, prompt = [], None
+    for quantize in cfg.quantize:  # a fresh copy of the weights each (optimize swaps modules in place)
+        model = _encore_model(config, checkpoint, quantize, cfg.seed)
+        prompt = prompt or _prompt(model)
+        rows.append(_encore_row(cfg, model, quantize, features, prompt))
+        del model
     if cfg.vs_hf:
-        rows.append(_hf_row(cfg, features))
+        rows.append(_hf_row(cfg, config, checkpoint, features, prompt))
     if cfg.vs_ct2:
-        rows += [_ct2_row(cfg, q, features.numpy()) for q in cfg.quantize]
+        directory = _ct2_directory(cfg, config, checkpoint)
+        rows += [_ct2_row(cfg, directory, q, features.numpy()) for q in cfg.quantize]
     doc = {"kind": "speech", "model": cfg.model, "output_len": cfg.output_len, "repeats": cfg.repeats, "rows": rows}
     print(format_speech_report(doc))
     if cfg.json_path:
@@ -64,64 +75,54 @@ def _row(engine: str, quantize: str, first: list[float], decode: list[float], n:
     return {"engine": engine, "quantize": quantize, "first_token_s": first_s, "decode_tok_s": decode_rate, "rtf": rtf}
 
 
-def _encore_row(cfg: SpeechBenchConfig, quantize: str, samples: np.ndarray) -> dict[str, Any]:
+def _encore_model(config: Any, checkpoint: Path | None, quantize: str, seed: int) -> Any:
+    """The checkpoint, or the preset's random weights seeded as the anchors' are (its released vocabulary
+    of 51,865 kept: the head is a third of tiny's decode step), optimized."""
+    import encore
+    from encore.model.io import build
+
+    model = encore.load(checkpoint) if checkpoint is not None else build(config, seed=seed)
+    return encore.optimize(model, quantize=None if quantize == "none" else quantize)
+
+
+def _encore_row(cfg: SpeechBenchConfig, model: Any, quantize: str, features: Any, prompt: list[int]) -> dict:
     import torch
 
-    import encore
-    from encore.audio import window_features
-    from encore.convert import resolve_model
-
-    config, checkpoint = resolve_model(cfg.model)
-    # a preset keeps its released vocabulary (51,865): the output head is a third of tiny's decode step
-    model = encore.load(checkpoint) if checkpoint is not None else encore.EncoderDecoder(config)
-    model = encore.optimize(model, quantize=None if quantize == "none" else quantize)
-    if model.config.encoder_input != "audio":
-        raise ValueError(f"--model {cfg.model}: not a speech model")
-    features = window_features(samples, model.config.audio_mels)
-    prompt = torch.tensor([_prompt(model)])
+    ids = torch.tensor([prompt])
     eot = model.config.eos_token_id
-    first, full = [], []
+    first, decode = [], []
     with torch.inference_mode():
         for i in range(cfg.repeats + 1):  # the first run warms up
             start = time.perf_counter()
-            logits, cache = model.prefill(features, None, cfg.output_len + 1, decoder_prompt=prompt)
+            logits, cache = model.prefill(features, None, cfg.output_len + 1, decoder_prompt=ids)
             mid = time.perf_counter()
             for _ in range(cfg.output_len):
                 logits[:, eot] = float("-inf")
                 logits = model.decode_step(logits.argmax(-1), cache)
             if i:
                 first.append(mid - start)
-                full.append(time.perf_counter() - mid)
-    row = _row("encore", quantize, first, full, cfg.output_len)
-    return {**row, "n_mels": model.config.audio_mels}
+                decode.append(time.perf_counter() - mid)
+    return _row("encore", quantize, first, decode, cfg.output_len)
 
 
-def _hf_row(cfg: SpeechBenchConfig, features: Any) -> dict[str, Any]:
-    """transformers' WhisperForConditionalGeneration, fp32, on the same weights (a checkpoint's own
-    directory, or the preset's random weights written in transformers' layout), its own KV-cached loop."""
-    import tempfile
-
+def _hf_row(cfg: SpeechBenchConfig, config: Any, checkpoint: Path | None, features: Any, prompt: list[int]) -> dict:
+    """transformers' WhisperForConditionalGeneration, fp32, on the same weights (`same_weights.hf_directory`:
+    a transformers checkpoint as it is, others written in its layout, cached), its own KV-cached loop."""
     import torch
     import transformers
 
-    import encore
-    from encore.convert import resolve_model
+    from encore.bench.same_weights import hf_directory
 
-    config, checkpoint = resolve_model(cfg.model)
-    ours = encore.load(checkpoint) if checkpoint is not None else encore.EncoderDecoder(config)
-    prompt = torch.tensor([_prompt(ours)])
-    with tempfile.TemporaryDirectory() as directory:
-        ours.tokenizer = None
-        ours.save_pretrained(directory, format="hf")  # (also a CTranslate2 directory: transformers' copy of it)
-        hf = transformers.WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32).eval()
-    del ours
+    directory = hf_directory(config, cfg.seed, checkpoint)
+    hf = transformers.WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32).eval()
+    ids = torch.tensor([prompt])
     eot = config.eos_token_id
     first, decode = [], []
     with torch.inference_mode():
         for i in range(cfg.repeats + 1):  # the first run warms up
             start = time.perf_counter()
             encoded = hf.model.encoder(features).last_hidden_state
-            out = hf(encoder_outputs=(encoded,), decoder_input_ids=prompt, use_cache=True)
+            out = hf(encoder_outputs=(encoded,), decoder_input_ids=ids, use_cache=True)
             mid = time.perf_counter()
             past, logits = out.past_key_values, out.logits[:, -1]
             for _ in range(cfg.output_len):
@@ -146,8 +147,7 @@ def _prompt(model: Any) -> list[int]:
         return [model.config.bos_token_id]
 
 
-def _ct2_row(cfg: SpeechBenchConfig, quantize: str, features: np.ndarray) -> dict[str, Any]:
-    directory = ct2_directory(cfg.model, quantize)
+def _ct2_row(cfg: SpeechBenchConfig, directory: Path, quantize: str, features: np.ndarray) -> dict[str, Any]:
     compute = {"none": "float32", "int8": "int8", "int4": "int8"}[quantize]
     context = mp.get_context("spawn")
     with context.Pool(1) as pool:
@@ -158,26 +158,19 @@ def _ct2_row(cfg: SpeechBenchConfig, quantize: str, features: np.ndarray) -> dic
     return _row(label, compute, first, full, n)
 
 
-def ct2_directory(spec: str, quantize: str) -> Path:
-    """A CTranslate2 Whisper directory of `spec`'s weights: the directory itself, or CTranslate2's own
-    converter of a transformers directory (cached); a preset has no tokenizer to convert with."""
+def _ct2_directory(cfg: SpeechBenchConfig, config: Any, checkpoint: Path | None) -> Path:
+    """A CTranslate2 Whisper directory of the weights: a CTranslate2 directory itself, else CTranslate2's
+    own converter of them (`same_weights.ct2_directory`, cached); a preset has no Whisper tokenizer for
+    the converter."""
+    from encore.bench.same_weights import ct2_directory
     from encore.convert.ctranslate2 import is_ct2_directory
-    from encore.files import cache_dir
 
-    path = Path(spec).expanduser()
-    if path.is_dir() and is_ct2_directory(path):
-        return path
-    if not (path.is_dir() and (path / "config.json").is_file()):
+    if checkpoint is None:
         raise ValueError(
-            f"--vs-ct2 on --model {spec}: needs a Whisper checkpoint directory (transformers' or CTranslate2's); "
+            f"--vs-ct2 on --model {cfg.model}: needs a Whisper checkpoint directory (transformers' or CTranslate2's); "
             "a preset has no tokenizer for CTranslate2's converter"
         )
-    from ctranslate2.converters import TransformersConverter
-
-    out = cache_dir() / "ct2" / f"{path.resolve().name}-{abs(hash(str(path.resolve())))}"
-    if not (out / "model.bin").is_file():
-        TransformersConverter(str(path)).convert(str(out), force=True)
-    return out
+    return checkpoint if is_ct2_directory(checkpoint) else ct2_directory(config, cfg.seed, checkpoint)
 
 
 def _time_ct2(directory: str, compute: str, features: np.ndarray, n: int, repeats: int, threads: int | None):
@@ -208,10 +201,6 @@ def ct2_prompt(directory: Path, multilingual: bool) -> tuple[list[int], int]:
     from encore.convert.ctranslate2 import vocabulary
 
     vocab = vocabulary(directory)
-    if not vocab and (directory / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        vocab = Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab()
     names = ["<|startoftranscript|>", *(["<|en|>", "<|transcribe|>"] if multilingual else []), "<|notimestamps|>"]
     missing = [n for n in [*names, "<|endoftext|>"] if n not in vocab]
     if missing:

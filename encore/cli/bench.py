@@ -282,6 +282,7 @@ def run_speech(args: argparse.Namespace) -> int:
         vs_ct2=args.vs_ct2,
         vs_hf=args.vs_hf,
         threads=args.threads,
+        seed=args.seed,
         json_path="bench_speech.json" if args.json is None else args.json,
     )
     run_speech_bench(cfg)

@@ -134,19 +134,17 @@ def check_gguf(path: Path) -> None:
         import gguf
     except ImportError:
         raise ValueError(f"{path}: reading GGUF needs the gguf package (pip install 'encore[gguf]')") from None
+    size = path.stat().st_size
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:  # gguf raises ValueError, struct.error, IndexError for damaged files
-        size = path.stat().st_size
         raise ConversionError(
             f"{path}: not a complete GGUF file ({size:,} bytes; {type(e).__name__}: {str(e)[:120]}): a file cut short, "
             "or not GGUF"
         ) from None
     end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    if end > path.stat().st_size:
-        raise ConversionError(
-            f"{path}: truncated: its tensors need {end:,} bytes, the file has {path.stat().st_size:,}"
-        )
+    if end > size:
+        raise ConversionError(f"{path}: truncated: its tensors need {end:,} bytes, the file has {size:,}")
 
 
 def _gguf_config(path: Path) -> ModelConfig:

@@ -63,7 +63,8 @@ class _Reader:
 
 
 def read_model_bin(path: Path) -> tuple[str, dict[str, np.ndarray]]:
-    """(the spec's name, every variable by name, aliases resolved, int8 weights dequantized to float32)."""
+    """(the spec's name, every variable by name as stored, aliases resolved): arrays that view the
+    mapped file, so reading a config from the shapes costs no copy (`float_variables` converts)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     r = _Reader(path)
@@ -86,27 +87,33 @@ def read_model_bin(path: Path) -> tuple[str, dict[str, np.ndarray]]:
         array = np.frombuffer(r.take(nbytes, f"variable {name}"), dtype=_DTYPES[code])
         if array.size != int(np.prod(dims, dtype=np.int64)):
             raise ConversionError(f"{path}: variable {name} holds {array.size} values for shape {list(dims)}")
-        raw[name] = _float(array.reshape(dims), code)
+        raw[name] = array.reshape(dims)
     aliases = {}
     if r.at + 4 <= len(r.data):
         (n_alias,) = r.unpack("I", "the alias count")
         for _ in range(n_alias):
             alias = r.string("an alias")
             aliases[alias] = r.string(f"{alias}'s target")
-    for name in [n for n in raw if n.endswith("_scale") and n[: -len("_scale")] in raw]:
-        weight = name[: -len("_scale")]
-        scale = raw.pop(name).astype(np.float32)
-        raw[weight] = raw[weight].astype(np.float32) / scale.reshape(-1, *[1] * (raw[weight].ndim - 1))
     for alias, target in aliases.items():
         if target in raw:
             raw[alias] = raw[target]
     return spec, raw
 
 
-def _float(array: np.ndarray, code: int) -> np.ndarray:
-    if code == 5:  # bfloat16: the upper half of a float32
-        return (array.astype(np.uint32) << 16).view(np.float32)
-    return array
+def float_variables(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The variables as floats: int8 weights dequantized by their `<name>_scale` (W = q / scale, one
+    float32 per row; the scales dropped), bfloat16 widened to float32; the others as they are."""
+    out: dict[str, np.ndarray] = {}
+    for name, array in raw.items():
+        if name.endswith("_scale") and name[: -len("_scale")] in raw:
+            continue
+        if array.dtype == np.uint16:  # bfloat16 (no other code is read as uint16): the upper half of a float32
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        scale = raw.get(f"{name}_scale")
+        if scale is not None:
+            array = array.astype(np.float32) / scale.astype(np.float32).reshape(-1, *[1] * (array.ndim - 1))
+        out[name] = array
+    return out
 
 
 # --- Whisper ----------------------------------------------------------------------------------------
@@ -161,13 +168,18 @@ def _split(block: str, linear: str, array: np.ndarray) -> list[tuple[str, np.nda
 
 
 def vocabulary(directory: Path) -> dict[str, int]:
-    """token -> id from CTranslate2's vocabulary.json (a list) or vocabulary.txt (a token a line)."""
+    """token -> id from CTranslate2's vocabulary.json (a list) or vocabulary.txt (a token a line), else
+    from the directory's tokenizer.json (faster-whisper's directories carry one); {} without any."""
     if (directory / "vocabulary.json").is_file():
         import json
 
         tokens = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
     elif (directory / "vocabulary.txt").is_file():
         tokens = (directory / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
+    elif (directory / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab()
     else:
         return {}
     return {token: i for i, token in enumerate(tokens)}
@@ -222,16 +234,8 @@ def load_ct2(directory: str | Path, device: torch.device | str = "cpu", dtype: t
     from encore.convert.checkpoint import fill_model, set_tokenizer, settle_config
 
     directory = Path(directory)
-    spec, raw = read_model_bin(directory / MODEL_FILE)
-    if spec != "WhisperSpec":
-        raise ConversionError(f"{directory / MODEL_FILE}: spec {spec!r}; encore reads CTranslate2's WhisperSpec")
-    tokenizer = None
-    if (directory / "tokenizer.json").is_file():
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    hf = whisper_config(raw, tokenizer.get_vocab() if tokenizer is not None else vocabulary(directory))
-    tensors = whisper_tensors(raw)
+    raw, hf = _read_whisper(directory)
+    tensors = whisper_tensors(float_variables(raw))
     del raw
     adapter = ADAPTERS["whisper"]
     config = adapter.config_from_hf(hf, {})
@@ -239,15 +243,25 @@ def load_ct2(directory: str | Path, device: torch.device | str = "cpu", dtype: t
     config = settle_config(adapter, config, set(tensors), get).replace(**changes)
     model = fill_model(config, adapter.from_hf(get, config), device, dtype, where=str(directory / MODEL_FILE))
     model.generation_config = whisper_generation(directory, hf)
-    if tokenizer is not None:
-        set_tokenizer(model, tokenizer)
+    if (directory / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        set_tokenizer(model, AutoTokenizer.from_pretrained(str(directory)))
     return model.eval()
 
 
 def ct2_config(directory: Path) -> Any:
-    """The encore config of a CTranslate2 directory (reads the weights' shapes)."""
-    _, raw = read_model_bin(directory / MODEL_FILE)
-    return ADAPTERS["whisper"].config_from_hf(whisper_config(raw, vocabulary(directory)), {})
+    """The encore config of a CTranslate2 directory (from the variables' shapes: no weight is copied)."""
+    return ADAPTERS["whisper"].config_from_hf(_read_whisper(directory)[1], {})
+
+
+def _read_whisper(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(model.bin's variables as stored, the transformers WhisperConfig dict they and the vocabulary
+    imply); ConversionError for another spec."""
+    spec, raw = read_model_bin(directory / MODEL_FILE)
+    if spec != "WhisperSpec":
+        raise ConversionError(f"{directory / MODEL_FILE}: spec {spec!r}; encore reads CTranslate2's WhisperSpec")
+    return raw, whisper_config(raw, vocabulary(directory))
 
 
 def _get(tensors: dict[str, Tensor], name: str, directory: Path) -> Tensor:

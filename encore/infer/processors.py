@@ -96,9 +96,8 @@ class Processors:
             score = torch.where(score < 0, score * self.repetition_penalty, score / self.repetition_penalty)
             logits.scatter_(1, seen, score)
         if (self.frequency_penalty or self.presence_penalty) and step:  # over the tokens generated so far
-            counts = torch.zeros_like(logits).scatter_add_(
-                1, _padded([row[-step:] for row in history], logits.device), _ones(history, step, logits)
-            )
+            generated = torch.tensor([row[-step:] for row in history], device=logits.device)  # [B, step]
+            counts = torch.zeros_like(logits).scatter_add_(1, generated, torch.ones_like(generated, dtype=logits.dtype))
             logits -= self.frequency_penalty * counts + self.presence_penalty * (counts > 0).to(logits.dtype)
         banned = [self._banned(row) for row in history]
         for row, tokens in enumerate(banned):
@@ -143,11 +142,6 @@ def sequence_starts(config: Any, input_ids: Tensor, attention_mask: Tensor | Non
     """`sequence_start` of each row of a batch (a prompt's real tokens only)."""
     real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     return [sequence_start(config, row[keep].tolist()) for row, keep in zip(input_ids, real)]
-
-
-def _ones(history: list[list[int]], step: int, logits: Tensor) -> Tensor:
-    """[B, step] ones: each row's last `step` tokens counted once each."""
-    return torch.ones(len(history), step, dtype=logits.dtype, device=logits.device)
 
 
 def _padded(rows: list[list[int]], device: torch.device) -> Tensor:

@@ -133,7 +133,9 @@ def _temperature(text: str) -> tuple[float, ...] | float:
                        "invalid_request_error") from None  # fmt: skip
     if not 0.0 <= value <= 1.0:
         raise APIError(400, f"temperature must be in [0, 1], got {value:g}", "temperature", "invalid_request_error")
-    return (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if value == 0.0 else value
+    from encore.audio.transcribe import TEMPERATURES
+
+    return TEMPERATURES if value == 0.0 else value
 
 
 def _respond(result: dict[str, Any], fmt: str, task: str) -> Response:
