@@ -506,3 +506,17 @@ def test_a_multilingual_whisper_detects_the_language_and_translates(tmp_path):
     assert model.transcribe(audio, task="translate", language="fr", beam_size=1, temperature=0.0)["language"] == "fr"
     with pytest.raises(ValueError, match="unknown language code 'xx' for this model"):
         model.transcribe(audio, language="xx")
+
+
+def test_the_no_speech_threshold_decides_whether_an_unlikely_window_is_retried(whisper_dir):
+    """openai's rule with the caller's threshold: an unlikely window the model calls silent (no-speech
+    probability above the threshold) is not decoded again; below it, or with no threshold, it is."""
+    from encore.audio.decoding import WindowResult
+    from encore.audio.transcribe import _Decoder
+
+    model = encore.load(whisper_dir)
+    decoder = _Decoder(model, WhisperTokens.from_model(model), None, 0.0, 1, 2.4, -1.0)
+    unlikely = WindowResult([5], -3.0, -1.5, 0.7, 0.0, text="w5", compression_ratio=1.0)
+    for threshold, retried in ((0.6, False), (0.8, True), (None, True)):
+        decoder.no_speech_threshold = threshold
+        assert decoder._needs_fallback(unlikely) is retried, threshold

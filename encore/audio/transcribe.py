@@ -84,6 +84,7 @@ def transcribe(
         timestamps=not without_timestamps,
     )
     decoder = _Decoder(model, tokens, rules, temperature, beam_size, compression_ratio_threshold, logprob_threshold)
+    decoder.no_speech_threshold = no_speech_threshold
     prompt_language = language if tokens.multilingual else None
     decoder.start = tokens.start(prompt_language, task, not without_timestamps)
     if word_timestamps:  # the start the alignment pass reads the text after (no timestamps)
@@ -112,6 +113,7 @@ class _Decoder:
         self.start: list[int] = []
         self.align_start: list[int] | None = None  # set: segments get "words" (`encore.audio.alignment`)
         self.last_speech = 0.0  # where the last segment with words ended
+        self.no_speech_threshold: float | None = 0.6
         self.n_ctx = model.config.max_seq_len
 
     def prompt(self, previous: list[int]) -> list[int]:
@@ -162,7 +164,8 @@ class _Decoder:
     def _needs_fallback(self, r: WindowResult) -> bool:
         too_repetitive = self.ratio_threshold is not None and r.compression_ratio > self.ratio_threshold
         too_unlikely = self.logprob_threshold is not None and r.avg_logprob < self.logprob_threshold
-        silent = r.no_speech_prob > 0.6 and too_unlikely  # openai: a silent window is not retried
+        threshold = self.no_speech_threshold
+        silent = threshold is not None and r.no_speech_prob > threshold and too_unlikely  # openai: not retried
         return (too_repetitive or too_unlikely) and not silent
 
     def text(self, ids: list[int]) -> str:
