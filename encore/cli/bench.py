@@ -56,12 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "which always runs (pip install 'encore[onnx]')",
     )
     parser.add_argument("--vs-hf", action="store_true", help="also time HF T5 / Llama of the same shapes")
-    parser.add_argument(
-        "--audio",
-        default=None,
-        help="a speech model (Whisper): the file whose first 30 s are the timed window (default: noise; decoding "
-        "is forced to --output-len tokens either way)",
-    )
+    parser.add_argument("--audio", help="a Whisper model: the file whose first 30 s are timed (default: noise)")
     parser.add_argument(
         "--vs-ct2",
         action="store_true",
