@@ -244,6 +244,8 @@ def test_transcribe_long_audio_and_the_cli(whisper_dir, tmp_path):
     done = subprocess.run([*cli, "--out", str(tmp_path / "out"), "--output-format", "vtt"], capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0 and (tmp_path / "out" / "a.vtt").read_text().startswith("WEBVTT")
+    bad = subprocess.run([*cli, "--out", str(tmp_path / "a.wav")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "a.wav: a file is there; --out names a folder" in bad.stderr
     bad = subprocess.run([*cli[:-1], str(tmp_path / "nope.wav")], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].endswith("nope.wav: no such audio file")
     gen = [sys.executable, "-m", "encore", "generate", "--model", str(whisper_dir), "--input", "hi"]

@@ -50,6 +50,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from encore.audio.formats import render
 
+    if args.out is not None and args.out.exists() and not args.out.is_dir():  # before the model loads
+        raise ValueError(f"--out {args.out}: a file is there; --out names a folder for the transcripts")
     quantize = None if args.quantize == "none" else args.quantize
     model = load_for_inference(args.model, None, args.device, quantize, kv_cache_dtype=args.kv_cache_dtype)
     if getattr(model.config, "encoder_input", "tokens") != "audio":

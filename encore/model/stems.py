@@ -17,7 +17,6 @@ class AudioStem(nn.Module):
 
     def __init__(self, mels: int, dim: int):
         super().__init__()
-        self.mels = mels
         self.conv1 = nn.Conv1d(mels, dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
 

@@ -49,9 +49,6 @@ class SpeechWorker:
     def close(self, grace_s: float = 0.0) -> None:
         self.closing = True
 
-    def waiting(self) -> int:
-        return self.running
-
     async def run(self, timeout_s: float | None, **options: Any) -> dict[str, Any]:
         if self.closing or self.executor is None:
             raise APIError(503, "the server is shutting down", None, "server_error")
