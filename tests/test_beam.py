@@ -94,3 +94,66 @@ def test_bad_beam_settings_are_named(pair, given, message):
     _, model = pair
     with pytest.raises(ValueError, match=message):
         model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=3, **given)
+
+
+def _engine_run(engine, requests):
+    """Queue `requests` (kwargs of Engine.add) and step until done: request index -> its events."""
+    rids = {engine.add(**r): i for i, r in enumerate(requests)}
+    events: dict[int, list] = {i: [] for i in rids.values()}
+    while engine.has_work():
+        for e in engine.step():
+            events[rids[e.request_id]].append(e)
+    return events
+
+
+def test_engine_beam_requests_equal_generate_alone(pair):
+    """Beam requests (two settings) and a greedy one share the engine's batch; each result is what
+    `generate_beams` / `generate` give that request alone, and a beam request is one finished event."""
+    from encore.infer.engine import Engine
+
+    hf, model = pair
+    ids, mask = _batch("right")
+    prompts = [ids[0].tolist(), ids[1, : int(mask[1].sum())].tolist()]
+    settings = [
+        dict(num_beams=4, no_repeat_ngram_size=2),
+        dict(num_beams=3, num_return_sequences=2, length_penalty=2.0),
+    ]
+    requests = [dict(input_ids=prompts[0], eos_token_id=EOS, **settings[0])]
+    requests += [dict(input_ids=prompts[1], eos_token_id=EOS, num_beams=1)]
+    requests += [dict(input_ids=prompts[1], eos_token_id=EOS, **settings[1])]
+    engine = Engine(model, max_batch=8, max_input_len=16, max_new_tokens=STEPS)
+    events = _engine_run(engine, requests)
+    for i, setting in ((0, settings[0]), (2, settings[1])):
+        beam_keys = {k: v for k, v in setting.items() if k in Beams.__dataclass_fields__}
+        processing = {k: v for k, v in setting.items() if k not in beam_keys}
+        tokens, scores = generate_beams(
+            model, torch.tensor([requests[i]["input_ids"]]), None, STEPS, Beams(**beam_keys), EOS, **processing
+        )
+        (event,) = events[i]
+        assert event.finished and event.sequences == [_cut(r) for r in tokens.tolist()]
+        assert event.tokens == event.sequences[0]
+        torch.testing.assert_close(torch.tensor(event.scores), scores, atol=1e-4, rtol=1e-4)
+    greedy = model.generate(torch.tensor([prompts[1]]), max_new_tokens=STEPS, eos_token_id=EOS, num_beams=1)
+    assert [e.token for e in events[1]] == _cut(greedy[0].tolist())
+    assert not engine.has_work() and engine.running == 0
+
+
+def test_engine_beam_request_waits_for_its_slots_and_frees_them(pair):
+    from encore.infer.engine import Engine
+
+    _, model = pair
+    engine = Engine(model, max_batch=4, max_input_len=16, max_new_tokens=6)
+    first = engine.add([3, 4, 5], num_beams=1, eos_token_id=None)
+    beam = engine.add([5, 6, 7], num_beams=4, eos_token_id=None)
+    engine.step()
+    assert engine.running == 1 and engine.queued == 1  # 3 slots free: not enough for 4 beams
+    finished = []
+    while engine.has_work():
+        finished += [e.request_id for e in engine.step() if e.finished]
+        if beam not in finished:
+            assert engine.running in (0, 1, 4)
+    assert finished == [first, beam] and engine.running == 0
+    with pytest.raises(ValueError, match="num_beams 5 is more than this engine's 4 slots"):
+        engine.add([3, 4], num_beams=5)
+    with pytest.raises(ValueError, match="logprobs is not given for beam search"):
+        engine.add([3, 4], num_beams=2, logprobs=1)

@@ -60,6 +60,28 @@ def test_fp32_graphs_give_the_engines_greedy_tokens(exported, arch, side):
     )
 
 
+def test_beam_search_gives_torchs_beams(exported, arch):
+    """The runtime's beam search (numpy, no torch) gives `generate_beams`' tokens and scores."""
+    from encore.infer.generate import Beams, generate_beams
+
+    model, directory = exported[arch]
+    gen = OnnxGenerator(directory)
+    g = torch.Generator().manual_seed(2)
+    ids, mask = padded_batch([torch.randint(3, 512, (n,), generator=g) for n in (9, 5)], "right")
+    greedy = model.generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=None)
+    ended = False
+    for eos in greedy[:, 1].tolist():  # a likely token as EOS: some beams end early
+        for beams in (Beams(num_beams=4), Beams(num_beams=3, num_return_sequences=2, length_penalty=2.0)):
+            tokens, scores = generate_beams(model, ids, mask, 10, beams, eos)
+            got, got_scores = gen.generate_beams(ids.numpy(), mask.numpy(), 10, beams, eos_token_id=eos)
+            np.testing.assert_array_equal(got, tokens.numpy())
+            np.testing.assert_allclose(got_scores, scores.numpy(), atol=1e-4)
+            ended |= bool((got == eos).any())
+    assert ended  # EOS and the padding after it were exercised
+    plain = gen.generate(ids.numpy(), mask.numpy(), max_new_tokens=10, num_beams=4, eos_token_id=eos)
+    np.testing.assert_array_equal(plain, generate_beams(model, ids, mask, 10, Beams(num_beams=4), eos)[0].numpy())
+
+
 def test_manifest_names_the_graphs_and_their_axes(exported):
     _, directory = exported["encdec"]
     manifest = json.loads((directory / "encore_onnx.json").read_text())
@@ -142,15 +164,17 @@ def test_runtime_runs_without_torch(exported):
         f"gen = OnnxGenerator({str(directory)!r})\n"
         "print(repr(gen.generate_text('def add(a, b):', max_new_tokens=5)))\n"
         "print(gen.generate([[5, 6, 7]], max_new_tokens=5).tolist())\n"
+        "print(gen.generate([[5, 6, 7]], max_new_tokens=5, num_beams=3).tolist())\n"
         "print('torch' in sys.modules and sys.modules['torch'] is not None)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    text, tokens, torch_loaded = proc.stdout.strip().splitlines()
+    text, tokens, beams, torch_loaded = proc.stdout.strip().splitlines()
     assert torch_loaded == "False" and isinstance(eval(text), str)
     assert eval(tokens) == model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5).tolist()
+    assert eval(beams) == model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5, num_beams=3).tolist()
 
 
 def test_clear_errors(exported, tmp_path):

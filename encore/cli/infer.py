@@ -128,8 +128,15 @@ def _texts(
 def _onnx_texts(args: argparse.Namespace, sources: list[str]) -> list[str]:
     from encore.onnx import OnnxGenerator
 
+    for flag in ("repetition_penalty", "no_repeat_ngram_size", "src_lang", "tgt_lang"):
+        if getattr(args, flag, None) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} runs with --backend torch (the ONNX runtime has no logits processors)")
     gen = OnnxGenerator(args.model, provider=args.provider)
     sampling = dict(do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if args.num_beams is not None:
+        sampling["num_beams"] = args.num_beams
+    if args.length_penalty is not None:
+        sampling["length_penalty"] = args.length_penalty
     texts: list[str] = []
     for start in range(0, len(sources), args.batch_size):
         batch = sources[start : start + args.batch_size]

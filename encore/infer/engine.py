@@ -18,7 +18,14 @@ and its mask (encoder-decoder), and each slot's position in a tensor. A `step()`
    per running request.
 
 A request leaves its slot the moment it finishes (EOS, its `max_new_tokens`, or `cancel`), so the next
-step can admit another. What a request generates does not depend on what else is in the batch:
+step can admit another.
+
+A beam request (`num_beams` K > 1, `encore.infer.beam`'s search with transformers' results) holds K
+slots: its prompt is prefilled once and copied into them, each step scores its K rows with the rest of
+the batch, and its hypotheses' self-attention rows follow them by index (only the rows whose source
+changed are copied, over the positions written). It does not stream: one finished event carries its
+best sequence (`tokens`), its `num_return_sequences` best (`sequences`) and their scores, and its K
+slots are free at once. What a request generates does not depend on what else is in the batch:
 greedy in fp32 it is token for token what `model.generate` gives it alone (tested).
 
 The decode step sees fixed shapes: eagerly, a view of the slots in use and the positions written so
@@ -37,7 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from encore.infer.generate import check_max_new_tokens, request_processors
+from encore.infer.beam import Beams, Search, candidates
+from encore.infer.generate import beam_settings, check_max_new_tokens, request_processors
 from encore.infer.processors import Processors, sequence_start
 from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos
 from encore.model.cache import GenerationCache
@@ -48,12 +56,21 @@ STOP, LENGTH, CANCELLED = "stop", "length", "cancelled"
 @dataclass
 class Event:
     """One generated token of one request. `finish_reason` ("stop": EOS, "length": its max_new_tokens)
-    is set on a request's last event."""
+    is set on a request's last event. `logprob` / `top_logprobs` (requests that asked, `logprobs=`): the
+    token's log-probability under the model's distribution, and the `logprobs` likeliest (token, log-prob).
+    A beam request's one event: `token` its best sequence's last, `tokens` that sequence (new tokens, EOS
+    included when it ended so), `sequences` / `scores` its `num_return_sequences` best, best first, with
+    their length-penalised scores (transformers' `sequences_scores`)."""
 
     request_id: int
     token: int
     finished: bool
     finish_reason: str | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    tokens: list[int] | None = None
+    sequences: list[list[int]] | None = None
+    scores: list[float] | None = None
 
 
 @dataclass
@@ -65,6 +82,10 @@ class _Request:
     eos: tuple[int, ...] | None
     generator: torch.Generator | None
     processors: Processors = Processors()
+    beams: Beams = Beams()
+    logprobs: int | None = None  # None: none; N: the token's log-prob and the N likeliest
+    slots: list[int] = field(default_factory=list)  # a beam request's K slots (slot = slots[0])
+    search: Search | None = None
     slot: int = -1
     produced: int = 0
     cache_len: int = 0  # the slot's positions written (a host-side mirror of the cache's `length`)
@@ -148,12 +169,16 @@ class Engine:
         top_p: float | None = None,
         seed: int | None = None,
         eos_token_id: int | list[int] | None | _FromConfig = FROM_CONFIG,
+        logprobs: int | None = None,
         **processing: Any,
     ) -> int:
         """Queue a request; returns its id. `input_ids`: a 1-D sequence of token ids (list or LongTensor),
         laid out as the model expects (`encore.data.prompt_ids`). `processing`: the logits processors
-        `generate` takes (`encore.infer.processors`), over the checkpoint's generation config. Bad input
-        raises ValueError naming what is wrong, and nothing is queued."""
+        `generate` takes (`encore.infer.processors`) and its beam settings (`num_beams`, `length_penalty`,
+        `early_stopping`, `num_return_sequences`), over the checkpoint's generation config (a sampling
+        request that names no `num_beams` samples). `logprobs` N >= 0: each event carries its token's
+        log-probability and the N likeliest. Bad input raises ValueError naming what is wrong, and nothing
+        is queued."""
         ids = self._check_ids(input_ids)
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         check_max_new_tokens(max_new, low=1)
@@ -161,8 +186,21 @@ class Engine:
             raise ValueError(f"max_new_tokens {max_new} is more than this engine's {self.max_new_tokens}")
         sampling = Sampling(do_sample, temperature, top_k, top_p, seed).check()
         eos = resolve_eos(eos_token_id, self.config)
+        beams = beam_settings(self.model, processing, do_sample)
+        if beams.num_beams > self.max_batch:
+            raise ValueError(f"num_beams {beams.num_beams} is more than this engine's {self.max_batch} slots")
+        if logprobs is not None:
+            if (
+                isinstance(logprobs, bool)
+                or not isinstance(logprobs, int)
+                or not 0 <= logprobs <= self.config.vocab_size
+            ):
+                raise ValueError(f"logprobs must be an integer in [0, {self.config.vocab_size}], got {logprobs!r}")
+            if beams.num_beams > 1:
+                raise ValueError("logprobs is not given for beam search: a beam request returns its sequences' scores")
         processors = request_processors(self.model, processing, len(ids))
-        request = _Request(next(self._ids), ids, max_new, sampling, eos, sampling.generator(self.device), processors)
+        generator = sampling.generator(self.device)
+        request = _Request(next(self._ids), ids, max_new, sampling, eos, generator, processors, beams, logprobs)
         self.queue.append(request)
         return request.id
 
@@ -202,9 +240,10 @@ class Engine:
         return False
 
     def _release(self, r: _Request) -> None:
-        """Free `r`'s slot; with prefix reuse, keep the K/V of what it wrote (prompt + reply so far)."""
-        self.slots[r.slot] = None
-        if self.prefix is not None:
+        """Free `r`'s slots; with prefix reuse, keep the K/V of what it wrote (prompt + reply so far)."""
+        for slot in r.slots:
+            self.slots[slot] = None
+        if self.prefix is not None and r.search is None:
             written = (r.ids + r.tokens)[: r.cache_len]
             self.prefix.put(written, self.cache.k[:, r.slot], self.cache.v[:, r.slot])
 
@@ -223,10 +262,13 @@ class Engine:
         """Bytes of K/V the running requests have written (their positions so far, cross K/V included)."""
         per_position = GenerationCache.bytes_for(self.config, 0, 1, self.cache.k.element_size())  # one position
         used = 0
-        for r in self.slots:
-            if r is not None:
-                used += per_position * (r.cache_len + self.config.cache_positions(len(r.ids), 0)[1])
+        for r in self._running():
+            used += per_position * (r.cache_len + self.config.cache_positions(len(r.ids), 0)[1]) * len(r.slots)
         return used
+
+    def _running(self) -> list[_Request]:
+        """The running requests, each once (a beam request holds several slots), in slot order."""
+        return [r for i, r in enumerate(self.slots) if r is not None and r.slot == i]
 
     # --- the step ------------------------------------------------------------------------------------
 
@@ -242,8 +284,8 @@ class Engine:
         free = [i for i, r in enumerate(self.slots) if r is None]
         batch: list[_Request] = []
         prompts: set[tuple[int, ...]] = set()
-        tokens = 0
-        while self.queue and len(batch) < len(free):
+        tokens = seats = 0
+        while self.queue and seats + self.queue[0].beams.num_beams <= len(free):  # a beam request: K slots
             ids = tuple(self.queue[0].ids)
             cost = 0 if ids in prompts else len(ids)
             if batch and self.max_prefill_tokens is not None and tokens + cost > self.max_prefill_tokens:
@@ -251,28 +293,36 @@ class Engine:
             batch.append(self.queue.popleft())
             prompts.add(ids)
             tokens += cost
+            seats += batch[-1].beams.num_beams
         events: list[Event] = []
         fresh = []
         for r in batch:  # a prompt that starts with a stored prefix is prefilled from its end
             n = self.prefix.match(r.ids) if self.prefix is not None else 0
             if n:
-                events += self._prefill_after(r, n, free.pop(0))
+                events += self._prefill_after(r, n, self._seat(r, free))
             else:
                 fresh.append(r)
         for group in self._groups(fresh):
-            slots, free = free[: len(group)], free[len(group) :]
-            events += self._prefill(group, slots)
+            events += self._prefill(group, [self._seat(r, free) for r in group])
         return events
 
-    def _prefill_after(self, r: _Request, n: int, slot: int) -> list[Event]:
-        """Prefill `r` after its first `n` tokens, whose K/V the prefix store holds."""
+    def _seat(self, r: _Request, free: list[int]) -> list[int]:
+        """Give `r` its slots (one, or a beam request's K) from `free` (taken out of it)."""
+        r.slots = [free.pop(0) for _ in range(r.beams.num_beams)]
+        r.slot = r.slots[0]
+        for slot in r.slots:
+            self.slots[slot] = r
+        return r.slots
+
+    def _prefill_after(self, r: _Request, n: int, slots: list[int]) -> list[Event]:
+        """Prefill `r` after its first `n` tokens, whose K/V the prefix store holds, into its `slots`."""
         past_k, past_v = self.prefix.gather(r.ids, n)
         ids = torch.tensor([r.ids[n:]], device=self.device)
         logits, fresh = self.model.prefill_after(ids, past_k, past_v, 1)
-        self.cache.install(fresh, [slot])
-        r.slot, self.slots[slot], r.cache_len = slot, r, len(r.ids)
+        self.cache.install(fresh, slots, [0] * len(slots))
+        r.cache_len = len(r.ids)
         self.prefilled_rows += 1
-        return self._emit([r], logits)
+        return self._first([r], logits)
 
     def _groups(self, batch: list[_Request]) -> list[list[_Request]]:
         """Consecutive requests, at most `prefill_tokens` padded tokens per group."""
@@ -285,10 +335,10 @@ class Engine:
                 groups.append([r])
         return groups
 
-    def _prefill(self, group: list[_Request], slots: list[int]) -> list[Event]:
-        """Prefill `group` together (right-padded), copy its cache into `slots`, sample first tokens.
-        Requests with the same prompt (n samples of one prompt) share one prefill: one encoder pass and
-        one cross-K/V projection, copied into each one's slot."""
+    def _prefill(self, group: list[_Request], slots: list[list[int]]) -> list[Event]:
+        """Prefill `group` together (right-padded), copy its cache into each request's `slots`, sample
+        first tokens. Requests with the same prompt (n samples of one prompt, a beam request's K rows)
+        share one prefill: one encoder pass and one cross-K/V projection, copied into each slot."""
         prompts = list(dict.fromkeys(tuple(r.ids) for r in group))
         rows = [prompts.index(tuple(r.ids)) for r in group]
         width = max(len(p) for p in prompts)
@@ -299,14 +349,24 @@ class Engine:
             mask[row, : len(p)] = 1
         # a cache for the first token only: the slots hold room for the rest
         logits, fresh = self.model.prefill(ids.to(self.device), mask.to(self.device), 1)
-        self.cache.install(fresh, slots, rows)
-        for r, slot in zip(group, slots):
-            r.slot, self.slots[slot] = slot, r
+        self.cache.install(fresh, [s for seats in slots for s in seats], [row for r, row in zip(group, rows)
+                                                                             for _ in r.slots])  # fmt: skip
+        for r in group:
             r.cache_len = self.config.cache_positions(len(r.ids), 0)[0]  # written by the prefill
             if self.prefix is not None:  # the prompt's blocks, for requests that share them meanwhile
-                self.prefix.put(r.ids, self.cache.k[:, slot], self.cache.v[:, slot])
+                self.prefix.put(r.ids, self.cache.k[:, r.slot], self.cache.v[:, r.slot])
         self.prefilled_rows += len(prompts)
-        return self._emit(group, logits[rows])
+        return self._first(group, logits[rows])
+
+    def _first(self, requests: list[_Request], logits: Tensor) -> list[Event]:
+        """First tokens from the prefill's `logits` (a row per request): sampled, or a beam search begun."""
+        plain = [i for i, r in enumerate(requests) if r.beams.num_beams == 1]
+        events = self._emit([requests[i] for i in plain], logits[plain]) if plain else []
+        for i, r in enumerate(requests):
+            if r.beams.num_beams > 1:
+                r.search = Search(1, len(r.slots), logits.shape[-1], r.max_new_tokens, r.beams, r.eos or ())
+                events += self._beam_step(r, logits[i : i + 1].expand(len(r.slots), -1))
+        return events
 
     def _process(self, r: _Request, logits: Tensor) -> Tensor:
         """A request's logits processors over its row [1, V] (its history: the decoder's start token or
@@ -317,10 +377,10 @@ class Engine:
 
     def decode(self) -> list[Event]:
         """Phase 2 of `step`: one decode step for every running slot; one token each."""
-        running = [r for r in self.slots if r is not None]
+        running = self._running()
         if not running:
             return []
-        rows = max(r.slot for r in running) + 1
+        rows = max(i for i, r in enumerate(self.slots) if r is not None) + 1
         if self._graphs is not None:
             logits = self._graphs(rows)
         else:
@@ -330,10 +390,47 @@ class Engine:
             logits = self.model.decode_step(self.tokens[:rows], view)
         for r in running:
             r.cache_len += 1
-        return self._emit(running, logits[[r.slot for r in running]] if rows != len(running) else logits)
+        plain = [r for r in running if r.search is None]
+        events = self._emit(plain, logits[[r.slot for r in plain]] if rows != len(plain) else logits) if plain else []
+        for r in running:
+            if r.search is not None:
+                events += self._beam_step(r, logits[r.slots])
+        return events
+
+    def _beam_step(self, r: _Request, logits: Tensor) -> list[Event]:
+        """One step of a beam request from its K rows of `logits`: the search advances (`encore.infer.
+        beam`), its slots' self-attention rows follow their hypotheses; when it ends, one event."""
+        step, search = r.produced, r.search
+        scores = torch.log_softmax(logits.float(), dim=-1)
+        if r.processors.active:
+            history = [sequence_start(self.config, r.ids) + h for h in search.histories()]
+            scores = r.processors(
+                scores, history, step, step == r.max_new_tokens - 1, r.eos or self.config.eos_token_ids
+            )
+        source = search.advance(*candidates(scores, search), step).tolist()
+        r.produced += 1
+        if not search.going(step):
+            return [self._beam_result(r)]
+        moved = [(slot, r.slots[s]) for slot, s in zip(r.slots, source) if r.slots[s] != slot]
+        if moved:  # only rows whose hypothesis now continues another's, over the positions written
+            dst, src = (torch.tensor(side, device=self.device) for side in zip(*moved))
+            n = r.cache_len
+            self.cache.k[:, dst, :, :n] = self.cache.k[:, src, :, :n]
+            self.cache.v[:, dst, :, :n] = self.cache.v[:, src, :, :n]
+        self.tokens[r.slots] = torch.from_numpy(search.tokens()).to(self.device)
+        return []
+
+    def _beam_result(self, r: _Request) -> Event:
+        """A finished beam request's one event; its slots freed."""
+        sequences, scores = r.search.sequences()
+        r.tokens = best = sequences[0]
+        reason = STOP if r.eos is not None and best and best[-1] in r.eos else LENGTH
+        self._release(r)
+        return Event(r.id, best[-1], True, reason, tokens=best, sequences=sequences, scores=scores)
 
     def _emit(self, requests: list[_Request], logits: Tensor) -> list[Event]:
         """Sample each request's next token from its row of `logits`, record it, free finished slots."""
+        raw = logits
         processed = [i for i, r in enumerate(requests) if r.processors.active]
         if processed:
             logits = logits.clone()
@@ -347,8 +444,9 @@ class Engine:
             if r.sampling.do_sample:
                 chosen[i] = r.sampling.choose(logits[i : i + 1], r.generator)[0]
         self.tokens[[r.slot for r in requests]] = chosen
+        logprobs = self._logprobs(requests, raw, chosen)
         events = []
-        for r, token in zip(requests, chosen.tolist()):  # the step's one host read
+        for i, (r, token) in enumerate(zip(requests, chosen.tolist())):  # the step's one host read
             r.produced += 1
             r.tokens.append(token)
             reason = (
@@ -356,5 +454,21 @@ class Engine:
             )
             if reason is not None:
                 self._release(r)
-            events.append(Event(r.id, token, reason is not None, reason))
+            events.append(Event(r.id, token, reason is not None, reason, *logprobs.get(i, (None, None))))
         return events
+
+    @staticmethod
+    def _logprobs(requests: list[_Request], logits: Tensor, chosen: Tensor) -> dict[int, tuple[float, list]]:
+        """For the requests that asked: (the chosen token's log-prob, the N likeliest (token, log-prob)),
+        under the model's own distribution (before processors and temperature, as vLLM reports them)."""
+        asked = [i for i, r in enumerate(requests) if r.logprobs is not None]
+        if not asked:
+            return {}
+        lp = torch.log_softmax(logits[asked].float(), dim=-1)
+        picked = lp.gather(1, chosen[asked, None])[:, 0].tolist()
+        out = {}
+        for row, (i, value) in enumerate(zip(asked, picked)):
+            n = requests[i].logprobs
+            top = lp[row].topk(n) if n else None
+            out[i] = (value, [] if top is None else list(zip(top.indices.tolist(), top.values.tolist())))
+        return out

@@ -143,15 +143,24 @@ def _processed(
 BEAM_SETTINGS = ("num_beams", "length_penalty", "early_stopping", "num_return_sequences")
 
 
+def beam_settings(model: LanguageModel, kwargs: dict[str, Any], do_sample: bool) -> Beams:
+    """A request's beam settings, taken out of `kwargs`, over the checkpoint's generation config (checked).
+    A sampling request samples unless it names `num_beams` itself: a config's beams do not turn it into
+    beam sampling, which encore does not run."""
+    given = {k: kwargs.pop(k) for k in BEAM_SETTINGS if k in kwargs}
+    generation = getattr(model, "generation_config", None) or {}
+    if do_sample:
+        generation = {k: v for k, v in generation.items() if k not in BEAM_SETTINGS}
+    return Beams.from_generation(generation, **given).check(do_sample)
+
+
 def generate(
     model: LanguageModel, input_ids: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 32, **kwargs
 ) -> Tensor:
     """New tokens [B, max_new_tokens]; positions after a row's EOS (or after all rows stopped) hold pad.
     `num_beams` > 1 (given, or the checkpoint's generation config's): beam search (`encore.infer.beam`,
     with `length_penalty`, `early_stopping`, `num_return_sequences`: [B * num_return_sequences, ...])."""
-    given = {k: kwargs.pop(k) for k in BEAM_SETTINGS if k in kwargs}
-    beams = Beams.from_generation(getattr(model, "generation_config", None) or {}, **given)
-    beams.check(kwargs.get("do_sample", False))
+    beams = beam_settings(model, kwargs, kwargs.get("do_sample", False))
     if beams.num_beams > 1 or beams.num_return_sequences > 1:
         return generate_beams(model, input_ids, attention_mask, max_new_tokens, beams=beams, **kwargs)[0]
     stream = generate_stream(model, input_ids, attention_mask, max_new_tokens, **kwargs)

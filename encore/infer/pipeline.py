@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from encore.data.collate import finetune_collator
-from encore.infer.beam import Beams
 from encore.infer.engine import Engine
+from encore.infer.generate import beam_settings
 from encore.tokenizer import chat_ids, encode_text, language_id
 
 
@@ -121,62 +121,33 @@ def generate_ids(
     progress: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
     """The new tokens (EOS left out) for every encoded input, through `encore.Engine` (continuous
-    batching: `batch_size` slots, a finished request's slot taken by the next at once), inputs queued
-    shortest first so that requests admitted together have similar lengths. `progress(1)` is called as
-    each request finishes."""
+    batching: `batch_size` slots, a finished request's slot taken by the next at once; a beam request
+    holds `num_beams` of them), inputs queued shortest first so that requests admitted together have
+    similar lengths. `progress(1)` is called as each request finishes."""
     options = options or GenerationOptions()
     processing = options.processing(model)
-    beams = Beams.from_generation(model.generation_config, num_beams=options.num_beams,
-                                  length_penalty=options.length_penalty).check(options.do_sample)  # fmt: skip
-    if beams.num_beams > 1:
-        return _beam_ids(model, encoded, options, beams, processing, progress)
+    given = {
+        k: v for k, v in (("num_beams", options.num_beams), ("length_penalty", options.length_penalty)) if v is not None
+    }
+    beams = beam_settings(model, dict(given), options.do_sample)
     engine = Engine(
         model,
-        max_batch=max(1, min(options.batch_size, len(encoded))),
+        max_batch=max(1, min(options.batch_size, len(encoded))) * beams.num_beams,
         max_input_len=max((len(ids) for ids in encoded), default=1),
         max_new_tokens=options.max_new_tokens,
     )
     which: dict[int, int] = {}
     for i in sorted(range(len(encoded)), key=lambda i: len(encoded[i])):
-        rid = engine.add(encoded[i], max_new_tokens=options.max_new_tokens, **options.sampling(), **processing)
+        sampling = options.sampling()
+        rid = engine.add(encoded[i], max_new_tokens=options.max_new_tokens, **sampling, **given, **processing)
         which[rid] = i
     tokens: list[list[int]] = [[] for _ in encoded]
     eos = set(model.config.eos_token_ids)
     while engine.has_work():
         for event in engine.step():
-            if event.token not in eos:
-                tokens[which[event.request_id]].append(event.token)
+            new = event.tokens if event.tokens is not None else [event.token]
+            tokens[which[event.request_id]] += [t for t in new if t not in eos]
             if event.finished and progress is not None:
-                progress(1)
-    return tokens
-
-
-def _beam_ids(
-    model: Any,
-    encoded: list[list[int]],
-    options: GenerationOptions,
-    beams: Beams,
-    processing: dict[str, Any],
-    progress: Callable[[int], None] | None,
-) -> list[list[int]]:
-    """`generate_ids` by beam search: batches of `batch_size` inputs (right-padded) through
-    `generate_beams` (the engine decodes greedily or by sampling; beams run a batch at a time)."""
-    import torch
-
-    from encore.infer.generate import generate_beams
-
-    eos, pad = set(model.config.eos_token_ids), model.config.pad_token_id
-    tokens: list[list[int]] = []
-    for start in range(0, len(encoded), options.batch_size):
-        batch = encoded[start : start + options.batch_size]
-        width = max(len(ids) for ids in batch)
-        ids = torch.tensor([row + [pad] * (width - len(row)) for row in batch])
-        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in batch])
-        out, _ = generate_beams(model, ids, mask, options.max_new_tokens, beams.best_only(), **processing)
-        for row in out.tolist():
-            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-            tokens.append(row[:cut])
-            if progress is not None:
                 progress(1)
     return tokens
 

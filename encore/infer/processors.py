@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from encore.infer.search import setting
+
 NEG_INF = float("-inf")
 
 
@@ -123,14 +125,6 @@ class Processors:
             if len(seq) == 1 or tuple(row[len(row) - len(seq) + 1 :]) == seq[:-1]:
                 banned.add(seq[-1])
         return banned
-
-
-def setting(given: dict[str, Any], generation: dict[str, Any], key: str, default: Any) -> Any:
-    """A decoding setting: the one given (not None), else the checkpoint's generation config's, else
-    transformers' default."""
-    value = given.get(key)
-    value = generation.get(key) if value is None else value
-    return default if value is None else value
 
 
 def sequence_start(config: Any, prompt: list[int]) -> list[int]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from encore.config import lay_out_source  # stdlib only: no torch
+from encore.infer.search import Beams, Search, log_softmax, numpy_candidates  # numpy only
 from encore.onnx.manifest import Manifest
 from encore.onnx.sampling import check_sampling, sample_next
 
@@ -106,10 +107,22 @@ class OnnxGenerator:
     # --- generation ------------------------------------------------------------------------------------
 
     def generate(
-        self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 32, **kwargs: Any
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        max_new_tokens: int = 32,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        early_stopping: bool | str = False,
+        num_return_sequences: int = 1,
+        **kwargs: Any,
     ) -> np.ndarray:
         """New tokens, int64 [B, max_new_tokens]; positions after a row's EOS hold pad. Keyword
-        arguments: `generate_stream`'s (eos_token_id, do_sample, temperature, top_k, top_p, seed)."""
+        arguments: `generate_stream`'s (eos_token_id, do_sample, temperature, top_k, top_p, seed).
+        `num_beams` > 1: beam search, the torch loop's (`generate_beams`): [B * num_return_sequences, ...]."""
+        beams = Beams(num_beams, length_penalty, early_stopping, num_return_sequences)
+        if num_beams != 1 or num_return_sequences != 1:
+            return self.generate_beams(input_ids, attention_mask, max_new_tokens, beams, **kwargs)[0]
         stream = self.generate_stream(input_ids, attention_mask, max_new_tokens, **kwargs)
         out = np.full((np.shape(input_ids)[0], max_new_tokens), self.pad, dtype=np.int64)
         for step, tokens in enumerate(stream):
@@ -141,6 +154,43 @@ class OnnxGenerator:
             ids, mask, cache_tokens = self._fit_static(ids, mask, max_new_tokens)
         choose = lambda logits, rng: sample_next(logits, do_sample, temperature, top_k, top_p, rng)
         return self._stream(ids, mask, rows, max_new_tokens, cache_tokens, eos, choose, np.random.default_rng(seed))
+
+    def generate_beams(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        max_new_tokens: int = 32,
+        beams: Beams | None = None,
+        eos_token_id: Any = _FROM_MANIFEST,
+        do_sample: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Beam search (`encore.infer.search`, transformers' results as in torch): (tokens int64
+        [B * R, max_new_tokens], pad after each one's end; their length-penalised scores [B * R]), each
+        input's R = `num_return_sequences` best first. Each input is encoded once; its K beams are rows
+        of the step's state that follow their hypotheses."""
+        ids, mask = self._inputs(input_ids, attention_mask)
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1 for beam search, got {max_new_tokens!r}")
+        beams = (beams or Beams()).check(do_sample)
+        if self.manifest.static:
+            raise ValueError("beam search needs a dynamic export: this one is static (--static fixes its batch)")
+        eos = self.eos_ids if eos_token_id is _FROM_MANIFEST else eos_token_id
+        eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+        B, K = ids.shape[0], beams.num_beams
+        logits, state = self._prefill(ids, mask, max_new_tokens)
+        rows = np.repeat(np.arange(B), K)  # each input's K beams
+        state = {name: a[:, rows] if a.ndim == 5 else a[rows] for name, a in state.items()}
+        search = Search(B, K, logits.shape[-1], max_new_tokens, beams, eos)
+        logits = logits[rows]
+        for step in range(max_new_tokens):
+            if step:
+                logits = self._step(search.tokens(), state)
+            source = search.advance(*numpy_candidates(log_softmax(logits), search), step)
+            if not search.going(step):
+                break
+            # the hypotheses of an input share its positions and cross K/V: only the self K/V follow them
+            state["past_k"], state["past_v"] = state["past_k"][:, source], state["past_v"][:, source]
+        return search.result(self.pad)
 
     def _stream(
         self, ids: np.ndarray, mask: np.ndarray, rows: int, n: int, cache_tokens: int, eos: Any, choose, rng
