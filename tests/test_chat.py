@@ -82,6 +82,27 @@ def test_chat_with_the_openai_client_stream_and_not(server, chat_checkpoint):
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
 
 
+def test_chat_logprobs_with_the_openai_client(server, chat_checkpoint):
+    """`logprobs: true` + `top_logprobs`: OpenAI's chat shape, one entry per generated token, in the
+    answer and in the stream's chunks; top_logprobs without logprobs is a 400 naming it."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    ask = dict(model=NAME, messages=MESSAGES, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2)
+    reply = client.chat.completions.create(**ask)
+    content = reply.choices[0].logprobs.content
+    assert reply.choices[0].message.content == greedy(chat_checkpoint, MESSAGES, 8)
+    assert len(content) == reply.usage.completion_tokens
+    for item in content:
+        assert item.logprob <= 0.0 and len(item.top_logprobs) == 2 and bytes(item.bytes).decode() == item.token
+        assert abs(item.top_logprobs[0].logprob - item.logprob) < 1e-5  # greedy: the likeliest
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    streamed = [i.logprob for c in chunks if c.choices and c.choices[0].logprobs for i in c.choices[0].logprobs.content]
+    assert streamed == pytest.approx([i.logprob for i in content], abs=1e-5)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": MESSAGES, "top_logprobs": 2}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
+
+
 def test_an_api_key_guards_every_route_but_health(server):
     url = server.url
     assert httpx.get(f"{url}/health").status_code == 200

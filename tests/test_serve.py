@@ -182,6 +182,62 @@ def test_n_samples_and_prompt_lists(server):
     assert len({c["text"] for c in choices[:3]}) > 1  # seed + k per sample: different samples
 
 
+def test_beam_search_requests_give_generates_beams_and_stream_as_one_chunk(server, reference):
+    """num_beams (greedy over the beams) and n <= num_beams: the n best of `generate_beams` alone; a
+    streamed beam request gets its text as one chunk when the search ends."""
+    from encore.infer.generate import Beams, generate_beams
+
+    model, prompt = reference.model, "sort the list by key and return it"
+    ids = prompt_ids(model.tokenizer, prompt, model.config)
+    tokens, _ = generate_beams(model, torch.tensor([ids]), None, 10, Beams(num_beams=4, num_return_sequences=2))
+    eos = model.config.eos_token_id
+    expected = [
+        model.tokenizer.decode([t for t in row if t != eos], skip_special_tokens=True) for row in tokens.tolist()
+    ]
+    r = server.post(prompt=prompt, max_tokens=10, num_beams=4, n=2, length_penalty=1.0)
+    assert r.status_code == 200, r.text
+    assert [c["text"] for c in r.json()["choices"]] == expected
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", timeout=60,
+        json={"prompt": prompt, "max_tokens": 10, "num_beams": 4, "stream": True},
+    ) as streamed:  # fmt: skip
+        chunks = [json.loads(e) for e in sse_events(streamed) if e != "[DONE]"]
+    texts = [c["choices"][0]["text"] for c in chunks if c["choices"][0]["text"]]
+    assert texts == [expected[0]] and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_logprobs_and_best_of(server, reference):
+    """logprobs N: each token's log-prob and its N likeliest (greedy: the token is the likeliest), the
+    one per generated token, in a stream too; best_of samples more and returns the n most likely."""
+    prompt = "write the string to the file"
+    r = server.post(prompt=prompt, max_tokens=8, temperature=0, logprobs=3)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    lp = choice["logprobs"]
+    assert choice["text"] == reference(prompt, 8)[0]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == r.json()["usage"]["completion_tokens"]
+    for token, value, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        assert (
+            1 <= len(top) <= 3 and value <= 0.0
+        )  # (two byte pieces may both print as "\ufffd") and abs(max(top.values()) - value) < 1e-5 and token in top
+    assert lp["text_offset"][0] == 0 and lp["text_offset"] == sorted(lp["text_offset"])
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", timeout=60,
+        json={"prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 0, "stream": True},
+    ) as streamed:  # fmt: skip
+        chunks = [json.loads(e)["choices"][0] for e in sse_events(streamed) if e != "[DONE]"]
+    streamed_values = [v for c in chunks if c["logprobs"] for v in c["logprobs"]["token_logprobs"]]
+    assert streamed_values == pytest.approx(lp["token_logprobs"], abs=1e-5)
+    best = server.post(prompt=prompt, max_tokens=8, temperature=1.0, seed=3, n=2, best_of=4).json()
+    assert [c["index"] for c in best["choices"]] == [0, 1] and best["choices"][0]["logprobs"] is None
+    every = server.post(prompt=prompt, max_tokens=8, temperature=1.0, seed=3, n=4, logprobs=0).json()
+    samples = every["choices"]
+    mean = lambda c: sum(c["logprobs"]["token_logprobs"]) / max(1, len(c["logprobs"]["token_logprobs"]))
+    ranked = sorted(samples, key=mean, reverse=True)  # the same seeds: best_of's candidates
+    assert [c["text"] for c in best["choices"]] == [c["text"] for c in ranked[:2]]
+    assert best["usage"] == every["usage"]  # best_of's discarded samples count, as OpenAI bills them
+
+
 def long_prompt(reference) -> str:
     """A prompt whose greedy run does not reach EOS within LONG tokens (so it is still running when
     the test disconnects or shuts down)."""
@@ -238,6 +294,17 @@ def test_a_client_that_disconnects_frees_its_slot(server, reference):
         (b'{"prompt": ["ok", "a\\ud800b"]}', "prompt[1]", "not valid Unicode text"),
         ({"prompt": "x", "frequency_penalty": 2.5}, "frequency_penalty", "less than or equal to 2"),
         ({"prompt": "x", "presence_penalty": -3}, "presence_penalty", "greater than or equal to -2"),
+        ({"prompt": "x", "num_beams": 0}, "num_beams", "greater than or equal to 1"),
+        ({"prompt": "x", "num_beams": 17}, "num_beams", "16 slots"),
+        ({"prompt": "x", "num_beams": 2, "n": 3}, "n", "more than num_beams 2"),
+        ({"prompt": "x", "num_beams": 2, "temperature": 0.7}, "temperature", "must be 0 or left out"),
+        ({"prompt": "x", "num_beams": 2, "logprobs": 1}, "logprobs", "not given for beam search"),
+        ({"prompt": "x", "num_beams": 2, "best_of": 3}, "best_of", "the beam width"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs", "less than or equal to 20"),
+        ({"prompt": "x", "n": 3, "best_of": 2}, "best_of", "at least n 3"),
+        ({"prompt": "x", "best_of": 2, "stream": True}, "best_of", "cannot be streamed"),
+        ({"prompt": "x", "best_of": 17}, "best_of", "16 slots"),
+        ({"prompt": "x", "echo": True}, "echo", "not supported"),
     ],
 )
 def test_bad_input_names_the_field_and_the_server_goes_on(server, body, param, message):

@@ -130,7 +130,9 @@ def _onnx_texts(args: argparse.Namespace, sources: list[str]) -> list[str]:
 
     for flag in ("repetition_penalty", "no_repeat_ngram_size", "src_lang", "tgt_lang"):
         if getattr(args, flag, None) is not None:
-            raise ValueError(f"--{flag.replace('_', '-')} runs with --backend torch (the ONNX runtime has no logits processors)")
+            raise ValueError(
+                f"--{flag.replace('_', '-')} runs with --backend torch (the ONNX runtime has no logits processors)"
+            )
     gen = OnnxGenerator(args.model, provider=args.provider)
     sampling = dict(do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.num_beams is not None:

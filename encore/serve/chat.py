@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from encore.serve.completions import APIError, Completions, GenerationRequest, encodable
+from encore.serve.completions import MAX_LOGPROBS, APIError, Completions, GenerationRequest, encodable
+from encore.serve.logprobs import chat_logprobs
 from encore.tokenizer import chat_ids
 
 
@@ -32,6 +33,13 @@ class ChatRequest(GenerationRequest):
     messages: list[ChatMessage]
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    def top_logprobs_asked(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 def _text(message: ChatMessage, index: int) -> str:
@@ -87,16 +95,21 @@ class ChatCompletions(Completions):
             return body.max_tokens, "max_tokens"
         return self.max_tokens, "max_completion_tokens"  # OpenAI's default: as long as the server allows
 
-    def choice(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
+    def choice(self, index: int, text: str, reason: str | None, logprobs: Any = None) -> dict[str, Any]:
         message = {"role": "assistant", "content": text}
-        return {"index": index, "message": message, "logprobs": None, "finish_reason": reason}
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}
 
-    def chunks(self, index: int, delta: str, reason: str | None, first: bool) -> list[dict[str, Any]]:
+    def chunks(
+        self, index: int, delta: str, reason: str | None, first: bool, logprobs: Any = None
+    ) -> list[dict[str, Any]]:
         out = []
         if first:
             out.append({"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
-        if delta:
-            out.append({"index": index, "delta": {"content": delta}, "finish_reason": None})
+        if delta or (logprobs and logprobs["content"]):
+            out.append({"index": index, "delta": {"content": delta}, "logprobs": logprobs, "finish_reason": None})
         if reason is not None:
             out.append({"index": index, "delta": {}, "finish_reason": reason})
         return out
+
+    def logprobs(self, entries: list, offset: int) -> dict[str, Any]:
+        return chat_logprobs(self.model.tokenizer, entries)

@@ -1,12 +1,18 @@
 """`POST /v1/completions`: OpenAI's completions shape, and the request -> scheduler job -> response
 path the chat route shares (`encore.serve.chat`).
 
-    prompt (str | list[str]), max_tokens, temperature, top_p, top_k, seed, stop, n, stream
-    (+ stream_options.include_usage), frequency_penalty, presence_penalty (+ vLLM's ignore_eos,
-    repetition_penalty, no_repeat_ngram_size, min_tokens) -> choices[i].text, finish_reason
-    ("stop" | "length"), usage; stream: Server-Sent Events, one chunk per token, then `data: [DONE]`
+    prompt (str | list[str]), max_tokens, temperature, top_p, top_k, seed, stop, n, best_of, logprobs,
+    stream (+ stream_options.include_usage), frequency_penalty, presence_penalty (+ vLLM's ignore_eos,
+    repetition_penalty, no_repeat_ngram_size, min_tokens, and num_beams, length_penalty,
+    early_stopping) -> choices[i].text, logprobs, finish_reason ("stop" | "length"), usage; stream:
+    Server-Sent Events, one chunk per token, then `data: [DONE]`
 
-`temperature` 0 is greedy; above it samples.
+`temperature` 0 is greedy; above it samples. `num_beams` K > 1 is beam search (transformers' results,
+`encore.infer.beam`): greedy over the beams (a `temperature` above 0 is refused), `n` <= K of its best
+sequences returned; streamed, its text comes as one chunk when the search ends. `best_of` > `n` samples
+best_of completions and returns the n with the highest mean token log-probability (not streamed, as
+OpenAI). Log-probs are the model's own (before penalties and temperature, as vLLM reports them); beam
+requests carry none.
 """
 
 from __future__ import annotations
@@ -23,8 +29,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from encore.data.collate import prompt_ids
+from encore.infer.generate import beam_settings
 from encore.infer.pipeline import source_language, target_language
+from encore.serve.logprobs import completion_logprobs
 from encore.serve.scheduler import Choice, Closed, Job, QueueFull
+
+MAX_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 
 
 class GenerationRequest(BaseModel):
@@ -50,11 +60,19 @@ class GenerationRequest(BaseModel):
     min_tokens: int | None = Field(None, ge=0)
     source_lang: str | None = None  # a multilingual model's languages (NLLB: fra_Latn); the server's defaults
     target_lang: str | None = None
+    num_beams: int | None = Field(None, ge=1)  # beam search (None: the checkpoint's, when greedy)
+    length_penalty: float | None = None
+    early_stopping: bool | None = None
+    best_of: int | None = Field(None, ge=1)
 
 
 class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
     max_tokens: int = Field(16, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # the chosen token's and this many likeliest
+
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
 
 
 class APIError(Exception):
@@ -158,15 +176,12 @@ class Completions:
         if body.model is not None and body.model != self.name:
             raise APIError(400, f"model {body.model!r} is not served here; this server serves {self.name!r}", "model")
         for name, value in (body.model_extra or {}).items():
-            if name in ("logprobs", "echo", "suffix", "best_of", "top_logprobs") and value not in (None, False, 0, 1):
+            if name in ("echo", "suffix") and value not in (None, False, ""):
                 raise APIError(400, f"{name} is not supported by this server", name)
         max_tokens, field = self.max_new(body)
         if max_tokens > self.max_tokens:
             message = f"{field} {max_tokens} is more than this server's limit {self.max_tokens}"
             raise APIError(400, message, field)
-        slots = self.scheduler.engine.max_batch
-        if body.n > slots:
-            raise APIError(400, f"n {body.n} is more than this server's {slots} slots", "n")
         encoded = []
         for where, ids in self.prompts(body):
             if len(ids) > self.max_input_len:
@@ -181,12 +196,64 @@ class Completions:
         if body.ignore_eos:
             sampling["eos_token_id"] = None
         sampling.update(self.processing(body))
+        per_request, width = self.decoding(body, sampling)
         choices = [
-            Choice(p * body.n + k, ids, None if body.seed is None else body.seed + k)
+            Choice(p * width + k, ids, None if body.seed is None else body.seed + k)
             for p, ids in enumerate(encoded)
-            for k in range(body.n)
+            for k in range(width)
         ]
-        return Job(choices, max_tokens, sampling, stop, asyncio.get_running_loop(), asyncio.Queue())
+        job = Job(
+            choices, max_tokens, sampling, stop, asyncio.get_running_loop(), asyncio.Queue(), per_request=per_request
+        )
+        job.group, job.keep = width, body.n if width > body.n else 0
+        job.report_logprobs = body.top_logprobs_asked() is not None
+        return job
+
+    def decoding(self, body: Any, sampling: dict[str, Any]) -> tuple[int, int]:
+        """Beams, `n`, `best_of` and log-probs checked and put in `sampling` (`Engine.add`'s keywords):
+        (choices one engine request serves, choices per prompt)."""
+        slots, n, top = self.scheduler.engine.max_batch, body.n, body.top_logprobs_asked()
+        if body.num_beams is not None and body.num_beams > 1 and "temperature" in body.model_fields_set:
+            if body.temperature > 0:
+                raise APIError(
+                    400, "temperature must be 0 or left out with num_beams > 1 (beams search greedily)", "temperature"
+                )
+        if body.num_beams is not None and body.num_beams > 1:
+            sampling["do_sample"] = False
+        given = {k: getattr(body, k) for k in ("num_beams", "length_penalty", "early_stopping")}
+        given = {k: v for k, v in given.items() if v is not None}
+        try:
+            beams = beam_settings(self.model, dict(given), sampling["do_sample"])
+        except ValueError as e:
+            raise APIError(400, str(e), "num_beams") from None
+        if beams.num_beams > slots:
+            raise APIError(400, f"num_beams {beams.num_beams} is more than this server's {slots} slots", "num_beams")
+        if beams.num_beams > 1:
+            if n > beams.num_beams:
+                raise APIError(400, f"n {n} is more than num_beams {beams.num_beams}: beams return their n best", "n")
+            if body.best_of not in (None, beams.num_beams):
+                raise APIError(
+                    400, "best_of with num_beams is the beam width: leave it out or equal num_beams", "best_of"
+                )
+            if top is not None:
+                why = "" if "num_beams" in given else " (this model's generation config: send num_beams 1 for greedy)"
+                raise APIError(
+                    400, f"logprobs are not given for beam search (num_beams {beams.num_beams}){why}", "logprobs"
+                )
+            sampling.update(given, num_beams=beams.num_beams, num_return_sequences=n)
+            return n, n
+        best_of = n if body.best_of is None else body.best_of
+        if best_of < n:
+            raise APIError(400, f"best_of {best_of} must be at least n {n}", "best_of")
+        if best_of > n and body.stream:
+            raise APIError(400, "best_of > n cannot be streamed (the best are known at the end)", "best_of")
+        if best_of > slots:
+            field = "best_of" if body.best_of is not None else "n"
+            raise APIError(400, f"{field} {best_of} is more than this server's {slots} slots", field)
+        if top is not None or best_of > n:
+            sampling["logprobs"] = top or 0
+        sampling["num_beams"] = 1
+        return 1, best_of
 
     def remaining(self, job: Job) -> float | None:
         """Seconds left before `job` passes the request timeout (None: no timeout)."""
@@ -200,21 +267,28 @@ class Completions:
     def timeout_message(self) -> str:
         return f"the request ran past this server's timeout of {self.timeout_s:g} s (--request-timeout)"
 
-    def choice(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+    def choice(self, index: int, text: str, reason: str | None, logprobs: Any = None) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
-    def chunks(self, index: int, delta: str, reason: str | None, first: bool) -> list[dict[str, Any]]:
-        """The stream's choice objects for one text delta."""
-        return [self.choice(index, delta, reason)]
+    def chunks(
+        self, index: int, delta: str, reason: str | None, first: bool, logprobs: Any = None
+    ) -> list[dict[str, Any]]:
+        """The stream's choice objects for one text delta (and its tokens' log-probs)."""
+        return [self.choice(index, delta, reason, logprobs)]
+
+    def logprobs(self, entries: list, offset: int) -> dict[str, Any]:
+        """The tokens' log-probs in this route's shape; `offset`: the choice's text before them."""
+        return completion_logprobs(self.model.tokenizer, entries, offset)
 
     async def collect(self, job: Job, request: Request, head: dict) -> Any:
         """Wait for every choice to finish; one JSON answer. A client gone meanwhile frees its slots."""
         texts = {c.index: "" for c in job.choices}
+        entries: dict[int, list] = {c.index: [] for c in job.choices}
         reasons: dict[int, str] = {}
         try:
             while len(reasons) < len(job.choices):
                 try:
-                    index, delta, reason = await asyncio.wait_for(job.updates.get(), timeout=0.25)
+                    index, delta, reason, logprobs = await asyncio.wait_for(job.updates.get(), timeout=0.25)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
                         self.scheduler.cancel(job)
@@ -224,6 +298,7 @@ class Completions:
                         raise APIError(408, self.timeout_message(), None, "timeout_error") from None
                     continue
                 texts[index] += delta
+                entries[index] += logprobs
                 if reason is not None:
                     reasons[index] = reason
         except asyncio.CancelledError:
@@ -231,23 +306,30 @@ class Completions:
             raise
         if "error" in reasons.values():
             raise APIError(500, "generation failed on the server (see its log)", None, "server_error")
-        choices = [self.choice(i, texts[i], reasons[i]) for i in sorted(texts)]
+        kept = best_of(job) if job.keep else [c.index for c in job.choices]
+        choices = [
+            self.choice(j, texts[i], reasons[i], self.logprobs(entries[i], 0) if job.report_logprobs else None)
+            for j, i in enumerate(kept)
+        ]
         return {**head, "choices": choices, "usage": usage(job)}
 
     async def stream(self, job: Job, head: dict, body: Any) -> AsyncIterator[str]:
         """One SSE chunk per text delta, then `data: [DONE]`; a client gone frees its slots. With
         `stream_options.include_usage`, a last chunk carries the usage (OpenAI's)."""
-        finished, started = 0, set()
+        finished, started, sent = 0, set(), {c.index: 0 for c in job.choices}
         try:
             while finished < len(job.choices):
                 try:
-                    index, delta, reason = await asyncio.wait_for(job.updates.get(), timeout=self.remaining(job))
+                    update = await asyncio.wait_for(job.updates.get(), timeout=self.remaining(job))
+                    index, delta, reason, entries = update
                 except asyncio.TimeoutError:
                     yield f"data: {json.dumps(error_body(self.timeout_message(), None, 'timeout_error'))}\n\n"
                     yield "data: [DONE]\n\n"
                     return
                 finished += reason is not None
-                for choice in self.chunks(index, delta, reason, index not in started):
+                logprobs = self.logprobs(entries, sent[index]) if job.report_logprobs else None
+                sent[index] += len(delta)
+                for choice in self.chunks(index, delta, reason, index not in started, logprobs):
                     yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
                 started.add(index)
             if (getattr(body, "stream_options", None) or {}).get("include_usage"):
@@ -256,6 +338,16 @@ class Completions:
         finally:
             if finished < len(job.choices):  # the client went away (or the server stopped)
                 self.scheduler.cancel(job)
+
+
+def best_of(job: Job) -> list[int]:
+    """The indices of each prompt's `job.keep` best choices (highest mean token log-prob), prompt by prompt."""
+    kept = []
+    for start in range(0, len(job.choices), job.group):
+        group = job.choices[start : start + job.group]
+        ranked = sorted(group, key=lambda c: -c.logprob_sum / max(1, len(c.tokens)))
+        kept += [c.index for c in ranked[: job.keep]]
+    return kept
 
 
 def usage(job: Job) -> dict[str, int]:

@@ -44,6 +44,8 @@ class Choice:
     sent: int = 0  # characters of text already sent
     finish_reason: str | None = None
     t_last: float = 0.0
+    logprobs: list[tuple[int, float, list]] = field(default_factory=list)  # (token, log-prob, top) not yet sent
+    logprob_sum: float = 0.0  # of its tokens (`best_of` keeps the best by the mean)
 
 
 @dataclass
@@ -55,8 +57,12 @@ class Job:
     sampling: dict[str, Any]  # do_sample, temperature, top_k, top_p, and the logits processors' keywords
     stop: list[str]
     loop: asyncio.AbstractEventLoop
-    updates: asyncio.Queue  # (choice index, text delta, finish_reason or None)
+    updates: asyncio.Queue  # (choice index, text delta, finish_reason or None, [(token, log-prob, top)])
     t_arrival: float = field(default_factory=time.perf_counter)
+    per_request: int = 1  # choices one engine request serves: a beam request's n returned sequences
+    group: int = 1  # choices per prompt (n, or best_of)
+    keep: int = 0  # best_of: the choices of each prompt kept (its `n`; 0: all)
+    report_logprobs: bool = False  # the answer carries each token's log-probs
 
     @property
     def done(self) -> bool:
@@ -77,7 +83,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._incoming: list[Job] = []
         self._cancelled: list[Job] = []
-        self._running: dict[int, tuple[Job, Choice]] = {}  # engine request id -> its job and choice
+        self._running: dict[int, tuple[Job, list[Choice]]] = {}  # engine request id -> its job and choices
         self._closing = False
         self._cut_at = float("inf")
         self._stop = False
@@ -100,14 +106,14 @@ class Scheduler:
             return self._waiting()
 
     def _waiting(self) -> int:  # with the lock held
-        return self.engine.queued + sum(len(j.choices) for j in self._incoming)
+        return self.engine.queued + sum(len(j.choices) // j.per_request for j in self._incoming)
 
     def submit(self, job: Job) -> None:
         with self._lock:
             if self._closing:
                 raise Closed()
             free = self.engine.max_batch - self.engine.running
-            if self._waiting() + len(job.choices) > self.max_queue + free:
+            if self._waiting() + len(job.choices) // job.per_request > self.max_queue + free:
                 raise QueueFull()
             self._incoming.append(job)
         self._wake.set()
@@ -154,7 +160,13 @@ class Scheduler:
             now = time.perf_counter()
             for event in events:
                 if event.request_id in self._running:
-                    self._advance(*self._running[event.request_id], event, now)
+                    job, choices = self._running[event.request_id]
+                    if event.sequences is None:
+                        self._advance(job, choices[0], event, now)
+                    else:  # a beam request: its sequences at once, one per choice
+                        self._running.pop(event.request_id)
+                        for choice, sequence in zip(choices, event.sequences):
+                            self._advance(job, choice, event, now, sequence)
             self._update_gauges()
         self._cut_all()
 
@@ -163,17 +175,20 @@ class Scheduler:
             incoming, self._incoming = self._incoming, []
             cancelled, self._cancelled = self._cancelled, []
         for job in incoming:
-            for choice in job.choices:
+            for start in range(0, len(job.choices), job.per_request):
+                served = job.choices[start : start + job.per_request]
+                first = served[0]
                 try:
-                    choice.rid = self.engine.add(
-                        choice.ids, max_new_tokens=job.max_tokens, seed=choice.seed, **job.sampling
-                    )
+                    rid = self.engine.add(first.ids, max_new_tokens=job.max_tokens, seed=first.seed, **job.sampling)
                 except ValueError as e:  # checked by the handler already; a safety net, not a crash
                     log.error("request refused by the engine: %s", e)
-                    choice.finish_reason = "error"
-                    job.loop.call_soon_threadsafe(job.updates.put_nowait, (choice.index, "", "error"))
+                    for choice in served:
+                        choice.finish_reason = "error"
+                        job.loop.call_soon_threadsafe(job.updates.put_nowait, (choice.index, "", "error", []))
                     continue
-                self._running[choice.rid] = (job, choice)
+                for choice in served:
+                    choice.rid = rid
+                self._running[rid] = (job, served)
             self.metrics.prompt_tokens.inc(sum(len(c.ids) for c in job.choices))
         for job in cancelled:
             unfinished = [c for c in job.choices if c.finish_reason is None]
@@ -184,19 +199,27 @@ class Scheduler:
             if unfinished:
                 self.metrics.requests.labels("cancelled").inc()
 
-    def _advance(self, job: Job, choice: Choice, event: Any, now: float) -> None:
-        """One token of a choice: text delta (held back while it may still grow into a stop string or
-        complete a character), finish reason, metrics."""
+    def _advance(self, job: Job, choice: Choice, event: Any, now: float, sequence: list[int] | None = None) -> None:
+        """One token of a choice (or a beam request's whole `sequence`): text delta (held back while it
+        may still grow into a stop string or complete a character), finish reason, log-probs, metrics."""
         if choice.t_last == 0.0:
             self.metrics.ttft.observe(now - job.t_arrival)
         else:
             self.metrics.inter_token.observe(now - choice.t_last)
         choice.t_last = now
-        self.metrics.generation_tokens.inc()
-        if not (event.finish_reason == STOP and event.token in self.eos):  # the closing EOS is no text
-            choice.tokens.append(event.token)
-        text = self.tokenizer.decode(choice.tokens, skip_special_tokens=True)
         reason = event.finish_reason if event.finished else None
+        if sequence is not None:
+            ended = bool(sequence) and sequence[-1] in self.eos
+            choice.tokens, reason = sequence[:-1] if ended else list(sequence), STOP if ended else "length"
+            self.metrics.generation_tokens.inc(len(sequence))
+        else:
+            self.metrics.generation_tokens.inc()
+            if not (event.finish_reason == STOP and event.token in self.eos):  # the closing EOS is no text
+                choice.tokens.append(event.token)
+                if event.logprob is not None:
+                    choice.logprobs.append((event.token, event.logprob, event.top_logprobs))
+                    choice.logprob_sum += event.logprob
+        text = self.tokenizer.decode(choice.tokens, skip_special_tokens=True)
         for stop in job.stop:
             hit = text.find(stop, max(0, choice.sent - len(stop)))
             if hit != -1:
@@ -217,7 +240,8 @@ class Scheduler:
                 self.metrics.requests.labels("finished").inc()
                 self.metrics.duration.observe(now - job.t_arrival)
         if delta or reason is not None:
-            job.loop.call_soon_threadsafe(job.updates.put_nowait, (choice.index, delta, reason))
+            logprobs, choice.logprobs = choice.logprobs, []
+            job.loop.call_soon_threadsafe(job.updates.put_nowait, (choice.index, delta, reason, logprobs))
 
     def _update_gauges(self) -> None:
         self.metrics.queue_depth.set(self.waiting())
@@ -227,12 +251,13 @@ class Scheduler:
     def _finish_all(self, reason: str, outcome: str) -> None:
         """End every request the engine holds with `reason`, sending the text held back so far."""
         jobs = {id(job): job for job, _ in self._running.values()}
-        for job, choice in list(self._running.values()):
-            self.engine.cancel(choice.rid)
-            choice.finish_reason = reason
-            text = self.tokenizer.decode(choice.tokens, skip_special_tokens=True).rstrip("\ufffd")
-            delta = text[choice.sent :] if reason != "error" else ""
-            job.loop.call_soon_threadsafe(job.updates.put_nowait, (choice.index, delta, reason))
+        for rid, (job, choices) in list(self._running.items()):
+            self.engine.cancel(rid)
+            for choice in choices:
+                choice.finish_reason = reason
+                text = self.tokenizer.decode(choice.tokens, skip_special_tokens=True).rstrip("\ufffd")
+                delta, logprobs = (text[choice.sent :], choice.logprobs) if reason != "error" else ("", [])
+                job.loop.call_soon_threadsafe(job.updates.put_nowait, (choice.index, delta, reason, logprobs))
         for _ in jobs:
             self.metrics.requests.labels(outcome).inc()
         self._running.clear()
