@@ -266,3 +266,21 @@ def test_an_anchor_that_crashes_ends_its_own_row(monkeypatch, capsys):
     assert label.startswith("hf-t5") and "exit code -11" in why
     assert f"{label}: failed, no row" in format_report(doc)
     assert "its row is left out" in capsys.readouterr().err
+
+
+def test_num_beams_times_beam_search_in_every_backend(tmp_path, monkeypatch, capsys):
+    """--num-beams K: encore's engine (K slots a request), transformers' and CTranslate2's beam search of
+    the same shapes, exactly --output-len steps each; the anchors cannot time a first token (null)."""
+    pytest.importorskip("ctranslate2")
+    monkeypatch.setenv("ENCORE_CACHE", str(tmp_path))
+    cfg = BenchConfig(**{**TINY, "baseline": None, "repeats": 1, "warmup": 0}, num_beams=3, batch_sizes=(2,))
+    doc = run_bench(BenchConfig(**{**cfg.__dict__, "vs_ct2": True, "vs_hf": True, "json_path": None, "plot_path": None}))
+    by = {r["backend"]: r for r in doc["results"]}
+    assert set(by) == {"encore-beam3", "transformers-beam3", "ctranslate2-beam3"}
+    assert by["encore-beam3"]["first_token_latency_s"] > 0 and by["encore-beam3"]["decode_tokens_per_s"] > 0
+    for name in ("transformers-beam3", "ctranslate2-beam3"):
+        assert by[name]["first_token_latency_s"] is None and by[name]["throughput_tokens_per_s"] > 0
+    validate_bench_json(doc)
+    assert "encdec-tiny vs ct2-t5 float32 (encdec-tiny), 16->4, batch 2:" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="num_beams: must be an integer >= 1"):
+        BenchConfig(num_beams=0).validate()

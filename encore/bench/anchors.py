@@ -123,6 +123,9 @@ class HFBackend:
             self.cost_config = config.replace(mlp_type="swiglu", mlp_dim=hf_llama_intermediate(config))
         self.label = f"{self.hf_name} ({mirror})"
         self.weight_bytes = self.dtype.itemsize
+        self.num_beams = spec.num_beams
+        if self.num_beams > 1:
+            self.name += f"-beam{self.num_beams}"
 
     def build(self) -> Any:
         from transformers import LlamaForCausalLM, T5ForConditionalGeneration
@@ -149,27 +152,32 @@ class HFBackend:
             max_new_tokens=n,
             min_new_tokens=n,  # EOS is suppressed until n tokens: exactly n, as our eos_token_id=None
             do_sample=False,
-            num_beams=1,
+            num_beams=self.num_beams,
             use_cache=True,
             pad_token_id=c.pad_token_id,
             eos_token_id=c.eos_token_id,
             decoder_start_token_id=c.bos_token_id,
         )
         clock = type("TokenClock", (_TokenClock, BaseStreamer), {})()
+        streamer = clock if self.num_beams == 1 else None  # transformers streams no beam search
         mask = torch.ones_like(ids)
         sync(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, streamer=clock)
+            model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, streamer=streamer)
         sync(self.device)
         t_end = time.perf_counter()
+        if self.num_beams > 1:
+            return Timing(t0, None, t_end, n, [])
         tokens = clock.times[1:]  # times[0]: the prompt / start token
         intervals = [b - a for a, b in zip(tokens, tokens[1:])]
         return Timing(t0, tokens[0] if tokens else t_end, tokens[-1] if tokens else t_end, len(tokens), intervals)
 
     def kv_cache_bytes(self, model: Any, batch: int, input_len: int, output_len: int) -> int:
-        # HF grows its cache step by step; at the end it holds what the cost model counts
-        return kv_cache_bytes(self.cost_config, batch, input_len, output_len, dtype_bytes(self.dtype))
+        # HF grows its cache step by step; at the end it holds what the cost model counts (beams: a row
+        # each, the encoder's output expanded to them as transformers expands it)
+        rows = batch * self.num_beams
+        return kv_cache_bytes(self.cost_config, rows, input_len, output_len, dtype_bytes(self.dtype))
 
 
 # --- CTranslate2 --------------------------------------------------------------------------------------
@@ -236,6 +244,11 @@ class CT2Backend:
         self.weight_bytes = 1 if spec.quantize == "int8" else 4
         if spec.device != "cpu":
             raise ValueError("--vs-ct2 runs on the CPU")
+        self.num_beams = spec.num_beams
+        if self.num_beams > 1:
+            self.name += f"-beam{self.num_beams}"
+            if self.arch != "encdec":
+                raise ValueError(f"--num-beams with --vs-ct2 times translate_batch: {label} is decoder-only")
 
     def build(self) -> Any:
         import ctranslate2
@@ -271,13 +284,15 @@ class CT2Backend:
         if self.arch == "encdec":
             translator.translate_batch(
                 source,
-                beam_size=1,
+                beam_size=self.num_beams,
                 max_decoding_length=n,
                 min_decoding_length=n,  # EOS is masked until n tokens: exactly n, like encore's eos_token_id=None
                 max_input_length=0,
                 max_batch_size=len(source),
-                callback=on_token,
+                callback=on_token if self.num_beams == 1 else None,  # CTranslate2 calls back at beam 1 only
             )
+            if self.num_beams > 1:
+                return Timing(t0, None, time.perf_counter(), n, [])
         else:  # a decoder-only family: the prompt, then n new tokens
             translator.generate_batch(
                 source,
@@ -294,4 +309,5 @@ class CT2Backend:
         return Timing(t0, marks[0] if marks else t_end, marks[-1] if marks else t_end, len(marks), intervals)
 
     def kv_cache_bytes(self, model: Any, batch: int, input_len: int, output_len: int) -> int:
-        return kv_cache_bytes(self.cost_config, batch, input_len, output_len, 4)
+        # beams: a row each (CTranslate2 tiles the encoder's output across a batch's beams)
+        return kv_cache_bytes(self.cost_config, batch * self.num_beams, input_len, output_len, 4)

@@ -33,7 +33,7 @@ class Timing:
     """One request's clock readings (perf_counter seconds) and the gaps between consecutive tokens."""
 
     t_call: float
-    t_first: float
+    t_first: float | None  # None: the backend cannot tell (another library's beam search runs to its end)
     t_last: float
     tokens: int  # tokens yielded per row
     intervals: list[float]  # tokens - 1 gaps (seconds); on CUDA from events, without host syncs
@@ -52,6 +52,7 @@ class BackendSpec:
     cpu_linear: str | None = None  # encore's fp32 CPU kernel ("onednn" | "aten"; None: the fastest)
     quantize: str | None = None  # "int8" / "int4": encore.optimize's weights (CTranslate2: compute_type, int8 only)
     retain_memory: bool = True  # the worker keeps freed memory for reuse (encore.infer.memory)
+    num_beams: int = 1  # > 1: beam search, exactly n steps (no EOS), K hypotheses per request
 
 
 class Backend(Protocol):
@@ -116,6 +117,9 @@ class EncoreBackend:
         self.kernel = roofline_kernel(self.device, self.dtype, spec.quantize, self.linear)
         self.weight_bytes = decode_bytes_per_weight(self.cost_config, spec.quantize, self.dtype)
         self._engine: tuple[tuple[int, int, int], Engine] | None = None
+        self.num_beams = spec.num_beams
+        if self.num_beams > 1:
+            self.name += f"-beam{self.num_beams}"
 
     def build(self) -> Any:
         if self.checkpoint is not None:
@@ -133,26 +137,27 @@ class EncoreBackend:
         key = (batch, input_len, output_len)
         if self._engine is None or self._engine[0] != key:
             self._engine = None  # free the previous cache first
-            self._engine = (key, Engine(model, max_batch=batch, max_input_len=input_len, max_new_tokens=output_len))
+            slots = batch * self.num_beams  # a beam request holds num_beams slots
+            self._engine = (key, Engine(model, max_batch=slots, max_input_len=input_len, max_new_tokens=output_len))
         return self._engine[1]
 
     def timed_generate(self, model: Any, ids: torch.Tensor, n: int, capacity: int) -> Timing:
         """`ids` [B, S]: B concurrent requests of n tokens each, in an engine sized for `capacity`
-        tokens. First token: when `admit` has returned every request's first token."""
+        tokens. First token: when `admit` has returned every request's first token (beam search: its
+        first step, the prefill's candidates scored). A mark per step: one token per row (hypothesis)."""
         engine = self.engine(model, ids.shape[0], ids.shape[1], capacity)
-        rows = ids.tolist()
         marks = []
         sync(self.device)
         t0 = time.perf_counter()
-        for row in rows:
-            engine.add(row, max_new_tokens=n, eos_token_id=None)
-        produced = len(engine.admit())
+        for row in ids.tolist():
+            engine.add(row, max_new_tokens=n, eos_token_id=None, num_beams=self.num_beams)
+        engine.admit()
         marks.append(time.perf_counter())  # events are read on the host: the device is done
         while engine.has_work():
-            produced += len(engine.decode())
+            engine.decode()
             marks.append(time.perf_counter())
         intervals = [b - a for a, b in zip(marks, marks[1:])]
-        return Timing(t0, marks[0], marks[-1], produced // len(rows), intervals)
+        return Timing(t0, marks[0], marks[-1], len(marks), intervals)
 
     def kv_cache_bytes(self, model: Any, batch: int, input_len: int, output_len: int) -> int:
         return self.engine(model, batch, input_len, output_len).cache.nbytes
@@ -175,6 +180,8 @@ class OnnxBackend:
         self.weight_bytes = decode_bytes_per_weight(self.cost_config, spec.quantize, torch.float32)
         if spec.device != "cpu" or spec.dtype != "float32":
             raise ValueError("the ONNX backend exports a float32 model and runs it on the CPU provider")
+        if spec.num_beams > 1:
+            raise ValueError("--num-beams times encore, --vs-ct2 and --vs-hf: not --backend onnx")
 
     def build(self) -> Any:
         import hashlib

@@ -45,6 +45,7 @@ class BenchConfig:
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
     cpu_linear: str | None = None  # encore's fp32 CPU kernel, "onednn" | "aten" (F.linear); None: the fastest
     seed: int = 0
+    num_beams: int = 1  # > 1: every backend runs beam search of this width (CTranslate2's beam_size)
     progress: bool | None = None  # None: a progress bar on a terminal, none under CI / ENCORE_QUIET
     report: bool = True  # print the tables
     isolate: bool = True  # each model in a worker process of its own (False: all in this process)
@@ -81,6 +82,10 @@ class BenchConfig:
                 fail(name, f"must be an integer >= {low}")
         if self.threads is not None and self.threads < 1:
             fail("threads", "must be >= 1")
+        if isinstance(self.num_beams, bool) or not isinstance(self.num_beams, int) or self.num_beams < 1:
+            fail("num_beams", "must be an integer >= 1")
+        if self.num_beams > 1 and (self.onnx or self.vs_llamacpp):
+            fail("num_beams", "beam search is timed for encore, --vs-ct2 and --vs-hf (not ONNX or llama.cpp)")
         if self.cpu_linear is not None and self.cpu_linear not in ("onednn", "aten"):
             fail("cpu_linear", "must be None, 'onednn' or 'aten'")
         if not self.quantize or any(q not in (None, "int8", "int4") for q in self.quantize):

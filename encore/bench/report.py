@@ -13,6 +13,7 @@ from encore.lazy import require
 # --- JSON schema ------------------------------------------------------------------------------------
 
 _NUM = (int, float)
+_NUM_OR_NULL = (int, float, type(None))  # null: the backend cannot time it (an anchor's beam search)
 TOP_FIELDS: dict[str, tuple] = {"device": (str,), "torch": (str,), "threads": (int,), "results": (list,)}
 RESULT_FIELDS: dict[str, tuple] = {
     "model": (str,),
@@ -23,8 +24,8 @@ RESULT_FIELDS: dict[str, tuple] = {
     "output_len": (int,),
     "batch_size": (int,),
     "dtype": (str,),
-    "first_token_latency_s": _NUM,
-    "decode_tokens_per_s": _NUM,
+    "first_token_latency_s": _NUM_OR_NULL,
+    "decode_tokens_per_s": _NUM_OR_NULL,
     "throughput_tokens_per_s": _NUM,
     "peak_memory_bytes": (int,),
     "kv_cache_bytes": (int,),
@@ -48,7 +49,8 @@ def validate_bench_json(doc: Any) -> None:
         for key, types in RESULT_FIELDS.items():
             value = r.get(key)
             if key not in r or isinstance(value, bool) or not isinstance(value, types):
-                problems.append(f"results[{i}].{key}: expected {'/'.join(t.__name__ for t in types)}, got {value!r}")
+                expected = "/".join("null" if t is type(None) else t.__name__ for t in types)
+                problems.append(f"results[{i}].{key}: expected {expected}, got {value!r}")
         if r.get("arch") not in ("encdec", "deconly"):
             problems.append(f"results[{i}].arch: expected 'encdec' or 'deconly', got {r.get('arch')!r}")
     if problems:

@@ -176,7 +176,7 @@ def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:
 
     def spec(kind: str, model: str, length: int, quantize: str | None) -> BackendSpec:
         return BackendSpec(
-            kind, model, length, cfg.device, dtype, cfg.seed, cfg.cpu_linear, quantize, cfg.retain_memory
+            kind, model, length, cfg.device, dtype, cfg.seed, cfg.cpu_linear, quantize, cfg.retain_memory, cfg.num_beams
         )
 
     models = [cfg.model] + ([cfg.baseline] if cfg.baseline else [])

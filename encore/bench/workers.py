@@ -125,10 +125,14 @@ class Worker:
         if t.tokens != n:
             raise RuntimeError(f"{self.backend.label}: generated {t.tokens} tokens per row, expected exactly {n}")
         wall = t.t_last - t.t_call
-        decode = t.t_last - t.t_first
+        decode = None if t.t_first is None else t.t_last - t.t_first
         return {
-            "first_token_latency_s": t.t_first - t.t_call,
-            "decode_tokens_per_s": batch_size * (n - 1) / decode if decode > 0 else math.inf,
+            "first_token_latency_s": None if t.t_first is None else t.t_first - t.t_call,
+            "decode_tokens_per_s": None
+            if decode is None
+            else batch_size * (n - 1) / decode
+            if decode > 0
+            else math.inf,
             "throughput_tokens_per_s": batch_size * n / wall,
             "intervals": t.intervals,
             "peak": mem.peak,

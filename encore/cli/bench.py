@@ -95,6 +95,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--reply-len", type=int, default=64, help="--workload chat: reply tokens per turn (%(default)s)"
     )
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument(
+        "--num-beams",
+        type=int,
+        default=d.num_beams,
+        help="> 1: time beam search of this width (exactly --output-len steps; --vs-ct2: beam_size)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--from-json", metavar="PATH", help="measure nothing: print the report and draw --plot from a saved JSON"
