@@ -274,7 +274,9 @@ def test_num_beams_times_beam_search_in_every_backend(tmp_path, monkeypatch, cap
     pytest.importorskip("ctranslate2")
     monkeypatch.setenv("ENCORE_CACHE", str(tmp_path))
     cfg = BenchConfig(**{**TINY, "baseline": None, "repeats": 1, "warmup": 0}, num_beams=3, batch_sizes=(2,))
-    doc = run_bench(BenchConfig(**{**cfg.__dict__, "vs_ct2": True, "vs_hf": True, "json_path": None, "plot_path": None}))
+    doc = run_bench(
+        BenchConfig(**{**cfg.__dict__, "vs_ct2": True, "vs_hf": True, "json_path": None, "plot_path": None})
+    )
     by = {r["backend"]: r for r in doc["results"]}
     assert set(by) == {"encore-beam3", "transformers-beam3", "ctranslate2-beam3"}
     assert by["encore-beam3"]["first_token_latency_s"] > 0 and by["encore-beam3"]["decode_tokens_per_s"] > 0

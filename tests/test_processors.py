@@ -138,3 +138,17 @@ def test_frequency_and_presence_penalties_count_the_generated_tokens_only():
     assert Processors(frequency_penalty=1.0)(logits, history, 0, False, ()).abs().sum() == 0  # nothing generated
     with pytest.raises(ValueError, match="frequency_penalty must be a number in"):
         Processors(frequency_penalty=3.0).check(6)
+
+
+def test_sampling_survives_extreme_settings():
+    """Found by the HTTP property test: a temperature or top_p that rounds to 0 in float32, or a logit a
+    tiny repetition penalty overflowed, gave NaN probabilities (a 500); now the limits hold."""
+    from encore.infer.sampling import sample_next
+
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    best = logits.argmax(-1)
+    assert torch.equal(sample_next(logits, True, 5e-324, None, None, None), best)  # temperature -> 0: greedy
+    assert torch.equal(sample_next(logits, True, 1.0, None, 5e-324, None), best)  # top_p -> 0: the likeliest
+    overflowed = logits.clone()
+    overflowed[:, 7] = float("inf")
+    assert (sample_next(overflowed, True, 1.0, None, None, None) == 7).all()

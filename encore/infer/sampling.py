@@ -65,6 +65,9 @@ class Sampling:
         return sample_next(logits, self.do_sample, self.temperature, self.top_k, self.top_p, generator)
 
 
+MIN_TEMPERATURE = 1e-5
+
+
 def sample_next(
     logits: Tensor,
     do_sample: bool,
@@ -73,10 +76,13 @@ def sample_next(
     top_p: float | None,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """logits [B, V] -> token ids [B]. Greedy unless do_sample; top-k then top-p (nucleus) filtering."""
-    if not do_sample:
+    """logits [B, V] -> token ids [B]. Greedy unless do_sample; top-k then top-p (nucleus) filtering. A
+    temperature under `MIN_TEMPERATURE` is greedy, its limit (dividing by it would overflow: vLLM's rule)."""
+    if not do_sample or temperature < MIN_TEMPERATURE:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # an overflowed logit (a repetition penalty of 1e-300 divides by it) is the largest finite one, NaN
+    # none: the softmax below stays a distribution
+    logits = (logits.float() / temperature).nan_to_num(nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -85,6 +91,7 @@ def sample_next(
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # drop a token when the tokens ranked above it already cover top_p (the top one always stays)
         drop = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop[:, 0] = False  # (a top_p that rounds to 0 in float32 would drop it too)
         logits = logits.masked_fill(drop.scatter(1, sorted_idx, drop), float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)

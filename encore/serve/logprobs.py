@@ -8,6 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 Entry = tuple[int, float, list[tuple[int, float]] | None]
+FLOOR = -9999.0  # what a log-prob of -inf (a banned token) reads as: JSON has no infinity (OpenAI's and vLLM's)
+
+
+def _lp(value: float) -> float:
+    return value if value >= FLOOR else FLOOR  # (NaN too)
 
 
 def _text(tokenizer: Any, token: int) -> str:
@@ -35,7 +40,7 @@ def chat_logprobs(tokenizer: Any, entries: list[Entry]) -> dict[str, Any]:
 
     def item(token: int, logprob: float) -> dict[str, Any]:
         text = _text(tokenizer, token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8", "replace"))}
+        return {"token": text, "logprob": _lp(logprob), "bytes": list(text.encode("utf-8", "replace"))}
 
     content = [{**item(t, lp), "top_logprobs": [item(a, alp) for a, alp in (alts or [])]} for t, lp, alts in entries]
     return {"content": content}
