@@ -216,10 +216,9 @@ def test_logprobs_and_best_of(server, reference):
     lp = choice["logprobs"]
     assert choice["text"] == reference(prompt, 8)[0]
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == r.json()["usage"]["completion_tokens"]
-    for token, value, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
-        assert (
-            1 <= len(top) <= 3 and value <= 0.0
-        )  # (two byte pieces may both print as "\ufffd") and abs(max(top.values()) - value) < 1e-5 and token in top
+    for value, top in zip(lp["token_logprobs"], lp["top_logprobs"]):
+        # (two byte pieces may both print as "\ufffd": a dict of alternatives may hold fewer than 3)
+        assert 1 <= len(top) <= 3 and value <= 0.0 and abs(max(top.values()) - value) < 1e-5
     assert lp["text_offset"][0] == 0 and lp["text_offset"] == sorted(lp["text_offset"])
     with httpx.stream(
         "POST", f"{server.url}/v1/completions", timeout=60,
