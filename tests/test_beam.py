@@ -4,6 +4,8 @@ translation and summarization checkpoints ship, alone and with the logits proces
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from test_convert import FAMILIES, _batch, _reference
@@ -157,3 +159,26 @@ def test_engine_beam_request_waits_for_its_slots_and_frees_them(pair):
         engine.add([3, 4], num_beams=5)
     with pytest.raises(ValueError, match="logprobs is not given for beam search"):
         engine.add([3, 4], num_beams=2, logprobs=1)
+
+
+def test_engine_beams_read_one_cross_copy_in_the_fused_layer(pair):
+    """Optimized (the fused C decode layer), a beam request's slots read its first slot's cross K/V
+    (`cache.cross_from`); its beams still equal `generate_beams`' of the same optimized model."""
+    from encore.infer.engine import Engine
+    from encore.infer.optimize import optimize
+
+    hf, model = pair
+    if not hf.config.is_encoder_decoder:
+        pytest.skip("a decoder-only model has no cross K/V")
+    fused = optimize(copy.deepcopy(model))
+    engine = Engine(fused, max_batch=6, max_input_len=16, max_new_tokens=STEPS)
+    prompts = [[5, 9, 14, 3, 22], [7, 7, 30, 41]]
+    rids = [engine.add(p, num_beams=3, eos_token_id=EOS) for p in prompts]
+    engine.step()
+    assert engine.cache.cross_from.tolist() == [0, 0, 0, 3, 3, 3]
+    events = {}
+    while engine.has_work():
+        events.update({e.request_id: e for e in engine.step() if e.finished})
+    for rid, prompt in zip(rids, prompts):
+        tokens, _ = generate_beams(fused, torch.tensor([prompt]), None, STEPS, Beams(num_beams=3), EOS)
+        assert events[rid].sequences == [_cut(r) for r in tokens.tolist()]

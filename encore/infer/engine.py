@@ -141,6 +141,7 @@ class Engine:
         self.cache = model.new_cache(max_batch, max_input_len, max_new_tokens)
         if self.cache.cross_k is not None:
             self.cache.cross_mask = torch.zeros(max_batch, max_input_len, dtype=torch.bool, device=self.device)
+            self.cache.cross_from = torch.arange(max_batch, device=self.device)  # a beam slot: its request's first
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)  # each slot's next input
         self.slots: list[_Request | None] = [None] * max_batch
         self.prefilled_rows = 0  # prompts prefilled so far (requests sharing a prompt count once)
@@ -312,6 +313,8 @@ class Engine:
         r.slot = r.slots[0]
         for slot in r.slots:
             self.slots[slot] = r
+        if self.cache.cross_from is not None:  # the beams read the first slot's copy of the cross K/V
+            self.cache.cross_from[r.slots] = r.slot
         return r.slots
 
     def _prefill_after(self, r: _Request, n: int, slots: list[int]) -> list[Event]:

@@ -8,7 +8,9 @@ slots (`encore.infer.engine`: one row per slot, requests coming and going):
   so a row's positions never depend on the others');
 - `length` `[B]`: positions written per row, which is also the RoPE position of the row's next token;
 - encoder-decoder only: cross-attention K/V `[L, B, K, S, Dh]`, projected from the encoder states once
-  per request, and `cross_mask` `[B, S]` (None when no row is padded).
+  per request, and `cross_mask` `[B, S]` (None when no row is padded); `cross_from` `[B]` (the
+  engine's): rows holding equal cross K/V (a beam request's slots) read one of them, so the fused decode
+  layer reads one copy for all of a request's beams.
 
 A decode step writes each row's new K/V at its own `length` (a scatter) and attends over all T
 positions with a mask derived from `length`: fixed shapes, no host read, no allocation that depends on
@@ -33,6 +35,7 @@ class GenerationCache:
     cross_k: Tensor | None = None  # [L, B, K, S, Dh] (encoder-decoder)
     cross_v: Tensor | None = None
     cross_mask: Tensor | None = None  # [B, S] bool: real encoder positions; None when nothing is padded
+    cross_from: Tensor | None = None  # [B] int64: the row whose (equal) cross K/V row b reads; None: its own
     prefilling: bool = False  # a prefill writes K/V at 0 .. T_new - 1 and attends over its own K/V only
     prefill_start: int = 0  # ... or, after cached positions (prefix reuse), at P .. P + T_new - 1 over 0 .. P + T_new
 
@@ -115,6 +118,7 @@ class GenerationCache:
             cross_k=cut(self.cross_k, cross_len),
             cross_v=cut(self.cross_v, cross_len),
             cross_mask=None if self.cross_mask is None else self.cross_mask[:rows, :cross_len],
+            cross_from=None if self.cross_from is None else self.cross_from[:rows],
         )
 
     def select_rows(self, rows: Tensor, cross: bool = True) -> GenerationCache:
@@ -129,6 +133,7 @@ class GenerationCache:
             cross_k=take(self.cross_k) if cross else self.cross_k,
             cross_v=take(self.cross_v) if cross else self.cross_v,
             cross_mask=self.cross_mask[rows] if cross and self.cross_mask is not None else self.cross_mask,
+            cross_from=None,
         )
 
     def install(self, other: GenerationCache, slots: list[int], rows: list[int] | None = None) -> None:

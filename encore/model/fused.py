@@ -50,7 +50,7 @@ def _library() -> ctypes.CDLL | None:
     lib.encore_rms_norm.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _F32, _PTR]
     lib.encore_attend_one.restype = ctypes.c_int
     lib.encore_attend_one.argtypes = [_PTR, *[_I64] * 7, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3, _PTR, _I64]
-    lib.encore_attend_one.argtypes += [_F32, _F32, _PTR, _PTR, _I64]
+    lib.encore_attend_one.argtypes += [_PTR, _F32, _F32, _PTR, _PTR, _I64]  # rows, scale, softcap, out, lse, kv16
     lib.encore_rope_store.restype = None
     lib.encore_rope_store.argtypes = [_PTR, *[_I64] * 5, *[_PTR] * 4, _F32, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
     lib.encore_rope_store.argtypes += [_PTR, _I64, _PTR, _I64]
@@ -217,7 +217,7 @@ class FusedAttend(native.Handles, Attend):
             q.data_ptr(), B, H, KH, S, Dh, q.stride(0), q.stride(1),
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
             v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
-            _ptr(rows), mask_b, Dh**-0.5 if scale is None else scale, 0.0 if softcap is None else softcap.cap,
+            _ptr(rows), mask_b, None, Dh**-0.5 if scale is None else scale, 0.0 if softcap is None else softcap.cap,
             out.data_ptr(), None, kv16,
         )  # fmt: skip
         if failed:
@@ -379,7 +379,7 @@ def _layer_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL 
     lib.encore_decode_layer.restype = ctypes.c_int
     lib.encore_decode_layer.argtypes = [ctypes.POINTER(_Layer), _PTR, _I64, _PTR, _PTR, _PTR, *[_I64] * 3, _PTR]
     lib.encore_decode_layer.argtypes += [*[_I64] * 3, _PTR, _I64, _PTR, _I64, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
-    lib.encore_decode_layer.argtypes += [_I64, _PTR, _I64, _I64]
+    lib.encore_decode_layer.argtypes += [_I64, _PTR, _I64, _PTR, _I64]  # S, cmask, cmask_b, crows, kv16
     lib.encore_int8_has_vnni.restype = ctypes.c_int
     lib.encore_fp32_linear.restype = None
     lib.encore_fp32_linear.argtypes = [_PTR, *[_I64] * 3, _PTR, _PTR, _PTR]
@@ -480,19 +480,22 @@ class _FusedLayer(native.Handles):
         cos, sin = (t.contiguous() for t in rope)  # [B, 1, 1, Dh]
         k, v = cache.k[layer], cache.v[layer]  # [B, KH, T, Dh]
         rows, mask_b, _ = _mask_rows(mask, T)  # [B | 1, 1, T]
-        ck = cv = cross_rows = None
+        ck = cv = cross_rows = shared = None
         S, ck_strides, cv_strides, cross_b = 0, (0, 0, 0), (0, 0, 0), 0
         if cross_kv is not None:
             ck, cv = cross_kv
             S, ck_strides, cv_strides = ck.shape[2], ck.stride()[:3], cv.stride()[:3]
             cross_rows, cross_b, _ = _mask_rows(cross_mask, S)  # [B | 1, 1, S]
+            shared = (
+                getattr(cache, "cross_from", None) if ck.shape[0] == B else None
+            )  # [B]: the row whose cross K/V a row reads
         if self._desc is None:
             self._desc = _describe(self, _layer_parts(self, strict=False))
         failed = self._lib.encore_decode_layer(
             ctypes.byref(self._desc), y.data_ptr(), B, cos.data_ptr(), sin.data_ptr(),
             k.data_ptr(), *k.stride()[:3], v.data_ptr(), *v.stride()[:3], cache.length.data_ptr(), T,
             _ptr(rows), mask_b, _ptr(ck), *ck_strides, _ptr(cv), *cv_strides,
-            S, _ptr(cross_rows), cross_b, k.dtype == torch.float16,
+            S, _ptr(cross_rows), cross_b, _ptr(shared), k.dtype == torch.float16,
         )  # fmt: skip
         if failed:
             raise MemoryError("fused decoder layer: out of memory for its workspace")

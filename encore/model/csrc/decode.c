@@ -190,7 +190,8 @@ static void weigh(const float *w, int64_t n, const void *v, int kv16, int64_t v_
     }
 }
 
-/* One query per head: out[b, h*Dh:(h+1)*Dh] = softmax_s(cap(q[b,h] . k[b,g,s] * scale)) @ v[b,g,s],
+/* One query per head: out[b, h*Dh:(h+1)*Dh] = softmax_s(cap(q[b,h] . k[r,g,s] * scale)) @ v[r,g,s], r =
+ * rows[b] (rows NULL: r = b; a beam search's rows read the one copy of their input's cross K/V),
  * over the positions s < S where mask[b, s] is nonzero (all when mask is NULL), g = h / (H / KH).
  * Each (row, KV head) splits its positions into chunks over the threads (flash-decoding: a chunk's
  * max, sum and weighted values, combined after), and a KV head's query heads are computed together,
@@ -200,8 +201,8 @@ static void weigh(const float *w, int64_t n, const void *v, int kv16, int64_t v_
  * `kv16`: K and V are fp16 (a half-precision cache), else fp32. */
 int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t S, int64_t Dh, int64_t q_b,
                       int64_t q_h, const void *k, int64_t k_b, int64_t k_h, int64_t k_s, const void *v,
-                      int64_t v_b, int64_t v_h, int64_t v_s, const uint8_t *mask, int64_t mask_b, float scale,
-                      float softcap, float *out, float *lse, int64_t kv16) {
+                      int64_t v_b, int64_t v_h, int64_t v_s, const uint8_t *mask, int64_t mask_b,
+                      const int64_t *rows, float scale, float softcap, float *out, float *lse, int64_t kv16) {
     const int64_t G = H / KH, tasks = B * KH;
     const int threads = omp_get_max_threads();
     int64_t chunks = (2 * threads + tasks - 1) / tasks; /* about two chunks per thread */
@@ -215,11 +216,12 @@ int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t 
         return -1;
     }
 #pragma omp parallel for schedule(static) if (tasks * S * Dh >= (1 << 14))
-    for (int64_t t = 0; t < tasks * chunks; t++) {
-        const int64_t b = t / (KH * chunks), g = t / chunks % KH, c = t % chunks;
-        const int64_t s0 = c * size, s1 = s0 + size < S ? s0 + size : S;
+    for (int64_t u = 0; u < tasks * chunks; u++) {
+        /* rows fastest: consecutive tasks of a thread read the same block of K/V when their rows share it */
+        const int64_t b = u % B, c = u / B % chunks, g = u / (B * chunks), t = (b * KH + g) * chunks + c;
+        const int64_t s0 = c * size, s1 = s0 + size < S ? s0 + size : S, r = rows ? rows[b] : b;
         const uint8_t *mc = mask ? mask + b * mask_b + s0 : NULL;
-        const void *kb = kv_offset(k, b * k_b + g * k_h, (int)kv16), *vb = kv_offset(v, b * v_b + g * v_h, (int)kv16);
+        const void *kb = kv_offset(k, r * k_b + g * k_h, (int)kv16), *vb = kv_offset(v, r * v_b + g * v_h, (int)kv16);
         float *p = sc + t * G * size, *pt = part + t * G * (Dh + 2);
         if (s1 > s0) scores(q + b * q_b + g * G * q_h, G, q_h, kb, (int)kv16, k_s, Dh, s0, s1, scale, p);
         for (int64_t i = 0; i < G; i++) {

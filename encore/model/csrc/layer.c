@@ -86,13 +86,14 @@ static void mlp(const Layer *L, float *x, int64_t B, const Work *w) {
 /* One decode step of one layer for B rows: x [B, D] updated in place. Self K/V: k, v [B, KH, T, Dh]
  * (strides in elements), each row's new position min(length[b], T - 1), mask [B | 1, T] (rows mask_b
  * apart); cos / sin [B, Dh]. Cross K/V [B, KH, S, Dh] and cmask [B | 1, S] (NULL: all real) when
- * L->cross or L->merged. Every K/V is fp16 where `kv16` (a half-precision cache), else fp32. Returns 0,
+ * L->cross or L->merged; row b reads cross row crows[b] (NULL: b). Every K/V is fp16 where `kv16` (a half-precision cache), else fp32. Returns 0,
  * or -1 when out of memory. */
 int encore_decode_layer(const Layer *L, float *x, int64_t B, const float *cos, const float *sin, void *k,
                         int64_t k_b, int64_t k_h, int64_t k_s, void *v, int64_t v_b, int64_t v_h, int64_t v_s,
                         const int64_t *length, int64_t T, const uint8_t *mask, int64_t mask_b, const void *ck,
                         int64_t ck_b, int64_t ck_h, int64_t ck_s, const void *cv, int64_t cv_b, int64_t cv_h,
-                        int64_t cv_s, int64_t S, const uint8_t *cmask, int64_t cmask_b, int64_t kv16) {
+                        int64_t cv_s, int64_t S, const uint8_t *cmask, int64_t cmask_b, const int64_t *crows,
+                        int64_t kv16) {
     const int64_t D = L->D, H = L->H, KH = L->KH, Dh = L->Dh, HD = H * Dh;
     const int64_t K = max2(max2(D, HD), L->F);
     const int64_t N = max2(max2(L->qkv.N, L->up.N), max2(D, HD));
@@ -114,11 +115,11 @@ int encore_decode_layer(const Layer *L, float *x, int64_t B, const float *cos, c
         encore_rope_store(w.proj, B, H, KH, Dh, L->qkv.N, cos, sin, L->q_norm, L->k_norm, L->eps, k, k_b, k_h, k_s,
                           v, v_b, v_h, v_s, length, T, w.q, kv16);
         failed = encore_attend_one(w.q, B, H, KH, T, Dh, HD, Dh, k, k_b, k_h, k_s, v, v_b, v_h, v_s, mask, mask_b,
-                                   L->scale, L->softcap, w.att, L->merged ? w.lse : NULL, kv16);
+                                   NULL, L->scale, L->softcap, w.att, L->merged ? w.lse : NULL, kv16);
     }
     if (!failed && L->merged) { /* one softmax over the layer's own keys and the encoder's */
         failed = encore_attend_one(w.q, B, H, KH, S, Dh, HD, Dh, ck, ck_b, ck_h, ck_s, cv, cv_b, cv_h, cv_s, cmask,
-                                   cmask_b, L->scale, L->softcap, w.att2, w.lse2, kv16);
+                                   cmask_b, crows, L->scale, L->softcap, w.att2, w.lse2, kv16);
         if (!failed) merge(w.att, w.lse, w.att2, w.lse2, B * H, Dh);
     }
     if (!failed) {
@@ -131,7 +132,7 @@ int encore_decode_layer(const Layer *L, float *x, int64_t B, const float *cos, c
         if (L->cross_q_norm)
             for (int64_t h = 0; h < B * H; h++) rms_row(w.q + h * Dh, Dh, L->cross_q_norm, L->eps, w.q + h * Dh);
         failed = encore_attend_one(w.q, B, H, KH, S, Dh, HD, Dh, ck, ck_b, ck_h, ck_s, cv, cv_b, cv_h, cv_s, cmask,
-                                   cmask_b, L->cross_scale, L->cross_softcap, w.att, NULL, kv16);
+                                   cmask_b, crows, L->cross_scale, L->cross_softcap, w.att, NULL, kv16);
         if (!failed) {
             project(&L->cross_out, w.att, B, w.proj, &w);
             residual(x, w.proj, B, D, L->post_cross_norm, L->eps);
