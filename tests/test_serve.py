@@ -346,3 +346,21 @@ def test_queue_full_gets_429_and_sigterm_ends_cleanly(checkpoint, reference):
             s.post(prompt="open", max_tokens=2)
     finally:
         s.stop()
+
+
+def test_a_log_prob_of_minus_infinity_reads_minus_9999_in_both_shapes():
+    """JSON has no infinity: a banned token's -inf log-prob (or NaN) is OpenAI's -9999 in both routes' shapes."""
+    from encore.serve.logprobs import chat_logprobs, completion_logprobs
+
+    class Tokenizer:
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(chr(97 + i) for i in ids)
+
+    entries = [(0, -0.5, [(0, -0.5), (1, float("-inf"))]), (2, float("-inf"), [(3, float("nan"))])]
+    completion = completion_logprobs(Tokenizer(), entries)
+    assert completion["token_logprobs"] == [-0.5, -9999.0]
+    assert completion["top_logprobs"] == [{"a": -0.5, "b": -9999.0}, {"d": -9999.0}]
+    assert completion["text_offset"] == [0, 1]
+    chat = chat_logprobs(Tokenizer(), entries)["content"]
+    assert [c["logprob"] for c in chat] == [-0.5, -9999.0] and chat[1]["top_logprobs"][0]["logprob"] == -9999.0
+    json.dumps(completion, allow_nan=False), json.dumps(chat, allow_nan=False)

@@ -26,10 +26,10 @@ def completion_logprobs(tokenizer: Any, entries: list[Entry], offset: int = 0) -
     for text in tokens:
         offsets.append(offset)
         offset += len(text)
-    top = [{_text(tokenizer, t): lp for t, lp in (alts or [])} for _, _, alts in entries]
+    top = [{_text(tokenizer, t): _lp(lp) for t, lp in (alts or [])} for _, _, alts in entries]
     return {
         "tokens": tokens,
-        "token_logprobs": [lp for _, lp, _ in entries],
+        "token_logprobs": [_lp(lp) for _, lp, _ in entries],
         "top_logprobs": top,
         "text_offset": offsets,
     }
