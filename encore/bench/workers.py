@@ -126,13 +126,10 @@ class Worker:
             raise RuntimeError(f"{self.backend.label}: generated {t.tokens} tokens per row, expected exactly {n}")
         wall = t.t_last - t.t_call
         decode = None if t.t_first is None else t.t_last - t.t_first
+        rate = None if decode is None else batch_size * (n - 1) / decode if decode > 0 else math.inf
         return {
             "first_token_latency_s": None if t.t_first is None else t.t_first - t.t_call,
-            "decode_tokens_per_s": None
-            if decode is None
-            else batch_size * (n - 1) / decode
-            if decode > 0
-            else math.inf,
+            "decode_tokens_per_s": rate,
             "throughput_tokens_per_s": batch_size * n / wall,
             "intervals": t.intervals,
             "peak": mem.peak,

@@ -137,8 +137,8 @@ def generate_ids(
         max_new_tokens=options.max_new_tokens,
     )
     which: dict[int, int] = {}
+    sampling = options.sampling()
     for i in sorted(range(len(encoded)), key=lambda i: len(encoded[i])):
-        sampling = options.sampling()
         rid = engine.add(encoded[i], max_new_tokens=options.max_new_tokens, **sampling, **given, **processing)
         which[rid] = i
     tokens: list[list[int]] = [[] for _ in encoded]

@@ -5,7 +5,7 @@ device); `Search.advance` does transformers' bookkeeping on those few numbers.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,10 +31,6 @@ class Beams:
             early_stopping=pick("early_stopping", False),
             num_return_sequences=pick("num_return_sequences", 1),
         )
-
-    def best_only(self) -> Beams:
-        """The same search returning one sequence an input."""
-        return replace(self, num_return_sequences=1)
 
     def check(self, do_sample: bool = False) -> Beams:
         """Raise ValueError naming the setting out of range; returns self."""

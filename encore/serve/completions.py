@@ -202,23 +202,19 @@ class Completions:
             for p, ids in enumerate(encoded)
             for k in range(width)
         ]
-        job = Job(
-            choices, max_tokens, sampling, stop, asyncio.get_running_loop(), asyncio.Queue(), per_request=per_request
-        )
-        job.group, job.keep = width, body.n if width > body.n else 0
-        job.report_logprobs = body.top_logprobs_asked() is not None
-        return job
+        keep = body.n if width > body.n else 0
+        loop, report = asyncio.get_running_loop(), body.top_logprobs_asked() is not None
+        return Job(choices, max_tokens, sampling, stop, loop, asyncio.Queue(), per_request=per_request,
+                   group=width, keep=keep, report_logprobs=report)  # fmt: skip
 
     def decoding(self, body: Any, sampling: dict[str, Any]) -> tuple[int, int]:
         """Beams, `n`, `best_of` and log-probs checked and put in `sampling` (`Engine.add`'s keywords):
         (choices one engine request serves, choices per prompt)."""
         slots, n, top = self.scheduler.engine.max_batch, body.n, body.top_logprobs_asked()
-        if body.num_beams is not None and body.num_beams > 1 and "temperature" in body.model_fields_set:
-            if body.temperature > 0:
-                raise APIError(
-                    400, "temperature must be 0 or left out with num_beams > 1 (beams search greedily)", "temperature"
-                )
         if body.num_beams is not None and body.num_beams > 1:
+            if "temperature" in body.model_fields_set and body.temperature > 0:
+                message = "temperature must be 0 or left out with num_beams > 1 (beams search greedily)"
+                raise APIError(400, message, "temperature")
             sampling["do_sample"] = False
         given = {k: getattr(body, k) for k in ("num_beams", "length_penalty", "early_stopping")}
         given = {k: v for k, v in given.items() if v is not None}

@@ -210,7 +210,7 @@ class Scheduler:
         reason = event.finish_reason if event.finished else None
         if sequence is not None:
             ended = bool(sequence) and sequence[-1] in self.eos
-            choice.tokens, reason = sequence[:-1] if ended else list(sequence), STOP if ended else "length"
+            choice.tokens, reason = sequence[:-1] if ended else list(sequence), STOP if ended else LENGTH
             self.metrics.generation_tokens.inc(len(sequence))
         else:
             self.metrics.generation_tokens.inc()

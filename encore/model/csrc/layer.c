@@ -86,7 +86,8 @@ static void mlp(const Layer *L, float *x, int64_t B, const Work *w) {
 /* One decode step of one layer for B rows: x [B, D] updated in place. Self K/V: k, v [B, KH, T, Dh]
  * (strides in elements), each row's new position min(length[b], T - 1), mask [B | 1, T] (rows mask_b
  * apart); cos / sin [B, Dh]. Cross K/V [B, KH, S, Dh] and cmask [B | 1, S] (NULL: all real) when
- * L->cross or L->merged; row b reads cross row crows[b] (NULL: b). Every K/V is fp16 where `kv16` (a half-precision cache), else fp32. Returns 0,
+ * L->cross or L->merged; row b reads cross row crows[b] (NULL: b). Every K/V is fp16 where `kv16` (a
+ * half-precision cache), else fp32. Returns 0,
  * or -1 when out of memory. */
 int encore_decode_layer(const Layer *L, float *x, int64_t B, const float *cos, const float *sin, void *k,
                         int64_t k_b, int64_t k_h, int64_t k_s, void *v, int64_t v_b, int64_t v_h, int64_t v_s,
