@@ -286,3 +286,39 @@ def test_num_beams_times_beam_search_in_every_backend(tmp_path, monkeypatch, cap
     assert "encdec-tiny vs ct2-t5 float32 (encdec-tiny), 16->4, batch 2:" in capsys.readouterr().out
     with pytest.raises(ValueError, match="num_beams: must be an integer >= 1"):
         BenchConfig(num_beams=0).validate()
+
+
+def test_profile_prefill_splits_the_prefill_and_counts_its_operations():
+    """The parts add up to the wall time; the products' operations are what torch's own FLOP counter
+    counts for the projections (encdec and decoder-only, fp32 with aten's products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from encore.bench.prefill_profile import PARTS, profile_prefill
+    from encore.model.io import build
+
+    for preset in ("encdec-tiny", "deconly-tiny"):
+        # untied: an un-optimized tied head is F.linear over the embedding, no module (overhead, there)
+        model = build(ModelConfig.preset(preset, tie_embeddings=False), seed=0).eval()
+        ids = torch.randint(3, 8000, (2, 24))
+        profile = profile_prefill(model, ids, peak_ops=1e11, repeats=1)
+        parts = profile["parts"]
+        assert set(parts) == set(PARTS)
+        assert sum(p["seconds"] for p in parts.values()) == pytest.approx(profile["wall_s"], rel=1e-6)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            model.prefill(ids, None, 1)
+        counted = counter.get_flop_counts()["Global"]
+        products = sum(n for op, n in counted.items() if "mm" in str(op) or "linear" in str(op))
+        assert parts["products"]["ops"] == products
+        assert parts["attention"]["ops"] > 0 and 0 < parts["products"]["peak_share"]
+
+
+def test_cli_profile_prefill_writes_it_to_the_json_and_the_report(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = ["bench", "--model", "encdec-tiny", "--baseline", "none", "--input-len", "16", "--output-len", "2"]
+    argv += ["--repeats", "1", "--warmup", "0", "--no-sweep", "--json", str(out), "--plot", "", "--quiet"]
+    argv += ["--peak-gflops", "100", "--bandwidth-gbs", "20", "--in-process", "--profile-prefill"]
+    assert main(argv) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    profile = result["prefill_profile"]
+    assert profile["input_len"] == 16 and profile["peak_ops"] == 1e11
+    assert "prefill profile, encdec-tiny: 1 x 16 tokens" in capsys.readouterr().out

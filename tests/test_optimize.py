@@ -152,3 +152,27 @@ def test_aten_keeps_the_plain_model():
     assert projections(model) and all(type(m) is Linear for m in projections(model))
     assert not any(isinstance(m, FusedDecoderLayer) for m in model.modules())
     assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
+@pytest.mark.parametrize("arch", ["encdec", "deconly"])
+def test_without_originals_the_fp32_weights_are_freed_and_the_model_stays_quantized(arch):
+    """`keep_originals=False` (the CLI's, the server's and the bench's): the same model, its quantized
+    projections' fp32 modules gone (freed), and `deoptimize` leaves them quantized."""
+    import gc
+    import weakref
+
+    kept, freed = make_model(arch, tie_embeddings=False), make_model(arch, tie_embeddings=False)
+    args = args_of(kept)
+    up = weakref.ref(freed.get_submodule("decoder.0.mlp.up").weight)
+    encore.optimize(kept, quantize="int8")
+    encore.optimize(freed, quantize="int8", keep_originals=False)
+    gc.collect()
+    assert up() is None  # nothing holds the original weight
+    with torch.inference_mode():
+        torch.testing.assert_close(freed(*args), kept(*args), rtol=0, atol=0)
+    encore.deoptimize(freed)
+    assert isinstance(freed.get_submodule("decoder.0.mlp.up"), Int8Linear)  # no fp32 weights to put back
+    assert not any(type(m) is Linear for m in freed.modules())
+    encore.deoptimize(kept)
+    assert type(kept.get_submodule("decoder.0.mlp.up")) is Linear

@@ -23,6 +23,7 @@ from encore.bench.machine import roofline_kernel
 from encore.config import ModelConfig
 from encore.convert import load, resolve_model
 from encore.infer.engine import Engine
+from encore.infer.memory import release_freed_memory
 from encore.infer.optimize import DEFAULT_INT4_POLICY, optimize
 from encore.model.io import build, spec_label
 from encore.model.kernels import bytes_per_weight
@@ -127,7 +128,11 @@ class EncoreBackend:
             model = load(self.checkpoint, device=self.device, dtype=self.dtype, max_seq_len=max_len)
         else:
             model = build(self.cost_config, seed=self.seed, device=self.device)
-        return optimize(model, self.device, self.dtype, quantize=self.quantize, linear=self.linear)
+        model = optimize(
+            model, self.device, self.dtype, quantize=self.quantize, linear=self.linear, keep_originals=False
+        )
+        release_freed_memory()  # the fp32 weights a model quantized here no longer holds
+        return model
 
     def params(self, model: Any) -> int:
         return model.config.param_counts()["total"]

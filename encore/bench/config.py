@@ -46,6 +46,7 @@ class BenchConfig:
     cpu_linear: str | None = None  # encore's fp32 CPU kernel, "onednn" | "aten" (F.linear); None: the fastest
     seed: int = 0
     num_beams: int = 1  # > 1: every backend runs beam search of this width (CTranslate2's beam_size)
+    profile_prefill: bool = False  # also split one prefill of each encore model into parts (prefill_profile)
     progress: bool | None = None  # None: a progress bar on a terminal, none under CI / ENCORE_QUIET
     report: bool = True  # print the tables
     isolate: bool = True  # each model in a worker process of its own (False: all in this process)

@@ -87,12 +87,30 @@ def format_report(doc: dict, cfg: BenchConfig | None = None) -> str:
         if c["kind"] == "full":
             lines += ["", *_comparison(c)]
     lines += _sweep_table(doc)
+    for r in doc["results"]:
+        if r.get("prefill_profile"):
+            lines += ["", *format_profile(r["model"], r["prefill_profile"])]
     lines += _notes(doc)
     lines.append("")
     lines.append(f"finished in {doc['wall_s']:.0f} s")
     if cfg is not None and cfg.json_path:
         lines[-1] += f"; wrote {cfg.json_path}" + (f" and {cfg.plot_path}" if cfg.plot_path else "")
     return "\n".join(lines)
+
+
+def format_profile(label: str, profile: dict[str, Any]) -> list[str]:
+    """The report's lines for one model's prefill profile."""
+    peak = profile.get("peak_ops")
+    head = f"prefill profile, {label}: {profile['batch_size']} x {profile['input_len']} tokens, "
+    head += f"{profile['wall_s'] * 1e3:.1f} ms" + (f"; probed peak {peak / 1e9:.0f} G(FL)OP/s" if peak else "")
+    lines = [head, f"  {'part':<10} {'ms':>8} {'share':>7} {'G(FL)OP/s':>10} {'of peak':>8}"]
+    for part, p in profile["parts"].items():
+        rate = p.get("rate")
+        rate_s = "-" if rate is None else f"{rate / 1e9:.0f}"
+        peak_s = "-" if p.get("peak_share") is None else f"{p['peak_share']:.0%}"
+        share = "-" if p["share"] is None else f"{p['share']:.0%}"
+        lines.append(f"  {part:<10} {p['seconds'] * 1e3:>8.1f} {share:>7} {rate_s:>10} {peak_s:>8}")
+    return lines
 
 
 def _header(doc: dict) -> list[str]:

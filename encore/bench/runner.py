@@ -28,11 +28,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from encore.bench.backends import Backend, BackendSpec
+from encore.bench.backends import Backend, BackendSpec, EncoreBackend
 from encore.bench.config import METRICS, PAPER, BenchConfig, Point, plan_points
 from encore.bench.costmodel import Machine, dtype_bytes, generation_cost, kv_cache_bytes
 from encore.bench.machine import machine_for
@@ -200,12 +200,26 @@ def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:
     return specs
 
 
+class _Measured(NamedTuple):
+    params: list[int]  # per model
+    runs: dict[tuple[int, int], list[dict]]  # (model, point) -> its timed runs
+    kv: dict[tuple[int, int], int]  # (model, point) -> KV-cache bytes
+    failed: dict[str, str]  # anchors that crashed: label -> why
+    profiles: dict[tuple[int, int], dict]  # (model, point) -> its prefill profile (--profile-prefill)
+
+
 def _measure(
-    cfg: BenchConfig, specs: list[BackendSpec], backends: list[Backend], points: list[Point], threads: int
-) -> tuple[list[int], dict[tuple[int, int], list[dict]], dict[tuple[int, int], int], dict[str, str]]:
-    """Build every model in its worker and time every point: (params, runs, KV bytes) per (model, point),
-    and the anchors that crashed (label -> why): an anchor's crash (llama.cpp's segfault, a converter's
-    error) ends its own row, not the bench; encore's own models still raise."""
+    cfg: BenchConfig,
+    specs: list[BackendSpec],
+    backends: list[Backend],
+    points: list[Point],
+    threads: int,
+    machines: dict[str, Machine],
+) -> _Measured:
+    """Build every model in its worker and time every point: params, runs, KV bytes (and prefill
+    profiles) per (model, point), and the anchors that crashed (label -> why): an anchor's crash
+    (llama.cpp's segfault, a converter's error) ends its own row, not the bench; encore's own models
+    still raise."""
 
     def active(point: Point) -> list[int]:
         def runs(b: Backend) -> bool:  # an anchor of batch 1 only (llama.cpp) skips larger batches
@@ -215,6 +229,7 @@ def _measure(
 
     total = sum((p.warmup + p.repeats) * len(active(p)) for p in points)
     runs: dict[tuple[int, int], list[dict]] = {}
+    profiles: dict[tuple[int, int], dict] = {}
     workers: list[Any] = []
     failed: dict[str, str] = {}
 
@@ -260,10 +275,16 @@ def _measure(
                 (i, k): workers[i].call("kv_bytes", points[k].batch_size, points[k].input_len, points[k].output_len)
                 for (i, k) in runs
             }
+            if cfg.profile_prefill:  # encore's own models, at the full points
+                for i, k in runs:
+                    B, S = points[k].batch_size, points[k].input_len
+                    if isinstance(backends[i], EncoreBackend) and points[k].kind == "full":
+                        peak = machines[backends[i].kernel].peak_flops
+                        profiles[(i, k)] = workers[i].call("profile_prefill", B, S, peak)
         finally:
             for w in workers:
                 w.close()
-    return params, runs, kv, failed
+    return _Measured(params, runs, kv, failed, profiles)
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
@@ -282,12 +303,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         raise ValueError(f"--model and --baseline name the same model ({backends[0].label}); pick two")
     _check_memory(backends, points)
     machines = _machines(cfg, backends)
-    params, runs, kv, failed = _measure(cfg, specs, backends, points, threads)
+    params, runs, kv, failed, profiles = _measure(cfg, specs, backends, points, threads, machines)
     order = sorted(
         runs, key=lambda ik: (ik[0], points[ik[1]].kind != "full", points[ik[1]].batch_size, points[ik[1]].input_len)
     )
     results = [
         _result(backends[i], params[i], kv[(i, k)], points[k], runs[(i, k)], dtype_name, machines[backends[i].kernel])
+        | ({"prefill_profile": profiles[(i, k)]} if (i, k) in profiles else {})
         for i, k in order
     ]
     machine = machines[backends[0].kernel]

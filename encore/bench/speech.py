@@ -82,7 +82,7 @@ def _encore_model(config: Any, checkpoint: Path | None, quantize: str, seed: int
     from encore.model.io import build
 
     model = encore.load(checkpoint) if checkpoint is not None else build(config, seed=seed)
-    return encore.optimize(model, quantize=None if quantize == "none" else quantize)
+    return encore.optimize(model, quantize=None if quantize == "none" else quantize, keep_originals=False)
 
 
 def _encore_row(cfg: SpeechBenchConfig, model: Any, quantize: str, features: Any, prompt: list[int]) -> dict:

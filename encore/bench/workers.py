@@ -137,6 +137,15 @@ class Worker:
             "cpu_utilization": (time.process_time() - cpu0) / (wall * torch.get_num_threads()),
         }
 
+    def profile_prefill(self, batch_size: int, input_len: int, peak_ops: float | None) -> dict[str, Any]:
+        """Where one prefill of the point's ids goes (`encore.bench.prefill_profile`)."""
+        from encore.bench.prefill_profile import profile_prefill
+
+        gen = torch.Generator().manual_seed(self.seed + input_len)
+        vocab = self.backend.cost_config.vocab_size
+        ids = torch.randint(min(3, vocab - 1), vocab, (batch_size, input_len), generator=gen).to(self.device)
+        return profile_prefill(self.model, ids, peak_ops)
+
     def kv_bytes(self, batch_size: int, input_len: int, output_len: int) -> int:
         return self.backend.kv_cache_bytes(self.model, batch_size, input_len, output_len)
 

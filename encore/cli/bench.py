@@ -101,6 +101,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=d.num_beams,
         help="> 1: time beam search of this width (exactly --output-len steps; --vs-ct2: beam_size)",
     )
+    parser.add_argument(
+        "--profile-prefill",
+        action="store_true",
+        help="also split one prefill of each encore model into products, attention, other work and overhead, "
+        "each against the probed peak (the report and the JSON's prefill_profile)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--from-json", metavar="PATH", help="measure nothing: print the report and draw --plot from a saved JSON"

@@ -184,7 +184,7 @@ def load_for_inference(
     untrained (a command's `--random-weights`, for capacity benchmarks). `vision`: images will come
     (a transformers checkpoint's image tower is loaded too). `kv_cache_dtype`: "fp32" or "fp16"
     (`--kv-cache-dtype`)."""
-    from encore.infer.memory import retain_freed_memory
+    from encore.infer.memory import release_freed_memory, retain_freed_memory
     from encore.infer.optimize import optimize
 
     retain_freed_memory()
@@ -197,7 +197,9 @@ def load_for_inference(
 
     model = build_model(spec, tokenizer, vision=vision)
     kv_dtype = torch.float16 if kv_cache_dtype == "fp16" else None
-    return optimize(model, device=device, quantize=quantize, kv_dtype=kv_dtype)
+    model = optimize(model, device=device, quantize=quantize, kv_dtype=kv_dtype, keep_originals=False)
+    release_freed_memory()  # a model quantized here: its fp32 weights' pages
+    return model
 
 
 def text_only(model: Any, spec: str, command: str) -> Any:

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         from encore.model.kernels import DEFAULT_GROUP_SIZE, DEFAULT_SYMMETRIC
 
         group_size = args.group_size or DEFAULT_GROUP_SIZE
-        optimize(model, "cpu", quantize=quantize, group_size=group_size, symmetric=args.symmetric or DEFAULT_SYMMETRIC)
+        symmetric = args.symmetric or DEFAULT_SYMMETRIC
+        optimize(model, "cpu", quantize=quantize, group_size=group_size, symmetric=symmetric, keep_originals=False)
         model.save_pretrained(out)
     else:
         model.save_pretrained(out, format=args.to, dtype=DTYPES[args.dtype])

@@ -41,10 +41,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from encore.infer.beam import Beams, Search, candidates
+from encore.infer.beam import Beams, Search
 from encore.infer.generate import beam_settings, check_max_new_tokens, request_processors
 from encore.infer.processors import Processors, sequence_start
 from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos
@@ -365,10 +366,13 @@ class Engine:
         """First tokens from the prefill's `logits` (a row per request): sampled, or a beam search begun."""
         plain = [i for i, r in enumerate(requests) if r.beams.num_beams == 1]
         events = self._emit([requests[i] for i in plain], logits[plain]) if plain else []
-        for i, r in enumerate(requests):
-            if r.beams.num_beams > 1:
-                r.search = Search(1, len(r.slots), logits.shape[-1], r.max_new_tokens, r.beams, r.eos or ())
-                events += self._beam_step(r, logits[i : i + 1].expand(len(r.slots), -1))
+        beams = [i for i, r in enumerate(requests) if r.beams.num_beams > 1]
+        for i in beams:
+            r = requests[i]
+            r.search = Search(1, len(r.slots), logits.shape[-1], r.max_new_tokens, r.beams, r.eos or ())
+        if beams:  # each beam row starts from its request's one row (the search continues the first)
+            rows = [i for i in beams for _ in requests[i].slots]
+            events += self._beam_steps([requests[i] for i in beams], logits[rows])
         return events
 
     def _process(self, r: _Request, logits: Tensor) -> Tensor:
@@ -395,33 +399,50 @@ class Engine:
             r.cache_len += 1
         plain = [r for r in running if r.search is None]
         events = self._emit(plain, logits[[r.slot for r in plain]] if rows != len(plain) else logits) if plain else []
-        for r in running:
-            if r.search is not None:
-                events += self._beam_step(r, logits[r.slots])
+        beams = [r for r in running if r.search is not None]
+        if beams:
+            events += self._beam_steps(beams, logits[[slot for r in beams for slot in r.slots]])
         return events
 
-    def _beam_step(self, r: _Request, logits: Tensor) -> list[Event]:
-        """One step of a beam request from its K rows of `logits`: the search advances (`encore.infer.
-        beam`), its slots' self-attention rows follow their hypotheses; when it ends, one event."""
-        step, search = r.produced, r.search
+    def _beam_steps(self, requests: list[_Request], logits: Tensor) -> list[Event]:
+        """One step of the beam requests `requests` from their slots' rows of `logits` (in that order),
+        batched: one log-softmax and one row-wise top-k over all their rows, one read to the host, each
+        search advanced there (`encore.infer.search`), then one copy of the self-attention rows whose
+        hypothesis now continues another's (over the positions written), one write of the next tokens.
+        A request that ends gives its one event."""
         scores = torch.log_softmax(logits.float(), dim=-1)
-        if r.processors.active:
-            history = [sequence_start(self.config, r.ids) + h for h in search.histories()]
-            scores = r.processors(
-                scores, history, step, step == r.max_new_tokens - 1, r.eos or self.config.eos_token_ids
-            )
-        source = search.advance(*candidates(scores, search), step).tolist()
-        r.produced += 1
-        if not search.going(step):
-            return [self._beam_result(r)]
-        moved = [(slot, r.slots[s]) for slot, s in zip(r.slots, source) if r.slots[s] != slot]
-        if moved:  # only rows whose hypothesis now continues another's, over the positions written
-            dst, src = (torch.tensor(side, device=self.device) for side in zip(*moved))
-            n = r.cache_len
-            self.cache.k[:, dst, :, :n] = self.cache.k[:, src, :, :n]
-            self.cache.v[:, dst, :, :n] = self.cache.v[:, src, :, :n]
-        self.tokens[r.slots] = torch.from_numpy(search.tokens()).to(self.device)
-        return []
+        at = 0
+        for r in requests:
+            n = len(r.slots)
+            if r.processors.active:
+                history = [sequence_start(self.config, r.ids) + h for h in r.search.histories()]
+                last, eos = r.produced == r.max_new_tokens - 1, r.eos or self.config.eos_token_ids
+                scores[at : at + n] = r.processors(scores[at : at + n], history, r.produced, last, eos)
+            at += n
+        keep = min(max(r.search.keep for r in requests), scores.shape[-1])
+        row_scores, row_tokens = (t.cpu().numpy() for t in scores.topk(keep, dim=-1))  # [rows, keep]
+        events, dst, src, slots, tokens, written, at = [], [], [], [], [], 0, 0
+        for r in requests:
+            n, search = len(r.slots), r.search
+            source = search.advance(*search.merge(row_scores[at : at + n], row_tokens[at : at + n]), r.produced)
+            at += n
+            r.produced += 1
+            if not search.going(r.produced - 1):
+                events.append(self._beam_result(r))
+                continue
+            for slot, s in zip(r.slots, source.tolist()):  # only rows whose hypothesis continues another's
+                if r.slots[s] != slot:
+                    dst.append(slot), src.append(r.slots[s])
+                    written = max(written, r.cache_len)
+            slots += r.slots
+            tokens.append(search.tokens())
+        if dst:  # a beam's positions past its request's length are never read before they are written
+            dst_t, src_t = torch.tensor(dst, device=self.device), torch.tensor(src, device=self.device)
+            self.cache.k[:, dst_t, :, :written] = self.cache.k[:, src_t, :, :written]
+            self.cache.v[:, dst_t, :, :written] = self.cache.v[:, src_t, :, :written]
+        if slots:
+            self.tokens[slots] = torch.from_numpy(np.concatenate(tokens)).to(self.device)
+        return events
 
     def _beam_result(self, r: _Request) -> Event:
         """A finished beam request's one event; its slots freed."""

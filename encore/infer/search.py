@@ -1,7 +1,8 @@
 """Beam search's settings and bookkeeping, in numpy: one search behind `generate`'s beams
 (`encore.infer.beam`), the engine's beam requests and the torch-free ONNX runtime. Its caller scores the
-running rows and picks each input's best continuations (`encore.infer.beam.candidates` on the model's
-device); `Search.advance` does transformers' bookkeeping on those few numbers."""
+running rows and takes each row's best `keep` continuations where the logits live (a row-wise top-k:
+`encore.infer.beam.candidates`, the engine's batched step, `numpy_candidates`); `Search.merge` picks each
+input's best of those and `Search.advance` does transformers' bookkeeping on those few numbers."""
 
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ def _top(x: np.ndarray, k: int) -> np.ndarray:
 class Search:
     """The running and finished hypotheses of B inputs x K beams (transformers' bookkeeping), in numpy:
     the same search behind `beam_search`, the engine's beam requests and the ONNX runtime (torch-free).
-    Each step its caller scores the running rows and picks the best `keep` continuations of each input
-    (`candidates`, or the ONNX runtime's numpy twin), and `advance` does the rest."""
+    Each step its caller scores the running rows and takes each row's best `keep` continuations;
+    `merge` and `advance` do the rest."""
 
     def __init__(self, B: int, K: int, V: int, max_new: int, beams: Beams, eos: tuple[int, ...] | list[int]):
         self.B, self.K, self.V, self.max_new, self.beams = B, K, V, max_new, beams
@@ -75,6 +76,7 @@ class Search:
         self.is_finished = np.zeros((B, K), dtype=bool)
         self.improvable = np.ones((B, 1), dtype=bool)
         self.all_hit = False
+        self.rows = np.arange(B)[:, None]  # [B, 1]: indexes each input's own row of a [B, ...] array
 
     def histories(self) -> list[list[int]]:
         return self.running.reshape(self.B * self.K, -1).tolist()
@@ -83,29 +85,41 @@ class Search:
         """[B * K]: each running row's last token (the next step's input)."""
         return np.ascontiguousarray(self.running[:, :, -1].reshape(-1))
 
+    def merge(self, row_scores: np.ndarray, row_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each input's best `keep` continuations from each running row's best ones (row_scores,
+        row_tokens: [B * K, n >= keep] log-probabilities and tokens, best first): (total scores [B, keep],
+        indices into the input's K x V [B, keep]), for `advance`. The same as the best `keep` of all
+        K x V totals: a row's score is one number added to all its continuations."""
+        B, K, keep = self.B, self.K, self.keep
+        n = min(keep, row_scores.shape[-1])
+        total = (row_scores[:, :n].reshape(B, K, n) + self.running_scores[:, :, None]).reshape(B, K * n)
+        pick, rows = _top(total, keep), self.rows
+        top = (pick // n) * self.V + row_tokens[:, :n].reshape(B, K * n)[rows, pick]
+        return total[rows, pick], top
+
     def advance(self, top_scores: np.ndarray, top: np.ndarray, step: int) -> np.ndarray:
-        """One step from the best continuations of each input (`candidates`: total scores and indices
-        into K x V, [B, keep]) -> the rows [B * K] the new running rows come from."""
-        B, K = self.B, self.K
+        """One step from the best continuations of each input (`merge`: total scores and indices into
+        K x V, [B, keep]) -> the rows [B * K] the new running rows come from."""
+        K, rows = self.K, self.rows
         beam, token = top // self.V, top % self.V
-        path = np.take_along_axis(self.running, beam[..., None].repeat(step, -1), 1)  # [B, keep, step]
-        candidates = np.concatenate([path, token[..., None]], -1)
-        hits = np.isin(token, self.eos) | (step + 1 == self.max_new)  # [B, keep]
+        candidates = np.concatenate([self.running[rows, beam], token[..., None]], -1)  # [B, keep, step + 1]
+        hits = (token[..., None] == self.eos).any(-1) | (step + 1 == self.max_new)  # [B, keep]
         self.all_hit = bool(hits.all())
         # the best K candidates that did not end run on
         going = (top_scores + hits.astype(np.float32) * NEG).astype(np.float32)
         order = _top(going, K)
-        self.running = np.take_along_axis(candidates, order[..., None].repeat(step + 1, -1), 1)
-        self.running_scores = np.take_along_axis(going, order, 1)
+        self.running = candidates[rows, order]
+        self.running_scores = going[rows, order]
         self._finish(candidates, top_scores, hits, step)
-        source = np.take_along_axis(beam, order, 1) + np.arange(B)[:, None] * K
-        return source.reshape(-1)
+        return (beam[rows, order] + rows * K).reshape(-1)
 
     def _finish(self, candidates: np.ndarray, top_scores: np.ndarray, hits: np.ndarray, step: int) -> None:
         """Merge the candidates that ended among the best K into the finished set (its best K kept)."""
         B, K = self.B, self.K
         ended = hits.copy()
         ended[:, K:] = False  # only the best K may finish; the rest exist to keep K running
+        if not ended.any():  # nothing to merge: the finished set stays as it is
+            return
         scores = (top_scores / np.float32((step + 1) ** self.beams.length_penalty)).astype(np.float32)
         full = self.is_finished.all(axis=-1, keepdims=True) & (self.beams.early_stopping is True)
         for blocked in (full, ~self.improvable, ~ended):
@@ -116,11 +130,9 @@ class Search:
         merged_scores = np.concatenate([self.finished_scores, scores.astype(np.float32)], 1)
         merged_len = np.concatenate([self.finished_len, np.full(scores.shape, step + 1, dtype=np.int64)], 1)
         merged_done = np.concatenate([self.is_finished, ended], 1)
-        best = _top(merged_scores, K)
-        self.finished = np.take_along_axis(merged, best[..., None].repeat(self.max_new, -1), 1)
-        self.finished_scores = np.take_along_axis(merged_scores, best, 1)
-        self.finished_len = np.take_along_axis(merged_len, best, 1)
-        self.is_finished = np.take_along_axis(merged_done, best, 1)
+        best, rows = _top(merged_scores, K), self.rows
+        self.finished, self.finished_scores = merged[rows, best], merged_scores[rows, best]
+        self.finished_len, self.is_finished = merged_len[rows, best], merged_done[rows, best]
 
     def going(self, step: int) -> bool:
         """transformers' stopping rule after `step`: some input can still improve, is not full (early
@@ -154,12 +166,11 @@ class Search:
 def numpy_candidates(scores: np.ndarray, search: Search) -> tuple[np.ndarray, np.ndarray]:
     """`encore.infer.beam.candidates` in numpy (the ONNX runtime): each input's best `search.keep`
     continuations of its K x V, best first, from the running rows' log-probabilities [B * K, V]."""
-    B, K, V = search.B, search.K, search.V
-    total = (scores.reshape(B, K, V) + search.running_scores[:, :, None]).reshape(B, K * V)
-    part = np.argpartition(-total, search.keep - 1, axis=-1)[:, : search.keep]
-    values = np.take_along_axis(total, part, -1)
-    order = _top(values, search.keep)
-    return np.take_along_axis(values, order, -1), np.take_along_axis(part, order, -1)
+    n = min(search.keep, scores.shape[-1])
+    part = np.argpartition(-scores, n - 1, axis=-1)[:, :n]  # each row's best n, unordered
+    values = np.take_along_axis(scores, part, -1)
+    order = _top(values, n)
+    return search.merge(np.take_along_axis(values, order, -1), np.take_along_axis(part, order, -1))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

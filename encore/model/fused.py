@@ -2,7 +2,7 @@
 projection kernels: `FusedRMSNorm` (one pass instead of ~8 aten calls), `FusedAttend` (attention for
 one query per head, the decode step's, in one call instead of SDPA's flash kernel; a prefill's with
 bf16 products where asked), `FusedSelfAttention` (the decode step's q/k norms, RoPE and cache write in
-one call), `FusedMLP` (a gated MLP's activation in one pass) and `FusedDecoderLayer` (a whole decoder
+one call), `FusedMLP` (an MLP's activation in one pass) and `FusedDecoderLayer` (a whole decoder
 layer's decode step in one call; fp32, int4 or int8 projections).
 They run `csrc/decode.c`, `csrc/attend.c` and `csrc/layer.c`, built on first use
 (`encore.model.native`). Measured in docs/engine.md.
@@ -56,6 +56,8 @@ def _library() -> ctypes.CDLL | None:
     lib.encore_rope_store.argtypes += [_PTR, _I64, _PTR, _I64]
     lib.encore_glu_rows.restype = None
     lib.encore_glu_rows.argtypes = [_PTR, *[_I64] * 4, _PTR]
+    lib.encore_act_rows.restype = None
+    lib.encore_act_rows.argtypes = [_PTR, *[_I64] * 3]
     lib.encore_norm_rope_rows.restype = None
     lib.encore_norm_rope_rows.argtypes = [_PTR, *[_I64] * 7, _PTR, _PTR, _I64, _PTR, _PTR, _F32, _PTR, _PTR]
     return lib
@@ -329,8 +331,10 @@ class FusedSelfAttention(native.Handles, SelfAttention):
 
 class FusedMLP(native.Handles, MLP):
     """`MLP` whose gate, act(gate) * up, is one C pass over all positions (`encore_glu_rows`) instead of
-    ~6 eager ops over [T, 2F] (a 512-token T5Gemma 2 encoder layer: ~0.7 -> ~0.15 ms). Holds the very
-    submodules of the MLP it is made from; training and anything else run `MLP`'s path."""
+    ~6 eager ops over [T, 2F] (a 512-token T5Gemma 2 encoder layer: ~0.7 -> ~0.15 ms); an ungated
+    GELU-tanh or SiLU MLP's activation is one C pass in place (`encore_act_rows`). Made for those two
+    activations (`fuse`); holds the very submodules of the MLP it is made from; training runs `MLP`'s
+    path."""
 
     @classmethod
     def of(cls, mlp: MLP) -> FusedMLP:
@@ -342,9 +346,12 @@ class FusedMLP(native.Handles, MLP):
         self._lib = _library()
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.gated or self.training or x.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
+        if self.training or x.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
             return super().forward(x)
-        h = self.up(x).contiguous()  # [..., 2F]: [gate; up]
+        h = self.up(x).contiguous()  # [..., 2F]: [gate; up] (ungated: [..., F])
+        if not self.gated:
+            self._lib.encore_act_rows(h.data_ptr(), h.numel() // h.shape[-1], h.shape[-1], self.act is gelu_tanh)
+            return self.down(h)
         rows, width = h.numel() // h.shape[-1], h.shape[-1] // 2
         a = torch.empty(*h.shape[:-1], width)
         self._lib.encore_glu_rows(h.data_ptr(), rows, width, 2 * width, self.act is gelu_tanh, a.data_ptr())
@@ -381,6 +388,7 @@ def _layer_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL 
     lib.encore_decode_layer.argtypes += [*[_I64] * 3, _PTR, _I64, _PTR, _I64, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
     lib.encore_decode_layer.argtypes += [_I64, _PTR, _I64, _PTR, _I64]  # S, cmask, cmask_b, crows, kv16
     lib.encore_int8_has_vnni.restype = ctypes.c_int
+    lib.encore_int8_has_amx.restype = ctypes.c_int
     lib.encore_fp32_linear.restype = None
     lib.encore_fp32_linear.argtypes = [_PTR, *[_I64] * 3, _PTR, _PTR, _PTR]
     return lib

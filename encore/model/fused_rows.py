@@ -1,9 +1,12 @@
 """`FusedInt8Linear`: an `Int8Linear` whose few-row calls (a decode step's projections and output head)
 run csrc/int8.c's VNNI kernel, each row quantized symmetric to int8 as the fused decoder layer does,
-instead of fbgemm's one-row dynamic linear (~100 us a call on BART-base's 768 x 3072). Many rows (a
-prefill) keep fbgemm's per-row-scaled path. It serves the projections of layers that the whole-layer C
-call does not run (T5, BART, Marian, M2M100: `ModelConfig.fusable` False) and the output head; it shares
-the original's packed weight and adds csrc/int8.c's copy (`Int8Linear.rows`)."""
+instead of fbgemm's one-row dynamic linear (~100 us a call on BART-base's 768 x 3072). On a CPU with
+AMX, a decode step of any number of rows (one position a sequence: [B, D] or [B, 1, D]) runs there too,
+through the matrix unit's tiles (the output head at 64 rows: 3-4x oneDNN's bf16 product). Many
+positions (a prefill) keep the module's path (fbgemm's per-row-scaled products, or bf16 GEMMs: nearer
+the float product). It serves the projections of layers that the whole-layer C call does not run (T5,
+BART, Marian, M2M100: `ModelConfig.fusable` False) and the output head; it shares the original's packed
+weight and adds csrc/int8.c's copy (`Int8Linear.rows`)."""
 
 from __future__ import annotations
 
@@ -36,10 +39,17 @@ class FusedInt8Linear(native.Handles, Int8Linear):
         self._lib = _layer_library()
         self._lib.encore_int8_linear.restype = ctypes.c_int
         self._lib.encore_int8_linear.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR]
+        self._amx = bool(self._lib.encore_int8_has_amx())
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
-        if rows > MAX_ROWS or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+        decoding = self._amx and (x.dim() == 2 or x.shape[-2] == 1)  # one position a sequence, any rows
+        if (
+            (rows > MAX_ROWS and not decoding)
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or torch.is_grad_enabled()
+        ):
             return super().forward(x)
         x = x.contiguous()
         y = torch.empty(*x.shape[:-1], self.out_features)
@@ -53,7 +63,8 @@ class FusedInt8Linear(native.Handles, Int8Linear):
         return y
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, up to {MAX_ROWS} rows: c-int8"
+        many = ", a decode step's any rows: c-int8-amx" if self._amx else ""
+        return f"{super().extra_repr()}, up to {MAX_ROWS} rows: c-int8{many}"
 
 
 def fuse_int8_rows(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:

@@ -78,6 +78,12 @@ void encore_glu_rows(const float *h, int64_t rows, int64_t F, int64_t h_r, int64
     for (int64_t r = 0; r < rows; r++) glu_row(h + r * h_r, F, (int)gelu, out + r * F);
 }
 
+/* An ungated MLP's activation in place over h [rows, F] (contiguous): `activate` (GELU-tanh or SiLU). */
+void encore_act_rows(float *h, int64_t rows, int64_t F, int64_t gelu) {
+#pragma omp parallel for schedule(static) if (rows * F >= (1 << 15))
+    for (int64_t r = 0; r < rows; r++) activate(h + r * F, F, (int)gelu, h + r * F);
+}
+
 static inline float dot(const float *a, const float *b, int64_t n) {
     float s = 0.f;
 #pragma omp simd reduction(+ : s)

@@ -8,14 +8,25 @@
  * What the fused decoder layer (csrc/layer.c) runs for an int8 model's projections: one call a layer
  * instead of fbgemm's ~12 us per call. Built and called as csrc/int4.c is; without VNNI the same
  * arithmetic runs in plain C (slow; correct).
+ *
+ * Many rows (a decode step of many requests or beams) on a CPU with AMX (Intel Xeon since Sapphire
+ * Rapids): the same integers through the matrix unit's tiles (`products8_amx`), 4-6x the VNNI rate at 64
+ * rows. The weights stay as they are: a weight tile is 16 of its rows x 64 bytes, read in place; the
+ * activations are quantized into the tile layout the other operand needs (`pack_rows_s8`). Same
+ * quantization, same int32 sums: the same result as the VNNI path.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "simd.h"
-#if defined(__AVX512VNNI__)
+#if defined(__AVX512VNNI__) || defined(__AMX_INT8__)
 #include <immintrin.h>
+#endif
+#if defined(__AMX_INT8__) && defined(__AMX_TILE__) && defined(__AVX512F__) && defined(__linux__)
+#define ENCORE_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 /* Per row m: qx = round(x / s) + 128 (u8), s = absmax / 127 into sx[m]. */
@@ -72,6 +83,108 @@ static inline __attribute__((always_inline)) void tile8(const int NR, const int 
 }
 #endif
 
+#ifdef ENCORE_AMX
+#define AMX_PREFETCH 4 /* 64-byte columns ahead */
+#define AMX_MIN_ROWS 16 /* fewer rows: the VNNI path (a tile holds 16 rows; padding costs more than it gives) */
+
+typedef struct { /* the tile configuration (palette 1): 8 tiles of 16 rows x 64 bytes */
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+/* Whether this process may use the tiles: Linux hands AMX's state to a process that asks (once). */
+static int amx_permitted(void) {
+    static int state = 0; /* 0: not asked; 1: granted; -1: refused */
+    if (state == 0) state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0 ? 1 : -1;
+    return state == 1;
+}
+
+static int amx_rows(int64_t M, int64_t K, int64_t N) {
+    return M >= AMX_MIN_ROWS && K % 64 == 0 && N % 16 == 0 && amx_permitted();
+}
+
+/* Rows of x quantized as quantize_rows_u8 does, but signed (no offset) and in the tiles' layout: for each
+ * block of 16 rows and 64 columns, 1 KiB [k / 4][row][k % 4]; rows past M are zero. xp holds
+ * ceil(M / 16) * 16 * K bytes. */
+static void pack_rows_s8(const float *x, int64_t M, int64_t K, int8_t *xp, float *sx) {
+    const int64_t KB = K / 64, MP = (M + 15) / 16 * 16;
+#pragma omp parallel for schedule(static) if (M > 8)
+    for (int64_t m = 0; m < MP; m++) {
+        int32_t *block = (int32_t *)(xp + (m / 16) * KB * 1024) + m % 16; /* this row's 4-byte slots, 16 apart */
+        if (m >= M) {
+            for (int64_t q = 0; q < K / 4; q++) block[q * 16] = 0;
+            continue;
+        }
+        const float *xs = x + m * K;
+        const float amax = absmax(xs, K);
+        const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+        for (int64_t k = 0; k < K; k += 16) {
+            int32_t quads[4];
+            _mm_storeu_si128((__m128i *)quads, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xs + k), inv))));
+            for (int j = 0; j < 4; j++) block[(k / 4 + j) * 16] = quads[j]; /* slot (k/4) of the 16-row block */
+        }
+        sx[m] = amax / 127.f;
+    }
+}
+
+/* y[M, N] = sx[m] * sw[n] * (xp . w[n]): 32 weight rows x 32 input rows per pass, 4 accumulator tiles. */
+static void products8_amx(int64_t M, int64_t K, int64_t N, const int8_t *w, const float *sw, const int8_t *xp,
+                          const float *sx, float *y) {
+    const int64_t KB = K / 64, MB = (M + 15) / 16, NB = N / 16;
+#pragma omp parallel
+    {
+        TileConfig cfg = {0};
+        cfg.palette = 1;
+        for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+        _tile_loadconfig(&cfg);
+        int32_t c[4][256] __attribute__((aligned(64))); /* [weight row][input row] per accumulator */
+#pragma omp for schedule(static)
+        for (int64_t nb = 0; nb < NB; nb += 2) {
+            const int two_n = nb + 1 < NB;
+            const int8_t *w0 = w + nb * 16 * K, *w1 = w0 + 16 * K;
+            for (int64_t mb = 0; mb < MB; mb += 2) {
+                const int two_m = mb + 1 < MB;
+                const int8_t *x0 = xp + mb * KB * 1024, *x1 = x0 + KB * 1024;
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+                for (int64_t kb = 0; kb < KB; kb++) {
+                    if (mb == 0 && kb + AMX_PREFETCH < KB) /* the first pass reads the weights from memory */
+                        for (int64_t i = 0; i < 16 * (1 + two_n); i++)
+                            _mm_prefetch((const char *)(w0 + i * K + (kb + AMX_PREFETCH) * 64), _MM_HINT_T0);
+                    _tile_loadd(4, w0 + kb * 64, K);
+                    _tile_loadd(6, x0 + kb * 1024, 64);
+                    _tile_dpbssd(0, 4, 6);
+                    if (two_m) {
+                        _tile_loadd(7, x1 + kb * 1024, 64);
+                        _tile_dpbssd(1, 4, 7);
+                    }
+                    if (two_n) {
+                        _tile_loadd(5, w1 + kb * 64, K);
+                        _tile_dpbssd(2, 5, 6);
+                        if (two_m) _tile_dpbssd(3, 5, 7);
+                    }
+                }
+                _tile_stored(0, c[0], 64);
+                _tile_stored(1, c[1], 64);
+                _tile_stored(2, c[2], 64);
+                _tile_stored(3, c[3], 64);
+                for (int t = 0; t < 4; t++) {
+                    const int64_t n0 = (nb + t / 2) * 16, m0 = (mb + t % 2) * 16;
+                    if ((t / 2 && !two_n) || (t % 2 && !two_m)) continue;
+                    for (int64_t j = 0; j < 16 && m0 + j < M; j++)
+                        for (int64_t i = 0; i < 16; i++)
+                            y[(m0 + j) * N + n0 + i] = sx[m0 + j] * sw[n0 + i] * (float)c[t][i * 16 + j];
+                }
+            }
+        }
+        _tile_release();
+    }
+}
+#endif
+
 static void products8(int64_t M, int64_t K, int64_t N, const int8_t *w, const float *sw, const int32_t *sums,
                       const uint8_t *qx, const float *sx, float *y) {
 #pragma omp parallel for schedule(static)
@@ -101,6 +214,28 @@ static void products8(int64_t M, int64_t K, int64_t N, const int8_t *w, const fl
     }
 }
 
+/* y = x @ (w * sw).T through the fastest path for M rows: qx holds ceil(M / 16) * 16 * K bytes, sx M. */
+static void quantize_products8(const float *x, int64_t M, int64_t K, int64_t N, const int8_t *w, const float *sw,
+                               const int32_t *sums, uint8_t *qx, float *sx, float *y) {
+#ifdef ENCORE_AMX
+    if (amx_rows(M, K, N)) {
+        pack_rows_s8(x, M, K, (int8_t *)qx, sx);
+        products8_amx(M, K, N, w, sw, (const int8_t *)qx, sx, y);
+        return;
+    }
+#endif
+    quantize_rows_u8(x, M, K, qx, sx);
+    products8(M, K, N, w, sw, sums, qx, sx, y);
+}
+
+int encore_int8_has_amx(void) {
+#ifdef ENCORE_AMX
+    return amx_permitted();
+#else
+    return 0;
+#endif
+}
+
 int encore_int8_has_vnni(void) {
 #ifdef __AVX512VNNI__
     return 1;
@@ -112,14 +247,13 @@ int encore_int8_has_vnni(void) {
 /* y[M, N] = x[M, K] @ (w * scale).T (+ bias[N]); returns 0, or -1 when out of memory. */
 int encore_int8_linear(const float *x, int64_t M, int64_t K, int64_t N, const int8_t *w, const float *sw,
                        const int32_t *sums, const float *bias, float *y) {
-    uint8_t *qx = aligned_alloc(64, (size_t)((M * K + 63) / 64 * 64));
+    uint8_t *qx = aligned_alloc(64, (size_t)(((M + 15) / 16 * 16 * K + 63) / 64 * 64)); /* AMX: 16-row blocks */
     float *sx = malloc(sizeof(float) * (size_t)M);
     if (!qx || !sx) {
         free(qx), free(sx);
         return -1;
     }
-    quantize_rows_u8(x, M, K, qx, sx);
-    products8(M, K, N, w, sw, sums, qx, sx, y);
+    quantize_products8(x, M, K, N, w, sw, sums, qx, sx, y);
     add_bias(y, M, N, bias);
     free(qx), free(sx);
     return 0;

@@ -48,8 +48,7 @@ static void project(const Proj *p, const float *x, int64_t B, float *y, const Wo
     if (p->bits == 32) {
         products32(B, p->K, p->N, p->w, x, y);
     } else if (p->bits == 8) {
-        quantize_rows_u8(x, B, p->K, (uint8_t *)w->qx, w->sx);
-        products8(B, p->K, p->N, p->w, p->scales, p->sums, (const uint8_t *)w->qx, w->sx, y);
+        quantize_products8(x, B, p->K, p->N, p->w, p->scales, p->sums, (uint8_t *)w->qx, w->sx, y);
     } else {
         quantize_rows(x, B, p->K, p->group, w->qx, w->sx, w->u);
         products(B, p->K, p->N, p->group, p->w, p->scales, p->mins, w->qx, w->sx, w->u, y);
@@ -106,7 +105,7 @@ int encore_decode_layer(const Layer *L, float *x, int64_t B, const float *cos, c
     w.att2 = malloc(sizeof(float) * (size_t)(B * HD));
     w.lse = malloc(sizeof(float) * (size_t)(B * H));
     w.lse2 = malloc(sizeof(float) * (size_t)(B * H));
-    w.qx = aligned_alloc(64, (size_t)((B * K + 63) / 64 * 64));
+    w.qx = aligned_alloc(64, (size_t)(((B + 15) / 16 * 16 * K + 63) / 64 * 64)); /* AMX: 16-row blocks */
     w.sx = malloc(sizeof(float) * (size_t)(B * K / 32 + 1));
     w.u = malloc(sizeof(float) * (size_t)(B * K / 32 + 1));
     int failed = !w.in || !w.proj || !w.q || !w.att || !w.att2 || !w.lse || !w.lse2 || !w.qx || !w.sx || !w.u;

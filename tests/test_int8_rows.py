@@ -1,0 +1,80 @@
+"""csrc/int8.c's products equal their integer arithmetic on every path it has: a few rows (AVX-512 VNNI),
+many rows (AMX tiles, where the CPU has them), shapes off the tiles' grid, and plain C (no -march); and a
+decode step's rows give the same result whichever path their number picks."""
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+
+from encore.model.fused import _I64, _PTR, _layer_library
+from encore.model.fused_rows import FusedInt8Linear
+from encore.model.kernels import Int8Linear, int8_available
+
+pytestmark = pytest.mark.skipif(_layer_library() is None, reason="csrc/layer.c needs a C compiler on Linux")
+
+
+def exact(x: np.ndarray, w: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Each row quantized symmetric to int8 (round to nearest), integer dot products, then the scales."""
+    amax = np.abs(x).max(axis=1, keepdims=True)
+    q = np.clip(np.rint(x * (127.0 / np.where(amax > 0, amax, 1.0))), -127, 127).astype(np.int64)
+    return (q @ w.T.astype(np.int64)).astype(np.float32) * (amax / 127.0).astype(np.float32) * scales
+
+
+def linear(lib, x: np.ndarray, w: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    lib.encore_int8_linear.restype = ctypes.c_int
+    lib.encore_int8_linear.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR]
+    sums = w.astype(np.int32).sum(axis=1).astype(np.int32)
+    y = np.zeros((x.shape[0], w.shape[0]), np.float32)
+    M, K = x.shape
+    status = lib.encore_int8_linear(
+        x.ctypes.data, M, K, w.shape[0], w.ctypes.data, scales.ctypes.data, sums.ctypes.data, None, y.ctypes.data
+    )
+    assert status == 0
+    return y
+
+
+SHAPES = [
+    (1, 64, 16),  # one row: VNNI
+    (15, 128, 32),  # under a tile's 16 rows: VNNI
+    (16, 64, 16),  # one tile each way (AMX)
+    (17, 192, 48),  # a second, mostly padded block of rows; an odd number of weight blocks
+    (40, 256, 64),  # two pairs of row blocks, the last half full
+    (33, 128, 40),  # N off the 16-row grid: VNNI
+    (20, 96, 32),  # K off the 64-byte grid: plain C
+]
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_products_equal_their_integer_arithmetic(M, K, N):
+    rng = np.random.default_rng(M * K + N)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    x[0] *= 1000  # a token with massive activations: its own scale
+    if M > 2:
+        x[1] = 0  # a zero row
+    w = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    scales = rng.random(N).astype(np.float32)
+    reference = exact(x, w, scales)
+    np.testing.assert_allclose(linear(_layer_library(), x, w, scales), reference, rtol=1e-5, atol=1e-5)
+    plain = _layer_library(("-O2", "-fopenmp", "-shared", "-fPIC"))  # no -march: neither VNNI nor AMX
+    assert not plain.encore_int8_has_amx() and not plain.encore_int8_has_vnni()
+    np.testing.assert_allclose(linear(plain, x, w, scales), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
+def test_a_decode_steps_rows_do_not_depend_on_how_many_there_are():
+    """Rows alone (a few: VNNI) and 40 together (AMX where the CPU has it: any number of rows of a decode
+    step) give the same numbers: the same quantization, the same integer sums."""
+    torch.manual_seed(0)
+    layer = FusedInt8Linear.of(Int8Linear(torch.randn(96, 128)))
+    if not layer._amx:
+        pytest.skip("a decode step's many rows run csrc/int8.c where the CPU has AMX (else the module's path)")
+    x = torch.randn(40, 1, 128)  # [B, 1, D]: one new position a sequence
+    with torch.inference_mode():
+        together = layer(x)
+        alone = torch.cat([layer(x[i : i + 4]) for i in range(0, 40, 4)])
+    torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-6)
+    w, scales, _ = layer.rows()
+    reference = exact(x[:, 0].numpy(), w.numpy(), scales.numpy())
+    np.testing.assert_allclose(together[:, 0].numpy(), reference, rtol=1e-5, atol=1e-5)
