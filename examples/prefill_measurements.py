@@ -6,6 +6,8 @@ int4's bf16 prefill GEMMs (random weights of released shapes; 2 threads; run not
     python examples/prefill_measurements.py rows       # a T5Gemma 2 int8 prefill: int8's row scaling in C vs eager
     python examples/prefill_measurements.py fp32 [PRESET]  # fp32 decode step at 1 / 4 / 16 rows: a layer per C call
                                                            # vs module by module; the head: C vs oneDNN
+    python examples/prefill_measurements.py amx        # int8 products at 32-512 rows: AMX bf16 tiles in C vs
+                                                       # the weight unpacked to bf16 + oneDNN's GEMM
 
 Each variant is timed interleaved with the one it replaces, in one process; medians.
 """
@@ -141,9 +143,32 @@ def fp32(preset: str = "t5gemma-2-270m-270m") -> None:
               f"{gb / ms['onednn'] * 1e3:.1f} GB/s ({ms['onednn'] / ms['c']:.2f}x)")  # fmt: skip
 
 
+def amx() -> None:
+    from encore.model.kernels import Int8Linear, _amx_bf16, int8_amx_bf16, int8_bf16_weight
+
+    if not _amx_bf16():
+        sys.exit("this CPU (or build) has no AMX bf16 tiles")
+
+    def onednn(x, w, scales):
+        return torch.ops.mkldnn._linear_pointwise(x.bfloat16(), int8_bf16_weight(w, scales), None, "none", [], "")
+
+    for n, k in ((4096, 1024), (1024, 4096), (768, 1024), (32128, 1024)):
+        w, scales = Int8Linear(torch.randn(n, k) * 0.02).rows()[:2]
+        for m in (32, 64, 128, 256, 512):
+            x = torch.randn(m, k)
+            fns = {
+                "c": functools.partial(int8_amx_bf16, x, w, scales, None),
+                "onednn": lambda x=x, w=w, scales=scales: onednn(x, w, scales).float(),
+            }
+            with torch.inference_mode():
+                ms = median_ms(fns)
+            print(f"{n} x {k}, {m} rows: C {ms['c']:.3f} ms, oneDNN {ms['onednn']:.3f} ms "
+                  f"({ms['onednn'] / ms['c']:.2f}x)")  # fmt: skip
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    commands = {"attention": attention, "int4": int4, "rows": rows, "fp32": fp32}
+    commands = {"attention": attention, "int4": int4, "rows": rows, "fp32": fp32, "amx": amx}
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     if what not in commands:
         sys.exit(f"usage: python examples/prefill_measurements.py {'|'.join(commands)} [PRESET]")

@@ -78,3 +78,26 @@ def test_a_decode_steps_rows_do_not_depend_on_how_many_there_are():
     w, scales, _ = layer.rows()
     reference = exact(x[:, 0].numpy(), w.numpy(), scales.numpy())
     np.testing.assert_allclose(together[:, 0].numpy(), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product():
+    """csrc/rows.c's AMX bf16 product (a prefill's int8 products up to 256 rows): bf16 activations times
+    the bf16 weight int8 x scale, accumulated and returned in fp32, as the exact product of those bf16
+    numbers; `Int8Linear` takes it where the CPU has AMX."""
+    from encore.model import kernels
+
+    if not kernels._amx_bf16():
+        pytest.skip("needs AMX bf16 tiles")
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.randn(48, 96), torch.randn(48))
+    w, scales, _ = layer.rows()
+    bf16_weight = kernels.int8_bf16_weight(w, scales).float()
+    for rows in (33, 40, 256):  # padded row blocks, an odd number of weight blocks; the last row count it takes
+        x = torch.randn(rows, 96)
+        exact = x.bfloat16().float() @ bf16_weight.T + layer._bias
+        with torch.inference_mode():
+            torch.testing.assert_close(kernels.int8_amx_bf16(x, w, scales, layer._bias), exact, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(layer(x), exact, rtol=1e-5, atol=1e-5)
+    assert not kernels.amx_bf16_rows(257, 96, 48) and not kernels.amx_bf16_rows(40, 80, 48)
+    with pytest.raises(ValueError, match=r"\[48, 80\]"):
+        kernels.int8_amx_bf16(torch.randn(40, 80), torch.zeros(48, 80, dtype=torch.int8), scales, None)

@@ -161,6 +161,8 @@ class Int8Linear(nn.Module):
             y = torch.ops.quantized.linear_dynamic(rows, self._packed, self.reduce_range)
             return y.view(*x.shape[:-1], self.out_features)
         if rows.shape[0] >= MANY_ROWS and int8_bf16_many_rows() and not torch.is_grad_enabled():
+            if amx_bf16_rows(rows.shape[0], self.in_features, self.out_features):  # the same product, in one C call
+                return int8_amx_bf16(rows, *self.rows()[:2], self._bias).view(*x.shape[:-1], self.out_features)
             w = int8_bf16_weight(*self.rows()[:2])  # AMX / AVX512-BF16: ~2x fbgemm's products at 512 rows
             y = torch.ops.mkldnn._linear_pointwise(rows.to(torch.bfloat16), w, None, "none", [], "").float()
             y = y if self._bias is None else y.add_(self._bias)
@@ -187,6 +189,9 @@ def _rows_library():
         lib.encore_int8_to_bf16.restype = ctypes.c_int
         lib.encore_int8_to_bf16.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
         lib.encore_int8_to_bf16.argtypes += [ctypes.c_void_p]
+        lib.encore_int8_linear_amx_bf16.restype = ctypes.c_int
+        lib.encore_int8_linear_amx_bf16.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 4]
+        lib.encore_int8_linear_amx_bf16_available.restype = ctypes.c_int
         lib.encore_unit_rows.restype = None
         lib.encore_unit_rows.argtypes = [
             ctypes.c_void_p,
@@ -213,6 +218,41 @@ def int8_bf16_many_rows() -> bool:
         return False
     w, scale, out = torch.zeros(1, 16, dtype=torch.int8), torch.ones(1), torch.empty(1, 16, dtype=torch.bfloat16)
     return lib.encore_int8_to_bf16(w.data_ptr(), scale.data_ptr(), 1, 16, out.data_ptr()) == 0
+
+
+@functools.cache
+def _amx_bf16() -> bool:
+    lib = _rows_library()
+    return lib is not None and bool(lib.encore_int8_linear_amx_bf16_available())
+
+
+AMX_BF16_MAX_ROWS = 256  # more rows: oneDNN's GEMM over the unpacked weight (its blocking wins there)
+
+
+def amx_bf16_rows(rows: int, in_features: int, out_features: int) -> bool:
+    """Whether a many-row int8 product of this shape runs on AMX's bf16 tiles here (csrc/rows.c's
+    `encore_int8_linear_amx_bf16`: a CPU with AMX, at most `AMX_BF16_MAX_ROWS` rows, inputs a multiple
+    of 32, outputs a multiple of 16). Against unpacking the weight to bf16 and oneDNN's GEMM, on this
+    2-vCPU Xeon (`python examples/prefill_measurements.py amx`): 1.6-2.7x at 32-128 rows, 1.1-1.25x at
+    256, 0.8-1.2x at 512 (each weight block streams every row's activations, which leave the cache at
+    4096 inputs); a 32128-row head: 7.4x at 32 rows (no bf16 copy of the weight is written)."""
+    return rows <= AMX_BF16_MAX_ROWS and in_features % 32 == 0 and out_features % 16 == 0 and _amx_bf16()
+
+
+def int8_amx_bf16(rows: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
+    """rows [M, K] fp32 @ bf16(weight * scales).T (+ bias) -> [M, N] fp32, on AMX's bf16 tiles: the bf16
+    GEMM path's product without writing the bf16 weight out or rounding the output to bf16."""
+    rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], weight.shape[0])
+    status = _rows_library().encore_int8_linear_amx_bf16(
+        rows.data_ptr(), rows.shape[0], weight.shape[1], weight.shape[0], weight.data_ptr(), scales.data_ptr(),
+        None if bias is None else bias.data_ptr(), out.data_ptr(),
+    )  # fmt: skip
+    if status == -2:
+        raise ValueError(f"no AMX bf16 product for a {list(weight.shape)} weight here (amx_bf16_rows says where)")
+    if status:
+        raise MemoryError("csrc/rows.c: out of memory for a prefill's bf16 activations")
+    return out
 
 
 def int8_bf16_weight(weight: Tensor, scales: Tensor) -> Tensor:
