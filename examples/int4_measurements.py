@@ -151,6 +151,7 @@ PRECISIONS = {
     "fp32, prefill attention bf16": {"prefill_attention": "bf16"},
     "int8 (prefill attention bf16: the default where the CPU has AVX512-BF16)": {"quantize": "int8"},
     "int8, prefill attention fp32": {"quantize": "int8", "prefill_attention": "fp32"},
+    "int8, prefill products int8 (CTranslate2's numerics)": {"quantize": "int8", "prefill_products": "int8"},
     "int4 (default: groups of 32, asymmetric; head int8)": {"quantize": "int4"},
     "int4, head int4 too": {"quantize": "int4", "policy": {"lm_head": "int4"}},
     "int4 symmetric, groups of 128 (head int8)": {"quantize": "int4", "group_size": 128, "symmetric": True},

@@ -101,3 +101,57 @@ def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product():
     assert not kernels.amx_bf16_rows(257, 96, 48) and not kernels.amx_bf16_rows(40, 80, 48)
     with pytest.raises(ValueError, match=r"\[48, 80\]"):
         kernels.int8_amx_bf16(torch.randn(40, 80), torch.zeros(48, 80, dtype=torch.int8), scales, None)
+
+
+@pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
+def test_rows_only_the_weight_is_held_once_and_gives_the_same_numbers():
+    """`release_packed` (what `optimize` does where encore's kernels cover every call): fbgemm's packed
+    copy goes; the checkpoint tensors are the same; few rows are csrc/int8.c's arithmetic, many rows the
+    bf16 product as before."""
+    from encore.model.kernels import rows_only_available
+
+    if not rows_only_available():
+        pytest.skip("needs csrc/int8.c's VNNI path and the bf16 many-row products")
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.randn(48, 128), torch.randn(48))
+    saved = [t.clone() for t in layer.quantized()]
+    many = torch.randn(40, 128)
+    with torch.inference_mode():
+        before = layer(many)
+    layer.release_packed()
+    assert layer._packed is None
+    for got, want in zip(layer.quantized(), saved):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    few = torch.randn(3, 128)
+    w, scales, _ = layer.rows()
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(many), before, rtol=0, atol=0)
+        got = layer(few)
+    reference = exact(few.numpy(), w.numpy(), scales.numpy()) + layer._bias.numpy()
+    np.testing.assert_allclose(got.numpy(), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
+def test_int8_prefill_products_round_each_row_to_int8():
+    """`optimize(prefill_products="int8")`: a prefill's many rows are quantized per row like a decode
+    step's (CTranslate2's numerics), so each row's result is the integer arithmetic, independent of the
+    rows beside it; a bad value is named."""
+    from conftest import make_model
+
+    import encore
+
+    model = encore.optimize(make_model("encdec"), quantize="int8", prefill_products="int8")
+    layer = model.get_submodule("encoder.0.mlp.up")
+    assert isinstance(layer, Int8Linear) and not layer.bf16_many_rows and "many rows: int8" in repr(layer)
+    assert encore.infer.optimize.optimized(model)["prefill_products"] == "int8"
+    x = torch.randn(40, layer.in_features)
+    w, scales, _ = layer.rows()
+    with torch.inference_mode():
+        together = layer(x)
+        alone = torch.cat([layer(x[i : i + 5]) for i in range(0, 40, 5)])
+    torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-6)
+    bias = 0 if layer._bias is None else layer._bias.numpy()
+    reference = exact(x.numpy(), w.numpy(), scales.numpy()) + bias
+    np.testing.assert_allclose(together.numpy(), reference, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="prefill_products"):
+        encore.optimize(make_model("encdec"), quantize="int8", prefill_products="fp8")

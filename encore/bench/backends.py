@@ -54,6 +54,7 @@ class BackendSpec:
     quantize: str | None = None  # "int8" / "int4": encore.optimize's weights (CTranslate2: compute_type, int8 only)
     retain_memory: bool = True  # the worker keeps freed memory for reuse (encore.infer.memory)
     num_beams: int = 1  # > 1: beam search, exactly n steps (no EOS), K hypotheses per request
+    prefill_products: str = "auto"  # encore int8: a prefill's products as bf16 or int8 (encore.optimize)
 
 
 class Backend(Protocol):
@@ -121,6 +122,10 @@ class EncoreBackend:
         self.num_beams = spec.num_beams
         if self.num_beams > 1:
             self.name += f"-beam{self.num_beams}"
+        self.prefill_products = spec.prefill_products
+        if spec.prefill_products == "int8" and spec.quantize == "int8":
+            self.name += "-int8prefill"
+            self.label += ", int8 prefill"
 
     def build(self) -> Any:
         if self.checkpoint is not None:
@@ -129,7 +134,13 @@ class EncoreBackend:
         else:
             model = build(self.cost_config, seed=self.seed, device=self.device)
         model = optimize(
-            model, self.device, self.dtype, quantize=self.quantize, linear=self.linear, keep_originals=False
+            model,
+            self.device,
+            self.dtype,
+            quantize=self.quantize,
+            linear=self.linear,
+            keep_originals=False,
+            prefill_products=self.prefill_products,
         )
         release_freed_memory()  # the fp32 weights a model quantized here no longer holds
         return model

@@ -46,6 +46,7 @@ class BenchConfig:
     cpu_linear: str | None = None  # encore's fp32 CPU kernel, "onednn" | "aten" (F.linear); None: the fastest
     seed: int = 0
     num_beams: int = 1  # > 1: every backend runs beam search of this width (CTranslate2's beam_size)
+    prefill_products: str = "auto"  # encore int8 models: a prefill's products as "bf16" or "int8" (encore.optimize)
     profile_prefill: bool = False  # also split one prefill of each encore model into parts (prefill_profile)
     progress: bool | None = None  # None: a progress bar on a terminal, none under CI / ENCORE_QUIET
     report: bool = True  # print the tables
@@ -85,6 +86,8 @@ class BenchConfig:
             fail("threads", "must be >= 1")
         if isinstance(self.num_beams, bool) or not isinstance(self.num_beams, int) or self.num_beams < 1:
             fail("num_beams", "must be an integer >= 1")
+        if self.prefill_products not in ("auto", "bf16", "int8"):
+            fail("prefill_products", "must be 'auto', 'bf16' or 'int8'")
         if self.num_beams > 1 and (self.onnx or self.vs_llamacpp):
             fail("num_beams", "beam search is timed for encore, --vs-ct2 and --vs-hf (not ONNX or llama.cpp)")
         if self.cpu_linear is not None and self.cpu_linear not in ("onednn", "aten"):

@@ -176,8 +176,9 @@ def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:
 
     def spec(kind: str, model: str, length: int, quantize: str | None) -> BackendSpec:
         return BackendSpec(
-            kind, model, length, cfg.device, dtype, cfg.seed, cfg.cpu_linear, quantize, cfg.retain_memory, cfg.num_beams
-        )
+            kind, model, length, cfg.device, dtype, cfg.seed, cfg.cpu_linear, quantize, cfg.retain_memory,
+            cfg.num_beams, cfg.prefill_products,
+        )  # fmt: skip
 
     models = [cfg.model] + ([cfg.baseline] if cfg.baseline else [])
     specs = [spec("encore", m, max_len, q) for q in cfg.quantize for m in models]

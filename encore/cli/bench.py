@@ -102,6 +102,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="> 1: time beam search of this width (exactly --output-len steps; --vs-ct2: beam_size)",
     )
     parser.add_argument(
+        "--prefill-products",
+        choices=["auto", "bf16", "int8"],
+        default=d.prefill_products,
+        help="encore int8 models: a prefill's products as bf16 (nearer the float product) or int8 (each row's "
+        "activations rounded to int8, as CTranslate2's int8; faster on AMX); auto: bf16 where the CPU has it",
+    )
+    parser.add_argument(
         "--profile-prefill",
         action="store_true",
         help="also split one prefill of each encore model into products, attention, other work and overhead, "

@@ -36,7 +36,14 @@ def run(args: argparse.Namespace) -> int:
     template = read_template(args.chat_template)
     quantize = None if args.quantize == "none" else args.quantize
     model = text_only(
-        load_for_inference(args.model, args.tokenizer, args.device, quantize, kv_cache_dtype=args.kv_cache_dtype),
+        load_for_inference(
+            args.model,
+            args.tokenizer,
+            args.device,
+            quantize,
+            kv_cache_dtype=args.kv_cache_dtype,
+            prefill_products=args.prefill_products,
+        ),
         args.model,
         "chat",
     )

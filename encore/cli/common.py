@@ -145,7 +145,8 @@ def build_model(
 
 
 def add_quantize_flag(p: argparse.ArgumentParser) -> None:
-    """--quantize and --kv-cache-dtype for the commands that run a model (generate, eval, serve, chat)."""
+    """--quantize, --kv-cache-dtype and --prefill-products for the commands that run a model (generate,
+    eval, serve, chat, transcribe)."""
     p.add_argument(
         "--quantize",
         choices=["none", "int8", "int4"],
@@ -157,6 +158,13 @@ def add_quantize_flag(p: argparse.ArgumentParser) -> None:
         choices=["fp32", "fp16"],
         default="fp32",
         help="K/V cache precision on the CPU: fp16 halves its memory and the K/V a decode step reads (%(default)s)",
+    )
+    p.add_argument(
+        "--prefill-products",
+        choices=["auto", "bf16", "int8"],
+        default="auto",
+        help="--quantize int8: a prefill's products as bf16 (nearer the float product) or int8 (each row's activations "
+        "rounded to int8, as CTranslate2's int8: the first token sooner on AMX CPUs); auto: bf16 where the CPU has it",
     )
 
 
@@ -177,13 +185,14 @@ def load_for_inference(
     random_weights: bool | None = None,
     vision: bool = False,
     kv_cache_dtype: str = "fp32",
+    prefill_products: str = "auto",
 ) -> LanguageModel:
     """A checkpoint with its tokenizer, made ready for inference on `device` (`encore.optimize`); the
     process keeps freed memory for reuse (`encore.infer.memory`), as a CPU deployment should.
     `random_weights`: None for a command without that flag; True lets a preset or config be built
     untrained (a command's `--random-weights`, for capacity benchmarks). `vision`: images will come
     (a transformers checkpoint's image tower is loaded too). `kv_cache_dtype`: "fp32" or "fp16"
-    (`--kv-cache-dtype`)."""
+    (`--kv-cache-dtype`); `prefill_products`: "auto", "bf16" or "int8" (`--prefill-products`)."""
     from encore.infer.memory import release_freed_memory, retain_freed_memory
     from encore.infer.optimize import optimize
 
@@ -197,7 +206,9 @@ def load_for_inference(
 
     model = build_model(spec, tokenizer, vision=vision)
     kv_dtype = torch.float16 if kv_cache_dtype == "fp16" else None
-    model = optimize(model, device=device, quantize=quantize, kv_dtype=kv_dtype, keep_originals=False)
+    model = optimize(
+        model, device, quantize=quantize, kv_dtype=kv_dtype, keep_originals=False, prefill_products=prefill_products
+    )
     release_freed_memory()  # a model quantized here: its fp32 weights' pages
     return model
 

@@ -86,7 +86,13 @@ def _model(args: argparse.Namespace, vision: bool = False) -> Any:
     if args.backend == "onnx":
         return None
     return load_for_inference(
-        args.model, args.tokenizer, args.device, _quantize(args), vision=vision, kv_cache_dtype=args.kv_cache_dtype
+        args.model,
+        args.tokenizer,
+        args.device,
+        _quantize(args),
+        vision=vision,
+        kv_cache_dtype=args.kv_cache_dtype,
+        prefill_products=args.prefill_products,
     )
 
 

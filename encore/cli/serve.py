@@ -113,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     cfg = from_args(ServerConfig, args, quantize=None if args.quantize == "none" else args.quantize)
     model = load_for_inference(
-        args.model, args.tokenizer, args.device, cfg.quantize, args.random_weights, kv_cache_dtype=args.kv_cache_dtype
+        args.model,
+        args.tokenizer,
+        args.device,
+        cfg.quantize,
+        args.random_weights,
+        kv_cache_dtype=args.kv_cache_dtype,
+        prefill_products=args.prefill_products,
     )
     return serve(cfg, text_only(model, args.model, "serve"))

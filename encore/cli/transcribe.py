@@ -53,7 +53,14 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists() and not args.out.is_dir():  # before the model loads
         raise ValueError(f"--out {args.out}: a file is there; --out names a folder for the transcripts")
     quantize = None if args.quantize == "none" else args.quantize
-    model = load_for_inference(args.model, None, args.device, quantize, kv_cache_dtype=args.kv_cache_dtype)
+    model = load_for_inference(
+        args.model,
+        None,
+        args.device,
+        quantize,
+        kv_cache_dtype=args.kv_cache_dtype,
+        prefill_products=args.prefill_products,
+    )
     if getattr(model.config, "encoder_input", "tokens") != "audio":
         raise ValueError(f"--model {args.model} is a text model: encore transcribe takes a speech model (Whisper)")
     if args.out is not None:

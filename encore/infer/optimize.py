@@ -30,7 +30,14 @@ from encore.model.int4 import (
     int4_divides,
     valid_group_size,
 )
-from encore.model.kernels import DEFAULT_SYMMETRIC, Int8Linear, OneDNNLinear, int8_available, onednn_available
+from encore.model.kernels import (
+    DEFAULT_SYMMETRIC,
+    Int8Linear,
+    OneDNNLinear,
+    int8_available,
+    onednn_available,
+    release_packed_weights,
+)
 from encore.model.layers import Linear
 from encore.model.probes import bf16_prefill_by_default
 from encore.model.vlm import VisionLanguageModel
@@ -39,6 +46,7 @@ QUANTIZE = (None, "int8", "int4")
 CPU_LINEAR = ("auto", "onednn", "aten")
 KINDS = ("int4", "int8", "none")  # what a policy may give a module
 PREFILL_ATTENTION = ("auto", "fp32", "bf16")
+PREFILL_PRODUCTS = ("auto", "bf16", "int8")
 # quantize="int4" unless a policy says otherwise: the encoder (prefill only: int8's fbgemm GEMM is 2-4x the
 # int4 kernel at 512 rows) and the output head (4 bits there cost SmolLM2 4% of perplexity; llama.cpp
 # keeps its output at 6 bits) stay int8; decoding's layers go int4 (docs/engine.md)
@@ -58,6 +66,7 @@ def optimize(
     kv_dtype: torch.dtype | None = None,
     prefill_attention: str = "auto",
     keep_originals: bool = True,
+    prefill_products: str = "auto",
 ) -> Any:
     """Move `model` to `device` / `dtype` (default: its device; fp32 on CPU, bf16 on CUDA), put it in
     eval mode without gradients, and swap its projections for the fastest inference kernels there:
@@ -85,6 +94,11 @@ def optimize(
       on a T5Gemma 2 encoder layer; needs the fused kernels and a CPU with AVX512-BF16), or "auto":
       bf16 for a quantized model where it runs (its int8 activations are coarser than bf16's
       rounding), fp32 otherwise;
+    - `prefill_products`: how an int8 projection runs many rows (a prefill, an encoder) on the CPU:
+      "bf16" (the int8 weight as bf16 times bf16 activations; nearer the float product), "int8" (each
+      row's activations rounded to int8, as a decode step and CTranslate2's int8 do; on AMX twice the
+      bf16 product's rate, the cost measured in docs/engine.md), or "auto": bf16 where the CPU has
+      AVX512-BF16 or AMX, int8 otherwise;
     - `keep_originals=False`: a quantized projection's original module and its fp32 weights are not
       kept for `deoptimize` (which then leaves those projections quantized, as it leaves a loaded
       quantized checkpoint): the fp32 copy of a model quantized in memory is freed (`encore.infer.
@@ -93,9 +107,11 @@ def optimize(
 
     Returns the model (changed in place). Calling it again first undoes the previous swaps."""
     _check_arguments(quantize, policy, linear, kv_dtype, prefill_attention)
+    if prefill_products not in PREFILL_PRODUCTS:
+        raise ValueError(f"prefill_products must be one of {PREFILL_PRODUCTS}, got {prefill_products!r}")
     if isinstance(model, VisionLanguageModel):  # the text model gets the kernels; the tower follows its device/dtype
-        settings = (quantize, linear, group_size, policy, fused, symmetric, kv_dtype, prefill_attention, keep_originals)
-        optimize(model.lm, device, dtype, *settings)
+        settings = (quantize, linear, group_size, policy, fused, symmetric, kv_dtype, prefill_attention)
+        optimize(model.lm, device, dtype, *settings, keep_originals=keep_originals, prefill_products=prefill_products)
         weight = model.lm.embed.weight
         model.vision.to(device=weight.device, dtype=weight.dtype).eval().requires_grad_(False)
         return model
@@ -135,6 +151,10 @@ def optimize(
     if fused:
         swaps += fuse(model, bf16_prefill)
         swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
+        release_packed_weights(model)  # each int8 weight once: csrc/int8.c's rows, not fbgemm's copy too
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            module.bf16_many_rows = prefill_products != "int8"
     model._encore_kv_dtype = kv_dtype
     model._encore_swaps = swaps
     model._encore_optimized = {
@@ -145,6 +165,7 @@ def optimize(
         "fused": fused,
         "kv_dtype": str(kv_dtype or dtype),
         "prefill_attention": "bf16" if bf16_prefill else "fp32",
+        "prefill_products": prefill_products,
         **(
             {"group_size": group_size, "symmetric": symmetric, "policy": dict(policy or {})}
             if quantize == "int4"

@@ -10,14 +10,12 @@ weight and adds csrc/int8.c's copy (`Int8Linear.rows`)."""
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import Tensor, nn
 
 from encore.model import native
-from encore.model.fused import _I64, _PTR, _layer_library, _projection, _ptr
-from encore.model.kernels import Int8Linear
+from encore.model.fused import _layer_library, _projection
+from encore.model.kernels import Int8Linear, int8_rows_linear
 
 MAX_ROWS = 8  # more rows than this: fbgemm (its GEMM wins once there are rows to share the weight's reads)
 
@@ -36,10 +34,7 @@ class FusedInt8Linear(native.Handles, Int8Linear):
         return fused
 
     def _bind(self) -> None:
-        self._lib = _layer_library()
-        self._lib.encore_int8_linear.restype = ctypes.c_int
-        self._lib.encore_int8_linear.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR]
-        self._amx = bool(self._lib.encore_int8_has_amx())
+        self._amx = bool(_layer_library().encore_int8_has_amx())
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
@@ -51,16 +46,8 @@ class FusedInt8Linear(native.Handles, Int8Linear):
             or torch.is_grad_enabled()
         ):
             return super().forward(x)
-        x = x.contiguous()
-        y = torch.empty(*x.shape[:-1], self.out_features)
-        w, scales, sums = self.rows()
-        status = self._lib.encore_int8_linear(
-            x.data_ptr(), rows, self.in_features, self.out_features, w.data_ptr(), scales.data_ptr(),
-            sums.data_ptr(), _ptr(self._bias), y.data_ptr(),
-        )  # fmt: skip
-        if status:
-            raise MemoryError("csrc/int8.c: out of memory for a decode step's activations")
-        return y
+        y = int8_rows_linear(x.reshape(rows, self.in_features), *self.rows(), self._bias)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         many = ", a decode step's any rows: c-int8-amx" if self._amx else ""

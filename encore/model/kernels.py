@@ -95,6 +95,7 @@ class OneDNNLinear(nn.Module):
 
 
 class Int8Linear(nn.Module):
+    bf16_many_rows = True  # many rows (a prefill) as bf16 products where the CPU has them; False: int8 rows
     """y ~= x @ weight.T with int8 weights (per output channel, symmetric) and int8 activations
     quantized per call and row (dynamic quantization), int32 accumulation, fp32 out. Inference only:
     the packed weight is not a Parameter and has no gradient.
@@ -141,8 +142,18 @@ class Int8Linear(nn.Module):
 
     def quantized(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """(int8 weight [N, K], fp32 per-channel scales [N], bias or None): what a checkpoint stores."""
+        if self._packed is None:  # rows only (`release_packed`)
+            return self.row_weight, self.row_scales, self._bias
         qweight, bias = torch.ops.quantized.linear_unpack(self._packed)
         return qweight.int_repr(), qweight.q_per_channel_scales().float(), bias
+
+    def release_packed(self) -> None:
+        """Keep the weight once, as csrc/int8.c's rows (`rows`), without fbgemm's packed copy: one byte
+        a weight less. Every call then runs encore's kernels: a few rows through csrc/int8.c (VNNI, or
+        AMX tiles from 16 rows), many through the bf16 products. Only where all of them exist
+        (`rows_only_available`): `encore.optimize` calls it there."""
+        self.rows()
+        self._packed = None
 
     def rows(self) -> tuple[Tensor, Tensor, Tensor]:
         """(int8 weight [N, K], fp32 scales [N], int32 row sums [N]): the weight as csrc/int8.c reads it,
@@ -157,10 +168,15 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
+        many = (
+            rows.shape[0] >= MANY_ROWS and self.bf16_many_rows and int8_bf16_many_rows() and not torch.is_grad_enabled()
+        )
+        if self._packed is None and not many:  # rows only: csrc/int8.c, each row's own int8 scale
+            return int8_rows_linear(rows, *self.rows(), self._bias).view(*x.shape[:-1], self.out_features)
         if rows.shape[0] == 1:
             y = torch.ops.quantized.linear_dynamic(rows, self._packed, self.reduce_range)
             return y.view(*x.shape[:-1], self.out_features)
-        if rows.shape[0] >= MANY_ROWS and int8_bf16_many_rows() and not torch.is_grad_enabled():
+        if many:
             if amx_bf16_rows(rows.shape[0], self.in_features, self.out_features):  # the same product, in one C call
                 return int8_amx_bf16(rows, *self.rows()[:2], self._bias).view(*x.shape[:-1], self.out_features)
             w = int8_bf16_weight(*self.rows()[:2])  # AMX / AVX512-BF16: ~2x fbgemm's products at 512 rows
@@ -176,7 +192,8 @@ class Int8Linear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=int8-dynamic"
+        many = "" if self.bf16_many_rows else ", many rows: int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=int8-dynamic{many}"
 
 
 @functools.cache
@@ -218,6 +235,52 @@ def int8_bf16_many_rows() -> bool:
         return False
     w, scale, out = torch.zeros(1, 16, dtype=torch.int8), torch.ones(1), torch.empty(1, 16, dtype=torch.bfloat16)
     return lib.encore_int8_to_bf16(w.data_ptr(), scale.data_ptr(), 1, 16, out.data_ptr()) == 0
+
+
+@functools.cache
+def _int8_rows_library():
+    """csrc/layer.c (which includes csrc/int8.c) for `encore_int8_linear`, where it is built with its
+    VNNI path; else None."""
+    import ctypes
+
+    lib = native.load("layer")
+    if lib is None:
+        return None
+    lib.encore_int8_has_vnni.restype = ctypes.c_int
+    lib.encore_int8_linear.restype = ctypes.c_int
+    lib.encore_int8_linear.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 5]
+    return lib if lib.encore_int8_has_vnni() else None
+
+
+def rows_only_available() -> bool:
+    """Whether an `Int8Linear` can run every call from its int8 rows alone (`release_packed`): the int8
+    rows kernel with VNNI, and many-row bf16 products."""
+    return _int8_rows_library() is not None and int8_bf16_many_rows()
+
+
+def release_packed_weights(model: nn.Module) -> int:
+    """`Int8Linear.release_packed` on every int8 projection of `model` where `rows_only_available`;
+    how many were released."""
+    if not rows_only_available():
+        return 0
+    released = [m for m in model.modules() if isinstance(m, Int8Linear) and m._packed is not None]
+    for module in released:
+        module.release_packed()
+    return len(released)
+
+
+def int8_rows_linear(rows: Tensor, weight: Tensor, scales: Tensor, sums: Tensor, bias: Tensor | None) -> Tensor:
+    """rows [M, K] fp32 @ (weight * scales).T (+ bias) -> [M, N] through csrc/int8.c: each row quantized
+    to int8 with its own scale, int32 products (VNNI; AMX tiles from 16 rows where the CPU has them)."""
+    rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], weight.shape[0])
+    status = _int8_rows_library().encore_int8_linear(
+        rows.data_ptr(), rows.shape[0], weight.shape[1], weight.shape[0], weight.data_ptr(), scales.data_ptr(),
+        sums.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
+    )  # fmt: skip
+    if status:
+        raise MemoryError("csrc/int8.c: out of memory for a call's int8 activations")
+    return out
 
 
 @functools.cache

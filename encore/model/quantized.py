@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from encore.model.fused import fuse, fused_available
 from encore.model.int4 import Int4Linear
-from encore.model.kernels import Int8Linear
+from encore.model.kernels import Int8Linear, release_packed_weights
 from encore.model.probes import bf16_prefill_by_default
 
 QUANTIZATION_FILE = "quantization.json"
@@ -146,6 +146,7 @@ def fuse_loaded(model: nn.Module) -> None:
     bf16_prefill = bf16_prefill_by_default(True, fused)  # optimize's prefill_attention="auto"
     if fused:
         model._encore_swaps = fuse(model, bf16_prefill)
+        release_packed_weights(model)  # each int8 weight once (csrc/int8.c's rows)
     model._encore_optimized["fused"] = fused
     model._encore_optimized["prefill_attention"] = "bf16" if bf16_prefill else "fp32"
 
