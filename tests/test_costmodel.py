@@ -17,6 +17,7 @@ from encore.bench.costmodel import (
     weight_counts,
 )
 from encore.bench.machine import measure_machine
+from encore.model.kernels import int8_available
 
 # A config small enough to price by hand: d 8, 2 query heads / 1 KV head of 4, GELU MLP 16, vocab 100.
 MICRO = dict(vocab_size=100, d_model=8, n_heads=2, n_kv_heads=1, head_dim=4, mlp_dim=16, mlp_type="gelu")
@@ -179,6 +180,18 @@ def test_measure_machine_is_quick_and_sane():
     m = measure_machine("cpu", torch.float32, budget_s=0.02)
     assert m.measured and math.isfinite(m.peak_flops) and 1e8 < m.peak_flops < 1e15
     assert 1e8 < m.mem_bandwidth < 1e13
+
+
+@pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
+def test_the_int8_rows_probe_runs_a_prefill_through_int8_rows():
+    """`optimize(prefill_products="int8")`'s roofline ("int8rows"): the probe's projection runs its 512
+    rows as int8 rows, not bf16 products."""
+    from encore.bench.machine import probe_kernel
+
+    layer = probe_kernel(torch.randn(64, 128), "int8rows")
+    assert not layer.bf16_many_rows
+    m = measure_machine("cpu", torch.float32, budget_s=0.02, kernel="int8rows")
+    assert m.measured and 1e8 < m.peak_flops < 1e15 and 1e8 < m.mem_bandwidth < 1e13
 
 
 def test_roofline_kernel_and_given_machine():

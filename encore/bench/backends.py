@@ -124,6 +124,7 @@ class EncoreBackend:
             self.name += f"-beam{self.num_beams}"
         self.prefill_products = spec.prefill_products
         if spec.prefill_products == "int8" and spec.quantize == "int8":
+            self.kernel = "int8rows"  # its prefill's products: probed through the same path
             self.name += "-int8prefill"
             self.label += ", int8 prefill"
 

@@ -20,6 +20,7 @@ from encore.model.kernels import (
     OneDNNLinear,
     bytes_per_weight,
     onednn_available,
+    rows_only_available,
 )
 
 
@@ -38,13 +39,19 @@ def _median_call(fn, budget_s: float, sync) -> float:
     return statistics.median(end - begin for begin, end in times)
 
 
-KERNELS = ("aten", "onednn", "int8", "int4")
+KERNELS = ("aten", "onednn", "int8", "int8rows", "int4")
 
 
 def probe_kernel(weight: Tensor, kernel: str) -> Callable[[Tensor], Tensor]:
     """The projection a model optimized with `kernel` runs, over `weight` [out, in]."""
     if kernel == "int8":
         return Int8Linear(weight)
+    if kernel == "int8rows":  # optimize(prefill_products="int8"): many rows as int8 rows too
+        layer = Int8Linear(weight)
+        layer.bf16_many_rows = False
+        if rows_only_available():
+            layer.release_packed()
+        return layer
     if kernel == "int4":
         return Int4Linear(weight)
     if kernel == "onednn":
@@ -54,7 +61,8 @@ def probe_kernel(weight: Tensor, kernel: str) -> Callable[[Tensor], Tensor]:
 
 def roofline_kernel(device: torch.device | str, dtype: torch.dtype, quantize: str | None, linear: str = "auto") -> str:
     """The matrix kernel encore's models run on `device` at `dtype` / `quantize` (`encore.optimize`'s
-    choice), which the roofline is probed through: "int8" / "int4" (int4: the decoding layers' kernel),
+    choice), which the roofline is probed through: "int8" / "int4" (int4: the decoding layers' kernel;
+    "int8rows" where a prefill's products are int8 rows, `optimize(prefill_products="int8")`),
     "onednn" (CPU fp32 where oneDNN is there, unless `linear` is "aten") or "aten"."""
     if quantize:
         return quantize
@@ -109,11 +117,11 @@ def _probe_bandwidth(dev: torch.device, dtype: torch.dtype, budget_s: float, syn
         project = Int4Linear.from_quantized(torch.full((rows, 2048), 0x9A, dtype=torch.uint8), scales, None, mins)
         x = torch.full((1, 4096), 0.5)
         return rows * 4096 * bytes_per_weight("int4") / _median_call(lambda: project(x), budget_s, sync)
-    weight_bytes = 1 if kernel == "int8" else dtype_bytes(dtype)
+    weight_bytes = 1 if kernel in ("int8", "int8rows") else dtype_bytes(dtype)
     rows = (1 << 30 if dev.type == "cuda" else 1 << 28) // (4096 * weight_bytes)  # 1 GiB / 256 MiB of weights
     w = torch.full((rows, 4096), 0.5, device=dev, dtype=dtype)  # written, so every page is really mapped
     x = torch.full((1, 4096), 0.5, device=dev, dtype=dtype)
     project = probe_kernel(w, kernel)
-    if kernel == "int8":
+    if kernel in ("int8", "int8rows"):
         del w  # the probe reads the packed int8 copy only
     return rows * 4096 * weight_bytes / _median_call(lambda: project(x), budget_s, sync)
