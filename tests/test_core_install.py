@@ -1,7 +1,8 @@
 """encore as a user installs it without extras: a fresh virtual environment holding encore's wheel and
 its core dependencies alone (the closure of pyproject.toml's `dependencies`, linked from this
-environment: no download, no extra importable). The core commands (`generate`, `eval`, `convert`,
-`chat`) run; a command that needs an extra says which in one line, without a traceback (#42)."""
+environment: no download, no extra importable). The README's Python quick start and the core commands
+(`generate`, `convert`, `chat`) run; a command that needs an extra says which in one line, without a
+traceback (#42)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from test_docs import python_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -61,6 +63,8 @@ for name, argv in commands.items():
         except BaseException:
             code, err = "traceback", io.StringIO(traceback.format_exc())
     results[name] = [code, out.getvalue()[-400:], err.getvalue()[-1500:]]
+quick_start = open(f"{work}/quick_start.py").read()  # the README's Python quick start, as written
+exec(compile(quick_start, "README.md", "exec"), {"__name__": "__quick_start__"})
 print("RESULTS" + json.dumps(results))
 """
 
@@ -127,6 +131,7 @@ def test_the_core_install_runs_the_core_commands_and_names_each_missing_extra(tm
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr[-2000:]
+    (tmp_path / "quick_start.py").write_text("\n".join(python_blocks(ROOT / "README.md")))
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     environment.update(ENCORE_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1")
     done = subprocess.run(

@@ -44,6 +44,13 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
+@functools.cache
+def sources_digest() -> str:
+    """A hash of every source in csrc/ (one may include another): what a built kernel, and a choice
+    measured on it (`encore.model.probes`), is keyed by."""
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sorted(CSRC.glob("*.[ch]")))).hexdigest()
+
+
 def build(name: str, flags: list[str]) -> Path | None:
     """Compile csrc/`name`.c with `flags` into $ENCORE_CACHE/kernels (once); its path, or None (said once
     per process and kernel, on stderr: encore then runs that kernel's PyTorch path, slower)."""
@@ -52,8 +59,7 @@ def build(name: str, flags: list[str]) -> Path | None:
         _say_once(name, "no C compiler ($CC, cc or gcc on Linux): install gcc (apt-get install gcc) for them")
         return None
     source = CSRC / f"{name}.c"
-    sources = b"".join(path.read_bytes() for path in sorted(CSRC.glob("*.[ch]")))  # layer.c includes the others
-    key = hashlib.sha256(sources + " ".join([cc, *flags, cpu_flags()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256((sources_digest() + " ".join([cc, *flags, cpu_flags()])).encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"{name}-{key}.so"
     if target.exists():
         return target

@@ -31,12 +31,14 @@ PROBE_MIN_GAIN = 1.25  # bf16 must beat SDPA by this much (a margin over the VMs
 
 def bf16_attention_faster() -> bool:
     """Whether csrc/attend.c's bf16 products beat fp32 SDPA on a 512-token attention here by
-    PROBE_MIN_GAIN: measured once per machine (CPU flags, torch, threads; ~0.1 s) and recorded in
-    $ENCORE_CACHE/kernels/attention_probe.json (delete it to measure again). Measured: ~4x on an AMD EPYC
-    (Zen 4); 0.7x on an Intel Xeon with AMX, whose fp32 SDPA is faster (docs/speech.md)."""
+    PROBE_MIN_GAIN: measured once per machine and kernel (CPU flags, torch, threads, csrc/'s sources;
+    ~0.1 s) and recorded in $ENCORE_CACHE/kernels/attention_probe.json (delete it to measure again).
+    Measured: ~4x on an AMD EPYC (Zen 4, AVX512-BF16 dot products); on an Intel Xeon with AMX 0.7x with
+    those, 3.8-5.5x since the kernel runs on the AMX tiles there (docs/engine.md)."""
     if not bf16_attention_available():
         return False
-    key = hashlib.sha256(f"{native.cpu_flags()}|{torch.__version__}|{torch.get_num_threads()}".encode()).hexdigest()
+    machine = f"{native.cpu_flags()}|{torch.__version__}|{torch.get_num_threads()}|{native.sources_digest()}"
+    key = hashlib.sha256(machine.encode()).hexdigest()
     return _probe_record(key)["bf16_faster"]
 
 

@@ -75,6 +75,70 @@ static void gemm(const uint32_t *A0, int64_t lda, const uint32_t *B0, int64_t pa
     }
 }
 
+#if defined(__AMX_BF16__) && defined(__AMX_TILE__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define ENCORE_ATTEND_AMX 1
+
+typedef struct { /* palette 1: 8 tiles of 16 rows x 64 bytes */
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+static int amx_permitted(void) { /* Linux hands AMX's state to a process that asks (once) */
+    static int state = 0;
+    if (state == 0) state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0 ? 1 : -1;
+    return state == 1;
+}
+
+static void tiles_on(void) {
+    TileConfig cfg = {0};
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);
+}
+
+/* `gemm` on AMX's bf16 tiles: C[M, N] for M rows rounded up to 16 (the caller's buffers hold MB rows; the
+ * rows past M are scratch), N a multiple of 16, K2 a multiple of 16 pairs. 2 x 2 blocks of 16 x 16. */
+static void gemm_amx(const uint32_t *A0, int64_t lda, const uint32_t *B0, int64_t panel, int64_t K2, float *C0,
+                     int64_t ldc, int64_t M, int64_t N) {
+    const int64_t MB16 = (M + 15) / 16, NB16 = N / 16;
+    for (int64_t nb = 0; nb < NB16; nb += 2) {
+        const int two_n = nb + 1 < NB16;
+        const uint32_t *b0 = B0 + (nb * 16) / NP * panel + (nb * 16) % NP;
+        const uint32_t *b1 = B0 + ((nb + 1) * 16) / NP * panel + ((nb + 1) * 16) % NP;
+        for (int64_t mb = 0; mb < MB16; mb += 2) {
+            const int two_m = mb + 1 < MB16;
+            const uint32_t *a0 = A0 + mb * 16 * lda, *a1 = a0 + 16 * lda;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t kk = 0; kk < K2; kk += 16) {
+                _tile_loadd(4, a0 + kk, lda * 4);
+                _tile_loadd(6, b0 + kk * NP, NP * 4);
+                _tile_dpbf16ps(0, 4, 6);
+                if (two_m) {
+                    _tile_loadd(5, a1 + kk, lda * 4);
+                    _tile_dpbf16ps(1, 5, 6);
+                }
+                if (two_n) {
+                    _tile_loadd(7, b1 + kk * NP, NP * 4);
+                    _tile_dpbf16ps(2, 4, 7);
+                    if (two_m) _tile_dpbf16ps(3, 5, 7);
+                }
+            }
+            float *c = C0 + mb * 16 * ldc + nb * 16;
+            _tile_stored(0, c, ldc * 4);
+            if (two_m) _tile_stored(1, c + 16 * ldc, ldc * 4);
+            if (two_n) _tile_stored(2, c + 16, ldc * 4);
+            if (two_m && two_n) _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+        }
+    }
+}
+#endif
+
 /* 16 floats -> 16 bf16 (round to nearest even), zero-extended into 32-bit lanes. */
 static inline __m512i bf16_lanes(__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); }
 
@@ -188,7 +252,7 @@ static float row_softmax(float *sc, int64_t lo16, int64_t hi16, int64_t lo, int6
 static void attend_block(const float *q, int64_t q_t, int64_t S, int64_t Dh, int64_t S64, const uint32_t *kp,
                          const uint32_t *vp, const uint8_t *mask, int64_t mask_t, int64_t causal, float scale,
                          float softcap, int64_t t0, int64_t t1, float *out, int64_t out_t, uint32_t *qw, float *sc,
-                         uint16_t *p, float *o) {
+                         uint16_t *p, float *o, int amx) {
     const int64_t M = t1 - t0, D2 = Dh / 2;
     int64_t lo, hi;
     key_range(mask, mask_t, causal, t0, t1, S, &lo, &hi);
@@ -204,7 +268,12 @@ static void attend_block(const float *q, int64_t q_t, int64_t S, int64_t Dh, int
             const __m512bh pairs = _mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(x + 16), s), _mm512_mul_ps(_mm512_loadu_ps(x), s));
             _mm512_storeu_si512(qw + m * D2 + d / 2, (__m512i)pairs);
         }
-    gemm(qw, D2, kp + lo64 / NP * D2 * NP, D2 * NP, D2, sc + lo64, S64, M, hi16 - lo64);
+#ifdef ENCORE_ATTEND_AMX
+    if (amx)
+        gemm_amx(qw, D2, kp + lo64 / NP * D2 * NP, D2 * NP, D2, sc + lo64, S64, M, hi16 - lo64);
+    else
+#endif
+        gemm(qw, D2, kp + lo64 / NP * D2 * NP, D2 * NP, D2, sc + lo64, S64, M, hi16 - lo64);
     float sums[MB];
     for (int64_t m = 0; m < M; m++) {
         const int64_t t = t0 + m;
@@ -212,7 +281,14 @@ static void attend_block(const float *q, int64_t q_t, int64_t S, int64_t Dh, int
                               causal && !mask ? t + 1 : S, softcap, p + m * S64);
     }
     /* P V over the pairs of keys [lo64, hi16): p's rows are S64 / 2 words apart */
-    gemm((const uint32_t *)p + lo64 / 2, S64 / 2, vp + lo64 / 2 * NP, S64 / 2 * NP, (hi16 - lo64) / 2, o, Dh, M, Dh);
+#ifdef ENCORE_ATTEND_AMX
+    if (amx) { /* the tiles reduce 32 keys at a time: the numerators up to the next 32 are zero */
+        const int64_t hi32 = lo64 + ((hi16 - lo64 + 31) & ~(int64_t)31);
+        for (int64_t m = 0; m < M; m++) memset(p + m * S64 + hi16, 0, sizeof(uint16_t) * (size_t)(hi32 - hi16));
+        gemm_amx((const uint32_t *)p + lo64 / 2, S64 / 2, vp + lo64 / 2 * NP, S64 / 2 * NP, (hi32 - lo64) / 2, o, Dh, M, Dh);
+    } else
+#endif
+        gemm((const uint32_t *)p + lo64 / 2, S64 / 2, vp + lo64 / 2 * NP, S64 / 2 * NP, (hi16 - lo64) / 2, o, Dh, M, Dh);
     for (int64_t m = 0; m < M; m++) {
         float *y = out + (t0 + m) * out_t;
         const __m512 inv = _mm512_set1_ps(sums[m] > 0.f ? 1.f / sums[m] : 0.f);
@@ -255,8 +331,16 @@ int encore_attend_bf16(const float *q, int64_t B, int64_t H, int64_t KH, int64_t
         pack_kv(k + b * k_b + g * k_h, k_s, v + b * v_b + g * v_h, v_s, S, S64, Dh, kp + bg * kv_words, vp + bg * v_words);
     }
     int failed = 0;
+#ifdef ENCORE_ATTEND_AMX
+    const int amx = amx_permitted();
+#else
+    const int amx = 0;
+#endif
 #pragma omp parallel
     {
+#ifdef ENCORE_ATTEND_AMX
+        if (amx) tiles_on(); /* the tile configuration is per thread */
+#endif
         uint32_t *qw = malloc(sizeof(uint32_t) * (size_t)(MB * Dh / 2));
         float *sc = malloc(sizeof(float) * (size_t)(MB * S64)), *o = malloc(sizeof(float) * (size_t)(MB * Dh));
         uint16_t *p = malloc(sizeof(uint16_t) * (size_t)(MB * S64));
@@ -272,9 +356,12 @@ int encore_attend_bf16(const float *q, int64_t B, int64_t H, int64_t KH, int64_t
             const int64_t t0 = blk * MB, t1 = t0 + MB < T ? t0 + MB : T;
             attend_block(q + b * q_b + h * q_h, q_t, S, Dh, S64, kp + g * kv_words, vp + g * v_words,
                          mask ? mask + b * mask_b : NULL, mask_t, causal, scale, softcap, t0, t1,
-                         out + b * T * H * Dh + h * Dh, H * Dh, qw, sc, p, o);
+                         out + b * T * H * Dh + h * Dh, H * Dh, qw, sc, p, o, amx);
         }
         free(qw), free(sc), free(o), free(p);
+#ifdef ENCORE_ATTEND_AMX
+        if (amx) _tile_release();
+#endif
     }
     free(kp), free(vp);
     return failed ? -1 : 0;
