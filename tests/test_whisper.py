@@ -373,6 +373,19 @@ def test_beams_attend_over_one_shared_cross_kv(whisper_dir, quantize):
     assert (shared - copied).abs().max() < 1e-4
 
 
+def test_a_quantized_speech_encoder_keeps_fp32_attention_by_default(whisper_dir):
+    """`prefill_attention="auto"` keeps a speech encoder's attention in fp32 (bf16 attention made
+    Whisper tiny.en int8 loop on a real clip), where a text model may take bf16; asked, it gets bf16."""
+    from encore.infer.optimize import optimized
+    from encore.model.fused import bf16_attention_available
+
+    model = encore.optimize(encore.load(whisper_dir), quantize="int8")
+    assert optimized(model)["prefill_attention"] == "fp32"
+    if bf16_attention_available():
+        encore.optimize(model, quantize="int8", prefill_attention="bf16")
+        assert optimized(model)["prefill_attention"] == "bf16"
+
+
 def test_dtw_takes_openais_path():
     """The anti-diagonal DTW gives the path of openai's cell-by-cell loop (its tie rule too)."""
     from encore.audio.alignment import dtw

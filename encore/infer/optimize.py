@@ -122,7 +122,7 @@ def optimize(
     if quantize:
         _check_quantize(quantize, device, dtype, group_size)
     fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available()
-    bf16_prefill = _bf16_prefill(prefill_attention, quantize, fused, kv_dtype)
+    bf16_prefill = _bf16_prefill(prefill_attention, quantize, fused, kv_dtype, model.config.encoder_input)
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     plain = _kernel(device, dtype, linear)
     rules = [*(policy or {}).items(), *(DEFAULT_INT4_POLICY.items() if quantize == "int4" else ())]
@@ -193,7 +193,9 @@ def _check_arguments(
         raise ValueError(f"prefill_attention must be one of {PREFILL_ATTENTION}, got {prefill_attention!r}")
 
 
-def _bf16_prefill(prefill_attention: str, quantize: str | None, fused: bool, kv_dtype: torch.dtype | None) -> bool:
+def _bf16_prefill(
+    prefill_attention: str, quantize: str | None, fused: bool, kv_dtype: torch.dtype | None, encoder_input: str
+) -> bool:
     """Whether the fused attention runs a prefill with bf16 products (`prefill_attention`, checked here
     against what this machine and these settings allow)."""
     if kv_dtype == torch.float16 and not fused:
@@ -208,7 +210,7 @@ def _bf16_prefill(prefill_attention: str, quantize: str | None, fused: bool, kv_
             f"{'has it' if bf16_attention_available() else 'has not'})"
         )
     if prefill_attention == "auto":
-        return bf16_prefill_by_default(quantize is not None, fused)
+        return bf16_prefill_by_default(quantize is not None, fused, encoder_input)
     return prefill_attention == "bf16"
 
 

@@ -143,7 +143,7 @@ def fuse_loaded(model: nn.Module) -> None:
     """After a quantized checkpoint's weights are in: its norms and attention through the fused
     kernels too, as `encore.optimize` would have left them (and `deoptimize` can undo)."""
     fused = fused_available()
-    bf16_prefill = bf16_prefill_by_default(True, fused)  # optimize's prefill_attention="auto"
+    bf16_prefill = bf16_prefill_by_default(True, fused, model.config.encoder_input)  # prefill_attention="auto"
     if fused:
         model._encore_swaps = fuse(model, bf16_prefill)
         release_packed_weights(model)  # each int8 weight once (csrc/int8.c's rows)
