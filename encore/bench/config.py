@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from encore.bench.costmodel import dtype_bytes
+from encore.infer.optimize import PREFILL_PRODUCTS
 
 # The paper's headline (arXiv 2501.16273, 330M models): the encoder-decoder's first-token latency is
 # 47% lower and its throughput 4.7x higher than the decoder-only model's.
@@ -86,8 +87,8 @@ class BenchConfig:
             fail("threads", "must be >= 1")
         if isinstance(self.num_beams, bool) or not isinstance(self.num_beams, int) or self.num_beams < 1:
             fail("num_beams", "must be an integer >= 1")
-        if self.prefill_products not in ("auto", "bf16", "int8"):
-            fail("prefill_products", "must be 'auto', 'bf16' or 'int8'")
+        if self.prefill_products not in PREFILL_PRODUCTS:
+            fail("prefill_products", f"must be one of {PREFILL_PRODUCTS}")
         if self.num_beams > 1 and (self.onnx or self.vs_llamacpp):
             fail("num_beams", "beam search is timed for encore, --vs-ct2 and --vs-hf (not ONNX or llama.cpp)")
         if self.cpu_linear is not None and self.cpu_linear not in ("onednn", "aten"):

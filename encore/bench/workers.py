@@ -5,10 +5,8 @@ memory is the model's own, and the parent can interleave the models' repetitions
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import math
-import platform
 import time
 from typing import Any
 
@@ -16,7 +14,7 @@ import torch
 
 from encore.bench.backends import BackendSpec
 from encore.bench.registry import make_backend
-from encore.infer.memory import retain_freed_memory
+from encore.infer.memory import release_freed_memory, retain_freed_memory
 from encore.lazy import require
 
 
@@ -85,12 +83,11 @@ class PeakMemory:
 
 def _release_memory(device: torch.device) -> None:
     """Give freed model memory back, so the next model's peak RSS is its own."""
-    gc.collect()
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.empty_cache()
-    elif platform.system() == "Linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    else:
+        release_freed_memory()
 
 
 class Worker:
@@ -112,13 +109,17 @@ class Worker:
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self, method)(*args)
 
-    def run(self, batch_size: int, input_len: int, n: int, capacity: int) -> dict[str, float]:
-        """One timed request: n tokens per row from the same random ids every time (an engine sizes its
-        cache for `capacity` >= n new tokens: the point's, so warm-up and timed runs share it)."""
+    def _ids(self, batch_size: int, input_len: int) -> torch.Tensor:
+        """The same random ids [batch_size, input_len] for every request of a point (seeded by its length)."""
         vocab = self.backend.cost_config.vocab_size
         gen = torch.Generator().manual_seed(self.seed + input_len)
         low = min(3, vocab - 1)  # skip pad / bos / eos where the vocabulary allows
-        ids = torch.randint(low, vocab, (batch_size, input_len), generator=gen).to(self.device)
+        return torch.randint(low, vocab, (batch_size, input_len), generator=gen).to(self.device)
+
+    def run(self, batch_size: int, input_len: int, n: int, capacity: int) -> dict[str, float]:
+        """One timed request: n tokens per row from the same random ids every time (an engine sizes its
+        cache for `capacity` >= n new tokens: the point's, so warm-up and timed runs share it)."""
+        ids = self._ids(batch_size, input_len)
         cpu0 = time.process_time()
         with torch.inference_mode(), PeakMemory(self.device) as mem:
             t = self.backend.timed_generate(self.model, ids, n, capacity)
@@ -141,10 +142,7 @@ class Worker:
         """Where one prefill of the point's ids goes (`encore.bench.prefill_profile`)."""
         from encore.bench.prefill_profile import profile_prefill
 
-        gen = torch.Generator().manual_seed(self.seed + input_len)
-        vocab = self.backend.cost_config.vocab_size
-        ids = torch.randint(min(3, vocab - 1), vocab, (batch_size, input_len), generator=gen).to(self.device)
-        return profile_prefill(self.model, ids, peak_ops)
+        return profile_prefill(self.model, self._ids(batch_size, input_len), peak_ops)
 
     def kv_bytes(self, batch_size: int, input_len: int, output_len: int) -> int:
         return self.backend.kv_cache_bytes(self.model, batch_size, input_len, output_len)

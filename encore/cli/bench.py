@@ -9,7 +9,7 @@ from pathlib import Path
 from encore.bench import BenchConfig, format_report, plot, run_bench, validate_bench_json
 from encore.bench.serving import ServeBenchConfig, run_serve_bench
 from encore.bench.vision import VisionBenchConfig, run_vision_bench
-from encore.cli.common import from_args
+from encore.cli.common import add_prefill_products_flag, from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -101,13 +101,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=d.num_beams,
         help="> 1: time beam search of this width (exactly --output-len steps; --vs-ct2: beam_size)",
     )
-    parser.add_argument(
-        "--prefill-products",
-        choices=["auto", "bf16", "int8"],
-        default=d.prefill_products,
-        help="encore int8 models: a prefill's products as bf16 (nearer the float product) or int8 (each row's "
-        "activations rounded to int8, as CTranslate2's int8; faster on AMX); auto: bf16 where the CPU has it",
-    )
+    add_prefill_products_flag(parser)
     parser.add_argument(
         "--profile-prefill",
         action="store_true",

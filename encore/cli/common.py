@@ -159,11 +159,16 @@ def add_quantize_flag(p: argparse.ArgumentParser) -> None:
         default="fp32",
         help="K/V cache precision on the CPU: fp16 halves its memory and the K/V a decode step reads (%(default)s)",
     )
+    add_prefill_products_flag(p)
+
+
+def add_prefill_products_flag(p: argparse.ArgumentParser) -> None:
+    """--prefill-products (`encore.optimize(prefill_products=...)`): the commands that run a model, and bench."""
     p.add_argument(
         "--prefill-products",
-        choices=["auto", "bf16", "int8"],
+        choices=["auto", "bf16", "int8"],  # encore.infer.optimize.PREFILL_PRODUCTS (not imported: torch)
         default="auto",
-        help="--quantize int8: a prefill's products as bf16 (nearer the float product) or int8 (each row's activations "
+        help="int8 models: a prefill's products as bf16 (nearer the float product) or int8 (each row's activations "
         "rounded to int8, as CTranslate2's int8: the first token sooner on AMX CPUs); auto: bf16 where the CPU has it",
     )
 

@@ -20,16 +20,22 @@ MMAP_THRESHOLD = 32 << 20  # allocations below 32 MiB come from the heap, which 
 TRIM_THRESHOLD = 2**31 - 1  # and the heap is trimmed only above 2 GiB free (mallopt takes an int)
 
 
+def _libc() -> ctypes.CDLL | None:
+    """glibc, where this is Linux (None elsewhere)."""
+    if platform.system() != "Linux":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def retain_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory for reuse (what `MALLOC_MMAP_THRESHOLD_=33554432` and a
     large `MALLOC_TRIM_THRESHOLD_` do in the environment). Returns False where it does not apply (not
     Linux / not glibc): other allocators keep their own caches."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
@@ -37,13 +43,9 @@ def retain_freed_memory() -> bool:
 
 def release_freed_memory() -> bool:
     """Give the pages of freed memory back to the operating system now (glibc's `malloc_trim`, after a
-    garbage collection): what `optimize(keep_originals=False)` freed of a model quantized in memory, which
-    `retain_freed_memory` would otherwise keep mapped. Returns False where it does not apply."""
+    garbage collection): what `optimize(keep_originals=False)` freed of a model quantized in memory, or
+    a bench worker's model once it is done, which `retain_freed_memory` would otherwise keep mapped.
+    Returns False where it does not apply."""
     gc.collect()
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    return malloc_trim is not None and bool(malloc_trim(0))

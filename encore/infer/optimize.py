@@ -106,9 +106,7 @@ def optimize(
       `encdec-330m` int8 holds 0.8 GiB instead of 1.9.
 
     Returns the model (changed in place). Calling it again first undoes the previous swaps."""
-    _check_arguments(quantize, policy, linear, kv_dtype, prefill_attention)
-    if prefill_products not in PREFILL_PRODUCTS:
-        raise ValueError(f"prefill_products must be one of {PREFILL_PRODUCTS}, got {prefill_products!r}")
+    _check_arguments(quantize, policy, linear, kv_dtype, prefill_attention, prefill_products)
     if isinstance(model, VisionLanguageModel):  # the text model gets the kernels; the tower follows its device/dtype
         settings = (quantize, linear, group_size, policy, fused, symmetric, kv_dtype, prefill_attention)
         optimize(model.lm, device, dtype, *settings, keep_originals=keep_originals, prefill_products=prefill_products)
@@ -152,9 +150,8 @@ def optimize(
         swaps += fuse(model, bf16_prefill)
         swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
         release_packed_weights(model)  # each int8 weight once: csrc/int8.c's rows, not fbgemm's copy too
-    for module in model.modules():
-        if isinstance(module, Int8Linear):
-            module.bf16_many_rows = prefill_products != "int8"
+    for module in (m for m in model.modules() if isinstance(m, Int8Linear)):
+        module.bf16_many_rows = prefill_products != "int8"  # many rows as bf16 products, or int8 rows
     model._encore_kv_dtype = kv_dtype
     model._encore_swaps = swaps
     model._encore_optimized = {
@@ -176,7 +173,12 @@ def optimize(
 
 
 def _check_arguments(
-    quantize: str | None, policy: dict | None, linear: str, kv_dtype: torch.dtype | None, prefill_attention: str
+    quantize: str | None,
+    policy: dict | None,
+    linear: str,
+    kv_dtype: torch.dtype | None,
+    prefill_attention: str,
+    prefill_products: str,
 ) -> None:
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
@@ -191,6 +193,8 @@ def _check_arguments(
         raise ValueError(f"kv_dtype must be None, torch.float32 or torch.float16, got {kv_dtype!r}")
     if prefill_attention not in PREFILL_ATTENTION:
         raise ValueError(f"prefill_attention must be one of {PREFILL_ATTENTION}, got {prefill_attention!r}")
+    if prefill_products not in PREFILL_PRODUCTS:
+        raise ValueError(f"prefill_products must be one of {PREFILL_PRODUCTS}, got {prefill_products!r}")
 
 
 def _bf16_prefill(

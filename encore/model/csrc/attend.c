@@ -75,30 +75,8 @@ static void gemm(const uint32_t *A0, int64_t lda, const uint32_t *B0, int64_t pa
     }
 }
 
-#if defined(__AMX_BF16__) && defined(__AMX_TILE__) && defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#define ENCORE_ATTEND_AMX 1
-
-typedef struct { /* palette 1: 8 tiles of 16 rows x 64 bytes */
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} TileConfig;
-
-static int amx_permitted(void) { /* Linux hands AMX's state to a process that asks (once) */
-    static int state = 0;
-    if (state == 0) state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0 ? 1 : -1;
-    return state == 1;
-}
-
-static void tiles_on(void) {
-    TileConfig cfg = {0};
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-    _tile_loadconfig(&cfg);
-}
-
+#include "amx.h"
+#ifdef ENCORE_AMX
 /* `gemm` on AMX's bf16 tiles: C[M, N] for M rows rounded up to 16 (the caller's buffers hold MB rows; the
  * rows past M are scratch), N a multiple of 16, K2 a multiple of 16 pairs. 2 x 2 blocks of 16 x 16. */
 static void gemm_amx(const uint32_t *A0, int64_t lda, const uint32_t *B0, int64_t panel, int64_t K2, float *C0,
@@ -268,7 +246,7 @@ static void attend_block(const float *q, int64_t q_t, int64_t S, int64_t Dh, int
             const __m512bh pairs = _mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(x + 16), s), _mm512_mul_ps(_mm512_loadu_ps(x), s));
             _mm512_storeu_si512(qw + m * D2 + d / 2, (__m512i)pairs);
         }
-#ifdef ENCORE_ATTEND_AMX
+#ifdef ENCORE_AMX
     if (amx)
         gemm_amx(qw, D2, kp + lo64 / NP * D2 * NP, D2 * NP, D2, sc + lo64, S64, M, hi16 - lo64);
     else
@@ -281,7 +259,7 @@ static void attend_block(const float *q, int64_t q_t, int64_t S, int64_t Dh, int
                               causal && !mask ? t + 1 : S, softcap, p + m * S64);
     }
     /* P V over the pairs of keys [lo64, hi16): p's rows are S64 / 2 words apart */
-#ifdef ENCORE_ATTEND_AMX
+#ifdef ENCORE_AMX
     if (amx) { /* the tiles reduce 32 keys at a time: the numerators up to the next 32 are zero */
         const int64_t hi32 = lo64 + ((hi16 - lo64 + 31) & ~(int64_t)31);
         for (int64_t m = 0; m < M; m++) memset(p + m * S64 + hi16, 0, sizeof(uint16_t) * (size_t)(hi32 - hi16));
@@ -331,15 +309,15 @@ int encore_attend_bf16(const float *q, int64_t B, int64_t H, int64_t KH, int64_t
         pack_kv(k + b * k_b + g * k_h, k_s, v + b * v_b + g * v_h, v_s, S, S64, Dh, kp + bg * kv_words, vp + bg * v_words);
     }
     int failed = 0;
-#ifdef ENCORE_ATTEND_AMX
+#ifdef ENCORE_AMX
     const int amx = amx_permitted();
 #else
     const int amx = 0;
 #endif
 #pragma omp parallel
     {
-#ifdef ENCORE_ATTEND_AMX
-        if (amx) tiles_on(); /* the tile configuration is per thread */
+#ifdef ENCORE_AMX
+        if (amx) amx_tiles_on(); /* the tile configuration is per thread */
 #endif
         uint32_t *qw = malloc(sizeof(uint32_t) * (size_t)(MB * Dh / 2));
         float *sc = malloc(sizeof(float) * (size_t)(MB * S64)), *o = malloc(sizeof(float) * (size_t)(MB * Dh));
@@ -359,7 +337,7 @@ int encore_attend_bf16(const float *q, int64_t B, int64_t H, int64_t KH, int64_t
                          out + b * T * H * Dh + h * Dh, H * Dh, qw, sc, p, o, amx);
         }
         free(qw), free(sc), free(o), free(p);
-#ifdef ENCORE_ATTEND_AMX
+#ifdef ENCORE_AMX
         if (amx) _tile_release();
 #endif
     }

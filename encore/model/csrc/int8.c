@@ -23,11 +23,7 @@
 #if defined(__AVX512VNNI__) || defined(__AMX_INT8__)
 #include <immintrin.h>
 #endif
-#if defined(__AMX_INT8__) && defined(__AMX_TILE__) && defined(__AVX512F__) && defined(__linux__)
-#define ENCORE_AMX 1
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
+#include "amx.h"
 
 /* Per row m: qx = round(x / s) + 128 (u8), s = absmax / 127 into sx[m]. */
 static void quantize_rows_u8(const float *x, int64_t M, int64_t K, uint8_t *qx, float *sx) {
@@ -84,21 +80,7 @@ static inline __attribute__((always_inline)) void tile8(const int NR, const int 
 #endif
 
 #ifdef ENCORE_AMX
-#define AMX_PREFETCH 4 /* 64-byte columns ahead */
 #define AMX_MIN_ROWS 16 /* fewer rows: the VNNI path (a tile holds 16 rows; padding costs more than it gives) */
-
-typedef struct { /* the tile configuration (palette 1): 8 tiles of 16 rows x 64 bytes */
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} TileConfig;
-
-/* Whether this process may use the tiles: Linux hands AMX's state to a process that asks (once). */
-static int amx_permitted(void) {
-    static int state = 0; /* 0: not asked; 1: granted; -1: refused */
-    if (state == 0) state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0 ? 1 : -1;
-    return state == 1;
-}
 
 static int amx_rows(int64_t M, int64_t K, int64_t N) {
     return M >= AMX_MIN_ROWS && K % 64 == 0 && N % 16 == 0 && amx_permitted();
@@ -134,10 +116,7 @@ static void products8_amx(int64_t M, int64_t K, int64_t N, const int8_t *w, cons
     const int64_t KB = K / 64, MB = (M + 15) / 16, NB = N / 16;
 #pragma omp parallel
     {
-        TileConfig cfg = {0};
-        cfg.palette = 1;
-        for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-        _tile_loadconfig(&cfg);
+        amx_tiles_on();
         int32_t c[4][256] __attribute__((aligned(64))); /* [weight row][input row] per accumulator */
 #pragma omp for schedule(static)
         for (int64_t nb = 0; nb < NB; nb += 2) {
@@ -151,9 +130,6 @@ static void products8_amx(int64_t M, int64_t K, int64_t N, const int8_t *w, cons
                 _tile_zero(2);
                 _tile_zero(3);
                 for (int64_t kb = 0; kb < KB; kb++) {
-                    if (mb == 0 && kb + AMX_PREFETCH < KB) /* the first pass reads the weights from memory */
-                        for (int64_t i = 0; i < 16 * (1 + two_n); i++)
-                            _mm_prefetch((const char *)(w0 + i * K + (kb + AMX_PREFETCH) * 64), _MM_HINT_T0);
                     _tile_loadd(4, w0 + kb * 64, K);
                     _tile_loadd(6, x0 + kb * 1024, 64);
                     _tile_dpbssd(0, 4, 6);

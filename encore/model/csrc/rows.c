@@ -56,23 +56,10 @@ int encore_int8_to_bf16(const int8_t *w, const float *scale, int64_t N, int64_t 
  * thread unpacks 32 weight rows at a time into a buffer that stays in its cache) nor rounding the output
  * to bf16. The weights are the tiles' first operand (16 rows x 32 columns, read in place from that
  * buffer), the activations the second, packed per call as [k/2][row][k%2] per 16-row block. */
-#if defined(__AMX_BF16__) && defined(__AMX_TILE__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__linux__)
+#include "amx.h"
+#if defined(ENCORE_AMX) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <stdlib.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #define ENCORE_AMX_BF16 1
-
-typedef struct { /* palette 1: 8 tiles of 16 rows x 64 bytes */
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} TileConfig;
-
-static int amx_permitted(void) { /* Linux hands AMX's state to a process that asks (once) */
-    static int state = 0;
-    if (state == 0) state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0 ? 1 : -1;
-    return state == 1;
-}
 
 /* Rows of x as bf16 in the tiles' layout: per block of 16 rows and 32 columns, 1 KiB of [k/2][row][k%2]
  * (a row's pair q at 32-bit slot q * 16); rows past M are zero. */
@@ -124,10 +111,7 @@ int encore_int8_linear_amx_bf16(const float *x, int64_t M, int64_t K, int64_t N,
     int failed = 0;
 #pragma omp parallel
     {
-        TileConfig cfg = {0};
-        cfg.palette = 1;
-        for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-        _tile_loadconfig(&cfg);
+        amx_tiles_on();
         uint16_t *wb = aligned_alloc(64, (size_t)(32 * K * 2)); /* this thread's 32 weight rows, bf16 */
         float c[4][256] __attribute__((aligned(64)));          /* [weight row][input row] per accumulator */
         if (!wb) {
