@@ -137,10 +137,10 @@ def test_a_model_with_bf16_prefill_attention(arch, quantize):
     assert not any(isinstance(m, FusedAttend) for m in bf16.modules())
 
 
-@pytest.mark.parametrize("mlp_type", ["swiglu", "geglu"])
+@pytest.mark.parametrize("mlp_type", ["swiglu", "geglu", "gelu", "silu"])
 def test_fused_mlp_equals_the_mlp(mlp_type):
-    """act(gate) * up in one C pass: the MLP's output to float rounding, for a prefill's rows (split
-    over threads) and a single row; an ungated MLP and training keep the eager path."""
+    """act(gate) * up (gated) or act(up) (ungated: GELU-tanh, SiLU) in one C pass: the MLP's output to
+    float rounding, for a prefill's rows (split over threads) and a single row."""
     mlp = MLP(ModelConfig.preset("deconly-tiny", mlp_type=mlp_type))
     with torch.no_grad():
         for p in mlp.parameters():
