@@ -259,12 +259,6 @@ class ModelConfig:
         return self.max_seq_len - (self.positions_needed(0, new_tokens) if self.arch == "deconly" else 0)
 
     @property
-    def fusable(self) -> bool:
-        """Whether encore's fused C decode kernels take these blocks (RoPE, RMS norms before each sub-block,
-        no biases beyond q/k/v); other families run the same projection kernels through the modules."""
-        return self.position_kind == "rope" and self.norm_kind != "layernorm" and self.block_order != "post"
-
-    @property
     def gated_mlp(self) -> bool:
         return self.mlp_type in ("swiglu", "geglu")
 

@@ -12,15 +12,9 @@ import encore
 from encore import Engine
 from encore.infer.optimize import optimized
 from encore.model import fused as fused_module
-from encore.model.fused import (
-    FusedAttend,
-    FusedDecoderLayer,
-    FusedMergedDecoderLayer,
-    FusedRMSNorm,
-    FusedSelfAttention,
-    _layer_library,
-    fused_available,
-)
+from encore.model import layer_c
+from encore.model.fused import FusedAttend, FusedRMSNorm, FusedSelfAttention, fused_available
+from encore.model.fused_layer import FusedDecoderLayer, FusedMergedDecoderLayer
 from encore.model.layers import Attend, OffsetRMSNorm, RMSNorm, SelfAttention, SoftCap, attend
 
 pytestmark = pytest.mark.skipif(not fused_available(), reason="the fused kernels need a C compiler on Linux")
@@ -45,6 +39,20 @@ def test_one_query_attention_equals_sdpa(B, H, KH, S, Dh, masked):
     for scale, cap in ((None, None), (0.3, SoftCap(5.0))):
         expected = attend(q, k, v, mask, False, 0.0, scale, cap)
         torch.testing.assert_close(fused(q, k, v, mask, False, 0.0, scale, cap), expected, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("heads_share", [False, True])
+def test_one_query_attention_takes_an_additive_bias(heads_share):
+    """T5's relative positions reach a decode step's attention as a float mask [B, H | 1, 1, S] (-inf
+    hides a key): the C kernel adds it to the logits as SDPA does."""
+    g = torch.Generator().manual_seed(7)
+    B, H, KH, S, Dh = 3, 4, 4, 70, 64
+    q, k, v = torch.randn(B, H, 1, Dh, generator=g), torch.randn(B, KH, S, Dh, generator=g), torch.randn(B, KH, S, Dh)
+    bias = torch.randn(B, 1 if heads_share else H, 1, S, generator=g)
+    bias[1, ..., 40:] = float("-inf")
+    with torch.inference_mode():
+        got = FusedAttend()(q, k, v, bias, False, 0.0, 1.0)
+    torch.testing.assert_close(got, attend(q, k, v, bias, False, 0.0, 1.0), rtol=1e-5, atol=2e-6)
 
 
 def test_attention_edge_cases():
@@ -96,6 +104,23 @@ def test_fused_linear_equals_onednn(bias):
 
 GEMMA_LIKE = dict(norm_kind="rms_offset", block_order="sandwich", qk_norm=True, attn_softcap=20.0, attn_scale=0.2)
 SLIDING = dict(qkv_bias=True, sliding_window=3, decoder_layer_types=["sliding", "full"], rope_local_theta=500.0)
+# the deployed families' blocks (#37): T5's relative bias, unscaled attention, gated GELU; BART's post-norm
+# LayerNorms, biases, learned positions, GELU; Marian's sinusoids and SiLU; NLLB's pre-norm and ReLU
+T5_LIKE = dict(position_kind="relative", n_kv_heads=4, attn_scale=1.0, mlp_type="geglu", relative_buckets=8,
+               relative_max_distance=16)  # fmt: skip
+BART_LIKE = dict(norm_kind="layernorm", block_order="post", position_kind="learned", position_offset=2,
+                 proj_bias=True, mlp_type="gelu_exact", embed_norm=True, norm_eps=1e-5)  # fmt: skip
+MARIAN_LIKE = dict(BART_LIKE, position_kind="sinusoidal", position_offset=0, mlp_type="silu", embed_norm=False)
+NLLB_LIKE = dict(BART_LIKE, block_order="pre", position_kind="sinusoidal_fairseq", mlp_type="relu")
+FAMILIES = {"t5-like": T5_LIKE, "bart-like": BART_LIKE, "marian-like": MARIAN_LIKE, "nllb-like": NLLB_LIKE}
+
+
+def spread_vectors(model) -> None:
+    """Norm scales and biases away from their initial ones and zeros, so that a kernel that skips one shows."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
 
 
 @pytest.mark.parametrize("overrides", [{}, GEMMA_LIKE, SLIDING], ids=["encore", "gemma-like", "sliding-bias"])
@@ -138,8 +163,9 @@ def test_fused_model_generates_the_eager_tokens(arch, overrides):
         {**GEMMA_LIKE, "mlp_type": "geglu"},
         {**SLIDING, "mlp_type": "swiglu"},
         {**GEMMA_LIKE, **SLIDING, "merged_attention": True},
+        *FAMILIES.values(),
     ],
-    ids=["encore", "gemma-like-geglu", "sliding-bias-swiglu", "t5gemma2-like"],
+    ids=["encore", "gemma-like-geglu", "sliding-bias-swiglu", "t5gemma2-like", *FAMILIES],
 )
 def test_fused_layer_equals_its_modules(arch, overrides, quantize):
     """fp32, int4 and int8 run each decoder layer's decode step as one C call (`FusedDecoderLayer`): the
@@ -152,9 +178,10 @@ def test_fused_layer_equals_its_modules(arch, overrides, quantize):
     if overrides.get("merged_attention") and arch != "encdec":
         pytest.skip("merged attention is an encoder-decoder's")
     model = make_model(arch, **overrides)
+    spread_vectors(model)
     layers = list(model.decoder)
     fused = encore.optimize(model, quantize=quantize)
-    if quantize == "int8" and not _layer_library().encore_int8_has_vnni():
+    if quantize == "int8" and not layer_c.library().encore_int8_has_vnni():
         pytest.skip("int8 layers fuse only where csrc/int8.c has its VNNI path")
     kind = FusedMergedDecoderLayer if overrides.get("merged_attention") else FusedDecoderLayer
     assert [type(m) for m in fused.decoder] == [kind] * len(layers)
@@ -173,7 +200,7 @@ def test_a_layer_the_fused_path_cannot_run_keeps_its_modules():
     mixed = encore.optimize(make_model("deconly"), quantize="int4", policy={"decoder.0.mlp.*": "none"})
     assert all(type(m) is FusedDecoderLayer for m in mixed.decoder)
     both = encore.optimize(make_model("deconly"), quantize="int4", policy={"decoder.*.mlp.*": "int8"})
-    assert all(type(m) is FusedDecoderLayer for m in both.decoder) == bool(_layer_library().encore_int8_has_vnni())
+    assert all(type(m) is FusedDecoderLayer for m in both.decoder) == bool(layer_c.library().encore_int8_has_vnni())
     fp32 = encore.optimize(make_model("deconly"))
     assert [m.max_rows for m in fp32.decoder] == [fused_module.FP32_MAX_ROWS] * 2 and mixed.decoder[1].max_rows is None
     ids = torch.randint(3, 512, (fused_module.FP32_MAX_ROWS + 1, 5), generator=torch.Generator().manual_seed(6))
@@ -215,9 +242,9 @@ def assert_like_its_modules(fused) -> None:
 def test_the_plain_c_layer_equals_its_modules(monkeypatch):
     """Machines without AVX-512 build csrc/layer.c's plain C paths (attention, int4 products,
     activations, fp16 conversions): the same results. (int8 layers are not fused there: fbgemm's modules are faster.)"""
-    plain = fused_module._layer_library(("-O2", "-fopenmp", "-shared", "-fPIC"))  # no -march: no vector paths
+    plain = layer_c.library(("-O2", "-fopenmp", "-shared", "-fPIC"))  # no -march: no vector paths
     assert plain is not None and not plain.encore_int8_has_vnni()
-    monkeypatch.setattr(fused_module, "_layer_library", lambda *flags: plain)
+    monkeypatch.setattr(layer_c, "library", lambda *flags: plain)
     for arch, kv_dtype in (("encdec", None), ("deconly", None), ("deconly", torch.float16)):
         # the prefill's attention pinned (not the machine's measured choice): which int8 roundings flip
         # between the plain C products and the modules' vector ones depends on the data it makes

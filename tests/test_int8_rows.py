@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from encore.model.fused import _I64, _PTR, _layer_library
+from encore.model.layer_c import _I64, _PTR
+from encore.model.layer_c import library as _layer_library
 from encore.model.fused_rows import FusedInt8Linear
 from encore.model.kernels import Int8Linear, int8_available
 

@@ -148,7 +148,7 @@ def test_optimize_refuses_what_it_cannot_do():
 def test_aten_keeps_the_plain_model():
     """linear="aten": every projection stays F.linear (torch's BLAS), so no layer's decode step moves
     into C's fp32 products either."""
-    from encore.model.fused import FusedDecoderLayer
+    from encore.model.fused_layer import FusedDecoderLayer
 
     model = make_model("deconly")
     encore.optimize(model, linear="aten")

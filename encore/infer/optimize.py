@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from encore.model.fused import bf16_attention_available, fuse, fused_available
+from encore.model.fused import bf16_attention_available, fused_available
+from encore.model.fused_layer import fuse
 from encore.model.fused_rows import fuse_int8_rows
 from encore.model.int4 import (
     CHUNK,

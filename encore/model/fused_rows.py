@@ -4,17 +4,17 @@ instead of fbgemm's one-row dynamic linear (~100 us a call on BART-base's 768 x 
 AMX, a decode step of any number of rows (one position a sequence: [B, D] or [B, 1, D]) runs there too,
 through the matrix unit's tiles (the output head at 64 rows: 3-4x oneDNN's bf16 product). Many
 positions (a prefill) keep the module's path (fbgemm's per-row-scaled products, or bf16 GEMMs: nearer
-the float product). It serves the projections of layers that the whole-layer C call does not run (T5,
-BART, Marian, M2M100: `ModelConfig.fusable` False) and the output head; it shares the original's packed
-weight and adds csrc/int8.c's copy (`Int8Linear.rows`)."""
+the float product). It serves the output head and the projections of layers that the whole-layer C
+call does not run (`encore.model.fused_layer`); it shares the original's packed weight and adds
+csrc/int8.c's copy (`Int8Linear.rows`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from encore.model import native
-from encore.model.fused import _layer_library, _projection
+from encore.model import layer_c, native
+from encore.model.fused_layer import projection_runs_in_c
 from encore.model.kernels import Int8Linear, int8_rows_linear
 
 MAX_ROWS = 8  # more rows than this: fbgemm (its GEMM wins once there are rows to share the weight's reads)
@@ -34,7 +34,7 @@ class FusedInt8Linear(native.Handles, Int8Linear):
         return fused
 
     def _bind(self) -> None:
-        self._amx = bool(_layer_library().encore_int8_has_amx())
+        self._amx = bool(layer_c.library().encore_int8_has_amx())
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
@@ -55,16 +55,16 @@ class FusedInt8Linear(native.Handles, Int8Linear):
 
 
 def fuse_int8_rows(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """Swap each `Int8Linear` outside the encoder that csrc/int8.c runs (`fused._projection`) for a
+    """Swap each `Int8Linear` outside the encoder that csrc/int8.c runs (`projection_runs_in_c`) for a
     `FusedInt8Linear`; the swaps made, as `fuse` returns them."""
     swaps = []
-    if _layer_library() is None:
+    if layer_c.library() is None:
         return swaps
     for where, parent in list(model.named_modules()):
         if where.startswith("encoder"):  # an encoder reads many rows at once: fbgemm's path is its own
             continue
         for name, child in list(parent.named_children()):
-            if type(child) is Int8Linear and _projection(child):
+            if type(child) is Int8Linear and projection_runs_in_c(child):
                 setattr(parent, name, FusedInt8Linear.of(child))
                 swaps.append((parent, name, child))
     return swaps

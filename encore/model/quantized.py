@@ -24,7 +24,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from encore.model.fused import fuse, fused_available
+from encore.model.fused import fused_available
+from encore.model.fused_layer import fuse
 from encore.model.int4 import Int4Linear
 from encore.model.kernels import Int8Linear, release_packed_weights
 from encore.model.probes import bf16_prefill_by_default

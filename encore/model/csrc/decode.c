@@ -45,43 +45,92 @@ static inline __m512 kv_load16(const void *p, int64_t i, int kv16) {
 }
 #endif
 
-/* y = x sigmoid(x), or GELU-tanh as x sigmoid(C (x + 0.044715 x^3)), over n values (y may be x). */
-static void activate(const float *x, int64_t n, int gelu, float *y) {
+/* y = x / sqrt(var(x) + eps) * w + b after subtracting the mean (LayerNorm), over one row of `dim` (y may be x). */
+static inline void layer_norm_row(const float *x, int64_t dim, const float *w, const float *b, float eps, float *y) {
+    float sum = 0.f, ss = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t d = 0; d < dim; d++) sum += x[d];
+    const float mean = sum / (float)dim;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t d = 0; d < dim; d++) ss += (x[d] - mean) * (x[d] - mean);
+    const float inv = 1.f / sqrtf(ss / (float)dim + eps);
+#pragma omp simd
+    for (int64_t d = 0; d < dim; d++) y[d] = (x[d] - mean) * inv * w[d] + (b ? b[d] : 0.f);
+}
+
+/* The MLP activations (`act`, as encore/model/fused.py's ACT numbers them): */
+enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2, ACT_RELU = 3 };
+
+#ifdef __AVX512F__
+/* erf(x), 16 at a time: Abramowitz and Stegun 7.1.26 (|error| <= 1.5e-7), odd in x. */
+static inline __m512 erf16(__m512 x) {
+    const __m512 a = _mm512_abs_ps(x);
+    const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), a, _mm512_set1_ps(1.f)));
+    __m512 p = _mm512_set1_ps(1.061405429f);
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+    p = _mm512_mul_ps(p, t);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
+    const __m512 y = _mm512_fnmadd_ps(p, e, _mm512_set1_ps(1.f));  /* erf(|x|) */
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(y),
+                                               _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000))));
+}
+#endif
+
+/* y = act(x) over n values (y may be x): SiLU x sigmoid(x); GELU-tanh x sigmoid(C (x + 0.044715 x^3));
+ * GELU 0.5 x (1 + erf(x / sqrt 2)); ReLU max(x, 0). */
+static void activate(const float *x, int64_t n, int act, float *y) {
     const float c = 1.5957691216057308f; /* sqrt(8 / pi) */
     int64_t i = 0;
 #ifdef __AVX512F__
     const __m512 one = _mm512_set1_ps(1.f), vc = _mm512_set1_ps(c), cubic = _mm512_set1_ps(0.044715f);
+    const __m512 half = _mm512_set1_ps(0.5f), root = _mm512_set1_ps(0.70710678118654752f);
     for (; i + 16 <= n; i += 16) {
         const __m512 v = _mm512_loadu_ps(x + i);
+        if (act == ACT_RELU) {
+            _mm512_storeu_ps(y + i, _mm512_max_ps(v, _mm512_setzero_ps()));
+            continue;
+        }
+        if (act == ACT_GELU) {
+            _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, erf16(_mm512_mul_ps(v, root)))));
+            continue;
+        }
         __m512 z = v;
-        if (gelu) z = _mm512_mul_ps(vc, _mm512_fmadd_ps(_mm512_mul_ps(cubic, v), _mm512_mul_ps(v, v), v));
+        if (act == ACT_GELU_TANH) z = _mm512_mul_ps(vc, _mm512_fmadd_ps(_mm512_mul_ps(cubic, v), _mm512_mul_ps(v, v), v));
         const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)); /* e^-z (inf for z < -88: sigmoid 0) */
         _mm512_storeu_ps(y + i, _mm512_div_ps(v, _mm512_add_ps(one, e)));
     }
 #endif
     for (; i < n; i++) {
-        const float v = x[i], z = gelu ? c * (v + 0.044715f * v * v * v) : v;
-        y[i] = v / (1.f + expf(-z));
+        const float v = x[i];
+        if (act == ACT_RELU)
+            y[i] = v > 0.f ? v : 0.f;
+        else if (act == ACT_GELU)
+            y[i] = 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+        else
+            y[i] = v / (1.f + expf(-(act == ACT_GELU_TANH ? c * (v + 0.044715f * v * v * v) : v)));
     }
 }
 
 /* A gated MLP's down-projection input for one position: out[f] = act(h[f]) * h[F + f] (act as `activate`). */
-static void glu_row(const float *h, int64_t F, int gelu, float *out) {
-    activate(h, F, gelu, out);
+static void glu_row(const float *h, int64_t F, int act, float *out) {
+    activate(h, F, act, out);
 #pragma omp simd
     for (int64_t f = 0; f < F; f++) out[f] *= h[F + f];
 }
 
 /* `glu_row` for many positions in one call: rows of h [rows, 2F] (rows h_r apart) into out [rows, F]. */
-void encore_glu_rows(const float *h, int64_t rows, int64_t F, int64_t h_r, int64_t gelu, float *out) {
+void encore_glu_rows(const float *h, int64_t rows, int64_t F, int64_t h_r, int64_t act, float *out) {
 #pragma omp parallel for schedule(static) if (rows * F >= (1 << 15))
-    for (int64_t r = 0; r < rows; r++) glu_row(h + r * h_r, F, (int)gelu, out + r * F);
+    for (int64_t r = 0; r < rows; r++) glu_row(h + r * h_r, F, (int)act, out + r * F);
 }
 
-/* An ungated MLP's activation in place over h [rows, F] (contiguous): `activate` (GELU-tanh or SiLU). */
-void encore_act_rows(float *h, int64_t rows, int64_t F, int64_t gelu) {
+/* An ungated MLP's activation in place over h [rows, F] (contiguous): `activate`'s `act`. */
+void encore_act_rows(float *h, int64_t rows, int64_t F, int64_t act) {
 #pragma omp parallel for schedule(static) if (rows * F >= (1 << 15))
-    for (int64_t r = 0; r < rows; r++) activate(h + r * F, F, (int)gelu, h + r * F);
+    for (int64_t r = 0; r < rows; r++) activate(h + r * F, F, (int)act, h + r * F);
 }
 
 static inline float dot(const float *a, const float *b, int64_t n) {
@@ -204,10 +253,13 @@ static void weigh(const float *w, int64_t n, const void *v, int kv16, int64_t v_
  * so each K/V row is read once per step. Returns 0, or -1 when out of memory. A row with no position
  * to attend gets zeros. `lse` [B, H] (NULL: not wanted) receives each head's log-sum-exp of its
  * logits (-inf where nothing is attended): what merges two attentions into one softmax (`merge`).
- * `kv16`: K and V are fp16 (a half-precision cache), else fp32. */
+ * `kv16`: K and V are fp16 (a half-precision cache), else fp32. `bias` (NULL: none) is added to the
+ * scaled logits, bias[b * bias_b + h * bias_h + s] (T5's relative positions; -inf hides a key); it is
+ * not combined with a soft cap (the caller's check). */
 int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t S, int64_t Dh, int64_t q_b,
                       int64_t q_h, const void *k, int64_t k_b, int64_t k_h, int64_t k_s, const void *v,
                       int64_t v_b, int64_t v_h, int64_t v_s, const uint8_t *mask, int64_t mask_b,
+                      const float *bias, int64_t bias_b, int64_t bias_h,
                       const int64_t *rows, float scale, float softcap, float *out, float *lse, int64_t kv16) {
     const int64_t G = H / KH, tasks = B * KH;
     const int threads = omp_get_max_threads();
@@ -230,6 +282,13 @@ int encore_attend_one(const float *q, int64_t B, int64_t H, int64_t KH, int64_t 
         const void *kb = kv_offset(k, r * k_b + g * k_h, (int)kv16), *vb = kv_offset(v, r * v_b + g * v_h, (int)kv16);
         float *p = sc + t * G * size, *pt = part + t * G * (Dh + 2);
         if (s1 > s0) scores(q + b * q_b + g * G * q_h, G, q_h, kb, (int)kv16, k_s, Dh, s0, s1, scale, p);
+        if (bias && s1 > s0)
+            for (int64_t i = 0; i < G; i++) {
+                const float *bi = bias + b * bias_b + (g * G + i) * bias_h + s0;
+                float *pi = p + i * (s1 - s0);
+#pragma omp simd
+                for (int64_t s = 0; s < s1 - s0; s++) pi[s] += bi[s];
+            }
         for (int64_t i = 0; i < G; i++) {
             float *pi = p + i * (s1 - s0), *o = pt + i * (Dh + 2) + 2;
             pt[i * (Dh + 2) + 1] = s1 > s0 ? exponentiate(pi, s1 - s0, mc, softcap, pt + i * (Dh + 2)) : 0.f;
@@ -274,9 +333,10 @@ static inline void merge(float *a, const float *lse_a, const float *b, const flo
 }
 
 /* One head's vector in place: RMS-normalised by `norm` (NULL: not), then rotated by RoPE (rotate-half
- * layout: the first half pairs with the second) with this position's cos / sin. */
+ * layout: the first half pairs with the second) with this position's cos / sin (NULL: not rotated). */
 static void norm_rope(float *x, int64_t Dh, const float *norm, float eps, const float *cos, const float *sin) {
     if (norm) rms_row(x, Dh, norm, eps, x);
+    if (!cos) return;
     const int64_t half = Dh / 2;
     for (int64_t d = 0; d < half; d++) {
         const float a = x[d], b = x[d + half];
@@ -287,14 +347,15 @@ static void norm_rope(float *x, int64_t Dh, const float *norm, float eps, const 
 
 /* A decode step's self-attention inputs, from the fused q/k/v projection qkv [B, (H + 2 KH) * Dh] (rows
  * qkv_b apart): q (normed, rotated) into q_out [B, H, Dh]; k (normed, rotated) and v into the cache at
- * each row's position min(length[b], max_len - 1), fp16 where `kv16`. cos / sin: [B, Dh]; q_norm /
+ * each row's position min(length[b], max_len - 1), fp16 where `kv16`. cos / sin: [B, Dh] (NULL: a family
+ * whose positions are not rotary); q_norm /
  * k_norm: [Dh] or NULL. */
 void encore_rope_store(const float *qkv, int64_t B, int64_t H, int64_t KH, int64_t Dh, int64_t qkv_b,
                        const float *cos, const float *sin, const float *q_norm, const float *k_norm, float eps,
                        void *k, int64_t k_b, int64_t k_h, int64_t k_s, void *v, int64_t v_b, int64_t v_h,
                        int64_t v_s, const int64_t *length, int64_t max_len, float *q_out, int64_t kv16) {
     for (int64_t b = 0; b < B; b++) {
-        const float *row = qkv + b * qkv_b, *c = cos + b * Dh, *s = sin + b * Dh;
+        const float *row = qkv + b * qkv_b, *c = cos ? cos + b * Dh : NULL, *s = sin ? sin + b * Dh : NULL;
         const int64_t pos = length[b] < max_len - 1 ? length[b] : max_len - 1;
         for (int64_t h = 0; h < H; h++) {
             float *q = q_out + (b * H + h) * Dh;
