@@ -56,6 +56,10 @@ def test_bf16_prefill_attention_equals_sdpa(B, H, KH, T, S, Dh):
             if name == "window+padding":
                 mask[:, :, :, 0] = True  # every query has a key (a query with none: the next test)
             close_to_bf16(fused(q, k, v, mask, False, 0.0, scale, cap), attend(q, k, v, mask, False, 0.0, scale, cap))
+    # T5's relative positions: an fp32 bias per head, -inf where padded (the keys of each row's first)
+    bias = torch.randn(B, H, T, S, generator=g).masked_fill(~padding, float("-inf"))
+    for b in (bias, bias[:1, :1]):
+        close_to_bf16(fused(q, k, v, b, False, 0.0), attend(q, k, v, b, False, 0.0))
     if T == S:
         close_to_bf16(fused(q, k, v, None, True, 0.0), attend(q, k, v, None, True, 0.0))
 
@@ -137,9 +141,9 @@ def test_a_model_with_bf16_prefill_attention(arch, quantize):
     assert not any(isinstance(m, FusedAttend) for m in bf16.modules())
 
 
-@pytest.mark.parametrize("mlp_type", ["swiglu", "geglu", "gelu", "silu"])
+@pytest.mark.parametrize("mlp_type", ["swiglu", "geglu", "gelu", "silu", "gelu_exact", "relu"])
 def test_fused_mlp_equals_the_mlp(mlp_type):
-    """act(gate) * up (gated) or act(up) (ungated: GELU-tanh, SiLU) in one C pass: the MLP's output to
+    """act(gate) * up (gated) or act(up) (ungated: GELU-tanh, SiLU, GELU, ReLU) in one C pass: the MLP's output to
     float rounding, for a prefill's rows (split over threads) and a single row."""
     mlp = MLP(ModelConfig.preset("deconly-tiny", mlp_type=mlp_type))
     with torch.no_grad():

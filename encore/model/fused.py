@@ -69,8 +69,8 @@ def _attend_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL
     if lib is None or not lib.encore_attend_bf16_built():
         return None
     lib.encore_attend_bf16.restype = ctypes.c_int
-    lib.encore_attend_bf16.argtypes = [_PTR, *[_I64] * 9, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3]
-    lib.encore_attend_bf16.argtypes += [_F32, _F32, _PTR]
+    lib.encore_attend_bf16.argtypes = [_PTR, *[_I64] * 9, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3, _PTR, *[_I64] * 2]
+    lib.encore_attend_bf16.argtypes += [_PTR, *[_I64] * 4, _F32, _F32, _PTR]  # bias, its strides, causal, ...
     return lib
 
 
@@ -96,13 +96,13 @@ def _mask_rows(mask: Tensor | None, keys: int) -> tuple[Tensor | None, int, int]
     return rows, rows.stride(0) if rows.shape[0] > 1 else 0, rows.stride(1) if rows.shape[1] > 1 else 0
 
 
-def _bias_rows(mask: Tensor | None, keys: int) -> tuple[Tensor | None, int, int]:
-    """A float (additive) mask [B | 1, H | 1, 1, keys] as the C kernels read it: the tensor (None for
-    none), its batch and head strides (0 where it broadcasts)."""
+def _bias_rows(mask: Tensor | None) -> tuple[Tensor | None, int, int, int]:
+    """A float (additive) mask [B | 1, H | 1, T | 1, keys] as the C kernels read it: the tensor (None for
+    none, or a boolean mask), its batch, head and row strides (0 where it broadcasts)."""
     if mask is None or mask.dtype == torch.bool:
-        return None, 0, 0
+        return None, 0, 0, 0
     rows = mask if mask.stride(-1) == 1 else mask.contiguous()
-    return rows, rows.stride(0) if rows.shape[0] > 1 else 0, rows.stride(1) if rows.shape[1] > 1 else 0
+    return rows, *(rows.stride(i) if rows.shape[i] > 1 else 0 for i in range(3))
 
 
 def _one_query_mask(mask: Tensor | None, softcap: SoftCap | None) -> bool:
@@ -229,7 +229,7 @@ class FusedAttend(native.Handles, Attend):
         KH, S = k.shape[1], k.shape[2]
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         out = torch.empty(B, 1, H * Dh)
-        bias, bias_b, bias_h = _bias_rows(mask, S)  # [B | 1, H | 1, 1, S]
+        bias, bias_b, bias_h, _ = _bias_rows(mask)  # [B | 1, H | 1, 1, S]
         rows, mask_b, _ = _mask_rows(None if bias is not None else mask, S)  # [B | 1, 1, S]
         failed = self._lib.encore_attend_one(
             q.data_ptr(), B, H, KH, S, Dh, q.stride(0), q.stride(1),
@@ -254,8 +254,8 @@ class FusedAttend(native.Handles, Attend):
         softcap: SoftCap | None,
     ) -> Tensor | None:
         """q [B, H, T, Dh], k / v [B, KH, S, Dh] -> [B, T, H * Dh] through csrc/attend.c; None where it
-        does not take the call (no `bf16_prefill`, not fp32, dropout or gradients wanted, a mask not
-        boolean or per head, a causal call over a cache, Dh not a multiple of 32)."""
+        does not take the call (no `bf16_prefill`, not fp32, dropout or gradients wanted, a boolean mask
+        per head, an fp32 bias beside a soft cap, a causal call over a cache, Dh not a multiple of 32)."""
         B, H, T, Dh = q.shape
         KH, S = k.shape[1], k.shape[2]
         if (
@@ -264,17 +264,21 @@ class FusedAttend(native.Handles, Attend):
             or k.dtype != torch.float32
             or dropout != 0.0
             or (torch.is_grad_enabled() and q.requires_grad)
-            or (mask is not None and (mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1))
+            or (mask is not None and mask.dim() != 4)
+            or (mask is not None and mask.dtype == torch.bool and mask.shape[1] != 1)
+            or (mask is not None and mask.dtype != torch.bool and (mask.dtype != torch.float32 or softcap is not None))
             or (causal and mask is None and T != S)
         ):
             return None
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-        rows, mask_b, mask_t = _mask_rows(mask, S)  # [B | 1, T | 1, S]
+        bias, bias_b, bias_h, bias_t = _bias_rows(mask)  # [B | 1, H | 1, T | 1, S]: T5's relative positions
+        rows, mask_b, mask_t = _mask_rows(None if bias is not None else mask, S)  # [B | 1, T | 1, S]
         out = torch.empty(B, T, H * Dh)
         failed = self._prefill_lib.encore_attend_bf16(
             q.data_ptr(), B, H, KH, T, S, Dh, q.stride(0), q.stride(1), q.stride(2),
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
-            _ptr(rows), mask_b, mask_t, causal and mask is None, Dh**-0.5 if scale is None else scale,
+            _ptr(rows), mask_b, mask_t, _ptr(bias), bias_b, bias_h, bias_t, causal and mask is None,
+            Dh**-0.5 if scale is None else scale,
             0.0 if softcap is None else softcap.cap, out.data_ptr(),
         )  # fmt: skip
         if failed == -1:

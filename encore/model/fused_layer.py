@@ -160,7 +160,7 @@ class _FusedLayer(native.Handles):
         y = x.to(torch.float32, copy=True).contiguous()  # [B, 1, D]: the layer's output, updated in place
         cos, sin = (None, None) if rope is None else (t.contiguous() for t in rope)  # [B, 1, 1, Dh]
         k, v = cache.k[layer], cache.v[layer]  # [B, KH, T, Dh]
-        bias, bias_b, bias_h = _bias_rows(mask, T)  # [B | 1, H | 1, 1, T]: T5's relative positions
+        bias, bias_b, bias_h, _ = _bias_rows(mask)  # [B | 1, H | 1, 1, T]: T5's relative positions
         rows, mask_b, _ = _mask_rows(None if bias is not None else mask, T)  # [B | 1, 1, T]
         ck = cv = cross_rows = shared = None
         S, ck_strides, cv_strides, cross_b = 0, (0, 0, 0), (0, 0, 0), 0

@@ -188,10 +188,11 @@ static void key_range(const uint8_t *mask, int64_t mask_t, int64_t causal, int64
     *lo = first, *hi = last + 1;
 }
 
-/* Softmax numerators of one row's scores sc[lo16, hi16) (fp32, scaled) into bf16 p (same columns), masked
- * keys, keys outside [lo, hi) and keys past `allowed_to` (causal) at zero; returns their sum (0: none). */
+/* Softmax numerators of one row's scores sc[lo16, hi16) (fp32, scaled; plus `bias`'s row where given)
+ * into bf16 p (same columns), masked keys, keys outside [lo, hi) and keys past `allowed_to` (causal) at
+ * zero; returns their sum (0: none). */
 static float row_softmax(float *sc, int64_t lo16, int64_t hi16, int64_t lo, int64_t hi, const uint8_t *mask,
-                         int64_t allowed_to, float softcap, uint16_t *p) {
+                         const float *bias, int64_t allowed_to, float softcap, uint16_t *p) {
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     for (int64_t s = lo16; s < hi16; s += 16) {
         __m512 x = _mm512_loadu_ps(sc + s);
@@ -199,6 +200,10 @@ static float row_softmax(float *sc, int64_t lo16, int64_t hi16, int64_t lo, int6
             const __m512 e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(2.f / softcap)));
             const __m512 th = _mm512_sub_ps(_mm512_set1_ps(1.f), _mm512_div_ps(_mm512_set1_ps(2.f), _mm512_add_ps(e, _mm512_set1_ps(1.f))));
             x = _mm512_mul_ps(th, _mm512_set1_ps(softcap));
+        }
+        if (bias) { /* the row's floats up to its end only */
+            const __mmask16 in = s + 16 <= hi ? (__mmask16)0xFFFF : (__mmask16)((1u << (hi - s)) - 1);
+            x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(in, bias + s));
         }
         const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)s), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
         __mmask16 ok = _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32((int)lo)) & _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32((int)(hi < allowed_to ? hi : allowed_to)));
@@ -228,7 +233,8 @@ static float row_softmax(float *sc, int64_t lo16, int64_t hi16, int64_t lo, int6
 
 /* One task: query positions [t0, t1) of head h in row b, over its KV head's packed K / V (`pack_kv`). */
 static void attend_block(const float *q, int64_t q_t, int64_t S, int64_t Dh, int64_t S64, const uint32_t *kp,
-                         const uint32_t *vp, const uint8_t *mask, int64_t mask_t, int64_t causal, float scale,
+                         const uint32_t *vp, const uint8_t *mask, int64_t mask_t, const float *bias,
+                         int64_t bias_t, int64_t causal, float scale,
                          float softcap, int64_t t0, int64_t t1, float *out, int64_t out_t, uint32_t *qw, float *sc,
                          uint16_t *p, float *o, int amx) {
     const int64_t M = t1 - t0, D2 = Dh / 2;
@@ -256,7 +262,7 @@ static void attend_block(const float *q, int64_t q_t, int64_t S, int64_t Dh, int
     for (int64_t m = 0; m < M; m++) {
         const int64_t t = t0 + m;
         sums[m] = row_softmax(sc + m * S64, lo64, hi16, lo, hi, mask ? mask + t * mask_t : NULL,
-                              causal && !mask ? t + 1 : S, softcap, p + m * S64);
+                              bias ? bias + t * bias_t : NULL, causal && !mask ? t + 1 : S, softcap, p + m * S64);
     }
     /* P V over the pairs of keys [lo64, hi16): p's rows are S64 / 2 words apart */
 #ifdef ENCORE_AMX
@@ -287,12 +293,14 @@ int encore_attend_bf16_built(void) {
 /* out [B, T, H * Dh] (contiguous) = attention of q [B, H, T, Dh] over k, v [B, KH, S, Dh] (strides in
  * elements; the last dimension contiguous), fp32 in and out. mask: bool [B | 1, T | 1, S] (batches
  * mask_b apart, rows mask_t apart, 0: broadcast), or NULL: every key, or key s <= t where `causal`.
- * A query with no key to attend gets zeros. Returns 0; -1 out of memory; -2 not built for this CPU or
+ * bias: fp32 [B | 1, H | 1, T | 1, S] added to the scaled logits (batches, heads, rows bias_b, bias_h,
+ * bias_t apart; -inf hides a key; NULL: none): T5's relative positions. A query with no key to attend gets zeros. Returns 0; -1 out of memory; -2 not built for this CPU or
  * shapes it does not take (Dh not a multiple of 32): the caller runs SDPA. */
 int encore_attend_bf16(const float *q, int64_t B, int64_t H, int64_t KH, int64_t T, int64_t S, int64_t Dh, int64_t q_b,
                        int64_t q_h, int64_t q_t, const float *k, int64_t k_b, int64_t k_h, int64_t k_s, const float *v,
                        int64_t v_b, int64_t v_h, int64_t v_s, const uint8_t *mask, int64_t mask_b, int64_t mask_t,
-                       int64_t causal, float scale, float softcap, float *out) {
+                       const float *bias, int64_t bias_b, int64_t bias_h, int64_t bias_t, int64_t causal, float scale,
+                       float softcap, float *out) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
     if (Dh % 32 || Dh > 512 || H % KH) return -2;
     const int64_t S64 = (S + NP - 1) & ~(int64_t)(NP - 1), G = H / KH, blocks = (T + MB - 1) / MB;
@@ -333,7 +341,8 @@ int encore_attend_bf16(const float *q, int64_t B, int64_t H, int64_t KH, int64_t
             const int64_t b = task / (H * blocks), h = task / blocks % H, blk = task % blocks, g = b * KH + h / G;
             const int64_t t0 = blk * MB, t1 = t0 + MB < T ? t0 + MB : T;
             attend_block(q + b * q_b + h * q_h, q_t, S, Dh, S64, kp + g * kv_words, vp + g * v_words,
-                         mask ? mask + b * mask_b : NULL, mask_t, causal, scale, softcap, t0, t1,
+                         mask ? mask + b * mask_b : NULL, mask_t, bias ? bias + b * bias_b + h * bias_h : NULL,
+                         bias_t, causal, scale, softcap, t0, t1,
                          out + b * T * H * Dh + h * Dh, H * Dh, qw, sc, p, o, amx);
         }
         free(qw), free(sc), free(o), free(p);
@@ -346,7 +355,8 @@ int encore_attend_bf16(const float *q, int64_t B, int64_t H, int64_t KH, int64_t
 #else
     (void)q, (void)B, (void)H, (void)KH, (void)T, (void)S, (void)Dh, (void)q_b, (void)q_h, (void)q_t, (void)k;
     (void)k_b, (void)k_h, (void)k_s, (void)v, (void)v_b, (void)v_h, (void)v_s, (void)mask, (void)mask_b;
-    (void)mask_t, (void)causal, (void)scale, (void)softcap, (void)out;
+    (void)mask_t, (void)bias, (void)bias_b, (void)bias_h, (void)bias_t, (void)causal, (void)scale, (void)softcap;
+    (void)out;
     return -2;
 #endif
 }
