@@ -22,6 +22,20 @@ def encore(log: Path, *argv: str) -> None:
     print(f"  {time.perf_counter() - start:.0f} s", flush=True)
 
 
+def digit_tokenizer(directory: Path) -> str:
+    """A word-level tokenizer of the addition task's symbols (16 ids: pad 0, <s> 1, </s> 2, the digits,
+    "+", <unk>), saved to `directory`; its path. Tiny models then train in milliseconds a step."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", *map(str, range(10)), "+", "<unk>"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(directory)
+    return str(directory)
+
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -26,7 +26,7 @@ import re
 import statistics
 from pathlib import Path
 
-from _encore import encore
+from _encore import digit_tokenizer, encore
 
 SHAPE = dict(d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, mlp_dim=256, vocab_size=16, max_seq_len=64)
 TASK = ["--task", "addition", "--task-option", "digits=2", "--max-source-len", "8", "--max-target-len", "4"]
@@ -56,20 +56,13 @@ def sh(out: Path, log: str, *argv: str) -> None:
 
 def setup(out: Path) -> tuple[str, str, str]:
     """The digit tokenizer and the two model configs: (tokenizer dir, teacher .json, student .json)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from encore import ModelConfig
 
     out.mkdir(parents=True, exist_ok=True)
-    words = ["<pad>", "<s>", "</s>", *map(str, range(10)), "+", "<unk>"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    fast.save_pretrained(out / "tokenizer")
+    tokenizer = digit_tokenizer(out / "tokenizer")
     ModelConfig(arch="deconly", n_encoder_layers=0, n_decoder_layers=4, **SHAPE).save(out / "teacher.json")
     ModelConfig(arch="encdec", n_encoder_layers=2, n_decoder_layers=1, **SHAPE).save(out / "student.json")
-    return str(out / "tokenizer"), str(out / "teacher.json"), str(out / "student.json")
+    return tokenizer, str(out / "teacher.json"), str(out / "student.json")
 
 
 def answers(predictions: Path) -> dict[str, float]:

@@ -320,6 +320,41 @@ def test_bf16_load_streams_into_bf16(pair):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
+def test_a_tied_unscaled_t5_round_trips(tmp_path):
+    """transformers 5 builds Flan-T5 / T5 v1.1 configs (`tie_word_embeddings=False`) with the head tied
+    to the table and unscaled; encore writes such a model back with a head of its own (unscaled in every
+    transformers version) and transformers reloads the same logits."""
+    hf = _reference(lambda: _t5(feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+    hf.save_pretrained(tmp_path / "in")
+    model = load(tmp_path / "in")
+    assert model.config.tie_embeddings and model.config.head_scale is None
+    model.save_pretrained(tmp_path / "out", format="hf")
+    again = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out").eval()
+    ids, mask = _batch("right")
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :5]).logits
+        _close(again(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :5]).logits, want)
+        _close(model(ids, ids[:, :5], attention_mask=mask), want)
+
+
+def test_t5_asked_for_fp16_runs_bf16_and_says_so(tmp_path):
+    """T5's feed-forward outputs pass fp16's 65504 (CTranslate2 #1074): a T5 asked for float16 (loaded,
+    or optimized) runs bfloat16 with one warning, and its logits stay finite where fp16's would not."""
+    hf = _t5()
+    with torch.no_grad():
+        hf.decoder.block[0].layer[-1].DenseReluDense.wo.weight.fill_(30000.0)  # activations past fp16's range
+    hf.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="t5 overflows float16.*bfloat16"):
+        model = load(tmp_path, dtype=torch.float16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    ids = torch.tensor([[5, 6, 7, 1]])
+    with torch.no_grad():
+        assert torch.isfinite(model(ids, torch.tensor([[0, 9, 10]]))).all()
+        assert not torch.isfinite(load(tmp_path).half()(ids, torch.tensor([[0, 9, 10]]))).all()  # what it avoids
+    with pytest.warns(UserWarning, match="bfloat16"):
+        assert encore.optimize(load(tmp_path), dtype=torch.float16).embed.weight.dtype == torch.bfloat16
+
+
 # --- errors, in one line ------------------------------------------------------------------------------
 
 

@@ -190,6 +190,25 @@ def test_fused_layer_equals_its_modules(arch, overrides, quantize):
     assert list(fused.decoder) == layers
 
 
+@pytest.mark.parametrize("overrides", [{}, BART_LIKE], ids=["encore", "bart-like"])
+def test_rows_sharing_one_cross_kv(overrides):
+    """A beam's hypotheses (Whisper's window decoding) share the input's one cross K/V [1, KH, S, Dh]:
+    the fused layers read it for every row, as the modules do (it once read past it and crashed)."""
+    fused = encore.optimize(make_model("encdec", **overrides))
+    modules = copy.deepcopy(fused)
+    for layer in modules.decoder:
+        layer.forward = functools.partial(layer._eager.forward, layer)
+    ids = torch.randint(3, 512, (1, 9), generator=torch.Generator().manual_seed(8))
+    rows, tokens = torch.tensor([0, 0, 0]), torch.tensor([5, 6, 7])
+    with torch.inference_mode():
+        steps = []
+        for model in (fused, modules):
+            cache = model.prefill(ids, None, 4)[1].select_rows(rows, cross=False)
+            assert cache.cross_k.shape[1] == 1  # [L, 1, KH, S, Dh]
+            steps.append(model.decode_step(tokens, cache))
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-4, atol=1e-4 * steps[1].abs().max().item())
+
+
 def test_a_layer_the_fused_path_cannot_run_keeps_its_modules():
     """A layer whose norms disagree on eps keeps the module path; fp32, int4 and int8 projections mix in
     one fused layer; an fp32 layer runs its modules for steps of more than FP32_MAX_ROWS rows (oneDNN's

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from encore.model.layer_c import _I64, _PTR
-from encore.model.layer_c import library as _layer_library
 from encore.model.fused_rows import FusedInt8Linear
 from encore.model.kernels import Int8Linear, int8_available
+from encore.model.layer_c import _I64, _PTR
+from encore.model.layer_c import library as _layer_library
 
 pytestmark = pytest.mark.skipif(_layer_library() is None, reason="csrc/layer.c needs a C compiler on Linux")
 

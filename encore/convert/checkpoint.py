@@ -20,7 +20,7 @@ from encore.config import ModelConfig
 from encore.convert.adapter import ConversionError, StateDictAdapter
 from encore.convert.registry import GENERATION_FILE, adapter_for, read_json
 from encore.model.arches import model_class
-from encore.model.base import LanguageModel
+from encore.model.base import LanguageModel, runnable_dtype
 
 
 def is_hf_checkpoint(directory: Path) -> bool:
@@ -157,7 +157,7 @@ def fill_model(
     `where` names the source in errors."""
     with torch.device("meta"):
         model = model_class(config.arch)(config)
-    if dtype is not None:
+    if (dtype := runnable_dtype(config, dtype)) is not None:
         model.to(dtype)
     model.to_empty(device=device)
     model.reset_buffers(device)

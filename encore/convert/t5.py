@@ -93,10 +93,10 @@ class T5Adapter(StateDictAdapter):
             or config.attn_softcap is not None
             or config.final_softcap is not None,
             "its encoder has its own widths or table": bool(config.encoder_shape) or not config.tie_encoder_embeddings,
-            "its head's scale is not T5's (v1.0: tied and scaled; later: untied, unscaled; mT5: unscaled)": (
+            "its head's scale is not T5's (v1.0: tied and scaled; later: unscaled; mT5: unscaled)": (
                 config.head_scale not in (None, config.d_model**-0.5)
                 or (config.family == "mt5" and config.head_scale is not None)
-                or (config.family != "mt5" and config.tie_embeddings != (config.head_scale is not None))
+                or (not config.tie_embeddings and config.head_scale is not None)
             ),
             "it has grouped K/V heads": config.n_kv_heads != config.n_heads,
         }
@@ -117,12 +117,20 @@ class T5Adapter(StateDictAdapter):
             relative_attention_max_distance=config.relative_max_distance,
             layer_norm_epsilon=config.norm_eps,
             feed_forward_proj=_MLP_BACK[config.mlp_type],
-            tie_word_embeddings=config.tie_embeddings,
+            tie_word_embeddings=config.head_scale is not None,  # T5's name for "scaled" (v1.0); unscaled: a head
             dropout_rate=0.0,
             pad_token_id=config.pad_token_id,
             eos_token_id=config.eos_token_id,
             decoder_start_token_id=config.bos_token_id,
         )
+
+    def to_hf(self, state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+        """The rules' tensors; a tied, unscaled head (as transformers 5 makes them) written as a head of
+        its own, which every transformers version reads as unscaled (`tie_word_embeddings` false)."""
+        out = super().to_hf(state, config)
+        if config.tie_embeddings and config.head_scale is None:
+            out["lm_head.weight"] = state["embed.weight"].clone()
+        return out
 
     def rules(self, config: ModelConfig) -> list[Rule]:
         rules: list[Rule] = [

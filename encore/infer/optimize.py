@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from encore.model.base import runnable_dtype
 from encore.model.fused import bf16_attention_available, fused_available
 from encore.model.fused_layer import fuse
 from encore.model.fused_rows import fuse_int8_rows
@@ -118,6 +119,7 @@ def optimize(
     device = torch.device(device) if device is not None else model.embed.weight.device
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = runnable_dtype(model.config, dtype)
     if quantize:
         _check_quantize(quantize, device, dtype, group_size)
     fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available()

@@ -35,6 +35,18 @@ from encore.model.positions import make_positions
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+FP16_OVERFLOWS = ("t5", "mt5")  # families whose activations pass fp16's 65504 (CTranslate2 #1074): NaN
+
+
+def runnable_dtype(config: ModelConfig, dtype: torch.dtype | None) -> torch.dtype | None:
+    """`dtype`, or bfloat16 where it is float16 and the family overflows fp16 (T5, mT5: their
+    feed-forward outputs pass 65504 and the logits turn NaN), said once."""
+    if dtype != torch.float16 or config.family not in FP16_OVERFLOWS:
+        return dtype
+    import warnings
+
+    warnings.warn(f"encore: {config.family} overflows float16 (NaN logits); running bfloat16 instead", stacklevel=3)
+    return torch.bfloat16
 
 
 class LanguageModel(nn.Module):
@@ -294,7 +306,7 @@ class LanguageModel(nn.Module):
         model.load_state_dict(state, strict=manifest is None)  # kernels hold their own tensors
         if manifest:
             fuse_loaded(model)
-        if dtype is not None:
+        if (dtype := runnable_dtype(config, dtype)) is not None:
             model.to(dtype)
         if (directory / "tokenizer.json").exists():
             from encore.tokenizer import auto_tokenizer

@@ -235,8 +235,8 @@ class FusedAttend(native.Handles, Attend):
             q.data_ptr(), B, H, KH, S, Dh, q.stride(0), q.stride(1),
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
             v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
-            _ptr(rows), mask_b, _ptr(bias), bias_b, bias_h, None, Dh**-0.5 if scale is None else scale, 0.0 if softcap is None else softcap.cap,
-            out.data_ptr(), None, kv16,
+            _ptr(rows), mask_b, _ptr(bias), bias_b, bias_h, None, Dh**-0.5 if scale is None else scale,
+            0.0 if softcap is None else softcap.cap, out.data_ptr(), None, kv16,
         )  # fmt: skip
         if failed:
             raise MemoryError("fused attention: out of memory for the scores")
@@ -405,5 +405,3 @@ def fuse_modules(model: nn.Module, bf16_prefill: bool = False) -> list[tuple[nn.
                 continue
             swaps.append((parent, name, child))
     return swaps
-
-

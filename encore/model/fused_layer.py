@@ -141,6 +141,7 @@ class _FusedLayer(native.Handles):
             or (cross_mask is not None and cross_mask.dtype != torch.bool)
             or cache.k.dtype not in (torch.float32, torch.float16)
             or (cross_kv is not None and cross_kv[0].dtype != cache.k.dtype)
+            or (cross_kv is not None and cross_kv[0].shape[0] not in (1, x.shape[0]))
         )
 
     def forward(
@@ -165,8 +166,9 @@ class _FusedLayer(native.Handles):
         ck = cv = cross_rows = shared = None
         S, ck_strides, cv_strides, cross_b = 0, (0, 0, 0), (0, 0, 0), 0
         if cross_kv is not None:
-            ck, cv = cross_kv
-            S, ck_strides, cv_strides = ck.shape[2], ck.stride()[:3], cv.stride()[:3]
+            ck, cv = cross_kv  # [B | 1, KH, S, Dh]: one row shared by every row (a beam's hypotheses) reads stride 0
+            S = ck.shape[2]
+            ck_strides, cv_strides = ((0 if t.shape[0] == 1 else t.stride(0), *t.stride()[1:3]) for t in (ck, cv))
             cross_rows, cross_b, _ = _mask_rows(cross_mask, S)  # [B | 1, 1, S]
             shared = (
                 getattr(cache, "cross_from", None) if ck.shape[0] == B else None
