@@ -15,7 +15,6 @@ from test_convert_cli import TEXTS, VOCAB, _hf_model
 
 from encore.adapt import AdaptError, adapt, pick_layers
 from encore.cli import main
-from encore.config import ModelConfig
 from encore.convert import load
 from encore.data.objectives import MODE_TOKENS, PrefixLMStream, UL2Stream
 from encore.model.io import read_state
@@ -109,17 +108,46 @@ def test_a_decoder_subset_naming_missing_layers_is_one_line(spec, message):
         pick_layers(spec, 3, "--decoder-layers")
 
 
-def test_an_encoder_decoder_or_weightless_source_is_refused(tmp_path, capsys):
-    from encore.model.io import build
+def test_a_weightless_source_is_refused(tmp_path, capsys):
+    assert main(["adapt", "--from", "deconly-tiny", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a preset or config file has no weights to adapt" in err
 
-    build(ModelConfig.preset("encdec-tiny", vocab_size=VOCAB), seed=0).save_pretrained(tmp_path / "ed")
-    for spec, message in (
-        (tmp_path / "ed", "adapt reads a decoder-only model; this one is 'encdec'"),
-        ("deconly-tiny", "a preset or config file has no weights to adapt"),
-    ):
-        assert main(["adapt", "--from", str(spec), "--out", str(tmp_path / "x")]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and message in err
+
+def test_a_shallower_decoder_from_an_encoder_decoder(tmp_path, capsys):
+    """distil-whisper's recipe on a BART checkpoint (3 decoder layers): `--decoder-layers 2` keeps the
+    encoder and decoder layers 0 and 2 (the ends), every weight the source's; Whisper's alignment heads
+    follow their layers; the result writes back as BART and transformers reads the same logits."""
+    torch.manual_seed(0)
+    config = transformers.BartConfig(
+        vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, max_position_embeddings=64,
+        dropout=0.0, forced_eos_token_id=None,
+    )  # fmt: skip
+    transformers.BartForConditionalGeneration(config).save_pretrained(tmp_path / "bart")
+    train_tokenizer(TEXTS, vocab_size=VOCAB).save_pretrained(str(tmp_path / "bart"))
+    source = load(tmp_path / "bart")
+    source.generation_config["alignment_heads"] = [[0, 1], [1, 2], [2, 3]]
+    shallow = adapt(source, decoder_layers=2)
+    assert (shallow.config.n_encoder_layers, shallow.config.n_decoder_layers) == (2, 2)
+    assert shallow.config.family == "bart" and shallow.generation_config["alignment_heads"] == [[0, 1], [1, 3]]
+    want = source.state_dict()
+    for name, tensor in shallow.state_dict().items():
+        origin = name.replace("decoder.1.", "decoder.2.") if name.startswith("decoder.1.") else name
+        _same(tensor, want[origin], name)
+    shallow.save_pretrained(tmp_path / "hf", format="hf")
+    again = transformers.BartForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    assert again.config.decoder_layers == 2
+    ids = torch.randint(3, VOCAB, (1, 9))
+    with torch.no_grad():
+        theirs = again(input_ids=ids, decoder_input_ids=ids[:, :4]).logits
+        ours = shallow(ids, ids[:, :4])
+    assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+    argv = ["adapt", "--from", str(tmp_path / "bart"), "--out", str(tmp_path / "cli"), "--decoder-layers", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 encoder + 2 decoder layers" in out and "decoder from 0,2; cross-attention kept" in out
+    assert load(tmp_path / "cli").config.n_decoder_layers == 2
 
 
 # --- through the command line: adapt, then pretrain with each objective --------------------------------

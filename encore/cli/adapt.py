@@ -1,4 +1,5 @@
-"""`encore adapt --from SRC --out DIR`: a decoder-only checkpoint -> an encoder-decoder (`encore.adapt`)."""
+"""`encore adapt --from SRC --out DIR`: a decoder-only checkpoint -> an encoder-decoder; an encoder-decoder ->
+the same with fewer layers, e.g. `--decoder-layers 2` (distil-whisper's recipe) (`encore.adapt`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--from",
         dest="source",
         required=True,
-        help="a decoder-only model: a transformers directory, hf:ORG/NAME, a .gguf file or an encore checkpoint",
+        help="a decoder-only model, or an encoder-decoder to make shallower: a transformers directory, "
+        "hf:ORG/NAME, a .gguf file or an encore checkpoint",
     )
     p.add_argument("--out", required=True, help="the directory to write the encoder-decoder to")
     p.add_argument(
@@ -23,7 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decoder-layers",
         default="all",
-        help="all (T5Gemma's balanced pair), a count N (the paper's 2/3 : 1/3: N = layers / 3) or indices i,j,...",
+        help="all (T5Gemma's balanced pair), a count N (the ends of the stack: the paper's 2/3 : 1/3 is N = "
+        "layers / 3; from an encoder-decoder, 2 keeps its first and last: distil-whisper) or indices i,j,...",
     )
     p.add_argument(
         "--cross-init",
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"encore adapt: {args.source} -> {out}: {c.n_encoder_layers} encoder + {c.n_decoder_layers} decoder layers "
         f"({total / 1e6:.1f}M parameters; encoder from layers {_span(enc)}, decoder from {_span(dec)}; "
-        f"cross-attention {args.cross_init})"
+        f"cross-attention {model.adapted_from['cross_init']})"
     )
     return 0
 
