@@ -181,6 +181,57 @@ def test_distill_cli_unlabeled_and_on_policy(tmp_path):
     assert main([*common, "--unlabeled", str(bad), "--out", str(tmp_path / "x")]) == 2
 
 
+def test_an_encoder_decoder_teacher_distils_its_shallower_self(tmp_path):
+    """distil-whisper's recipe on a BART checkpoint: `encore adapt --decoder-layers 1` keeps the encoder
+    and one decoder layer, then `encore distill --teacher <the original> --freeze encoder` trains the
+    decoder against the teacher's own decoder (a `Seq2SeqTeacher`, which reads the student's batch as
+    it is). The teacher scoring itself gives KD 0; the frozen encoder does not move; a student that
+    lays pairs out otherwise is refused in one line."""
+    import transformers
+
+    from encore.convert import load
+    from encore.distill import load_teacher
+    from encore.distill.seq2seq_teacher import Seq2SeqTeacher
+    from encore.tokenizer import train_tokenizer
+    from tests.test_cli_train import STEPS, write_pairs
+    from tests.test_convert_cli import TEXTS, VOCAB
+
+    torch.manual_seed(0)
+    config = transformers.BartConfig(
+        vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, max_position_embeddings=128,
+        dropout=0.0, forced_eos_token_id=None, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=2,
+    )  # fmt: skip
+    big = tmp_path / "bart"
+    transformers.BartForConditionalGeneration(config).save_pretrained(big)
+    train_tokenizer(TEXTS, vocab_size=VOCAB).save_pretrained(str(big))
+    model = load(big)
+    teacher = load_teacher(big, tokenizer=model.tokenizer, student=model.config)
+    assert isinstance(teacher, Seq2SeqTeacher)
+    g = torch.Generator().manual_seed(0)
+    ids, dec = torch.randint(3, VOCAB, (2, 9), generator=g), torch.randint(3, VOCAB, (2, 5), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": dec,
+             "decoder_attention_mask": torch.ones_like(dec), "labels": torch.roll(dec, -1, 1)}  # fmt: skip
+    out = DistillLoss(teacher, alpha=1.0, kind="forward_kl")(model, batch)
+    assert float(out.metrics["kd"]) < 1e-6  # the teacher is the student: nothing to learn
+    shallow = tmp_path / "shallow"
+    assert main(["adapt", "--from", str(big), "--out", str(shallow), "--decoder-layers", "1"]) == 0
+    task = write_pairs(tmp_path / "pairs.jsonl")
+    run = tmp_path / "kd"
+    argv = ["distill", "--teacher", str(big), "--student", str(shallow), "--task", task, *STEPS]
+    assert main([*argv, "--freeze", "encoder", "--kind", "forward_kl", "--out", str(run)]) == 0
+    before, after = load(shallow).state_dict(), load(run / "final").state_dict()
+    assert all(torch.equal(after[n], t) for n, t in before.items() if n.startswith("encoder."))
+    assert any(not torch.equal(after[n], t) for n, t in before.items() if n.startswith("decoder."))
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(record["kd"])
+    other = load(shallow)
+    other.config = other.config.replace(bos_token_id=1)
+    with pytest.raises(DistillError, match="decoder start token is 2, the student's 1"):
+        load_teacher(big, tokenizer=other.tokenizer, student=other.config)
+
+
 # --- the changed-task test --------------------------------------------------------------------------
 
 

@@ -67,6 +67,13 @@ def add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, micro: in
         help="train one part of an encoder-decoder, freeze the rest (cross_attention: the warm-up after "
         "`encore adapt --cross-init random`)",
     )
+    p.add_argument(
+        "--freeze",
+        choices=["cross_attention", "encoder", "decoder"],
+        default=None,
+        help="freeze one part of an encoder-decoder, train the rest (encoder: distil-whisper's recipe after "
+        "`encore adapt --decoder-layers 2`)",
+    )
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
     p.add_argument("--tensorboard", action="store_true")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
@@ -404,6 +411,7 @@ def run_distill(args: argparse.Namespace) -> int:
         lora=args.teacher_lora,
         trust_remote_code=args.trust_remote_code,
         student_sources_end_in_eos=student.config.source_ends_in_eos,
+        student=student.config,
     )
     source, eval_source, collator = task_sources(args, student, with_ids=True)
     if args.unlabeled:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from encore.distill.errors import DistillError
+from encore.distill.seq2seq_teacher import Seq2SeqTeacher
 from encore.distill.teacher import Teacher
 
 NEG_INF = float("-inf")
@@ -195,3 +196,37 @@ def aligned_teacher_logits(
             f"the teacher returned logits of shape {tuple(logits.shape)} for an input of shape {tuple(ids.shape)}"
         )
     return restrict_vocab(logits[:, -T:], vocab_size, valid_vocab)
+
+
+def batch_teacher_logits(
+    teacher: nn.Module,
+    batch: dict[str, Tensor],
+    labels: Tensor,
+    mask: Tensor,
+    *,
+    vocab_size: int | None = None,
+    valid_vocab: int | None = None,
+    teacher_bos_id: int | None | Literal["auto"] = "auto",
+    prefix: str = "",
+) -> Tensor:
+    """The teacher's logits for the target tokens `labels` of a student batch (``prefix + "decoder_input_ids"``
+    are the ones that predict them): an encoder-decoder teacher (`Seq2SeqTeacher`) reads the batch as it
+    is; a decoder-only one the re-laid-out pair (`aligned_teacher_logits`)."""
+    if isinstance(teacher, Seq2SeqTeacher):
+        logits = teacher(
+            batch["input_ids"],
+            batch.get("attention_mask"),
+            batch[prefix + "decoder_input_ids"],
+            batch.get(prefix + "decoder_attention_mask"),
+        )
+        return restrict_vocab(logits, vocab_size, valid_vocab or teacher.valid_vocab)
+    return aligned_teacher_logits(
+        teacher,
+        batch["input_ids"],
+        batch.get("attention_mask"),
+        labels,
+        mask,
+        vocab_size=vocab_size,
+        valid_vocab=valid_vocab,
+        teacher_bos_id=teacher_bos_id,
+    )

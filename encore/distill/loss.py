@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from encore.distill.align import aligned_teacher_logits
+from encore.distill.align import batch_teacher_logits
 from encore.distill.divergence import Kind, SparseLogits, _check_kind, ce_sum, kd_term
 from encore.distill.errors import DistillError
 from encore.distill.topk_store import TopKStore, check_sparse_targets
@@ -14,7 +14,8 @@ from encore.train.losses import Loss, LossOutput
 
 
 class DistillLoss(Loss):
-    """A loss for `encore.train` (`encore.train.losses.Loss`) for an encoder-decoder student:
+    """A loss for `encore.train` (`encore.train.losses.Loss`) for an encoder-decoder student, taught by a
+    decoder-only `Teacher` or an encoder-decoder `Seq2SeqTeacher` (which reads the batch as it is):
     ``α·τ²·KD + (1−α)·CE``, each a mean over its own target tokens, with both means as extra metrics.
 
     The batch holds ``input_ids``, ``attention_mask``, ``decoder_input_ids`` (``[BOS]∘y[:-1]``),
@@ -67,20 +68,22 @@ class DistillLoss(Loss):
             batch.get(prefix + "decoder_attention_mask"),
         )
 
-    def _teacher(self, batch: dict[str, Tensor], labels: Tensor, mask: Tensor, vocab: int) -> Tensor | SparseLogits:
+    def _teacher(
+        self, batch: dict[str, Tensor], labels: Tensor, mask: Tensor, vocab: int, prefix: str = ""
+    ) -> Tensor | SparseLogits:
         if self.store is not None:
             teacher = self.store.batch(batch["example_ids"], labels.shape[1], labels.device)
             check_sparse_targets(teacher, labels, mask)
             return teacher
-        return aligned_teacher_logits(
+        return batch_teacher_logits(
             self.teacher,
-            batch["input_ids"],
-            batch.get("attention_mask"),
+            batch,
             labels,
             mask,
             vocab_size=vocab,
             valid_vocab=self.valid_vocab,
             teacher_bos_id=self.teacher_bos_id,
+            prefix=prefix,
         )
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
@@ -98,7 +101,7 @@ class DistillLoss(Loss):
             (logits, labels) if not on_policy else (self._student(model, batch, "kd_"), batch["kd_labels"])
         )
         kd_mask = kd_labels != -100
-        teacher = self._teacher(batch, kd_labels, kd_mask, kd_logits.shape[-1])
+        teacher = self._teacher(batch, kd_labels, kd_mask, kd_logits.shape[-1], "kd_" if on_policy else "")
         kd = kd_term(
             kd_logits, teacher, kd_mask, kind=self.kind, temperature=self.temperature, beta=self.beta, reduction="sum"
         )

@@ -19,6 +19,7 @@ from encore.data.collate import Batch
 from encore.data.sources import TaskSource
 from encore.distill.align import teacher_layout, teacher_sources
 from encore.distill.errors import DistillError
+from encore.distill.seq2seq_teacher import Seq2SeqTeacher
 from encore.distill.teacher import Teacher
 from encore.train.dist import is_main_process
 
@@ -41,6 +42,8 @@ def generate_teacher_targets(
     teacher's KV-cached ``generate``; ids outside the shared vocabulary are suppressed (or, for a
     teacher that cannot suppress them, refused). Extra keyword arguments go to ``generate`` (e.g.
     ``do_sample``, ``temperature``)."""
+    if isinstance(teacher, Seq2SeqTeacher):  # reads the source as the student does
+        return teacher.continuation(source_ids, source_mask, max_new_tokens, **generate_kwargs)
     if not isinstance(teacher, Teacher):
         raise DistillError("generate_teacher_targets needs a Teacher (see load_teacher / Teacher(model))")
     bos = teacher.bos_id if teacher_bos_id == "auto" else teacher_bos_id

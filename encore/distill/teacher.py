@@ -1,5 +1,6 @@
 """The teacher: a frozen causal LM (Hugging Face, or an encore decoder-only checkpoint) behind one
-calling convention, loaded with a check that it shares the student's tokenizer.
+calling convention, loaded with a check that it shares the student's tokenizer; an encoder-decoder
+teacher is `encore.distill.seq2seq_teacher`'s.
 
 - **Vocabulary** (`check_tokenizers`): a genuinely different tokenizer is refused; a teacher vocabulary
   padded beyond the tokenizer is cut to the shared ids (`valid_vocab`).
@@ -21,8 +22,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from encore.config import ModelConfig
 from encore.convert import load
 from encore.distill.errors import DistillError, TokenizerMismatchError
+from encore.distill.seq2seq_teacher import Seq2SeqTeacher, load_seq2seq_teacher
 from encore.model.base import LanguageModel
 from encore.tokenizer import UL2_MODE_TOKENS
 
@@ -236,7 +239,8 @@ def load_teacher(
     trust_remote_code: bool = False,
     bos_id: int | None | Literal["auto"] = "auto",
     student_sources_end_in_eos: bool | None = None,
-) -> Teacher:
+    student: ModelConfig | None = None,
+) -> Teacher | Seq2SeqTeacher:
     """Load a frozen teacher: an encore decoder-only checkpoint directory, or a Hugging Face causal LM
     (local directory or hub id) optionally with LoRA adapters merged in at load.
 
@@ -254,6 +258,10 @@ def load_teacher(
     path = Path(name_or_path)
     config_file = path / "config.json"
     config = json.loads(config_file.read_text()) if path.is_dir() and config_file.exists() else {}
+    if config.get("is_encoder_decoder") or config.get("arch") == "encdec":
+        if lora is not None:
+            raise DistillError(f"{path}: LoRA adapters apply to Hugging Face causal-LM teachers, not encoder-decoders")
+        return load_seq2seq_teacher(load(path, device=device, dtype=dtype), str(path), tokenizer, student)
     if config.get("model_type") == "encore" or path.suffix == ".gguf":
         if lora is not None:
             raise DistillError(f"{path}: LoRA adapters apply to Hugging Face teachers, not encore checkpoints")

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from encore.distill.align import aligned_teacher_logits, right_padded_lengths
+from encore.distill.align import batch_teacher_logits, right_padded_lengths
 from encore.distill.divergence import NEG_INF, SparseLogits, topk_teacher_logits
 from encore.distill.errors import DistillError
 from encore.files import atomic_write
@@ -219,10 +219,9 @@ def precompute_topk(
         for batch in batches:
             labels = batch["labels"]
             mask = labels != -100
-            logits = aligned_teacher_logits(
+            logits = batch_teacher_logits(
                 teacher,
-                batch["input_ids"],
-                batch.get("attention_mask"),
+                batch,
                 labels,
                 mask,
                 vocab_size=vocab_size,

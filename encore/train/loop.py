@@ -41,7 +41,7 @@ from encore.train.checkpoint import (
 from encore.train.dist import Dist, init_distributed, wrap
 from encore.train.logging import MetricsLog, TrainingError, peak_flops
 from encore.train.losses import Loss, default_loss
-from encore.train.optim import freeze_all_but
+from encore.train.optim import freeze_all_but, freeze_part
 from encore.train.rundir import check_identity, claim_run_dir, run_identity
 from encore.train.signals import GracefulStop, TrainingInterrupted
 
@@ -77,6 +77,7 @@ class TrainConfig:
     allow_changed_settings: bool = False  # resume although batch / seed / data settings changed
     run_info: dict[str, Any] = field(default_factory=dict)  # data settings that define the run (checked on resume)
     train_only: str | None = None  # train one part ("cross_attention", "encoder", "decoder"); freeze the rest
+    freeze: str | None = None  # freeze one part (the same names); train the rest
     fsdp: bool = False
     tensorboard: bool = False
     progress: bool = True
@@ -126,9 +127,13 @@ def _setup(model: nn.Module, config: TrainConfig, source: BatchSource, loss: Los
     torch.manual_seed(config.seed)
     if config.train_only:
         freeze_all_but(model, config.train_only)
+    if config.freeze:
+        freeze_part(model, config.freeze)
     settings = {"batch-size": config.batch_size, "seed": config.seed, **config.run_info}
     if config.train_only:
         settings["train-only"] = config.train_only
+    if config.freeze:
+        settings["freeze"] = config.freeze
     identity = run_identity(model, settings)
     start_step, trainer_state = 0, None
     if d.main:  # the main rank decides what --out means (and clears it for --overwrite); the others wait

@@ -194,7 +194,7 @@ class CombinedOptimizer(Optimizer):
 # the parts `--train-only` can name: parameter-name prefixes (components) of an encoder-decoder
 TRAIN_PARTS = {
     "cross_attention": ("cross", "cross_norm", "post_cross_norm"),
-    "encoder": ("encoder", "encoder_norm", "encoder_embed"),
+    "encoder": ("encoder", "encoder_norm", "encoder_embed", "encoder_positions"),
     "decoder": ("decoder",),
 }
 
@@ -212,6 +212,22 @@ def freeze_all_but(model: nn.Module, part: str) -> int:
         n += p.numel() if keep else 0
     if n == 0:
         raise ValueError(f"--train-only {part}: the model has no {part} parameters (is it an encoder-decoder?)")
+    return n
+
+
+def freeze_part(model: nn.Module, part: str) -> int:
+    """Freeze `part`'s parameters (`TRAIN_PARTS`), the rest as they were; the number frozen. distil-
+    whisper trains its 2-layer decoder under a frozen encoder (`--freeze encoder`)."""
+    if part not in TRAIN_PARTS:
+        raise ValueError(f"--freeze {part!r}: choose one of {', '.join(TRAIN_PARTS)}")
+    keys = set(TRAIN_PARTS[part])
+    n = 0
+    for name, p in model.named_parameters():
+        if keys & set(name.split(".")):
+            p.requires_grad_(False)
+            n += p.numel()
+    if n == 0:
+        raise ValueError(f"--freeze {part}: the model has no {part} parameters (is it an encoder-decoder?)")
     return n
 
 
