@@ -218,10 +218,17 @@ class LanguageModel(nn.Module):
             )
         return quantized
 
-    def save_pretrained(self, directory: str | Path, format: str = "encore", dtype: torch.dtype | None = None) -> None:
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        format: str = "encore",
+        dtype: torch.dtype | None = None,
+        state: dict[str, Tensor] | None = None,
+    ) -> None:
         """config.json + model.safetensors (+ tokenizer files), each file written atomically.
         `format="hf"`: a transformers checkpoint of the model's family (`encore.convert.save_hf`), which
-        `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM` load; `dtype` casts its tensors."""
+        `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM` load; `dtype` casts its tensors. `state`: the
+        weights to write in place of the model's own (a sharded model's, gathered: `train.dist.full_state`)."""
         from safetensors.torch import save_file
 
         from encore.model.quantized import QUANTIZATION_FILE, json_text, quantized_state
@@ -237,7 +244,8 @@ class LanguageModel(nn.Module):
             state, manifest = quantized_state(self)
             atomic_write(directory / QUANTIZATION_FILE, lambda p: Path(p).write_text(json_text(manifest)))
         else:
-            state = {k: v.detach().contiguous().cpu().to(dtype or v.dtype) for k, v in self.state_dict().items()}
+            own = self.state_dict() if state is None else state
+            state = {k: v.detach().contiguous().cpu().to(dtype or v.dtype) for k, v in own.items()}
             (directory / QUANTIZATION_FILE).unlink(missing_ok=True)
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
         text = json.dumps({**self.config.to_json_dict(), "model_type": "encore"}, indent=2, sort_keys=True) + "\n"

@@ -58,15 +58,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    root: str | Path, step: int, model, trainer_state: dict[str, Any], state: dict[str, Any], keep_last: int = 3
+    root: str | Path,
+    step: int,
+    model,
+    trainer_state: dict[str, Any],
+    state: dict[str, Any],
+    keep_last: int = 3,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write `root/step-{step}` atomically and keep only the newest `keep_last` checkpoints."""
+    """Write `root/step-{step}` atomically and keep only the newest `keep_last` checkpoints; `weights`:
+    the model's gathered from shards (FSDP2), else its own."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step-{step}-"))
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state=weights)
         torch.save(trainer_state, tmp / TRAINER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
         fsync_tree(tmp)

@@ -38,7 +38,7 @@ from encore.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from encore.train.dist import Dist, init_distributed, wrap
+from encore.train.dist import Dist, full_state, init_distributed, load_optimizer_state, wrap
 from encore.train.logging import MetricsLog, TrainingError, peak_flops
 from encore.train.losses import Loss, default_loss
 from encore.train.optim import freeze_all_but, freeze_part
@@ -161,7 +161,7 @@ def _setup(model: nn.Module, config: TrainConfig, source: BatchSource, loss: Los
         optimizer, warmup_steps=warmup, max_steps=config.max_steps, min_lr_ratio=config.min_lr_ratio
     )
     if trainer_state is not None:
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        load_optimizer_state(model, optimizer, trainer_state["optimizer"], config.fsdp)
         scheduler.load_state_dict(trainer_state["scheduler"])
         set_rng_state(trainer_state["rng"])
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and d.device.type == "cuda")
@@ -284,9 +284,9 @@ def train(
                     raise TrainingInterrupted(step, run.ckpt_root / f"step-{step}", signum)
                 if config.save_every and step % config.save_every == 0 and step != config.max_steps:
                     _save(run, step)
-            _save(run, config.max_steps)
+            weights = _save(run, config.max_steps)
             if d.main:
-                run.raw.save_pretrained(out / "final")
+                run.raw.save_pretrained(out / "final", state=weights)
     finally:
         progress.close()
         if log is not None:
@@ -294,17 +294,22 @@ def train(
     return run.raw
 
 
-def _save(run: _Run, step: int) -> None:
+def _save(run: _Run, step: int) -> dict | None:
+    """Checkpoint `step`; the weights written when they are gathered from shards (FSDP2), else None."""
+    weights, optimizer = full_state(run.raw, run.optimizer, run.config.fsdp)  # every rank: a collective
     if run.d.main:
         trainer_state = {
-            "optimizer": run.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": run.scheduler.state_dict(),
             "rng": rng_state(),
         }
         state = {"data": run.source.state_dict(), "run": run.identity}
-        save_checkpoint(run.ckpt_root, step, run.raw, trainer_state, state, keep_last=run.config.keep_last)
+        save_checkpoint(
+            run.ckpt_root, step, run.raw, trainer_state, state, keep_last=run.config.keep_last, weights=weights
+        )
     if run.d.world_size > 1:
         dist.barrier()
+    return weights
 
 
 @torch.no_grad()
