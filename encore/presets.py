@@ -11,6 +11,10 @@ from typing import Any
 _330M = dict(d_model=1024, n_heads=6, n_kv_heads=3, head_dim=64, mlp_dim=4096, vocab_size=32128)
 # ~1B: same recipe, wider (d_model 1536, 12 query / 4 KV heads of 128, MLP 6144).
 _1B = dict(d_model=1536, n_heads=12, n_kv_heads=4, head_dim=128, mlp_dim=6144, vocab_size=32128)
+# ~3B and ~10B (#41, the paper's open check 1: does the advantage survive past 1B?): the 1B recipe
+# wider, heads of 128 with 4 query heads per KV head, MLP 4x, the 2/3 : 1/3 split.
+_3B = dict(d_model=2560, n_heads=20, n_kv_heads=5, head_dim=128, mlp_dim=10240, vocab_size=32128)
+_10B = dict(d_model=4096, n_heads=32, n_kv_heads=8, head_dim=128, mlp_dim=16384, vocab_size=32128)
 # A few million parameters: for tests and CPU smoke runs.
 _TINY = dict(d_model=256, n_heads=4, n_kv_heads=2, head_dim=64, mlp_dim=1024, vocab_size=8192, max_seq_len=2048)
 
@@ -23,6 +27,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "deconly-330m": dict(_330M, arch="deconly", n_encoder_layers=0, n_decoder_layers=31),
     "encdec-1b": dict(_1B, arch="encdec", n_encoder_layers=22, n_decoder_layers=11),
     "deconly-1b": dict(_1B, arch="deconly", n_encoder_layers=0, n_decoder_layers=36),
+    "encdec-3b": dict(_3B, arch="encdec", n_encoder_layers=26, n_decoder_layers=13),
+    "deconly-3b": dict(_3B, arch="deconly", n_encoder_layers=0, n_decoder_layers=42),
+    "encdec-10b": dict(_10B, arch="encdec", n_encoder_layers=36, n_decoder_layers=18),
+    "deconly-10b": dict(_10B, arch="deconly", n_encoder_layers=0, n_decoder_layers=58),
     "encdec-tiny": dict(_TINY, arch="encdec", n_encoder_layers=4, n_decoder_layers=2),
     "deconly-tiny": dict(_TINY, arch="deconly", n_encoder_layers=0, n_decoder_layers=6),
 }

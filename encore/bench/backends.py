@@ -133,7 +133,8 @@ class EncoreBackend:
             max_len = self.cost_config.max_seq_len
             model = load(self.checkpoint, device=self.device, dtype=self.dtype, max_seq_len=max_len)
         else:
-            model = build(self.cost_config, seed=self.seed, device=self.device)
+            deferred = self.quantize is not None and torch.device(self.device).type == "cpu"  # 10B int4 in 24 GB
+            model = build(self.cost_config, seed=self.seed, device=self.device, deferred=deferred)
         model = optimize(
             model,
             self.device,

@@ -40,7 +40,7 @@ from encore.model.kernels import (
     onednn_available,
     release_packed_weights,
 )
-from encore.model.layers import Linear
+from encore.model.layers import Linear, weight_std
 from encore.model.probes import bf16_prefill_by_default
 from encore.model.vlm import VisionLanguageModel
 
@@ -106,6 +106,9 @@ def optimize(
       quantized checkpoint): the fp32 copy of a model quantized in memory is freed (`encore.infer.
       memory.release_freed_memory` gives its pages back). The CLI, the server and the bench pass it:
       `encdec-330m` int8 holds 0.8 GiB instead of 1.9.
+    - A model built with `encore.model.io.build(config, deferred=True)` (random weights, projections
+      left on the meta device): each projection's weight is made just before its kernel takes it, so
+      a quantized model never holds all of them in fp32 (CPU, float32; no originals kept).
 
     Returns the model (changed in place). Calling it again first undoes the previous swaps."""
     _check_arguments(quantize, policy, linear, kv_dtype, prefill_attention, prefill_products)
@@ -124,8 +127,13 @@ def optimize(
         _check_quantize(quantize, device, dtype, group_size)
     fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available()
     bf16_prefill = _bf16_prefill(prefill_attention, quantize, fused, kv_dtype, model.config.encoder_input)
-    model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    deferred = any(p.is_meta for p in model.parameters())  # `build(deferred=True)`: projections made below
+    if deferred and (device.type != "cpu" or dtype != torch.float32):
+        raise ValueError("a model built with deferred projections is made on the CPU in float32")
+    keep_originals = keep_originals and not deferred  # (an original would be a weightless meta module)
+    (model if deferred else model.to(device=device, dtype=dtype)).eval().requires_grad_(False)
     plain = _kernel(device, dtype, linear)
+    n_layers = model.config.n_encoder_layers + model.config.n_decoder_layers
     rules = [*(policy or {}).items(), *(DEFAULT_INT4_POLICY.items() if quantize == "int4" else ())]
     swaps: list[tuple[nn.Module, str, nn.Module | None]] = []
     targets = [(p, n, c) for p in model.modules() for n, c in p.named_children() if type(c) is Linear]
@@ -135,6 +143,9 @@ def optimize(
     for parent, name, child in targets:
         qualified = f"{names[id(parent)]}.{name}".lstrip(".")
         weight, bias = (model.embed.weight, None) if child is None else (child.weight, child.bias)
+        if weight.is_meta:  # made now, quantized next: one fp32 weight at a time
+            weight, bias = _made(child, qualified, n_layers)
+            child.weight, child.bias = weight, bias  # (kept by a module no kernel replaces)
         kind = next((k for pattern, k in rules if fnmatchcase(qualified, pattern)), quantize or "none")
         if kind == "int4":
             group = next((g for g in (group_size, CHUNK) if int4_divides(weight.shape[1], g)), None)
@@ -173,6 +184,14 @@ def optimize(
         ),
     }
     return model
+
+
+@torch.no_grad()
+def _made(linear: nn.Module, name: str, n_layers: int) -> tuple[nn.Parameter, nn.Parameter | None]:
+    """A deferred projection's weight and bias: fresh values as `init_weights` gives them, on the CPU."""
+    weight = nn.Parameter(torch.empty(linear.weight.shape).normal_(0.0, weight_std(f"{name}.weight", n_layers)))
+    bias = None if linear.bias is None else nn.Parameter(torch.zeros(linear.bias.shape))
+    return weight.requires_grad_(False), None if bias is None else bias.requires_grad_(False)
 
 
 def _check_arguments(
