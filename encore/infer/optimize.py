@@ -145,7 +145,6 @@ def optimize(
         weight, bias = (model.embed.weight, None) if child is None else (child.weight, child.bias)
         if weight.is_meta:  # made now, quantized next: one fp32 weight at a time
             weight, bias = _made(child, qualified, n_layers)
-            child.weight, child.bias = weight, bias  # (kept by a module no kernel replaces)
         kind = next((k for pattern, k in rules if fnmatchcase(qualified, pattern)), quantize or "none")
         if kind == "int4":
             group = next((g for g in (group_size, CHUNK) if int4_divides(weight.shape[1], g)), None)
@@ -157,6 +156,8 @@ def optimize(
         elif plain is not None:
             setattr(parent, name, plain(weight, bias))
         else:
+            if child is not None and child.weight is not weight:  # a made weight no kernel takes: the module's
+                child.weight, child.bias = weight, bias
             continue
         if keep_originals or kind == "none" or child is None:  # fp32 kernels hold the very weight
             swaps.append((parent, name, child))
