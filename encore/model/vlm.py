@@ -213,12 +213,19 @@ class VisionLanguageModel(nn.Module):
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path, format: str = "encore", dtype: torch.dtype | None = None) -> None:
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        format: str = "encore",
+        dtype: torch.dtype | None = None,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """The text model's files (config.json, model.safetensors, tokenizer) + vision_config.json
         (the tower's shape, selection, image_keep, placeholder id) + vision.safetensors (tower,
         scorer, projector). `encore.load` sees vision_config.json and returns a VisionLanguageModel.
         `format="hf"`: the family's transformers checkpoint, tower included (T5Gemma 2's
-        `AutoModelForSeq2SeqLM` files: `encore.convert.save_hf`)."""
+        `AutoModelForSeq2SeqLM` files: `encore.convert.save_hf`). `state`: the weights to write in place
+        of the model's own (gathered from shards), keyed as `state_dict` keys them."""
         from safetensors.torch import save_file
 
         if format == "hf":
@@ -227,8 +234,12 @@ class VisionLanguageModel(nn.Module):
             self.lm.check_savable(format, dtype)
             return save_hf(self.lm, directory, dtype, vision=self)
         directory = Path(directory)
-        self.lm.save_pretrained(directory, format, dtype)  # checks the format and what can be saved
-        state = {k: v.detach().contiguous().cpu().to(dtype or v.dtype) for k, v in self.vision.state_dict().items()}
+        part = lambda prefix: (
+            None if state is None else {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+        self.lm.save_pretrained(directory, format, dtype, state=part("lm."))  # checks the format and what can be saved
+        vision = self.vision.state_dict() if state is None else part("vision.")
+        state = {k: v.detach().contiguous().cpu().to(dtype or v.dtype) for k, v in vision.items()}
         atomic_write(directory / VISION_WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
         meta = {
             "vision": self.vision_config.to_dict(),
