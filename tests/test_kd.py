@@ -181,19 +181,12 @@ def test_distill_cli_unlabeled_and_on_policy(tmp_path):
     assert main([*common, "--unlabeled", str(bad), "--out", str(tmp_path / "x")]) == 2
 
 
-def test_an_encoder_decoder_teacher_distils_its_shallower_self(tmp_path):
-    """distil-whisper's recipe on a BART checkpoint: `encore adapt --decoder-layers 1` keeps the encoder
-    and one decoder layer, then `encore distill --teacher <the original> --freeze encoder` trains the
-    decoder against the teacher's own decoder (a `Seq2SeqTeacher`, which reads the student's batch as
-    it is). The teacher scoring itself gives KD 0; the frozen encoder does not move; a student that
-    lays pairs out otherwise is refused in one line."""
+def _bart_teacher(directory):
+    """A tiny BART checkpoint (2 + 3 layers) with encore's trained tokenizer: (its directory, the model)."""
     import transformers
 
     from encore.convert import load
-    from encore.distill import load_teacher
-    from encore.distill.seq2seq_teacher import Seq2SeqTeacher
     from encore.tokenizer import train_tokenizer
-    from tests.test_cli_train import STEPS, write_pairs
     from tests.test_convert_cli import TEXTS, VOCAB
 
     torch.manual_seed(0)
@@ -203,10 +196,24 @@ def test_an_encoder_decoder_teacher_distils_its_shallower_self(tmp_path):
         dropout=0.0, forced_eos_token_id=None, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         decoder_start_token_id=2,
     )  # fmt: skip
-    big = tmp_path / "bart"
-    transformers.BartForConditionalGeneration(config).save_pretrained(big)
-    train_tokenizer(TEXTS, vocab_size=VOCAB).save_pretrained(str(big))
-    model = load(big)
+    transformers.BartForConditionalGeneration(config).save_pretrained(directory)
+    train_tokenizer(TEXTS, vocab_size=VOCAB).save_pretrained(str(directory))
+    return directory, load(directory)
+
+
+def test_an_encoder_decoder_teacher_distils_its_shallower_self(tmp_path):
+    """distil-whisper's recipe on a BART checkpoint: `encore adapt --decoder-layers 1` keeps the encoder
+    and one decoder layer, then `encore distill --teacher <the original> --freeze encoder` trains the
+    decoder against the teacher's own decoder (a `Seq2SeqTeacher`, which reads the student's batch as
+    it is). The teacher scoring itself gives KD 0; the frozen encoder does not move; a student that
+    lays pairs out otherwise is refused in one line."""
+    from encore.convert import load
+    from encore.distill import load_teacher
+    from encore.distill.seq2seq_teacher import Seq2SeqTeacher
+    from tests.test_cli_train import STEPS, write_pairs
+    from tests.test_convert_cli import VOCAB
+
+    big, model = _bart_teacher(tmp_path / "bart")
     teacher = load_teacher(big, tokenizer=model.tokenizer, student=model.config)
     assert isinstance(teacher, Seq2SeqTeacher)
     g = torch.Generator().manual_seed(0)
@@ -230,6 +237,45 @@ def test_an_encoder_decoder_teacher_distils_its_shallower_self(tmp_path):
     other.config = other.config.replace(bos_token_id=1)
     with pytest.raises(DistillError, match="decoder start token is 2, the student's 1"):
         load_teacher(big, tokenizer=other.tokenizer, student=other.config)
+
+
+def test_a_decoder_only_student_from_either_teacher(tmp_path):
+    """The paper's open check 3: an encoder-decoder teacher (BART) distils into a decoder-only student
+    (`CausalDistillLoss`): the teacher reads each row's source in its encoder and scores its target in
+    its decoder, matching per-row runs; a decoder-only teacher reads the student's rows as they are (a
+    student taught by itself: KD 0). Through `encore distill`; what it does not take yet is one line."""
+    from encore.cli.common import build_model
+    from encore.data import finetune_collator, tokenize_pairs
+    from encore.distill import load_teacher
+    from encore.distill.causal_loss import CausalDistillLoss, seq2seq_target_logits
+    from tests.test_cli_train import PAIRS, STEPS, write_config, write_pairs
+    from tests.test_convert_cli import VOCAB
+
+    big, bart = _bart_teacher(tmp_path / "bart")
+    student_cfg = write_config(tmp_path / "s.json", "deconly", vocab_size=VOCAB)
+    student = build_model(student_cfg, str(big), 0, None, False)
+    teacher = load_teacher(big, tokenizer=student.tokenizer, student=student.config)
+    batch = finetune_collator(student.config)(tokenize_pairs(student.tokenizer, PAIRS[:3]))
+    scored = batch["labels"][:, 1:] != -100
+    got = seq2seq_target_logits(teacher, batch, student.config, scored)
+    rows = []
+    with torch.no_grad():
+        for pair in tokenize_pairs(student.tokenizer, PAIRS[:3]):
+            x, y = pair["source_ids"], pair["target_ids"] + [student.config.eos_token_id]
+            enc = torch.tensor([bart.config.source_ids(x)])
+            rows.append(bart(enc, torch.tensor([[bart.config.bos_token_id, *y[:-1]]]))[0])
+    torch.testing.assert_close(got, torch.cat(rows), rtol=1e-4, atol=1e-4)
+    task = write_pairs(tmp_path / "pairs.jsonl")
+    argv = ["distill", "--teacher", str(big), "--student", student_cfg, "--task", task, *STEPS]
+    assert main([*argv, "--kind", "forward_kl", "--out", str(tmp_path / "kd")]) == 0
+    record = json.loads((tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(record["kd"]) and math.isfinite(record["ce"])
+    student.save_pretrained(tmp_path / "self")  # decoder-only -> decoder-only: itself, nothing to learn
+    itself = load_teacher(tmp_path / "self", tokenizer=student.tokenizer, student=student.config,
+                          student_sources_end_in_eos=student.config.source_ends_in_eos)  # fmt: skip
+    out = CausalDistillLoss(itself, student.config, alpha=1.0, kind="forward_kl")(student, batch)
+    assert float(out.metrics["kd"]) < 1e-6
+    assert main([*argv, "--targets", "teacher", "--out", str(tmp_path / "x")]) == 2
 
 
 # --- the changed-task test --------------------------------------------------------------------------

@@ -399,9 +399,12 @@ def run_distill(args: argparse.Namespace) -> int:
     if tokenizer is None and not Path(args.student).is_dir():
         tokenizer = args.teacher  # a fresh student speaks the teacher's tokenizer
     student = build_model(args.student, tokenizer, args.seed, args.dropout, args.trust_remote_code)
-    if student.config.arch != "encdec":
+    causal = student.config.arch == "deconly"
+    if causal and (mix != {"gold": 1.0} or args.unlabeled or args.topk):
         raise ValueError(
-            f"--student {args.student}: distillation trains an encoder-decoder student (got a decoder-only)"
+            f"--student {args.student}: a decoder-only student distils on gold targets with the online "
+            "teacher (--targets gold; --unlabeled, teacher or student targets and --topk are an encoder-"
+            "decoder student's for now)"
         )
     device = local_device()
     teacher = load_teacher(
@@ -414,6 +417,16 @@ def run_distill(args: argparse.Namespace) -> int:
         student=student.config,
     )
     source, eval_source, collator = task_sources(args, student, with_ids=True)
+    if causal:  # the paper's check 3 (an encoder-decoder teacher) and decoder-only -> decoder-only
+        from encore.distill.causal_loss import CausalDistillLoss
+        from encore.train import causal_lm_loss
+
+        kd = dict(alpha=args.alpha, kind=args.kind, temperature=args.temperature, beta=args.beta)
+        loss = CausalDistillLoss(teacher, student.config, **kd, valid_vocab=teacher.valid_vocab)
+        config = train_config(args, "distill")
+        train(student, config, source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=causal_lm_loss)
+        _print_done(args.out)
+        return 0
     if args.unlabeled:
         from encore.data import TaskSource
 

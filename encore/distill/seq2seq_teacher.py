@@ -86,6 +86,6 @@ def load_seq2seq_teacher(
     if tokenizer is not None and getattr(model, "tokenizer", None) is not None:
         valid = check_tokenizers(model.tokenizer, tokenizer)
     teacher = Seq2SeqTeacher(model, tokenizer=getattr(model, "tokenizer", None), valid_vocab=valid)
-    if student is not None:
+    if student is not None and student.arch == "encdec":  # (a decoder-only student's rows are split: causal_loss)
         teacher.check_student(student, where)
     return teacher
