@@ -133,6 +133,45 @@ def optimize(
     keep_originals = keep_originals and not deferred  # (an original would be a weightless meta module)
     (model if deferred else model.to(device=device, dtype=dtype)).eval().requires_grad_(False)
     plain = _kernel(device, dtype, linear)
+    swaps = _swap_projections(model, quantize, plain, policy, group_size, symmetric, keep_originals)
+    if fused:
+        swaps += fuse(model, bf16_prefill)
+        swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
+        release_packed_weights(model)  # each int8 weight once: csrc/int8.c's rows, not fbgemm's copy too
+    for module in (m for m in model.modules() if isinstance(m, Int8Linear)):
+        module.bf16_many_rows = prefill_products != "int8"  # many rows as bf16 products, or int8 rows
+    model._encore_kv_dtype = kv_dtype
+    model._encore_swaps = swaps
+    model._encore_optimized = {
+        "device": str(device),
+        "dtype": str(dtype),
+        "quantize": quantize,
+        "linear": linear,
+        "fused": fused,
+        "kv_dtype": str(kv_dtype or dtype),
+        "prefill_attention": "bf16" if bf16_prefill else "fp32",
+        "prefill_products": prefill_products,
+        **(
+            {"group_size": group_size, "symmetric": symmetric, "policy": dict(policy or {})}
+            if quantize == "int4"
+            else {}
+        ),
+    }
+    return model
+
+
+def _swap_projections(
+    model: Any,
+    quantize: str | None,
+    plain: type | None,
+    policy: dict | None,
+    group_size: int,
+    symmetric: bool,
+    keep_originals: bool,
+) -> list[tuple[nn.Module, str, nn.Module | None]]:
+    """Every `Linear` (and a tied head) for its kernel: int4 / int8 by `quantize` and the policy (int4's
+    default policy after the caller's), else the fp32 kernel `plain`; a deferred projection's weight made
+    just before (`_made`). The swaps to undo (originals only where kept or where the kernel holds them)."""
     n_layers = model.config.n_encoder_layers + model.config.n_decoder_layers
     rules = [*(policy or {}).items(), *(DEFAULT_INT4_POLICY.items() if quantize == "int4" else ())]
     swaps: list[tuple[nn.Module, str, nn.Module | None]] = []
@@ -161,30 +200,7 @@ def optimize(
             continue
         if keep_originals or kind == "none" or child is None:  # fp32 kernels hold the very weight
             swaps.append((parent, name, child))
-    if fused:
-        swaps += fuse(model, bf16_prefill)
-        swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
-        release_packed_weights(model)  # each int8 weight once: csrc/int8.c's rows, not fbgemm's copy too
-    for module in (m for m in model.modules() if isinstance(m, Int8Linear)):
-        module.bf16_many_rows = prefill_products != "int8"  # many rows as bf16 products, or int8 rows
-    model._encore_kv_dtype = kv_dtype
-    model._encore_swaps = swaps
-    model._encore_optimized = {
-        "device": str(device),
-        "dtype": str(dtype),
-        "quantize": quantize,
-        "linear": linear,
-        "fused": fused,
-        "kv_dtype": str(kv_dtype or dtype),
-        "prefill_attention": "bf16" if bf16_prefill else "fp32",
-        "prefill_products": prefill_products,
-        **(
-            {"group_size": group_size, "symmetric": symmetric, "policy": dict(policy or {})}
-            if quantize == "int4"
-            else {}
-        ),
-    }
-    return model
+    return swaps
 
 
 @torch.no_grad()
