@@ -24,6 +24,7 @@ from encore.files import check_local
 from encore.model import LanguageModel, VisionLanguageModel
 from encore.train import TrainConfig, train
 from encore.train.dist import local_device
+from encore.train.optim import TRAIN_PARTS
 
 
 def add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, micro: int, lr: float) -> None:
@@ -62,14 +63,14 @@ def add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, micro: in
     )
     p.add_argument(
         "--train-only",
-        choices=["cross_attention", "encoder", "decoder"],
+        choices=list(TRAIN_PARTS),
         default=None,
         help="train one part of an encoder-decoder, freeze the rest (cross_attention: the warm-up after "
         "`encore adapt --cross-init random`)",
     )
     p.add_argument(
         "--freeze",
-        choices=["cross_attention", "encoder", "decoder"],
+        choices=list(TRAIN_PARTS),
         default=None,
         help="freeze one part of an encoder-decoder, train the rest (encoder: distil-whisper's recipe after "
         "`encore adapt --decoder-layers 2`)",

@@ -78,7 +78,8 @@ def _check_side(name: str, side: str) -> None:
         raise ValueError(f"{name} must be 'right' (keep the start), 'left' (keep the end) or 'error', got {side!r}")
 
 
-def _pad(rows: list[list[int]], value: int) -> Tensor:
+def pad_rows(rows: list[list[int]], value: int) -> Tensor:
+    """Rows of ids -> [len(rows), longest] right-padded with `value`."""
     width = max((len(r) for r in rows), default=0)
     out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -87,7 +88,8 @@ def _pad(rows: list[list[int]], value: int) -> Tensor:
     return out
 
 
-def _mask(rows: list[list[int]]) -> Tensor:
+def rows_mask(rows: list[list[int]]) -> Tensor:
+    """1 where `pad_rows` holds a row's own id, 0 at its padding."""
     width = max((len(r) for r in rows), default=0)
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     return (torch.arange(width)[None, :] < lengths[:, None]).long()
@@ -181,11 +183,11 @@ class Seq2SeqCollator(_Collator):
         labels = [t for _, t in pairs]
         decoder_inputs = [[self.bos_id, *t[:-1]] for t in labels]
         return {
-            "input_ids": _pad(sources, self.pad_id),
-            "attention_mask": _mask(sources),
-            "decoder_input_ids": _pad(decoder_inputs, self.pad_id),
-            "decoder_attention_mask": _mask(decoder_inputs),
-            "labels": _pad(labels, IGNORE),
+            "input_ids": pad_rows(sources, self.pad_id),
+            "attention_mask": rows_mask(sources),
+            "decoder_input_ids": pad_rows(decoder_inputs, self.pad_id),
+            "decoder_attention_mask": rows_mask(decoder_inputs),
+            "labels": pad_rows(labels, IGNORE),
         }
 
 
@@ -208,7 +210,11 @@ class CausalLMCollator(_Collator):
             prompt, target = self._layout(e, i, self.stats)
             rows.append(prompt + target)
             labels.append([IGNORE] * len(prompt) + target)
-        return {"input_ids": _pad(rows, self.pad_id), "attention_mask": _mask(rows), "labels": _pad(labels, IGNORE)}
+        return {
+            "input_ids": pad_rows(rows, self.pad_id),
+            "attention_mask": rows_mask(rows),
+            "labels": pad_rows(labels, IGNORE),
+        }
 
 
 # --- wiring helpers ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encore.config import ModelConfig
+from encore.data.collate import pad_rows, rows_mask
 from encore.distill.align import restrict_vocab
 from encore.distill.divergence import Kind, _check_kind, kd_term
 from encore.distill.errors import DistillError
@@ -62,12 +63,11 @@ def seq2seq_target_logits(
             raise DistillError("an encoder-decoder teacher needs each row's source before its target (no prompt)")
         sources.append(config.source_ids(_source(ids[row, :start].tolist(), student.source_layout)))
         decoder.append([config.bos_token_id, *labels[row, targets[:-1]].tolist()])
-    pad = config.pad_token_id
-    width = lambda rows: max(1, max(len(r) for r in rows))
-    enc = torch.tensor([r + [pad] * (width(sources) - len(r)) for r in sources], device=ids.device)
-    dec = torch.tensor([r + [pad] * (width(decoder) - len(r)) for r in decoder], device=ids.device)
-    enc_mask = torch.tensor([[1] * len(r) + [0] * (width(sources) - len(r)) for r in sources], device=ids.device)
-    dec_mask = torch.tensor([[1] * len(r) + [0] * (width(decoder) - len(r)) for r in decoder], device=ids.device)
+    if not any(decoder):  # nothing scored
+        return torch.empty(0, teacher.vocab_size, device=ids.device)
+    pad, device = config.pad_token_id, ids.device
+    enc, enc_mask = pad_rows(sources, pad).to(device), rows_mask(sources).to(device)
+    dec, dec_mask = pad_rows(decoder, pad).to(device), rows_mask(decoder).to(device)
     logits = teacher(enc, enc_mask, dec, dec_mask)  # [B, T_y, V_t]
     return logits[dec_mask.bool()]
 
@@ -93,13 +93,8 @@ class CausalDistillLoss(Loss):
             raise DistillError(f"alpha must be in [0, 1], got {alpha}")
         check_causal_teacher(teacher, student, "--teacher")
         self.teacher, self.student = teacher, student
-        self.alpha, self.kind, self.temperature, self.beta, self.valid_vocab = (
-            alpha,
-            kind,
-            temperature,
-            beta,
-            valid_vocab,
-        )
+        self.alpha, self.kind, self.temperature, self.beta = alpha, kind, temperature, beta
+        self.valid_vocab = valid_vocab
 
     def target_tokens(self, batch: dict[str, Tensor]) -> int:
         return int((batch["labels"][:, 1:] != IGNORE).sum())

@@ -21,8 +21,8 @@ from encore.model.base import LanguageModel
 
 class Seq2SeqTeacher(nn.Module):
     """A frozen encoder-decoder behind ``teacher(input_ids, attention_mask, decoder_input_ids,
-    decoder_attention_mask) -> logits [B, T, V]``; ``continuation`` writes targets for sequence-level
-    KD. Carries ``vocab_size``, ``valid_vocab`` (ids at or past it are masked), ``eos_id``, ``pad_id``,
+    decoder_attention_mask) -> logits [B, T, V]``; `generate_teacher_targets` writes its targets for
+    sequence-level KD. Carries ``vocab_size``, ``valid_vocab`` (ids at or past it are masked), ``eos_id``, ``pad_id``,
     ``tokenizer``, as `Teacher` does. Stays in eval mode."""
 
     def __init__(self, model: LanguageModel, *, tokenizer: Any = None, valid_vocab: int | None = None):
@@ -57,22 +57,6 @@ class Seq2SeqTeacher(nn.Module):
         decoder_attention_mask: Tensor | None,
     ) -> Tensor:
         return self.model(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask)
-
-    @torch.no_grad()
-    def continuation(
-        self, source_ids: Tensor, source_mask: Tensor | None, max_new_tokens: int, **generate_kwargs: Any
-    ) -> tuple[Tensor, Tensor]:
-        """The teacher's own continuation of each source, as `generate_teacher_targets` returns it:
-        ``(target_ids, target_mask)``, each row up to and including its first EOS."""
-        new = self.model.generate(
-            source_ids, source_mask, max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, **generate_kwargs
-        )
-        is_eos = new == self.eos_id
-        target_mask = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first EOS
-        if bool((new[target_mask] >= self.valid_vocab).any()):
-            raise DistillError(f"the teacher generated ids outside the shared vocabulary [0, {self.valid_vocab})")
-        keep = int(target_mask.sum(1).max()) if new.numel() else 0
-        return new[:, :keep].masked_fill(~target_mask[:, :keep], self.pad_id), target_mask[:, :keep].long()
 
 
 def load_seq2seq_teacher(

@@ -28,7 +28,7 @@ Collator = Callable[[list[dict[str, Any]]], Batch]
 
 @torch.no_grad()
 def generate_teacher_targets(
-    teacher: Teacher,
+    teacher: Teacher | Seq2SeqTeacher,
     source_ids: Tensor,
     source_mask: Tensor | None,
     *,
@@ -42,26 +42,29 @@ def generate_teacher_targets(
     teacher's KV-cached ``generate``; ids outside the shared vocabulary are suppressed (or, for a
     teacher that cannot suppress them, refused). Extra keyword arguments go to ``generate`` (e.g.
     ``do_sample``, ``temperature``)."""
-    if isinstance(teacher, Seq2SeqTeacher):  # reads the source as the student does
-        return teacher.continuation(source_ids, source_mask, max_new_tokens, **generate_kwargs)
-    if not isinstance(teacher, Teacher):
-        raise DistillError("generate_teacher_targets needs a Teacher (see load_teacher / Teacher(model))")
-    bos = teacher.bos_id if teacher_bos_id == "auto" else teacher_bos_id
-    source_ids, source_mask = teacher_sources(teacher, source_ids, source_mask)
-    empty = source_ids[:, :0]
-    ids, mask, _, start = teacher_layout(source_ids, source_mask, empty, None, bos_id=bos, pad_id=teacher.pad_id)
     eos = eos_id if eos_id is not None else teacher.eos_id
-    if teacher.valid_vocab < teacher.vocab_size:
-        generate_kwargs.setdefault("suppress_tokens", list(range(teacher.valid_vocab, teacher.vocab_size)))
-    out = teacher.model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=teacher.pad_id,
-        eos_token_id=eos,
-        **generate_kwargs,
-    )
-    new = out[:, start:]
+    if isinstance(teacher, Seq2SeqTeacher):  # reads the source as the student does; new tokens only
+        new = teacher.model.generate(
+            source_ids, source_mask, max_new_tokens=max_new_tokens, eos_token_id=eos, **generate_kwargs
+        )
+    elif isinstance(teacher, Teacher):
+        bos = teacher.bos_id if teacher_bos_id == "auto" else teacher_bos_id
+        source_ids, source_mask = teacher_sources(teacher, source_ids, source_mask)
+        empty = source_ids[:, :0]
+        ids, mask, _, start = teacher_layout(source_ids, source_mask, empty, None, bos_id=bos, pad_id=teacher.pad_id)
+        if teacher.valid_vocab < teacher.vocab_size:
+            generate_kwargs.setdefault("suppress_tokens", list(range(teacher.valid_vocab, teacher.vocab_size)))
+        out = teacher.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=teacher.pad_id,
+            eos_token_id=eos,
+            **generate_kwargs,
+        )
+        new = out[:, start:]
+    else:
+        raise DistillError("generate_teacher_targets needs a Teacher (see load_teacher / Teacher(model))")
     eos_ids = torch.as_tensor(eos if isinstance(eos, (list, tuple)) else [eos], device=new.device)
     is_eos = torch.isin(new, eos_ids) if eos is not None else torch.zeros_like(new, dtype=torch.bool)
     target_mask = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first EOS

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from encore.config import ModelConfig
 from encore.model.arches import ARCHES, model_class
 from encore.model.base import CONFIG_FILE, WEIGHTS_FILE, LanguageModel
-from encore.model.layers import materialize_all_but_projections
+from encore.model.layers import Linear, OffsetRMSNorm
 from encore.model.vlm import VISION_CONFIG_FILE, VISION_WEIGHTS_FILE, VisionLanguageModel
 
 __all__ = ["ARCHES", "build", "load", "model_class", "read_state", "resolve_model", "spec_label"]
@@ -41,6 +42,28 @@ def build(
     materialize_all_but_projections(model, device or "cpu")
     model.reset_buffers(device or "cpu")
     return model
+
+
+@torch.no_grad()
+def materialize_all_but_projections(model: nn.Module, device: torch.device | str) -> None:
+    """A model built on the meta device gets storage and fresh values for every tensor but its
+    projections' (`Linear`) weights and biases, which stay on meta for `encore.optimize` to make and
+    quantize one at a time: tables N(0, 0.02), norm scales 1 (0 for `OffsetRMSNorm`, which adds 1),
+    biases and buffers 0 (the position tables are recomputed by the model's `reset_buffers`)."""
+    for module in model.modules():
+        if isinstance(module, Linear):
+            continue
+        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        if not any(t.is_meta for _, t in own):
+            continue
+        module.to_empty(device=device, recurse=False)
+        for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if t.dim() >= 2 and isinstance(t, nn.Parameter):
+                nn.init.normal_(t, mean=0.0, std=0.02)
+            elif name == "weight" and not isinstance(module, OffsetRMSNorm):
+                t.fill_(1.0)
+            else:
+                t.zero_()
 
 
 def resolve_model(spec: str | Path, flag: str = "--model") -> tuple[ModelConfig, Path | None]:

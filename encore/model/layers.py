@@ -581,25 +581,3 @@ def init_weights(module: nn.Module, n_layers: int) -> None:
         if p.dim() < 2:
             continue
         nn.init.normal_(p, mean=0.0, std=weight_std(name, n_layers))
-
-
-@torch.no_grad()
-def materialize_all_but_projections(model: nn.Module, device: torch.device | str) -> None:
-    """A model built on the meta device gets storage and fresh values for every tensor but its
-    projections' (`Linear`) weights and biases, which stay on meta for `encore.optimize` to make and
-    quantize one at a time: tables N(0, 0.02), norm scales 1 (0 for `OffsetRMSNorm`, which adds 1),
-    biases and buffers 0 (the position tables are recomputed by the model's `reset_buffers`)."""
-    for module in model.modules():
-        if isinstance(module, Linear):
-            continue
-        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
-        if not any(t.is_meta for _, t in own):
-            continue
-        module.to_empty(device=device, recurse=False)
-        for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            if t.dim() >= 2 and isinstance(t, nn.Parameter):
-                nn.init.normal_(t, mean=0.0, std=0.02)
-            elif name == "weight" and not isinstance(module, OffsetRMSNorm):
-                t.fill_(1.0)
-            else:
-                t.zero_()

@@ -94,7 +94,7 @@ static void residual(const Layer *L, float *x, float *y, int64_t B, const Norm *
 
 /* x[B, D] += the MLP of mlp_norm(x) (post-norm: x = post_mlp_norm(x + MLP(x))). */
 static void mlp(const Layer *L, float *x, int64_t B, const Work *w) {
-    const int64_t D = L->D, F = L->F;
+    const int64_t F = L->F;
     normed(L, &L->mlp_norm, x, B, w->in);
     project(&L->up, w->in, B, w->proj, w);
     for (int64_t b = 0; b < B; b++) { /* the down projection's input, [B, F], into w->in */
