@@ -4,14 +4,17 @@ runs and skipped when its output exists; results go to OUT/results.json.
 
     python examples/kd_addition.py changed [--out runs/kd-changed]   # ~10 min
     python examples/kd_addition.py regime  [--out runs/kd-regime]    # ~25 min
-    python examples/kd_addition.py check3  [--out runs/kd-check3]    # ~5 min
+    python examples/kd_addition.py check3  [--out runs/kd-directions]      # ~4 min
+    python examples/kd_addition.py directions  [--out runs/kd-directions]  # ~15 min
 
 - `changed`: does KD move knowledge? The teacher learns a *changed* task (a + b -> a + b + 1); students
   see only the gold a + b pairs, trained with KD at alpha 1.0 (each divergence, and on-policy) or with
   cross-entropy only. A student answering a + b + 1 on held-out problems learned it from the teacher.
-- `check3`: the paper's open check 3, is the recipe architecture-agnostic? `changed` the other way: an
-  encoder-decoder teacher (4 + 2 layers) learns the changed task, decoder-only students (4 layers) see
-  only gold a + b pairs, with KD (forward KL, alpha 1.0) or cross-entropy only.
+- `directions`: `changed` in every teacher -> student direction (encoder-decoder teachers 4 + 2 layers,
+  students 2 + 1; decoder-only teachers 4 layers, students 2): students see only gold a + b pairs, with
+  cross-entropy only, KD (forward KL, alpha 1.0) or the teacher's own answers as targets (sequence-level
+  KD). `check3` is its encoder-decoder teacher -> decoder-only student alone: the paper's open check 3,
+  is the recipe architecture-agnostic?
 - `regime`: where does KD beat fine-tuning? The teacher learns the task itself. Of a pool of training
   problems, N carry gold answers; the student is fine-tuned on those N, or distilled: token-level
   forward KL on the N, the teacher labelling the rest of the pool (`--unlabeled`, sequence-level KD),
@@ -139,27 +142,49 @@ def changed(args: argparse.Namespace) -> None:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
-def check3(args: argparse.Namespace) -> None:
+ARCHS = {  # the changed-task test's teachers and students, by architecture (d_model 64)
+    "encdec": {"teacher": dict(n_encoder_layers=4, n_decoder_layers=2), "student": dict(n_encoder_layers=2,
+               n_decoder_layers=1)},
+    "deconly": {"teacher": dict(n_encoder_layers=0, n_decoder_layers=4), "student": dict(n_encoder_layers=0,
+                n_decoder_layers=2)},
+}  # fmt: skip
+DIRECTIONS = [("encdec", "deconly"), ("encdec", "encdec"), ("deconly", "deconly"), ("deconly", "encdec")]
+DIRECTION_ARMS = {
+    "CE only (gold)": None,
+    "forward KL": ["--alpha", "1.0", "--kind", "forward_kl"],
+    "teacher's targets (sequence-level)": ["--alpha", "0", "--targets", "teacher", "--target-max-new-tokens", "4"],
+}
+
+
+def directions(args: argparse.Namespace, pairs: list[tuple[str, str]] = DIRECTIONS) -> None:
+    """The changed-task test in every teacher -> student direction (`check3`: the encoder-decoder teacher,
+    the decoder-only student alone; the paper's open check 3)."""
     from encore import ModelConfig
 
-    out = Path(args.out or "runs/kd-check3")
+    out = Path(args.out or "runs/kd-directions")
     out.mkdir(parents=True, exist_ok=True)
     tok = digit_tokenizer(out / "tokenizer")
-    ModelConfig(arch="encdec", n_encoder_layers=4, n_decoder_layers=2, **SHAPE).save(out / "teacher.json")
-    ModelConfig(arch="deconly", n_encoder_layers=0, n_decoder_layers=4, **SHAPE).save(out / "student.json")
+    for arch, roles in ARCHS.items():
+        for role, layers in roles.items():
+            ModelConfig(arch=arch, **layers, **SHAPE).save(out / f"{role}-{arch}.json")
     common = [*TASK, "--batch-size", "64", "--micro-batch-size", "64", "--lr", "1e-2", "--seed", "0",
               "--tokenizer", tok]  # fmt: skip
-    teacher = out / "teacher"
-    teacher_flags = ["--task-option", "offset=1", "--max-steps", str(args.teacher_steps)]
-    train(out, teacher, None, [*common, *teacher_flags], str(out / "teacher.json"), None)
-    results = {"steps": args.steps, "teacher_steps": args.teacher_steps, "problems": args.limit,
-               "teacher (encoder-decoder)": score(out, teacher, args.limit)}  # fmt: skip
-    for name, flags in (("CE only (gold)", None), ("forward KL", ["--alpha", "1.0", "--kind", "forward_kl"])):
-        run = out / slug(name)
-        train(out, run, flags, [*common, "--max-steps", str(args.steps)], str(out / "student.json"), teacher)
-        results[f"decoder-only student, {name}"] = score(out, run, args.limit)
-        print(f"{name:>16}: {results[f'decoder-only student, {name}']}", flush=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.update({"steps": args.steps, "teacher_steps": args.teacher_steps, "problems": args.limit})
+    for t_arch, s_arch in pairs:
+        teacher = out / f"teacher-{t_arch}"
+        teacher_flags = ["--task-option", "offset=1", "--max-steps", str(args.teacher_steps)]
+        train(out, teacher, None, [*common, *teacher_flags], str(out / f"teacher-{t_arch}.json"), None)
+        results[f"teacher ({t_arch})"] = score(out, teacher, args.limit)
+        for name, flags in DIRECTION_ARMS.items():
+            run = out / f"{t_arch}-to-{s_arch}-{slug(name)}"
+            student = str(out / f"student-{s_arch}.json")
+            train(out, run, flags, [*common, "--max-steps", str(args.steps)], student, teacher)
+            key = f"{t_arch} teacher -> {s_arch} student, {name}"
+            results[key] = score(out, run, args.limit)
+            print(f"{key:>70}: {results[key]}", flush=True)
+            path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def regime(args: argparse.Namespace) -> None:
@@ -192,19 +217,22 @@ def main() -> None:
     c.add_argument("--steps", type=int, default=1000)
     c.add_argument("--teacher-steps", type=int, default=1000)
     k = sub.add_parser("check3", help="an encoder-decoder teacher, decoder-only students (the paper's check 3)")
-    k.add_argument("--steps", type=int, default=1000)
-    k.add_argument("--teacher-steps", type=int, default=1000)
+    d = sub.add_parser("directions", help="the changed-task test in every teacher -> student direction")
+    for q in (k, d):
+        q.add_argument("--steps", type=int, default=1000)
+        q.add_argument("--teacher-steps", type=int, default=1000)
     r = sub.add_parser("regime", help="few labelled examples, a teacher that labels more")
     r.add_argument("--steps", type=int, default=600)
     r.add_argument("--teacher-steps", type=int, default=1000)
     r.add_argument("--labeled", type=int, nargs="+", default=[100, 400, 1600])
     r.add_argument("--pool", type=int, default=6400)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    for q in (c, k, r):
+    for q in (c, k, d, r):
         q.add_argument("--out", default=None)
         q.add_argument("--limit", type=int, default=500, help="validation problems scored")
     args = p.parse_args()
-    {"changed": changed, "check3": check3, "regime": regime}[args.experiment](args)
+    check3 = lambda a: directions(a, [("encdec", "deconly")])
+    {"changed": changed, "check3": check3, "directions": directions, "regime": regime}[args.experiment](args)
 
 
 if __name__ == "__main__":

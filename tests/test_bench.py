@@ -268,6 +268,22 @@ def test_an_anchor_that_crashes_ends_its_own_row(monkeypatch, capsys):
     assert "its row is left out" in capsys.readouterr().err
 
 
+def test_models_that_do_not_fit_side_by_side_are_measured_one_at_a_time(monkeypatch, capsys):
+    """A pair whose weights exceed the available memory (a 10B pair at int8 on 24 GB died OOM-killed
+    building both) is built and measured one model at a time, said on stderr and in the JSON; both rows
+    and their comparison are there."""
+    import encore.bench.runner as runner
+
+    doc = run_bench(BenchConfig(**TINY, json_path=None, plot_path=None))
+    assert doc["models_measured"] == "interleaved"
+    monkeypatch.setattr(runner, "_available_memory", lambda: 1 << 20)
+    doc = run_bench(BenchConfig(**TINY, json_path=None, plot_path=None))
+    assert doc["models_measured"] == "one at a time"
+    assert sorted(r["model"] for r in doc["results"]) == ["deconly-tiny", "encdec-tiny"]
+    assert doc["comparisons"] and all(r["kv_cache_bytes"] > 0 for r in doc["results"])
+    assert "each model is measured alone" in capsys.readouterr().err
+
+
 def test_num_beams_times_beam_search_in_every_backend(tmp_path, monkeypatch, capsys):
     """--num-beams K: encore's engine (K slots a request), transformers' and CTranslate2's beam search of
     the same shapes, exactly --output-len steps each; the anchors cannot time a first token (null)."""

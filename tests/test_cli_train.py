@@ -145,11 +145,11 @@ def test_distill_cli_online_mixed_and_offline_topk(tmp_path, capsys):
     student = load(offline / "final")
     assert student.config.arch == "encdec"
     assert torch.isfinite(torch.tensor([r["loss"] for r in records(offline)])).all()
-    # a decoder-only student (tests/test_kd.py) takes gold targets and the online teacher for now
-    capsys.readouterr()
-    argv = [*common[:3], "--student", teacher_cfg, *common[5:], "--topk", "8", "--out", str(tmp_path / "x")]
-    assert main(argv) == 2
-    assert "a decoder-only student distils on gold targets" in capsys.readouterr().err
+    # a decoder-only student of the decoder-only teacher, from its stored top-k
+    argv = [*common[:3], "--student", teacher_cfg, *common[5:], "--topk", "8", "--out", str(tmp_path / "causal")]
+    assert main(argv) == 0
+    assert (tmp_path / "causal" / "teacher_topk" / "topk-index.json").is_file()
+    assert load(tmp_path / "causal" / "final").config.arch == "deconly"
 
 
 def test_python_dash_m_and_help():

@@ -275,7 +275,48 @@ def test_a_decoder_only_student_from_either_teacher(tmp_path):
                           student_sources_end_in_eos=student.config.source_ends_in_eos)  # fmt: skip
     out = CausalDistillLoss(itself, student.config, alpha=1.0, kind="forward_kl")(student, batch)
     assert float(out.metrics["kd"]) < 1e-6
-    assert main([*argv, "--targets", "teacher", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_decoder_only_students_targets_unlabeled_and_topk(tmp_path):
+    """Every target mode reaches a decoder-only student: the encoder-decoder teacher writes targets and
+    labels `--unlabeled` sources (reading each prompt's source in its own layout), the student samples
+    its own (on-policy rows `kd_input_ids`...), and `--topk` stores the teacher once: with k = the whole
+    vocabulary the stored KD equals the online one."""
+    from encore.cli.common import build_model
+    from encore.data import WithExampleIds, finetune_collator, tokenize_pairs
+    from encore.distill import load_teacher, precompute_topk
+    from encore.distill.causal_loss import CausalDistillLoss
+    from tests.test_cli_train import PAIRS, STEPS, write_config, write_pairs
+    from tests.test_convert_cli import VOCAB
+
+    big, _ = _bart_teacher(tmp_path / "bart")
+    student_cfg = write_config(tmp_path / "s.json", "deconly", vocab_size=VOCAB)
+    task = write_pairs(tmp_path / "pairs.jsonl")
+    sources = tmp_path / "sources.jsonl"
+    sources.write_text("".join(json.dumps({"source": s}) + "\n" for s in ["def g(y): pass", "x = 1"]))
+    common = ["distill", "--teacher", str(big), "--student", student_cfg, "--task", task, "--limit", "6", *STEPS]
+    out = tmp_path / "mix"
+    argv = [*common, "--unlabeled", str(sources), "--targets", "gold=0.4,teacher=0.3,student=0.3"]
+    assert main([*argv, "--target-max-new-tokens", "4", "--kind", "jsd", "--out", str(out)]) == 0
+    cached = [json.loads(line) for line in (out / "teacher_targets" / "targets.jsonl").read_text().splitlines()]
+    assert {6, 7} <= {r["example_id"] for r in cached}  # the two unlabeled sources, labeled by the teacher
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"kd", "ce"} <= set(record) and math.isfinite(record["loss"])
+    assert main([*common, "--topk", "8", "--alpha", "1", "--out", str(tmp_path / "topk")]) == 0
+    assert (tmp_path / "topk" / "teacher_topk" / "topk-index.json").is_file()
+
+    student = build_model(student_cfg, str(big), 0, None, False)
+    teacher = load_teacher(big, tokenizer=student.tokenizer, student=student.config)
+    pairs = [{**p, "example_id": i} for i, p in enumerate(tokenize_pairs(student.tokenizer, PAIRS[:4]))]
+    batch = WithExampleIds(finetune_collator(student.config))(pairs)
+    online = CausalDistillLoss(teacher, student.config, alpha=1.0, kind="forward_kl")
+    vocab = student.config.vocab_size
+    store = precompute_topk(teacher, [batch], tmp_path / "store", k=vocab, vocab_size=vocab,
+                            targets=lambda b: online.teacher_targets(b, vocab))  # fmt: skip
+    offline = CausalDistillLoss(None, student.config, store=store, alpha=1.0, kind="forward_kl")
+    with torch.no_grad():
+        want, got = online(student, batch).metrics["kd"], offline(student, batch).metrics["kd"]
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)  # fp16 stored log-probs
 
 
 # --- the changed-task test --------------------------------------------------------------------------

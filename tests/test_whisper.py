@@ -535,3 +535,55 @@ def test_the_no_speech_threshold_decides_whether_an_unlikely_window_is_retried(w
     for threshold, retried in ((0.6, False), (0.8, True), (None, True)):
         decoder.no_speech_threshold = threshold
         assert decoder._needs_fallback(unlikely) is retried, threshold
+
+
+def test_distil_whispers_recipe_on_speech_clips(whisper_dir, hf_model, tmp_path, capsys):
+    """A speech task (`encore.data.speech`: {"audio", "text"} records) trains a Whisper model: the
+    collator's batch gives transformers' loss; `encore adapt --decoder-layers 1` then `encore distill
+    --task speech.jsonl --freeze encoder` trains the cut decoder against the original; a clip longer
+    than a window, and teacher-written targets, are refused in one line."""
+    import soundfile as sf
+
+    from encore.cli import main
+    from encore.data.records import DataError
+    from encore.data.speech import load_speech, speech_collator
+    from encore.train import seq2seq_loss
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(4):
+        sf.write(tmp_path / f"{i}.wav", rng.normal(0, 0.1, 16000 * (1 + i)).astype(np.float32), 16000)
+        lines.append(json.dumps({"audio": f"{i}.wav", "text": f"w{i + 1} w{i + 2} w{i + 3}"}))
+    task = tmp_path / "speech.jsonl"
+    task.write_text("\n".join(lines) + "\n")
+    model = encore.load(whisper_dir)
+    examples = load_speech(task, model.tokenizer)
+    batch = speech_collator(model)(examples[:2])
+    prompt = [SOT, NO_TIMESTAMPS]  # English-only: <|startoftranscript|> <|notimestamps|>
+    assert batch["input_ids"].shape == (2, 80, N_FRAMES)
+    assert batch["decoder_input_ids"][0].tolist() == [*prompt, 1, 2, 3]
+    assert batch["labels"][0].tolist() == [-100, 1, 2, 3, EOT]
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(
+            hf_model(batch["input_ids"], decoder_input_ids=batch["decoder_input_ids"]).logits.flatten(0, 1),
+            batch["labels"].flatten(), ignore_index=-100, reduction="sum",
+        )  # fmt: skip
+        torch.testing.assert_close(seq2seq_loss(model, batch).total, want, rtol=1e-4, atol=1e-4)
+
+    cut, run = tmp_path / "cut", tmp_path / "kd"
+    assert main(["adapt", "--from", str(whisper_dir), "--out", str(cut), "--decoder-layers", "1"]) == 0
+    argv = ["distill", "--teacher", str(whisper_dir), "--student", str(cut), "--task", str(task),
+            "--max-steps", "2", "--batch-size", "2", "--micro-batch-size", "2", "--optimizer", "adamw"]  # fmt: skip
+    assert main([*argv, "--freeze", "encoder", "--kind", "forward_kl", "--out", str(run)]) == 0
+    before, after = encore.load(cut).state_dict(), encore.load(run / "final").state_dict()
+    assert all(torch.equal(after[n], t) for n, t in before.items() if n.startswith("encoder"))
+    assert any(not torch.equal(after[n], t) for n, t in before.items() if n.startswith("decoder."))
+    assert np.isfinite(json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["kd"])
+    capsys.readouterr()
+    assert main([*argv, "--targets", "teacher", "--out", str(tmp_path / "x")]) == 2
+    assert "speech distils on its transcripts" in capsys.readouterr().err
+
+    sf.write(tmp_path / "long.wav", np.zeros(16000 * 31, dtype=np.float32), 16000)
+    (tmp_path / "long.jsonl").write_text(json.dumps({"audio": "long.wav", "text": "w1"}) + "\n")
+    with pytest.raises(DataError, match=r"long.jsonl: line 1: field 'audio': long.wav is 31.0 s"):
+        load_speech(tmp_path / "long.jsonl", model.tokenizer)

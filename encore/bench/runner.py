@@ -207,6 +207,38 @@ class _Measured(NamedTuple):
     kv: dict[tuple[int, int], int]  # (model, point) -> KV-cache bytes
     failed: dict[str, str]  # anchors that crashed: label -> why
     profiles: dict[tuple[int, int], dict]  # (model, point) -> its prefill profile (--profile-prefill)
+    alone: bool  # each model measured alone (their weights did not fit side by side), not interleaved
+
+
+def _groups(cfg: BenchConfig, specs: list[BackendSpec], backends: list[Backend]) -> list[list[int]]:
+    """The models measured side by side (interleaved, the default), or one at a time when their weights
+    together would not fit in the CPU's available memory (a 10B pair at int8 on a 24 GB machine): each
+    model then has the machine to itself, and the report says so."""
+    if cfg.device != "cpu" or len(specs) < 2:
+        return [list(range(len(specs)))]
+    need = [_weight_bytes(b) for b in backends]
+    available = _available_memory()
+    if available is None or sum(need) < 0.8 * available:
+        return [list(range(len(specs)))]
+    print(f"encore bench: the models' weights ({sum(need) / 2**30:.1f} GiB) do not fit side by side in "
+          f"{available / 2**30:.1f} GiB available: each model is measured alone", file=sys.stderr)  # fmt: skip
+    return [[i] for i in range(len(specs))]
+
+
+def _weight_bytes(backend: Backend) -> float:
+    """A model's weights in memory, roughly: its parameters at the bytes per weight its kernel reads."""
+    config = backend.cost_config
+    return config.param_counts()["total"] * max(backend.weight_bytes, 1.0) + (1 << 29)  # + its runtime
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _measure(
@@ -231,7 +263,7 @@ def _measure(
     total = sum((p.warmup + p.repeats) * len(active(p)) for p in points)
     runs: dict[tuple[int, int], list[dict]] = {}
     profiles: dict[tuple[int, int], dict] = {}
-    workers: list[Any] = []
+    workers: dict[int, Any] = {}
     failed: dict[str, str] = {}
 
     def call(i: int, *args: Any) -> Any:
@@ -247,45 +279,47 @@ def _measure(
             print(f"encore bench: {backends[i].label} failed ({e}); its row is left out", file=sys.stderr)
             return None
 
+    params = [0] * len(specs)
+    kv: dict[tuple[int, int], int] = {}
+    groups = _groups(cfg, specs, backends)
     with _progress(cfg, total) as bar:
-        try:
-            bar.describe("building models")
-            # worker processes build in parallel; in-process workers one after the other
-            workers = [(ProcessWorker if cfg.isolate else Worker)(spec, threads) for spec in specs]
-            params = [call(i) or 0 for i in range(len(workers))]
-            for k, point in enumerate(points):
-                B, S, n = point.batch_size, point.input_len, point.output_len
-                who = active(point)
-                bar.describe(f"{S}->{n} x{B} warm-up")
-                for i in who:
-                    for _ in range(point.warmup):
-                        call(i, "run", B, S, min(n, 8), n)
-                        bar.update(1)
-                # interleave the models, alternating who goes first: a burst of load from another
-                # process then hits both sides instead of skewing one model's numbers
-                for rep in range(point.repeats):
-                    for i in who if rep % 2 == 0 else who[::-1]:
-                        bar.describe(f"{S}->{n} x{B} {backends[i].label}")
-                        if (run := call(i, "run", B, S, n, n)) is not None:
-                            runs.setdefault((i, k), []).append(run)
-                        bar.update(1)
-            for i, backend in enumerate(backends):  # a row cut short by a crash is left out whole
-                if backend.label in failed:
-                    runs = {key: value for key, value in runs.items() if key[0] != i}
-            kv = {
-                (i, k): workers[i].call("kv_bytes", points[k].batch_size, points[k].input_len, points[k].output_len)
-                for (i, k) in runs
-            }
-            if cfg.profile_prefill:  # encore's own models, at the full points
-                for i, k in runs:
+        for group in groups:
+            try:
+                bar.describe("building models")
+                # worker processes build in parallel; in-process workers one after the other
+                workers = {i: (ProcessWorker if cfg.isolate else Worker)(specs[i], threads) for i in group}
+                for i in group:
+                    params[i] = call(i) or 0
+                for k, point in enumerate(points):
+                    B, S, n = point.batch_size, point.input_len, point.output_len
+                    who = [i for i in active(point) if i in workers]
+                    bar.describe(f"{S}->{n} x{B} warm-up")
+                    for i in who:
+                        for _ in range(point.warmup):
+                            call(i, "run", B, S, min(n, 8), n)
+                            bar.update(1)
+                    # interleave the models, alternating who goes first: a burst of load from another
+                    # process then hits both sides instead of skewing one model's numbers
+                    for rep in range(point.repeats):
+                        for i in who if rep % 2 == 0 else who[::-1]:
+                            bar.describe(f"{S}->{n} x{B} {backends[i].label}")
+                            if (run := call(i, "run", B, S, n, n)) is not None:
+                                runs.setdefault((i, k), []).append(run)
+                            bar.update(1)
+                for i in group:  # a row cut short by a crash is left out whole
+                    if backends[i].label in failed:
+                        runs = {key: value for key, value in runs.items() if key[0] != i}
+                for i, k in [key for key in runs if key[0] in workers]:
+                    kv[(i, k)] = workers[i].call("kv_bytes", points[k].batch_size, points[k].input_len,
+                                                 points[k].output_len)  # fmt: skip
                     B, S = points[k].batch_size, points[k].input_len
-                    if isinstance(backends[i], EncoreBackend) and points[k].kind == "full":
+                    if cfg.profile_prefill and isinstance(backends[i], EncoreBackend) and points[k].kind == "full":
                         peak = machines[backends[i].kernel].peak_flops
                         profiles[(i, k)] = workers[i].call("profile_prefill", B, S, peak)
-        finally:
-            for w in workers:
-                w.close()
-    return _Measured(params, runs, kv, failed, profiles)
+            finally:
+                for w in workers.values():
+                    w.close()
+    return _Measured(params, runs, kv, failed, profiles, len(groups) > 1)
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
@@ -304,7 +338,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         raise ValueError(f"--model and --baseline name the same model ({backends[0].label}); pick two")
     _check_memory(backends, points)
     machines = _machines(cfg, backends)
-    params, runs, kv, failed, profiles = _measure(cfg, specs, backends, points, threads, machines)
+    params, runs, kv, failed, profiles, alone = _measure(cfg, specs, backends, points, threads, machines)
     order = sorted(
         runs, key=lambda ik: (ik[0], points[ik[1]].kind != "full", points[ik[1]].batch_size, points[ik[1]].input_len)
     )
@@ -334,6 +368,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "wall_s": time.perf_counter() - started,
         "encore": __version__,
         "failed": failed,  # anchors that crashed: label -> why (their rows are left out)
+        "models_measured": "one at a time" if alone else "interleaved",
     }
     if cfg.vs_hf:
         import transformers

@@ -257,9 +257,31 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-split", default="validation", help="split for --eval-every's validation loss")
 
 
+def speech_sources(args: argparse.Namespace, model: LanguageModel, with_ids: bool = False):
+    """A model with an audio encoder (Whisper) trains on a speech file (`encore.data.speech`): (training
+    source, None, collator)."""
+    from encore.data import TaskSource, WithExampleIds
+    from encore.data.speech import load_speech, speech_collator
+
+    if not Path(args.task).is_file():
+        raise ValueError(f"--task {args.task}: a model with an audio encoder trains on a speech .jsonl file "
+                         '({"audio": path, "text": transcript} per line)')  # fmt: skip
+    if args.eval_every:
+        raise ValueError("--eval-every: a speech task has no validation split here (leave it at 0)")
+    collator = speech_collator(model, args.max_target_len)
+    examples = load_speech(args.task, model.tokenizer, limit=args.limit)
+    for i, e in enumerate(examples if with_ids else []):
+        e["example_id"] = i
+    print(f"{args.task}: {len(examples)} clips, {sum(len(e['audio']) for e in examples) / 16000 / 60:.1f} minutes")
+    return TaskSource(examples, WithExampleIds(collator) if with_ids else collator, seed=args.seed), None, collator
+
+
 def task_sources(args: argparse.Namespace, model: LanguageModel, with_ids: bool = False):
     """(training source, validation source or None) of `args.task`, tokenized and collated for `model`."""
     from encore.data import TaskSource, WithExampleIds, finetune_collator, load_task, tokenize_pairs
+
+    if model.config.encoder_input == "audio":
+        return speech_sources(args, model, with_ids)
 
     collator = finetune_collator(
         model.config,
@@ -389,7 +411,8 @@ def unlabeled_examples(args: argparse.Namespace, tokenizer: Any, labeled: list[d
 
 def run_distill(args: argparse.Namespace) -> int:
     from encore.distill import DistillLoss, DistillSource, load_teacher, parse_target_mix, precompute_topk
-    from encore.train import seq2seq_loss
+    from encore.distill.causal_loss import CausalDistillLoss
+    from encore.train import causal_lm_loss, seq2seq_loss
 
     mix = parse_target_mix(args.targets)
     claim_out(args)
@@ -400,13 +423,7 @@ def run_distill(args: argparse.Namespace) -> int:
     if tokenizer is None and not Path(args.student).is_dir():
         tokenizer = args.teacher  # a fresh student speaks the teacher's tokenizer
     student = build_model(args.student, tokenizer, args.seed, args.dropout, args.trust_remote_code)
-    causal = student.config.arch == "deconly"
-    if causal and (mix != {"gold": 1.0} or args.unlabeled or args.topk):
-        raise ValueError(
-            f"--student {args.student}: a decoder-only student distils on gold targets with the online "
-            "teacher (--targets gold; --unlabeled, teacher or student targets and --topk are an encoder-"
-            "decoder student's for now)"
-        )
+    causal = student.config.arch == "deconly"  # the paper's check 3, or decoder-only -> decoder-only
     device = local_device()
     teacher = load_teacher(
         args.teacher,
@@ -417,17 +434,12 @@ def run_distill(args: argparse.Namespace) -> int:
         student_sources_end_in_eos=student.config.source_ends_in_eos,
         student=student.config,
     )
+    kd = dict(alpha=args.alpha, kind=args.kind, temperature=args.temperature, beta=args.beta)
+    make_loss = (lambda **a: CausalDistillLoss(student=student.config, **a)) if causal else DistillLoss
+    loss = make_loss(teacher=teacher, **kd, valid_vocab=teacher.valid_vocab)  # checks the pair before any work
     source, eval_source, collator = task_sources(args, student, with_ids=True)
-    if causal:  # the paper's check 3 (an encoder-decoder teacher) and decoder-only -> decoder-only
-        from encore.distill.causal_loss import CausalDistillLoss
-        from encore.train import causal_lm_loss
-
-        kd = dict(alpha=args.alpha, kind=args.kind, temperature=args.temperature, beta=args.beta)
-        loss = CausalDistillLoss(teacher, student.config, **kd, valid_vocab=teacher.valid_vocab)
-        config = train_config(args, "distill")
-        train(student, config, source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=causal_lm_loss)
-        _print_done(args.out)
-        return 0
+    if student.config.encoder_input == "audio" and (mix != {"gold": 1.0} or args.unlabeled):
+        raise ValueError(f"--task {args.task}: speech distils on its transcripts (--targets gold, no --unlabeled)")
     if args.unlabeled:
         from encore.data import TaskSource
 
@@ -458,20 +470,13 @@ def run_distill(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             vocab_size=student.config.vocab_size,
             valid_vocab=teacher.valid_vocab,
+            targets=(lambda b: loss.teacher_targets(b, student.config.vocab_size)) if causal else None,
         )
-        loss = DistillLoss(store=store, alpha=args.alpha, kind=args.kind, temperature=args.temperature, beta=args.beta)
+        loss = make_loss(teacher=None, store=store, **kd)
         del teacher
-    else:
-        loss = DistillLoss(
-            teacher,
-            alpha=args.alpha,
-            kind=args.kind,
-            temperature=args.temperature,
-            beta=args.beta,
-            valid_vocab=teacher.valid_vocab,
-        )
     # validation loss = CE on gold targets: comparable between runs with and without KD
     config = train_config(args, "distill")
-    train(student, config, source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=seq2seq_loss)
+    eval_loss = causal_lm_loss if causal else seq2seq_loss
+    train(student, config, source, loss_fn=loss, eval_source=eval_source, eval_loss_fn=eval_loss)
     _print_done(args.out)
     return 0

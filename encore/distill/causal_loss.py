@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from encore.config import ModelConfig
 from encore.data.collate import pad_rows, rows_mask
 from encore.distill.align import restrict_vocab
-from encore.distill.divergence import Kind, _check_kind, kd_term
+from encore.distill.divergence import Kind, _check_kind, ce_sum, kd_term
 from encore.distill.errors import DistillError
 from encore.distill.seq2seq_teacher import Seq2SeqTeacher
 from encore.distill.teacher import Teacher
+from encore.distill.topk_store import TopKStore, check_sparse_targets
 from encore.train.losses import IGNORE, Loss, LossOutput
 
 
@@ -45,6 +46,32 @@ def _source(prompt: list[int], layout: str) -> list[int]:
     return {"encore": prompt[1:-1], "bos": prompt[1:], "plain": prompt}[layout]
 
 
+def seq2seq_sources(config: ModelConfig, prompts: list[list[int]], layout: str) -> list[list[int]]:
+    """Decoder-only prompts (laid out by `layout`) as an encoder-decoder's sources (its `config`'s layout)."""
+    return [config.source_ids(_source(p, layout)) for p in prompts]
+
+
+def scored_targets(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """A decoder-only batch's scored positions and their targets, right-aligned per row:
+    ``(scored [B, S-1], targets [B, T_y] (-100 at padding), mask [B, T_y])``; position t of ``scored``
+    predicts ``labels[t + 1]``, and row b's j-th scored position is its target j."""
+    labels = batch["labels"][:, 1:]
+    scored = labels != IGNORE
+    counts = scored.sum(1)
+    width = int(counts.max()) if counts.numel() else 0
+    mask = torch.arange(width, device=labels.device)[None] < counts[:, None]
+    targets = torch.full(mask.shape, IGNORE, dtype=labels.dtype, device=labels.device)
+    targets[mask] = labels[scored]
+    return scored, targets, mask
+
+
+def _padded(flat: Tensor, mask: Tensor) -> Tensor:
+    """[N, V] rows (row by row, as ``x[mask]`` lists them) -> [B, T, V], zeros where `mask` is False."""
+    out = flat.new_zeros(*mask.shape, flat.shape[-1])
+    out[mask] = flat
+    return out
+
+
 def seq2seq_target_logits(
     teacher: Seq2SeqTeacher, batch: dict[str, Tensor], student: ModelConfig, scored: Tensor
 ) -> Tensor:
@@ -52,19 +79,20 @@ def seq2seq_target_logits(
     in the order ``logits[scored]`` lists them (row by row)."""
     ids, labels = batch["input_ids"], batch["labels"]
     config = teacher.model.config
-    sources, decoder = [], []
+    prompts, decoder = [], []
     for row in range(ids.shape[0]):
         targets = scored[row].nonzero().flatten() + 1  # labels[t + 1] is scored at t
         if len(targets) == 0:
-            sources.append([]), decoder.append([])
+            prompts.append(None), decoder.append([])
             continue
         start = int(targets[0])
         if start < 1:
             raise DistillError("an encoder-decoder teacher needs each row's source before its target (no prompt)")
-        sources.append(config.source_ids(_source(ids[row, :start].tolist(), student.source_layout)))
+        prompts.append(ids[row, :start].tolist())
         decoder.append([config.bos_token_id, *labels[row, targets[:-1]].tolist()])
     if not any(decoder):  # nothing scored
         return torch.empty(0, teacher.vocab_size, device=ids.device)
+    sources = [[] if p is None else seq2seq_sources(config, [p], student.source_layout)[0] for p in prompts]
     pad, device = config.pad_token_id, ids.device
     enc, enc_mask = pad_rows(sources, pad).to(device), rows_mask(sources).to(device)
     dec, dec_mask = pad_rows(decoder, pad).to(device), rows_mask(decoder).to(device)
@@ -74,14 +102,20 @@ def seq2seq_target_logits(
 
 class CausalDistillLoss(Loss):
     """``α·τ²·KD + (1−α)·CE`` for a decoder-only student, each a sum over the target tokens (the loop
-    divides by their count), on the gold targets of the batch; `check_causal_teacher` says which
-    teachers read its rows."""
+    divides by their count). Its batches are the causal collator's (``input_ids``, ``attention_mask``,
+    ``labels``); the targets are gold or the teacher's (sequence-level KD, `--unlabeled`), as the batch
+    holds them. With ``kd_input_ids`` / ``kd_attention_mask`` / ``kd_labels`` (on-policy: the student's
+    own samples) the KD term is taken on those, CE on ``labels``. The teacher runs on each micro-batch
+    (`check_causal_teacher` says which teachers read its rows), or its top-k comes from a ``store``
+    (offline, `--topk`; the batch then holds ``example_ids``). α = 0 skips the teacher, α = 1 the CE
+    pass of an on-policy batch, as `DistillLoss` does for an encoder-decoder student."""
 
     def __init__(
         self,
-        teacher: nn.Module,
+        teacher: nn.Module | None,
         student: ModelConfig,
         *,
+        store: TopKStore | None = None,
         alpha: float = 0.5,
         kind: Kind = "reverse_kl",
         temperature: float = 1.0,
@@ -91,33 +125,64 @@ class CausalDistillLoss(Loss):
         _check_kind(kind, beta, temperature)
         if not 0.0 <= alpha <= 1.0:
             raise DistillError(f"alpha must be in [0, 1], got {alpha}")
-        check_causal_teacher(teacher, student, "--teacher")
-        self.teacher, self.student = teacher, student
+        if (teacher is None) == (store is None):
+            raise DistillError("CausalDistillLoss needs exactly one of teacher (online) or store (offline top-k)")
+        if store is not None and store.temperature != temperature:
+            raise DistillError(f"{store.directory} was computed at temperature {store.temperature}, not {temperature}")
+        if teacher is not None:
+            check_causal_teacher(teacher, student, "--teacher")
+        self.teacher, self.store, self.student = teacher, store, student
         self.alpha, self.kind, self.temperature, self.beta = alpha, kind, temperature, beta
         self.valid_vocab = valid_vocab
 
     def target_tokens(self, batch: dict[str, Tensor]) -> int:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
-    def _teacher(self, batch: dict[str, Tensor], scored: Tensor, vocab: int) -> Tensor:
+    def read_tokens(self, batch: dict[str, Tensor]) -> int:
+        return sum(int(batch[k].sum()) for k in ("attention_mask", "kd_attention_mask") if k in batch)
+
+    def teacher_targets(self, batch: dict[str, Tensor], vocab: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The online teacher on a decoder-only batch: ``(logits [B, T_y, V], targets [B, T_y], mask)``,
+        the targets right-aligned as `scored_targets` gives them (what the offline store keeps)."""
+        scored, targets, mask = scored_targets(batch)
         if isinstance(self.teacher, Seq2SeqTeacher):
             logits = seq2seq_target_logits(self.teacher, batch, self.student, scored)
         else:
-            mask = batch["attention_mask"]
-            positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-            logits = self.teacher(batch["input_ids"], mask, positions)[:, :-1][scored]
-        return restrict_vocab(logits, vocab, self.valid_vocab or self.teacher.valid_vocab)
+            positions = (batch["attention_mask"].long().cumsum(1) - 1).clamp(min=0)
+            logits = self.teacher(batch["input_ids"], batch["attention_mask"], positions)[:, :-1][scored]
+        logits = restrict_vocab(logits, vocab, self.valid_vocab or self.teacher.valid_vocab)
+        return _padded(logits, mask), targets, mask
 
-    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> LossOutput:
-        labels = batch["labels"][:, 1:]
-        scored = labels != IGNORE
+    def _student(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The student's logits at a batch's scored targets [B, T_y, V], with the targets and their mask."""
+        scored, targets, mask = scored_targets(batch)
         logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
                        logits_mask=F.pad(scored, (0, 1), value=False))  # [N, V]  # fmt: skip
-        teacher = self._teacher(batch, scored, logits.shape[-1])
-        ones = torch.ones(1, logits.shape[0], dtype=torch.bool, device=logits.device)
-        kd = kd_term(logits[None], teacher[None], ones, kind=self.kind, temperature=self.temperature,
-                     beta=self.beta, reduction="sum")  # fmt: skip
-        ce = F.cross_entropy(logits.float(), labels[scored], reduction="sum")
-        n = scored.sum().clamp(min=1)
-        total = self.alpha * self.temperature**2 * kd + (1 - self.alpha) * ce
-        return LossOutput(total, {"kd": kd.detach() / n, "ce": ce.detach() / n})
+        return _padded(logits, mask), targets, mask
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> LossOutput:
+        on_policy = "kd_labels" in batch
+        if on_policy and self.store is not None:
+            raise DistillError("on-policy targets (kd_labels) need the online teacher, not a stored top-k")
+        gold = None if on_policy and self.alpha == 1.0 else self._student(model, batch)
+        metrics, total = {}, 0.0
+        if self.alpha > 0:
+            kd_batch = {k: batch["kd_" + k] for k in ("input_ids", "attention_mask", "labels")} if on_policy else batch
+            logits, targets, mask = gold if not on_policy else self._student(model, kd_batch)
+            if self.store is not None:
+                teacher = self.store.batch(batch["example_ids"], targets.shape[1], targets.device)
+                check_sparse_targets(teacher, targets, mask)
+            else:
+                teacher = self.teacher_targets(kd_batch, logits.shape[-1])[0]
+            kd = kd_term(logits, teacher, mask, kind=self.kind, temperature=self.temperature, beta=self.beta,
+                         reduction="sum")  # fmt: skip
+            n_kd = mask.sum().clamp(min=1)
+            n = n_kd if gold is None else gold[2].sum().clamp(min=1)
+            total = self.alpha * self.temperature**2 * kd * (n / n_kd)  # a per-KD-token mean, label tokens' weight
+            metrics["kd"] = kd.detach() / n_kd
+        if gold is not None and self.alpha < 1:
+            logits, targets, mask = gold
+            ce = ce_sum(logits, targets, mask)
+            total = total + (1 - self.alpha) * ce
+            metrics["ce"] = ce.detach() / mask.sum().clamp(min=1)
+        return LossOutput(total, metrics)

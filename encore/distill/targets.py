@@ -15,13 +15,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from encore.data.collate import Batch
+from encore.data.collate import Batch, pad_rows, rows_mask
 from encore.data.sources import TaskSource
 from encore.distill.align import teacher_layout, teacher_sources
+from encore.distill.causal_loss import seq2seq_sources
 from encore.distill.errors import DistillError
 from encore.distill.seq2seq_teacher import Seq2SeqTeacher
 from encore.distill.teacher import Teacher
 from encore.train.dist import is_main_process
+from encore.train.losses import IGNORE
 
 Collator = Callable[[list[dict[str, Any]]], Batch]
 
@@ -202,14 +204,32 @@ class DistillSource:
                 f.flush()
                 os.fsync(f.fileno())
 
-    @torch.no_grad()
-    def _generate(self, model: Any, examples: list[dict[str, Any]], teacher: bool) -> list[list[int]]:
-        """Targets (without EOS; the collator appends it) for the examples' sources, laid out as the
-        student's encoder reads them (x + [EOS]): the teacher's greedy, the student's sampled."""
+    def _prompts(self, examples: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
+        """The examples' sources as the student reads them, right-padded ``(ids, mask)`` [B, S]: an
+        encoder-decoder's encoder input, or a decoder-only prompt (``[BOS] x [EOS]``, before its target)."""
         batch = self.collator([{"source_ids": e["source_ids"], "target_ids": []} for e in examples])
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        if "decoder_input_ids" not in batch:  # decoder-only rows end with the empty target's EOS: cut it
+            mask = mask * (batch["labels"] == IGNORE)
+            ids = ids.masked_fill(mask == 0, self.collator.pad_id)
+        return ids, mask
+
+    def _teacher_prompts(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """An encoder-decoder teacher of a decoder-only student reads each prompt's source in its own layout."""
+        if not isinstance(self.teacher, Seq2SeqTeacher) or getattr(self.collator, "arch", "encdec") == "encdec":
+            return ids, mask
+        prompts = [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(1).tolist())]
+        sources = seq2seq_sources(self.teacher.model.config, prompts, self.collator.source_layout)
+        return pad_rows(sources, self.teacher.model.config.pad_token_id), rows_mask(sources)
+
+    @torch.no_grad()
+    def _generate(self, model: Any, examples: list[dict[str, Any]], teacher: bool) -> list[list[int]]:
+        """Targets (without EOS; the collator appends it) for the examples' sources, as the student
+        reads them: the teacher's greedy, the student's sampled."""
+        ids, mask = self._prompts(examples)
         if teacher:
             device = next(self.teacher.parameters()).device
+            ids, mask = self._teacher_prompts(ids, mask)
             new, new_mask = generate_teacher_targets(
                 self.teacher, ids.to(device), mask.to(device), max_new_tokens=self.max_new_tokens
             )
@@ -244,11 +264,14 @@ class DistillSource:
     def collate(self, examples: list[Any]) -> Batch:
         """The inner collator's batch; with on-policy samples among the examples, also the KD
         sequences (``kd_decoder_input_ids``, ``kd_decoder_attention_mask``, ``kd_labels``: the sample,
-        or the example's own target where it has none) for `DistillLoss`."""
+        or the example's own target where it has none) for `DistillLoss`; a decoder-only student's
+        whole rows (``kd_input_ids``, ``kd_attention_mask``, ``kd_labels``) for `CausalDistillLoss`."""
         batch = self.inner.collate(examples)
         if any("kd_target_ids" in e for e in examples):
             kd = self.inner.collate([{**e, "target_ids": e.get("kd_target_ids", e["target_ids"])} for e in examples])
-            for key in ("decoder_input_ids", "decoder_attention_mask", "labels"):
+            causal = "decoder_input_ids" not in kd  # a decoder-only student's KD rows are whole rows
+            rows = ("input_ids", "attention_mask") if causal else ("decoder_input_ids", "decoder_attention_mask")
+            for key in (*rows, "labels"):
                 batch["kd_" + key] = kd[key]
         return batch
 

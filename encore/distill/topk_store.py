@@ -5,7 +5,7 @@ many epochs the student trains."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -212,22 +212,28 @@ def precompute_topk(
     teacher_bos_id: int | None | Literal["auto"] = "auto",
     values_dtype: torch.dtype = torch.float16,
     shard_tokens: int = 1 << 20,
+    targets: Callable[[dict[str, Tensor]], tuple[Tensor, Tensor, Tensor]] | None = None,
 ) -> TopKStore:
     """Run the teacher once over ``batches`` (dicts with ``input_ids``, ``attention_mask``, ``labels``
-    (−100 at padding) and ``example_ids``) and store its top-k per target token under ``directory``."""
+    (−100 at padding) and ``example_ids``) and store its top-k per target token under ``directory``.
+    ``targets(batch) -> (teacher logits [B, T, V], labels [B, T], mask)``: where a student's targets are
+    not an encoder-decoder batch's ``labels`` (a decoder-only student: `CausalDistillLoss.teacher_targets`)."""
     with TopKWriter(directory, shard_tokens=shard_tokens, values_dtype=values_dtype) as writer:
         for batch in batches:
-            labels = batch["labels"]
-            mask = labels != -100
-            logits = batch_teacher_logits(
-                teacher,
-                batch,
-                labels,
-                mask,
-                vocab_size=vocab_size,
-                valid_vocab=valid_vocab,
-                teacher_bos_id=teacher_bos_id,
-            )
+            if targets is not None:
+                logits, labels, mask = targets(batch)
+            else:
+                labels = batch["labels"]
+                mask = labels != -100
+                logits = batch_teacher_logits(
+                    teacher,
+                    batch,
+                    labels,
+                    mask,
+                    vocab_size=vocab_size,
+                    valid_vocab=valid_vocab,
+                    teacher_bos_id=teacher_bos_id,
+                )
             sparse = topk_teacher_logits(
                 logits, mask, k, temperature=temperature, targets=labels.masked_fill(~mask, -1)
             )

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from encore.reproduce import measures, quality
+from encore.reproduce import measures, quality, scale
 from encore.reproduce.context import Context
 from encore.reproduce.report import write_results
 from encore.reproduce.runner import Runner
@@ -23,6 +23,7 @@ CLAIMS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "kd": quality.kd,
     "long_context": measures.long_context,
     "vision": measures.vision,
+    "scale": scale.scale,
 }
 SETTINGS_FILE = "reproduce.json"
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from encore.files import atomic_write
 from encore.lazy import require
+from encore.reproduce import scale
 
 
 def write_results(root: Path, doc: dict[str, Any]) -> None:
@@ -109,6 +110,11 @@ def _plot(root: Path, name: str, claim: dict[str, Any]) -> str | None:
         plt = require("matplotlib.pyplot", "bench")
     except ImportError:
         return None
+    path = root / "plots" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if name == "scale":
+        scale.plot(claim, path)
+        return f"plots/{name}.png"
     if name == "efficiency":
         keys = list(claim["paper"])
         labels = [k.replace("_", " ") for k in keys]
@@ -136,8 +142,6 @@ def _plot(root: Path, name: str, claim: dict[str, Any]) -> str | None:
     ax.set_title(f"{name}: {claim['verdict']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = root / "plots" / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return f"plots/{name}.png"

@@ -45,6 +45,10 @@ class Scale:
     bench_output_len: int
     bench_repeats: int
     expected_minutes: str
+    # scale (the paper's open check 1): the presets encdec-N / deconly-N benched, and the serving load
+    scale_sizes: tuple[str, ...] = ("330m", "1b", "3b", "10b")
+    scale_serving_batch: int = 4
+    scale_repeats: int = 1
     task_options: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -80,6 +84,8 @@ SCALES: dict[str, Scale] = {
         bench_repeats=1,
         expected_minutes="<= 10 on 2 CPU cores",
         task_options=_TASK_OPTIONS,
+        scale_sizes=("tiny",),
+        scale_serving_batch=2,
     ),
     "tiny": Scale(
         "tiny",

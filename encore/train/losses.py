@@ -54,7 +54,7 @@ class Seq2SeqLoss(Loss):
         logits = model(
             batch["input_ids"],
             decoder_input_ids=batch["decoder_input_ids"],
-            attention_mask=batch["attention_mask"],
+            attention_mask=batch.get("attention_mask"),  # none for an audio encoder's windows
             decoder_attention_mask=batch["decoder_attention_mask"],
             **images(batch),
         )
