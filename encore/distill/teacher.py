@@ -242,7 +242,8 @@ def load_teacher(
     student: ModelConfig | None = None,
 ) -> Teacher | Seq2SeqTeacher:
     """Load a frozen teacher: an encore decoder-only checkpoint directory, or a Hugging Face causal LM
-    (local directory or hub id) optionally with LoRA adapters merged in at load.
+    (local directory or hub id) optionally with LoRA adapters merged in at load; an encoder-decoder
+    (an encore or transformers checkpoint, a CTranslate2 Whisper directory) as a `Seq2SeqTeacher`.
 
     ``tokenizer`` is the *student's* tokenizer: when given, it is checked against the teacher's
     (`check_tokenizers`, which refuses a different one) and the shared vocabulary becomes
@@ -258,7 +259,8 @@ def load_teacher(
     path = Path(name_or_path)
     config_file = path / "config.json"
     config = json.loads(config_file.read_text()) if path.is_dir() and config_file.exists() else {}
-    if config.get("is_encoder_decoder") or config.get("arch") == "encdec":
+    ctranslate2 = path.is_dir() and (path / "model.bin").is_file()  # faster-whisper's layout: Whisper
+    if config.get("is_encoder_decoder") or config.get("arch") == "encdec" or ctranslate2:
         if lora is not None:
             raise DistillError(f"{path}: LoRA adapters apply to Hugging Face causal-LM teachers, not encoder-decoders")
         return load_seq2seq_teacher(load(path, device=device, dtype=dtype), str(path), tokenizer, student)

@@ -88,6 +88,11 @@ def reproduce(
         records = ctx.runner.done_records[first:]
         claim["seconds"] = sum(r["seconds"] for r in records) or time.perf_counter() - start
         claim["commands"] = [{"name": r["name"], "command": r["command"], "seconds": r["seconds"]} for r in records]
+        # the claims of one report may run on different days and machines
+        claim["ran_on"] = {
+            "machine": _machine(device),
+            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
         doc["claims"][name] = claim
         doc["claims"] = {n: doc["claims"][n] for n in CLAIMS if n in doc["claims"]}
         doc["run"] = {

@@ -83,7 +83,7 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
 
 def scale(ctx: Context) -> dict[str, Any]:
     """encdec-N against deconly-N for each of the scale's sizes, int8 and int4, batch 1 and a serving load."""
-    sizes, quants = ctx.scale.scale_sizes, ("int8", "int4")
+    sizes, quants = ctx.scale.scale_sizes, ctx.scale.scale_quantize
     rows, terms = [], {}
     for size in sizes:
         for q in quants:
@@ -134,10 +134,11 @@ def plot(claim: dict[str, Any], path: Path) -> None:
     rows = claim["table"]
     sizes = list(dict.fromkeys(r["size"] for r in rows))
     loads = sorted({r["batch"] for r in rows})
+    quants = list(dict.fromkeys(r["quantize"] for r in rows))
     fig, axes = plt.subplots(1, len(loads), figsize=(5.5 * len(loads), 4), squeeze=False)
     for ax, batch in zip(axes[0], loads):
         for (ratio, color), q in [(rc, q) for rc in zip(RATIOS.values(), ("tab:blue", "tab:green", "tab:red"))
-                                  for q in ("int8", "int4")]:  # fmt: skip
+                                  for q in quants]:  # fmt: skip
             picked = [next((r for r in rows if r["size"] == s and r["quantize"] == q and r["batch"] == batch), None)
                       for s in sizes]  # fmt: skip
             xs = [i for i, r in enumerate(picked) if r]
@@ -148,6 +149,10 @@ def plot(claim: dict[str, Any], path: Path) -> None:
         ax.axhline(1.0, color="gray", linewidth=0.8)
         ax.set_xticks(range(len(sizes)), sizes)
         ax.set_yscale("log")
+        ticks = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x")
+        ax.yaxis.set_major_formatter(ticks)
+        ax.yaxis.set_minor_formatter(ticks)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("size (encdec-N / deconly-N)")
         ax.set_ylabel("encoder-decoder / decoder-only")
         ax.set_title(f"batch {batch} (dashed: cost model)", fontsize=9)

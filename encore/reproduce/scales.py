@@ -49,6 +49,7 @@ class Scale:
     scale_sizes: tuple[str, ...] = ("330m", "1b", "3b", "10b")
     scale_serving_batch: int = 4
     scale_repeats: int = 1
+    scale_quantize: tuple[str, ...] = ("int8", "int4")
     task_options: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -86,6 +87,7 @@ SCALES: dict[str, Scale] = {
         task_options=_TASK_OPTIONS,
         scale_sizes=("tiny",),
         scale_serving_batch=2,
+        scale_quantize=("int8",),
     ),
     "tiny": Scale(
         "tiny",
