@@ -133,6 +133,31 @@ def test_rows_only_the_weight_is_held_once_and_gives_the_same_numbers():
 
 
 @pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
+def test_optimize_never_holds_two_copies_of_the_int8_weights(monkeypatch):
+    """Where the rows cover every call, each projection drops fbgemm's packed copy as it is made, not
+    all at the end: a 10B decoder-only model peaked at 2 bytes a weight while both copies lived."""
+    from conftest import make_model
+
+    import encore
+    from encore.model.kernels import rows_only_available
+
+    if not rows_only_available():
+        pytest.skip("needs csrc/int8.c's VNNI path and the bf16 many-row products")
+    made, pack = [], Int8Linear._pack
+
+    def spy(self, qweight, bias):
+        assert all(m._packed is None for m in made), "an earlier projection still holds fbgemm's copy"
+        pack(self, qweight, bias)
+        made.append(self)
+
+    monkeypatch.setattr(Int8Linear, "_pack", spy)
+    model = encore.optimize(make_model("deconly"), quantize="int8")
+    assert len(made) > 4 and all(m._packed is None for m in made)
+    with torch.inference_mode():
+        assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3).shape == (1, 3)
+
+
+@pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
 def test_int8_prefill_products_round_each_row_to_int8():
     """`optimize(prefill_products="int8")`: a prefill's many rows are quantized per row like a decode
     step's (CTranslate2's numerics), so each row's result is the integer arithmetic, independent of the

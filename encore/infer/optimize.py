@@ -39,6 +39,7 @@ from encore.model.kernels import (
     int8_available,
     onednn_available,
     release_packed_weights,
+    rows_only_available,
 )
 from encore.model.layers import Linear, weight_std
 from encore.model.probes import bf16_prefill_by_default
@@ -133,7 +134,8 @@ def optimize(
     keep_originals = keep_originals and not deferred  # (an original would be a weightless meta module)
     (model if deferred else model.to(device=device, dtype=dtype)).eval().requires_grad_(False)
     plain = _kernel(device, dtype, linear)
-    swaps = _swap_projections(model, quantize, plain, policy, group_size, symmetric, keep_originals)
+    rows_only = fused and rows_only_available()  # each int8 weight once, as csrc/int8.c's rows, from the start
+    swaps = _swap_projections(model, quantize, plain, policy, group_size, symmetric, keep_originals, rows_only)
     if fused:
         swaps += fuse(model, bf16_prefill)
         swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
@@ -168,10 +170,14 @@ def _swap_projections(
     group_size: int,
     symmetric: bool,
     keep_originals: bool,
+    rows_only: bool = False,
 ) -> list[tuple[nn.Module, str, nn.Module | None]]:
     """Every `Linear` (and a tied head) for its kernel: int4 / int8 by `quantize` and the policy (int4's
     default policy after the caller's), else the fp32 kernel `plain`; a deferred projection's weight made
-    just before (`_made`). The swaps to undo (originals only where kept or where the kernel holds them)."""
+    just before (`_made`). `rows_only`: each int8 projection drops fbgemm's packed copy as it is made
+    (`Int8Linear.release_packed`), so the model never holds two copies of its int8 weights (a 10B
+    decoder-only model peaked at 2 bytes a weight when they were released only at the end). The swaps
+    to undo (originals only where kept or where the kernel holds them)."""
     n_layers = model.config.n_encoder_layers + model.config.n_decoder_layers
     rules = [*(policy or {}).items(), *(DEFAULT_INT4_POLICY.items() if quantize == "int4" else ())]
     swaps: list[tuple[nn.Module, str, nn.Module | None]] = []
@@ -192,6 +198,8 @@ def _swap_projections(
             setattr(parent, name, Int4Linear(weight, bias, group, symmetric))
         elif kind == "int8":
             setattr(parent, name, Int8Linear(weight, bias))
+            if rows_only:
+                getattr(parent, name).release_packed()
         elif plain is not None:
             setattr(parent, name, plain(weight, bias))
         else:

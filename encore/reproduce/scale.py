@@ -32,7 +32,7 @@ def _bench(ctx: Context, size: str, quantize: str) -> Path:
         "bench", "--model", f"encdec-{size}", "--baseline", f"deconly-{size}",
         "--quantize", quantize, "--input-len", str(s.bench_input_len), "--output-len", str(s.bench_output_len),
         "--batch-size", "1", str(s.scale_serving_batch), "--no-sweep", "--repeats", str(s.scale_repeats),
-        "--device", ctx.device, "--json", str(out / "bench.json"), "--plot", "",
+        "--device", ctx.device, "--json", str(out / "bench.json"), "--plot", "", *s.scale_bench_flags,
     ]  # fmt: skip
     ctx.runner.run(Experiment(name, argv))
     return out / "bench.json"

@@ -50,6 +50,7 @@ class Scale:
     scale_serving_batch: int = 4
     scale_repeats: int = 1
     scale_quantize: tuple[str, ...] = ("int8", "int4")
+    scale_bench_flags: tuple[str, ...] = ()  # more `encore bench` flags (smoke: one process, no warm-up)
     task_options: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -88,6 +89,7 @@ SCALES: dict[str, Scale] = {
         scale_sizes=("tiny",),
         scale_serving_batch=2,
         scale_quantize=("int8",),
+        scale_bench_flags=("--in-process", "--warmup", "0"),
     ),
     "tiny": Scale(
         "tiny",
