@@ -276,7 +276,7 @@ def test_models_that_do_not_fit_side_by_side_are_measured_one_at_a_time(monkeypa
 
     doc = run_bench(BenchConfig(**TINY, json_path=None, plot_path=None))
     assert doc["models_measured"] == "interleaved"
-    monkeypatch.setattr(runner, "_available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(runner, "_available_memory", lambda: 1 << 30)  # each tiny model fits, not both
     doc = run_bench(BenchConfig(**TINY, json_path=None, plot_path=None))
     assert doc["models_measured"] == "one at a time"
     assert sorted(r["model"] for r in doc["results"]) == ["deconly-tiny", "encdec-tiny"]

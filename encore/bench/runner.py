@@ -216,9 +216,10 @@ def _groups(cfg: BenchConfig, specs: list[BackendSpec], backends: list[Backend])
     model then has the machine to itself, and the report says so."""
     if cfg.device != "cpu" or len(specs) < 2:
         return [list(range(len(specs)))]
-    need = [_weight_bytes(b) for b in backends]
+    # at least a byte a weight (int4's priced average leaves out an encoder kept int8) and the runtime
+    need = [max(_weight_bytes(b), b.cost_config.param_counts()["total"]) + (1 << 29) for b in backends]
     available = _available_memory()
-    if available is None or sum(need) < 0.8 * available:
+    if sum(need) < 0.8 * available:
         return [list(range(len(specs)))]
     print(f"encore bench: the models' weights ({sum(need) / 2**30:.1f} GiB) do not fit side by side in "
           f"{available / 2**30:.1f} GiB available: each model is measured alone", file=sys.stderr)  # fmt: skip
@@ -227,18 +228,12 @@ def _groups(cfg: BenchConfig, specs: list[BackendSpec], backends: list[Backend])
 
 def _weight_bytes(backend: Backend) -> float:
     """A model's weights in memory, roughly: its parameters at the bytes per weight its kernel reads."""
-    config = backend.cost_config
-    return config.param_counts()["total"] * max(backend.weight_bytes, 1.0) + (1 << 29)  # + its runtime
+    return backend.cost_config.param_counts()["total"] * backend.weight_bytes
 
 
-def _available_memory() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
+def _available_memory() -> int:
+    """The memory this machine has available now, in bytes."""
+    return require("psutil", "bench").virtual_memory().available
 
 
 def _measure(
@@ -396,12 +391,10 @@ def _check_memory(backends: list[Backend], points: list[Point]) -> None:
     """Refuse, before building anything, a point that cannot fit this machine's available memory:
     weights + K/V cache + the prefill's activations (a rough lower bound), per model (the workers
     run one model each, but one after another they must all fit while the bench runs)."""
-    psutil = require("psutil", "bench")
-
-    available = psutil.virtual_memory().available
+    available = _available_memory()
     for b in backends:
         c = b.cost_config
-        weights = c.param_counts()["total"] * b.weight_bytes
+        weights = _weight_bytes(b)
         for p in points:
             kv = kv_cache_bytes(c, p.batch_size, p.input_len, p.output_len, 4)
             activations = p.batch_size * p.input_len * (6 * c.d_model + 2 * c.mlp_dim) * 4

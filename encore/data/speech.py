@@ -25,16 +25,13 @@ from typing import Any
 
 import torch
 
-from encore.data.collate import pad_rows, rows_mask
+from encore.data.collate import IGNORE, pad_rows, rows_mask
 from encore.data.records import DataError, iter_records, require_field
-
-IGNORE = -100
-MAX_SECONDS = 30.0
 
 
 def load_speech(path: str | os.PathLike, tokenizer: Any, limit: int | None = None) -> list[dict[str, Any]]:
     """{"audio": float32 samples at 16 kHz, "target_ids", "text"} for each record of a speech file."""
-    from encore.audio.features import SAMPLE_RATE
+    from encore.audio.features import CHUNK_SECONDS, N_SAMPLES, SAMPLE_RATE
     from encore.audio.io import load_audio
 
     path = Path(path)
@@ -50,10 +47,10 @@ def load_speech(path: str | os.PathLike, tokenizer: Any, limit: int | None = Non
             audio = load_audio(audio_path)
         except (OSError, ValueError) as e:
             raise DataError(path, f"cannot read {str(audio_path)!r} ({e})", line=line, field="audio") from None
-        if len(audio) > MAX_SECONDS * SAMPLE_RATE:
+        if len(audio) > N_SAMPLES:
             seconds = len(audio) / SAMPLE_RATE
-            raise DataError(path, f"{audio_path.name} is {seconds:.1f} s; a clip must fit one 30-s window",
-                            line=line, field="audio")  # fmt: skip
+            raise DataError(path, f"{audio_path.name} is {seconds:.1f} s; a clip must fit one {CHUNK_SECONDS}-s "
+                            "window", line=line, field="audio")  # fmt: skip
         ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
         examples.append({"audio": audio, "target_ids": ids, "text": text})
     if not examples:
@@ -75,9 +72,9 @@ class SpeechCollator:
         self.pad_id = eot
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from encore.audio.features import window_features
+        from encore.audio.features import pad_or_trim, window_features
 
-        audio = torch.stack([torch.as_tensor(_padded(e["audio"])) for e in examples])  # [B, 480000]
+        audio = torch.stack([pad_or_trim(torch.as_tensor(e["audio"], dtype=torch.float32)) for e in examples])
         rows, labels = [], []
         for e in examples:
             y = list(e["target_ids"])[: self.max_target_len]
@@ -89,15 +86,6 @@ class SpeechCollator:
             "decoder_attention_mask": rows_mask(rows),
             "labels": pad_rows(labels, IGNORE),
         }
-
-
-def _padded(audio: Any) -> Any:
-    """A clip padded with silence to one 30-s window (numpy, so the batch is stacked once)."""
-    import numpy as np
-
-    from encore.audio.features import N_SAMPLES
-
-    return np.pad(np.asarray(audio, dtype=np.float32), (0, max(0, N_SAMPLES - len(audio))))[:N_SAMPLES]
 
 
 def speech_collator(model: Any, max_target_len: int | None = None) -> SpeechCollator:

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from encore.config import ModelConfig
 from encore.data.collate import pad_rows, rows_mask
 from encore.distill.align import restrict_vocab
-from encore.distill.divergence import Kind, _check_kind, ce_sum, kd_term
+from encore.distill.divergence import Kind, ce_sum, kd_term
 from encore.distill.errors import DistillError
+from encore.distill.loss import check_settings
 from encore.distill.seq2seq_teacher import Seq2SeqTeacher
 from encore.distill.teacher import Teacher
 from encore.distill.topk_store import TopKStore, check_sparse_targets
@@ -122,13 +123,7 @@ class CausalDistillLoss(Loss):
         beta: float | None = None,
         valid_vocab: int | None = None,
     ):
-        _check_kind(kind, beta, temperature)
-        if not 0.0 <= alpha <= 1.0:
-            raise DistillError(f"alpha must be in [0, 1], got {alpha}")
-        if (teacher is None) == (store is None):
-            raise DistillError("CausalDistillLoss needs exactly one of teacher (online) or store (offline top-k)")
-        if store is not None and store.temperature != temperature:
-            raise DistillError(f"{store.directory} was computed at temperature {store.temperature}, not {temperature}")
+        check_settings("CausalDistillLoss", teacher, store, alpha, kind, beta, temperature)
         if teacher is not None:
             check_causal_teacher(teacher, student, "--teacher")
         self.teacher, self.store, self.student = teacher, store, student

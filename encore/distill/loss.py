@@ -13,6 +13,26 @@ from encore.distill.topk_store import TopKStore, check_sparse_targets
 from encore.train.losses import Loss, LossOutput
 
 
+def check_settings(
+    owner: str,
+    teacher: nn.Module | None,
+    store: TopKStore | None,
+    alpha: float,
+    kind: Kind,
+    beta: float | None,
+    temperature: float,
+) -> None:
+    """What a distillation loss refuses, one line each: both teachers or none, an unknown divergence or
+    its parameters, α outside [0, 1], a store computed at another temperature."""
+    if (teacher is None) == (store is None):
+        raise DistillError(f"{owner} needs exactly one of teacher (online) or store (offline top-k)")
+    _check_kind(kind, beta, temperature)
+    if not 0.0 <= alpha <= 1.0:
+        raise DistillError(f"alpha must be in [0, 1], got {alpha}")
+    if store is not None and store.temperature != temperature:
+        raise DistillError(f"{store.directory} was computed at temperature {store.temperature}, not {temperature}")
+
+
 class DistillLoss(Loss):
     """A loss for `encore.train` (`encore.train.losses.Loss`) for an encoder-decoder student, taught by a
     decoder-only `Teacher` or an encoder-decoder `Seq2SeqTeacher` (which reads the batch as it is):
@@ -45,13 +65,7 @@ class DistillLoss(Loss):
         valid_vocab: int | None = None,
         teacher_bos_id: int | None | Literal["auto"] = "auto",
     ):
-        if (teacher is None) == (store is None):
-            raise DistillError("DistillLoss needs exactly one of teacher (online) or store (offline top-k)")
-        _check_kind(kind, beta, temperature)
-        if not 0.0 <= alpha <= 1.0:
-            raise DistillError(f"alpha must be in [0, 1], got {alpha}")
-        if store is not None and store.temperature != temperature:
-            raise DistillError(f"{store.directory} was computed at temperature {store.temperature}, not {temperature}")
+        check_settings("DistillLoss", teacher, store, alpha, kind, beta, temperature)
         self.teacher, self.store = teacher, store
         self.alpha, self.kind, self.temperature, self.beta = alpha, kind, temperature, beta
         self.valid_vocab, self.teacher_bos_id = valid_vocab, teacher_bos_id

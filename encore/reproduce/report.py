@@ -9,7 +9,7 @@ from typing import Any
 
 from encore.files import atomic_write
 from encore.lazy import require
-from encore.reproduce import scale
+from encore.reproduce.scale import plot as plot_scale
 
 
 def write_results(root: Path, doc: dict[str, Any]) -> None:
@@ -115,7 +115,7 @@ def _plot(root: Path, name: str, claim: dict[str, Any]) -> str | None:
     path = root / "plots" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     if name == "scale":
-        scale.plot(claim, path)
+        plot_scale(claim, path)
         return f"plots/{name}.png"
     if name == "efficiency":
         keys = list(claim["paper"])
