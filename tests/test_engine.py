@@ -175,7 +175,7 @@ def test_prefill_groups_do_not_change_tokens(arch):
     schedule = {0: [{"input_ids": p, "max_new_tokens": 4, "eos_token_id": None} for p in prompts]}
     together, _ = run_all(Engine(model, max_batch=4, max_input_len=12, max_new_tokens=4), schedule)
     engine = Engine(model, max_batch=4, max_input_len=12, max_new_tokens=4, prefill_tokens=16)
-    assert [len(g) for g in engine._groups([type("R", (), {"ids": p})() for p in prompts])] == [1, 1, 2]
+    assert [len(g) for g in engine._groups([type("R", (), {"input_len": len(p)})() for p in prompts])] == [1, 1, 2]
     alone, _ = run_all(engine, schedule)
     assert alone == together
 

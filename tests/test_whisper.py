@@ -3,6 +3,7 @@ front end, audio files, the decoding rules, transcription and the CLI, on tiny r
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import json
 import os
@@ -296,6 +297,16 @@ def test_speech_server_answers_openais_audio_routes(whisper_dir, tmp_path):
         assert worded.text == expected["text"] and isinstance(worded.words, list)
         assert all(w.start <= w.end for w in worded.words)
         post = lambda **fields: httpx.post(f"{url}/v1/audio/transcriptions", timeout=60, **fields)
+        clips = {}  # requests at once share the engine's steps; each is what the library gives it alone
+        for i, seconds in enumerate((4, 35, 9)):
+            clips[i] = tmp_path / f"c{i}.wav"
+            sf.write(clips[i], np.random.RandomState(10 + i).randn(16000 * seconds).astype(np.float32) * 0.1, 16000)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = pool.map(lambda c: post(files={"file": ("c.wav", c.read_bytes())}, data={"temperature": "0"}),
+                               clips.values())  # fmt: skip
+            texts = [a.json()["text"] for a in answers]
+        library = encore.load(whisper_dir)
+        assert texts == [library.transcribe(str(c), beam_size=1)["text"] for c in clips.values()]
         plain = post(files={"file": ("a.wav", wav.read_bytes())}, data={"model": "m", "response_format": "json"})
         assert plain.json() == {"text": expected["text"]}
         srt = post(files={"file": ("a.wav", wav.read_bytes())}, data={"response_format": "srt"})

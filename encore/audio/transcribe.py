@@ -11,7 +11,8 @@ to its audio (`encore.audio.alignment`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,46 +58,123 @@ def transcribe(
     or 16 kHz samples). Defaults are openai/whisper's (beam 5, temperatures 0 to 1 by 0.2, thresholds
     2.4 / -1.0 / 0.6); `language` None detects it on a multilingual model. `word_timestamps`: each
     segment also gets "words" [{"word", "start", "end", "probability"}] (`encore.audio.alignment`)."""
-    if not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    tokens = WhisperTokens.from_model(model)
-    if language is not None:
-        language = language.lower()
-        if tokens.multilingual:
-            tokens.language(language)
-        elif language != "en":
-            raise ValueError(f"language {language!r}: this Whisper model is English-only (*.en)")
-    tokens.start(language if tokens.multilingual else None, task, True)  # checks the task before any work
-    samples = load_audio(audio)
-    device = model.embed.weight.device
-    mel = log_mel(torch.from_numpy(samples).to(device), model.config.audio_mels, padding=N_SAMPLES)[0]  # [M, frames]
-    frames = mel.shape[-1] - N_FRAMES  # the audio's own frames (the rest is the appended silence)
-    if tokens.multilingual and language is None:
-        language = detect_language(model, tokens, mel[None, :, :N_FRAMES])[0]
-    generation, vocab = model.generation_config, model.config.vocab_size
-    in_vocab = lambda ids: [i for i in ids if 0 <= i < vocab]  # (a config may list ids of a larger vocabulary)
-    rules = LogitRules(
-        tokens,
-        in_vocab(tokens.suppressed(generation.get("suppress_tokens") or [])),
-        in_vocab(generation.get("begin_suppress_tokens") or [tokens.eot]),
-        timestamps=not without_timestamps,
-    )
-    decoder = _Decoder(model, tokens, rules, temperature, beam_size, compression_ratio_threshold, logprob_threshold)
-    decoder.no_speech_threshold = no_speech_threshold
-    prompt_language = language if tokens.multilingual else None
-    decoder.start = tokens.start(prompt_language, task, not without_timestamps)
-    if word_timestamps:  # the start the alignment pass reads the text after (no timestamps)
-        decoder.align_start = tokens.start(prompt_language, task, False)
-    decoder.generator.manual_seed(seed)
-    run = _windows_batched if batch_size > 1 else _windows_sequential
-    segments = run(decoder, mel, frames, initial_prompt, condition_on_previous_text, no_speech_threshold,
-                   batch_size, progress)  # fmt: skip
-    for i, segment in enumerate(segments):
-        segment["id"] = i
-    text = "".join(s["text"] for s in segments)
-    return {"text": text, "segments": segments, "language": language or "en", "duration": len(samples) / SAMPLE_RATE}
+    job = Transcription(model, audio, language, task, beam_size, temperature, initial_prompt, word_timestamps,
+                        condition_on_previous_text, compression_ratio_threshold, logprob_threshold,
+                        no_speech_threshold, without_timestamps, seed)  # fmt: skip
+    if batch_size > 1:
+        segments = _windows_batched(job.decoder, job.mel, job.frames, initial_prompt, no_speech_threshold,
+                                    batch_size, progress)  # fmt: skip
+    else:
+        segments = run_tries(job.windows(progress), job.decoder)
+    return job.result(segments)
+
+
+@dataclass
+class Try:
+    """One decoding of one 30-s window that a transcription asks its runner for (`Transcription.windows`
+    yields them; the runner sends back the `WindowResult`): `run_tries` here, the server's engine there."""
+
+    features: torch.Tensor  # [M, 3000]
+    prompt: list[int]
+    temperature: float
+    beam_size: int
+    max_tokens: int
+
+
+class Transcription:
+    """One audio's transcription as openai/whisper runs it: its checked options, log-mel frames and
+    language (detected here on a multilingual model), then `windows()`: the seek loop as a generator
+    of `Try`s, whose return value `result` turns into the transcription's dict."""
+
+    def __init__(self, model, audio, language=None, task="transcribe", beam_size=5, temperature=TEMPERATURES,
+                 initial_prompt=None, word_timestamps=False, condition_on_previous_text=True,
+                 compression_ratio_threshold=2.4, logprob_threshold=-1.0, no_speech_threshold=0.6,
+                 without_timestamps=False, seed=0):  # fmt: skip
+        if not isinstance(beam_size, int) or beam_size < 1:
+            raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
+        tokens = WhisperTokens.from_model(model)
+        if language is not None:
+            language = language.lower()
+            if tokens.multilingual:
+                tokens.language(language)
+            elif language != "en":
+                raise ValueError(f"language {language!r}: this Whisper model is English-only (*.en)")
+        tokens.start(language if tokens.multilingual else None, task, True)  # checks the task before any work
+        self.samples = load_audio(audio)
+        device = model.embed.weight.device
+        mel = log_mel(torch.from_numpy(self.samples).to(device), model.config.audio_mels, padding=N_SAMPLES)[0]
+        self.mel, self.frames = mel, mel.shape[-1] - N_FRAMES  # [M, frames]; the audio's own (then silence)
+        if tokens.multilingual and language is None:
+            language = detect_language(model, tokens, mel[None, :, :N_FRAMES])[0]
+        self.language = language or "en"
+        generation, vocab = model.generation_config, model.config.vocab_size
+        in_vocab = lambda ids: [i for i in ids if 0 <= i < vocab]  # (a config may list ids of a larger vocabulary)
+        rules = LogitRules(
+            tokens,
+            in_vocab(tokens.suppressed(generation.get("suppress_tokens") or [])),
+            in_vocab(generation.get("begin_suppress_tokens") or [tokens.eot]),
+            timestamps=not without_timestamps,
+        )
+        decoder = _Decoder(model, tokens, rules, temperature, beam_size, compression_ratio_threshold, logprob_threshold)
+        decoder.no_speech_threshold = no_speech_threshold
+        prompt_language = language if tokens.multilingual else None
+        decoder.start = tokens.start(prompt_language, task, not without_timestamps)
+        if word_timestamps:  # the start the alignment pass reads the text after (no timestamps)
+            decoder.align_start = tokens.start(prompt_language, task, False)
+        decoder.generator.manual_seed(seed)
+        self.decoder, self.initial_prompt, self.condition = decoder, initial_prompt, condition_on_previous_text
+
+    def windows(self, progress: bool = False) -> Generator[Try, WindowResult, list[dict[str, Any]]]:
+        """openai/whisper's seek loop: one window at a time, each prompted with the text so far; each try
+        of a window (the temperature fallback) is a `Try` its runner decodes."""
+        decoder, mel, frames = self.decoder, self.mel, self.frames
+        all_tokens = decoder.initial_tokens(self.initial_prompt)
+        reset_since = len(all_tokens)
+        segments: list[dict[str, Any]] = []
+        seek = 0
+        bar = Progress(frames, unit="frame", desc="transcribe") if progress else None
+        while seek < frames:
+            size = min(N_FRAMES, frames - seek)
+            window = pad_or_trim(mel[:, seek : seek + size], N_FRAMES)
+            result = yield from decoder.tries(window, all_tokens[reset_since:] if self.condition else [])
+            offset, before = seek * FRAME_SECONDS, seek
+            if _skip(result, decoder.no_speech_threshold, decoder.logprob_threshold):
+                seek += size
+            else:
+                found, advance = split_segments(result, decoder, offset, size, seek)
+                if decoder.align_start is not None:
+                    add_words(found, result, decoder, offset, size, window)
+                segments += found
+                seek += advance
+                all_tokens += [t for s in found for t in s["tokens"]]
+            if not self.condition or result.temperature > 0.5:
+                reset_since = len(all_tokens)
+            if bar is not None:
+                bar.update(seek - before)
+        if bar is not None:
+            bar.close()
+        return segments
+
+    def result(self, segments: list[dict[str, Any]]) -> dict[str, Any]:
+        for i, segment in enumerate(segments):
+            segment["id"] = i
+        text = "".join(s["text"] for s in segments)
+        return {"text": text, "segments": segments, "language": self.language,
+                "duration": len(self.samples) / SAMPLE_RATE}  # fmt: skip
+
+
+def run_tries(windows: Generator[Try, WindowResult, Any], decoder: _Decoder) -> Any:
+    """Run a transcription's `Try`s here, one window at a time (`decode_windows`); its return value."""
+    try:
+        job = next(windows)
+        while True:
+            (result,) = decode_windows(decoder.model, job.features[None], job.prompt, decoder.rules,
+                                       job.temperature, job.beam_size, job.max_tokens, decoder.generator)  # fmt: skip
+            job = windows.send(result)
+    except StopIteration as stop:
+        return stop.value
 
 
 class _Decoder:
@@ -130,11 +208,22 @@ class _Decoder:
     def max_tokens(self, prompt: list[int]) -> int:
         return min(self.n_ctx // 2, self.n_ctx - len(prompt))
 
-    def decode(self, features: torch.Tensor, previous: list[list[int]]) -> list[WindowResult]:
-        """Windows [B, M, 3000] (B > 1: all with the same prompt) -> each one's result after fallback: the
-        first that passes the thresholds, else (as faster-whisper chooses) the likeliest of the tries
-        that are not too repetitive, else the likeliest of all."""
-        prompt = self.prompt(previous[0])
+    def tries(self, window: torch.Tensor, previous: list[int]) -> Generator[Try, WindowResult, WindowResult]:
+        """One window [M, 3000] after the text `previous`: a `Try` per temperature until one passes the
+        thresholds; the window's result (`pick` when none does)."""
+        prompt, tries = self.prompt(previous), []
+        for temperature in self.temperatures:
+            beam = self.beam_size if temperature == 0.0 else 1
+            result = yield Try(window, prompt, temperature, beam, self.max_tokens(prompt))
+            tries.append(self.scored(result))
+            if not self._needs_fallback(result):
+                return result
+        return self.pick(tries)
+
+    def decode(self, features: torch.Tensor, previous: list[int]) -> list[WindowResult]:
+        """Windows [B, M, 3000], all after the same text `previous`, decoded together -> each one's result
+        after the fallback (`tries` for many windows at once)."""
+        prompt = self.prompt(previous)
         tries: list[list[WindowResult]] = [[] for _ in range(len(features))]
         done: list[WindowResult | None] = [None] * len(features)
         todo = list(range(len(features)))
@@ -144,9 +233,7 @@ class _Decoder:
                                  self.max_tokens(prompt), self.generator)  # fmt: skip
             retry = []
             for i, result in zip(todo, out):
-                result.text = self.text(result.tokens)
-                result.compression_ratio = compression_ratio(result.text)
-                tries[i].append(result)
+                tries[i].append(self.scored(result))
                 if self._needs_fallback(result):
                     retry.append(i)
                 else:
@@ -155,11 +242,19 @@ class _Decoder:
             if not todo:
                 break
         for i in todo:
-            fluent = [
-                r for r in tries[i] if self.ratio_threshold is None or r.compression_ratio <= self.ratio_threshold
-            ]
-            done[i] = max(fluent or tries[i], key=lambda r: r.avg_logprob)
+            done[i] = self.pick(tries[i])
         return done  # type: ignore[return-value]
+
+    def scored(self, result: WindowResult) -> WindowResult:
+        result.text = self.text(result.tokens)
+        result.compression_ratio = compression_ratio(result.text)
+        return result
+
+    def pick(self, tries: list[WindowResult]) -> WindowResult:
+        """When no try passed (as faster-whisper chooses): the likeliest of the tries that are not too
+        repetitive, else the likeliest of all."""
+        fluent = [r for r in tries if self.ratio_threshold is None or r.compression_ratio <= self.ratio_threshold]
+        return max(fluent or tries, key=lambda r: r.avg_logprob)
 
     def _needs_fallback(self, r: WindowResult) -> bool:
         too_repetitive = self.ratio_threshold is not None and r.compression_ratio > self.ratio_threshold
@@ -179,38 +274,7 @@ def _skip(result: WindowResult, no_speech_threshold: float | None, logprob_thres
     return logprob_threshold is None or result.avg_logprob <= logprob_threshold
 
 
-def _windows_sequential(decoder, mel, frames, initial_prompt, condition, no_speech_threshold, _, progress):
-    """openai/whisper's seek loop: one window at a time, each prompted with the text so far."""
-    all_tokens = decoder.initial_tokens(initial_prompt)
-    reset_since = len(all_tokens)
-    segments: list[dict[str, Any]] = []
-    seek = 0
-    bar = Progress(frames, unit="frame", desc="transcribe") if progress else None
-    while seek < frames:
-        size = min(N_FRAMES, frames - seek)
-        window = pad_or_trim(mel[:, seek : seek + size], N_FRAMES)[None]
-        (result,) = decoder.decode(window, [all_tokens[reset_since:]] if condition else [[]])
-        offset = seek * FRAME_SECONDS
-        before = seek
-        if _skip(result, no_speech_threshold, decoder.logprob_threshold):
-            seek += size
-        else:
-            found, advance = split_segments(result, decoder, offset, size, seek)
-            if decoder.align_start is not None:
-                add_words(found, result, decoder, offset, size)
-            segments += found
-            seek += advance
-            all_tokens += [t for s in found for t in s["tokens"]]
-        if not condition or result.temperature > 0.5:
-            reset_since = len(all_tokens)
-        if bar is not None:
-            bar.update(seek - before)
-    if bar is not None:
-        bar.close()
-    return segments
-
-
-def _windows_batched(decoder, mel, frames, initial_prompt, condition, no_speech_threshold, batch_size, progress):
+def _windows_batched(decoder, mel, frames, initial_prompt, no_speech_threshold, batch_size, progress):
     """faster-whisper's batched pipeline: fixed 30-s windows decoded `batch_size` at a time, each on
     its own (the initial prompt only)."""
     previous = decoder.initial_tokens(initial_prompt)
@@ -220,12 +284,12 @@ def _windows_batched(decoder, mel, frames, initial_prompt, condition, no_speech_
     for first in range(0, len(starts), batch_size):
         group = starts[first : first + batch_size]
         windows = torch.stack([pad_or_trim(mel[:, s : s + N_FRAMES], N_FRAMES) for s in group])
-        for seek, result in zip(group, decoder.decode(windows, [previous])):
+        for seek, window, result in zip(group, windows, decoder.decode(windows, previous)):
             if not _skip(result, no_speech_threshold, decoder.logprob_threshold):
                 size = min(N_FRAMES, frames - seek)
                 found = split_segments(result, decoder, seek * FRAME_SECONDS, size, seek, whole=True)[0]
                 if decoder.align_start is not None:
-                    add_words(found, result, decoder, seek * FRAME_SECONDS, size)
+                    add_words(found, result, decoder, seek * FRAME_SECONDS, size, window)
                 segments += found
         if bar is not None:
             bar.update(len(group))
@@ -268,13 +332,17 @@ def split_segments(
     return [s for s in segments if s["text"].strip()], max(advance, 1)
 
 
-def add_words(segments: list[dict[str, Any]], result: WindowResult, decoder: _Decoder, offset: float, size: int):
+def add_words(segments, result: WindowResult, decoder: _Decoder, offset: float, size: int, window: torch.Tensor):
     """Each segment's "words" [{"word", "start", "end", "probability"}] from the window's alignment
-    (times from the audio's start); a segment with words spans them."""
+    (times from the audio's start); a segment with words spans them. The window [M, 3000] is encoded
+    again when its result does not carry its cross K/V (a try run by the server's engine)."""
     from encore.audio.alignment import find_words, fit_to_segment, median_duration
 
     eot = decoder.tokens.eot
     text = [t for s in segments for t in s["tokens"] if t < eot]
+    if result.cross is None:
+        with torch.inference_mode():
+            result.cross = decoder.model.cross_kv(window[None], None)
     words = find_words(decoder.model, decoder.tokens, decoder.align_start, text, result.cross, size)
     median = median_duration(words)
     for segment in segments:

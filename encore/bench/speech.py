@@ -3,7 +3,8 @@ checkpoint): per 30-s window, the time to the first token (the encoder and the d
 decode rate over `output_len` tokens (end-of-text suppressed, so every engine writes as many), and the
 real-time factor of a window that holds `WINDOW_TOKENS` tokens of speech. `--vs-ct2` runs CTranslate2's
 Whisper (what faster-whisper runs) on the same weights, in its own process (two OpenMP runtimes in one
-process slow each other down)."""
+process slow each other down); `--vs-whispercpp` whisper.cpp on a ggml file of the same weights, in its
+own process too (`encore.bench.whispercpp`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class SpeechBenchConfig:
     audio: str | None = None  # a file whose first 30 s are the window (default: noise; decode is forced)
     vs_ct2: bool = False
     vs_hf: bool = False
+    vs_whispercpp: bool = False
     threads: int | None = None
     seed: int = 0  # a preset's random weights (the same in every engine)
     json_path: str | None = "bench_speech.json"
@@ -47,6 +49,10 @@ def run_speech_bench(cfg: SpeechBenchConfig) -> dict[str, Any]:
     config, checkpoint = resolve_model(cfg.model)
     if config.encoder_input != "audio":
         raise ValueError(f"--model {cfg.model}: not a speech model")
+    if cfg.vs_whispercpp:  # before anything is timed
+        from encore.bench.whispercpp import check_whispercpp
+
+        check_whispercpp(config)
     samples = load_audio(cfg.audio) if cfg.audio else np.random.RandomState(0).randn(16000 * 30).astype(np.float32)
     features = window_features(samples, config.audio_mels)
     rows, prompt = [], None
@@ -60,6 +66,8 @@ def run_speech_bench(cfg: SpeechBenchConfig) -> dict[str, Any]:
     if cfg.vs_ct2:
         directory = _ct2_directory(cfg, config, checkpoint)
         rows += [_ct2_row(cfg, directory, q, features.numpy()) for q in cfg.quantize]
+    if cfg.vs_whispercpp:
+        rows += [_whispercpp_row(cfg, config, checkpoint, q, features.numpy(), prompt) for q in cfg.quantize]
     doc = {"kind": "speech", "model": cfg.model, "output_len": cfg.output_len, "repeats": cfg.repeats, "rows": rows}
     print(format_speech_report(doc))
     if cfg.json_path:
@@ -194,6 +202,16 @@ def _time_ct2(directory: str, compute: str, features: np.ndarray, n: int, repeat
             first.append(mid - start)
             full.append((time.perf_counter() - mid) - (mid - start))  # the tokens after the first
     return first, full, max(1, len(generated[0].sequences_ids[0]) - 1)
+
+
+def _whispercpp_row(cfg: SpeechBenchConfig, config: Any, checkpoint: Path | None, quantize: str, features, prompt):
+    """whisper.cpp on the weights written as its ggml file (none: F16, int8: Q8_0, int4: Q4_0), cached."""
+    from encore.bench.whispercpp import FILE_TYPES, whispercpp_file, whispercpp_row
+
+    qtype = FILE_TYPES[quantize]
+    path = whispercpp_file(config, cfg.seed, checkpoint, qtype)
+    eot = config.eos_token_id
+    return whispercpp_row(path, qtype, features, prompt, eot, cfg.output_len, cfg.repeats, cfg.threads)
 
 
 def ct2_prompt(directory: Path, multilingual: bool) -> tuple[list[int], int]:

@@ -69,6 +69,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also time llama.cpp on the decoder-only model's own weights, written as GGUF: F32 / Q8_0 / Q4_0 at "
         "--quantize none / int8 / int4, batch 1 (pip install 'encore[llamacpp]', builds llama.cpp)",
     )
+    parser.add_argument(
+        "--vs-whispercpp",
+        action="store_true",
+        help="a Whisper model: also time whisper.cpp on its own weights, written as its ggml file: F16 / Q8_0 / "
+        "Q4_0 at --quantize none / int8 / int4 (pip install 'encore[whispercpp]')",
+    )
     parser.add_argument("--json", metavar="PATH", help="results ('' to skip; bench.json, --serve: bench_serve.json)")
     parser.add_argument("--plot", metavar="PATH", help="plot ('' to skip; bench.png, --serve: bench_serve.png)")
     parser.add_argument("--peak-gflops", type=float, help="cost model FLOP/s in GFLOP/s (default: probe)")
@@ -248,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
             plot(doc, plot_path)
         print(format_report(doc))
         return 0
+    if args.vs_whispercpp and not _is_speech(args.model):
+        raise ValueError(f"--vs-whispercpp times a Whisper model; --model {args.model} is not a speech model")
     if args.serve:
         run_serve_bench(serve_config_from_args(args))
         return 0
@@ -289,6 +297,7 @@ def run_speech(args: argparse.Namespace) -> int:
         audio=args.audio,
         vs_ct2=args.vs_ct2,
         vs_hf=args.vs_hf,
+        vs_whispercpp=args.vs_whispercpp,
         threads=args.threads,
         seed=args.seed,
         json_path="bench_speech.json" if args.json is None else args.json,

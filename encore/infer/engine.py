@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,7 @@ from torch import Tensor
 from encore.infer.beam import Beams, Search
 from encore.infer.generate import beam_settings, check_max_new_tokens, request_processors
 from encore.infer.processors import Processors, sequence_start
+from encore.infer.requests import log_mel_window, token_ids
 from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos
 from encore.model.cache import GenerationCache
 
@@ -72,6 +73,7 @@ class Event:
     tokens: list[int] | None = None
     sequences: list[list[int]] | None = None
     scores: list[float] | None = None
+    prompt_probs: list[float] | None = None  # a request's last event: what `prompt_probs=` asked for
 
 
 @dataclass
@@ -91,6 +93,16 @@ class _Request:
     produced: int = 0
     cache_len: int = 0  # the slot's positions written (a host-side mirror of the cache's `length`)
     tokens: list[int] = field(default_factory=list)  # generated so far
+    features: Tensor | None = None  # a speech request's log-mel window [M, 3000] (`ids`: its decoder prompt)
+    rule: Callable[[Tensor, list[list[int]]], None] | None = None  # edits its logits rows in place
+    prompt_probs: tuple[int, list[int]] | list[float] | None = None  # asked (position, ids), then answered
+    processed_logprobs: bool = False  # `logprobs` after the processors and the rule (not the model's own)
+    input_len: int = 0  # what its prefill reads: prompt tokens, or a speech window's encoder positions
+
+    @property
+    def key(self) -> tuple:
+        """What requests that share one prefill have in common: the prompt (a speech window: none)."""
+        return tuple(self.ids) if self.features is None else ("speech", self.id)
 
 
 class Engine:
@@ -128,6 +140,11 @@ class Engine:
             raise ValueError(f"Engine max_prefill_tokens must be a positive integer, got {max_prefill_tokens!r}")
         config = model.config
         longest = config.positions_needed(max_input_len, max_new_tokens)
+        if config.encoder_input == "audio":  # the encoder reads 30-s windows; the decoder has its own positions
+            frames = config.encoder_config().max_seq_len
+            if max_input_len != frames:
+                raise ValueError(f"Engine max_input_len must be the encoder's {frames} positions for a speech model")
+            longest = max_new_tokens
         if longest > config.max_seq_len:
             raise ValueError(
                 f"Engine max_input_len {max_input_len} and max_new_tokens {max_new_tokens} need {longest} "
@@ -172,20 +189,48 @@ class Engine:
         seed: int | None = None,
         eos_token_id: int | list[int] | None | _FromConfig = FROM_CONFIG,
         logprobs: int | None = None,
+        logprobs_mode: str = "raw",
+        decoder_prompt: Sequence[int] | None = None,
+        logits_rule: Callable[[Tensor, list[list[int]]], None] | None = None,
+        prompt_probs: tuple[int, Sequence[int]] | None = None,
+        generator: torch.Generator | None = None,
         **processing: Any,
     ) -> int:
         """Queue a request; returns its id. `input_ids`: a 1-D sequence of token ids (list or LongTensor),
-        laid out as the model expects (`encore.data.prompt_ids`). `processing`: the logits processors
-        `generate` takes (`encore.infer.processors`) and its beam settings (`num_beams`, `length_penalty`,
-        `early_stopping`, `num_return_sequences`), over the checkpoint's generation config (a sampling
-        request that names no `num_beams` samples). `logprobs` N >= 0: each event carries its token's
-        log-probability and the N likeliest. Bad input raises ValueError naming what is wrong, and nothing
-        is queued."""
-        ids = self._check_ids(input_ids)
+        laid out as the model expects (`encore.data.prompt_ids`); for a speech model (Whisper), the
+        window's log-mel features [M, 3000] and `decoder_prompt` its decoder's first tokens.
+        `processing`: the logits processors `generate` takes (`encore.infer.processors`) and its beam
+        settings (`num_beams`, `length_penalty`, `early_stopping`, `num_return_sequences`), over the
+        checkpoint's generation config (a sampling request that names no `num_beams` samples).
+        `logprobs` N >= 0: each event carries its token's log-probability and the N likeliest, under the
+        model's distribution (`logprobs_mode` "raw") or after the processors ("processed", before the
+        temperature: what Whisper's fallback reads). `logits_rule(logits [n, V], tokens so far per row)`
+        edits the request's logits rows in place after the processors (Whisper's timestamp rules).
+        `prompt_probs` (position, token ids): the request's last event carries those tokens'
+        probabilities at that decoder-prompt position (Whisper's no-speech probability). `generator`:
+        sample with it instead of one seeded with `seed` (a caller's stream of requests). Bad input
+        raises ValueError naming what is wrong, and nothing is queued."""
+        features = None
+        if self.config.encoder_input == "audio":
+            shape = (self.config.audio_mels, 2 * self.max_input_len)
+            features = log_mel_window(input_ids, shape).to(self.device, self.model.embed.weight.dtype)
+            ids = token_ids(decoder_prompt, self.config.vocab_size, "decoder_prompt")
+        else:
+            if decoder_prompt is not None or prompt_probs is not None:
+                raise ValueError("decoder_prompt and prompt_probs are for a speech model's requests")
+            ids = token_ids(input_ids, self.config.vocab_size, "input_ids", self.max_input_len)
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         check_max_new_tokens(max_new, low=1)
-        if max_new > self.max_new_tokens:
-            raise ValueError(f"max_new_tokens {max_new} is more than this engine's {self.max_new_tokens}")
+        if (max_new if features is None else self._self_positions(ids, max_new)) > self.max_new_tokens:
+            what = "" if features is None else f" + the decoder prompt's {len(ids)} - 1"
+            raise ValueError(f"max_new_tokens {max_new}{what} is more than this engine's {self.max_new_tokens}")
+        if logprobs_mode not in ("raw", "processed"):
+            raise ValueError(f"logprobs_mode must be 'raw' or 'processed', got {logprobs_mode!r}")
+        if prompt_probs is not None:
+            position, wanted = prompt_probs
+            if not isinstance(position, int) or not 0 <= position < len(ids):
+                raise ValueError(f"prompt_probs position {position!r} is outside the decoder prompt's {len(ids)}")
+            prompt_probs = (position, token_ids(wanted, self.config.vocab_size, "prompt_probs ids"))
         sampling = Sampling(do_sample, temperature, top_k, top_p, seed).check()
         eos = resolve_eos(eos_token_id, self.config)
         beams = beam_settings(self.model, processing, do_sample)
@@ -201,32 +246,24 @@ class Engine:
             if beams.num_beams > 1:
                 raise ValueError("logprobs is not given for beam search: a beam request returns its sequences' scores")
         processors = request_processors(self.model, processing, len(ids))
-        generator = sampling.generator(self.device)
+        generator = generator if generator is not None else sampling.generator(self.device)
         request = _Request(next(self._ids), ids, max_new, sampling, eos, generator, processors, beams, logprobs)
+        request.features, request.rule, request.prompt_probs = features, logits_rule, prompt_probs
+        request.processed_logprobs = logprobs_mode == "processed"
+        request.input_len = len(ids) if features is None else self.max_input_len
         self.queue.append(request)
         return request.id
 
-    def _check_ids(self, input_ids: Sequence[int] | Tensor) -> list[int]:
-        if isinstance(input_ids, Tensor):
-            if input_ids.dim() != 1 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-                raise ValueError(
-                    f"input_ids must be a 1-D tensor of token ids, got shape {tuple(input_ids.shape)} {input_ids.dtype}"
-                )
-            ids = input_ids.tolist()
-        elif isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, Sequence):
-            raise ValueError(f"input_ids must be a 1-D sequence of token ids, got {type(input_ids).__name__}")
-        else:
-            ids = list(input_ids)
-        if not ids:
-            raise ValueError("input_ids is empty: need at least one token")
-        if len(ids) > self.max_input_len:
-            raise ValueError(
-                f"input_ids has {len(ids)} tokens, more than this engine's max_input_len {self.max_input_len}"
-            )
-        for i, t in enumerate(ids):
-            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.config.vocab_size:
-                raise ValueError(f"input_ids[{i}] = {t!r} is outside the vocabulary [0, {self.config.vocab_size})")
-        return ids
+    def _self_positions(self, ids: list[int], new_tokens: int) -> int:
+        """Self-attention positions a request holds after `new_tokens`: a speech request's decoder prompt
+        is written first, and each new token but the last after it."""
+        if self.config.encoder_input == "audio":
+            return len(ids) + max(new_tokens - 1, 0)
+        return self.config.cache_positions(len(ids), new_tokens)[0]
+
+    def _cross_positions(self, r: _Request) -> int:
+        """Cross-attention positions a request reads: its input's (a speech window's encoder frames)."""
+        return self.max_input_len if r.features is not None else self.config.cache_positions(len(r.ids), 0)[1]
 
     def cancel(self, request_id: int) -> bool:
         """Drop a queued request or free a running one's slot at once; False if it is not here (finished
@@ -265,7 +302,7 @@ class Engine:
         per_position = GenerationCache.bytes_for(self.config, 0, 1, self.cache.k.element_size())  # one position
         used = 0
         for r in self._running():
-            used += per_position * (r.cache_len + self.config.cache_positions(len(r.ids), 0)[1]) * len(r.slots)
+            used += per_position * (r.cache_len + self._cross_positions(r)) * len(r.slots)
         return used
 
     def _running(self) -> list[_Request]:
@@ -285,11 +322,11 @@ class Engine:
         """Phase 1 of `step`: prefill queued requests into free slots; their first tokens."""
         free = [i for i, r in enumerate(self.slots) if r is None]
         batch: list[_Request] = []
-        prompts: set[tuple[int, ...]] = set()
+        prompts: set[tuple] = set()
         tokens = seats = 0
         while self.queue and seats + self.queue[0].beams.num_beams <= len(free):  # a beam request: K slots
-            ids = tuple(self.queue[0].ids)
-            cost = 0 if ids in prompts else len(ids)
+            ids = self.queue[0].key
+            cost = 0 if ids in prompts else self.queue[0].input_len
             if batch and self.max_prefill_tokens is not None and tokens + cost > self.max_prefill_tokens:
                 break
             batch.append(self.queue.popleft())
@@ -333,7 +370,7 @@ class Engine:
         groups: list[list[_Request]] = []
         for r in batch:
             group = groups[-1] if groups else None
-            if group and (len(group) + 1) * max(len(r.ids), *(len(g.ids) for g in group)) <= self.prefill_tokens:
+            if group and (len(group) + 1) * max(g.input_len for g in (r, *group)) <= self.prefill_tokens:
                 group.append(r)
             else:
                 groups.append([r])
@@ -343,8 +380,10 @@ class Engine:
         """Prefill `group` together (right-padded), copy its cache into each request's `slots`, sample
         first tokens. Requests with the same prompt (n samples of one prompt, a beam request's K rows)
         share one prefill: one encoder pass and one cross-K/V projection, copied into each slot."""
-        prompts = list(dict.fromkeys(tuple(r.ids) for r in group))
-        rows = [prompts.index(tuple(r.ids)) for r in group]
+        if group[0].features is not None:
+            return self._prefill_speech(group, slots)
+        prompts = list(dict.fromkeys(r.key for r in group))
+        rows = [prompts.index(r.key) for r in group]
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.config.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -362,6 +401,27 @@ class Engine:
         self.prefilled_rows += len(prompts)
         return self._first(group, logits[rows])
 
+    def _prefill_speech(self, group: list[_Request], slots: list[list[int]]) -> list[Event]:
+        """Speech windows: one encoder pass over their features [B, M, 3000], their decoder prompts
+        right-padded (each row causal: its padding comes after what it reads) and its own length kept;
+        logits at each row's last prompt token and the position its `prompt_probs` asked about."""
+        width = max(len(r.ids) for r in group)
+        prompt = torch.tensor([r.ids + [r.ids[-1]] * (width - len(r.ids)) for r in group], device=self.device)
+        asked = [r.prompt_probs[0] if r.prompt_probs is not None else 0 for r in group]
+        at = torch.tensor([[a, len(r.ids) - 1] for a, r in zip(asked, group)], device=self.device)  # [B, 2]
+        features = torch.stack([r.features for r in group])
+        both, fresh = self.model.prefill(features, None, 1, decoder_prompt=prompt, logits_at=at)  # [B, 2, V]
+        fresh.length = torch.tensor([len(r.ids) for r in group], device=self.device)
+        self.cache.install(fresh, [s for seats in slots for s in seats], [i for i, r in enumerate(group)
+                                                                          for _ in r.slots])  # fmt: skip
+        probs = torch.softmax(both[:, 0].float(), dim=-1)
+        for i, r in enumerate(group):
+            r.cache_len = len(r.ids)
+            if r.prompt_probs is not None:
+                r.prompt_probs = probs[i, r.prompt_probs[1]].tolist()
+        self.prefilled_rows += len(group)
+        return self._first(group, both[:, 1])
+
     def _first(self, requests: list[_Request], logits: Tensor) -> list[Event]:
         """First tokens from the prefill's `logits` (a row per request): sampled, or a beam search begun."""
         plain = [i for i, r in enumerate(requests) if r.beams.num_beams == 1]
@@ -375,12 +435,20 @@ class Engine:
             events += self._beam_steps([requests[i] for i in beams], logits[rows])
         return events
 
+    def _start(self, r: _Request) -> list[int]:
+        """What its processors' history starts with: the decoder's prompt (speech) or `sequence_start`."""
+        return list(r.ids) if r.features is not None else sequence_start(self.config, r.ids)
+
     def _process(self, r: _Request, logits: Tensor) -> Tensor:
         """A request's logits processors over its row [1, V] (its history: the decoder's start token or
         the prompt, then its tokens)."""
         eos = r.eos or self.config.eos_token_ids
-        history = [sequence_start(self.config, r.ids) + r.tokens]
-        return r.processors(logits, history, r.produced, r.produced == r.max_new_tokens - 1, eos)
+        history = [self._start(r) + r.tokens]
+        if r.processors.active:
+            logits = r.processors(logits, history, r.produced, r.produced == r.max_new_tokens - 1, eos)
+        if r.rule is not None:
+            r.rule(logits, [r.tokens])
+        return logits
 
     def decode(self) -> list[Event]:
         """Phase 2 of `step`: one decode step for every running slot; one token each."""
@@ -392,7 +460,7 @@ class Engine:
             logits = self._graphs(rows)
         else:
             self_len = max(r.cache_len for r in running) + 1
-            cross_len = max(self.config.cache_positions(len(r.ids), 0)[1] for r in running) or None
+            cross_len = max(self._cross_positions(r) for r in running) or None
             view = self.cache.view(rows, self_len, cross_len)
             logits = self.model.decode_step(self.tokens[:rows], view)
         for r in running:
@@ -415,9 +483,12 @@ class Engine:
         for r in requests:
             n = len(r.slots)
             if r.processors.active:
-                history = [sequence_start(self.config, r.ids) + h for h in r.search.histories()]
+                history = [self._start(r) + h for h in r.search.histories()]
                 last, eos = r.produced == r.max_new_tokens - 1, r.eos or self.config.eos_token_ids
                 scores[at : at + n] = r.processors(scores[at : at + n], history, r.produced, last, eos)
+            if r.rule is not None:  # (its bans on log-probabilities; the rows renormalised after it)
+                r.rule(scores[at : at + n], r.search.histories())
+                scores[at : at + n] = torch.log_softmax(scores[at : at + n], dim=-1)
             at += n
         keep = min(max(r.search.keep for r in requests), scores.shape[-1])
         row_scores, row_tokens = (t.cpu().numpy() for t in scores.topk(keep, dim=-1))  # [rows, keep]
@@ -450,12 +521,13 @@ class Engine:
         r.tokens = best = sequences[0]
         reason = STOP if r.eos is not None and best and best[-1] in r.eos else LENGTH
         self._release(r)
-        return Event(r.id, best[-1], True, reason, tokens=best, sequences=sequences, scores=scores)
+        return Event(r.id, best[-1], True, reason, tokens=best, sequences=sequences, scores=scores,
+                     prompt_probs=r.prompt_probs)  # fmt: skip
 
     def _emit(self, requests: list[_Request], logits: Tensor) -> list[Event]:
         """Sample each request's next token from its row of `logits`, record it, free finished slots."""
         raw = logits
-        processed = [i for i, r in enumerate(requests) if r.processors.active]
+        processed = [i for i, r in enumerate(requests) if r.processors.active or r.rule is not None]
         if processed:
             logits = logits.clone()
             for i in processed:
@@ -468,7 +540,7 @@ class Engine:
             if r.sampling.do_sample:
                 chosen[i] = r.sampling.choose(logits[i : i + 1], r.generator)[0]
         self.tokens[[r.slot for r in requests]] = chosen
-        logprobs = self._logprobs(requests, raw, chosen)
+        logprobs = self._logprobs(requests, raw, logits, chosen)
         events = []
         for i, (r, token) in enumerate(zip(requests, chosen.tolist())):  # the step's one host read
             r.produced += 1
@@ -478,17 +550,23 @@ class Engine:
             )
             if reason is not None:
                 self._release(r)
-            events.append(Event(r.id, token, reason is not None, reason, *logprobs.get(i, (None, None))))
+            event = Event(r.id, token, reason is not None, reason, *logprobs.get(i, (None, None)))
+            event.prompt_probs = r.prompt_probs if reason is not None else None
+            events.append(event)
         return events
 
     @staticmethod
-    def _logprobs(requests: list[_Request], logits: Tensor, chosen: Tensor) -> dict[int, tuple[float, list]]:
+    def _logprobs(
+        requests: list[_Request], raw: Tensor, processed: Tensor, chosen: Tensor
+    ) -> dict[int, tuple[float, list]]:
         """For the requests that asked: (the chosen token's log-prob, the N likeliest (token, log-prob)),
-        under the model's own distribution (before processors and temperature, as vLLM reports them)."""
+        under the model's own distribution (before processors and temperature, as vLLM reports them),
+        or after the processors for a request whose `logprobs_mode` is "processed"."""
         asked = [i for i, r in enumerate(requests) if r.logprobs is not None]
         if not asked:
             return {}
-        lp = torch.log_softmax(logits[asked].float(), dim=-1)
+        rows = [(processed if requests[i].processed_logprobs else raw)[i] for i in asked]
+        lp = torch.log_softmax(torch.stack(rows).float(), dim=-1)
         picked = lp.gather(1, chosen[asked, None])[:, 0].tolist()
         out = {}
         for row, (i, value) in enumerate(zip(asked, picked)):

@@ -135,13 +135,14 @@ class EncoderDecoder(LanguageModel):
         max_new_tokens: int,
         inputs_embeds: Tensor | None = None,
         decoder_prompt: Tensor | None = None,
-        logits_at: list[int] | None = None,
+        logits_at: list[int] | Tensor | None = None,
     ) -> tuple[Tensor, GenerationCache]:
         """Encode, fill the cross K/V, run the decoder on its start: first-token logits [B, V] and a
         cache for `max_new_tokens` outputs per row. Image tokens in `inputs_embeds` enter the cross K/V
         here, once, and never the decoder's self-attention cache. `decoder_prompt` [B, P]: the decoder's
         first tokens in place of BOS (Whisper's task tokens and previous text), one length for all rows;
-        `logits_at`: the prompt positions whose logits to return ([B, n, V], `decode_prompt`)."""
+        `logits_at`: the prompt positions whose logits to return ([B, n, V], `decode_prompt`): a list
+        for every row, or a [B, n] tensor of each row's own (right-padded prompts)."""
         B = input_ids.shape[0]
         prompt = decoder_prompt
         if prompt is None:
@@ -154,7 +155,9 @@ class EncoderDecoder(LanguageModel):
         cache.cross_mask = mask
         return self.decode_prompt(prompt, cache, logits_at), cache
 
-    def decode_prompt(self, tokens: Tensor, cache: GenerationCache, logits_at: list[int] | None = None) -> Tensor:
+    def decode_prompt(
+        self, tokens: Tensor, cache: GenerationCache, logits_at: list[int] | Tensor | None = None
+    ) -> Tensor:
         """The decoder's first tokens [B, P] into a fresh cache at positions 0 .. P - 1, in one pass:
         the last one's next-token logits [B, V], or [B, n, V] at the prompt's positions `logits_at`
         (Whisper reads its no-speech probability at the start token)."""
@@ -175,6 +178,8 @@ class EncoderDecoder(LanguageModel):
         finally:
             cache.prefilling = False
         cache.length += P
+        if isinstance(logits_at, Tensor):  # [B, n]: each row's own positions
+            return self.head(x[torch.arange(B, device=x.device)[:, None], logits_at])
         return self.head(x[:, -1] if logits_at is None else x[:, logits_at])
 
     def cross_inputs(self, cache: GenerationCache) -> Callable[[int], dict]:

@@ -116,8 +116,10 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
         from encore.serve.api import create_speech_app
         from encore.serve.speech import SpeechWorker
 
-        worker = SpeechWorker(model, cfg.max_queue, cfg.beam_size, ServerMetrics())
-        log.info("serving %s (speech): /v1/audio/transcriptions, /v1/audio/translations", name)
+        engine = _speech_engine(cfg, model)
+        worker = SpeechWorker(model, engine, cfg.max_queue, cfg.beam_size, ServerMetrics())
+        log.info("serving %s (speech): /v1/audio/transcriptions, /v1/audio/translations; %d slots (beam %d) in "
+                 "%.0f MiB of K/V", name, engine.max_batch, cfg.beam_size, engine.cache.nbytes / MiB)  # fmt: skip
         return create_speech_app(worker, name, guard), worker
     apply_languages(model, cfg.src_lang, cfg.tgt_lang)
     max_input_len, max_tokens = _limits(cfg, model.config)
@@ -152,6 +154,23 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
     )
     template = read_template(cfg.chat_template)
     return create_app(scheduler, name, max_input_len, max_tokens, guard, template), scheduler
+
+
+def _speech_engine(cfg: ServerConfig, model: Any) -> Any:
+    """A Whisper model's engine: slots of one 30-s window (the encoder's positions of cross K/V) and the
+    decoder's positions, as many as --kv-budget-mb holds up to --max-batch (a beam takes --beam-size of
+    them); one window's encoder pass admitted per step, so arrivals do not stall the others' decoding."""
+    from encore.infer.engine import Engine
+
+    frames, positions = model.config.encoder_config().max_seq_len, model.config.max_seq_len
+    one = GenerationCache.bytes_for(model.config, frames, positions, model.kv_dtype.itemsize)
+    slots = min(cfg.max_batch, int(cfg.kv_budget_mb * MiB // one))
+    if slots < cfg.beam_size:
+        raise ValueError(
+            f"--kv-budget-mb {cfg.kv_budget_mb:g} holds {slots} window(s) of {one / MiB:.1f} MiB; --beam-size "
+            f"{cfg.beam_size} needs {cfg.beam_size} (raise --kv-budget-mb or --max-batch, or lower --beam-size)"
+        )
+    return Engine(model, slots, frames, positions, max_prefill_tokens=frames)
 
 
 def serve(cfg: ServerConfig, model: Any) -> int:

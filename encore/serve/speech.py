@@ -6,17 +6,22 @@
     subtitles, or verbose_json {"task", "language", "duration", "text", "segments": [... avg_logprob,
     compression_ratio, no_speech_prob], "words": [{"word", "start", "end"}] (with word granularity)}
 
-Transcriptions run on one thread that owns the model, one request at a time, in arrival order (the
-event loop keeps answering /health and queueing); a full queue is a 429, a request past the server's
-timeout a 408, audio that does not decode a 400 naming the upload. The API key, body limit and CORS
-are the same `Guard` the text routes have.
+Transcriptions are batched continuously: one thread owns the model and an `encore.Engine`, and
+`encore.audio.batching.TranscriptionRunner` runs every request's windows through it, so windows of
+different requests (each at its own point of its audio, its own temperature or beam) share each decode
+step, and a request that arrives joins the next step (the event loop keeps answering /health and
+queueing). A full queue is a 429, a request past the server's timeout a 408 (its windows leave the
+engine), audio that does not decode a 400 naming the upload, a transcription that fails its own 4xx /
+500 while the others go on. The API key, body limit and CORS are the same `Guard` the text routes have.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -28,46 +33,110 @@ from encore.serve.completions import APIError
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 
 
-class SpeechWorker:
-    """The thread that owns a Whisper model and runs one transcription at a time (the scheduler's
-    place for a speech server: `start`, `stop`, `close` as `serve` calls them)."""
+@dataclass
+class _Ask:
+    options: dict[str, Any]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    cancelled: bool = False
 
-    def __init__(self, model: Any, max_queue: int, beam_size: int, metrics: Any):
+
+class SpeechWorker:
+    """The thread that owns a Whisper model and its engine and runs every transcription through them
+    (the scheduler's place for a speech server: `start`, `stop`, `close` as `serve` calls them)."""
+
+    def __init__(self, model: Any, engine: Any, max_queue: int, beam_size: int, metrics: Any):
+        from encore.audio.batching import TranscriptionRunner
+
         self.model, self.max_queue, self.beam_size, self.metrics = model, max_queue, beam_size, metrics
-        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.runner = TranscriptionRunner(engine)
         self.closing = False
-        self.running = 0
+        self.running = 0  # requests in the server (queued or transcribing)
         self._lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[_Ask | None] = queue.SimpleQueue()
+        self._asks: dict[int, _Ask] = {}  # the runner's handle -> its request
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="encore-speech", daemon=True)
+        metrics.slots_total.set(engine.max_batch)
+        metrics.kv_reserved.set(engine.cache.nbytes)
 
     def start(self) -> None:
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-speech")
+        self._thread.start()
 
     def stop(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+        self._stop = True
+        self._inbox.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def close(self, grace_s: float = 0.0) -> None:
         self.closing = True
 
     async def run(self, timeout_s: float | None, **options: Any) -> dict[str, Any]:
-        if self.closing or self.executor is None:
+        if self.closing or not self._thread.is_alive():
             raise APIError(503, "the server is shutting down", None, "server_error")
         with self._lock:
-            if self.running > self.max_queue:
+            if self.running > self.max_queue + self.runner.engine.max_batch:
                 raise APIError(429, f"{self.running} transcriptions are queued; try again", None, "rate_limit_exceeded")
             self.running += 1
         self.metrics.queue_depth.set(self.running)
+        ask = _Ask(options)
+        self._inbox.put(ask)
         try:
-            call = lambda: self.model.transcribe(beam_size=self.beam_size, **options)
-            future = asyncio.get_running_loop().run_in_executor(self.executor, call)
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
+            return await asyncio.wait_for(asyncio.wrap_future(ask.future), timeout_s)
+        except (TimeoutError, asyncio.CancelledError) as e:
+            ask.cancelled = True  # (the engine thread takes its windows out)
+            self._inbox.put(None)
+            if isinstance(e, asyncio.CancelledError):
+                raise
             raise APIError(408, f"the transcription ran past the server's timeout ({timeout_s:g} s)", None,
                            "timeout") from None  # fmt: skip
         finally:
             with self._lock:
                 self.running -= 1
             self.metrics.queue_depth.set(self.running)
+
+    # --- the engine's thread ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        from encore.audio.transcribe import Transcription
+
+        while not self._stop:
+            for ask in self._arrivals():
+                if ask.cancelled:
+                    continue
+                try:
+                    job = Transcription(self.model, beam_size=self.beam_size, **ask.options)
+                    self._asks[self.runner.add(job)] = ask
+                except Exception as e:  # a bad language or task: that request's answer
+                    ask.future.set_exception(e)
+            for handle in [h for h, ask in self._asks.items() if ask.cancelled]:
+                del self._asks[handle]
+                self.runner.cancel(handle)
+            try:
+                ended = self.runner.step()
+            except Exception as e:  # the engine itself failed: every request running gets the error
+                ended = [(handle, e) for handle in list(self._asks)]
+                for handle, _ in ended:
+                    self.runner.cancel(handle)
+            for handle, result in ended:
+                ask = self._asks.pop(handle, None)
+                if ask is not None and not ask.future.done():
+                    (ask.future.set_exception if isinstance(result, Exception) else ask.future.set_result)(result)
+            self.metrics.slots_in_use.set(self.runner.engine.running)
+        for ask in self._asks.values():
+            ask.future.cancel()
+
+    def _arrivals(self) -> list[_Ask]:
+        """What arrived: waits for it when nothing runs; takes what is there when something does."""
+        arrived = []
+        try:
+            if not self.runner.has_work():
+                arrived.append(self._inbox.get(timeout=0.5))
+            while True:
+                arrived.append(self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+        return [a for a in arrived if a is not None]
 
 
 class AudioRoutes:
