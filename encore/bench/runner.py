@@ -177,7 +177,7 @@ def _specs(cfg: BenchConfig, points: list[Point]) -> list[BackendSpec]:
     def spec(kind: str, model: str, length: int, quantize: str | None) -> BackendSpec:
         return BackendSpec(
             kind, model, length, cfg.device, dtype, cfg.seed, cfg.cpu_linear, quantize, cfg.retain_memory,
-            cfg.num_beams, cfg.prefill_products,
+            cfg.num_beams, cfg.prefill_products, cfg.kv_cache_dtype,
         )  # fmt: skip
 
     models = [cfg.model] + ([cfg.baseline] if cfg.baseline else [])

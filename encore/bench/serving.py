@@ -46,6 +46,7 @@ class ServeBenchConfig:
     model: str = "encdec-330m"
     baseline: str | None = "deconly-330m"
     quantize: str | None = "int8"  # the servers' --quantize
+    kv_cache_dtype: str = "auto"  # the servers' --kv-cache-dtype
     device: str = "cpu"
     kv_budget_mb: float = 256.0  # the same for both servers
     max_batch: int = 64
@@ -129,6 +130,7 @@ class ServerProcess:
         command = [sys.executable, "-m", "encore", "serve", "--model", model, "--random-weights"]
         command += ["--port", str(self.port), "--device", cfg.device, "--quantize", cfg.quantize or "none"]
         command += ["--kv-budget-mb", str(cfg.kv_budget_mb), "--max-batch", str(cfg.max_batch)]
+        command += ["--kv-cache-dtype", cfg.kv_cache_dtype]
         command += ["--max-input-len", str(cfg.input_len), "--max-tokens-limit", str(cfg.output_len)]
         command += ["--max-queue", str(cfg.requests + cfg.warmup), "--no-access-log", "--log-level", "warning"]
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop)

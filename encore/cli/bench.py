@@ -9,7 +9,7 @@ from pathlib import Path
 from encore.bench import BenchConfig, format_report, plot, run_bench, validate_bench_json
 from encore.bench.serving import ServeBenchConfig, run_serve_bench
 from encore.bench.vision import VisionBenchConfig, run_vision_bench
-from encore.cli.common import add_prefill_products_flag, from_args
+from encore.cli.common import add_kv_cache_dtype_flag, add_prefill_products_flag, from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,72 +48,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-sweep", action="store_true", help="measure only --input-len")
     parser.add_argument("--sweep-output-len", type=int, default=d.sweep_output_len, help="(%(default)s)")
     parser.add_argument("--sweep-repeats", type=int, default=d.sweep_repeats, help="(%(default)s)")
-    parser.add_argument(
-        "--backend",
-        choices=["engine", "onnx"],
-        default="engine",
-        help="onnx: also time the models exported to ONNX (onnxruntime, at each --quantize) beside encore's engine, "
-        "which always runs (pip install 'encore[onnx]')",
-    )
-    parser.add_argument("--vs-hf", action="store_true", help="also time HF T5 / Llama of the same shapes")
-    parser.add_argument("--audio", help="a Whisper model: the file whose first 30 s are timed (default: noise)")
-    parser.add_argument(
-        "--vs-ct2",
-        action="store_true",
-        help="also time CTranslate2 running a T5 of the encoder-decoder's shape, at each --quantize (pip install "
-        "'encore[anchors]')",
-    )
-    parser.add_argument(
-        "--vs-llamacpp",
-        action="store_true",
-        help="also time llama.cpp on the decoder-only model's own weights, written as GGUF: F32 / Q8_0 / Q4_0 at "
-        "--quantize none / int8 / int4, batch 1 (pip install 'encore[llamacpp]', builds llama.cpp)",
-    )
-    parser.add_argument(
-        "--vs-whispercpp",
-        action="store_true",
-        help="a Whisper model: also time whisper.cpp on its own weights, written as its ggml file: F16 / Q8_0 / "
-        "Q4_0 at --quantize none / int8 / int4 (pip install 'encore[whispercpp]')",
-    )
-    parser.add_argument("--json", metavar="PATH", help="results ('' to skip; bench.json, --serve: bench_serve.json)")
-    parser.add_argument("--plot", metavar="PATH", help="plot ('' to skip; bench.png, --serve: bench_serve.png)")
-    parser.add_argument("--peak-gflops", type=float, help="cost model FLOP/s in GFLOP/s (default: probe)")
-    parser.add_argument("--bandwidth-gbs", type=float, help="cost model memory bandwidth in GB/s (default: probe)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument(
-        "--cpu-linear",
-        choices=["onednn", "aten"],
-        help="encore's fp32 CPU projection kernel ('aten' = F.linear, torch's BLAS; default: onednn on x86-64, "
-        "else aten)",
-    )
-    parser.add_argument(
-        "--workload",
-        choices=["single", "chat"],
-        default="single",
-        help="chat: a scripted conversation (--turns, --user-len, --reply-len), time to first token per turn and "
-        "total interaction latency, the decoder-only model with and without prefix reuse",
-    )
-    parser.add_argument("--turns", type=int, default=8, help="--workload chat: turns (%(default)s)")
-    parser.add_argument(
-        "--user-len", type=int, default=64, help="--workload chat: new user tokens per turn (%(default)s)"
-    )
-    parser.add_argument(
-        "--reply-len", type=int, default=64, help="--workload chat: reply tokens per turn (%(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument(
-        "--num-beams",
-        type=int,
-        default=d.num_beams,
-        help="> 1: time beam search of this width (exactly --output-len steps; --vs-ct2: beam_size)",
-    )
-    add_prefill_products_flag(parser)
-    parser.add_argument(
-        "--profile-prefill",
-        action="store_true",
-        help="also split one prefill of each encore model into products, attention, other work and overhead, "
-        "each against the probed peak (the report and the JSON's prefill_profile)",
-    )
+    _configure_anchors(parser)
+    _configure_machine(parser)
+    _configure_chat(parser)
+    _configure_kernels(parser, d)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--from-json", metavar="PATH", help="measure nothing: print the report and draw --plot from a saved JSON"
@@ -128,6 +66,81 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave glibc's malloc as it is in the workers (default: keep freed memory for reuse, as a deployment "
         "should: encore.infer.memory)",
+    )
+
+
+def _configure_anchors(parser: argparse.ArgumentParser) -> None:
+    """The other engines timed beside encore on the same weights or shapes."""
+    parser.add_argument(
+        "--backend",
+        choices=["engine", "onnx"],
+        default="engine",
+        help="onnx: also time the models exported to ONNX (onnxruntime, at each --quantize) beside encore's engine, "
+        "which always runs (pip install 'encore[onnx]')",
+    )
+    parser.add_argument("--vs-hf", action="store_true", help="also time HF T5 / Llama of the same shapes")
+    parser.add_argument("--audio", help="a Whisper model: the file whose first 30 s are timed (default: noise)")
+    anchors = {
+        "--vs-ct2": "also time CTranslate2 running a T5 of the encoder-decoder's shape, at each --quantize (pip "
+        "install 'encore[anchors]')",
+        "--vs-llamacpp": "also time llama.cpp on the decoder-only model's own weights, written as GGUF: F32 / Q8_0 / "
+        "Q4_0 at --quantize none / int8 / int4, batch 1 (pip install 'encore[llamacpp]', builds llama.cpp)",
+        "--vs-whispercpp": "a Whisper model: also time whisper.cpp on its own weights, written as its ggml file: "
+        "F16 / Q8_0 / Q4_0 at --quantize none / int8 / int4 (pip install 'encore[whispercpp]')",
+    }
+    for flag, text in anchors.items():
+        parser.add_argument(flag, action="store_true", help=text)
+
+
+def _configure_machine(parser: argparse.ArgumentParser) -> None:
+    """Where results go, and the machine's numbers the cost model uses."""
+    parser.add_argument("--json", metavar="PATH", help="results ('' to skip; bench.json, --serve: bench_serve.json)")
+    parser.add_argument("--plot", metavar="PATH", help="plot ('' to skip; bench.png, --serve: bench_serve.png)")
+    parser.add_argument("--peak-gflops", type=float, help="cost model FLOP/s in GFLOP/s (default: probe)")
+    parser.add_argument("--bandwidth-gbs", type=float, help="cost model memory bandwidth in GB/s (default: probe)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--cpu-linear",
+        choices=["onednn", "aten"],
+        help="encore's fp32 CPU projection kernel ('aten' = F.linear, torch's BLAS; default: onednn on x86-64, "
+        "else aten)",
+    )
+
+
+def _configure_chat(parser: argparse.ArgumentParser) -> None:
+    """--workload chat and its conversation."""
+    parser.add_argument(
+        "--workload",
+        choices=["single", "chat"],
+        default="single",
+        help="chat: a scripted conversation (--turns, --user-len, --reply-len), time to first token per turn and "
+        "total interaction latency, the decoder-only model with and without prefix reuse",
+    )
+    parser.add_argument("--turns", type=int, default=8, help="--workload chat: turns (%(default)s)")
+    parser.add_argument(
+        "--user-len", type=int, default=64, help="--workload chat: new user tokens per turn (%(default)s)"
+    )
+    parser.add_argument(
+        "--reply-len", type=int, default=64, help="--workload chat: reply tokens per turn (%(default)s)"
+    )
+
+
+def _configure_kernels(parser: argparse.ArgumentParser, d: BenchConfig) -> None:
+    """Decoding and kernel settings of the encore models."""
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument(
+        "--num-beams",
+        type=int,
+        default=d.num_beams,
+        help="> 1: time beam search of this width (exactly --output-len steps; --vs-ct2: beam_size)",
+    )
+    add_prefill_products_flag(parser)
+    add_kv_cache_dtype_flag(parser)
+    parser.add_argument(
+        "--profile-prefill",
+        action="store_true",
+        help="also split one prefill of each encore model into products, attention, other work and overhead, "
+        "each against the probed peak (the report and the JSON's prefill_profile)",
     )
 
 
@@ -192,6 +205,7 @@ def serve_config_from_args(args: argparse.Namespace) -> ServeBenchConfig:
         model=args.model,
         baseline=None if str(args.baseline).lower() in ("", "none") else args.baseline,
         quantize=None if quantize[0] == "none" else quantize[0],
+        kv_cache_dtype=args.kv_cache_dtype,
         device=args.device,
         kv_budget_mb=args.kv_budget_mb,
         max_batch=args.max_batch,

@@ -153,13 +153,19 @@ def add_quantize_flag(p: argparse.ArgumentParser) -> None:
         default="none",
         help="int8 / int4 weights on the CPU (encore.optimize; a quantized checkpoint is already so) (%(default)s)",
     )
+    add_kv_cache_dtype_flag(p)
+    add_prefill_products_flag(p)
+
+
+def add_kv_cache_dtype_flag(p: argparse.ArgumentParser) -> None:
+    """--kv-cache-dtype (`encore.optimize(kv_dtype=...)`): the commands that run a model, and bench."""
     p.add_argument(
         "--kv-cache-dtype",
-        choices=["fp32", "fp16"],
-        default="fp32",
-        help="K/V cache precision on the CPU: fp16 halves its memory and the K/V a decode step reads (%(default)s)",
+        choices=["auto", "fp32", "fp16"],
+        default="auto",
+        help="K/V cache precision: fp16 halves its memory and the K/V a decode step reads; auto: fp16 where the "
+        "fused CPU kernels run, else the model's dtype (%(default)s)",
     )
-    add_prefill_products_flag(p)
 
 
 def add_prefill_products_flag(p: argparse.ArgumentParser) -> None:
@@ -189,14 +195,14 @@ def load_for_inference(
     quantize: str | None = None,
     random_weights: bool | None = None,
     vision: bool = False,
-    kv_cache_dtype: str = "fp32",
+    kv_cache_dtype: str = "auto",
     prefill_products: str = "auto",
 ) -> LanguageModel:
     """A checkpoint with its tokenizer, made ready for inference on `device` (`encore.optimize`); the
     process keeps freed memory for reuse (`encore.infer.memory`), as a CPU deployment should.
     `random_weights`: None for a command without that flag; True lets a preset or config be built
     untrained (a command's `--random-weights`, for capacity benchmarks). `vision`: images will come
-    (a transformers checkpoint's image tower is loaded too). `kv_cache_dtype`: "fp32" or "fp16"
+    (a transformers checkpoint's image tower is loaded too). `kv_cache_dtype`: "auto", "fp32" or "fp16"
     (`--kv-cache-dtype`); `prefill_products`: "auto", "bf16" or "int8" (`--prefill-products`)."""
     from encore.infer.memory import release_freed_memory, retain_freed_memory
     from encore.infer.optimize import optimize
@@ -210,7 +216,7 @@ def load_for_inference(
     import torch
 
     model = build_model(spec, tokenizer, vision=vision)
-    kv_dtype = torch.float16 if kv_cache_dtype == "fp16" else None
+    kv_dtype = {"auto": "auto", "fp32": None, "fp16": torch.float16}[kv_cache_dtype]
     model = optimize(
         model, device, quantize=quantize, kv_dtype=kv_dtype, keep_originals=False, prefill_products=prefill_products
     )

@@ -80,6 +80,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--beam-size", type=int, default=5, help="a Whisper model's beam size for transcriptions (%(default)s)"
     )
     p.add_argument(
+        "--vad-filter",
+        action="store_true",
+        help="a Whisper model: transcribe only the speech Silero VAD finds, times kept (pip install 'encore[vad]')",
+    )
+    p.add_argument(
         "--request-timeout",
         dest="request_timeout_s",
         type=float,

@@ -42,6 +42,17 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=1,
         help="windows decoded together (faster-whisper's batched mode: no previous text) (%(default)s)",
     )
+    p.add_argument(
+        "--vad-filter",
+        action="store_true",
+        help="transcribe only the speech Silero VAD finds, times kept (pip install 'encore[vad]')",
+    )
+    p.add_argument(
+        "--vad-min-silence-ms",
+        type=positive_int,
+        default=2000,
+        help="--vad-filter: silences shorter than this stay (%(default)s)",
+    )
     p.add_argument("--seed", type=nonnegative_int, default=0, help="for the sampled fallbacks (%(default)s)")
     p.add_argument("--device", default="cpu", help="(%(default)s)")
     add_quantize_flag(p)
@@ -52,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None and args.out.exists() and not args.out.is_dir():  # before the model loads
         raise ValueError(f"--out {args.out}: a file is there; --out names a folder for the transcripts")
+    if args.vad_filter:  # before the model loads
+        from encore.lazy import require
+
+        require("silero_vad", "vad")
     quantize = None if args.quantize == "none" else args.quantize
     model = load_for_inference(
         args.model,
@@ -79,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             progress=True,
+            vad_filter=args.vad_filter,
+            vad_parameters={"min_silence_duration_ms": args.vad_min_silence_ms},
         )
         text = render(result, args.output_format)
         if args.out is None:

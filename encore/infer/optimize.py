@@ -66,7 +66,7 @@ def optimize(
     policy: dict[str, str] | None = None,
     fused: bool = True,
     symmetric: bool = DEFAULT_SYMMETRIC,
-    kv_dtype: torch.dtype | None = None,
+    kv_dtype: torch.dtype | str | None = "auto",
     prefill_attention: str = "auto",
     keep_originals: bool = True,
     prefill_products: str = "auto",
@@ -90,8 +90,10 @@ def optimize(
     - CPU fp32, `fused=True` (and a C compiler): RMSNorms and the decode step's one-query attention
       through encore's fused C kernels (`encore.model.fused`), a decoder layer's decode step per C call
       (fp32, int8 or int4 projections);
-    - `kv_dtype=torch.float16` (CPU, fused): generation caches hold K/V in half precision (half the
-      cache memory, a decode step reads half the K/V bytes); None keeps the model's dtype;
+    - `kv_dtype`: generation caches' K/V precision. "auto" (the default): fp16 where the fused CPU
+      kernels run (they read and write it: half the cache memory, a decode step reads half the K/V
+      bytes; as llama.cpp's default), else the model's dtype; `torch.float16` asks for it (CPU, fused);
+      None or `torch.float32` keep the model's dtype;
     - `prefill_attention`: how attention over many queries (a prefill, an encoder) runs on the CPU:
       "fp32" (SDPA), "bf16" (csrc/attend.c: bf16 products accumulated in fp32, fp32 softmax; ~4x SDPA
       on a T5Gemma 2 encoder layer; needs the fused kernels and a CPU with AVX512-BF16), or "auto":
@@ -127,6 +129,8 @@ def optimize(
     if quantize:
         _check_quantize(quantize, device, dtype, group_size)
     fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available()
+    if kv_dtype == "auto":
+        kv_dtype = torch.float16 if fused else None
     bf16_prefill = _bf16_prefill(prefill_attention, quantize, fused, kv_dtype, model.config.encoder_input)
     deferred = any(p.is_meta for p in model.parameters())  # `build(deferred=True)`: projections made below
     if deferred and (device.type != "cpu" or dtype != torch.float32):
@@ -145,20 +149,12 @@ def optimize(
     model._encore_kv_dtype = kv_dtype
     model._encore_swaps = swaps
     model._encore_optimized = {
-        "device": str(device),
-        "dtype": str(dtype),
-        "quantize": quantize,
-        "linear": linear,
-        "fused": fused,
-        "kv_dtype": str(kv_dtype or dtype),
-        "prefill_attention": "bf16" if bf16_prefill else "fp32",
+        "device": str(device), "dtype": str(dtype), "quantize": quantize, "linear": linear, "fused": fused,
+        "kv_dtype": str(kv_dtype or dtype), "prefill_attention": "bf16" if bf16_prefill else "fp32",
         "prefill_products": prefill_products,
-        **(
-            {"group_size": group_size, "symmetric": symmetric, "policy": dict(policy or {})}
-            if quantize == "int4"
-            else {}
-        ),
-    }
+    }  # fmt: skip
+    if quantize == "int4":
+        model._encore_optimized |= {"group_size": group_size, "symmetric": symmetric, "policy": dict(policy or {})}
     return model
 
 
@@ -223,7 +219,7 @@ def _check_arguments(
     quantize: str | None,
     policy: dict | None,
     linear: str,
-    kv_dtype: torch.dtype | None,
+    kv_dtype: torch.dtype | str | None,
     prefill_attention: str,
     prefill_products: str,
 ) -> None:
@@ -236,8 +232,8 @@ def _check_arguments(
         raise ValueError(f"policy: each value must be one of {KINDS}, got {bad}")
     if linear not in CPU_LINEAR:
         raise ValueError(f"linear must be one of {CPU_LINEAR}, got {linear!r}")
-    if kv_dtype not in (None, torch.float32, torch.float16):
-        raise ValueError(f"kv_dtype must be None, torch.float32 or torch.float16, got {kv_dtype!r}")
+    if not (kv_dtype == "auto" or kv_dtype in (None, torch.float32, torch.float16)):
+        raise ValueError(f"kv_dtype must be 'auto', None, torch.float32 or torch.float16, got {kv_dtype!r}")
     if prefill_attention not in PREFILL_ATTENTION:
         raise ValueError(f"prefill_attention must be one of {PREFILL_ATTENTION}, got {prefill_attention!r}")
     if prefill_products not in PREFILL_PRODUCTS:

@@ -19,6 +19,7 @@ import signal
 from dataclasses import dataclass, replace
 from typing import Any
 
+from encore.lazy import require
 from encore.model.cache import GenerationCache
 
 log = logging.getLogger("encore.serve")
@@ -45,6 +46,7 @@ class ServerConfig:
     api_key: str | None = None  # every route but /health needs `Authorization: Bearer <key>`
     max_body_mb: float | None = None  # larger request bodies get a 413 (None: 1; 25 for a speech model's audio)
     beam_size: int = 5  # a Whisper model's beam size for transcriptions
+    vad_filter: bool = False  # a Whisper model: transcribe only the speech Silero VAD finds
     request_timeout_s: float | None = 600.0  # a request running longer is cut (None: never)
     allow_origin: list[str] | None = None  # CORS origins (None: no CORS headers)
     chat_template: str | None = None  # a Jinja file replacing the tokenizer's chat template
@@ -117,7 +119,10 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
         from encore.serve.speech import SpeechWorker
 
         engine = _speech_engine(cfg, model)
-        worker = SpeechWorker(model, engine, cfg.max_queue, cfg.beam_size, ServerMetrics())
+        if cfg.vad_filter:
+            require("silero_vad", "vad")
+        options = {"beam_size": cfg.beam_size, "vad_filter": cfg.vad_filter}
+        worker = SpeechWorker(model, engine, cfg.max_queue, options, ServerMetrics())
         log.info("serving %s (speech): /v1/audio/transcriptions, /v1/audio/translations; %d slots (beam %d) in "
                  "%.0f MiB of K/V", name, engine.max_batch, cfg.beam_size, engine.cache.nbytes / MiB)  # fmt: skip
         return create_speech_app(worker, name, guard), worker

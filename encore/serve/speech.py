@@ -44,10 +44,11 @@ class SpeechWorker:
     """The thread that owns a Whisper model and its engine and runs every transcription through them
     (the scheduler's place for a speech server: `start`, `stop`, `close` as `serve` calls them)."""
 
-    def __init__(self, model: Any, engine: Any, max_queue: int, beam_size: int, metrics: Any):
+    def __init__(self, model: Any, engine: Any, max_queue: int, options: dict[str, Any], metrics: Any):
+        """`options`: the server's transcription settings (`beam_size`, `vad_filter`), beside each request's."""
         from encore.audio.batching import TranscriptionRunner
 
-        self.model, self.max_queue, self.beam_size, self.metrics = model, max_queue, beam_size, metrics
+        self.model, self.max_queue, self.options, self.metrics = model, max_queue, options, metrics
         self.runner = TranscriptionRunner(engine)
         self.closing = False
         self.running = 0  # requests in the server (queued or transcribing)
@@ -105,7 +106,7 @@ class SpeechWorker:
                 if ask.cancelled:
                     continue
                 try:
-                    job = Transcription(self.model, beam_size=self.beam_size, **ask.options)
+                    job = Transcription(self.model, **self.options, **ask.options)
                     self._asks[self.runner.add(job)] = ask
                 except Exception as e:  # a bad language or task: that request's answer
                     ask.future.set_exception(e)
