@@ -178,6 +178,7 @@ def test_quantized_checkpoint_loads_ready_without_rounding_again(tmp_path, monke
     up = "decoder.0.mlp.up"
     assert manifest["format"] == "encore-quantized" and manifest["modules"][up]["kind"] == quantize
     assert manifest["modules"]["lm_head"]["kind"] == "int8"  # int4's default policy keeps the head int8
+    assert manifest["modules"]["embed"] == {"kind": "int8-embedding"}  # the token table as int8 rows too
     state = load_file(str(tmp_path / "q" / "model.safetensors"))
     assert "lm_head.weight" not in state and state["lm_head.qweight"].dtype == torch.int8
     assert state[f"{up}.qweight"].dtype == (torch.uint8 if quantize == "int4" else torch.int8)
@@ -188,7 +189,8 @@ def test_quantized_checkpoint_loads_ready_without_rounding_again(tmp_path, monke
     assert torch.equal(loaded.generate(ids, max_new_tokens=12, do_sample=False), before)
     encore.optimize(loaded)  # what every CLI command does to a loaded model: the kernels' formats stay
     assert torch.equal(loaded.generate(ids, max_new_tokens=12, do_sample=False), before)
-    assert type(loaded.lm_head) is type(model.lm_head)
+    assert type(loaded.lm_head) is type(model.lm_head) and type(loaded.embed) is type(model.embed)
+    assert torch.equal(loaded.embed.qweight, model.embed.qweight)
     if quantize == "int4":
         symmetric = not asym
         assert manifest["modules"][up] == {

@@ -9,7 +9,14 @@ from conftest import SeenOps, make_model
 import encore
 from encore.infer.optimize import optimized
 from encore.model.fused_rows import FusedInt8Linear
-from encore.model.kernels import Int8Linear, OneDNNLinear, int8_available, onednn_available, rows_only_available
+from encore.model.kernels import (
+    Int8Embedding,
+    Int8Linear,
+    OneDNNLinear,
+    int8_available,
+    onednn_available,
+    rows_only_available,
+)
 from encore.model.layers import Linear
 
 X86_ONEDNN = onednn_available() and platform.machine().lower() in ("x86_64", "amd64")
@@ -168,14 +175,37 @@ def test_without_originals_the_fp32_weights_are_freed_and_the_model_stays_quanti
     kept, freed = make_model(arch, tie_embeddings=False), make_model(arch, tie_embeddings=False)
     args = args_of(kept)
     up = weakref.ref(freed.get_submodule("decoder.0.mlp.up").weight)
+    table = weakref.ref(freed.embed.weight)
     encore.optimize(kept, quantize="int8")
     encore.optimize(freed, quantize="int8", keep_originals=False)
     gc.collect()
-    assert up() is None  # nothing holds the original weight
+    assert up() is None and table() is None  # nothing holds the original weights (the token table's either)
     with torch.inference_mode():
         torch.testing.assert_close(freed(*args), kept(*args), rtol=0, atol=0)
     encore.deoptimize(freed)
     assert isinstance(freed.get_submodule("decoder.0.mlp.up"), Int8Linear)  # no fp32 weights to put back
     assert not any(type(m) is Linear for m in freed.modules())
+    assert isinstance(freed.embed, Int8Embedding)
     encore.deoptimize(kept)
-    assert type(kept.get_submodule("decoder.0.mlp.up")) is Linear
+    assert type(kept.get_submodule("decoder.0.mlp.up")) is Linear and type(kept.embed) is torch.nn.Embedding
+
+
+@pytest.mark.parametrize("kind", ["plain", "scaled", "end-of-image"])
+def test_int8_token_tables_keep_each_row_to_its_rounding(kind):
+    """`Int8Embedding`: a quarter of the table's bytes, each looked-up row within half a level of the
+    fp32 row (the original's sqrt(d) and end-of-image vector kept), for the model's dtype and device."""
+    from encore.model.layers import EoiEmbedding, ScaledEmbedding
+
+    torch.manual_seed(0)
+    table = {"plain": lambda: torch.nn.Embedding(300, 64), "scaled": lambda: ScaledEmbedding(300, 64),
+             "end-of-image": lambda: EoiEmbedding(300, 64, eoi_id=7)}[kind]()  # fmt: skip
+    if kind == "end-of-image":
+        torch.nn.init.normal_(table.eoi_embedding)
+    q = Int8Embedding.quantize(table)
+    assert q.qweight.nbytes * 4 == table.weight.nbytes and q.weight.shape == table.weight.shape
+    assert q.weight.dtype == torch.float32 and q.weight.untyped_storage().nbytes() == 64 * 4  # one row, viewed
+    ids = torch.tensor([[0, 7, 299, 7], [5, 6, 8, 9]])
+    factor = 64**0.5 if kind != "plain" else 1.0
+    level = (table.weight.abs().amax(dim=1)[ids] / 127 * factor)[..., None]
+    with torch.no_grad():
+        assert ((q(ids) - table(ids)).abs() <= level / 2 + 1e-6).all()

@@ -34,6 +34,7 @@ from encore.model.int4 import (
 )
 from encore.model.kernels import (
     DEFAULT_SYMMETRIC,
+    Int8Embedding,
     Int8Linear,
     OneDNNLinear,
     int8_available,
@@ -77,7 +78,8 @@ def optimize(
     - CPU, `quantize=None`: fp32 through oneDNN where it was measured faster (x86-64; `linear="aten"`
       keeps F.linear, i.e. torch's BLAS);
     - CPU, `quantize="int8"`: `Int8Linear` (fbgemm VNNI): int8 per-channel weights, activations
-      quantized per call; the output head too (the embedding lookup stays fp32);
+      quantized per call; the output head too, and the token tables (`Int8Embedding`: int8 rows, a
+      scale each; a lookup scales its rows back);
     - CPU, `quantize="int4"`: `Int4Linear`: int4 weights in groups of `group_size` inputs (32, or a
       multiple of 64), each with an fp16 scale and, unless `symmetric`, an fp16 minimum (the defaults:
       llama.cpp's Q4_1, which reproduces a Q4_1 GGUF's weights exactly; `symmetric=True` is Q4_0's
@@ -140,6 +142,8 @@ def optimize(
     plain = _kernel(device, dtype, linear)
     rows_only = fused and rows_only_available()  # each int8 weight once, as csrc/int8.c's rows, from the start
     swaps = _swap_projections(model, quantize, plain, policy, group_size, symmetric, keep_originals, rows_only)
+    if quantize:  # after the tied head took the table's fp32 values
+        swaps += _quantize_embeddings(model, keep_originals)
     if fused:
         swaps += fuse(model, bf16_prefill)
         swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
@@ -204,6 +208,19 @@ def _swap_projections(
             continue
         if keep_originals or kind == "none" or child is None:  # fp32 kernels hold the very weight
             swaps.append((parent, name, child))
+    return swaps
+
+
+def _quantize_embeddings(model: Any, keep_originals: bool) -> list[tuple[nn.Module, str, nn.Module]]:
+    """A quantized model's token tables as int8 rows (`Int8Embedding`): the embedding and an encoder's
+    own. The swaps to undo (where the originals are kept)."""
+    swaps = []
+    for name in ("embed", "encoder_embed"):
+        table = getattr(model, name, None)
+        if isinstance(table, nn.Embedding) and not table.weight.is_meta:
+            setattr(model, name, Int8Embedding.quantize(table))
+            if keep_originals:
+                swaps.append((model, name, table))
     return swaps
 
 

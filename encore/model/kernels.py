@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from encore.model import native
+from encore.model import layers, native
 from encore.model.native import cpu_flags
 
 PLAIN_TENSORS = (Tensor, nn.Parameter)  # not DTensor (FSDP2), FakeTensor (torch.compile), ...
@@ -355,3 +355,47 @@ def bytes_per_weight(
     if quantize is None:
         return float(dtype.itemsize)
     raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
+
+
+class Int8Embedding(nn.Module):
+    """A token table as int8 rows with one fp32 scale each (absmax / 127, as CTranslate2's and llama.cpp's
+    int8 embeddings): a lookup gathers each row's bytes and scales them back. A quarter of the fp32
+    table's memory (NLLB's 256k x 1024: 1 GiB -> 256 MiB). What the original module does after its lookup
+    stays: `ScaledEmbedding`'s sqrt(d) and `EoiEmbedding`'s own end-of-image vector.
+
+    `weight` is what callers read for the model's device, dtype and table shape: a [V, D] fp32 view of
+    one zero row, never the table's values (`quantized()` gives those)."""
+
+    def __init__(self, qweight: Tensor, scales: Tensor, like: nn.Embedding, eoi_embedding: Tensor | None = None):
+        super().__init__()
+        self.register_buffer("qweight", qweight)  # int8 [V, D]
+        self.register_buffer("scales", scales)  # fp32 [V]
+        V, D = qweight.shape
+        self.num_embeddings, self.embedding_dim = V, D
+        self.factor = D**0.5 if isinstance(like, layers.ScaledEmbedding) else None
+        self.eoi_id = getattr(like, "eoi_id", None)
+        if self.eoi_id is not None:
+            self.register_buffer("eoi_embedding", eoi_embedding.detach().float().clone())
+        self.weight = torch.zeros(1, D, device=qweight.device).expand(V, D)
+
+    @classmethod
+    @torch.no_grad()
+    def quantize(cls, embedding: nn.Embedding) -> Int8Embedding:
+        w = embedding.weight.detach().float()
+        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        qweight = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        return cls(qweight, scales, embedding, getattr(embedding, "eoi_embedding", None))
+
+    def quantized(self) -> tuple[Tensor, Tensor, None]:
+        return self.qweight, self.scales, None
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = F.embedding(ids, self.qweight).float() * self.scales[ids].unsqueeze(-1)  # [..., D]
+        if self.factor is not None:
+            x = x * torch.tensor(self.factor, dtype=x.dtype)
+        if self.eoi_id is not None:
+            x = torch.where((ids == self.eoi_id)[..., None], self.eoi_embedding, x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"

@@ -27,16 +27,17 @@ from torch import Tensor, nn
 from encore.model.fused import fused_available
 from encore.model.fused_layer import fuse
 from encore.model.int4 import Int4Linear
-from encore.model.kernels import Int8Linear, release_packed_weights
+from encore.model.kernels import Int8Embedding, Int8Linear, release_packed_weights
 from encore.model.probes import bf16_prefill_by_default
 
 QUANTIZATION_FILE = "quantization.json"
 FORMAT, VERSION = "encore-quantized", 1
+EMBEDDING = "int8-embedding"  # a token table's kind: `Int8Embedding`'s rows and scales
 
 
 def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The model's int8 / int4 kernel modules by qualified name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, Int8Linear | Int4Linear)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, Int8Linear | Int4Linear | Int8Embedding)}
 
 
 def quantized_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -55,6 +56,10 @@ def quantized_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]
         if bias is not None:
             state[f"{name}.bias"] = bias
         entry: dict[str, Any] = {"kind": "int8"}
+        if isinstance(module, Int8Embedding):  # a token table: int8 rows (+ its own end-of-image vector)
+            entry = {"kind": EMBEDDING}
+            if module.eoi_id is not None:
+                state[f"{name}.eoi_embedding"] = module.eoi_embedding
         if isinstance(module, Int4Linear):
             entry = {"kind": "int4", "group_size": module.group_size, "symmetric": module.symmetric}
             if not module.symmetric:
@@ -79,8 +84,10 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ValueError(f"{path}: format must be {FORMAT!r} version {VERSION}")
     for name, entry in manifest.get("modules", {}).items():
-        if entry.get("kind") not in ("int8", "int4"):
-            raise ValueError(f"{path}: module {name}: kind must be 'int8' or 'int4', got {entry.get('kind')!r}")
+        if entry.get("kind") not in ("int8", "int4", EMBEDDING):
+            raise ValueError(
+                f"{path}: module {name}: kind must be 'int8', 'int4' or {EMBEDDING!r}, got {entry.get('kind')!r}"
+            )
     return manifest
 
 
@@ -102,6 +109,10 @@ def strip_quantized(model: nn.Module, manifest: dict[str, Any]) -> dict[str, tup
         if not isinstance(getattr(current, "weight", None), Tensor) or current.weight.dim() != 2:
             raise ValueError(f"{QUANTIZATION_FILE}: module {name} is not a projection of a model of this config")
         shapes[name] = tuple(current.weight.shape)
+        if manifest["modules"][name]["kind"] == EMBEDDING:  # stays (meta, never filled) until its rows replace it
+            if not isinstance(current, nn.Embedding):
+                raise ValueError(f"{QUANTIZATION_FILE}: module {name} is not a token table of a model of this config")
+            continue
         setattr(holder, child, nn.Identity())
     return shapes
 
@@ -129,13 +140,18 @@ def install_quantized(
             raise ValueError(
                 f"{where}: {name}.qweight holds a {list(got)} projection, the config implies {list(shapes[name])}"
             )
-        if entry["kind"] == "int4":
-            module: nn.Module = Int4Linear.from_quantized(qweight, scales, bias, mins)
+        parent, _, child = name.rpartition(".")
+        holder = model.get_submodule(parent) if parent else model
+        if entry["kind"] == EMBEDDING:
+            module: nn.Module = Int8Embedding(
+                qweight, scales, getattr(holder, child), state.pop(f"{name}.eoi_embedding", None)
+            )
+        elif entry["kind"] == "int4":
+            module = Int4Linear.from_quantized(qweight, scales, bias, mins)
         else:
             module = Int8Linear.from_quantized(qweight, scales, bias)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, module)
-    kinds = "+".join(sorted({e["kind"] for e in manifest["modules"].values()}))
+        setattr(holder, child, module)
+    kinds = "+".join(sorted({e["kind"] for e in manifest["modules"].values()} - {EMBEDDING}))
     model._encore_swaps = []  # nothing to restore: the fp32 weights are not in the checkpoint
     model._encore_optimized = {"device": "cpu", "dtype": "torch.float32", "quantize": kinds, "linear": "auto"}
 
