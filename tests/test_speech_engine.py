@@ -136,3 +136,19 @@ def test_silero_vad_finds_spoken_words_between_silences(tmp_path):
     assert 4.5 * 16000 <= start <= 5.2 * 16000 and 5 * 16000 + len(said) - 8000 <= end <= 10.5 * 16000
     with pytest.raises(ValueError, match="vad_parameters: unknown"):
         speech_chunks(said, min_silence_ms=10)
+
+
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_the_batched_mode_decodes_each_window_as_alone(whisper_dir, beam_size):  # noqa: F811
+    """`batch_size` > 1: fixed windows through the engine, several at a time; each window's segments are
+    what it gives decoded one at a time (the same engine path, one window in flight)."""
+    from encore.audio.transcribe import _windows_batched
+
+    model = encore.load(whisper_dir)
+    job = Transcription(model, _audio(95, 6), beam_size=beam_size, temperature=0.0)
+    one = _windows_batched(job.decoder, job.mel, job.frames, None, 0.6, 1, False)
+    together = model.transcribe(_audio(95, 6), beam_size=beam_size, temperature=0.0, batch_size=3)
+    assert one and {s["seek"] for s in together["segments"]} <= {0, 3000, 6000, 9000}
+    assert [(s["start"], s["end"], s["tokens"]) for s in together["segments"]] == [
+        (s["start"], s["end"], s["tokens"]) for s in one
+    ]

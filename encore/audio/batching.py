@@ -21,19 +21,23 @@ share each decode step; one that arrives joins the next step.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from encore.audio.decoding import WindowResult
-from encore.audio.transcribe import Transcription, Try
+
+if TYPE_CHECKING:  # (transcribe's batched mode runs through this module: no import back at run time)
+    from encore.audio.transcribe import Transcription, Try
 
 
 @dataclass
 class _Running:
-    job: Transcription
-    windows: Any  # the generator of tries
+    decoder: Any  # the transcription's `_Decoder`: its tokens, rules and sampling generator
+    windows: Generator[Try, WindowResult, Any]  # the tries
+    finish: Callable[[Any], Any]  # the generator's return value -> what `step` hands out
     tried: Try | None = None
     request: int = -1  # the engine's id of the try's request
     tokens: list[int] = field(default_factory=list)
@@ -53,9 +57,14 @@ class TranscriptionRunner:
         self._done: list[tuple[int, Any]] = []
 
     def add(self, job: Transcription) -> int:
-        """Start `job`; returns its handle (its result comes out of `step`)."""
+        """Start `job`; returns its handle (its result dict comes out of `step`)."""
+        return self.add_tries(job.windows(), job.decoder, job.result)
+
+    def add_tries(self, tries: Generator[Try, WindowResult, Any], decoder: Any, finish: Callable = lambda v: v) -> int:
+        """Start any generator of tries (one window's fallback: `_Decoder.tries`); `finish` turns its
+        return value into what `step` hands out. Returns its handle."""
         handle = next(self._ids)
-        self.running[handle] = _Running(job, job.windows())
+        self.running[handle] = _Running(decoder, tries, finish)
         self._advance(handle, None)
         return handle
 
@@ -92,7 +101,7 @@ class TranscriptionRunner:
         return done
 
     def _result(self, run: _Running, prompt_probs: list[float] | None) -> WindowResult:
-        eot = run.job.decoder.tokens.eot
+        eot = run.decoder.tokens.eot
         tokens = run.tokens[: run.tokens.index(eot)] if eot in run.tokens else run.tokens
         avg = run.sum_logprob / (len(tokens) + 1)
         return WindowResult(list(tokens), run.sum_logprob, avg, prompt_probs[0], run.tried.temperature)
@@ -103,10 +112,10 @@ class TranscriptionRunner:
         try:
             tried = next(run.windows) if result is None else run.windows.send(result)
             run.tried, run.tokens, run.sum_logprob = tried, [], 0.0
-            run.request = self.engine.add(tried.features, **self._request(run.job, tried))
+            run.request = self.engine.add(tried.features, **self._request(run.decoder, tried))
         except StopIteration as stop:
             del self.running[handle]
-            self._done.append((handle, run.job.result(stop.value)))
+            self._done.append((handle, run.finish(stop.value)))
             return
         except Exception as e:  # (one transcription's failure is its own; the others go on)
             del self.running[handle]
@@ -115,9 +124,9 @@ class TranscriptionRunner:
         self._by_request[run.request] = handle
 
     @staticmethod
-    def _request(job: Transcription, tried: Try) -> dict[str, Any]:
+    def _request(decoder: Any, tried: Try) -> dict[str, Any]:
         """A try as `Engine.add`'s keywords."""
-        decoder, t = job.decoder, job.decoder.tokens
+        t = decoder.tokens
         common = dict(decoder_prompt=tried.prompt, max_new_tokens=tried.max_tokens, eos_token_id=t.eot,
                       logits_rule=decoder.rules, prompt_probs=(tried.prompt.index(t.sot), [t.no_speech]))  # fmt: skip
         if tried.beam_size > 1:

@@ -5,7 +5,7 @@ text is too repetitive (gzip compression ratio) or unlikely (average log-probabi
 model calls silent (no-speech probability) skipped.
 
 `batch_size` > 1 is faster-whisper's batched pipeline: the audio is cut into 30-s windows decoded
-together, each alone (no previous text), with timestamps. `word_timestamps` aligns each window's words
+together through `Engine`, each alone (no previous text), with timestamps. `word_timestamps` aligns each window's words
 to its audio (`encore.audio.alignment`).
 """
 
@@ -234,31 +234,6 @@ class _Decoder:
                 return result
         return self.pick(tries)
 
-    def decode(self, features: torch.Tensor, previous: list[int]) -> list[WindowResult]:
-        """Windows [B, M, 3000], all after the same text `previous`, decoded together -> each one's result
-        after the fallback (`tries` for many windows at once)."""
-        prompt = self.prompt(previous)
-        tries: list[list[WindowResult]] = [[] for _ in range(len(features))]
-        done: list[WindowResult | None] = [None] * len(features)
-        todo = list(range(len(features)))
-        for temperature in self.temperatures:
-            beam = self.beam_size if temperature == 0.0 else 1
-            out = decode_windows(self.model, features[todo], prompt, self.rules, temperature, beam,
-                                 self.max_tokens(prompt), self.generator)  # fmt: skip
-            retry = []
-            for i, result in zip(todo, out):
-                tries[i].append(self.scored(result))
-                if self._needs_fallback(result):
-                    retry.append(i)
-                else:
-                    done[i] = result
-            todo = retry
-            if not todo:
-                break
-        for i in todo:
-            done[i] = self.pick(tries[i])
-        return done  # type: ignore[return-value]
-
     def scored(self, result: WindowResult) -> WindowResult:
         result.text = self.text(result.tokens)
         result.compression_ratio = compression_ratio(result.text)
@@ -289,26 +264,41 @@ def _skip(result: WindowResult, no_speech_threshold: float | None, logprob_thres
 
 
 def _windows_batched(decoder, mel, frames, initial_prompt, no_speech_threshold, batch_size, progress):
-    """faster-whisper's batched pipeline: fixed 30-s windows decoded `batch_size` at a time, each on
-    its own (the initial prompt only)."""
+    """faster-whisper's batched pipeline: fixed 30-s windows, each on its own (the initial prompt only),
+    decoded together through `Engine` (`encore.audio.batching`): `batch_size` windows at a time (a beam
+    window holds `beam_size` slots), a finished window's slots taken by the next one at once."""
+    from encore.audio.batching import TranscriptionRunner
+    from encore.infer.engine import Engine
+
+    config = decoder.model.config
+    engine = Engine(decoder.model, max_batch=batch_size * decoder.beam_size,
+                    max_input_len=config.encoder_config().max_seq_len, max_new_tokens=config.max_seq_len)  # fmt: skip
+    runner = TranscriptionRunner(engine)
     previous = decoder.initial_tokens(initial_prompt)
-    starts = list(range(0, frames, N_FRAMES))
-    segments: list[dict[str, Any]] = []
-    bar = Progress(len(starts), unit="window", desc="transcribe") if progress else None
-    for first in range(0, len(starts), batch_size):
-        group = starts[first : first + batch_size]
-        windows = torch.stack([pad_or_trim(mel[:, s : s + N_FRAMES], N_FRAMES) for s in group])
-        for seek, window, result in zip(group, windows, decoder.decode(windows, previous)):
-            if not _skip(result, no_speech_threshold, decoder.logprob_threshold):
-                size = min(N_FRAMES, frames - seek)
-                found = split_segments(result, decoder, seek * FRAME_SECONDS, size, seek, whole=True)[0]
-                if decoder.align_start is not None:
-                    add_words(found, result, decoder, seek * FRAME_SECONDS, size, window)
-                segments += found
-        if bar is not None:
-            bar.update(len(group))
+    windows = {}
+    for seek in range(0, frames, N_FRAMES):
+        window = pad_or_trim(mel[:, seek : seek + N_FRAMES], N_FRAMES)
+        windows[runner.add_tries(decoder.tries(window, previous), decoder)] = (seek, window)
+    results: dict[int, WindowResult] = {}
+    bar = Progress(len(windows), unit="window", desc="transcribe") if progress else None
+    while runner.has_work():
+        for handle, result in runner.step():
+            if isinstance(result, Exception):
+                raise result
+            results[handle] = result
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
+    segments: list[dict[str, Any]] = []
+    for handle, (seek, window) in windows.items():  # in the audio's order
+        result = results[handle]
+        if not _skip(result, no_speech_threshold, decoder.logprob_threshold):
+            size = min(N_FRAMES, frames - seek)
+            found = split_segments(result, decoder, seek * FRAME_SECONDS, size, seek, whole=True)[0]
+            if decoder.align_start is not None:
+                add_words(found, result, decoder, seek * FRAME_SECONDS, size, window)
+            segments += found
     return segments
 
 

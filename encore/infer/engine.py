@@ -444,11 +444,20 @@ class Engine:
         the prompt, then its tokens)."""
         eos = r.eos or self.config.eos_token_ids
         history = [self._start(r) + r.tokens]
-        if r.processors.active:
-            logits = r.processors(logits, history, r.produced, r.produced == r.max_new_tokens - 1, eos)
-        if r.rule is not None:
-            r.rule(logits, [r.tokens])
-        return logits
+        return r.processors(logits, history, r.produced, r.produced == r.max_new_tokens - 1, eos)
+
+    @staticmethod
+    def _apply_rules(requests: list[_Request], logits: Tensor) -> None:
+        """Each logits rule over its requests' rows of `logits` at once (requests share one: a server's
+        Whisper windows), in place."""
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.rule is not None:
+                groups.setdefault(id(r.rule), []).append(i)
+        for rows in groups.values():
+            part = logits[rows]
+            requests[rows[0]].rule(part, [requests[i].tokens for i in rows])
+            logits[rows] = part
 
     def decode(self) -> list[Event]:
         """Phase 2 of `step`: one decode step for every running slot; one token each."""
@@ -527,11 +536,14 @@ class Engine:
     def _emit(self, requests: list[_Request], logits: Tensor) -> list[Event]:
         """Sample each request's next token from its row of `logits`, record it, free finished slots."""
         raw = logits
-        processed = [i for i, r in enumerate(requests) if r.processors.active or r.rule is not None]
-        if processed:
+        processed = [i for i, r in enumerate(requests) if r.processors.active]
+        ruled = any(r.rule is not None for r in requests)
+        if processed or ruled:
             logits = logits.clone()
             for i in processed:
                 logits[i : i + 1] = self._process(requests[i], logits[i : i + 1])
+            if ruled:
+                self._apply_rules(requests, logits)
         greedy = [i for i, r in enumerate(requests) if not r.sampling.do_sample]
         chosen = torch.empty(len(requests), dtype=torch.long, device=logits.device)
         if greedy:
