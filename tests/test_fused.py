@@ -268,9 +268,9 @@ def test_the_plain_c_layer_equals_its_modules(monkeypatch):
         # the prefill's attention pinned (not the machine's measured choice): which int8 roundings flip
         # between the plain C products and the modules' vector ones depends on the data it makes
         attention = "bf16" if fused_module.bf16_attention_available() else "fp32"
-        model = encore.optimize(
-            make_model(arch, **GEMMA_LIKE), quantize="int4", kv_dtype=kv_dtype, prefill_attention=attention
-        )
+        # (the token table kept fp32: int8 rows put the inputs on a grid where the two paths' roundings tie)
+        model = encore.optimize(make_model(arch, **GEMMA_LIKE), quantize="int4", kv_dtype=kv_dtype,
+                                prefill_attention=attention, policy={"embed": "none"})  # fmt: skip
         assert all(layer._lib is plain for layer in model.decoder)
         assert_like_its_modules(model)  # fp16 K/V: the plain fp16 conversions against F16C's
 

@@ -209,3 +209,16 @@ def test_int8_token_tables_keep_each_row_to_its_rounding(kind):
     level = (table.weight.abs().amax(dim=1)[ids] / 127 * factor)[..., None]
     with torch.no_grad():
         assert ((q(ids) - table(ids)).abs() <= level / 2 + 1e-6).all()
+
+
+def test_a_table_the_tied_head_still_reads_stays_fp32():
+    """A tied head no kernel took (`linear="aten"`, `policy={"lm_head": "none"}`) reads the embedding's
+    weight itself: that table is not quantized, and the logits are the plain head's."""
+    model = make_model("deconly", tie_embeddings=True)
+    assert model.lm_head is None
+    args = args_of(model)
+    with torch.inference_mode():
+        want = model(*args)
+        encore.optimize(model, quantize="int8", linear="aten", policy={"lm_head": "none"})
+        assert model.lm_head is None and type(model.embed) is torch.nn.Embedding
+        torch.testing.assert_close(model(*args), want, rtol=0, atol=0.25 * want.abs().max().item())

@@ -88,6 +88,7 @@ def optimize(
       groups of 64, or int8 where 64 does not divide;
     - `policy`: {module-name pattern: "int4" | "int8" | "none"} (fnmatch, first match wins, over
       `DEFAULT_INT4_POLICY`), e.g. {"lm_head": "int8"} or {"decoder.*.mlp.*": "int4", "*": "int8"};
+      the token tables ("embed", "encoder_embed") are int8 rows unless it says "none" for them;
     - CUDA: bf16 weights, F.linear (cuBLAS); int8 is a CPU path and is refused here;
     - CPU fp32, `fused=True` (and a C compiler): RMSNorms and the decode step's one-query attention
       through encore's fused C kernels (`encore.model.fused`), a decoder layer's decode step per C call
@@ -143,7 +144,7 @@ def optimize(
     rows_only = fused and rows_only_available()  # each int8 weight once, as csrc/int8.c's rows, from the start
     swaps = _swap_projections(model, quantize, plain, policy, group_size, symmetric, keep_originals, rows_only)
     if quantize:  # after the tied head took the table's fp32 values
-        swaps += _quantize_embeddings(model, keep_originals)
+        swaps += _quantize_embeddings(model, keep_originals, policy)
     if fused:
         swaps += fuse(model, bf16_prefill)
         swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
@@ -211,13 +212,20 @@ def _swap_projections(
     return swaps
 
 
-def _quantize_embeddings(model: Any, keep_originals: bool) -> list[tuple[nn.Module, str, nn.Module]]:
+def _quantize_embeddings(
+    model: Any, keep_originals: bool, policy: dict | None
+) -> list[tuple[nn.Module, str, nn.Module]]:
     """A quantized model's token tables as int8 rows (`Int8Embedding`): the embedding and an encoder's
-    own. The swaps to undo (where the originals are kept)."""
+    own, unless `policy` says "none" for its name ("embed", "encoder_embed"). The swaps to undo (where
+    the originals are kept)."""
     swaps = []
-    for name in ("embed", "encoder_embed"):
+    # not a table the output head still reads (tied, and no kernel took it: linear="aten" and an "lm_head"
+    # policy of "none")
+    names = ("embed", "encoder_embed") if model.lm_head is not None else ("encoder_embed",)
+    for name in names:
         table = getattr(model, name, None)
-        if isinstance(table, nn.Embedding) and not table.weight.is_meta:
+        plain = next((k == "none" for pattern, k in (policy or {}).items() if fnmatchcase(name, pattern)), False)
+        if isinstance(table, nn.Embedding) and not table.weight.is_meta and not plain:
             setattr(model, name, Int8Embedding.quantize(table))
             if keep_originals:
                 swaps.append((model, name, table))
