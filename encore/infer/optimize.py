@@ -93,10 +93,8 @@ def optimize(
     - CPU fp32, `fused=True` (and a C compiler): RMSNorms and the decode step's one-query attention
       through encore's fused C kernels (`encore.model.fused`), a decoder layer's decode step per C call
       (fp32, int8 or int4 projections);
-    - `kv_dtype`: generation caches' K/V precision. "auto" (the default): fp16 where the fused CPU
-      kernels run (they read and write it: half the cache memory, a decode step reads half the K/V
-      bytes; as llama.cpp's default), else the model's dtype; `torch.float16` asks for it (CPU, fused);
-      None or `torch.float32` keep the model's dtype;
+    - `kv_dtype`: the K/V caches' precision; "auto": fp16 where the fused CPU kernels run (half the
+      memory and bytes a step reads, llama.cpp's default), else the model's; None / float32 keep it;
     - `prefill_attention`: how attention over many queries (a prefill, an encoder) runs on the CPU:
       "fp32" (SDPA), "bf16" (csrc/attend.c: bf16 products accumulated in fp32, fp32 softmax; ~4x SDPA
       on a T5Gemma 2 encoder layer; needs the fused kernels and a CPU with AVX512-BF16), or "auto":
@@ -107,11 +105,9 @@ def optimize(
       row's activations rounded to int8, as a decode step and CTranslate2's int8 do; on AMX twice the
       bf16 product's rate, the cost measured in docs/engine.md), or "auto": bf16 where the CPU has
       AVX512-BF16 or AMX, int8 otherwise;
-    - `keep_originals=False`: a quantized projection's original module and its fp32 weights are not
-      kept for `deoptimize` (which then leaves those projections quantized, as it leaves a loaded
-      quantized checkpoint): the fp32 copy of a model quantized in memory is freed (`encore.infer.
-      memory.release_freed_memory` gives its pages back). The CLI, the server and the bench pass it:
-      `encdec-330m` int8 holds 0.8 GiB instead of 1.9.
+    - `keep_originals=False` (the CLI's, the server's, the bench's): quantized modules' fp32 originals
+      are not kept for `deoptimize` (which then leaves them quantized) but freed: `encdec-330m` int8
+      holds 0.8 GiB instead of 1.9.
     - A model built with `encore.model.io.build(config, deferred=True)` (random weights, projections
       left on the meta device): each projection's weight is made just before its kernel takes it, so
       a quantized model never holds all of them in fp32 (CPU, float32; no originals kept).
@@ -132,8 +128,7 @@ def optimize(
     if quantize:
         _check_quantize(quantize, device, dtype, group_size)
     fused = fused and device.type == "cpu" and dtype == torch.float32 and fused_available()
-    if kv_dtype == "auto":
-        kv_dtype = torch.float16 if fused else None
+    kv_dtype = (torch.float16 if fused else None) if kv_dtype == "auto" else kv_dtype
     bf16_prefill = _bf16_prefill(prefill_attention, quantize, fused, kv_dtype, model.config.encoder_input)
     deferred = any(p.is_meta for p in model.parameters())  # `build(deferred=True)`: projections made below
     if deferred and (device.type != "cpu" or dtype != torch.float32):
@@ -143,8 +138,7 @@ def optimize(
     plain = _kernel(device, dtype, linear)
     rows_only = fused and rows_only_available()  # each int8 weight once, as csrc/int8.c's rows, from the start
     swaps = _swap_projections(model, quantize, plain, policy, group_size, symmetric, keep_originals, rows_only)
-    if quantize:  # after the tied head took the table's fp32 values
-        swaps += _quantize_embeddings(model, keep_originals, policy)
+    swaps += _quantize_embeddings(model, keep_originals, policy) if quantize else []  # (after the tied head)
     if fused:
         swaps += fuse(model, bf16_prefill)
         swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
