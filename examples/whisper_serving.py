@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from whisper_tiny_en import SENTENCES  # noqa: E402
+from whisper_tiny_en import SENTENCES, say  # noqa: E402
 
 
 def clips(directory: Path, n: int) -> list[tuple[Path, str]]:
@@ -50,9 +50,7 @@ def clips(directory: Path, n: int) -> list[tuple[Path, str]]:
         order = random.Random(i).sample(SENTENCES, len(SENTENCES))
         parts = []
         for sentence in order:
-            wav = directory / "sentence.wav"
-            subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), sentence], check=True)
-            samples, rate = sf.read(wav, dtype="float32")
+            samples, rate = say(sentence, directory)
             parts += [samples, np.zeros(int(rate * 0.4), dtype=np.float32)]
         path = directory / f"clip{i}.wav"
         sf.write(path, np.concatenate(parts), rate)

@@ -39,15 +39,22 @@ SENTENCES = [
 ]
 
 
+def say(sentence: str, directory: Path) -> tuple[np.ndarray, int]:
+    """`sentence` spoken by espeak-ng (US English, 150 words a minute): (float32 samples, rate)."""
+    import soundfile as sf
+
+    wav = directory / "sentence.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), sentence], check=True)
+    return sf.read(wav, dtype="float32")
+
+
 def speech(directory: Path, repeats: int = 2) -> tuple[Path, str]:
     import soundfile as sf
 
     parts, texts = [], []
     for _ in range(repeats):
         for sentence in SENTENCES:
-            wav = directory / "sentence.wav"
-            subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), sentence], check=True)
-            samples, rate = sf.read(wav, dtype="float32")
+            samples, rate = say(sentence, directory)
             parts += [samples, np.zeros(rate // 2, dtype=np.float32)]
             texts.append(sentence)
     path = directory / "speech.wav"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from whisper_tiny_en import SENTENCES  # noqa: E402
+from whisper_tiny_en import SENTENCES, say  # noqa: E402
 
 
 def speech(directory: Path, pause: float) -> tuple[Path, str, list[float]]:
@@ -33,9 +32,7 @@ def speech(directory: Path, pause: float) -> tuple[Path, str, list[float]]:
 
     parts, starts, at = [], [], 0.0
     for sentence in SENTENCES:
-        wav = directory / "sentence.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), sentence], check=True)
-        samples, rate = sf.read(wav, dtype="float32")
+        samples, rate = say(sentence, directory)
         starts.append(at)
         parts += [samples, np.zeros(int(rate * pause), dtype=np.float32)]
         at += len(samples) / rate + pause

@@ -146,7 +146,7 @@ def test_the_batched_mode_decodes_each_window_as_alone(whisper_dir, beam_size): 
 
     model = encore.load(whisper_dir)
     job = Transcription(model, _audio(95, 6), beam_size=beam_size, temperature=0.0)
-    one = _windows_batched(job.decoder, job.mel, job.frames, None, 0.6, 1, False)
+    one = _windows_batched(job, 1, False)
     together = model.transcribe(_audio(95, 6), beam_size=beam_size, temperature=0.0, batch_size=3)
     assert one and {s["seek"] for s in together["segments"]} <= {0, 3000, 6000, 9000}
     assert [(s["start"], s["end"], s["tokens"]) for s in together["segments"]] == [

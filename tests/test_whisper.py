@@ -34,39 +34,43 @@ EOT, SOT, NO_TIMESTAMPS = 100, 101, 108
 BEGIN = NO_TIMESTAMPS + 1
 
 
-def whisper_tokenizer(specials: list[str] = SPECIALS):
+def whisper_tokenizer(specials: list[str] = SPECIALS, stamps: list[str] = STAMPS):
     """A word-level tokenizer with Whisper's special tokens in Whisper's order (English-only by default)."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-    vocab = {w: i for i, w in enumerate(WORDS + specials + STAMPS)}
+    vocab = {w: i for i, w in enumerate(WORDS + specials + stamps)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens([AddedToken(s, special=True) for s in specials + STAMPS])
+    tok.add_special_tokens([AddedToken(s, special=True) for s in specials + stamps])
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="w0"
     )
 
 
-@pytest.fixture(scope="module")
-def whisper_dir(tmp_path_factory):
-    """A tiny random WhisperForConditionalGeneration (biases random too), saved with its tokenizer."""
+def random_whisper(directory, stamps: list[str] = STAMPS, **shape):
+    """A tiny random WhisperForConditionalGeneration (biases random too) of `shape` over the defaults,
+    saved in `directory` with its tokenizer (timestamp tokens `stamps`) and feature extractor."""
     torch.manual_seed(0)
-    config = transformers.WhisperConfig(
-        vocab_size=len(WORDS) + len(SPECIALS) + len(STAMPS), num_mel_bins=80, d_model=32, encoder_layers=2,
-        decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-        decoder_ffn_dim=64, max_source_positions=1500, max_target_positions=448, pad_token_id=EOT,
-        eos_token_id=EOT, bos_token_id=EOT, decoder_start_token_id=SOT,
-    )  # fmt: skip
+    config = transformers.WhisperConfig(**{
+        "vocab_size": len(WORDS) + len(SPECIALS) + len(stamps), "num_mel_bins": 80, "d_model": 32,
+        "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_source_positions": 1500, "max_target_positions": 448,
+        "pad_token_id": EOT, "eos_token_id": EOT, "bos_token_id": EOT, "decoder_start_token_id": SOT, **shape,
+    })  # fmt: skip
     hf = transformers.WhisperForConditionalGeneration(config).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0, 0.1)
-    directory = tmp_path_factory.mktemp("whisper")
     hf.save_pretrained(directory)
-    whisper_tokenizer().save_pretrained(directory)
+    whisper_tokenizer(SPECIALS, stamps).save_pretrained(directory)
     transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def whisper_dir(tmp_path_factory):
+    return random_whisper(tmp_path_factory.mktemp("whisper"))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from test_whisper import NO_TIMESTAMPS, SOT, SPECIALS, WORDS, random_whisper
 
 import encore
 from encore.audio.features import N_FRAMES, mel_filters
@@ -19,42 +20,16 @@ from encore.convert.ggml import save_ggml
 
 transformers = pytest.importorskip("transformers")
 
-WORDS = [f"w{i}" for i in range(100)]
-SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
-            "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]  # fmt: skip
-EOT, SOT, NO_TIMESTAMPS = 100, 101, 108
 D, LAYERS = 64, 2
-
-
-def _tokenizer():
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS + SPECIALS)}, unk_token="w0"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens([AddedToken(s, special=True) for s in SPECIALS])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="w0")
 
 
 @pytest.fixture(scope="module")
 def whisper_dir(tmp_path_factory):
     """A tiny random Whisper of the shapes whisper.cpp builds (MLPs 4x wide, d_model a multiple of 32),
-    weights spread wide enough that greedy decoding varies, biases random, saved with its tokenizer."""
-    torch.manual_seed(0)
-    config = transformers.WhisperConfig(
-        vocab_size=len(WORDS) + len(SPECIALS), num_mel_bins=80, d_model=D, encoder_layers=LAYERS,
-        decoder_layers=LAYERS, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=4 * D,
-        decoder_ffn_dim=4 * D, max_source_positions=1500, max_target_positions=448, pad_token_id=EOT,
-        eos_token_id=EOT, bos_token_id=EOT, decoder_start_token_id=SOT, init_std=0.15,
-    )  # fmt: skip
-    hf = transformers.WhisperForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.1)
-    directory = tmp_path_factory.mktemp("whisper")
-    hf.save_pretrained(directory)
-    _tokenizer().save_pretrained(directory)
-    return directory
+    weights spread wide enough that greedy decoding varies, no timestamp tokens (whisper.cpp names the
+    ids above its vocabulary itself)."""
+    shape = dict(d_model=D, encoder_layers=LAYERS, decoder_layers=LAYERS, encoder_ffn_dim=4 * D, decoder_ffn_dim=4 * D)
+    return random_whisper(tmp_path_factory.mktemp("whisper"), stamps=[], init_std=0.15, **shape)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from encore.audio.decoding import WindowResult
+from encore.audio.decoding import WindowResult, window_result
 
 if TYPE_CHECKING:  # (transcribe's batched mode runs through this module: no import back at run time)
     from encore.audio.transcribe import Transcription, Try
@@ -42,6 +42,15 @@ class _Running:
     request: int = -1  # the engine's id of the try's request
     tokens: list[int] = field(default_factory=list)
     sum_logprob: float = 0.0
+
+
+def speech_engine(model: Any, slots: int, **options: Any) -> Any:
+    """An `Engine` for Whisper windows: `slots` rows, each of one window's cross K/V (the encoder's
+    positions) and the decoder's positions; `options`: the engine's others."""
+    from encore.infer.engine import Engine
+
+    config = model.config
+    return Engine(model, slots, config.encoder_config().max_seq_len, config.max_seq_len, **options)
 
 
 class TranscriptionRunner:
@@ -96,15 +105,12 @@ class TranscriptionRunner:
                     run.sum_logprob += event.logprob
                 if event.finished:
                     del self._by_request[event.request_id]
-                    self._advance(handle, self._result(run, event.prompt_probs))
+                    no_speech, eot = event.prompt_probs[0], run.decoder.tokens.eot
+                    self._advance(
+                        handle, window_result(run.tokens, run.sum_logprob, no_speech, run.tried.temperature, eot)
+                    )
         done, self._done = self._done, []
         return done
-
-    def _result(self, run: _Running, prompt_probs: list[float] | None) -> WindowResult:
-        eot = run.decoder.tokens.eot
-        tokens = run.tokens[: run.tokens.index(eot)] if eot in run.tokens else run.tokens
-        avg = run.sum_logprob / (len(tokens) + 1)
-        return WindowResult(list(tokens), run.sum_logprob, avg, prompt_probs[0], run.tried.temperature)
 
     def _advance(self, handle: int, result: WindowResult | None) -> None:
         """Send `result` into the transcription; queue its next try, or record its end."""

@@ -129,13 +129,16 @@ def decode_windows(
             break
         tokens = tokens.masked_fill(torch.tensor(done, device=tokens.device), t.eot)
         logits = model.decode_step(tokens, cache)
-    results = [_result(s, lp, ns, temperature, t.eot) for s, lp, ns in zip(sampled, sums, no_speech)]
+    results = [window_result(s, lp, ns, temperature, t.eot) for s, lp, ns in zip(sampled, sums, no_speech)]
     for b, result in enumerate(results):
         result.cross = (cache.cross_k[:, b : b + 1], cache.cross_v[:, b : b + 1])
     return results
 
 
-def _result(sampled: list[int], sum_logprob: float, no_speech: float, temperature: float, eot: int) -> WindowResult:
+def window_result(
+    sampled: list[int], sum_logprob: float, no_speech: float, temperature: float, eot: int
+) -> WindowResult:
+    """A try's result from what it sampled (EOT and what follows dropped) and its summed log-probability."""
     tokens = sampled[: sampled.index(eot)] if eot in sampled else sampled
     return WindowResult(tokens, sum_logprob, sum_logprob / (len(tokens) + 1), no_speech, temperature)
 
@@ -179,6 +182,6 @@ def _beam(model, features: Tensor, prompt: list[int], rules: LogitRules, K: int,
     pool = finished or {tuple(seq): score for seq, score in running}
     length = lambda seq: len(seq) - (1 if seq and seq[-1] == t.eot else 0)
     best = max(pool, key=lambda seq: pool[seq] / max(1, length(seq)))
-    result = _result(list(best), pool[best], no_speech, 0.0, t.eot)
+    result = window_result(list(best), pool[best], no_speech, 0.0, t.eot)
     result.cross = (cache.cross_k, cache.cross_v)  # (one window: batch 1, shared by the hypotheses)
     return result

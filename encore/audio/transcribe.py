@@ -68,8 +68,7 @@ def transcribe(
                         condition_on_previous_text, compression_ratio_threshold, logprob_threshold,
                         no_speech_threshold, without_timestamps, seed, vad_filter, vad_parameters)  # fmt: skip
     if batch_size > 1:
-        segments = _windows_batched(job.decoder, job.mel, job.frames, initial_prompt, no_speech_threshold,
-                                    batch_size, progress)  # fmt: skip
+        segments = _windows_batched(job, batch_size, progress)
     else:
         segments = run_tries(job.windows(progress), job.decoder)
     return job.result(segments)
@@ -263,18 +262,15 @@ def _skip(result: WindowResult, no_speech_threshold: float | None, logprob_thres
     return logprob_threshold is None or result.avg_logprob <= logprob_threshold
 
 
-def _windows_batched(decoder, mel, frames, initial_prompt, no_speech_threshold, batch_size, progress):
+def _windows_batched(job: Transcription, batch_size: int, progress: bool) -> list[dict[str, Any]]:
     """faster-whisper's batched pipeline: fixed 30-s windows, each on its own (the initial prompt only),
     decoded together through `Engine` (`encore.audio.batching`): `batch_size` windows at a time (a beam
     window holds `beam_size` slots), a finished window's slots taken by the next one at once."""
-    from encore.audio.batching import TranscriptionRunner
-    from encore.infer.engine import Engine
+    from encore.audio.batching import TranscriptionRunner, speech_engine
 
-    config = decoder.model.config
-    engine = Engine(decoder.model, max_batch=batch_size * decoder.beam_size,
-                    max_input_len=config.encoder_config().max_seq_len, max_new_tokens=config.max_seq_len)  # fmt: skip
-    runner = TranscriptionRunner(engine)
-    previous = decoder.initial_tokens(initial_prompt)
+    decoder, mel, frames = job.decoder, job.mel, job.frames
+    runner = TranscriptionRunner(speech_engine(decoder.model, batch_size * decoder.beam_size))
+    previous = decoder.initial_tokens(job.initial_prompt)
     windows = {}
     for seek in range(0, frames, N_FRAMES):
         window = pad_or_trim(mel[:, seek : seek + N_FRAMES], N_FRAMES)
@@ -293,7 +289,7 @@ def _windows_batched(decoder, mel, frames, initial_prompt, no_speech_threshold, 
     segments: list[dict[str, Any]] = []
     for handle, (seek, window) in windows.items():  # in the audio's order
         result = results[handle]
-        if not _skip(result, no_speech_threshold, decoder.logprob_threshold):
+        if not _skip(result, decoder.no_speech_threshold, decoder.logprob_threshold):
             size = min(N_FRAMES, frames - seek)
             found = split_segments(result, decoder, seek * FRAME_SECONDS, size, seek, whole=True)[0]
             if decoder.align_start is not None:

@@ -24,7 +24,7 @@ from encore.config import ModelConfig
 from encore.convert import load, resolve_model
 from encore.infer.engine import Engine
 from encore.infer.memory import release_freed_memory
-from encore.infer.optimize import DEFAULT_INT4_POLICY, optimize
+from encore.infer.optimize import DEFAULT_INT4_POLICY, kv_dtype_named, optimize
 from encore.model.io import build, spec_label
 from encore.model.kernels import bytes_per_weight
 
@@ -147,7 +147,7 @@ class EncoreBackend:
             linear=self.linear,
             keep_originals=False,
             prefill_products=self.prefill_products,
-            kv_dtype={"auto": "auto", "fp32": None, "fp16": torch.float16}[self.kv_cache_dtype],
+            kv_dtype=kv_dtype_named(self.kv_cache_dtype),
         )
         release_freed_memory()  # the fp32 weights a model quantized here no longer holds
         return model

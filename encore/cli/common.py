@@ -205,7 +205,7 @@ def load_for_inference(
     (a transformers checkpoint's image tower is loaded too). `kv_cache_dtype`: "auto", "fp32" or "fp16"
     (`--kv-cache-dtype`); `prefill_products`: "auto", "bf16" or "int8" (`--prefill-products`)."""
     from encore.infer.memory import release_freed_memory, retain_freed_memory
-    from encore.infer.optimize import optimize
+    from encore.infer.optimize import kv_dtype_named, optimize
 
     retain_freed_memory()
     check_device(device)
@@ -213,10 +213,8 @@ def load_for_inference(
     if checkpoint is None and not random_weights:
         hint = "" if random_weights is None else "; pass one, or --random-weights to serve the preset untrained"
         raise ValueError(f"--model {spec!r}: not a checkpoint directory{hint}")
-    import torch
-
     model = build_model(spec, tokenizer, vision=vision)
-    kv_dtype = {"auto": "auto", "fp32": None, "fp16": torch.float16}[kv_cache_dtype]
+    kv_dtype = kv_dtype_named(kv_cache_dtype)
     model = optimize(
         model, device, quantize=quantize, kv_dtype=kv_dtype, keep_originals=False, prefill_products=prefill_products
     )

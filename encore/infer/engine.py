@@ -95,7 +95,8 @@ class _Request:
     tokens: list[int] = field(default_factory=list)  # generated so far
     features: Tensor | None = None  # a speech request's log-mel window [M, 3000] (`ids`: its decoder prompt)
     rule: Callable[[Tensor, list[list[int]]], None] | None = None  # edits its logits rows in place
-    prompt_probs: tuple[int, list[int]] | list[float] | None = None  # asked (position, ids), then answered
+    probs_asked: tuple[int, list[int]] | None = None  # `prompt_probs=`: (a decoder-prompt position, token ids)
+    prompt_probs: list[float] | None = None  # their probabilities there, from the prefill
     processed_logprobs: bool = False  # `logprobs` after the processors and the rule (not the model's own)
     input_len: int = 0  # what its prefill reads: prompt tokens, or a speech window's encoder positions
 
@@ -221,7 +222,7 @@ class Engine:
             ids = token_ids(input_ids, self.config.vocab_size, "input_ids", self.max_input_len)
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         check_max_new_tokens(max_new, low=1)
-        if (max_new if features is None else self._self_positions(ids, max_new)) > self.max_new_tokens:
+        if (max_new if features is None else len(ids) - 1 + max_new) > self.max_new_tokens:  # (the prompt's too)
             what = "" if features is None else f" + the decoder prompt's {len(ids)} - 1"
             raise ValueError(f"max_new_tokens {max_new}{what} is more than this engine's {self.max_new_tokens}")
         if logprobs_mode not in ("raw", "processed"):
@@ -248,18 +249,11 @@ class Engine:
         processors = request_processors(self.model, processing, len(ids))
         generator = generator if generator is not None else sampling.generator(self.device)
         request = _Request(next(self._ids), ids, max_new, sampling, eos, generator, processors, beams, logprobs)
-        request.features, request.rule, request.prompt_probs = features, logits_rule, prompt_probs
+        request.features, request.rule, request.probs_asked = features, logits_rule, prompt_probs
         request.processed_logprobs = logprobs_mode == "processed"
         request.input_len = len(ids) if features is None else self.max_input_len
         self.queue.append(request)
         return request.id
-
-    def _self_positions(self, ids: list[int], new_tokens: int) -> int:
-        """Self-attention positions a request holds after `new_tokens`: a speech request's decoder prompt
-        is written first, and each new token but the last after it."""
-        if self.config.encoder_input == "audio":
-            return len(ids) + max(new_tokens - 1, 0)
-        return self.config.cache_positions(len(ids), new_tokens)[0]
 
     def _cross_positions(self, r: _Request) -> int:
         """Cross-attention positions a request reads: its input's (a speech window's encoder frames)."""
@@ -407,7 +401,7 @@ class Engine:
         logits at each row's last prompt token and the position its `prompt_probs` asked about."""
         width = max(len(r.ids) for r in group)
         prompt = torch.tensor([r.ids + [r.ids[-1]] * (width - len(r.ids)) for r in group], device=self.device)
-        asked = [r.prompt_probs[0] if r.prompt_probs is not None else 0 for r in group]
+        asked = [r.probs_asked[0] if r.probs_asked is not None else 0 for r in group]
         at = torch.tensor([[a, len(r.ids) - 1] for a, r in zip(asked, group)], device=self.device)  # [B, 2]
         features = torch.stack([r.features for r in group])
         both, fresh = self.model.prefill(features, None, 1, decoder_prompt=prompt, logits_at=at)  # [B, 2, V]
@@ -417,8 +411,8 @@ class Engine:
         probs = torch.softmax(both[:, 0].float(), dim=-1)
         for i, r in enumerate(group):
             r.cache_len = len(r.ids)
-            if r.prompt_probs is not None:
-                r.prompt_probs = probs[i, r.prompt_probs[1]].tolist()
+            if r.probs_asked is not None:
+                r.prompt_probs = probs[i, r.probs_asked[1]].tolist()
         self.prefilled_rows += len(group)
         return self._first(group, both[:, 1])
 
@@ -560,11 +554,12 @@ class Engine:
             reason = (
                 STOP if r.eos is not None and token in r.eos else LENGTH if r.produced == r.max_new_tokens else None
             )
-            if reason is not None:
+            finished = reason is not None
+            if finished:
                 self._release(r)
-            event = Event(r.id, token, reason is not None, reason, *logprobs.get(i, (None, None)))
-            event.prompt_probs = r.prompt_probs if reason is not None else None
-            events.append(event)
+            logprob, top = logprobs.get(i, (None, None))
+            answered = r.prompt_probs if finished else None
+            events.append(Event(r.id, token, finished, reason, logprob, top, prompt_probs=answered))
         return events
 
     @staticmethod

@@ -185,7 +185,7 @@ def _swap_projections(
         weight, bias = (model.embed.weight, None) if child is None else (child.weight, child.bias)
         if weight.is_meta:  # made now, quantized next: one fp32 weight at a time
             weight, bias = _made(child, qualified, n_layers)
-        kind = next((k for pattern, k in rules if fnmatchcase(qualified, pattern)), quantize or "none")
+        kind = _policy_kind(qualified, rules, quantize or "none")
         if kind == "int4":
             group = next((g for g in (group_size, CHUNK) if int4_divides(weight.shape[1], g)), None)
             kind = "int8" if group is None else kind  # inputs that do not divide into groups of 64: int8
@@ -206,6 +206,16 @@ def _swap_projections(
     return swaps
 
 
+def _policy_kind(name: str, rules: Any, default: str) -> str:
+    """The kind the first (pattern, kind) of `rules` whose pattern matches `name` gives it, else `default`."""
+    return next((kind for pattern, kind in rules if fnmatchcase(name, pattern)), default)
+
+
+def kv_dtype_named(name: str) -> torch.dtype | str | None:
+    """`--kv-cache-dtype`'s name ("auto", "fp32", "fp16") as `optimize`'s `kv_dtype`."""
+    return {"auto": "auto", "fp32": None, "fp16": torch.float16}[name]
+
+
 def _quantize_embeddings(
     model: Any, keep_originals: bool, policy: dict | None
 ) -> list[tuple[nn.Module, str, nn.Module]]:
@@ -218,7 +228,7 @@ def _quantize_embeddings(
     names = ("embed", "encoder_embed") if model.lm_head is not None else ("encoder_embed",)
     for name in names:
         table = getattr(model, name, None)
-        plain = next((k == "none" for pattern, k in (policy or {}).items() if fnmatchcase(name, pattern)), False)
+        plain = _policy_kind(name, (policy or {}).items(), "int8") == "none"
         if isinstance(table, nn.Embedding) and not table.weight.is_meta and not plain:
             setattr(model, name, Int8Embedding.quantize(table))
             if keep_originals:

@@ -111,7 +111,7 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
         super().__init__()
         w = weight.detach().to("cpu", torch.float32)
-        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+        scale = row_scales(w).double()
         zero = torch.zeros(w.shape[0], dtype=torch.long)
         with warnings.catch_warnings():  # torch deprecates quantized tensors: docs/NOTES.md ("int8")
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
@@ -357,6 +357,11 @@ def bytes_per_weight(
     raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
 
 
+def row_scales(w: Tensor) -> Tensor:
+    """fp32 [N]: each row's scale to int8, absmax / 127 (an int8 weight's per output channel)."""
+    return (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+
+
 class Int8Embedding(nn.Module):
     """A token table as int8 rows with one fp32 scale each (absmax / 127, as CTranslate2's and llama.cpp's
     int8 embeddings): a lookup gathers each row's bytes and scales them back. A quarter of the fp32
@@ -382,7 +387,7 @@ class Int8Embedding(nn.Module):
     @torch.no_grad()
     def quantize(cls, embedding: nn.Embedding) -> Int8Embedding:
         w = embedding.weight.detach().float()
-        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        scales = row_scales(w)
         qweight = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
         return cls(qweight, scales, embedding, getattr(embedding, "eoi_embedding", None))
 

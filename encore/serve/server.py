@@ -165,17 +165,18 @@ def _speech_engine(cfg: ServerConfig, model: Any) -> Any:
     """A Whisper model's engine: slots of one 30-s window (the encoder's positions of cross K/V) and the
     decoder's positions, as many as --kv-budget-mb holds up to --max-batch (a beam takes --beam-size of
     them); one window's encoder pass admitted per step, so arrivals do not stall the others' decoding."""
-    from encore.infer.engine import Engine
+    from encore.audio.batching import speech_engine
 
     frames, positions = model.config.encoder_config().max_seq_len, model.config.max_seq_len
-    one = GenerationCache.bytes_for(model.config, frames, positions, model.kv_dtype.itemsize)
-    slots = min(cfg.max_batch, int(cfg.kv_budget_mb * MiB // one))
+    dtype_bytes = model.kv_dtype.itemsize
+    slots = min(cfg.max_batch, slots_for(model.config, cfg.kv_budget_mb * MiB, frames, positions, dtype_bytes))
     if slots < cfg.beam_size:
+        one = GenerationCache.bytes_for(model.config, frames, positions, dtype_bytes)
         raise ValueError(
             f"--kv-budget-mb {cfg.kv_budget_mb:g} holds {slots} window(s) of {one / MiB:.1f} MiB; --beam-size "
             f"{cfg.beam_size} needs {cfg.beam_size} (raise --kv-budget-mb or --max-batch, or lower --beam-size)"
         )
-    return Engine(model, slots, frames, positions, max_prefill_tokens=frames)
+    return speech_engine(model, slots, max_prefill_tokens=frames)
 
 
 def serve(cfg: ServerConfig, model: Any) -> int:
