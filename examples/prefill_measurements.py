@@ -2,12 +2,15 @@
 int4's bf16 prefill GEMMs (random weights of released shapes; 2 threads; run nothing else meanwhile).
 
     python examples/prefill_measurements.py attention  # one T5Gemma 2 encoder layer's attention: csrc/attend.c vs SDPA
-    python examples/prefill_measurements.py int4       # int4 projections at 16-512 rows: bf16 GEMM vs the int4 products
+    python examples/prefill_measurements.py int4       # int4 projections at 16-512 rows: AMX bf16 tiles in C vs
+                                                       # bf16 weight + oneDNN's GEMM vs the int4 products
     python examples/prefill_measurements.py rows       # a T5Gemma 2 int8 prefill: int8's row scaling in C vs eager
     python examples/prefill_measurements.py fp32 [PRESET]  # fp32 decode step at 1 / 4 / 16 rows: a layer per C call
                                                            # vs module by module; the head: C vs oneDNN
-    python examples/prefill_measurements.py amx        # int8 products at 32-512 rows: AMX bf16 tiles in C vs
+    python examples/prefill_measurements.py amx        # int8 products at 32-1024 rows: AMX bf16 tiles in C vs
                                                        # the weight unpacked to bf16 + oneDNN's GEMM
+    python examples/prefill_measurements.py prefill [PRESET] [QUANTIZE]  # a whole prefill of 128 / 512 tokens
+        # (encdec-330m int8 by default), median of 7: run it from two checkouts in turn to compare commits
 
 Each variant is timed interleaved with the one it replaces, in one process; medians.
 """
@@ -67,25 +70,20 @@ def int4() -> None:
     g = torch.Generator().manual_seed(0)
     for n, k in ((2560, 960), (960, 2560)):  # SmolLM2-360M's MLP up (one half) and down
         layer = Int4Linear(torch.randn(n, k, generator=g) * 0.05)
-        products = copy.copy(layer)
-        products._many = False
+        arms = {"bf16": copy.copy(layer), "int4": copy.copy(layer)}
+        arms["bf16"]._amx = False  # the weight unpacked to bf16, then oneDNN's GEMM
+        arms["int4"]._many = False  # the int4 x int8 products
+        if layer._amx:  # csrc/rows.c: AMX's bf16 tiles, the weight unpacked a block at a time
+            arms = {"amx": layer, **arms}
         levels = dequantize_int4(layer.qweight, layer.scales, layer.mins)
         with torch.inference_mode():
-            for rows in (16, 32, 64, 512):
+            for rows in (16, 32, 64, 128, 512):
                 x = torch.randn(rows, k, generator=g)
                 exact = x @ levels.T
-                error = {
-                    name: ((m(x) - exact).norm() / exact.norm()).item()
-                    for name, m in (("bf16", layer), ("int4", products))
-                }
-                ms = median_ms({"bf16": lambda a=layer, x=x: a(x), "int4": lambda b=products, x=x: b(x)})
-                bf16, int4_ = (
-                    f"{ms['bf16']:.2f} ms (error {error['bf16']:.4f})",
-                    f"{ms['int4']:.2f} ms (error {error['int4']:.4f})",
-                )
-                print(
-                    f"{n} x {k} at {rows} rows: bf16 GEMM {bf16}, int4 products {int4_}: {ms['int4'] / ms['bf16']:.2f}x"
-                )
+                error = {name: ((m(x) - exact).norm() / exact.norm()).item() for name, m in arms.items()}
+                ms = median_ms({name: lambda m=m, x=x: m(x) for name, m in arms.items()})
+                said = ", ".join(f"{name} {ms[name]:.2f} ms (error {error[name]:.4f})" for name in arms)
+                print(f"{n} x {k} at {rows} rows: {said}")
 
 
 def rows() -> None:
@@ -154,7 +152,7 @@ def amx() -> None:
 
     for n, k in ((4096, 1024), (1024, 4096), (768, 1024), (32128, 1024)):
         w, scales = Int8Linear(torch.randn(n, k) * 0.02).rows()[:2]
-        for m in (32, 64, 128, 256, 512):
+        for m in (32, 128, 256, 512, 1024):
             x = torch.randn(m, k)
             fns = {
                 "c": functools.partial(int8_amx_bf16, x, w, scales, None),
@@ -166,10 +164,28 @@ def amx() -> None:
                   f"({ms['onednn'] / ms['c']:.2f}x)")  # fmt: skip
 
 
+def prefill(preset: str = "encdec-330m", quantize: str = "int8") -> None:
+    import encore
+    from encore.bench.backends import bench_config
+    from encore.infer.memory import release_freed_memory
+    from encore.model.io import build
+
+    config = bench_config(preset, 600)[1]
+    model = encore.optimize(build(config, seed=0, deferred=True), quantize=quantize, keep_originals=False)
+    release_freed_memory()
+    said = []
+    with torch.inference_mode():
+        for tokens in (128, 512):
+            ids = torch.randint(5, 1000, (1, tokens), generator=torch.Generator().manual_seed(0))
+            ms = median_ms({"prefill": lambda ids=ids: model.prefill(ids, None, 1)}, rounds=7)
+            said.append(f"{tokens} tokens {ms['prefill']:.1f} ms")
+    print(f"{preset} {quantize} prefill: " + ", ".join(said))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    commands = {"attention": attention, "int4": int4, "rows": rows, "fp32": fp32, "amx": amx}
+    commands = {"attention": attention, "int4": int4, "rows": rows, "fp32": fp32, "amx": amx, "prefill": prefill}
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     if what not in commands:
-        sys.exit(f"usage: python examples/prefill_measurements.py {'|'.join(commands)} [PRESET]")
-    commands[what](*sys.argv[2:3])
+        sys.exit(f"usage: python examples/prefill_measurements.py {'|'.join(commands)} [PRESET] [QUANTIZE]")
+    commands[what](*sys.argv[2:4])

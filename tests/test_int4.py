@@ -109,6 +109,25 @@ def test_many_rows_go_through_the_bf16_weight(group, symmetric):
     assert (many[:-1] - few).norm() / few.norm() < 0.02
 
 
+@pytest.mark.parametrize("group,symmetric", [(32, False), (32, True), (128, True), (64, False)])
+def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product(group, symmetric):
+    """On a CPU with AMX a prefill's int4 product runs on the bf16 tiles in one C call (csrc/rows.c): the
+    exact fp32 product of the bf16 activations and the bf16 weight `bf16_weight` unpacks, the weight
+    never written out whole."""
+    from encore.model import kernels
+
+    if not (int4.bf16_many_rows() and kernels.int4_amx_bf16_rows(384, 48, group)):
+        pytest.skip("needs AMX bf16 tiles")
+    torch.manual_seed(group)
+    layer = Int4Linear(torch.randn(48, 384) * 0.05, torch.randn(48), group_size=group, symmetric=symmetric)
+    weight = int4.bf16_weight(layer._lib, layer.qweight, layer.scales, layer.mins).float()
+    for rows in (int4.MANY_ROWS, 40, 600):
+        x = torch.randn(rows, 384)
+        exact = x.bfloat16().float() @ weight.T + layer.bias
+        torch.testing.assert_close(layer(x), exact, rtol=1e-4, atol=1e-4)
+    assert not kernels.int4_amx_bf16_rows(384, 45, group) and not kernels.int4_amx_bf16_rows(352, 48, 32)
+
+
 def test_plain_c_path_equals_the_vnni_path():
     """Machines without AVX-512 VNNI run the same arithmetic in plain C."""
     path = int4.build_kernel(["-O2", "-fopenmp", "-shared", "-fPIC"])  # no -march: no VNNI intrinsics

@@ -82,7 +82,7 @@ def test_a_decode_steps_rows_do_not_depend_on_how_many_there_are():
 
 
 def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product():
-    """csrc/rows.c's AMX bf16 product (a prefill's int8 products up to 256 rows): bf16 activations times
+    """csrc/rows.c's AMX bf16 product (a prefill's int8 products): bf16 activations times
     the bf16 weight int8 x scale, accumulated and returned in fp32, as the exact product of those bf16
     numbers; `Int8Linear` takes it where the CPU has AMX."""
     from encore.model import kernels
@@ -93,13 +93,13 @@ def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product():
     layer = Int8Linear(torch.randn(48, 96), torch.randn(48))
     w, scales, _ = layer.rows()
     bf16_weight = kernels.int8_bf16_weight(w, scales).float()
-    for rows in (33, 40, 256):  # padded row blocks, an odd number of weight blocks; the last row count it takes
+    for rows in (33, 40, 600):  # padded row blocks, an odd number of weight blocks, many rows
         x = torch.randn(rows, 96)
         exact = x.bfloat16().float() @ bf16_weight.T + layer._bias
         with torch.inference_mode():
             torch.testing.assert_close(kernels.int8_amx_bf16(x, w, scales, layer._bias), exact, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(layer(x), exact, rtol=1e-5, atol=1e-5)
-    assert not kernels.amx_bf16_rows(257, 96, 48) and not kernels.amx_bf16_rows(40, 80, 48)
+    assert kernels.amx_bf16_rows(96, 48) and not kernels.amx_bf16_rows(80, 48)
     with pytest.raises(ValueError, match=r"\[48, 80\]"):
         kernels.int8_amx_bf16(torch.randn(40, 80), torch.zeros(48, 80, dtype=torch.int8), scales, None)
 
@@ -181,3 +181,31 @@ def test_int8_prefill_products_round_each_row_to_int8():
     np.testing.assert_allclose(together.numpy(), reference, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="prefill_products"):
         encore.optimize(make_model("encdec"), quantize="int8", prefill_products="fp8")
+
+
+def test_auto_prefill_products_follow_the_machines_measure(monkeypatch):
+    """`prefill_products="auto"`: bf16 products on AMX; without AMX, what the one-time probe measured
+    (`probes.bf16_products_by_default`). Where many rows stay int8 without AMX's int8 tiles, each
+    projection keeps fbgemm's packed copy (its GEMM beats csrc/int8.c's VNNI over a prefill's rows)."""
+    from conftest import make_model
+
+    import encore
+    import encore.infer.optimize as optimize_module
+    from encore.model import kernels, probes
+
+    if not (kernels.int8_bf16_many_rows() and kernels.rows_only_available()):
+        pytest.skip("needs the bf16 products and csrc/int8.c's VNNI rows")
+    monkeypatch.setattr(kernels, "_amx_bf16", lambda: False)
+    for measured_bf16_faster in (False, True):
+        measured = {"bf16_faster": measured_bf16_faster}
+        monkeypatch.setattr(probes, "_probe_record", lambda key, what, measured=measured: measured)
+        for amx_rows in (False, True):
+            monkeypatch.setattr(kernels, "int8_rows_on_amx", lambda amx_rows=amx_rows: amx_rows)
+            monkeypatch.setattr(optimize_module, "int8_rows_on_amx", lambda amx_rows=amx_rows: amx_rows)
+            model = encore.optimize(make_model("encdec"), quantize="int8")
+            linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
+            assert linears and all(m.bf16_many_rows == measured_bf16_faster for m in linears)
+            packed = [m._packed is not None for m in linears]
+            assert all(packed) if not (measured_bf16_faster or amx_rows) else not any(packed)
+            with torch.inference_mode():  # 40 >= MANY_ROWS positions: the path chosen runs
+                assert model.prefill(torch.randint(5, 100, (1, 40)), None, 1)[0].isfinite().all()

@@ -3,6 +3,7 @@
 gated MLP's activation in one pass (`FusedMLP`), each against the eager path it replaces."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -13,7 +14,14 @@ from encore.config import ModelConfig
 from encore.infer.optimize import optimized
 from encore.model import fused as fused_module
 from encore.model import native
-from encore.model.fused import FusedAttend, FusedMLP, _attend_library, bf16_attention_available, fused_available
+from encore.model.fused import (
+    ACT,
+    FusedAttend,
+    FusedMLP,
+    _attend_library,
+    bf16_attention_available,
+    fused_available,
+)
 from encore.model.layers import MLP, SoftCap, attend
 from encore.model.probes import bf16_attention_faster
 
@@ -155,3 +163,33 @@ def test_fused_mlp_equals_the_mlp(mlp_type):
         x = torch.randn(*shape)
         with torch.inference_mode():
             torch.testing.assert_close(fused(x), mlp(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+@pytest.mark.parametrize("mlp_type", ["gelu", "silu", "gelu_exact", "relu"])
+def test_an_ungated_mlp_on_the_amx_tiles_in_two_calls(quantize, mlp_type):
+    """A prefill's ungated MLP on AMX's bf16 tiles: the up projection applies the activation as it writes
+    its outputs, packed as the down projection's bf16 input (`BF16Tiles`): no pass of its own, no fp32
+    hidden rows; the same output as the projection, the activation, then the down projection's own
+    packing of those rows."""
+    from encore.model.int4 import Int4Linear
+    from encore.model.kernels import BF16Tiles, Int8Linear
+
+    mlp = MLP(ModelConfig.preset("deconly-tiny", mlp_type=mlp_type))
+    make = Int8Linear if quantize == "int8" else functools.partial(Int4Linear, group_size=32)
+    mlp.up, mlp.down = (make(m.weight.detach() * 20, m.bias) for m in (mlp.up, mlp.down))
+    x = torch.randn(2, 40, mlp.up.in_features)
+    fused = FusedMLP.of(mlp.eval())
+    with torch.inference_mode():
+        if not (mlp.up.on_tiles(80) and mlp.down.on_tiles(80)):
+            pytest.skip("needs AMX bf16 tiles")
+        h = mlp.act(mlp.up(x))
+        torch.testing.assert_close(mlp.up(x, act=ACT[mlp.act]).view_as(h), h, rtol=1e-5, atol=1e-5)
+        packed = mlp.up(x, act=ACT[mlp.act], tiles=True)
+        assert isinstance(packed, BF16Tiles) and packed.shape == (80, mlp.up.out_features)
+        assert not packed.data[80:].any()  # the rows past 80 in the last 16-row block are zero
+        want = mlp.down(mlp.up(x, act=ACT[mlp.act]).view_as(h))  # the hidden rows through fp32
+        torch.testing.assert_close(mlp.down(packed).view_as(want), want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(fused(x), want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(fused(x), mlp.down(h), rtol=1e-3, atol=1e-3)  # torch's activation: bf16 ties
+        assert not mlp.up.on_tiles(1)  # a decode step's row: the module's own path

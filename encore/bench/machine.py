@@ -19,9 +19,11 @@ from encore.model.kernels import (
     Int8Linear,
     OneDNNLinear,
     bytes_per_weight,
+    int8_rows_on_amx,
     onednn_available,
     rows_only_available,
 )
+from encore.model.probes import bf16_products_by_default
 
 
 def _median_call(fn, budget_s: float, sync) -> float:
@@ -44,12 +46,10 @@ KERNELS = ("aten", "onednn", "int8", "int8rows", "int4")
 
 def probe_kernel(weight: Tensor, kernel: str) -> Callable[[Tensor], Tensor]:
     """The projection a model optimized with `kernel` runs, over `weight` [out, in]."""
-    if kernel == "int8":
-        return Int8Linear(weight)
-    if kernel == "int8rows":  # optimize(prefill_products="int8"): many rows as int8 rows too
+    if kernel in ("int8", "int8rows"):  # "int8rows": optimize(prefill_products="int8"): many rows as int8 rows
         layer = Int8Linear(weight)
-        layer.bf16_many_rows = False
-        if rows_only_available():
+        layer.bf16_many_rows = kernel == "int8" and bf16_products_by_default()  # as optimize's "auto" chooses
+        if rows_only_available() and (layer.bf16_many_rows or int8_rows_on_amx()):  # as release_packed_weights
             layer.release_packed()
         return layer
     if kernel == "int4":

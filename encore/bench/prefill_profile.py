@@ -44,7 +44,7 @@ def _part(module: nn.Module) -> str:
 
 def _operations(part: str, args: tuple, output: Any) -> float:
     """Multiply-adds x 2 of one call: a projection's rows x in x out; attention's QK^T and PV, dense."""
-    if part == "products" and args and isinstance(output, Tensor):
+    if part == "products" and args and hasattr(output, "shape"):  # (a Tensor, or rows packed as `BF16Tiles`)
         return 2.0 * args[0].numel() * output.shape[-1]
     if part == "attention" and len(args) >= 2:
         q, k = args[0], args[1]  # [B, H, T, Dh], [B, KH, S, Dh]

@@ -56,6 +56,7 @@ class ServeBenchConfig:
     input_len: int = 512  # the longest prompt (tokens): the servers' --max-input-len
     output_len: int = 128  # the longest completion: the servers' --max-tokens-limit
     spread: float = 0.25  # lengths uniform in [(1 - spread) * L, L]
+    prefill_chunk: int | None = None  # the servers' --prefill-chunk (None: whole prefills)
     seed: int = 0
     timeout_s: float = 900.0  # per model: requests still unanswered then count as failed
     json_path: str | None = "bench_serve.json"
@@ -72,6 +73,8 @@ class ServeBenchConfig:
             raise ValueError(f"--serve-spread must be in [0, 1), got {self.spread}")
         if not self.rates or min(self.rates) <= 0 or self.kv_budget_mb <= 0 or self.warmup < 0:
             raise ValueError("--serve-rate and --kv-budget-mb must be > 0, --warmup >= 0")
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise ValueError(f"--prefill-chunk must be >= 1, got {self.prefill_chunk}")
         if self.input_len < 3:
             raise ValueError("--input-len must be >= 3 (a decoder-only prompt holds BOS and EOS besides its words)")
 
@@ -121,19 +124,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_command(model: str, cfg: ServeBenchConfig, port: int) -> list[str]:
+    """The `encore serve --random-weights` command line for `model` at the benchmark's limits."""
+    command = [sys.executable, "-m", "encore", "serve", "--model", model, "--random-weights"]
+    command += ["--port", str(port), "--device", cfg.device, "--quantize", cfg.quantize or "none"]
+    command += ["--kv-budget-mb", str(cfg.kv_budget_mb), "--max-batch", str(cfg.max_batch)]
+    command += ["--kv-cache-dtype", cfg.kv_cache_dtype]
+    command += ["--max-input-len", str(cfg.input_len), "--max-tokens-limit", str(cfg.output_len)]
+    command += ["--max-queue", str(cfg.requests + cfg.warmup), "--no-access-log", "--log-level", "warning"]
+    return command + (["--prefill-chunk", str(cfg.prefill_chunk)] if cfg.prefill_chunk else [])
+
+
 class ServerProcess:
     """`encore serve --random-weights` for one model, at the benchmark's limits."""
 
     def __init__(self, model: str, cfg: ServeBenchConfig, log_path: Path):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "encore", "serve", "--model", model, "--random-weights"]
-        command += ["--port", str(self.port), "--device", cfg.device, "--quantize", cfg.quantize or "none"]
-        command += ["--kv-budget-mb", str(cfg.kv_budget_mb), "--max-batch", str(cfg.max_batch)]
-        command += ["--kv-cache-dtype", cfg.kv_cache_dtype]
-        command += ["--max-input-len", str(cfg.input_len), "--max-tokens-limit", str(cfg.output_len)]
-        command += ["--max-queue", str(cfg.requests + cfg.warmup), "--no-access-log", "--log-level", "warning"]
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
+        command = serve_command(model, cfg, self.port)
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         self.log_path = log_path
 

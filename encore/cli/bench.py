@@ -195,6 +195,9 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         "--serve-spread", type=float, default=s.spread, help="lengths uniform in [(1-spread) L, L] (%(default)s)"
     )
     group.add_argument("--serve-timeout", type=float, default=s.timeout_s, help="seconds per model (%(default)s)")
+    group.add_argument(
+        "--prefill-chunk", type=int, default=None, metavar="N", help="each server's --prefill-chunk (default: none)"
+    )
 
 
 def serve_config_from_args(args: argparse.Namespace) -> ServeBenchConfig:
@@ -215,6 +218,7 @@ def serve_config_from_args(args: argparse.Namespace) -> ServeBenchConfig:
         input_len=args.input_len[0],
         output_len=args.output_len,
         spread=args.serve_spread,
+        prefill_chunk=args.prefill_chunk,
         seed=args.seed,
         timeout_s=args.serve_timeout,
         json_path=(args.json if args.json is not None else "bench_serve.json") or None,

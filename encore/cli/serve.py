@@ -44,6 +44,15 @@ def configure(p: argparse.ArgumentParser) -> None:
         "their prefills at once (default: --max-input-len, one longest prompt per step)",
     )
     p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=None,
+        metavar="N",
+        help="prefill a prompt longer than N tokens over several steps, about N tokens' worth each, so the "
+        "running requests still get a token every step (an encoder-decoder's encoder: a few layers per step); "
+        "default: each prompt in one step",
+    )
+    p.add_argument(
         "--prefix-cache-mb",
         type=float,
         default=256.0,

@@ -20,6 +20,9 @@ and its mask (encoder-decoder), and each slot's position in a tensor. A `step()`
 A request leaves its slot the moment it finishes (EOS, its `max_new_tokens`, or `cancel`), so the next
 step can admit another.
 
+With `prefill_chunk=N` a long prompt is prefilled over several steps between the running requests'
+decode steps (`encore.infer.chunked`).
+
 A beam request (`num_beams` K > 1, `encore.infer.beam`'s search with transformers' results) holds K
 slots: its prompt is prefilled once and copied into them, each step scores its K rows with the rest of
 the batch, and its hypotheses' self-attention rows follow them by index (only the rows whose source
@@ -46,10 +49,11 @@ import torch
 from torch import Tensor
 
 from encore.infer.beam import Beams, Search
+from encore.infer.chunked import ChunkedPrefill
 from encore.infer.generate import beam_settings, check_max_new_tokens, request_processors
 from encore.infer.processors import Processors, sequence_start
 from encore.infer.requests import log_mel_window, token_ids
-from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos
+from encore.infer.sampling import FROM_CONFIG, Sampling, _FromConfig, resolve_eos, step_logprobs
 from encore.model.cache import GenerationCache
 
 STOP, LENGTH, CANCELLED = "stop", "length", "cancelled"
@@ -99,6 +103,7 @@ class _Request:
     prompt_probs: list[float] | None = None  # their probabilities there, from the prefill
     processed_logprobs: bool = False  # `logprobs` after the processors and the rule (not the model's own)
     input_len: int = 0  # what its prefill reads: prompt tokens, or a speech window's encoder positions
+    pending: bool = False  # seated, its prefill still going in pieces (`prefill_chunk`): not running yet
 
     @property
     def key(self) -> tuple:
@@ -119,6 +124,7 @@ class Engine:
         max_prefill_tokens: int | None = None,
         prefix_cache_bytes: int = 0,
         prefix_block: int = 32,
+        prefill_chunk: int | None = None,
     ):
         """`model`: an encore model, ready for inference (see `encore.optimize`). The cache for
         `max_batch` slots of `max_input_len` input and `max_new_tokens` output tokens is allocated
@@ -132,13 +138,16 @@ class Engine:
         running requests' next token for all their prefills at once; default: no limit.
         `prefix_cache_bytes` > 0 (decoder-only): keep the K/V of prompts and replies in blocks of
         `prefix_block` tokens (`encore.infer.prefix.PrefixStore`, LRU within that many bytes) and
-        prefill a prompt that starts with a stored prefix from where the prefix ends."""
+        prefill a prompt that starts with a stored prefix from where the prefix ends. `prefill_chunk` N:
+        a prompt longer than N tokens prefilled over several steps, N tokens' worth each, between the
+        decode steps (`encore.infer.chunked`); default None: every prompt in one piece."""
         for name, value in (("max_batch", max_batch), ("max_input_len", max_input_len)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Engine {name} must be a positive integer, got {value!r}")
         check_max_new_tokens(max_new_tokens, low=1)
-        if max_prefill_tokens is not None and (not isinstance(max_prefill_tokens, int) or max_prefill_tokens < 1):
-            raise ValueError(f"Engine max_prefill_tokens must be a positive integer, got {max_prefill_tokens!r}")
+        for name, value in (("max_prefill_tokens", max_prefill_tokens), ("prefill_chunk", prefill_chunk)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"Engine {name} must be a positive integer or None, got {value!r}")
         config = model.config
         longest = config.positions_needed(max_input_len, max_new_tokens)
         if config.encoder_input == "audio":  # the encoder reads 30-s windows; the decoder has its own positions
@@ -171,6 +180,7 @@ class Engine:
             from encore.infer.prefix import PrefixStore
 
             self.prefix = PrefixStore(prefix_block, prefix_cache_bytes)
+        self.chunks = None if prefill_chunk is None else ChunkedPrefill(model, self.cache, prefill_chunk)
         self._graphs = None
         if graphs or (graphs is None and self.device.type == "cuda"):
             from encore.infer.graphs import GraphedStep
@@ -276,6 +286,8 @@ class Engine:
         """Free `r`'s slots; with prefix reuse, keep the K/V of what it wrote (prompt + reply so far)."""
         for slot in r.slots:
             self.slots[slot] = None
+        if r.pending:
+            self.chunks.drop(r)
         if self.prefix is not None and r.search is None:
             written = (r.ids + r.tokens)[: r.cache_len]
             self.prefix.put(written, self.cache.k[:, r.slot], self.cache.v[:, r.slot])
@@ -300,8 +312,8 @@ class Engine:
         return used
 
     def _running(self) -> list[_Request]:
-        """The running requests, each once (a beam request holds several slots), in slot order."""
-        return [r for i, r in enumerate(self.slots) if r is not None and r.slot == i]
+        """The running requests (not those still prefilled in pieces), each once, in slot order."""
+        return [r for i, r in enumerate(self.slots) if r is not None and r.slot == i and not r.pending]
 
     # --- the step ------------------------------------------------------------------------------------
 
@@ -313,7 +325,8 @@ class Engine:
         return events + self.decode()
 
     def admit(self) -> list[Event]:
-        """Phase 1 of `step`: prefill queued requests into free slots; their first tokens."""
+        """Phase 1 of `step`: prefill queued requests into free slots, and this step's pieces of the
+        prompts prefilled in pieces (`prefill_chunk`); the first tokens of those whose prefill completed."""
         free = [i for i, r in enumerate(self.slots) if r is None]
         batch: list[_Request] = []
         prompts: set[tuple] = set()
@@ -329,15 +342,28 @@ class Engine:
             seats += batch[-1].beams.num_beams
         events: list[Event] = []
         fresh = []
+        keys = [r.key for r in batch]
         for r in batch:  # a prompt that starts with a stored prefix is prefilled from its end
             n = self.prefix.match(r.ids) if self.prefix is not None else 0
-            if n:
+            if self.chunks is not None and keys.count(r.key) == 1 and self.chunks.takes(r, n):
+                self._seat(r, free)
+                self.chunks.begin(r, n, self.prefix.gather(r.ids, n) if n else None)
+            elif n:
                 events += self._prefill_after(r, n, self._seat(r, free))
             else:
                 fresh.append(r)
         for group in self._groups(fresh):
             events += self._prefill(group, [self._seat(r, free) for r in group])
-        return events
+        return events + self._pieces()
+
+    def _pieces(self) -> list[Event]:
+        """This step's pieces of the prompts prefilled in pieces; first tokens of those now complete."""
+        done = self.chunks.advance() if self.chunks is not None and self.chunks.pending else []
+        for r, _ in done:
+            if self.prefix is not None:  # as `_prefill` does
+                self.prefix.put(r.ids, self.cache.k[:, r.slot], self.cache.v[:, r.slot])
+        self.prefilled_rows += len(done)
+        return self._first([r for r, _ in done], torch.cat([logits for _, logits in done])) if done else []
 
     def _seat(self, r: _Request, free: list[int]) -> list[int]:
         """Give `r` its slots (one, or a beam request's K) from `free` (taken out of it)."""
@@ -462,7 +488,7 @@ class Engine:
         if self._graphs is not None:
             logits = self._graphs(rows)
         else:
-            self_len = max(r.cache_len for r in running) + 1
+            self_len = max(r.cache_len for r in self.slots if r is not None) + 1  # (pending slots': see chunked)
             cross_len = max(self._cross_positions(r) for r in running) or None
             view = self.cache.view(rows, self_len, cross_len)
             logits = self.model.decode_step(self.tokens[:rows], view)
@@ -546,7 +572,7 @@ class Engine:
             if r.sampling.do_sample:
                 chosen[i] = r.sampling.choose(logits[i : i + 1], r.generator)[0]
         self.tokens[[r.slot for r in requests]] = chosen
-        logprobs = self._logprobs(requests, raw, logits, chosen)
+        logprobs = step_logprobs(requests, raw, logits, chosen)
         events = []
         for i, (r, token) in enumerate(zip(requests, chosen.tolist())):  # the step's one host read
             r.produced += 1
@@ -561,23 +587,3 @@ class Engine:
             answered = r.prompt_probs if finished else None
             events.append(Event(r.id, token, finished, reason, logprob, top, prompt_probs=answered))
         return events
-
-    @staticmethod
-    def _logprobs(
-        requests: list[_Request], raw: Tensor, processed: Tensor, chosen: Tensor
-    ) -> dict[int, tuple[float, list]]:
-        """For the requests that asked: (the chosen token's log-prob, the N likeliest (token, log-prob)),
-        under the model's own distribution (before processors and temperature, as vLLM reports them),
-        or after the processors for a request whose `logprobs_mode` is "processed"."""
-        asked = [i for i, r in enumerate(requests) if r.logprobs is not None]
-        if not asked:
-            return {}
-        rows = [(processed if requests[i].processed_logprobs else raw)[i] for i in asked]
-        lp = torch.log_softmax(torch.stack(rows).float(), dim=-1)
-        picked = lp.gather(1, chosen[asked, None])[:, 0].tolist()
-        out = {}
-        for row, (i, value) in enumerate(zip(asked, picked)):
-            n = requests[i].logprobs
-            top = lp[row].topk(n) if n else None
-            out[i] = (value, [] if top is None else list(zip(top.indices.tolist(), top.values.tolist())))
-        return out

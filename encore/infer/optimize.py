@@ -38,12 +38,13 @@ from encore.model.kernels import (
     Int8Linear,
     OneDNNLinear,
     int8_available,
+    int8_rows_on_amx,
     onednn_available,
     release_packed_weights,
     rows_only_available,
 )
 from encore.model.layers import Linear, weight_std
-from encore.model.probes import bf16_prefill_by_default
+from encore.model.probes import bf16_prefill_by_default, bf16_products_by_default
 from encore.model.vlm import VisionLanguageModel
 
 QUANTIZE = (None, "int8", "int4")
@@ -102,9 +103,9 @@ def optimize(
       rounding), fp32 otherwise;
     - `prefill_products`: how an int8 projection runs many rows (a prefill, an encoder) on the CPU:
       "bf16" (the int8 weight as bf16 times bf16 activations; nearer the float product), "int8" (each
-      row's activations rounded to int8, as a decode step and CTranslate2's int8 do; on AMX twice the
-      bf16 product's rate, the cost measured in docs/engine.md), or "auto": bf16 where the CPU has
-      AVX512-BF16 or AMX, int8 otherwise;
+      row's activations rounded to int8, as a decode step and CTranslate2's int8 do; the quality cost
+      in docs/engine.md), or "auto": bf16 on AMX, elsewhere where the CPU has AVX512-BF16 and they are
+      not much slower than int8 rows (`encore.model.probes.bf16_products_by_default`), else int8;
     - `keep_originals=False` (the CLI's, the server's, the bench's): quantized modules' fp32 originals
       are not kept for `deoptimize` (which then leaves them quantized) but freed: `encdec-330m` int8
       holds 0.8 GiB instead of 1.9.
@@ -136,15 +137,17 @@ def optimize(
     keep_originals = keep_originals and not deferred  # (an original would be a weightless meta module)
     (model if deferred else model.to(device=device, dtype=dtype)).eval().requires_grad_(False)
     plain = _kernel(device, dtype, linear)
-    rows_only = fused and rows_only_available()  # each int8 weight once, as csrc/int8.c's rows, from the start
+    bf16_rows = _bf16_rows(prefill_products, quantize, device)  # an int8 projection's many rows as bf16
+    # each int8 weight once, as csrc/int8.c's rows, from the start (fbgemm's copy where int8 rows need it)
+    rows_only = fused and rows_only_available() and (bf16_rows or int8_rows_on_amx())
     swaps = _swap_projections(model, quantize, plain, policy, group_size, symmetric, keep_originals, rows_only)
     swaps += _quantize_embeddings(model, keep_originals, policy) if quantize else []  # (after the tied head)
+    for module in (m for m in model.modules() if isinstance(m, Int8Linear)):
+        module.bf16_many_rows = bf16_rows
     if fused:
         swaps += fuse(model, bf16_prefill)
         swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
         release_packed_weights(model)  # each int8 weight once: csrc/int8.c's rows, not fbgemm's copy too
-    for module in (m for m in model.modules() if isinstance(m, Int8Linear)):
-        module.bf16_many_rows = prefill_products != "int8"  # many rows as bf16 products, or int8 rows
     model._encore_kv_dtype = kv_dtype
     model._encore_swaps = swaps
     model._encore_optimized = {
@@ -267,6 +270,14 @@ def _check_arguments(
         raise ValueError(f"prefill_attention must be one of {PREFILL_ATTENTION}, got {prefill_attention!r}")
     if prefill_products not in PREFILL_PRODUCTS:
         raise ValueError(f"prefill_products must be one of {PREFILL_PRODUCTS}, got {prefill_products!r}")
+
+
+def _bf16_rows(prefill_products: str, quantize: str | None, device: torch.device) -> bool:
+    """`prefill_products`' choice for the int8 projections' many rows: bf16 products or int8 rows
+    ("auto": `bf16_products_by_default`, measured where the CPU has no AMX)."""
+    if prefill_products != "auto" or not quantize or device.type != "cpu":
+        return prefill_products != "int8"
+    return bf16_products_by_default()
 
 
 def _bf16_prefill(

@@ -95,3 +95,21 @@ def sample_next(
         logits = logits.masked_fill(drop.scatter(1, sorted_idx, drop), float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def step_logprobs(requests: list, raw: Tensor, processed: Tensor, chosen: Tensor) -> dict[int, tuple[float, list]]:
+    """For the engine's requests that asked (`logprobs` N, or None): (the chosen token's log-prob, the N
+    likeliest (token, log-prob)), under the model's own distribution `raw` (before processors and
+    temperature, as vLLM reports them), or `processed` for a request whose `processed_logprobs` is set."""
+    asked = [i for i, r in enumerate(requests) if r.logprobs is not None]
+    if not asked:
+        return {}
+    rows = [(processed if requests[i].processed_logprobs else raw)[i] for i in asked]
+    lp = torch.log_softmax(torch.stack(rows).float(), dim=-1)
+    picked = lp.gather(1, chosen[asked, None])[:, 0].tolist()
+    out = {}
+    for row, (i, value) in enumerate(zip(asked, picked)):
+        n = requests[i].logprobs
+        top = lp[row].topk(n) if n else None
+        out[i] = (value, [] if top is None else list(zip(top.indices.tolist(), top.values.tolist())))
+    return out

@@ -121,6 +121,21 @@ class GenerationCache:
             cross_from=None if self.cross_from is None else self.cross_from[:rows],
         )
 
+    def row(self, b: int) -> GenerationCache:
+        """Row `b` alone, sharing storage (a write into it is a write into this cache's row b): the
+        engine's chunked prefill continues one slot's prompt in place."""
+        one = lambda t: None if t is None else t[:, b : b + 1]
+        return replace(
+            self,
+            k=one(self.k),
+            v=one(self.v),
+            length=self.length[b : b + 1],
+            cross_k=one(self.cross_k),
+            cross_v=one(self.cross_v),
+            cross_mask=None if self.cross_mask is None else self.cross_mask[b : b + 1],
+            cross_from=None,
+        )
+
     def select_rows(self, rows: Tensor, cross: bool = True) -> GenerationCache:
         """A cache of rows `rows` [N] of this one (copies): a beam search's hypotheses. `cross=False`
         keeps the cross K/V as they are, for a reorder among the beams of the same inputs."""

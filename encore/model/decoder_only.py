@@ -126,13 +126,21 @@ class DecoderOnly(LanguageModel):
             )
         cache = self.new_cache(1, P + T, max_new_tokens)
         cache.k[:, 0, :, :P], cache.v[:, 0, :, :P] = past_k, past_v
-        cache.prefilling, cache.prefill_start = True, P
+        return self.prefill_into(input_ids, cache, P), cache
+
+    def prefill_into(self, input_ids: Tensor, cache: GenerationCache, past: int) -> Tensor:
+        """One prompt's tokens [1, T] after the first P = `past` positions, whose K/V `cache` (one row)
+        already holds: their K/V written in place at P .. P + T - 1, `length` set to P + T; the last
+        position's logits [1, V]. `prefill_after` and the engine's chunked prefill (a slot's row of its
+        cache, a piece of the prompt per step) continue a prompt with it."""
+        T = input_ids.shape[1]
+        cache.prefilling, cache.prefill_start = True, past
         try:
-            hidden = self._run(input_ids, None, cache, past=P)  # [1, T, D]
+            hidden = self._run(input_ids, None, cache, past=past)  # [1, T, D]
         finally:
             cache.prefilling, cache.prefill_start = False, 0
-        cache.length.fill_(P + T)
-        return self.head(hidden[:, -1]), cache
+        cache.length.fill_(past + T)
+        return self.head(hidden[:, -1])
 
     def prefill_rows(
         self, input_ids: Tensor, lengths: Tensor, cache: GenerationCache, inputs_embeds: Tensor | None = None

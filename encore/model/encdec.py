@@ -63,9 +63,22 @@ class EncoderDecoder(LanguageModel):
     def _encode(self, input_ids: Tensor, mask: Tensor | None, inputs_embeds: Tensor | None = None) -> Tensor:
         """`inputs_embeds` [B, S, D] replace the token embeddings (a vision-language model's, with image
         tokens at its placeholder positions)."""
+        x = self.encoder_inputs(input_ids, mask, inputs_embeds)
+        return self.encoder_norm(self.encoder_layers(x, mask))
+
+    def encoder_inputs(self, input_ids: Tensor, mask: Tensor | None, inputs_embeds: Tensor | None = None) -> Tensor:
+        """What the first encoder layer reads [B, S, D]: the embedded input (or `inputs_embeds`) with its
+        positions."""
         x = self.input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds  # [B, S, D]
         B, S = x.shape[:2]
         self._check_length(S, "input", self.encoder_max_len)
+        positions = positions_from_mask(mask, B, S, x.device)  # [B, S]
+        return self.encoder_embed_norm(self.encoder_positions.embed(x, positions))
+
+    def encoder_layers(self, x: Tensor, mask: Tensor | None, start: int = 0, stop: int | None = None) -> Tensor:
+        """Encoder layers `start` .. `stop` - 1 over hidden states x [B, S, D] (all by default; the final
+        norm is the caller's). The engine's chunked prefill runs a few of them per step."""
+        B, S = x.shape[:2]
         positions = positions_from_mask(mask, B, S, x.device)  # [B, S]
         ropes = self.rotary(positions)
         span = self.config.encoder_span()
@@ -74,10 +87,9 @@ class EncoderDecoder(LanguageModel):
             "sliding": bidirectional_mask(mask, S, x.device, span) if span else None,
         }
         masks = self.encoder_positions.scores(masks, positions, positions)
-        x = self.encoder_embed_norm(self.encoder_positions.embed(x, positions))
-        for layer in self.encoder:
+        for layer in self.encoder[start:stop]:
             x = layer(x, ropes[layer.kind], masks[layer.kind])
-        return self.encoder_norm(x)
+        return x
 
     def forward(
         self,
@@ -124,7 +136,10 @@ class EncoderDecoder(LanguageModel):
     ) -> tuple[Tensor, Tensor]:
         """Encode and project every decoder layer's cross-attention K/V: [L, B, K, S, Dh] each. What
         a request computes once; `mask` [B, S] bool or None (nothing padded)."""
-        memory = self._encode(input_ids, mask, inputs_embeds)
+        return self.memory_kv(self._encode(input_ids, mask, inputs_embeds))
+
+    def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder states [B, S, D] (after the final norm) -> every decoder layer's cross K/V [L, B, K, S, Dh]."""
         k, v = zip(*(layer.project_cross(memory) for layer in self.decoder))
         return torch.stack(k), torch.stack(v)
 
@@ -136,13 +151,15 @@ class EncoderDecoder(LanguageModel):
         inputs_embeds: Tensor | None = None,
         decoder_prompt: Tensor | None = None,
         logits_at: list[int] | Tensor | None = None,
+        memory: Tensor | None = None,
     ) -> tuple[Tensor, GenerationCache]:
         """Encode, fill the cross K/V, run the decoder on its start: first-token logits [B, V] and a
         cache for `max_new_tokens` outputs per row. Image tokens in `inputs_embeds` enter the cross K/V
         here, once, and never the decoder's self-attention cache. `decoder_prompt` [B, P]: the decoder's
         first tokens in place of BOS (Whisper's task tokens and previous text), one length for all rows;
         `logits_at`: the prompt positions whose logits to return ([B, n, V], `decode_prompt`): a list
-        for every row, or a [B, n] tensor of each row's own (right-padded prompts)."""
+        for every row, or a [B, n] tensor of each row's own (right-padded prompts). `memory` [B, S, D]: the
+        encoder's states when the caller ran the encoder (the engine's chunked prefill, `encoder_layers`)."""
         B = input_ids.shape[0]
         prompt = decoder_prompt
         if prompt is None:
@@ -151,7 +168,8 @@ class EncoderDecoder(LanguageModel):
         self._check_length(prompt.shape[1] - 1 + max_new_tokens, what)
         mask = padding_mask(attention_mask)
         cache = self.new_cache(B, 0, prompt.shape[1] - 1 + max_new_tokens)
-        cache.cross_k, cache.cross_v = (t.to(cache.k.dtype) for t in self.cross_kv(input_ids, mask, inputs_embeds))
+        cross = self.cross_kv(input_ids, mask, inputs_embeds) if memory is None else self.memory_kv(memory)
+        cache.cross_k, cache.cross_v = (t.to(cache.k.dtype) for t in cross)
         cache.cross_mask = mask
         return self.decode_prompt(prompt, cache, logits_at), cache
 

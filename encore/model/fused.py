@@ -352,8 +352,11 @@ class FusedSelfAttention(native.Handles, SelfAttention):
 class FusedMLP(native.Handles, MLP):
     """`MLP` whose gate, act(gate) * up, is one C pass over all positions (`encore_glu_rows`) instead of
     ~6 eager ops over [T, 2F] (a 512-token T5Gemma 2 encoder layer: ~0.7 -> ~0.15 ms); an ungated
-    MLP's activation is one C pass in place (`encore_act_rows`). Made for the activations csrc/decode.c
-    has (`ACT`); holds the very submodules of the MLP it is made from; training runs `MLP`'s path."""
+    MLP's activation is one C pass in place (`encore_act_rows`), or none where the up projection applies
+    it as it writes its outputs (`Int8Linear.on_tiles`: a prefill on AMX's bf16 tiles), its hidden rows
+    then handed to the down projection packed as bf16 (`BF16Tiles`), never written as fp32. Made for the
+    activations csrc/decode.c has (`ACT`); holds the very submodules of the MLP it is made from; training
+    runs `MLP`'s path."""
 
     @classmethod
     def of(cls, mlp: MLP) -> FusedMLP:
@@ -367,14 +370,26 @@ class FusedMLP(native.Handles, MLP):
     def forward(self, x: Tensor) -> Tensor:
         if self.training or x.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
             return super().forward(x)
-        h = self.up(x).contiguous()  # [..., 2F]: [gate; up] (ungated: [..., F])
         if not self.gated:
+            rows = x.numel() // x.shape[-1]
+            if _on_tiles(self.up, rows):  # a prefill on AMX: the activation in the up projection's C call
+                packed = _on_tiles(self.down, rows) and self.up.out_features % 32 == 0
+                h = self.up(x, act=ACT[self.act], tiles=packed)  # packed: bf16 tiles the down call reads
+                return self.down(h).view(*x.shape[:-1], self.down.out_features)
+            h = self.up(x).contiguous()
             self._lib.encore_act_rows(h.data_ptr(), h.numel() // h.shape[-1], h.shape[-1], ACT[self.act])
             return self.down(h)
+        h = self.up(x).contiguous()  # [..., 2F]: [gate; up]
         rows, width = h.numel() // h.shape[-1], h.shape[-1] // 2
         a = torch.empty(*h.shape[:-1], width)
         self._lib.encore_glu_rows(h.data_ptr(), rows, width, 2 * width, ACT[self.act], a.data_ptr())
         return self.down(a)
+
+
+def _on_tiles(projection: nn.Module, rows: int) -> bool:
+    """Whether `projection` runs `rows` rows on AMX's bf16 tiles (`Int8Linear.on_tiles`, `Int4Linear`'s)."""
+    on_tiles = getattr(projection, "on_tiles", None)
+    return on_tiles is not None and on_tiles(rows)
 
 
 def fuse_modules(model: nn.Module, bf16_prefill: bool = False) -> list[tuple[nn.Module, str, nn.Module]]:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from encore.model import layer_c, native
 from encore.model.fused_layer import projection_runs_in_c
-from encore.model.kernels import Int8Linear, int8_rows_linear
+from encore.model.kernels import BF16Tiles, Int8Linear, int8_rows_linear
 
 MAX_ROWS = 8  # more rows than this: fbgemm (its GEMM wins once there are rows to share the weight's reads)
 
@@ -28,6 +28,7 @@ class FusedInt8Linear(native.Handles, Int8Linear):
         nn.Module.__init__(fused)
         fused._packed, fused._bias, fused.reduce_range = linear._packed, linear._bias, linear.reduce_range
         fused.out_features, fused.in_features = linear.out_features, linear.in_features
+        fused.bf16_many_rows = linear.bf16_many_rows
         for name, tensor in zip(("row_weight", "row_scales", "row_sums"), linear.rows()):
             fused.register_buffer(name, tensor, persistent=False)
         fused._bind()
@@ -36,7 +37,9 @@ class FusedInt8Linear(native.Handles, Int8Linear):
     def _bind(self) -> None:
         self._amx = bool(layer_c.library().encore_int8_has_amx())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | BF16Tiles, act: int = -1, tiles: bool = False) -> Tensor | BF16Tiles:
+        if isinstance(x, BF16Tiles) or act >= 0 or tiles:  # a prefill's AMX path (`Int8Linear.on_tiles`)
+            return super().forward(x, act, tiles)
         rows = x.numel() // self.in_features
         decoding = self._amx and (x.dim() == 2 or x.shape[-2] == 1)  # one position a sequence, any rows
         if (

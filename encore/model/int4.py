@@ -24,7 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from encore.model import native
-from encore.model.kernels import DEFAULT_GROUP_SIZE, DEFAULT_SYMMETRIC, onednn_available
+from encore.model.kernels import (
+    DEFAULT_GROUP_SIZE,
+    DEFAULT_SYMMETRIC,
+    BF16Tiles,
+    int4_amx_bf16,
+    int4_amx_bf16_rows,
+    onednn_available,
+)
 from encore.model.native import FLAGS
 
 CHUNK = 64  # inputs per 32 packed bytes: the kernel's unit, so the inputs are a multiple of it
@@ -213,6 +220,7 @@ class Int4Linear(native.Handles, nn.Module):
         self._lib = _library()
         self._fn = self._lib.encore_int4_linear
         self._many = bf16_many_rows()
+        self._amx = self._many and int4_amx_bf16_rows(self.in_features, self.out_features, self.group_size)
 
     def _apply(self, fn, recurse: bool = True):
         """`Module.to(dtype)` / `.float()` cast floating buffers; the fp16 scales and minimums are the
@@ -236,9 +244,19 @@ class Int4Linear(native.Handles, nn.Module):
         (beside `mins` when asymmetric)."""
         return self.qweight, self.scales, self.bias
 
-    def forward(self, x: Tensor) -> Tensor:
+    def on_tiles(self, rows: int) -> bool:
+        """Whether a call of `rows` rows runs on AMX's bf16 tiles in one C call (as `Int8Linear.on_tiles`)."""
+        return self._amx and rows >= MANY_ROWS
+
+    def forward(self, x: Tensor | BF16Tiles, act: int = -1, tiles: bool = False) -> Tensor | BF16Tiles:
+        """x [..., K] -> [..., N]; `act`, `tiles` and packed x as `Int8Linear.forward`'s (where `on_tiles`)."""
         b = self._buffers  # (not four trips through nn.Module.__getattr__: ~70 calls a decode step)
+        if isinstance(x, BF16Tiles) or act >= 0 or tiles:
+            return int4_amx_bf16(x, b["qweight"], b["scales"], b["mins"], b["bias"], act, tiles)
         if self._many and x.numel() >= MANY_ROWS * self.in_features and x.dtype == torch.float32:
+            if self._amx:  # the same product in one C call, the weight unpacked a block at a time
+                y = int4_amx_bf16(x.reshape(-1, self.in_features), b["qweight"], b["scales"], b["mins"], b["bias"])
+                return y.view(*x.shape[:-1], self.out_features)
             w = bf16_weight(self._lib, b["qweight"], b["scales"], b["mins"])
             y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), w, None, "none", [], "").float()
             return y if b["bias"] is None else y.add_(b["bias"])

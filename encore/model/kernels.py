@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import platform
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -166,18 +167,31 @@ class Int8Linear(nn.Module):
             self.register_buffer("row_sums", qweight.sum(dim=1, dtype=torch.int32), persistent=False)
         return self.row_weight, self.row_scales, self.row_sums
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _many(self, rows: int) -> bool:
+        """Whether `rows` rows go through the bf16 products (a prefill, where the CPU has them)."""
+        return rows >= MANY_ROWS and self.bf16_many_rows and int8_bf16_many_rows() and not torch.is_grad_enabled()
+
+    def on_tiles(self, rows: int) -> bool:
+        """Whether a call of `rows` rows runs on AMX's bf16 tiles in one C call (a prefill's rows): the
+        path that applies an MLP activation as it writes its outputs (`act`), and reads or writes the
+        rows packed (`BF16Tiles`: an MLP's hidden activations never written as fp32)."""
+        return self._many(rows) and amx_bf16_rows(self.in_features, self.out_features)
+
+    def forward(self, x: Tensor | BF16Tiles, act: int = -1, tiles: bool = False) -> Tensor | BF16Tiles:
+        """x [..., K] -> [..., N]. Where `on_tiles` (the caller checks): `act`, `encore.model.fused.ACT`'s
+        number, the activation of the outputs in the same call; `tiles=True`, the outputs packed for a
+        next projection; x may be such packed rows (-> [rows, N])."""
+        if isinstance(x, BF16Tiles) or act >= 0 or tiles:
+            return int8_amx_bf16(x, *self.rows()[:2], self._bias, act, tiles)
         rows = x.reshape(-1, self.in_features)
-        many = (
-            rows.shape[0] >= MANY_ROWS and self.bf16_many_rows and int8_bf16_many_rows() and not torch.is_grad_enabled()
-        )
+        many = self._many(rows.shape[0])
         if self._packed is None and not many:  # rows only: csrc/int8.c, each row's own int8 scale
             return int8_rows_linear(rows, *self.rows(), self._bias).view(*x.shape[:-1], self.out_features)
         if rows.shape[0] == 1:
             y = torch.ops.quantized.linear_dynamic(rows, self._packed, self.reduce_range)
             return y.view(*x.shape[:-1], self.out_features)
         if many:
-            if amx_bf16_rows(rows.shape[0], self.in_features, self.out_features):  # the same product, in one C call
+            if amx_bf16_rows(self.in_features, self.out_features):  # the same product, in one C call
                 return int8_amx_bf16(rows, *self.rows()[:2], self._bias).view(*x.shape[:-1], self.out_features)
             w = int8_bf16_weight(*self.rows()[:2])  # AMX / AVX512-BF16: ~2x fbgemm's products at 512 rows
             y = torch.ops.mkldnn._linear_pointwise(rows.to(torch.bfloat16), w, None, "none", [], "").float()
@@ -207,8 +221,25 @@ def _rows_library():
         lib.encore_int8_to_bf16.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
         lib.encore_int8_to_bf16.argtypes += [ctypes.c_void_p]
         lib.encore_int8_linear_amx_bf16.restype = ctypes.c_int
-        lib.encore_int8_linear_amx_bf16.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 4]
+        lib.encore_int8_linear_amx_bf16.argtypes = [
+            *[ctypes.c_void_p] * 2,
+            *[ctypes.c_int64] * 3,
+            *[ctypes.c_void_p] * 3,
+        ]
+        lib.encore_int8_linear_amx_bf16.argtypes += [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
         lib.encore_int8_linear_amx_bf16_available.restype = ctypes.c_int
+        lib.encore_int4_linear_amx_bf16.restype = ctypes.c_int
+        lib.encore_int4_linear_amx_bf16.argtypes = [
+            *[ctypes.c_void_p] * 2,
+            *[ctypes.c_int64] * 3,
+            *[ctypes.c_void_p] * 3,
+        ]
+        lib.encore_int4_linear_amx_bf16.argtypes += [
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            *[ctypes.c_void_p] * 2,
+        ]
         lib.encore_unit_rows.restype = None
         lib.encore_unit_rows.argtypes = [
             ctypes.c_void_p,
@@ -247,6 +278,7 @@ def _int8_rows_library():
     if lib is None:
         return None
     lib.encore_int8_has_vnni.restype = ctypes.c_int
+    lib.encore_int8_has_amx.restype = ctypes.c_int
     lib.encore_int8_linear.restype = ctypes.c_int
     lib.encore_int8_linear.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 5]
     return lib if lib.encore_int8_has_vnni() else None
@@ -258,12 +290,23 @@ def rows_only_available() -> bool:
     return _int8_rows_library() is not None and int8_bf16_many_rows()
 
 
+def int8_rows_on_amx() -> bool:
+    """Whether csrc/int8.c runs many int8 rows on AMX's int8 tiles here (else VNNI, slower than fbgemm's
+    packed GEMM over a prefill's rows)."""
+    lib = _int8_rows_library()
+    return lib is not None and bool(lib.encore_int8_has_amx())
+
+
 def release_packed_weights(model: nn.Module) -> int:
-    """`Int8Linear.release_packed` on every int8 projection of `model` where `rows_only_available`;
-    how many were released."""
+    """`Int8Linear.release_packed` on every int8 projection of `model` whose calls csrc/int8.c and the
+    bf16 products cover (`rows_only_available`; a projection whose many rows stay int8 keeps fbgemm's
+    copy where there is no AMX: its GEMM beats csrc/int8.c's VNNI there); how many were released."""
     if not rows_only_available():
         return 0
-    released = [m for m in model.modules() if isinstance(m, Int8Linear) and m._packed is not None]
+    amx = int8_rows_on_amx()
+    released = [
+        m for m in model.modules() if isinstance(m, Int8Linear) and m._packed is not None and (m.bf16_many_rows or amx)
+    ]
     for module in released:
         module.release_packed()
     return len(released)
@@ -289,33 +332,81 @@ def _amx_bf16() -> bool:
     return lib is not None and bool(lib.encore_int8_linear_amx_bf16_available())
 
 
-AMX_BF16_MAX_ROWS = 256  # more rows: oneDNN's GEMM over the unpacked weight (its blocking wins there)
-
-
-def amx_bf16_rows(rows: int, in_features: int, out_features: int) -> bool:
+def amx_bf16_rows(in_features: int, out_features: int) -> bool:
     """Whether a many-row int8 product of this shape runs on AMX's bf16 tiles here (csrc/rows.c's
-    `encore_int8_linear_amx_bf16`: a CPU with AMX, at most `AMX_BF16_MAX_ROWS` rows, inputs a multiple
-    of 32, outputs a multiple of 16). Against unpacking the weight to bf16 and oneDNN's GEMM, on this
-    2-vCPU Xeon (`python examples/prefill_measurements.py amx`): 1.6-2.7x at 32-128 rows, 1.1-1.25x at
-    256, 0.8-1.2x at 512 (each weight block streams every row's activations, which leave the cache at
-    4096 inputs); a 32128-row head: 7.4x at 32 rows (no bf16 copy of the weight is written)."""
-    return rows <= AMX_BF16_MAX_ROWS and in_features % 32 == 0 and out_features % 16 == 0 and _amx_bf16()
+    `encore_int8_linear_amx_bf16`: a CPU with AMX, inputs a multiple of 32, outputs a multiple of 16).
+    Against unpacking the weight to bf16 and oneDNN's GEMM, on this 2-vCPU Xeon (`python
+    examples/prefill_measurements.py amx`): 1.2-1.9x at 128-1024 rows; within 0.8-1.1x of oneDNN's GEMM
+    over a bf16 weight it had been given (no unpacking), at the cost of no bf16 copy of the weight."""
+    return in_features % 32 == 0 and out_features % 16 == 0 and _amx_bf16()
 
 
-def int8_amx_bf16(rows: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
-    """rows [M, K] fp32 @ bf16(weight * scales).T (+ bias) -> [M, N] fp32, on AMX's bf16 tiles: the bf16
-    GEMM path's product without writing the bf16 weight out or rounding the output to bf16."""
-    rows = rows.contiguous()
-    out = torch.empty(rows.shape[0], weight.shape[0])
-    status = _rows_library().encore_int8_linear_amx_bf16(
-        rows.data_ptr(), rows.shape[0], weight.shape[1], weight.shape[0], weight.data_ptr(), scales.data_ptr(),
-        None if bias is None else bias.data_ptr(), out.data_ptr(),
+@dataclass
+class BF16Tiles:
+    """Rows packed as bf16 in the first operand's tiles of csrc/rows.c's AMX product (per 16 rows and 32
+    columns, 1 KiB row-major; rows past `rows` zero): what one `int8_amx_bf16` / `int4_amx_bf16` call
+    writes for the next to read (an MLP's hidden activations: no fp32 copy, no packing pass)."""
+
+    data: Tensor  # int16 [rows rounded up to 16, width], tile by tile
+    rows: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.data.shape[1])
+
+    def numel(self) -> int:
+        return self.rows * self.data.shape[1]
+
+
+def _amx_call(fn, rows: Tensor | BF16Tiles, n: int, weight_args: list, bias: Tensor | None, act: int, tiles: bool):
+    """One csrc/rows.c AMX product: fp32 rows or packed `BF16Tiles` in; fp32 [M, N] or `BF16Tiles` out."""
+    packed = rows if isinstance(rows, BF16Tiles) else None
+    x = None if packed is not None else rows.reshape(-1, rows.shape[-1]).contiguous()  # [M, K]
+    m, k = (packed.rows, packed.data.shape[1]) if packed is not None else x.shape
+    out = None if tiles else torch.empty(m, n)
+    out_tiles = BF16Tiles(torch.empty((m + 15) // 16 * 16, n, dtype=torch.int16), m) if tiles else None
+    status = fn(
+        None if x is None else x.data_ptr(), None if packed is None else packed.data.data_ptr(), m, k, n,
+        *weight_args, None if bias is None else bias.data_ptr(), act,
+        None if out is None else out.data_ptr(), None if out_tiles is None else out_tiles.data.data_ptr(),
     )  # fmt: skip
     if status == -2:
-        raise ValueError(f"no AMX bf16 product for a {list(weight.shape)} weight here (amx_bf16_rows says where)")
+        raise ValueError(f"no AMX bf16 product for a [{n}, {k}] weight here (amx_bf16_rows says where)")
     if status:
         raise MemoryError("csrc/rows.c: out of memory for a prefill's bf16 activations")
-    return out
+    return out_tiles if tiles else out
+
+
+def int8_amx_bf16(
+    rows: Tensor | BF16Tiles, weight: Tensor, scales: Tensor, bias: Tensor | None, act: int = -1, tiles: bool = False
+) -> Tensor | BF16Tiles:
+    """rows [M, K] fp32 (or packed) @ bf16(weight * scales).T (+ bias) -> [M, N] fp32 on AMX's bf16 tiles:
+    the bf16 GEMM path's product without writing the bf16 weight out or rounding the output to bf16.
+    `act`: an MLP activation applied as the outputs are written (`encore.model.fused.ACT`'s numbers; -1
+    none); `tiles`: the outputs as `BF16Tiles` for the next projection."""
+    args = [weight.data_ptr(), scales.data_ptr()]
+    return _amx_call(_rows_library().encore_int8_linear_amx_bf16, rows, weight.shape[0], args, bias, act, tiles)
+
+
+def int4_amx_bf16_rows(in_features: int, out_features: int, group_size: int) -> bool:
+    """Whether a many-row int4 product of this shape runs on AMX's bf16 tiles here (`int4_amx_bf16`)."""
+    return in_features % 64 == 0 and group_size % 32 == 0 and out_features % 16 == 0 and _amx_bf16()
+
+
+def int4_amx_bf16(
+    rows: Tensor | BF16Tiles,
+    qweight: Tensor,
+    scales: Tensor,
+    mins: Tensor | None,
+    bias: Tensor | None,
+    act: int = -1,
+    tiles: bool = False,
+) -> Tensor | BF16Tiles:
+    """`int8_amx_bf16` for `Int4Linear`'s weight: packed nibbles, fp16 `scales` (and `mins`) unpacked into
+    the tiles a block at a time."""
+    k = 2 * qweight.shape[1]
+    args = [qweight.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(), k // scales.shape[1]]
+    return _amx_call(_rows_library().encore_int4_linear_amx_bf16, rows, qweight.shape[0], args, bias, act, tiles)
 
 
 def int8_bf16_weight(weight: Tensor, scales: Tensor) -> Tensor:

@@ -76,7 +76,8 @@ class AddResidual(nn.Module):
     """Pre-norm and sandwich blocks: x + post(h) (`post` is the identity before a pre-norm's residual)."""
 
     def forward(self, x: Tensor, h: Tensor, post: nn.Module) -> Tensor:
-        return x + post(h)
+        y = post(h)  # a sublayer's fresh output: summed into in place at inference (a [T, D] tensor fewer)
+        return x + y if torch.is_grad_enabled() or y is x or y.shape != x.shape else y.add_(x)
 
 
 class NormResidual(nn.Module):

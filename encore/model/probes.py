@@ -1,11 +1,13 @@
 """Kernel choices measured on the machine, once: whether csrc/attend.c's bf16 products beat fp32 SDPA
-for a prefill's attention (`prefill_attention="auto"`)."""
+for a prefill's attention (`prefill_attention="auto"`), and whether an int8 projection's many rows run
+fast enough as bf16 products where the CPU has no AMX (`prefill_products="auto"`)."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -33,19 +35,45 @@ PROBE_MIN_GAIN = 1.25  # bf16 must beat SDPA by this much (a margin over the VMs
 
 def bf16_attention_faster() -> bool:
     """Whether csrc/attend.c's bf16 products beat fp32 SDPA on a 512-token attention here by
-    PROBE_MIN_GAIN: measured once per machine and kernel (CPU flags, torch, threads, csrc/'s sources;
-    ~0.1 s) and recorded in $ENCORE_CACHE/kernels/attention_probe.json (delete it to measure again).
+    PROBE_MIN_GAIN: measured once per machine and kernel (CPU flags, torch, threads, csrc/'s sources,
+    `ENCORE_DISABLE_AMX` and `ONEDNN_MAX_CPU_ISA`; ~0.1 s) and recorded in
+    $ENCORE_CACHE/kernels/attention_probe.json (delete it to measure again).
     Measured: ~4x on an AMD EPYC (Zen 4, AVX512-BF16 dot products); on an Intel Xeon with AMX 0.7x with
     those, 3.8-5.5x since the kernel runs on the AMX tiles there (docs/engine.md)."""
     if not bf16_attention_available():
         return False
-    machine = f"{native.cpu_flags()}|{torch.__version__}|{torch.get_num_threads()}|{native.sources_digest()}"
-    key = hashlib.sha256(machine.encode()).hexdigest()
-    return _probe_record(key)["bf16_faster"]
+    return _probe_record(_machine_key("attention"), "attention")["bf16_faster"]
+
+
+PRODUCTS_MAX_LOSS = 1.25  # bf16 products (nearer the float product) unless int8 rows are this much faster
+
+
+def bf16_products_by_default() -> bool:
+    """`prefill_products="auto"`'s choice for an int8 projection's many rows: bf16 products where the
+    CPU runs them (closer to the float product: docs/engine.md's quality table) and they are not much
+    slower than int8 rows. With AMX always (csrc/rows.c's tiles); elsewhere measured once per machine
+    and kernel, as `bf16_attention_faster` is: the weight unpacked to bf16 and oneDNN's GEMM against
+    the int8 rows' products on a 512 x 1024 -> 4096 projection, bf16 unless int8 is PRODUCTS_MAX_LOSS
+    times faster. (This Xeon with AMX masked, `ENCORE_DISABLE_AMX=1 ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`:
+    oneDNN's bf16 at 0.19 TFLOP/s against int8 rows' 0.5-0.7; Zen 4's oneDNN bf16 ran ~0.66.)"""
+    from encore.model.kernels import _amx_bf16, int8_bf16_many_rows
+
+    if not int8_bf16_many_rows():
+        return False
+    return _amx_bf16() or _probe_record(_machine_key("products"), "products")["bf16_faster"]
+
+
+def _machine_key(what: str) -> str:
+    """What a measured choice depends on: the CPU, torch, threads, csrc/'s sources and the variables
+    that change which instructions run (`ENCORE_DISABLE_AMX`, oneDNN's `ONEDNN_MAX_CPU_ISA`)."""
+    isa = "|".join(os.environ.get(name, "") for name in ("ENCORE_DISABLE_AMX", "ONEDNN_MAX_CPU_ISA"))
+    machine = f"{native.cpu_flags()}|{torch.__version__}|{torch.get_num_threads()}|{native.sources_digest()}|{isa}"
+    prefix = "" if what == "attention" else f"{what}|"  # (the attention's records predate the others)
+    return hashlib.sha256((prefix + machine).encode()).hexdigest()
 
 
 @functools.cache
-def _probe_record(key: str) -> dict:
+def _probe_record(key: str, what: str) -> dict:
     path = cache_dir() / "kernels" / "attention_probe.json"
     try:
         records = json.loads(path.read_text())
@@ -53,8 +81,13 @@ def _probe_record(key: str) -> dict:
         records = {}
     if isinstance(records.get(key), dict) and "bf16_faster" in records[key]:
         return records[key]
-    bf16, sdpa = _time_attention()
-    records[key] = {"bf16_ms": bf16 * 1e3, "sdpa_ms": sdpa * 1e3, "bf16_faster": sdpa >= PROBE_MIN_GAIN * bf16}
+    if what == "attention":
+        bf16, sdpa = _time_attention()
+        records[key] = {"bf16_ms": bf16 * 1e3, "sdpa_ms": sdpa * 1e3, "bf16_faster": sdpa >= PROBE_MIN_GAIN * bf16}
+    else:
+        bf16, int8 = _time_products()
+        records[key] = {"what": what, "bf16_ms": bf16 * 1e3, "int8_ms": int8 * 1e3}
+        records[key]["bf16_faster"] = bf16 <= PRODUCTS_MAX_LOSS * int8
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda p: Path(p).write_text(json.dumps(records, indent=2)))
@@ -63,18 +96,44 @@ def _probe_record(key: str) -> dict:
     return records[key]
 
 
+def _interleaved(runs: dict, rounds: int) -> dict[str, float]:
+    """Median seconds of each of `runs` (name -> callable), interleaved, after a warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for i in range(rounds + 1):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run()
+                if i:  # the first round warms up
+                    times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _time_products(rounds: int = 5) -> tuple[float, float]:
+    """(bf16 products, int8 rows) median seconds of a 512 x 1024 -> 4096 int8 projection, interleaved,
+    through the path each takes in an optimized model (fbgemm's packed copy released where csrc/int8.c
+    runs every call)."""
+    from encore.model.kernels import Int8Linear, rows_only_available
+
+    g = torch.Generator().manual_seed(0)
+    layer = Int8Linear(torch.randn(4096, 1024, generator=g) * 0.02)
+    if rows_only_available():
+        layer.release_packed()
+    x = torch.randn(512, 1024, generator=g)
+    int8 = Int8Linear.from_quantized(*layer.quantized())
+    if rows_only_available():
+        int8.release_packed()
+    int8.bf16_many_rows = False
+    seconds = _interleaved({"bf16": lambda: layer(x), "int8": lambda: int8(x)}, rounds)
+    return seconds["bf16"], seconds["int8"]
+
+
 def _time_attention(rounds: int = 7) -> tuple[float, float]:
     """(bf16 kernel, fp32 SDPA) median seconds on PROBE_SHAPE, interleaved."""
     B, H, T, Dh = PROBE_SHAPE
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, T, Dh, generator=g) for _ in range(3))
     fused = FusedAttend(bf16_prefill=True)
-    times: dict[str, list[float]] = {"bf16": [], "sdpa": []}
-    with torch.inference_mode():
-        for i in range(rounds + 1):
-            for name, run in (("bf16", fused), ("sdpa", attend)):
-                start = time.perf_counter()
-                run(q, k, v, None, False, 0.0)
-                if i:  # the first round warms up
-                    times[name].append(time.perf_counter() - start)
-    return statistics.median(times["bf16"]), statistics.median(times["sdpa"])
+    runs = {"bf16": lambda: fused(q, k, v, None, False, 0.0), "sdpa": lambda: attend(q, k, v, None, False, 0.0)}
+    seconds = _interleaved(runs, rounds)
+    return seconds["bf16"], seconds["sdpa"]

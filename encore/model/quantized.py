@@ -28,7 +28,7 @@ from encore.model.fused import fused_available
 from encore.model.fused_layer import fuse
 from encore.model.int4 import Int4Linear
 from encore.model.kernels import Int8Embedding, Int8Linear, release_packed_weights
-from encore.model.probes import bf16_prefill_by_default
+from encore.model.probes import bf16_prefill_by_default, bf16_products_by_default
 
 QUANTIZATION_FILE = "quantization.json"
 FORMAT, VERSION = "encore-quantized", 1
@@ -161,6 +161,10 @@ def fuse_loaded(model: nn.Module) -> None:
     kernels too, as `encore.optimize` would have left them (and `deoptimize` can undo)."""
     fused = fused_available()
     bf16_prefill = bf16_prefill_by_default(True, fused, model.config.encoder_input)  # prefill_attention="auto"
+    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    bf16_rows = bool(int8) and bf16_products_by_default()  # prefill_products="auto"
+    for module in int8:
+        module.bf16_many_rows = bf16_rows
     if fused:
         model._encore_swaps = fuse(model, bf16_prefill)
         release_packed_weights(model)  # each int8 weight once (csrc/int8.c's rows)

@@ -40,6 +40,7 @@ class ServerConfig:
     max_input_len: int | None = None  # prompt tokens; None: min(1024, what the model holds)
     max_tokens: int = 256  # the largest `max_tokens` a request may ask for
     max_prefill_tokens: int | None = None  # prompt tokens prefilled per step; None: max_input_len
+    prefill_chunk: int | None = None  # prefill a longer prompt in pieces of this many tokens' worth; None: whole
     prefix_cache_mb: float = 256.0  # decoder-only: K/V of earlier prompts and replies kept for reuse (0: off)
     served_model_name: str | None = None  # the name clients send as `model`; None: the --model's name
     shutdown_grace_s: float = 30.0
@@ -64,7 +65,8 @@ def slots_for(config: Any, kv_budget_bytes: float, max_input_len: int, max_token
 def _limits(cfg: ServerConfig, model_config: Any) -> tuple[int, int]:
     """(max_input_len, max_tokens), checked against what the model's positions hold."""
     flags = ("--max-tokens-limit", cfg.max_tokens), ("--max-input-len", cfg.max_input_len)
-    for name, value in (*flags, ("--max-prefill-tokens", cfg.max_prefill_tokens)):
+    flags += ("--max-prefill-tokens", cfg.max_prefill_tokens), ("--prefill-chunk", cfg.prefill_chunk)
+    for name, value in flags:
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     room = model_config.max_input_len(cfg.max_tokens)
@@ -146,6 +148,7 @@ def build_app(cfg: ServerConfig, model: Any) -> tuple[Any, Any]:
         max_tokens,
         max_prefill_tokens=prefill,
         prefix_cache_bytes=int(cfg.prefix_cache_mb * MiB),
+        prefill_chunk=cfg.prefill_chunk,
     )
     scheduler = Scheduler(model, model.tokenizer, engine, cfg.max_queue, ServerMetrics())
     log.info(

@@ -89,28 +89,11 @@ static void gemm_amx(const uint32_t *A0, int64_t lda, const uint32_t *B0, int64_
         for (int64_t mb = 0; mb < MB16; mb += 2) {
             const int two_m = mb + 1 < MB16;
             const uint32_t *a0 = A0 + mb * 16 * lda, *a1 = a0 + 16 * lda;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int64_t kk = 0; kk < K2; kk += 16) {
-                _tile_loadd(4, a0 + kk, lda * 4);
-                _tile_loadd(6, b0 + kk * NP, NP * 4);
-                _tile_dpbf16ps(0, 4, 6);
-                if (two_m) {
-                    _tile_loadd(5, a1 + kk, lda * 4);
-                    _tile_dpbf16ps(1, 5, 6);
-                }
-                if (two_n) {
-                    _tile_loadd(7, b1 + kk * NP, NP * 4);
-                    _tile_dpbf16ps(2, 4, 7);
-                    if (two_m) _tile_dpbf16ps(3, 5, 7);
-                }
-            }
+            AMX_TILES_2X2(_tile_dpbf16ps, K2 / 16, a0, a1, 16, lda * 4, b0, b1, 16 * NP, NP * 4, two_m, two_n);
             float *c = C0 + mb * 16 * ldc + nb * 16;
             _tile_stored(0, c, ldc * 4);
-            if (two_m) _tile_stored(1, c + 16 * ldc, ldc * 4);
-            if (two_n) _tile_stored(2, c + 16, ldc * 4);
+            if (two_n) _tile_stored(1, c + 16, ldc * 4);
+            if (two_m) _tile_stored(2, c + 16 * ldc, ldc * 4);
             if (two_m && two_n) _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
         }
     }

@@ -37,8 +37,8 @@ void encore_rms_norm(const float *x, int64_t rows, int64_t dim, int64_t x_stride
     for (int64_t r = 0; r < rows; r++) rms_row(x + r * x_stride, dim, w, eps, y + r * dim);
 }
 
-#ifdef __AVX512F__
 #include "simd.h"
+#ifdef __AVX512F__
 
 static inline __m512 kv_load16(const void *p, int64_t i, int kv16) {
     return kv16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const half *)p + i))) : _mm512_loadu_ps((const float *)p + i);
@@ -58,50 +58,13 @@ static inline void layer_norm_row(const float *x, int64_t dim, const float *w, c
     for (int64_t d = 0; d < dim; d++) y[d] = (x[d] - mean) * inv * w[d] + (b ? b[d] : 0.f);
 }
 
-/* The MLP activations (`act`, as encore/model/fused.py's ACT numbers them): */
-enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2, ACT_RELU = 3 };
-
-#ifdef __AVX512F__
-/* erf(x), 16 at a time: Abramowitz and Stegun 7.1.26 (|error| <= 1.5e-7), odd in x. */
-static inline __m512 erf16(__m512 x) {
-    const __m512 a = _mm512_abs_ps(x);
-    const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), a, _mm512_set1_ps(1.f)));
-    __m512 p = _mm512_set1_ps(1.061405429f);
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
-    p = _mm512_mul_ps(p, t);
-    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
-    const __m512 y = _mm512_fnmadd_ps(p, e, _mm512_set1_ps(1.f));  /* erf(|x|) */
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(y),
-                                               _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000))));
-}
-#endif
-
 /* y = act(x) over n values (y may be x): SiLU x sigmoid(x); GELU-tanh x sigmoid(C (x + 0.044715 x^3));
  * GELU 0.5 x (1 + erf(x / sqrt 2)); ReLU max(x, 0). */
 static void activate(const float *x, int64_t n, int act, float *y) {
     const float c = 1.5957691216057308f; /* sqrt(8 / pi) */
     int64_t i = 0;
 #ifdef __AVX512F__
-    const __m512 one = _mm512_set1_ps(1.f), vc = _mm512_set1_ps(c), cubic = _mm512_set1_ps(0.044715f);
-    const __m512 half = _mm512_set1_ps(0.5f), root = _mm512_set1_ps(0.70710678118654752f);
-    for (; i + 16 <= n; i += 16) {
-        const __m512 v = _mm512_loadu_ps(x + i);
-        if (act == ACT_RELU) {
-            _mm512_storeu_ps(y + i, _mm512_max_ps(v, _mm512_setzero_ps()));
-            continue;
-        }
-        if (act == ACT_GELU) {
-            _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, erf16(_mm512_mul_ps(v, root)))));
-            continue;
-        }
-        __m512 z = v;
-        if (act == ACT_GELU_TANH) z = _mm512_mul_ps(vc, _mm512_fmadd_ps(_mm512_mul_ps(cubic, v), _mm512_mul_ps(v, v), v));
-        const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)); /* e^-z (inf for z < -88: sigmoid 0) */
-        _mm512_storeu_ps(y + i, _mm512_div_ps(v, _mm512_add_ps(one, e)));
-    }
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, act16(_mm512_loadu_ps(x + i), act));
 #endif
     for (; i < n; i++) {
         const float v = x[i];

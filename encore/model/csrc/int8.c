@@ -125,24 +125,7 @@ static void products8_amx(int64_t M, int64_t K, int64_t N, const int8_t *w, cons
             for (int64_t mb = 0; mb < MB; mb += 2) {
                 const int two_m = mb + 1 < MB;
                 const int8_t *x0 = xp + mb * KB * 1024, *x1 = x0 + KB * 1024;
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
-                for (int64_t kb = 0; kb < KB; kb++) {
-                    _tile_loadd(4, w0 + kb * 64, K);
-                    _tile_loadd(6, x0 + kb * 1024, 64);
-                    _tile_dpbssd(0, 4, 6);
-                    if (two_m) {
-                        _tile_loadd(7, x1 + kb * 1024, 64);
-                        _tile_dpbssd(1, 4, 7);
-                    }
-                    if (two_n) {
-                        _tile_loadd(5, w1 + kb * 64, K);
-                        _tile_dpbssd(2, 5, 6);
-                        if (two_m) _tile_dpbssd(3, 5, 7);
-                    }
-                }
+                AMX_TILES_2X2(_tile_dpbssd, KB, w0, w1, 64, K, x0, x1, 1024, 64, two_n, two_m);
                 _tile_stored(0, c[0], 64);
                 _tile_stored(1, c[1], 64);
                 _tile_stored(2, c[2], 64);

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "half.h"
 #include "simd.h"
 
 void encore_unit_rows(const float *x, int64_t M, int64_t K, float *unit, float *peak) {
@@ -52,42 +53,147 @@ int encore_int8_to_bf16(const int8_t *w, const float *scale, int64_t N, int64_t 
 }
 
 /* y[M, N] = x[M, K] @ bf16(w * scale).T (+ bias) on AMX's bf16 tiles, fp32 out: what `encore_int8_to_bf16`
- * then oneDNN's bf16 GEMM compute for a prefill's rows, without writing the bf16 weight to memory (each
- * thread unpacks 32 weight rows at a time into a buffer that stays in its cache) nor rounding the output
- * to bf16. The weights are the tiles' first operand (16 rows x 32 columns, read in place from that
- * buffer), the activations the second, packed per call as [k/2][row][k%2] per 16-row block. */
+ * then oneDNN's bf16 GEMM compute for a prefill's rows, without writing the bf16 weight to memory nor
+ * rounding the output to bf16. The activations are the tiles' first operand (16 rows x 32 inputs,
+ * packed once per call), the weights the second: each thread unpacks a block of NC weight rows into
+ * the tiles' pair layout in a buffer that stays in its L2 cache, then runs every 32-row block of the
+ * activations against it (2 x 2 tiles of 16 x 16 accumulators), which it writes into y as they are. */
 #include "amx.h"
 #if defined(ENCORE_AMX) && defined(__AVX512BF16__) && defined(__AVX512BW__)
+#include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 #define ENCORE_AMX_BF16 1
 
-/* Rows of x as bf16 in the tiles' layout: per block of 16 rows and 32 columns, 1 KiB of [k/2][row][k%2]
- * (a row's pair q at 32-bit slot q * 16); rows past M are zero. */
+/* Rows of x as bf16 tiles: per block of 16 rows and 32 inputs, 1 KiB row-major; rows past M are zero. */
 static void pack_rows_bf16(const float *x, int64_t M, int64_t K, uint16_t *xp) {
     const int64_t KB = K / 32, MP = (M + 15) / 16 * 16;
 #pragma omp parallel for schedule(static)
     for (int64_t m = 0; m < MP; m++) {
-        uint32_t *slots = (uint32_t *)(xp + (m / 16) * KB * 512) + m % 16;
-        if (m >= M) {
-            for (int64_t q = 0; q < K / 2; q++) slots[q * 16] = 0;
-            continue;
-        }
-        for (int64_t k = 0; k < K; k += 16) {
-            uint32_t pairs[8];
-            _mm256_storeu_si256((__m256i *)pairs, (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + m * K + k)));
-            for (int j = 0; j < 8; j++) slots[(k / 2 + j) * 16] = pairs[j];
+        for (int64_t kb = 0; kb < KB; kb++) {
+            uint16_t *o = xp + ((m / 16) * KB + kb) * 512 + (m % 16) * 32;
+            if (m >= M) {
+                memset(o, 0, 64);
+                continue;
+            }
+            const float *r = x + m * K + kb * 32;
+            _mm256_storeu_si256((__m256i *)o, (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r)));
+            _mm256_storeu_si256((__m256i *)(o + 16), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r + 16)));
         }
     }
 }
 
-static void unpack_rows(const int8_t *w, const float *scale, int64_t n, int64_t rows, int64_t K, uint16_t *out) {
-    for (int64_t r = 0; r < rows; r++) {
-        const __m512 s = _mm512_set1_ps(scale[n + r]);
-        for (int64_t k = 0; k < K; k += 16) {
-            const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + (n + r) * K + k)));
-            _mm256_storeu_si256((__m256i *)(out + r * K + k), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_cvtepi32_ps(q), s)));
+/* r[i][j] -> r[j][i] for 16 rows of 16 32-bit lanes: pairs of lanes, then of 64 bits, then 128-bit quarters. */
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]), t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]), u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]), u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int j = 0; j < 4; j++) { /* u[4g + j] quarter l: rows 4g..4g+3 of column 4l + j */
+        const __m512i v = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x44), v2 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xEE);
+        const __m512i w = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x44), w2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xEE);
+        r[j] = _mm512_shuffle_i32x4(v, w, 0x88), r[4 + j] = _mm512_shuffle_i32x4(v, w, 0xDD);
+        r[8 + j] = _mm512_shuffle_i32x4(v2, w2, 0x88), r[12 + j] = _mm512_shuffle_i32x4(v2, w2, 0xDD);
+    }
+}
+
+/* A quantized weight [N, K] the tiles read as bf16: int8 rows with an fp32 scale each (`w`, `scale`), or
+ * int4 in csrc/int4.c's layout (`w4`: K / 2 bytes a row, each 64 inputs as 32 bytes, low nibbles the
+ * first 32; fp16 `sw` and, asymmetric, `mw` per `group` inputs; symmetric levels sit at -8 x scale). */
+typedef struct {
+    const int8_t *w;
+    const float *scale;
+    const uint8_t *w4;
+    const half *sw, *mw;
+    int64_t group;
+} weights;
+
+/* Output n's 32 inputs from 32 kb as 16 bf16 pairs (lane p: inputs 2p, 2p + 1). */
+static inline __m512i row_pairs(const weights *W, int64_t n, int64_t K, int64_t kb) {
+    __m512 lo, hi;
+    if (W->w4) {
+        const int64_t k0 = kb * 32, G = K / W->group, g = k0 / W->group;
+        const __m256i bytes = _mm256_loadu_si256((const __m256i *)(W->w4 + n * (K / 2) + 32 * (k0 / 64)));
+        const __m256i nib = (k0 / 32) % 2 ? _mm256_and_si256(_mm256_srli_epi16(bytes, 4), _mm256_set1_epi8(0x0F))
+                                          : _mm256_and_si256(bytes, _mm256_set1_epi8(0x0F));
+        const float sc = h2f(W->sw[n * G + g]);
+        const __m512 s = _mm512_set1_ps(sc), m = _mm512_set1_ps(W->mw ? h2f(W->mw[n * G + g]) : -8.f * sc);
+        lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(nib))), s, m);
+        hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(nib, 1))), s, m);
+    } else {
+        const int8_t *q = W->w + n * K + kb * 32;
+        const __m512 s = _mm512_set1_ps(W->scale[n]);
+        lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q))), s);
+        hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)))), s);
+    }
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+/* Weight rows [n0, n0 + rows) as bf16 tiles: per 16 outputs and 32 inputs, 1 KiB of [k/2][n][k%2] (the
+ * second operand's pair layout): 16 outputs' pairs transposed in registers. */
+static void pack_weight_bf16(const weights *W, int64_t n0, int64_t rows, int64_t K, uint16_t *out) {
+    const int64_t KB = K / 32;
+    for (int64_t r0 = 0; r0 < rows; r0 += 16)
+        for (int64_t kb = 0; kb < KB; kb++) {
+            __m512i v[16];
+            for (int r = 0; r < 16; r++) v[r] = row_pairs(W, n0 + r0 + r, K, kb);
+            transpose16(v);
+            uint16_t *tile = out + ((r0 / 16) * KB + kb) * 512;
+            for (int p = 0; p < 16; p++) _mm512_store_si512((__m512i *)(tile + p * 32), v[p]);
+        }
+}
+
+/* Accumulator tile t (16 rows from m0, 16 outputs from n0), plus bias and through `act` (-1: none;
+ * csrc/simd.h's ACT_*), into y fp32 [M, N]: in place where all 16 rows are real and there is neither,
+ * else through a buffer. Or, where `yt` is given, into yt as bf16 in the first operand's tiles (what
+ * `pack_rows_bf16` makes of [M, N] for a next projection: N / 32 tiles a 16-row block, the rows past M
+ * zero). */
+static void store_tile(int t, float *y, uint16_t *yt, int64_t M, int64_t N, int64_t m0, int64_t n0, const float *bias,
+                       int act) {
+    float c[256] __attribute__((aligned(64)));
+    if (m0 + 16 <= M && !bias && act < 0 && !yt) {
+        switch (t) {
+        case 0: _tile_stored(0, y + m0 * N + n0, N * 4); break;
+        case 1: _tile_stored(1, y + m0 * N + n0, N * 4); break;
+        case 2: _tile_stored(2, y + m0 * N + n0, N * 4); break;
+        default: _tile_stored(3, y + m0 * N + n0, N * 4); break;
+        }
+        return;
+    }
+    switch (t) {
+    case 0: _tile_stored(0, c, 64); break;
+    case 1: _tile_stored(1, c, 64); break;
+    case 2: _tile_stored(2, c, 64); break;
+    default: _tile_stored(3, c, 64); break;
+    }
+    const __m512 b = bias ? _mm512_loadu_ps(bias + n0) : _mm512_setzero_ps();
+    for (int64_t j = 0; j < 16; j++) {
+        __m512 v = _mm512_add_ps(_mm512_load_ps(c + j * 16), b);
+        v = act < 0 ? v : act16(v, act);
+        if (yt) {
+            uint16_t *o = yt + ((m0 / 16) * (N / 32) + n0 / 32) * 512 + j * 32 + n0 % 32;
+            _mm256_storeu_si256((__m256i *)o, m0 + j < M ? (__m256i)_mm512_cvtneps_pbh(v) : _mm256_setzero_si256());
+        } else if (m0 + j < M) {
+            _mm512_storeu_ps(y + (m0 + j) * N + n0, v);
         }
     }
+}
+
+/* Weight rows a thread unpacks at once: their bf16 tiles (NC x K x 2 bytes) within 512 KiB of its L2
+ * cache, and of 128, 64 or 32 the one whose blocks share out most evenly over the threads (the most
+ * rows any thread runs; a tie goes to the larger: N = 640 on 2 threads takes 64, 5 blocks of 128 would
+ * leave one thread 3). */
+static int64_t weight_block(int64_t N, int64_t K) {
+    const int64_t threads = omp_get_max_threads();
+    int64_t best = 32, best_rows = -1;
+    for (int64_t nc = 128; nc >= 32; nc /= 2) {
+        if (nc > 32 && nc * K * 2 > (512 << 10)) continue;
+        const int64_t blocks = (N + nc - 1) / nc, rows = (blocks + threads - 1) / threads * nc;
+        if (best_rows < 0 || rows < best_rows) best = nc, best_rows = rows;
+    }
+    return best;
 }
 #endif
 
@@ -99,71 +205,85 @@ int encore_int8_linear_amx_bf16_available(void) {
 #endif
 }
 
-/* Returns 0; -1 when out of memory; -2 where this CPU or build has no AMX bf16, or K % 32 or N % 16. */
-int encore_int8_linear_amx_bf16(const float *x, int64_t M, int64_t K, int64_t N, const int8_t *w, const float *scale,
-                                const float *bias, float *y) {
 #ifdef ENCORE_AMX_BF16
-    if (!amx_permitted() || K % 32 || N % 16) return -2;
-    const int64_t KB = K / 32, MB = (M + 15) / 16, NB = N / 16;
-    uint16_t *xp = aligned_alloc(64, (size_t)(MB * 16 * K * 2));
-    if (!xp) return -1;
-    pack_rows_bf16(x, M, K, xp);
+/* y[M, N] = act(x[M, K] @ bf16(W).T (+ bias)): the activations packed once (or given packed, `xt`), then
+ * each thread's blocks of NC outputs unpacked into its cache and run against every 32 rows; out as fp32
+ * y, or as the next projection's packed activations `yt` (`store_tile`). 0, or -1 out of memory. */
+static int amx_bf16_linear(const float *x, const uint16_t *xt, int64_t M, int64_t K, int64_t N, const weights *W,
+                           const float *bias, int act, float *y, uint16_t *yt) {
+    const int64_t KB = K / 32, MB = (M + 15) / 16, NC = weight_block(N, K);
+    uint16_t *xp = (uint16_t *)xt;
+    if (!xt) {
+        xp = aligned_alloc(64, (size_t)(MB * 16 * K * 2));
+        if (!xp) return -1;
+        pack_rows_bf16(x, M, K, xp);
+    }
     int failed = 0;
 #pragma omp parallel
     {
         amx_tiles_on();
-        uint16_t *wb = aligned_alloc(64, (size_t)(32 * K * 2)); /* this thread's 32 weight rows, bf16 */
-        float c[4][256] __attribute__((aligned(64)));          /* [weight row][input row] per accumulator */
+        uint16_t *wb = aligned_alloc(64, (size_t)(NC * K * 2)); /* this thread's NC weight rows as tiles */
         if (!wb) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
-        for (int64_t nb = 0; nb < NB; nb += 2) {
+        for (int64_t n0 = 0; n0 < N; n0 += NC) {
             if (!wb) continue;
-            const int two_n = nb + 1 < NB;
-            unpack_rows(w, scale, nb * 16, 16 * (1 + two_n), K, wb);
+            const int64_t rows = N - n0 < NC ? N - n0 : NC, NT = rows / 16;
+            pack_weight_bf16(W, n0, rows, K, wb);
             for (int64_t mb = 0; mb < MB; mb += 2) {
                 const int two_m = mb + 1 < MB;
                 const uint16_t *x0 = xp + mb * KB * 512, *x1 = x0 + KB * 512;
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
-                for (int64_t kb = 0; kb < KB; kb++) {
-                    _tile_loadd(4, wb + kb * 32, K * 2);
-                    _tile_loadd(6, x0 + kb * 512, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    if (two_m) {
-                        _tile_loadd(7, x1 + kb * 512, 64);
-                        _tile_dpbf16ps(1, 4, 7);
-                    }
-                    if (two_n) {
-                        _tile_loadd(5, wb + 16 * K + kb * 32, K * 2);
-                        _tile_dpbf16ps(2, 5, 6);
-                        if (two_m) _tile_dpbf16ps(3, 5, 7);
-                    }
-                }
-                _tile_stored(0, c[0], 64);
-                _tile_stored(1, c[1], 64);
-                _tile_stored(2, c[2], 64);
-                _tile_stored(3, c[3], 64);
-                for (int t = 0; t < 4; t++) {
-                    const int64_t n0 = (nb + t / 2) * 16, m0 = (mb + t % 2) * 16;
-                    if ((t / 2 && !two_n) || (t % 2 && !two_m)) continue;
-                    for (int64_t j = 0; j < 16 && m0 + j < M; j++)
-                        for (int64_t i = 0; i < 16; i++)
-                            y[(m0 + j) * N + n0 + i] = c[t][i * 16 + j] + (bias ? bias[n0 + i] : 0.f);
+                for (int64_t nt = 0; nt < NT; nt += 2) {
+                    const int two_n = nt + 1 < NT;
+                    const uint16_t *w0 = wb + nt * KB * 512, *w1 = w0 + KB * 512;
+                    AMX_TILES_2X2(_tile_dpbf16ps, KB, x0, x1, 512, 64, w0, w1, 512, 64, two_m, two_n);
+                    const int64_t n = n0 + nt * 16, m = mb * 16;
+                    store_tile(0, y, yt, M, N, m, n, bias, act);
+                    if (two_n) store_tile(1, y, yt, M, N, m, n + 16, bias, act);
+                    if (two_m) store_tile(2, y, yt, M, N, m + 16, n, bias, act);
+                    if (two_m && two_n) store_tile(3, y, yt, M, N, m + 16, n + 16, bias, act);
                 }
             }
         }
         free(wb);
         _tile_release();
     }
-    free(xp);
+    if (!xt) free(xp);
     return failed ? -1 : 0;
+}
+#endif
+
+/* y = act(x @ bf16(w * scale).T + bias), act -1 for none (an MLP's up projection: its activation as the
+ * accumulators are written, not in a pass of its own). x fp32 [M, K], or `xt` the rows already packed
+ * (a previous call's `yt`); out y fp32 [M, N], or `yt` packed for a next projection (N % 32 == 0): an
+ * MLP's hidden activations never written as fp32. Returns 0; -1 when out of memory; -2 where this CPU
+ * or build has no AMX bf16, or K % 32 or N % 16 (N % 32 for `yt`). */
+int encore_int8_linear_amx_bf16(const float *x, const uint16_t *xt, int64_t M, int64_t K, int64_t N, const int8_t *w,
+                                const float *scale, const float *bias, int64_t act, float *y, uint16_t *yt) {
+#ifdef ENCORE_AMX_BF16
+    if (!amx_permitted() || K % 32 || N % (yt ? 32 : 16)) return -2;
+    const weights W = {.w = w, .scale = scale};
+    return amx_bf16_linear(x, xt, M, K, N, &W, bias, (int)act, y, yt);
 #else
-    (void)x, (void)M, (void)K, (void)N, (void)w, (void)scale, (void)bias, (void)y;
+    (void)x, (void)xt, (void)M, (void)K, (void)N, (void)w, (void)scale, (void)bias, (void)act, (void)y, (void)yt;
+    return -2;
+#endif
+}
+
+/* The same product for an int4 weight (csrc/int4.c's layout, `weights`): what encore_int4_to_bf16 then
+ * oneDNN's bf16 GEMM compute for a prefill's rows. -2 also where K % 64, group % 32 or N % 16. */
+int encore_int4_linear_amx_bf16(const float *x, const uint16_t *xt, int64_t M, int64_t K, int64_t N, const uint8_t *w4,
+                                const half *sw, const half *mw, int64_t group, const float *bias, int64_t act, float *y,
+                                uint16_t *yt) {
+#ifdef ENCORE_AMX_BF16
+    if (!amx_permitted() || K % 64 || group % 32 || K % group || N % (yt ? 32 : 16)) return -2;
+    const weights W = {.w4 = w4, .sw = sw, .mw = mw, .group = group};
+    return amx_bf16_linear(x, xt, M, K, N, &W, bias, (int)act, y, yt);
+#else
+    (void)x, (void)xt, (void)M, (void)K, (void)N, (void)w4, (void)sw, (void)mw, (void)group, (void)bias, (void)act;
+    (void)y, (void)yt;
     return -2;
 #endif
 }

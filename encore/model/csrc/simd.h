@@ -1,5 +1,6 @@
 /* Helpers shared by the kernels (csrc/decode.c, attend.c, fp32.c, int4.c, int8.c, layer.c, rows.c): a
- * row's largest magnitude, a bias added to rows; with AVX-512, e^x and 16 horizontal sums. */
+ * row's largest magnitude, a bias added to rows, the MLP activations' numbers; with AVX-512, e^x, erf,
+ * the activations 16 at a time and 16 horizontal sums. */
 #ifndef ENCORE_SIMD_H
 #define ENCORE_SIMD_H
 #include <math.h>
@@ -28,6 +29,9 @@ static inline void add_bias(float *y, int64_t M, int64_t N, const float *bias) {
         for (int64_t n = 0; n < N; n++) y[m * N + n] += bias[n];
 }
 
+/* The MLP activations (`act`, as encore/model/fused.py's ACT numbers them): */
+enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2, ACT_RELU = 3 };
+
 #ifdef __AVX512F__
 /* e^x, 16 at a time: 2^n * poly(r), |r| <= ln2 / 2 (~1e-7); x below -87 counts as -87, above ~88 gives
  * inf. Softmax's shifted logits (x <= 0), and the MLP's sigmoids (csrc/layer.c: either sign). */
@@ -44,6 +48,37 @@ static inline __m512 exp16(__m512 x) {
     y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
     y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
     return _mm512_scalef_ps(y, n);
+}
+
+/* erf(x), 16 at a time: Abramowitz and Stegun 7.1.26 (|error| <= 1.5e-7), odd in x. */
+static inline __m512 erf16(__m512 x) {
+    const __m512 a = _mm512_abs_ps(x);
+    const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), a, _mm512_set1_ps(1.f)));
+    __m512 p = _mm512_set1_ps(1.061405429f);
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+    p = _mm512_mul_ps(p, t);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
+    const __m512 y = _mm512_fnmadd_ps(p, e, _mm512_set1_ps(1.f));  /* erf(|x|) */
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(y),
+                                               _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000))));
+}
+
+/* act(v), 16 at a time (`activate` in csrc/decode.c runs it over a row): SiLU v sigmoid(v); GELU-tanh
+ * v sigmoid(C (v + 0.044715 v^3)); GELU 0.5 v (1 + erf(v / sqrt 2)); ReLU max(v, 0). */
+static inline __m512 act16(__m512 v, int act) {
+    if (act == ACT_RELU) return _mm512_max_ps(v, _mm512_setzero_ps());
+    if (act == ACT_GELU)
+        return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v),
+                             _mm512_add_ps(_mm512_set1_ps(1.f), erf16(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)))));
+    __m512 z = v;
+    if (act == ACT_GELU_TANH) /* sqrt(8 / pi) (v + 0.044715 v^3) */
+        z = _mm512_mul_ps(_mm512_set1_ps(1.5957691216057308f),
+                          _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), _mm512_mul_ps(v, v), v));
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)); /* e^-z (inf for z < -88: sigmoid 0) */
+    return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), e));
 }
 
 /* [sum(v[0]), ..., sum(v[15])]: 16 horizontal sums as one transposing tree of adds. */
