@@ -190,7 +190,6 @@ def test_auto_prefill_products_follow_the_machines_measure(monkeypatch):
     from conftest import make_model
 
     import encore
-    import encore.infer.optimize as optimize_module
     from encore.model import kernels, probes
 
     if not (kernels.int8_bf16_many_rows() and kernels.rows_only_available()):
@@ -201,7 +200,6 @@ def test_auto_prefill_products_follow_the_machines_measure(monkeypatch):
         monkeypatch.setattr(probes, "_probe_record", lambda key, what, measured=measured: measured)
         for amx_rows in (False, True):
             monkeypatch.setattr(kernels, "int8_rows_on_amx", lambda amx_rows=amx_rows: amx_rows)
-            monkeypatch.setattr(optimize_module, "int8_rows_on_amx", lambda amx_rows=amx_rows: amx_rows)
             model = encore.optimize(make_model("encdec"), quantize="int8")
             linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
             assert linears and all(m.bf16_many_rows == measured_bf16_faster for m in linears)

@@ -19,9 +19,8 @@ from encore.model.kernels import (
     Int8Linear,
     OneDNNLinear,
     bytes_per_weight,
-    int8_rows_on_amx,
     onednn_available,
-    rows_only_available,
+    release_packed_weights,
 )
 from encore.model.probes import bf16_products_by_default
 
@@ -49,8 +48,7 @@ def probe_kernel(weight: Tensor, kernel: str) -> Callable[[Tensor], Tensor]:
     if kernel in ("int8", "int8rows"):  # "int8rows": optimize(prefill_products="int8"): many rows as int8 rows
         layer = Int8Linear(weight)
         layer.bf16_many_rows = kernel == "int8" and bf16_products_by_default()  # as optimize's "auto" chooses
-        if rows_only_available() and (layer.bf16_many_rows or int8_rows_on_amx()):  # as release_packed_weights
-            layer.release_packed()
+        release_packed_weights(layer)  # as optimize does
         return layer
     if kernel == "int4":
         return Int4Linear(weight)

@@ -14,6 +14,62 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s; 0.0.0.0 exposes the server)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (%(default)s)")
     p.add_argument("--max-batch", type=int, default=64, help="requests in flight at most (%(default)s)")
+    _scheduling_flags(p.add_argument_group("scheduling: slots, K/V memory, prefill"))
+    add_quantize_flag(p)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(%(default)s)")
+    p.add_argument("--src-lang", default=None, help="a multilingual model's default source language (NLLB: fra_Latn)")
+    p.add_argument("--tgt-lang", default=None, help="... and target language (requests' target_lang replaces it)")
+    p.add_argument("--served-model-name", default=None, help="the name clients send as `model` (default: --model's)")
+    p.add_argument(
+        "--shutdown-grace",
+        dest="shutdown_grace_s",
+        type=float,
+        default=30.0,
+        help="seconds running requests get to finish after SIGTERM before they are cut (%(default)s)",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="serve a preset or config untrained (capacity benchmarks; its text is noise)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("ENCORE_API_KEY"),
+        help="require `Authorization: Bearer KEY` on every route but /health (default: $ENCORE_API_KEY; none)",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=None,
+        help="larger request bodies get a 413 (default: 1; 25 for a Whisper model's audio uploads, as OpenAI's)",
+    )
+    _speech_flags(p.add_argument_group("a Whisper model's transcriptions"))
+    p.add_argument(
+        "--request-timeout",
+        dest="request_timeout_s",
+        type=float,
+        default=600.0,
+        help="seconds a request may run before it is cut: 408, or an error event on a stream (%(default)s)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="send CORS headers for this origin (repeat for more; '*' for any); none by default",
+    )
+    p.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="FILE",
+        help="a Jinja chat template for /v1/chat/completions (default: the checkpoint tokenizer's)",
+    )
+    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(%(default)s)")
+
+
+def _scheduling_flags(p: argparse._ArgumentGroup) -> None:
+    """How many requests run, with how much K/V memory, and how their prompts are prefilled."""
     p.add_argument(
         "--kv-budget-mb",
         type=float,
@@ -24,8 +80,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-queue", type=int, default=256, help="requests waiting for a slot before 429 Retry-After (%(default)s)"
     )
-    add_quantize_flag(p)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(%(default)s)")
     p.add_argument(
         "--max-input-len", type=int, default=None, help="prompt tokens at most (default: min(1024, the model's room))"
     )
@@ -59,32 +113,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="decoder-only models: keep the K/V of earlier prompts and replies (blocks of 32 tokens, LRU) so a "
         "request that starts with one (a chat's next turn) prefills only the rest; 0 turns it off (%(default)s)",
     )
-    p.add_argument("--src-lang", default=None, help="a multilingual model's default source language (NLLB: fra_Latn)")
-    p.add_argument("--tgt-lang", default=None, help="... and target language (requests' target_lang replaces it)")
-    p.add_argument("--served-model-name", default=None, help="the name clients send as `model` (default: --model's)")
-    p.add_argument(
-        "--shutdown-grace",
-        dest="shutdown_grace_s",
-        type=float,
-        default=30.0,
-        help="seconds running requests get to finish after SIGTERM before they are cut (%(default)s)",
-    )
-    p.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="serve a preset or config untrained (capacity benchmarks; its text is noise)",
-    )
-    p.add_argument(
-        "--api-key",
-        default=os.environ.get("ENCORE_API_KEY"),
-        help="require `Authorization: Bearer KEY` on every route but /health (default: $ENCORE_API_KEY; none)",
-    )
-    p.add_argument(
-        "--max-body-mb",
-        type=float,
-        default=None,
-        help="larger request bodies get a 413 (default: 1; 25 for a Whisper model's audio uploads, as OpenAI's)",
-    )
+
+
+def _speech_flags(p: argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--beam-size", type=int, default=5, help="a Whisper model's beam size for transcriptions (%(default)s)"
     )
@@ -93,28 +124,6 @@ def configure(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a Whisper model: transcribe only the speech Silero VAD finds, times kept (pip install 'encore[vad]')",
     )
-    p.add_argument(
-        "--request-timeout",
-        dest="request_timeout_s",
-        type=float,
-        default=600.0,
-        help="seconds a request may run before it is cut: 408, or an error event on a stream (%(default)s)",
-    )
-    p.add_argument(
-        "--allow-origin",
-        action="append",
-        default=None,
-        metavar="ORIGIN",
-        help="send CORS headers for this origin (repeat for more; '*' for any); none by default",
-    )
-    p.add_argument(
-        "--chat-template",
-        default=None,
-        metavar="FILE",
-        help="a Jinja chat template for /v1/chat/completions (default: the checkpoint tokenizer's)",
-    )
-    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(%(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -297,15 +297,21 @@ def int8_rows_on_amx() -> bool:
     return lib is not None and bool(lib.encore_int8_has_amx())
 
 
+def rows_cover(bf16_many_rows: bool) -> bool:
+    """Whether encore's kernels run every call of an `Int8Linear` from its int8 rows alone, so its fbgemm
+    copy can go (`release_packed`): `rows_only_available`, and its many rows either bf16 products
+    (`bf16_many_rows`) or csrc/int8.c on AMX's int8 tiles. Without AMX, many int8 rows keep fbgemm's
+    GEMM: it beats csrc/int8.c's VNNI over a prefill's rows."""
+    return rows_only_available() and (bf16_many_rows or int8_rows_on_amx())
+
+
 def release_packed_weights(model: nn.Module) -> int:
-    """`Int8Linear.release_packed` on every int8 projection of `model` whose calls csrc/int8.c and the
-    bf16 products cover (`rows_only_available`; a projection whose many rows stay int8 keeps fbgemm's
-    copy where there is no AMX: its GEMM beats csrc/int8.c's VNNI there); how many were released."""
-    if not rows_only_available():
-        return 0
-    amx = int8_rows_on_amx()
+    """`Int8Linear.release_packed` on every int8 projection of `model` (itself, if one) that `rows_cover`
+    says may go without fbgemm's copy; how many were released."""
     released = [
-        m for m in model.modules() if isinstance(m, Int8Linear) and m._packed is not None and (m.bf16_many_rows or amx)
+        m
+        for m in model.modules()
+        if isinstance(m, Int8Linear) and m._packed is not None and rows_cover(m.bf16_many_rows)
     ]
     for module in released:
         module.release_packed()

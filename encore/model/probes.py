@@ -111,20 +111,16 @@ def _interleaved(runs: dict, rounds: int) -> dict[str, float]:
 
 def _time_products(rounds: int = 5) -> tuple[float, float]:
     """(bf16 products, int8 rows) median seconds of a 512 x 1024 -> 4096 int8 projection, interleaved,
-    through the path each takes in an optimized model (fbgemm's packed copy released where csrc/int8.c
-    runs every call)."""
-    from encore.model.kernels import Int8Linear, rows_only_available
+    each through the path an optimized model takes (fbgemm's packed copy released where `rows_cover`)."""
+    from encore.model.kernels import Int8Linear, release_packed_weights
 
     g = torch.Generator().manual_seed(0)
-    layer = Int8Linear(torch.randn(4096, 1024, generator=g) * 0.02)
-    if rows_only_available():
-        layer.release_packed()
-    x = torch.randn(512, 1024, generator=g)
-    int8 = Int8Linear.from_quantized(*layer.quantized())
-    if rows_only_available():
-        int8.release_packed()
-    int8.bf16_many_rows = False
-    seconds = _interleaved({"bf16": lambda: layer(x), "int8": lambda: int8(x)}, rounds)
+    weight, x = torch.randn(4096, 1024, generator=g) * 0.02, torch.randn(512, 1024, generator=g)
+    layers = {"bf16": Int8Linear(weight), "int8": Int8Linear(weight)}
+    layers["int8"].bf16_many_rows = False
+    for layer in layers.values():
+        release_packed_weights(layer)
+    seconds = _interleaved({name: lambda layer=layer: layer(x) for name, layer in layers.items()}, rounds)
     return seconds["bf16"], seconds["int8"]
 
 
