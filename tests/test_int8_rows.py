@@ -102,6 +102,8 @@ def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product():
     assert kernels.amx_bf16_rows(96, 48) and not kernels.amx_bf16_rows(80, 48)
     with pytest.raises(ValueError, match=r"\[48, 80\]"):
         kernels.int8_amx_bf16(torch.randn(40, 80), torch.zeros(48, 80, dtype=torch.int8), scales, None)
+    with pytest.raises(ValueError, match=r"rows of 64 inputs for a \[48, 96\] weight"):
+        kernels.int8_amx_bf16(torch.randn(40, 64), w, scales, None)
 
 
 @pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")

@@ -364,11 +364,15 @@ class BF16Tiles:
         return self.rows * self.data.shape[1]
 
 
-def _amx_call(fn, rows: Tensor | BF16Tiles, n: int, weight_args: list, bias: Tensor | None, act: int, tiles: bool):
-    """One csrc/rows.c AMX product: fp32 rows or packed `BF16Tiles` in; fp32 [M, N] or `BF16Tiles` out."""
+def _amx_call(fn, rows: Tensor | BF16Tiles, weight: tuple[int, int], weight_args: list, bias, act: int, tiles: bool):
+    """One csrc/rows.c AMX product over a [N, K] `weight`: fp32 rows or packed `BF16Tiles` in; fp32 [M, N]
+    or `BF16Tiles` out."""
+    n, in_features = weight
     packed = rows if isinstance(rows, BF16Tiles) else None
     x = None if packed is not None else rows.reshape(-1, rows.shape[-1]).contiguous()  # [M, K]
     m, k = (packed.rows, packed.data.shape[1]) if packed is not None else x.shape
+    if k != in_features:
+        raise ValueError(f"rows of {k} inputs for a [{n}, {in_features}] weight")
     out = None if tiles else torch.empty(m, n)
     out_tiles = BF16Tiles(torch.empty((m + 15) // 16 * 16, n, dtype=torch.int16), m) if tiles else None
     status = fn(
@@ -391,7 +395,7 @@ def int8_amx_bf16(
     `act`: an MLP activation applied as the outputs are written (`encore.model.fused.ACT`'s numbers; -1
     none); `tiles`: the outputs as `BF16Tiles` for the next projection."""
     args = [weight.data_ptr(), scales.data_ptr()]
-    return _amx_call(_rows_library().encore_int8_linear_amx_bf16, rows, weight.shape[0], args, bias, act, tiles)
+    return _amx_call(_rows_library().encore_int8_linear_amx_bf16, rows, weight.shape, args, bias, act, tiles)
 
 
 def int4_amx_bf16_rows(in_features: int, out_features: int, group_size: int) -> bool:
@@ -412,7 +416,8 @@ def int4_amx_bf16(
     the tiles a block at a time."""
     k = 2 * qweight.shape[1]
     args = [qweight.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(), k // scales.shape[1]]
-    return _amx_call(_rows_library().encore_int4_linear_amx_bf16, rows, qweight.shape[0], args, bias, act, tiles)
+    shape = (qweight.shape[0], k)
+    return _amx_call(_rows_library().encore_int4_linear_amx_bf16, rows, shape, args, bias, act, tiles)
 
 
 def int8_bf16_weight(weight: Tensor, scales: Tensor) -> Tensor:
