@@ -106,6 +106,33 @@ def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product():
         kernels.int8_amx_bf16(torch.randn(40, 64), w, scales, None)
 
 
+def test_amx_outputs_written_beside_the_next_products_cover_every_block():
+    """Each 2 x 2 block of outputs is written (bias, activation, packed bf16 rows) while the tiles run
+    the next block, across each thread's weight blocks, and the last one after them: 400 outputs are
+    13 weight blocks of 32 (the last 16 wide), 600 rows an odd last row block; every output is there."""
+    from encore.model import kernels
+    from encore.model.fused import ACT, gelu_tanh
+
+    if not kernels._amx_bf16():
+        pytest.skip("needs AMX bf16 tiles")
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.randn(400, 96), torch.randn(400))
+    w, scales, _ = layer.rows()
+    x = torch.randn(600, 96)
+    exact = x.bfloat16().float() @ kernels.int8_bf16_weight(w, scales).float().T
+    identity = Int8Linear(torch.eye(384))  # reads packed rows back: exact for bf16 numbers
+    with torch.inference_mode():
+        plain = kernels.int8_amx_bf16(x, w, scales, None)
+        biased = kernels.int8_amx_bf16(x, w, scales, layer._bias, act=ACT[gelu_tanh])
+        packed = kernels.int8_amx_bf16(x, w[:384], scales[:384], None, act=ACT[torch.nn.functional.relu], tiles=True)
+        unpacked = kernels.int8_amx_bf16(packed, *identity.rows()[:2], None)[:, :384]
+    torch.testing.assert_close(plain, exact, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(biased, gelu_tanh(exact + layer._bias), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unpacked, plain[:, :384].relu().bfloat16().float(), rtol=0, atol=0)
+    last_block = packed.data[592:608].reshape(384 // 32, 16, 32)  # tile by tile: 16 rows x 32 outputs each
+    assert last_block[:, :8].any() and not last_block[:, 8:].any()  # rows 600-607 are zero
+
+
 @pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
 def test_rows_only_the_weight_is_held_once_and_gives_the_same_numbers():
     """`release_packed` (what `optimize` does where encore's kernels cover every call): fbgemm's packed

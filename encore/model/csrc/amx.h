@@ -43,28 +43,30 @@ static inline void amx_tiles_on(void) {
 /* Accumulator tiles 0-3 = the 2 x 2 products of first operands a0, a1 (tiles 4, 5) and second operands
  * b0, b1 (tiles 6, 7), summed over `steps` steps: 0 = a0 b0, 1 = a0 b1, 2 = a1 b0, 3 = a1 b1; a1 and b1
  * only where `two_a` / `two_b`. A step moves a by `a_step` and b by `b_step` elements; a tile's rows are
- * `a_stride` / `b_stride` bytes apart. DP: the product (_tile_dpbf16ps, _tile_dpbssd). The microkernel of
- * every AMX product here (csrc/int8.c, rows.c, attend.c). */
-#define AMX_TILES_2X2(DP, steps, a0, a1, a_step, a_stride, b0, b1, b_step, b_stride, two_a, two_b) \
-    do {                                                                                          \
-        _tile_zero(0);                                                                            \
-        _tile_zero(1);                                                                            \
-        _tile_zero(2);                                                                            \
-        _tile_zero(3);                                                                            \
-        for (int64_t s_ = 0; s_ < (steps); s_++) {                                                \
-            _tile_loadd(4, (a0) + s_ * (a_step), (a_stride));                                     \
-            _tile_loadd(6, (b0) + s_ * (b_step), (b_stride));                                     \
-            DP(0, 4, 6);                                                                          \
-            if (two_b) {                                                                          \
-                _tile_loadd(7, (b1) + s_ * (b_step), (b_stride));                                 \
-                DP(1, 4, 7);                                                                      \
-            }                                                                                     \
-            if (two_a) {                                                                          \
-                _tile_loadd(5, (a1) + s_ * (a_step), (a_stride));                                 \
-                DP(2, 5, 6);                                                                      \
-                if (two_b) DP(3, 5, 7);                                                           \
-            }                                                                                     \
-        }                                                                                         \
+ * `a_stride` / `b_stride` bytes apart. DP: the product (_tile_dpbf16ps, _tile_dpbssd). BESIDE: a statement
+ * run after each step's products, while the tile unit works through them (csrc/rows.c's vector work; the
+ * others pass `(void)0`). The microkernel of every AMX product here (csrc/int8.c, rows.c, attend.c). */
+#define AMX_TILES_2X2(DP, steps, a0, a1, a_step, a_stride, b0, b1, b_step, b_stride, two_a, two_b, BESIDE) \
+    do {                                                                                                  \
+        _tile_zero(0);                                                                                    \
+        _tile_zero(1);                                                                                    \
+        _tile_zero(2);                                                                                    \
+        _tile_zero(3);                                                                                    \
+        for (int64_t s_ = 0; s_ < (steps); s_++) {                                                        \
+            _tile_loadd(4, (a0) + s_ * (a_step), (a_stride));                                             \
+            _tile_loadd(6, (b0) + s_ * (b_step), (b_stride));                                             \
+            DP(0, 4, 6);                                                                                  \
+            if (two_b) {                                                                                  \
+                _tile_loadd(7, (b1) + s_ * (b_step), (b_stride));                                         \
+                DP(1, 4, 7);                                                                              \
+            }                                                                                             \
+            if (two_a) {                                                                                  \
+                _tile_loadd(5, (a1) + s_ * (a_step), (a_stride));                                         \
+                DP(2, 5, 6);                                                                              \
+                if (two_b) DP(3, 5, 7);                                                                   \
+            }                                                                                             \
+            BESIDE;                                                                                       \
+        }                                                                                                 \
     } while (0)
 #endif
 #endif

@@ -89,7 +89,7 @@ static void gemm_amx(const uint32_t *A0, int64_t lda, const uint32_t *B0, int64_
         for (int64_t mb = 0; mb < MB16; mb += 2) {
             const int two_m = mb + 1 < MB16;
             const uint32_t *a0 = A0 + mb * 16 * lda, *a1 = a0 + 16 * lda;
-            AMX_TILES_2X2(_tile_dpbf16ps, K2 / 16, a0, a1, 16, lda * 4, b0, b1, 16 * NP, NP * 4, two_m, two_n);
+            AMX_TILES_2X2(_tile_dpbf16ps, K2 / 16, a0, a1, 16, lda * 4, b0, b1, 16 * NP, NP * 4, two_m, two_n, (void)0);
             float *c = C0 + mb * 16 * ldc + nb * 16;
             _tile_stored(0, c, ldc * 4);
             if (two_n) _tile_stored(1, c + 16, ldc * 4);

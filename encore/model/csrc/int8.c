@@ -125,7 +125,7 @@ static void products8_amx(int64_t M, int64_t K, int64_t N, const int8_t *w, cons
             for (int64_t mb = 0; mb < MB; mb += 2) {
                 const int two_m = mb + 1 < MB;
                 const int8_t *x0 = xp + mb * KB * 1024, *x1 = x0 + KB * 1024;
-                AMX_TILES_2X2(_tile_dpbssd, KB, w0, w1, 64, K, x0, x1, 1024, 64, two_n, two_m);
+                AMX_TILES_2X2(_tile_dpbssd, KB, w0, w1, 64, K, x0, x1, 1024, 64, two_n, two_m, (void)0);
                 _tile_stored(0, c[0], 64);
                 _tile_stored(1, c[1], 64);
                 _tile_stored(2, c[2], 64);

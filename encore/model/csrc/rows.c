@@ -131,54 +131,68 @@ static inline __m512i row_pairs(const weights *W, int64_t n, int64_t K, int64_t 
     return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 }
 
-/* Weight rows [n0, n0 + rows) as bf16 tiles: per 16 outputs and 32 inputs, 1 KiB of [k/2][n][k%2] (the
- * second operand's pair layout): 16 outputs' pairs transposed in registers. */
-static void pack_weight_bf16(const weights *W, int64_t n0, int64_t rows, int64_t K, uint16_t *out) {
+/* Tile u of weight rows from n0 as bf16 (16 outputs from n0 + u / KB * 16, 32 inputs from u % KB * 32): 1 KiB
+ * of [k/2][n][k%2], the second operand's pair layout, at out + u * 512; 16 outputs' pairs transposed in
+ * registers. */
+static inline void weight_tile(const weights *W, int64_t n0, int64_t K, int64_t u, uint16_t *out) {
     const int64_t KB = K / 32;
-    for (int64_t r0 = 0; r0 < rows; r0 += 16)
-        for (int64_t kb = 0; kb < KB; kb++) {
-            __m512i v[16];
-            for (int r = 0; r < 16; r++) v[r] = row_pairs(W, n0 + r0 + r, K, kb);
-            transpose16(v);
-            uint16_t *tile = out + ((r0 / 16) * KB + kb) * 512;
-            for (int p = 0; p < 16; p++) _mm512_store_si512((__m512i *)(tile + p * 32), v[p]);
-        }
+    __m512i v[16];
+    for (int r = 0; r < 16; r++) v[r] = row_pairs(W, n0 + u / KB * 16 + r, K, u % KB);
+    transpose16(v);
+    for (int p = 0; p < 16; p++) _mm512_store_si512((__m512i *)(out + u * 512 + p * 32), v[p]);
 }
 
-/* Accumulator tile t (16 rows from m0, 16 outputs from n0), plus bias and through `act` (-1: none;
- * csrc/simd.h's ACT_*), into y fp32 [M, N]: in place where all 16 rows are real and there is neither,
- * else through a buffer. Or, where `yt` is given, into yt as bf16 in the first operand's tiles (what
- * `pack_rows_bf16` makes of [M, N] for a next projection: N / 32 tiles a 16-row block, the rows past M
- * zero). */
-static void store_tile(int t, float *y, uint16_t *yt, int64_t M, int64_t N, int64_t m0, int64_t n0, const float *bias,
-                       int act) {
+/* Accumulator tile t (16 rows from m0, 16 outputs from n0) straight into y fp32 [M, N] (rows N apart); the
+ * rows past M through a buffer. */
+static void store_tile(int t, float *y, int64_t M, int64_t N, int64_t m0, int64_t n0) {
     float c[256] __attribute__((aligned(64)));
-    if (m0 + 16 <= M && !bias && act < 0 && !yt) {
-        switch (t) {
-        case 0: _tile_stored(0, y + m0 * N + n0, N * 4); break;
-        case 1: _tile_stored(1, y + m0 * N + n0, N * 4); break;
-        case 2: _tile_stored(2, y + m0 * N + n0, N * 4); break;
-        default: _tile_stored(3, y + m0 * N + n0, N * 4); break;
-        }
-        return;
-    }
+    float *to = m0 + 16 <= M ? y + m0 * N + n0 : c;
+    const int64_t stride = m0 + 16 <= M ? N * 4 : 64;
     switch (t) {
-    case 0: _tile_stored(0, c, 64); break;
-    case 1: _tile_stored(1, c, 64); break;
-    case 2: _tile_stored(2, c, 64); break;
-    default: _tile_stored(3, c, 64); break;
+    case 0: _tile_stored(0, to, stride); break;
+    case 1: _tile_stored(1, to, stride); break;
+    case 2: _tile_stored(2, to, stride); break;
+    default: _tile_stored(3, to, stride); break;
     }
-    const __m512 b = bias ? _mm512_loadu_ps(bias + n0) : _mm512_setzero_ps();
-    for (int64_t j = 0; j < 16; j++) {
-        __m512 v = _mm512_add_ps(_mm512_load_ps(c + j * 16), b);
-        v = act < 0 ? v : act16(v, act);
-        if (yt) {
-            uint16_t *o = yt + ((m0 / 16) * (N / 32) + n0 / 32) * 512 + j * 32 + n0 % 32;
-            _mm256_storeu_si256((__m256i *)o, m0 + j < M ? (__m256i)_mm512_cvtneps_pbh(v) : _mm256_setzero_si256());
-        } else if (m0 + j < M) {
-            _mm512_storeu_ps(y + (m0 + j) * N + n0, v);
-        }
+    for (int64_t j = 0; to == c && m0 + j < M; j++) memcpy(y + (m0 + j) * N + n0, c + j * 16, 64);
+}
+
+/* The vector work a thread does while the tile unit multiplies (AMX_TILES_2X2's BESIDE: the tile unit runs
+ * a step's four products in ~64 cycles, in which the vector units are otherwise idle): the last 2 x 2
+ * accumulator block's outputs, spread evenly over the next block's steps. They wait as 4 tiles of 16 x 16
+ * in `c`, at rows cm, outputs cn, rows `next` .. 63 still to write: plus bias, through `act` (-1: none;
+ * csrc/simd.h's ACT_*), into y fp32 [M, N] or into `yt` as bf16 in the first operand's tiles (what
+ * `pack_rows_bf16` makes of [M, N] for a next projection: N / 32 tiles a 16-row block, the rows past M
+ * zero). On the tile unit's time, GELU-tanh adds ~0.3 ms to a 512 x 1024 x 4096 up projection's ~1.8
+ * instead of ~0.8 (2 threads). Weight unpacking beside the products was slower: its stores and a second
+ * block buffer crowd the L2 cache the tiles load from. */
+typedef struct {
+    float c[1024] __attribute__((aligned(64)));
+    float *y;
+    uint16_t *yt;
+    const float *bias;
+    int act, tiles;
+    int64_t M, N, cm, cn, next, budget;
+} beside;
+
+static inline void output_row(beside *b, int64_t i) {
+    const int t = (int)(i / 16), j = (int)(i % 16);
+    if (!(b->tiles >> t & 1)) return;
+    const int64_t m = b->cm + (t >> 1) * 16 + j, n = b->cn + (t & 1) * 16, M = b->M, N = b->N;
+    __m512 v = _mm512_load_ps(b->c + t * 256 + j * 16);
+    if (b->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(b->bias + n));
+    if (b->act >= 0) v = act16(v, b->act);
+    if (b->yt) {
+        uint16_t *o = b->yt + ((m / 16) * (N / 32) + n / 32) * 512 + (m % 16) * 32 + n % 32;
+        _mm256_storeu_si256((__m256i *)o, m < M ? (__m256i)_mm512_cvtneps_pbh(v) : _mm256_setzero_si256());
+    } else if (m < M) {
+        _mm512_storeu_ps(b->y + m * N + n, v);
     }
+}
+
+/* One step's share of the work beside: `steps` the steps of the current 2 x 2 block. */
+static inline void beside_step(beside *b, int64_t steps) {
+    for (b->budget += 64; b->budget >= steps && b->next < 64; b->budget -= steps) output_row(b, b->next++);
 }
 
 /* Weight rows a thread unpacks at once: their bf16 tiles (NC x K x 2 bytes) within 512 KiB of its L2
@@ -207,11 +221,14 @@ int encore_int8_linear_amx_bf16_available(void) {
 
 #ifdef ENCORE_AMX_BF16
 /* y[M, N] = act(x[M, K] @ bf16(W).T (+ bias)): the activations packed once (or given packed, `xt`), then
- * each thread's blocks of NC outputs unpacked into its cache and run against every 32 rows; out as fp32
- * y, or as the next projection's packed activations `yt` (`store_tile`). 0, or -1 out of memory. */
+ * each thread's blocks of NC outputs unpacked into its cache and run against every 32 rows. Each 2 x 2
+ * block of outputs is written during the next one's products (`beside`: bias, activation, bf16 tiles
+ * `yt`); a plain fp32 y takes the tiles as they are. 0, or -1 out of memory. */
 static int amx_bf16_linear(const float *x, const uint16_t *xt, int64_t M, int64_t K, int64_t N, const weights *W,
                            const float *bias, int act, float *y, uint16_t *yt) {
-    const int64_t KB = K / 32, MB = (M + 15) / 16, NC = weight_block(N, K);
+    const int64_t KB = K / 32, MB = (M + 15) / 16;
+    const int plain = !bias && act < 0 && !yt;
+    const int64_t NC = weight_block(N, K), blocks = (N + NC - 1) / NC;
     uint16_t *xp = (uint16_t *)xt;
     if (!xt) {
         xp = aligned_alloc(64, (size_t)(MB * 16 * K * 2));
@@ -221,34 +238,50 @@ static int amx_bf16_linear(const float *x, const uint16_t *xt, int64_t M, int64_
     int failed = 0;
 #pragma omp parallel
     {
-        amx_tiles_on();
-        uint16_t *wb = aligned_alloc(64, (size_t)(NC * K * 2)); /* this thread's NC weight rows as tiles */
-        if (!wb) {
+        const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+        const int64_t first = blocks * t / T, mine = blocks * (t + 1) / T - first; /* this thread's blocks */
+        uint16_t *wb = aligned_alloc(64, (size_t)(NC * K * 2)); /* this block's weights as tiles */
+        beside *b = aligned_alloc(64, sizeof(beside));
+        if (!wb || !b) {
 #pragma omp atomic write
             failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (int64_t n0 = 0; n0 < N; n0 += NC) {
-            if (!wb) continue;
-            const int64_t rows = N - n0 < NC ? N - n0 : NC, NT = rows / 16;
-            pack_weight_bf16(W, n0, rows, K, wb);
-            for (int64_t mb = 0; mb < MB; mb += 2) {
-                const int two_m = mb + 1 < MB;
-                const uint16_t *x0 = xp + mb * KB * 512, *x1 = x0 + KB * 512;
-                for (int64_t nt = 0; nt < NT; nt += 2) {
-                    const int two_n = nt + 1 < NT;
-                    const uint16_t *w0 = wb + nt * KB * 512, *w1 = w0 + KB * 512;
-                    AMX_TILES_2X2(_tile_dpbf16ps, KB, x0, x1, 512, 64, w0, w1, 512, 64, two_m, two_n);
-                    const int64_t n = n0 + nt * 16, m = mb * 16;
-                    store_tile(0, y, yt, M, N, m, n, bias, act);
-                    if (two_n) store_tile(1, y, yt, M, N, m, n + 16, bias, act);
-                    if (two_m) store_tile(2, y, yt, M, N, m + 16, n, bias, act);
-                    if (two_m && two_n) store_tile(3, y, yt, M, N, m + 16, n + 16, bias, act);
+        } else if (mine > 0) {
+            amx_tiles_on();
+            *b = (beside){.y = y, .yt = yt, .bias = bias, .act = act, .M = M, .N = N, .next = 64};
+            for (int64_t blk = first; blk < first + mine; blk++) {
+                const int64_t n0 = blk * NC, NT = (N - n0 < NC ? N - n0 : NC) / 16;
+                for (int64_t u = 0; u < NT * KB; u++) weight_tile(W, n0, K, u, wb);
+                for (int64_t mb = 0; mb < MB; mb += 2) {
+                    const int two_m = mb + 1 < MB;
+                    const uint16_t *x0 = xp + mb * KB * 512, *x1 = x0 + KB * 512;
+                    for (int64_t nt = 0; nt < NT; nt += 2) {
+                        const int two_n = nt + 1 < NT;
+                        const uint16_t *w0 = wb + nt * KB * 512, *w1 = w0 + KB * 512;
+                        b->budget = 0;
+                        AMX_TILES_2X2(_tile_dpbf16ps, KB, x0, x1, 512, 64, w0, w1, 512, 64, two_m, two_n,
+                                      beside_step(b, KB));
+                        while (b->next < 64) output_row(b, b->next++);
+                        const int64_t m = mb * 16, n = n0 + nt * 16;
+                        if (plain) {
+                            store_tile(0, y, M, N, m, n);
+                            if (two_n) store_tile(1, y, M, N, m, n + 16);
+                            if (two_m) store_tile(2, y, M, N, m + 16, n);
+                            if (two_m && two_n) store_tile(3, y, M, N, m + 16, n + 16);
+                            continue;
+                        }
+                        _tile_stored(0, b->c, 64);
+                        if (two_n) _tile_stored(1, b->c + 256, 64);
+                        if (two_m) _tile_stored(2, b->c + 512, 64);
+                        if (two_m && two_n) _tile_stored(3, b->c + 768, 64);
+                        b->tiles = 1 | two_n << 1 | two_m << 2 | (two_m && two_n) << 3, b->cm = m, b->cn = n;
+                        b->next = 0;
+                    }
                 }
             }
+            while (b->next < 64) output_row(b, b->next++);
+            _tile_release();
         }
-        free(wb);
-        _tile_release();
+        free(wb), free(b);
     }
     if (!xt) free(xp);
     return failed ? -1 : 0;
