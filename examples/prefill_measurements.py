@@ -11,6 +11,11 @@ int4's bf16 prefill GEMMs (random weights of released shapes; 2 threads; run not
                                                        # the weight unpacked to bf16 + oneDNN's GEMM
     python examples/prefill_measurements.py prefill [PRESET] [QUANTIZE]  # a whole prefill of 128 / 512 tokens
         # (encdec-330m int8 by default), median of 7: run it from two checkouts in turn to compare commits
+    python examples/prefill_measurements.py compare REV [PRESET] [QUANTIZE]  # whole prefills with csrc/rows.c
+        # (the many-row products) as built at git revision REV against the working tree's, swapped in one
+        # process, 20 rounds alternating which goes first: each build's median, the median of the
+        # per-round ratios (what a noisy VM leaves steadiest), per-projection medians, and whether the
+        # logits are the same bits
 
 Each variant is timed interleaved with the one it replaces, in one process; medians.
 """
@@ -182,10 +187,99 @@ def prefill(preset: str = "encdec-330m", quantize: str = "int8") -> None:
     print(f"{preset} {quantize} prefill: " + ", ".join(said))
 
 
+def _rows_at(rev: str):
+    """csrc/ at git revision `rev`, built as encore builds csrc/rows.c (a ctypes library)."""
+    import ctypes
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from encore.model.native import CSRC, FLAGS, compiler
+
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+    relative = CSRC.relative_to(Path(root.stdout.strip()))
+    names = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:{relative}"], capture_output=True, text=True)
+    if names.returncode:
+        sys.exit(f"compare: no {relative} at git revision {rev!r}: {names.stderr.strip()}")
+    folder = Path(tempfile.mkdtemp(prefix="encore-rows-"))
+    for name in names.stdout.split():
+        shown = subprocess.run(["git", "show", f"{rev}:{relative}/{name}"], capture_output=True, check=True)
+        (folder / name).write_bytes(shown.stdout)
+    subprocess.run([compiler(), *FLAGS, "-o", str(folder / "rows.so"), str(folder / "rows.c"), "-lm"], check=True)
+    return ctypes.CDLL(str(folder / "rows.so"))
+
+
+def compare(rev: str = "HEAD", preset: str = "encdec-330m", quantize: str = "int8") -> None:
+    import encore
+    from encore.bench.backends import bench_config
+    from encore.infer.memory import release_freed_memory, retain_freed_memory
+    from encore.model import kernels
+    from encore.model.io import build
+
+    retain_freed_memory()  # as the bench and the server run: freed activations stay mapped
+    model = encore.optimize(build(bench_config(preset, 600)[1], seed=0, deferred=True), quantize=quantize)
+    release_freed_memory()
+    current, builds = kernels._rows_library(), {"before": _rows_at(rev)}
+    calls: dict[str, dict[tuple, list[float]]] = {"before": {}, "now": {}}
+
+    def timed(fn, which: str):
+        def call(*args):
+            start = time.perf_counter()
+            status = fn(*args)
+            key = (*args[2:5], args[1] is not None, args[-1] is not None)  # M, K, N, packed in, packed out
+            calls[which].setdefault(key, []).append(time.perf_counter() - start)
+            return status
+
+        return call
+
+    names = ("encore_int8_linear_amx_bf16", "encore_int4_linear_amx_bf16")
+    fns = {"now": {n: timed(getattr(current, n), "now") for n in names}, "before": {}}
+    for n in names:
+        fn, like = getattr(builds["before"], n), getattr(current, n)
+        fn.argtypes, fn.restype = like.argtypes, like.restype
+        fns["before"][n] = timed(fn, "before")
+    originals = {n: getattr(current, n) for n in names}
+
+    def use(which: str) -> None:
+        for n in names:
+            setattr(current, n, fns[which][n])
+
+    try:
+        with torch.inference_mode():
+            for tokens in (128, 512):
+                ids = torch.randint(5, 1000, (1, tokens), generator=torch.Generator().manual_seed(0))
+                logits = {}
+                for which in ("before", "now"):
+                    use(which)
+                    logits[which] = model.prefill(ids, None, 1)[0]
+                times: dict[str, list[float]] = {"before": [], "now": []}
+                calls["before"].clear(), calls["now"].clear()
+                for r in range(20):
+                    for which in ("before", "now") if r % 2 == 0 else ("now", "before"):
+                        use(which)
+                        start = time.perf_counter()
+                        model.prefill(ids, None, 1)
+                        times[which].append(time.perf_counter() - start)
+                b, n = (statistics.median(times[w]) * 1e3 for w in ("before", "now"))
+                pairs = statistics.median(now / before for before, now in zip(times["before"], times["now"]))
+                same = torch.equal(logits["before"], logits["now"])
+                print(f"{preset} {quantize} {tokens} tokens: {rev} {b:.1f} ms, now {n:.1f} ms "
+                      f"(per-round ratio {pairs:.3f}); logits the same bits: {same}")  # fmt: skip
+                for shape in sorted(calls["now"]):
+                    was, now = (statistics.median(calls[w][shape]) * 1e3 for w in ("before", "now"))
+                    m, k, n_out, packed_in, packed_out = shape
+                    packed = " (rows packed in)" if packed_in else " (packed out)" if packed_out else ""
+                    print(f"  {m} x {k} -> {n_out}{packed}: {was:.3f} -> {now:.3f} ms")
+    finally:
+        for n in names:
+            setattr(current, n, originals[n])
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     commands = {"attention": attention, "int4": int4, "rows": rows, "fp32": fp32, "amx": amx, "prefill": prefill}
+    commands["compare"] = compare
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     if what not in commands:
         sys.exit(f"usage: python examples/prefill_measurements.py {'|'.join(commands)} [PRESET] [QUANTIZE]")
-    commands[what](*sys.argv[2:4])
+    commands[what](*sys.argv[2:5])
