@@ -178,16 +178,17 @@ def test_an_ungated_mlp_on_the_amx_tiles_in_two_calls(quantize, mlp_type):
     mlp = MLP(ModelConfig.preset("deconly-tiny", mlp_type=mlp_type))
     make = Int8Linear if quantize == "int8" else functools.partial(Int4Linear, group_size=32)
     mlp.up, mlp.down = (make(m.weight.detach() * 20, m.bias) for m in (mlp.up, mlp.down))
-    x = torch.randn(2, 40, mlp.up.in_features)
+    x = torch.randn(2, 37, mlp.up.in_features)  # 74 rows: the last 16-row block half padding
     fused = FusedMLP.of(mlp.eval())
     with torch.inference_mode():
-        if not (mlp.up.on_tiles(80) and mlp.down.on_tiles(80)):
+        if not (mlp.up.on_tiles(74) and mlp.down.on_tiles(74)):
             pytest.skip("needs AMX bf16 tiles")
         h = mlp.act(mlp.up(x))
         torch.testing.assert_close(mlp.up(x, act=ACT[mlp.act]).view_as(h), h, rtol=1e-5, atol=1e-5)
         packed = mlp.up(x, act=ACT[mlp.act], tiles=True)
-        assert isinstance(packed, BF16Tiles) and packed.shape == (80, mlp.up.out_features)
-        assert not packed.data[80:].any()  # the rows past 80 in the last 16-row block are zero
+        assert isinstance(packed, BF16Tiles) and packed.shape == (74, mlp.up.out_features)
+        last = packed.data[64:80].reshape(-1, 16, 32)  # the last row block, tile by tile (16 rows x 32)
+        assert last[:, :10].any() and not last[:, 10:].any()  # the rows past 74 are zero
         want = mlp.down(mlp.up(x, act=ACT[mlp.act]).view_as(h))  # the hidden rows through fp32
         torch.testing.assert_close(mlp.down(packed).view_as(want), want, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(fused(x), want, rtol=1e-6, atol=1e-6)

@@ -163,9 +163,9 @@ static void store_tile(int t, float *y, int64_t M, int64_t N, int64_t m0, int64_
  * in `c`, at rows cm, outputs cn, rows `next` .. 63 still to write: plus bias, through `act` (-1: none;
  * csrc/simd.h's ACT_*), into y fp32 [M, N] or into `yt` as bf16 in the first operand's tiles (what
  * `pack_rows_bf16` makes of [M, N] for a next projection: N / 32 tiles a 16-row block, the rows past M
- * zero). On the tile unit's time, GELU-tanh adds ~0.3 ms to a 512 x 1024 x 4096 up projection's ~1.8
- * instead of ~0.8 (2 threads). Weight unpacking beside the products was slower: its stores and a second
- * block buffer crowd the L2 cache the tiles load from. */
+ * zero). On the tile unit's time: `encdec-330m`'s GELU up projection (512 x 1024 -> 4096, packed out)
+ * 3.36 -> 2.70 ms a call. Unpacking the next weight block beside the products measured slower in whole
+ * prefills (docs/NOTES.md). */
 typedef struct {
     float c[1024] __attribute__((aligned(64)));
     float *y;
