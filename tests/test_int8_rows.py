@@ -106,6 +106,21 @@ def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product():
         kernels.int8_amx_bf16(torch.randn(40, 64), w, scales, None)
 
 
+def test_the_int8_weight_as_bf16_rounds_as_torch_does():
+    """`int8_bf16_weight` (csrc/rows.c's `encore_int8_to_bf16`, 32 inputs at a time through the AMX
+    product's own conversion, a scalar tail past the last 32): bf16(w x scale) rounded to nearest even,
+    bit for bit torch's conversion, whatever the width."""
+    from encore.model import kernels
+
+    if not kernels.int8_bf16_many_rows():
+        pytest.skip("needs csrc/rows.c built for AVX512-BF16")
+    torch.manual_seed(0)
+    for n, k in ((48, 96), (33, 47), (7, 16), (64, 1024)):
+        w, scales = torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n) * 0.1
+        want = (w.float() * scales[:, None]).bfloat16()
+        assert torch.equal(kernels.int8_bf16_weight(w, scales).view(torch.int16), want.view(torch.int16)), (n, k)
+
+
 def test_amx_outputs_written_beside_the_next_products_cover_every_block():
     """Each 2 x 2 block of outputs is written (bias, activation, packed bf16 rows) while the tiles run
     the next block, across each thread's weight blocks, and the last one after them: 400 outputs are

@@ -25,21 +25,53 @@ void encore_unit_rows(const float *x, int64_t M, int64_t K, float *unit, float *
     }
 }
 
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+/* A quantized weight [N, K] read as bf16 (by `encore_int8_to_bf16` and the AMX product's tiles): int8 rows
+ * with an fp32 scale each (`w`, `scale`), or int4 in csrc/int4.c's layout (`w4`: K / 2 bytes a row, each
+ * 64 inputs as 32 bytes, low nibbles the first 32; fp16 `sw` and, asymmetric, `mw` per `group` inputs;
+ * symmetric levels sit at -8 x scale). */
+typedef struct {
+    const int8_t *w;
+    const float *scale;
+    const uint8_t *w4;
+    const half *sw, *mw;
+    int64_t group;
+} weights;
+
+/* Output n's 32 inputs from 32 kb as 16 bf16 pairs (lane p: inputs 2p, 2p + 1). */
+static inline __m512i row_pairs(const weights *W, int64_t n, int64_t K, int64_t kb) {
+    __m512 lo, hi;
+    if (W->w4) {
+        const int64_t k0 = kb * 32, G = K / W->group, g = k0 / W->group;
+        const __m256i bytes = _mm256_loadu_si256((const __m256i *)(W->w4 + n * (K / 2) + 32 * (k0 / 64)));
+        const __m256i nib = (k0 / 32) % 2 ? _mm256_and_si256(_mm256_srli_epi16(bytes, 4), _mm256_set1_epi8(0x0F))
+                                          : _mm256_and_si256(bytes, _mm256_set1_epi8(0x0F));
+        const float sc = h2f(W->sw[n * G + g]);
+        const __m512 s = _mm512_set1_ps(sc), m = _mm512_set1_ps(W->mw ? h2f(W->mw[n * G + g]) : -8.f * sc);
+        lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(nib))), s, m);
+        hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(nib, 1))), s, m);
+    } else {
+        const int8_t *q = W->w + n * K + kb * 32;
+        const __m512 s = _mm512_set1_ps(W->scale[n]);
+        lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q))), s);
+        hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)))), s);
+    }
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+#endif
+
 /* out[n, k] = bf16(w[n, k] * scale[n]): an int8 weight [N, K] with per-row scales, unpacked for oneDNN's bf16
  * GEMM over a prefill's rows (`Int8Linear`; csrc/int4.c's encore_int4_to_bf16 does the same for int4).
  * Returns 0, or -2 where the compiler did not target AVX512-BF16 (the caller keeps fbgemm's path). */
 int encore_int8_to_bf16(const int8_t *w, const float *scale, int64_t N, int64_t K, uint16_t *out) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
+    const weights W = {.w = w, .scale = scale};
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const int8_t *row = w + n * K;
         uint16_t *o = out + n * K;
-        const __m512 s = _mm512_set1_ps(scale[n]);
         int64_t k = 0;
-        for (; k + 16 <= K; k += 16) {
-            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k)))), s);
-            _mm256_storeu_si256((__m256i *)(o + k), (__m256i)_mm512_cvtneps_pbh(v));
-        }
+        for (; k + 32 <= K; k += 32) _mm512_storeu_si512((__m512i *)(o + k), row_pairs(&W, n, K, k / 32));
         for (; k < K; k++) { /* round to nearest even, as _mm512_cvtneps_pbh does for finite values */
             union { float f; uint32_t u; } v = {.f = (float)row[k] * scale[n]};
             o[k] = (uint16_t)((v.u + 0x7FFF + ((v.u >> 16) & 1)) >> 16);
@@ -57,7 +89,8 @@ int encore_int8_to_bf16(const int8_t *w, const float *scale, int64_t N, int64_t 
  * rounding the output to bf16. The activations are the tiles' first operand (16 rows x 32 inputs,
  * packed once per call), the weights the second: each thread unpacks a block of NC weight rows into
  * the tiles' pair layout in a buffer that stays in its L2 cache, then runs every 32-row block of the
- * activations against it (2 x 2 tiles of 16 x 16 accumulators), which it writes into y as they are. */
+ * activations against it (2 x 2 tiles of 16 x 16 accumulators), whose outputs it writes as the next
+ * block multiplies (`beside`). */
 #include "amx.h"
 #if defined(ENCORE_AMX) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <omp.h>
@@ -97,38 +130,6 @@ static inline void transpose16(__m512i r[16]) {
         r[j] = _mm512_shuffle_i32x4(v, w, 0x88), r[4 + j] = _mm512_shuffle_i32x4(v, w, 0xDD);
         r[8 + j] = _mm512_shuffle_i32x4(v2, w2, 0x88), r[12 + j] = _mm512_shuffle_i32x4(v2, w2, 0xDD);
     }
-}
-
-/* A quantized weight [N, K] the tiles read as bf16: int8 rows with an fp32 scale each (`w`, `scale`), or
- * int4 in csrc/int4.c's layout (`w4`: K / 2 bytes a row, each 64 inputs as 32 bytes, low nibbles the
- * first 32; fp16 `sw` and, asymmetric, `mw` per `group` inputs; symmetric levels sit at -8 x scale). */
-typedef struct {
-    const int8_t *w;
-    const float *scale;
-    const uint8_t *w4;
-    const half *sw, *mw;
-    int64_t group;
-} weights;
-
-/* Output n's 32 inputs from 32 kb as 16 bf16 pairs (lane p: inputs 2p, 2p + 1). */
-static inline __m512i row_pairs(const weights *W, int64_t n, int64_t K, int64_t kb) {
-    __m512 lo, hi;
-    if (W->w4) {
-        const int64_t k0 = kb * 32, G = K / W->group, g = k0 / W->group;
-        const __m256i bytes = _mm256_loadu_si256((const __m256i *)(W->w4 + n * (K / 2) + 32 * (k0 / 64)));
-        const __m256i nib = (k0 / 32) % 2 ? _mm256_and_si256(_mm256_srli_epi16(bytes, 4), _mm256_set1_epi8(0x0F))
-                                          : _mm256_and_si256(bytes, _mm256_set1_epi8(0x0F));
-        const float sc = h2f(W->sw[n * G + g]);
-        const __m512 s = _mm512_set1_ps(sc), m = _mm512_set1_ps(W->mw ? h2f(W->mw[n * G + g]) : -8.f * sc);
-        lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(nib))), s, m);
-        hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(nib, 1))), s, m);
-    } else {
-        const int8_t *q = W->w + n * K + kb * 32;
-        const __m512 s = _mm512_set1_ps(W->scale[n]);
-        lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q))), s);
-        hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)))), s);
-    }
-    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 }
 
 /* Tile u of weight rows from n0 as bf16 (16 outputs from n0 + u / KB * 16, 32 inputs from u % KB * 32): 1 KiB
@@ -230,7 +231,7 @@ static int amx_bf16_linear(const float *x, const uint16_t *xt, int64_t M, int64_
     const int plain = !bias && act < 0 && !yt;
     const int64_t NC = weight_block(N, K), blocks = (N + NC - 1) / NC;
     /* The weights' bytes, for prefetching them ahead of the unpacking: it reads 16 rows K apart, a pattern
-     * the hardware prefetcher follows too late (a 128-token prefill spent ~a third of its time on it). */
+     * the hardware prefetcher follows too late (the prefetching: a 128-token prefill ~0.9x as long). */
     const char *rows8 = W->w4 ? (const char *)W->w4 : (const char *)W->w;
     const int64_t row_bytes = W->w4 ? K / 2 : K, tile_bytes = W->w4 ? 16 : 32;
     uint16_t *xp = (uint16_t *)xt;
