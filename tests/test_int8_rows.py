@@ -1,6 +1,7 @@
 """csrc/int8.c's products equal their integer arithmetic on every path it has: a few rows (AVX-512 VNNI),
-many rows (AMX tiles, where the CPU has them), shapes off the tiles' grid, and plain C (no -march); and a
-decode step's rows give the same result whichever path their number picks."""
+many rows (AMX tiles where the CPU has them; else VNNI against 48 packed rows a pass), shapes off the
+tiles' grid, and plain C (no -march); and a decode step's rows give the same result whichever path
+their number picks."""
 
 import ctypes
 
@@ -42,9 +43,16 @@ SHAPES = [
     (16, 64, 16),  # one tile each way (AMX)
     (17, 192, 48),  # a second, mostly padded block of rows; an odd number of weight blocks
     (40, 256, 64),  # two pairs of row blocks, the last half full
-    (33, 128, 40),  # N off the 16-row grid: VNNI
-    (20, 96, 32),  # K off the 64-byte grid: plain C
+    (33, 128, 40),  # N off the 16-row grid: VNNI's packed rows
+    (20, 96, 32),  # K off the 64-byte grid: VNNI's packed rows (K a multiple of 16)
+    (100, 64, 19),  # 7 row blocks (two passes of 3, one of 1), weight rows past the last 8
+    (48, 16, 8),  # the shortest K the packed rows take
+    (18, 20, 16),  # K off the 16-input grid: plain C
 ]
+
+# csrc/layer.c for this CPU without AMX's instructions: many rows through VNNI's packed rows on any AVX-512
+# VNNI machine (gcc's -mno-* options; the flags themselves are the cache key)
+NO_AMX = ("-O3", "-march=native", "-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16", "-fopenmp", "-shared", "-fPIC")
 
 
 @pytest.mark.parametrize("M,K,N", SHAPES)
@@ -58,6 +66,10 @@ def test_products_equal_their_integer_arithmetic(M, K, N):
     scales = rng.random(N).astype(np.float32)
     reference = exact(x, w, scales)
     np.testing.assert_allclose(linear(_layer_library(), x, w, scales), reference, rtol=1e-5, atol=1e-5)
+    vnni = _layer_library(NO_AMX)
+    if vnni is not None and vnni.encore_int8_has_vnni():
+        assert not vnni.encore_int8_has_amx()
+        np.testing.assert_allclose(linear(vnni, x, w, scales), reference, rtol=1e-5, atol=1e-5)
     plain = _layer_library(("-O2", "-fopenmp", "-shared", "-fPIC"))  # no -march: neither VNNI nor AMX
     assert not plain.encore_int8_has_amx() and not plain.encore_int8_has_vnni()
     np.testing.assert_allclose(linear(plain, x, w, scales), reference, rtol=1e-5, atol=1e-5)
@@ -152,11 +164,11 @@ def test_amx_outputs_written_beside_the_next_products_cover_every_block():
 def test_rows_only_the_weight_is_held_once_and_gives_the_same_numbers():
     """`release_packed` (what `optimize` does where encore's kernels cover every call): fbgemm's packed
     copy goes; the checkpoint tensors are the same; few rows are csrc/int8.c's arithmetic, many rows the
-    bf16 product as before."""
+    bf16 product as before where the CPU has it, else csrc/int8.c's too."""
     from encore.model.kernels import rows_only_available
 
     if not rows_only_available():
-        pytest.skip("needs csrc/int8.c's VNNI path and the bf16 many-row products")
+        pytest.skip("needs csrc/int8.c's VNNI path")
     torch.manual_seed(0)
     layer = Int8Linear(torch.randn(48, 128), torch.randn(48))
     saved = [t.clone() for t in layer.quantized()]
@@ -170,8 +182,13 @@ def test_rows_only_the_weight_is_held_once_and_gives_the_same_numbers():
     few = torch.randn(3, 128)
     w, scales, _ = layer.rows()
     with torch.inference_mode():
-        torch.testing.assert_close(layer(many), before, rtol=0, atol=0)
-        got = layer(few)
+        after, got = layer(many), layer(few)
+    if layer._many(40):  # the bf16 products, as before
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+    else:  # csrc/int8.c where fbgemm's GEMM ran: the same integer arithmetic, in other float steps
+        reference = exact(many.numpy(), w.numpy(), scales.numpy()) + layer._bias.numpy()
+        np.testing.assert_allclose(after.numpy(), reference, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-3)
     reference = exact(few.numpy(), w.numpy(), scales.numpy()) + layer._bias.numpy()
     np.testing.assert_allclose(got.numpy(), reference, rtol=1e-5, atol=1e-5)
 
@@ -186,7 +203,7 @@ def test_optimize_never_holds_two_copies_of_the_int8_weights(monkeypatch):
     from encore.model.kernels import rows_only_available
 
     if not rows_only_available():
-        pytest.skip("needs csrc/int8.c's VNNI path and the bf16 many-row products")
+        pytest.skip("needs csrc/int8.c's VNNI path")
     made, pack = [], Int8Linear._pack
 
     def spy(self, qweight, bias):
@@ -229,8 +246,8 @@ def test_int8_prefill_products_round_each_row_to_int8():
 
 def test_auto_prefill_products_follow_the_machines_measure(monkeypatch):
     """`prefill_products="auto"`: bf16 products on AMX; without AMX, what the one-time probe measured
-    (`probes.bf16_products_by_default`). Where many rows stay int8 without AMX's int8 tiles, each
-    projection keeps fbgemm's packed copy (its GEMM beats csrc/int8.c's VNNI over a prefill's rows)."""
+    (`probes.bf16_products_by_default`). Either way each projection holds its weight once, as
+    csrc/int8.c's rows: its many int8 rows beat fbgemm's packed GEMM with VNNI too."""
     from conftest import make_model
 
     import encore
@@ -242,12 +259,9 @@ def test_auto_prefill_products_follow_the_machines_measure(monkeypatch):
     for measured_bf16_faster in (False, True):
         measured = {"bf16_faster": measured_bf16_faster}
         monkeypatch.setattr(probes, "_probe_record", lambda key, what, measured=measured: measured)
-        for amx_rows in (False, True):
-            monkeypatch.setattr(kernels, "int8_rows_on_amx", lambda amx_rows=amx_rows: amx_rows)
-            model = encore.optimize(make_model("encdec"), quantize="int8")
-            linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
-            assert linears and all(m.bf16_many_rows == measured_bf16_faster for m in linears)
-            packed = [m._packed is not None for m in linears]
-            assert all(packed) if not (measured_bf16_faster or amx_rows) else not any(packed)
-            with torch.inference_mode():  # 40 >= MANY_ROWS positions: the path chosen runs
-                assert model.prefill(torch.randint(5, 100, (1, 40)), None, 1)[0].isfinite().all()
+        model = encore.optimize(make_model("encdec"), quantize="int8")
+        linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
+        assert linears and all(m.bf16_many_rows == measured_bf16_faster for m in linears)
+        assert not any(m._packed is not None for m in linears)
+        with torch.inference_mode():  # 40 >= MANY_ROWS positions: the path chosen runs
+            assert model.prefill(torch.randint(5, 100, (1, 40)), None, 1)[0].isfinite().all()

@@ -40,7 +40,7 @@ from encore.model.kernels import (
     int8_available,
     onednn_available,
     release_packed_weights,
-    rows_cover,
+    rows_only_available,
 )
 from encore.model.layers import Linear, weight_std
 from encore.model.probes import bf16_prefill_by_default, bf16_products_by_default
@@ -138,7 +138,7 @@ def optimize(
     plain = _kernel(device, dtype, linear)
     bf16_rows = _bf16_rows(prefill_products, quantize, device)  # an int8 projection's many rows as bf16
     # each int8 weight once, as csrc/int8.c's rows, from the start (fbgemm's copy where int8 rows need it)
-    rows_only = fused and rows_cover(bf16_rows)
+    rows_only = fused and rows_only_available()
     swaps = _swap_projections(model, quantize, plain, policy, group_size, symmetric, keep_originals, rows_only)
     swaps += _quantize_embeddings(model, keep_originals, policy) if quantize else []  # (after the tied head)
     for module in (m for m in model.modules() if isinstance(m, Int8Linear)):

@@ -150,16 +150,17 @@ class Int8Linear(nn.Module):
 
     def release_packed(self) -> None:
         """Keep the weight once, as csrc/int8.c's rows (`rows`), without fbgemm's packed copy: one byte
-        a weight less. Every call then runs encore's kernels: a few rows through csrc/int8.c (VNNI, or
-        AMX tiles from 16 rows), many through the bf16 products. Only where all of them exist
-        (`rows_only_available`): `encore.optimize` calls it there."""
+        a weight less. Every call then runs encore's kernels: csrc/int8.c (VNNI; from 16 rows AMX's int8
+        tiles or 48 packed rows a pass), or the bf16 products for many rows where the CPU has them.
+        Only where csrc/int8.c is built with VNNI (`rows_only_available`): `encore.optimize` calls it
+        there."""
         self.rows()
         self._packed = None
 
     def rows(self) -> tuple[Tensor, Tensor, Tensor]:
         """(int8 weight [N, K], fp32 scales [N], int32 row sums [N]): the weight as csrc/int8.c reads it,
         for the fused decoder layer (encore.model.fused). Made once and kept beside fbgemm's packed
-        copy (which prefill keeps using): one more byte a weight, in non-persistent buffers."""
+        copy until `release_packed` drops that: non-persistent buffers."""
         if "row_weight" not in self._buffers:
             qweight, scales, _ = self.quantized()
             self.register_buffer("row_weight", qweight.contiguous(), persistent=False)
@@ -285,34 +286,19 @@ def _int8_rows_library():
 
 
 def rows_only_available() -> bool:
-    """Whether an `Int8Linear` can run every call from its int8 rows alone (`release_packed`): the int8
-    rows kernel with VNNI, and many-row bf16 products."""
-    return _int8_rows_library() is not None and int8_bf16_many_rows()
-
-
-def int8_rows_on_amx() -> bool:
-    """Whether csrc/int8.c runs many int8 rows on AMX's int8 tiles here (else VNNI, slower than fbgemm's
-    packed GEMM over a prefill's rows)."""
-    lib = _int8_rows_library()
-    return lib is not None and bool(lib.encore_int8_has_amx())
-
-
-def rows_cover(bf16_many_rows: bool) -> bool:
-    """Whether encore's kernels run every call of an `Int8Linear` from its int8 rows alone, so its fbgemm
-    copy can go (`release_packed`): `rows_only_available`, and its many rows either bf16 products
-    (`bf16_many_rows`) or csrc/int8.c on AMX's int8 tiles. Without AMX, many int8 rows keep fbgemm's
-    GEMM: it beats csrc/int8.c's VNNI over a prefill's rows."""
-    return rows_only_available() and (bf16_many_rows or int8_rows_on_amx())
+    """Whether an `Int8Linear` can run every call from its int8 rows alone (`release_packed`): csrc/int8.c
+    built with VNNI, whose many-row products (AMX's int8 tiles, or VNNI against 48 packed rows at a
+    time) beat fbgemm's packed GEMM over a prefill's rows (docs/engine.md), and the bf16 products where
+    the CPU has them."""
+    return _int8_rows_library() is not None
 
 
 def release_packed_weights(model: nn.Module) -> int:
-    """`Int8Linear.release_packed` on every int8 projection of `model` (itself, if one) that `rows_cover`
-    says may go without fbgemm's copy; how many were released."""
-    released = [
-        m
-        for m in model.modules()
-        if isinstance(m, Int8Linear) and m._packed is not None and rows_cover(m.bf16_many_rows)
-    ]
+    """`Int8Linear.release_packed` on every int8 projection of `model` (itself, if one) where
+    `rows_only_available`; how many were released."""
+    if not rows_only_available():
+        return 0
+    released = [m for m in model.modules() if isinstance(m, Int8Linear) and m._packed is not None]
     for module in released:
         module.release_packed()
     return len(released)

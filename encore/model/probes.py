@@ -111,7 +111,7 @@ def _interleaved(runs: dict, rounds: int) -> dict[str, float]:
 
 def _time_products(rounds: int = 5) -> tuple[float, float]:
     """(bf16 products, int8 rows) median seconds of a 512 x 1024 -> 4096 int8 projection, interleaved,
-    each through the path an optimized model takes (fbgemm's packed copy released where `rows_cover`)."""
+    each through the path an optimized model takes (fbgemm's packed copy released where `rows_only_available`)."""
     from encore.model.kernels import Int8Linear, release_packed_weights
 
     g = torch.Generator().manual_seed(0)

@@ -135,7 +135,7 @@ int encore_decode_layer(const Layer *L, float *x, int64_t B, const float *cos, c
     w.lse = malloc(sizeof(float) * (size_t)(B * H));
     w.lse2 = malloc(sizeof(float) * (size_t)(B * H));
     w.qx = aligned_alloc(64, (size_t)(((B + 15) / 16 * 16 * K + 63) / 64 * 64)); /* AMX: 16-row blocks */
-    w.sx = malloc(sizeof(float) * (size_t)(B * K / 32 + 1));
+    w.sx = malloc(sizeof(float) * (size_t)max2(B * K / 32 + 1, (B + 15) / 16 * 16)); /* int4 groups; int8 blocks */
     w.u = malloc(sizeof(float) * (size_t)(B * K / 32 + 1));
     int failed = !w.in || !w.proj || !w.q || !w.att || !w.att2 || !w.lse || !w.lse2 || !w.qx || !w.sx || !w.u;
     if (!failed) { /* self-attention */
