@@ -195,8 +195,9 @@ def test_rows_only_the_weight_is_held_once_and_gives_the_same_numbers():
 
 @pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
 def test_optimize_never_holds_two_copies_of_the_int8_weights(monkeypatch):
-    """Where the rows cover every call, each projection drops fbgemm's packed copy as it is made, not
-    all at the end: a 10B decoder-only model peaked at 2 bytes a weight while both copies lived."""
+    """Where the rows cover every call, each projection is made as csrc/int8.c's rows alone: fbgemm's
+    packed copy is never made (a 10B decoder-only model peaked at 2 bytes a weight while both lived), and
+    a quantized checkpoint loads the same way."""
     from conftest import make_model
 
     import encore
@@ -204,16 +205,14 @@ def test_optimize_never_holds_two_copies_of_the_int8_weights(monkeypatch):
 
     if not rows_only_available():
         pytest.skip("needs csrc/int8.c's VNNI path")
-    made, pack = [], Int8Linear._pack
 
-    def spy(self, qweight, bias):
-        assert all(m._packed is None for m in made), "an earlier projection still holds fbgemm's copy"
-        pack(self, qweight, bias)
-        made.append(self)
+    def refuse(self, qweight, bias):
+        raise AssertionError("a projection was packed for fbgemm")
 
-    monkeypatch.setattr(Int8Linear, "_pack", spy)
+    monkeypatch.setattr(Int8Linear, "_pack", refuse)
     model = encore.optimize(make_model("deconly"), quantize="int8")
-    assert len(made) > 4 and all(m._packed is None for m in made)
+    made = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert len(made) > 4 and all(m._packed is None and m.row_weight.dtype == torch.int8 for m in made)
     with torch.inference_mode():
         assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3).shape == (1, 3)
 

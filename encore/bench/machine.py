@@ -20,7 +20,7 @@ from encore.model.kernels import (
     OneDNNLinear,
     bytes_per_weight,
     onednn_available,
-    release_packed_weights,
+    rows_only_available,
 )
 from encore.model.probes import bf16_products_by_default
 
@@ -46,9 +46,8 @@ KERNELS = ("aten", "onednn", "int8", "int8rows", "int4")
 def probe_kernel(weight: Tensor, kernel: str) -> Callable[[Tensor], Tensor]:
     """The projection a model optimized with `kernel` runs, over `weight` [out, in]."""
     if kernel in ("int8", "int8rows"):  # "int8rows": optimize(prefill_products="int8"): many rows as int8 rows
-        layer = Int8Linear(weight)
+        layer = Int8Linear(weight, rows_only=rows_only_available())  # as optimize makes it
         layer.bf16_many_rows = kernel == "int8" and bf16_products_by_default()  # as optimize's "auto" chooses
-        release_packed_weights(layer)  # as optimize does
         return layer
     if kernel == "int4":
         return Int4Linear(weight)
@@ -117,9 +116,10 @@ def _probe_bandwidth(dev: torch.device, dtype: torch.dtype, budget_s: float, syn
         return rows * 4096 * bytes_per_weight("int4") / _median_call(lambda: project(x), budget_s, sync)
     weight_bytes = 1 if kernel in ("int8", "int8rows") else dtype_bytes(dtype)
     rows = (1 << 30 if dev.type == "cuda" else 1 << 28) // (4096 * weight_bytes)  # 1 GiB / 256 MiB of weights
-    w = torch.full((rows, 4096), 0.5, device=dev, dtype=dtype)  # written, so every page is really mapped
     x = torch.full((1, 4096), 0.5, device=dev, dtype=dtype)
-    project = probe_kernel(w, kernel)
-    if kernel in ("int8", "int8rows"):
-        del w  # the probe reads the packed int8 copy only
+    if kernel in ("int8", "int8rows") and rows_only_available():  # int8 rows made directly, as for int4
+        weight = torch.full((rows, 4096), 64, dtype=torch.int8)  # written, so every page is really mapped
+        project = Int8Linear.from_quantized(weight, torch.full((rows,), 0.01), rows_only=True)
+    else:
+        project = probe_kernel(torch.full((rows, 4096), 0.5, device=dev, dtype=dtype), kernel)  # (a packed copy)
     return rows * 4096 * weight_bytes / _median_call(lambda: project(x), budget_s, sync)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from encore.config import SOURCE_LAYOUTS, ModelConfig, lay_out_source
-from encore.tokenizer import encode_text
+from encore.tokenizer import encode_text, encode_texts
 
 Batch = dict[str, Tensor]  # a collated batch: named [batch, length] tensors
 Truncation = Literal["right", "left", "error"]
@@ -227,18 +227,15 @@ def prompt_ids(tokenizer: Any, text: str, config: ModelConfig, lang: int | None 
 
 
 def tokenize_pairs(tokenizer: Any, examples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """{"source", "target"} texts -> {"source_ids", "target_ids"} (no special tokens; other keys kept)."""
-    out = []
-    for e in examples:
-        rest = {k: v for k, v in e.items() if k not in ("source", "target")}
-        out.append(
-            {
-                **rest,
-                "source_ids": encode_text(tokenizer, e["source"]),
-                "target_ids": encode_text(tokenizer, e["target"]),
-            }
-        )
-    return out
+    """{"source", "target"} texts -> {"source_ids", "target_ids"} (no special tokens; other keys kept),
+    every text of the split in one batch (`encode_texts`)."""
+    examples = list(examples)
+    sources = encode_texts(tokenizer, [e["source"] for e in examples])
+    targets = encode_texts(tokenizer, [e["target"] for e in examples])
+    return [
+        {**{k: v for k, v in e.items() if k not in ("source", "target")}, "source_ids": s, "target_ids": t}
+        for e, s, t in zip(examples, sources, targets)
+    ]
 
 
 def finetune_collator(

@@ -171,9 +171,9 @@ def _swap_projections(
 ) -> list[tuple[nn.Module, str, nn.Module | None]]:
     """Every `Linear` (and a tied head) for its kernel: int4 / int8 by `quantize` and the policy (int4's
     default policy after the caller's), else the fp32 kernel `plain`; a deferred projection's weight made
-    just before (`_made`). `rows_only`: each int8 projection drops fbgemm's packed copy as it is made
-    (`Int8Linear.release_packed`), so the model never holds two copies of its int8 weights (a 10B
-    decoder-only model peaked at 2 bytes a weight when they were released only at the end). The swaps
+    just before (`_made`). `rows_only`: each int8 projection is made as csrc/int8.c's rows alone, never
+    packed for fbgemm (a 10B decoder-only model peaked at 2 bytes a weight when the packed copies were
+    released only at the end; packing and unpacking cost seconds a GB besides). The swaps
     to undo (originals only where kept or where the kernel holds them)."""
     n_layers = model.config.n_encoder_layers + model.config.n_decoder_layers
     rules = [*(policy or {}).items(), *(DEFAULT_INT4_POLICY.items() if quantize == "int4" else ())]
@@ -194,9 +194,7 @@ def _swap_projections(
         if kind == "int4":
             setattr(parent, name, Int4Linear(weight, bias, group, symmetric))
         elif kind == "int8":
-            setattr(parent, name, Int8Linear(weight, bias))
-            if rows_only:
-                getattr(parent, name).release_packed()
+            setattr(parent, name, Int8Linear(weight, bias, rows_only=rows_only))
         elif plain is not None:
             setattr(parent, name, plain(weight, bias))
         else:

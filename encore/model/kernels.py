@@ -109,21 +109,32 @@ class Int8Linear(nn.Module):
     result independent of the rows beside it. A single row (decoding) is the dynamic linear's case
     already, and takes it (fewer ops)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, rows_only: bool = False):
+        """`rows_only`: the weight held once, as csrc/int8.c's rows, never packed for fbgemm (as
+        `release_packed` leaves it; only where `rows_only_available`)."""
         super().__init__()
         w = weight.detach().to("cpu", torch.float32)
         scale = row_scales(w).double()
         zero = torch.zeros(w.shape[0], dtype=torch.long)
         with warnings.catch_warnings():  # torch deprecates quantized tensors: docs/NOTES.md ("int8")
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            self._pack(torch.quantize_per_channel(w, scale, zero, 0, torch.qint8), bias)
+            qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+        if rows_only:
+            self._hold_rows(qweight.int_repr(), qweight.q_per_channel_scales().float(), bias)
+        else:
+            self._pack(qweight, bias)
 
     @classmethod
-    def from_quantized(cls, qweight: Tensor, scales: Tensor, bias: Tensor | None = None) -> Int8Linear:
+    def from_quantized(
+        cls, qweight: Tensor, scales: Tensor, bias: Tensor | None = None, rows_only: bool = False
+    ) -> Int8Linear:
         """An Int8Linear of already-quantized weights: int8 [N, K] and per-channel scales [N] (a
-        quantized checkpoint's tensors); nothing is rounded again."""
+        quantized checkpoint's tensors); nothing is rounded again. `rows_only` as in `__init__`."""
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
+        if rows_only:
+            layer._hold_rows(qweight.to(torch.int8), scales.float(), bias)
+            return layer
         zero = torch.zeros(qweight.shape[0], dtype=torch.long)
         with warnings.catch_warnings():  # as in __init__
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
@@ -140,6 +151,19 @@ class Int8Linear(nn.Module):
         self._bias = bias
         # without VNNI, fbgemm's u8 x s8 pairs can saturate int16: quantize activations to 7 bits there
         self.reduce_range = not _has_vnni()
+
+    def _hold_rows(self, qweight: Tensor, scales: Tensor, bias: Tensor | None) -> None:
+        """The weight as csrc/int8.c's rows alone (int8 [N, K], fp32 scales [N]), with no fbgemm copy."""
+        self.out_features, self.in_features = qweight.shape
+        self._packed = None
+        self._bias = None if bias is None else bias.detach().to("cpu", torch.float32)
+        self.reduce_range = False
+        self._set_rows(qweight.contiguous(), scales.contiguous())
+
+    def _set_rows(self, qweight: Tensor, scales: Tensor) -> None:
+        self.register_buffer("row_weight", qweight, persistent=False)
+        self.register_buffer("row_scales", scales, persistent=False)
+        self.register_buffer("row_sums", qweight.sum(dim=1, dtype=torch.int32), persistent=False)
 
     def quantized(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """(int8 weight [N, K], fp32 per-channel scales [N], bias or None): what a checkpoint stores."""
@@ -163,9 +187,7 @@ class Int8Linear(nn.Module):
         copy until `release_packed` drops that: non-persistent buffers."""
         if "row_weight" not in self._buffers:
             qweight, scales, _ = self.quantized()
-            self.register_buffer("row_weight", qweight.contiguous(), persistent=False)
-            self.register_buffer("row_scales", scales.contiguous(), persistent=False)
-            self.register_buffer("row_sums", qweight.sum(dim=1, dtype=torch.int32), persistent=False)
+            self._set_rows(qweight.contiguous(), scales.contiguous())
         return self.row_weight, self.row_scales, self.row_sums
 
     def _many(self, rows: int) -> bool:

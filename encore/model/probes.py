@@ -111,15 +111,13 @@ def _interleaved(runs: dict, rounds: int) -> dict[str, float]:
 
 def _time_products(rounds: int = 5) -> tuple[float, float]:
     """(bf16 products, int8 rows) median seconds of a 512 x 1024 -> 4096 int8 projection, interleaved,
-    each through the path an optimized model takes (fbgemm's packed copy released where `rows_only_available`)."""
-    from encore.model.kernels import Int8Linear, release_packed_weights
+    each through the path an optimized model takes (no fbgemm copy where `rows_only_available`)."""
+    from encore.model.kernels import Int8Linear, rows_only_available
 
     g = torch.Generator().manual_seed(0)
     weight, x = torch.randn(4096, 1024, generator=g) * 0.02, torch.randn(512, 1024, generator=g)
-    layers = {"bf16": Int8Linear(weight), "int8": Int8Linear(weight)}
+    layers = {name: Int8Linear(weight, rows_only=rows_only_available()) for name in ("bf16", "int8")}
     layers["int8"].bf16_many_rows = False
-    for layer in layers.values():
-        release_packed_weights(layer)
     seconds = _interleaved({name: lambda layer=layer: layer(x) for name, layer in layers.items()}, rounds)
     return seconds["bf16"], seconds["int8"]
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from encore.model.fused import fused_available
 from encore.model.fused_layer import fuse
 from encore.model.int4 import Int4Linear
-from encore.model.kernels import Int8Embedding, Int8Linear, release_packed_weights
+from encore.model.kernels import Int8Embedding, Int8Linear, release_packed_weights, rows_only_available
 from encore.model.probes import bf16_prefill_by_default, bf16_products_by_default
 
 QUANTIZATION_FILE = "quantization.json"
@@ -124,7 +124,9 @@ def install_quantized(
     shapes: dict[str, tuple[int, int]],
     where: Path,
 ) -> None:
-    """Build each quantized module's kernel from the checkpoint's tensors (popped from `state`)."""
+    """Build each quantized module's kernel from the checkpoint's tensors (popped from `state`): an int8
+    projection as csrc/int8.c's rows alone where `fuse_loaded` will run on them (never packed for fbgemm)."""
+    rows_only = fused_available() and rows_only_available()
     for name, entry in manifest["modules"].items():
         try:
             qweight, scales = state.pop(f"{name}.qweight"), state.pop(f"{name}.scales")
@@ -149,7 +151,7 @@ def install_quantized(
         elif entry["kind"] == "int4":
             module = Int4Linear.from_quantized(qweight, scales, bias, mins)
         else:
-            module = Int8Linear.from_quantized(qweight, scales, bias)
+            module = Int8Linear.from_quantized(qweight, scales, bias, rows_only=rows_only)
         setattr(holder, child, module)
     kinds = "+".join(sorted({e["kind"] for e in manifest["modules"].values()} - {EMBEDDING}))
     model._encore_swaps = []  # nothing to restore: the fp32 weights are not in the checkpoint

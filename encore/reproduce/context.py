@@ -100,6 +100,8 @@ class Context:
         """Fine-tune `model` on `task` (with `teacher`: `encore distill` into it); returns the final checkpoint."""
         out = self.runner.out(name)
         src, tgt = TASK_LENGTHS.get(task, ("32", "8"))
+        limit = self.scale.finetune_limit
+        limited = ["--limit", str(limit)] if limit and "--limit" not in extra else []
         head = (
             ["finetune", "--model", model] if teacher is None else ["distill", "--teacher", teacher, "--student", model]
         )
@@ -114,6 +116,7 @@ class Context:
             tgt,
             *self._steps(steps, seed),
             *extra,
+            *limited,
             "--out",
             str(out),
         ]

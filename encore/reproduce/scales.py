@@ -51,6 +51,7 @@ class Scale:
     scale_repeats: int = 1
     scale_quantize: tuple[str, ...] = ("int8", "int4")
     scale_bench_flags: tuple[str, ...] = ()  # more `encore bench` flags (smoke: one process, no warm-up)
+    finetune_limit: int | None = None  # training examples a fine-tune reads (smoke: a few steps' worth, not a split)
     task_options: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -86,6 +87,7 @@ SCALES: dict[str, Scale] = {
         bench_repeats=1,
         expected_minutes="<= 10 on 2 CPU cores",
         task_options=_TASK_OPTIONS,
+        finetune_limit=64,
         scale_sizes=("tiny",),
         scale_serving_batch=2,
         scale_quantize=("int8",),
