@@ -16,6 +16,13 @@ int4's bf16 prefill GEMMs (random weights of released shapes; 2 threads; run not
         # process, 20 rounds alternating which goes first: each build's median, the median of the
         # per-round ratios (what a noisy VM leaves steadiest), per-projection medians, and whether the
         # logits are the same bits
+    python examples/prefill_measurements.py vnni       # int8 rows (a prefill's, quantized per row) at 128 / 512
+                                                       # rows: csrc/int8.c (VNNI's packed rows, or AMX's int8
+                                                       # tiles) against fbgemm's packed GEMM, per projection
+    python examples/prefill_measurements.py fbgemm [PRESET]  # whole prefills with int8 rows
+        # (`prefill_products="int8"`, what a CPU without AVX512-BF16 runs): each int8 weight as csrc/int8.c's
+        # rows alone against the fbgemm packed copy it replaced, two models in one process, 15 rounds
+        # alternating which goes first; the logits' largest difference and top-1 agreement
 
 Each variant is timed interleaved with the one it replaces, in one process; medians.
 """
@@ -275,10 +282,74 @@ def compare(rev: str = "HEAD", preset: str = "encdec-330m", quantize: str = "int
             setattr(current, n, originals[n])
 
 
+def _int8_rows_models(preset: str):
+    """(fbgemm, csrc) `preset` int8 models whose many rows are int8 rows: one holding fbgemm's packed
+    copies (what ran before csrc/int8.c's many-row VNNI products), one csrc/int8.c's rows alone."""
+    import encore
+    import encore.infer.optimize as optimize_module
+    from encore.bench.backends import bench_config
+    from encore.infer.memory import release_freed_memory
+    from encore.model import kernels
+    from encore.model.io import build
+
+    config = bench_config(preset, 600)[1]
+    made = []
+    for rows_only in (False, True):
+        saved = (optimize_module.rows_only_available, kernels.rows_only_available)
+        if not rows_only:
+            optimize_module.rows_only_available = kernels.rows_only_available = lambda: False
+        try:
+            made.append(encore.optimize(build(config, seed=0, deferred=True), quantize="int8", prefill_products="int8"))
+        finally:
+            optimize_module.rows_only_available, kernels.rows_only_available = saved
+        release_freed_memory()
+    return made
+
+
+def vnni() -> None:
+    from encore.model.kernels import Int8Linear, rows_only_available
+
+    if not rows_only_available():
+        sys.exit("csrc/int8.c's many-row products need AVX-512 VNNI (and a C compiler)")
+    g = torch.Generator().manual_seed(0)
+    for out_features, in_features in ((768, 1024), (1024, 384), (4096, 1024), (1024, 4096)):  # encdec-330m's
+        weight = torch.randn(out_features, in_features, generator=g) * 0.02
+        layers = {"fbgemm": Int8Linear(weight), "csrc": Int8Linear(weight, rows_only=True)}
+        for layer in layers.values():
+            layer.bf16_many_rows = False  # int8 rows, quantized per row, in both
+        for rows in (128, 512):
+            x = torch.randn(rows, in_features, generator=g)
+            with torch.inference_mode():
+                ms = median_ms({name: lambda layer=layer, x=x: layer(x) for name, layer in layers.items()}, rounds=25)
+            rate, ratio = 2 * rows * in_features * out_features / ms["csrc"] / 1e6, ms["csrc"] / ms["fbgemm"]
+            print(f"{rows} x {in_features} -> {out_features}: fbgemm {ms['fbgemm']:.3f} ms, csrc/int8.c "
+                  f"{ms['csrc']:.3f} ms ({rate:.0f} GOP/s, {ratio:.2f}x)")  # fmt: skip
+
+
+def fbgemm(preset: str = "encdec-330m") -> None:
+    models = dict(zip(("fbgemm", "csrc"), _int8_rows_models(preset)))
+    with torch.inference_mode():
+        for tokens in (128, 512):
+            ids = torch.randint(5, 1000, (1, tokens), generator=torch.Generator().manual_seed(0))
+            logits = {name: model.prefill(ids, None, 1)[0] for name, model in models.items()}
+            times: dict[str, list[float]] = {name: [] for name in models}
+            for r in range(15):
+                for name in ("fbgemm", "csrc") if r % 2 == 0 else ("csrc", "fbgemm"):
+                    start = time.perf_counter()
+                    models[name].prefill(ids, None, 1)
+                    times[name].append(time.perf_counter() - start)
+            ratio = statistics.median(c / f for f, c in zip(times["fbgemm"], times["csrc"]))
+            a, b = logits["fbgemm"], logits["csrc"]
+            agree, apart = (a.argmax(-1) == b.argmax(-1)).float().mean().item(), (a - b).abs().max().item()
+            f, c = (statistics.median(times[name]) * 1e3 for name in ("fbgemm", "csrc"))
+            print(f"{preset} int8 rows, {tokens} tokens: fbgemm {f:.1f} ms, csrc/int8.c {c:.1f} ms (per-round "
+                  f"ratio {ratio:.3f}); logits differ by at most {apart:.2e}, top-1 the same: {agree:.0%}")  # fmt: skip
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     commands = {"attention": attention, "int4": int4, "rows": rows, "fp32": fp32, "amx": amx, "prefill": prefill}
-    commands["compare"] = compare
+    commands |= {"compare": compare, "vnni": vnni, "fbgemm": fbgemm}
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     if what not in commands:
         sys.exit(f"usage: python examples/prefill_measurements.py {'|'.join(commands)} [PRESET] [QUANTIZE]")

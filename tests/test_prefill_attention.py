@@ -1,6 +1,7 @@
 """A prefill's fused CPU kernels (encore/model/fused.py): attention over many queries with bf16 products
-(csrc/attend.c, `FusedAttend(bf16_prefill=True)`, what `encore.optimize` gives a quantized model) and a
-gated MLP's activation in one pass (`FusedMLP`), each against the eager path it replaces."""
+(csrc/attend.c, `FusedAttend(bf16_prefill=True)`, what `encore.optimize` gives a quantized model) or in
+fp32 (`FusedAttend()`), and a gated MLP's activation in one pass (`FusedMLP`), each against the eager path
+it replaces."""
 
 import copy
 import functools
@@ -18,6 +19,7 @@ from encore.model.fused import (
     ACT,
     FusedAttend,
     FusedMLP,
+    _attend_fp32_library,
     _attend_library,
     bf16_attention_available,
     fused_available,
@@ -27,6 +29,7 @@ from encore.model.probes import bf16_attention_faster
 
 pytestmark = pytest.mark.skipif(not fused_available(), reason="the fused kernels need a C compiler on Linux")
 needs_bf16 = pytest.mark.skipif(not bf16_attention_available(), reason="csrc/attend.c runs on CPUs with AVX512-BF16")
+needs_fp32 = pytest.mark.skipif(_attend_fp32_library() is None, reason="csrc/attend.c's fp32 loops need AVX-512")
 
 
 def close_to_bf16(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -72,6 +75,44 @@ def test_bf16_prefill_attention_equals_sdpa(B, H, KH, T, S, Dh):
         close_to_bf16(fused(q, k, v, None, True, 0.0), attend(q, k, v, None, True, 0.0))
 
 
+@needs_fp32
+@pytest.mark.parametrize("B,H,KH,T,S,Dh", [(1, 4, 1, 300, 300, 256), (3, 4, 2, 70, 90, 128), (2, 2, 2, 5, 100, 96)])
+def test_fp32_prefill_attention_equals_sdpa(B, H, KH, T, S, Dh):
+    """csrc/attend.c in fp32 (`FusedAttend()` without bf16): SDPA's numbers to fp32 rounding, with padding
+    masks, a query scale, soft-capped logits, T5's bias and causal calls."""
+    g = torch.Generator().manual_seed(T + S)
+    q = torch.randn(B, H, T, Dh, generator=g)
+    k, v = torch.randn(B, S, 2, KH, Dh, generator=g).permute(2, 0, 3, 1, 4)
+    padding = (torch.arange(S)[None] < torch.randint(1, S + 1, (B,), generator=g)[:, None])[:, None, None, :]
+    bias = torch.randn(B, H, T, S, generator=g).masked_fill(~padding, float("-inf"))
+    fused = FusedAttend()
+    assert "fp32 (c)" in repr(fused)
+    calls = [(None, False, None, None), (padding, False, 0.3, SoftCap(5.0)), (bias, False, None, None)]
+    calls += [(None, True, None, None)] if T == S else []
+    for mask, causal, scale, cap in calls:
+        want = attend(q, k, v, mask, causal, 0.0, scale, cap)
+        torch.testing.assert_close(fused(q, k, v, mask, causal, 0.0, scale, cap), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_fp32
+def test_fp32_prefill_attention_does_not_depend_on_the_padding():
+    """A prompt's attention gets the same bits alone and padded among longer ones (the engine prefills
+    requests together): its keys are summed in one order, padding adds exact zeros. SDPA's flash kernel
+    splits the keys by the padded length, which moved an engine's greedy reply off its solo one."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(1, 6, 11, 64, generator=g),
+        torch.randn(1, 3, 11, 64, generator=g),
+        torch.randn(1, 3, 11, 64, generator=g),
+    )
+    fused = FusedAttend()
+    alone = fused(q, k, v, None, False, 0.0)
+    for length in (12, 16, 40, 100):
+        qp, kp, vp = (torch.cat([t, torch.randn(1, t.shape[1], length - 11, 64, generator=g)], 2) for t in (q, k, v))
+        mask = (torch.arange(length) < 11)[None, None, None, :]
+        assert torch.equal(fused(qp, kp, vp, mask, False, 0.0)[:, :11], alone), length
+
+
 @needs_bf16
 def test_bf16_prefill_attention_edge_cases():
     """A query with no key to attend gets zeros; what the kernel does not take runs SDPA exactly: a head
@@ -101,10 +142,12 @@ def test_bf16_prefill_attention_edge_cases():
 
 
 def test_the_plain_c_build_has_no_bf16_attention():
-    """Without AVX512-BF16 (here: no -march) csrc/attend.c builds and says so; optimize then keeps SDPA."""
+    """Without AVX512-BF16 or AVX-512 (here: no -march) csrc/attend.c builds and says so; optimize then
+    keeps SDPA."""
     plain = native.load("attend", ["-O2", "-fopenmp", "-shared", "-fPIC"])
-    assert plain is not None and plain.encore_attend_bf16_built() == 0
+    assert plain is not None and plain.encore_attend_bf16_built() == 0 and plain.encore_attend_fp32_built() == 0
     assert _attend_library(("-O2", "-fopenmp", "-shared", "-fPIC")) is None
+    assert _attend_fp32_library(("-O2", "-fopenmp", "-shared", "-fPIC")) is None
 
 
 @pytest.mark.parametrize("arch", ["encdec", "deconly"])

@@ -74,6 +74,18 @@ def _attend_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL
     return lib
 
 
+def _attend_fp32_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL | None:
+    """csrc/attend.c for a prefill's attention in fp32 (`encore_attend_fp32`); None where it cannot be
+    built or the CPU (or `flags`) has no AVX-512."""
+    lib = native.load("attend", list(flags))
+    if lib is None or not lib.encore_attend_fp32_built():
+        return None
+    lib.encore_attend_fp32.restype = ctypes.c_int
+    lib.encore_attend_fp32.argtypes = [_PTR, *[_I64] * 9, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3, _PTR, *[_I64] * 2]
+    lib.encore_attend_fp32.argtypes += [_PTR, *[_I64] * 4, _F32, _F32, _PTR]  # as encore_attend_bf16's
+    return lib
+
+
 def bf16_attention_available() -> bool:
     """Whether a prefill's attention can run with bf16 products here (csrc/attend.c: a C compiler on
     Linux and a CPU with AVX512-BF16, e.g. AMD Zen 4, Intel Sapphire Rapids)."""
@@ -194,9 +206,11 @@ class FusedLinear(native.Handles, OneDNNLinear):
 
 class FusedAttend(native.Handles, Attend):
     """`Attend` through encore's C kernels: one query per head (decoding) in one fp32 call (GQA, boolean
-    key masks or an additive bias, a query scale, soft-capped logits); with `bf16_prefill`, many queries (a prefill, an
-    encoder) through csrc/attend.c's bf16 products, fp32 accumulation and softmax (~4x SDPA's flash
-    kernel on a T5Gemma 2 encoder layer; docs/engine.md). Anything else runs `attend`."""
+    key masks or an additive bias, a query scale, soft-capped logits); many queries (a prefill, an
+    encoder) through csrc/attend.c: with `bf16_prefill`, bf16 products, fp32 accumulation and softmax
+    (~4x SDPA's flash kernel on a T5Gemma 2 encoder layer; docs/engine.md), else the same loops in fp32
+    (any AVX-512 CPU), whose result for a query does not depend on the padding around it (SDPA's does, by
+    float rounding). Anything else runs `attend`."""
 
     _handles = ("_lib", "_prefill_lib")
 
@@ -207,7 +221,9 @@ class FusedAttend(native.Handles, Attend):
 
     def _bind(self) -> None:
         self._lib = _library()
-        self._prefill_lib = _attend_library() if self.bf16_prefill else None
+        bf16 = _attend_library() if self.bf16_prefill else None
+        self._prefill_lib = bf16 or _attend_fp32_library()
+        self._prefill_kind = None if self._prefill_lib is None else "bf16" if bf16 else "fp32"
 
     def forward(
         self,
@@ -254,8 +270,8 @@ class FusedAttend(native.Handles, Attend):
         softcap: SoftCap | None,
     ) -> Tensor | None:
         """q [B, H, T, Dh], k / v [B, KH, S, Dh] -> [B, T, H * Dh] through csrc/attend.c; None where it
-        does not take the call (no `bf16_prefill`, not fp32, dropout or gradients wanted, a boolean mask
-        per head, an fp32 bias beside a soft cap, a causal call over a cache, Dh not a multiple of 32)."""
+        does not take the call (not built here, not fp32, dropout or gradients wanted, a boolean mask per
+        head, an fp32 bias beside a soft cap, a causal call over a cache, Dh not a multiple of 32)."""
         B, H, T, Dh = q.shape
         KH, S = k.shape[1], k.shape[2]
         if (
@@ -274,7 +290,7 @@ class FusedAttend(native.Handles, Attend):
         bias, bias_b, bias_h, bias_t = _bias_rows(mask)  # [B | 1, H | 1, T | 1, S]: T5's relative positions
         rows, mask_b, mask_t = _mask_rows(None if bias is not None else mask, S)  # [B | 1, T | 1, S]
         out = torch.empty(B, T, H * Dh)
-        failed = self._prefill_lib.encore_attend_bf16(
+        failed = getattr(self._prefill_lib, f"encore_attend_{self._prefill_kind}")(
             q.data_ptr(), B, H, KH, T, S, Dh, q.stride(0), q.stride(1), q.stride(2),
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
             _ptr(rows), mask_b, mask_t, _ptr(bias), bias_b, bias_h, bias_t, causal and mask is None,
@@ -282,11 +298,11 @@ class FusedAttend(native.Handles, Attend):
             0.0 if softcap is None else softcap.cap, out.data_ptr(),
         )  # fmt: skip
         if failed == -1:
-            raise MemoryError("bf16 prefill attention: out of memory for its packed K / V")
+            raise MemoryError(f"{self._prefill_kind} prefill attention: out of memory for its packed K / V")
         return out if failed == 0 else None
 
     def extra_repr(self) -> str:
-        many = "bf16 products (c)" if self.bf16_prefill else "scaled_dot_product_attention"
+        many = {"bf16": "bf16 products (c)", "fp32": "fp32 (c)"}.get(self._prefill_kind, "scaled_dot_product_attention")
         return f"kernel=c (one query per head), many queries: {many}"
 
 

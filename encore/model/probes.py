@@ -17,12 +17,11 @@ import torch
 from encore.files import atomic_write, cache_dir
 from encore.model import native
 from encore.model.fused import FusedAttend, bf16_attention_available
-from encore.model.layers import attend
 
 
 def bf16_prefill_by_default(quantized: bool, fused: bool, encoder_input: str = "tokens") -> bool:
     """`prefill_attention="auto"`'s choice: bf16 products for a quantized model whose attention is fused,
-    where this CPU runs them faster than fp32 SDPA (`bf16_attention_faster`; its int8 activations are
+    where this CPU runs them faster than fp32 (`bf16_attention_faster`; its int8 activations are
     coarser than bf16's rounding); fp32 otherwise, and for a speech encoder (`encoder_input="audio"`):
     Whisper tiny.en int8 loops in a window of the clip of docs/results.md with bf16 attention over its
     1,500 frames (261 words for 184 spoken) and does not with fp32's (196)."""
@@ -30,11 +29,12 @@ def bf16_prefill_by_default(quantized: bool, fused: bool, encoder_input: str = "
 
 
 PROBE_SHAPE = (1, 8, 512, 64)  # [B, H, T, Dh]: a 512-token prefill's attention
-PROBE_MIN_GAIN = 1.25  # bf16 must beat SDPA by this much (a margin over the VMs' noise)
+PROBE_MIN_GAIN = 1.25  # bf16 must beat fp32 by this much (a margin over the VMs' noise)
 
 
 def bf16_attention_faster() -> bool:
-    """Whether csrc/attend.c's bf16 products beat fp32 SDPA on a 512-token attention here by
+    """Whether csrc/attend.c's bf16 products beat fp32 (the same loops in fp32 where the CPU has AVX-512,
+    else SDPA) on a 512-token attention here by
     PROBE_MIN_GAIN: measured once per machine and kernel (CPU flags, torch, threads, csrc/'s sources,
     `ENCORE_DISABLE_AMX` and `ONEDNN_MAX_CPU_ISA`; ~0.1 s) and recorded in
     $ENCORE_CACHE/kernels/attention_probe.json (delete it to measure again).
@@ -82,8 +82,8 @@ def _probe_record(key: str, what: str) -> dict:
     if isinstance(records.get(key), dict) and "bf16_faster" in records[key]:
         return records[key]
     if what == "attention":
-        bf16, sdpa = _time_attention()
-        records[key] = {"bf16_ms": bf16 * 1e3, "sdpa_ms": sdpa * 1e3, "bf16_faster": sdpa >= PROBE_MIN_GAIN * bf16}
+        bf16, fp32 = _time_attention()
+        records[key] = {"bf16_ms": bf16 * 1e3, "fp32_ms": fp32 * 1e3, "bf16_faster": fp32 >= PROBE_MIN_GAIN * bf16}
     else:
         bf16, int8 = _time_products()
         records[key] = {"what": what, "bf16_ms": bf16 * 1e3, "int8_ms": int8 * 1e3}
@@ -123,11 +123,11 @@ def _time_products(rounds: int = 5) -> tuple[float, float]:
 
 
 def _time_attention(rounds: int = 7) -> tuple[float, float]:
-    """(bf16 kernel, fp32 SDPA) median seconds on PROBE_SHAPE, interleaved."""
+    """(bf16 kernel, fp32: what runs without it) median seconds on PROBE_SHAPE, interleaved."""
     B, H, T, Dh = PROBE_SHAPE
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, T, Dh, generator=g) for _ in range(3))
-    fused = FusedAttend(bf16_prefill=True)
-    runs = {"bf16": lambda: fused(q, k, v, None, False, 0.0), "sdpa": lambda: attend(q, k, v, None, False, 0.0)}
+    bf16, fp32 = FusedAttend(bf16_prefill=True), FusedAttend()
+    runs = {"bf16": lambda: bf16(q, k, v, None, False, 0.0), "fp32": lambda: fp32(q, k, v, None, False, 0.0)}
     seconds = _interleaved(runs, rounds)
-    return seconds["bf16"], seconds["sdpa"]
+    return seconds["bf16"], seconds["fp32"]
