@@ -75,6 +75,32 @@ def test_products_equal_their_integer_arithmetic(M, K, N):
     np.testing.assert_allclose(linear(plain, x, w, scales), reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows,out_features", [(5, 48), (40, 48), (100, 64), (40, 19)])
+def test_an_activation_applied_as_the_outputs_are_written_equals_its_own_pass(rows, out_features):
+    """`int8_rows_linear(..., act)`: many rows on VNNI apply the bias and the MLP activation in the
+    products' epilogue, fewer rows (and AMX's int8 tiles) in a pass after them; either way the numbers
+    of the product, then `encore_act_rows` (to the last bits: the compiler may fuse a multiply and an
+    add differently in the two places)."""
+    from encore.model import kernels
+    from encore.model.fused import ACT, gelu_tanh
+
+    if not kernels.rows_only_available():
+        pytest.skip("needs csrc/int8.c's VNNI path")
+    torch.manual_seed(rows)
+    layer = Int8Linear(torch.randn(out_features, 64), torch.randn(out_features), rows_only=True)
+    x = torch.randn(rows, 64)
+    lib = _layer_library()
+    for fn in (torch.nn.functional.gelu, gelu_tanh, torch.nn.functional.silu, torch.nn.functional.relu):
+        with torch.inference_mode():
+            plain = kernels.int8_rows_linear(x, *layer.rows(), layer._bias)
+            fused = kernels.int8_rows_linear(x, *layer.rows(), layer._bias, ACT[fn])
+        apart = plain.clone()
+        lib.encore_act_rows.argtypes = [_PTR, _I64, _I64, _I64]
+        lib.encore_act_rows(apart.data_ptr(), rows, out_features, ACT[fn])
+        torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused, fn(plain), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
 def test_a_decode_steps_rows_do_not_depend_on_how_many_there_are():
     """Rows alone (a few: VNNI) and 40 together (AMX where the CPU has it: any number of rows of a decode

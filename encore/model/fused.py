@@ -369,8 +369,9 @@ class FusedMLP(native.Handles, MLP):
     """`MLP` whose gate, act(gate) * up, is one C pass over all positions (`encore_glu_rows`) instead of
     ~6 eager ops over [T, 2F] (a 512-token T5Gemma 2 encoder layer: ~0.7 -> ~0.15 ms); an ungated
     MLP's activation is one C pass in place (`encore_act_rows`), or none where the up projection applies
-    it as it writes its outputs (`Int8Linear.on_tiles`: a prefill on AMX's bf16 tiles), its hidden rows
-    then handed to the down projection packed as bf16 (`BF16Tiles`), never written as fp32. Made for the
+    it as it writes its outputs (`Int8Linear.applies_act`): a prefill on AMX's bf16 tiles, its hidden
+    rows then handed to the down projection packed as bf16 (`BF16Tiles`), never written as fp32, or
+    csrc/int8.c's int8 rows. Made for the
     activations csrc/decode.c has (`ACT`); holds the very submodules of the MLP it is made from; training
     runs `MLP`'s path."""
 
@@ -392,6 +393,8 @@ class FusedMLP(native.Handles, MLP):
                 packed = _on_tiles(self.down, rows) and self.up.out_features % 32 == 0
                 h = self.up(x, act=ACT[self.act], tiles=packed)  # packed: bf16 tiles the down call reads
                 return self.down(h).view(*x.shape[:-1], self.down.out_features)
+            if getattr(self.up, "applies_act", lambda rows: False)(rows):  # csrc/int8.c: in its epilogue
+                return self.down(self.up(x, act=ACT[self.act]))
             h = self.up(x).contiguous()
             self._lib.encore_act_rows(h.data_ptr(), h.numel() // h.shape[-1], h.shape[-1], ACT[self.act])
             return self.down(h)

@@ -200,16 +200,25 @@ class Int8Linear(nn.Module):
         rows packed (`BF16Tiles`: an MLP's hidden activations never written as fp32)."""
         return self._many(rows) and amx_bf16_rows(self.in_features, self.out_features)
 
+    def applies_act(self, rows: int) -> bool:
+        """Whether a call of `rows` rows can apply an MLP activation as it writes its outputs (`forward`'s
+        `act`): on AMX's bf16 tiles (`on_tiles`), or through csrc/int8.c (its many rows on VNNI in the
+        products' own epilogue)."""
+        return self.on_tiles(rows) or (self._packed is None and not self._many(rows))
+
     def forward(self, x: Tensor | BF16Tiles, act: int = -1, tiles: bool = False) -> Tensor | BF16Tiles:
-        """x [..., K] -> [..., N]. Where `on_tiles` (the caller checks): `act`, `encore.model.fused.ACT`'s
-        number, the activation of the outputs in the same call; `tiles=True`, the outputs packed for a
-        next projection; x may be such packed rows (-> [rows, N])."""
-        if isinstance(x, BF16Tiles) or act >= 0 or tiles:
+        """x [..., K] -> [..., N]. `act`, `encore.model.fused.ACT`'s number: the activation of the outputs
+        in the same call, where `applies_act` (the caller checks). Where `on_tiles`: `tiles=True`, the
+        outputs packed for a next projection; x may be such packed rows (-> [rows, N])."""
+        if isinstance(x, BF16Tiles) or tiles or (act >= 0 and self.on_tiles(x.numel() // x.shape[-1])):
             return int8_amx_bf16(x, *self.rows()[:2], self._bias, act, tiles)
         rows = x.reshape(-1, self.in_features)
         many = self._many(rows.shape[0])
         if self._packed is None and not many:  # rows only: csrc/int8.c, each row's own int8 scale
-            return int8_rows_linear(rows, *self.rows(), self._bias).view(*x.shape[:-1], self.out_features)
+            y = int8_rows_linear(rows, *self.rows(), self._bias, act)
+            return y.view(*x.shape[:-1], self.out_features)
+        if act >= 0:
+            raise ValueError("Int8Linear: this call cannot apply an activation (check applies_act first)")
         if rows.shape[0] == 1:
             y = torch.ops.quantized.linear_dynamic(rows, self._packed, self.reduce_range)
             return y.view(*x.shape[:-1], self.out_features)
@@ -304,6 +313,9 @@ def _int8_rows_library():
     lib.encore_int8_has_amx.restype = ctypes.c_int
     lib.encore_int8_linear.restype = ctypes.c_int
     lib.encore_int8_linear.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 5]
+    lib.encore_int8_linear_act.restype = ctypes.c_int
+    lib.encore_int8_linear_act.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 4]
+    lib.encore_int8_linear_act.argtypes += [ctypes.c_int64, ctypes.c_void_p]
     return lib if lib.encore_int8_has_vnni() else None
 
 
@@ -326,14 +338,17 @@ def release_packed_weights(model: nn.Module) -> int:
     return len(released)
 
 
-def int8_rows_linear(rows: Tensor, weight: Tensor, scales: Tensor, sums: Tensor, bias: Tensor | None) -> Tensor:
-    """rows [M, K] fp32 @ (weight * scales).T (+ bias) -> [M, N] through csrc/int8.c: each row quantized
-    to int8 with its own scale, int32 products (VNNI; AMX tiles from 16 rows where the CPU has them)."""
+def int8_rows_linear(
+    rows: Tensor, weight: Tensor, scales: Tensor, sums: Tensor, bias: Tensor | None, act: int = -1
+) -> Tensor:
+    """act(rows [M, K] fp32 @ (weight * scales).T (+ bias)) -> [M, N] through csrc/int8.c: each row
+    quantized to int8 with its own scale, int32 products (VNNI; from 16 rows AMX's tiles or 16 packed
+    rows a `vpdpbusd`, whose epilogue applies `act`, `encore.model.fused.ACT`'s number; -1: none)."""
     rows = rows.contiguous()
     out = torch.empty(rows.shape[0], weight.shape[0])
-    status = _int8_rows_library().encore_int8_linear(
+    status = _int8_rows_library().encore_int8_linear_act(
         rows.data_ptr(), rows.shape[0], weight.shape[1], weight.shape[0], weight.data_ptr(), scales.data_ptr(),
-        sums.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
+        sums.data_ptr(), None if bias is None else bias.data_ptr(), act, out.data_ptr(),
     )  # fmt: skip
     if status:
         raise MemoryError("csrc/int8.c: out of memory for a call's int8 activations")

@@ -58,7 +58,7 @@ static void project(const Proj *p, const float *x, int64_t B, float *y, const Wo
     if (p->bits == 32) {
         products32(B, p->K, p->N, p->w, x, y);
     } else if (p->bits == 8) {
-        quantize_products8(x, B, p->K, p->N, p->w, p->scales, p->sums, (uint8_t *)w->qx, w->sx, y);
+        quantize_products8(x, B, p->K, p->N, p->w, p->scales, p->sums, (uint8_t *)w->qx, w->sx, NULL, -1, y);
     } else {
         quantize_rows(x, B, p->K, p->group, w->qx, w->sx, w->u);
         products(B, p->K, p->N, p->group, p->w, p->scales, p->mins, w->qx, w->sx, w->u, y);
