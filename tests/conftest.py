@@ -56,6 +56,19 @@ def make_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:
     return model.eval()
 
 
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`encore ARGV` through the CLI's own `main` in this process (a subprocess imports torch again: ~3 s
+    a call): (exit code, stdout, stderr); argparse's own errors included."""
+    from encore.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def engine_tokens(engine, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Each prompt's greedy tokens through `engine` (all added at once, EOS ignored), in prompt order."""
     rids = [engine.add(p, max_new_tokens=max_new_tokens, eos_token_id=None) for p in prompts]

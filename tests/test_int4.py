@@ -1,12 +1,10 @@
 """int4 weights (`encore.optimize(quantize="int4")`, `Int4Linear`) and quantized checkpoints."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import engine_tokens
+from conftest import engine_tokens, run_cli
 from safetensors.torch import load_file, save_file
 
 import encore
@@ -253,25 +251,26 @@ def test_quantized_checkpoint_errors_are_named(tmp_path):
         load(tmp_path / "asym")
 
 
-def test_cli_convert_quantize_then_generate(tmp_path):
+def test_cli_convert_quantize_then_generate(tmp_path, capsys):
+    """`encore convert --quantize int4`, then `encore generate` on the quantized checkpoint."""
     model = build(ModelConfig.preset("deconly-tiny"), seed=0)
     from encore.data.vocab import default_tokenizer
 
     model.tokenizer = default_tokenizer()
     model.save_pretrained(tmp_path / "fp32")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "encore", *a], capture_output=True, text=True)  # noqa: E731
-    out = run("convert", "--model", str(tmp_path / "fp32"), "--out", str(tmp_path / "q4"), "--quantize", "int4")
-    assert out.returncode == 0, out.stderr
-    assert "int4" in out.stdout and (tmp_path / "q4" / "quantization.json").is_file()
-    gen = run("generate", "--model", str(tmp_path / "q4"), "--input", "hello", "--max-new-tokens", "4")
-    assert gen.returncode == 0, gen.stderr
+    fp32, q4 = tmp_path / "fp32", tmp_path / "q4"
+    code, out, err = run_cli(capsys, "convert", "--model", fp32, "--out", q4, "--quantize", "int4")
+    assert code == 0, err
+    assert "int4" in out and (q4 / "quantization.json").is_file()
+    code, out, err = run_cli(capsys, "generate", "--model", q4, "--input", "hello", "--max-new-tokens", "4")
+    assert code == 0, err
     half = ("--kv-cache-dtype", "fp16")  # the quantized checkpoint with a half-precision K/V cache
-    gen16 = run("generate", "--model", str(tmp_path / "q4"), "--input", "hello", "--max-new-tokens", "4", *half)
-    assert gen16.returncode == 0 and gen16.stdout.strip(), gen16.stderr
-    bad = run("convert", "--model", str(tmp_path / "fp32"), "--out", str(tmp_path / "x"), "--group-size", "64")
-    assert bad.returncode != 0 and "--group-size: only with --quantize int4" in bad.stderr
+    code, out, err = run_cli(capsys, "generate", "--model", q4, "--input", "hello", "--max-new-tokens", "4", *half)
+    assert code == 0 and out.strip(), err
+    code, out, err = run_cli(capsys, "convert", "--model", fp32, "--out", tmp_path / "x", "--group-size", "64")
+    assert code != 0 and "--group-size: only with --quantize int4" in err
     fast = ("--quantize", "int4", "--group-size", "128", "--symmetric")
-    out = run("convert", "--model", str(tmp_path / "fp32"), "--out", str(tmp_path / "q4s"), *fast)
-    assert out.returncode == 0, out.stderr
+    code, out, err = run_cli(capsys, "convert", "--model", fp32, "--out", tmp_path / "q4s", *fast)
+    assert code == 0, err
     modules = json.loads((tmp_path / "q4s" / "quantization.json").read_text())["modules"]
     assert modules["decoder.0.mlp.up"] == {"kind": "int4", "group_size": 128, "symmetric": True}

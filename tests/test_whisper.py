@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 import encore
 from encore.audio.decoding import LogitRules, decode_windows
@@ -225,7 +226,7 @@ def test_segments_are_cut_at_timestamp_pairs(whisper_dir):
     assert render({"segments": [{"start": 0, "end": 1, "text": " hi"}]}, "vtt").startswith("WEBVTT\n\n00:00:00.000")
 
 
-def test_transcribe_long_audio_and_the_cli(whisper_dir, tmp_path):
+def test_transcribe_long_audio_and_the_cli(whisper_dir, tmp_path, capsys):
     sf = pytest.importorskip("soundfile")
     pytest.importorskip("av")
     model = encore.load(whisper_dir)
@@ -241,21 +242,18 @@ def test_transcribe_long_audio_and_the_cli(whisper_dir, tmp_path):
     with pytest.raises(ValueError, match="English-only"):
         model.transcribe(audio, language="de")
     sf.write(tmp_path / "a.wav", audio[: 16000 * 5], 16000)
-    cli = [sys.executable, "-m", "encore", "transcribe", "--model", str(whisper_dir), str(tmp_path / "a.wav")]
-    done = subprocess.run([*cli, "--output-format", "json", "--beam-size", "1", "--quantize", "int8"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert set(json.loads(done.stdout)) == {"text", "segments", "language", "duration"}
-    done = subprocess.run([*cli, "--out", str(tmp_path / "out"), "--output-format", "vtt"], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0 and (tmp_path / "out" / "a.vtt").read_text().startswith("WEBVTT")
-    bad = subprocess.run([*cli, "--out", str(tmp_path / "a.wav")], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "a.wav: a file is there; --out names a folder" in bad.stderr
-    bad = subprocess.run([*cli[:-1], str(tmp_path / "nope.wav")], capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].endswith("nope.wav: no such audio file")
-    gen = [sys.executable, "-m", "encore", "generate", "--model", str(whisper_dir), "--input", "hi"]
-    bad = subprocess.run(gen, capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "use encore transcribe" in bad.stderr
+    cli = ["transcribe", "--model", whisper_dir, tmp_path / "a.wav"]  # the CLI's `main`, in this process
+    code, out, err = run_cli(capsys, *cli, "--output-format", "json", "--beam-size", "1", "--quantize", "int8")
+    assert code == 0, err
+    assert set(json.loads(out)) == {"text", "segments", "language", "duration"}
+    code, out, err = run_cli(capsys, *cli, "--out", tmp_path / "out", "--output-format", "vtt")
+    assert code == 0 and (tmp_path / "out" / "a.vtt").read_text().startswith("WEBVTT")
+    code, out, err = run_cli(capsys, *cli, "--out", tmp_path / "a.wav")
+    assert code == 2 and "a.wav: a file is there; --out names a folder" in err
+    code, out, err = run_cli(capsys, *cli[:-1], tmp_path / "nope.wav")
+    assert code != 0 and err.strip().splitlines()[-1].endswith("nope.wav: no such audio file")
+    code, out, err = run_cli(capsys, "generate", "--model", whisper_dir, "--input", "hi")
+    assert code != 0 and "use encore transcribe" in err
 
 
 def test_speech_server_answers_openais_audio_routes(whisper_dir, tmp_path):
