@@ -243,7 +243,7 @@ static void products8_amx(int64_t M, int64_t K, int64_t N, const int8_t *w, cons
         for (int64_t nb = 0; nb < NB; nb += 2) {
             const int two_n = nb + 1 < NB;
             const int8_t *w0 = w + nb * 16 * K, *w1 = w0 + 16 * K;
-            for (int64_t mb = 0; mb < MB; mb += 3) {
+            for (int64_t mb = 0; mb < MB; mb += 2) {
                 const int two_m = mb + 1 < MB;
                 const int8_t *x0 = xp + mb * KB * 1024, *x1 = x0 + KB * 1024;
                 AMX_TILES_2X2(_tile_dpbssd, KB, w0, w1, 64, K, x0, x1, 1024, 64, two_n, two_m, (void)0);
