@@ -90,12 +90,12 @@ def test_an_activation_applied_as_the_outputs_are_written_equals_its_own_pass(ro
     layer = Int8Linear(torch.randn(out_features, 64), torch.randn(out_features), rows_only=True)
     x = torch.randn(rows, 64)
     lib = _layer_library()
+    lib.encore_act_rows.argtypes = [_PTR, _I64, _I64, _I64]
     for fn in (torch.nn.functional.gelu, gelu_tanh, torch.nn.functional.silu, torch.nn.functional.relu):
         with torch.inference_mode():
             plain = kernels.int8_rows_linear(x, *layer.rows(), layer._bias)
             fused = kernels.int8_rows_linear(x, *layer.rows(), layer._bias, ACT[fn])
         apart = plain.clone()
-        lib.encore_act_rows.argtypes = [_PTR, _I64, _I64, _I64]
         lib.encore_act_rows(apart.data_ptr(), rows, out_features, ACT[fn])
         torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(fused, fn(plain), rtol=1e-4, atol=1e-5)

@@ -39,7 +39,6 @@ from encore.model.kernels import (
     OneDNNLinear,
     int8_available,
     onednn_available,
-    release_packed_weights,
     rows_only_available,
 )
 from encore.model.layers import Linear, weight_std
@@ -146,7 +145,6 @@ def optimize(
     if fused:
         swaps += fuse(model, bf16_prefill)
         swaps += fuse_int8_rows(model)  # decode steps' int8 projections the whole-layer C call does not run
-        release_packed_weights(model)  # each int8 weight once: csrc/int8.c's rows, not fbgemm's copy too
     model._encore_kv_dtype = kv_dtype
     model._encore_swaps = swaps
     model._encore_optimized = {

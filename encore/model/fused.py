@@ -61,29 +61,31 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
+def _attend_kernel(flags: tuple[str, ...], kind: str) -> ctypes.CDLL | None:
+    """csrc/attend.c built with `flags`, its `encore_attend_{kind}` ("bf16" or "fp32") typed; None where
+    it cannot be built or this build does not run that kind."""
+    lib = native.load("attend", list(flags))
+    if lib is None or not getattr(lib, f"encore_attend_{kind}_built")():
+        return None
+    fn = getattr(lib, f"encore_attend_{kind}")
+    fn.restype = ctypes.c_int
+    fn.argtypes = [_PTR, *[_I64] * 9, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3, _PTR, *[_I64] * 2]
+    fn.argtypes += [_PTR, *[_I64] * 4, _F32, _F32, _PTR]  # bias, its strides, causal, scale, softcap, out
+    return lib
+
+
 @functools.cache
 def _attend_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL | None:
     """csrc/attend.c (a prefill's attention with bf16 products), built once per `flags`; None where it
     cannot be built or the CPU (or `flags`) has no AVX512-BF16."""
-    lib = native.load("attend", list(flags))
-    if lib is None or not lib.encore_attend_bf16_built():
-        return None
-    lib.encore_attend_bf16.restype = ctypes.c_int
-    lib.encore_attend_bf16.argtypes = [_PTR, *[_I64] * 9, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3, _PTR, *[_I64] * 2]
-    lib.encore_attend_bf16.argtypes += [_PTR, *[_I64] * 4, _F32, _F32, _PTR]  # bias, its strides, causal, ...
-    return lib
+    return _attend_kernel(flags, "bf16")
 
 
+@functools.cache
 def _attend_fp32_library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL | None:
     """csrc/attend.c for a prefill's attention in fp32 (`encore_attend_fp32`); None where it cannot be
     built or the CPU (or `flags`) has no AVX-512."""
-    lib = native.load("attend", list(flags))
-    if lib is None or not lib.encore_attend_fp32_built():
-        return None
-    lib.encore_attend_fp32.restype = ctypes.c_int
-    lib.encore_attend_fp32.argtypes = [_PTR, *[_I64] * 9, _PTR, *[_I64] * 3, _PTR, *[_I64] * 3, _PTR, *[_I64] * 2]
-    lib.encore_attend_fp32.argtypes += [_PTR, *[_I64] * 4, _F32, _F32, _PTR]  # as encore_attend_bf16's
-    return lib
+    return _attend_kernel(flags, "fp32")
 
 
 def bf16_attention_available() -> bool:

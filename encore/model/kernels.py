@@ -327,17 +327,6 @@ def rows_only_available() -> bool:
     return _int8_rows_library() is not None
 
 
-def release_packed_weights(model: nn.Module) -> int:
-    """`Int8Linear.release_packed` on every int8 projection of `model` (itself, if one) where
-    `rows_only_available`; how many were released."""
-    if not rows_only_available():
-        return 0
-    released = [m for m in model.modules() if isinstance(m, Int8Linear) and m._packed is not None]
-    for module in released:
-        module.release_packed()
-    return len(released)
-
-
 def int8_rows_linear(
     rows: Tensor, weight: Tensor, scales: Tensor, sums: Tensor, bias: Tensor | None, act: int = -1
 ) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from encore.model.fused import fused_available
 from encore.model.fused_layer import fuse
 from encore.model.int4 import Int4Linear
-from encore.model.kernels import Int8Embedding, Int8Linear, release_packed_weights, rows_only_available
+from encore.model.kernels import Int8Embedding, Int8Linear, rows_only_available
 from encore.model.probes import bf16_prefill_by_default, bf16_products_by_default
 
 QUANTIZATION_FILE = "quantization.json"
@@ -169,7 +169,6 @@ def fuse_loaded(model: nn.Module) -> None:
         module.bf16_many_rows = bf16_rows
     if fused:
         model._encore_swaps = fuse(model, bf16_prefill)
-        release_packed_weights(model)  # each int8 weight once (csrc/int8.c's rows)
     model._encore_optimized["fused"] = fused
     model._encore_optimized["prefill_attention"] = "bf16" if bf16_prefill else "fp32"
 

@@ -30,6 +30,15 @@
 #endif
 #include "amx.h"
 
+#if defined(__AVX512VNNI__) || defined(ENCORE_AMX)
+/* 16 inputs x * inv rounded to nearest, plus `offset`, saturated to bytes: u8 where offset is 128 (for
+ * vpdpbusd), s8 where 0 (AMX's int8 tiles). */
+static inline __m128i quantize16(const float *x, __m512 inv, int offset) {
+    const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), inv)), _mm512_set1_epi32(offset));
+    return offset ? _mm512_cvtusepi32_epi8(q) : _mm512_cvtsepi32_epi8(q);
+}
+#endif
+
 /* Per row m: qx = round(x / s) + 128 (u8), s = absmax / 127 into sx[m]. */
 static void quantize_rows_u8(const float *x, int64_t M, int64_t K, uint8_t *qx, float *sx) {
 #pragma omp parallel for schedule(static) if (M > 8)
@@ -41,11 +50,7 @@ static void quantize_rows_u8(const float *x, int64_t M, int64_t K, uint8_t *qx, 
         int64_t k = 0;
 #ifdef __AVX512VNNI__
         const __m512 vinv = _mm512_set1_ps(inv);
-        const __m512i offset = _mm512_set1_epi32(128);
-        for (; k + 16 <= K; k += 16) {
-            const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xs + k), vinv)), offset);
-            _mm_storeu_si128((__m128i *)(qs + k), _mm512_cvtusepi32_epi8(q));
-        }
+        for (; k + 16 <= K; k += 16) _mm_storeu_si128((__m128i *)(qs + k), quantize16(xs + k, vinv, 128));
 #endif
         for (; k < K; k++) {
             int32_t q = (int32_t)nearbyintf(xs[k] * inv);
@@ -75,11 +80,9 @@ static void pack_rows(const float *x, int64_t M, int64_t K, int8_t *xp, float *s
         const float *xs = x + m * K;
         const float amax = absmax(xs, K);
         const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
-        const __m512i shift = _mm512_set1_epi32(offset);
         for (int64_t k = 0; k < K; k += 16) {
-            const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xs + k), inv)), shift);
             int32_t quads[4];
-            _mm_storeu_si128((__m128i *)quads, offset ? _mm512_cvtusepi32_epi8(q) : _mm512_cvtsepi32_epi8(q));
+            _mm_storeu_si128((__m128i *)quads, quantize16(xs + k, inv, offset));
             for (int j = 0; j < 4; j++) block[(k / 4 + j) * 16] = quads[j]; /* slot (k/4) of the 16-row block */
         }
         sx[m] = amax / 127.f;
