@@ -249,6 +249,15 @@ def test_quantized_checkpoint_errors_are_named(tmp_path):
         ValueError, match=r"asymmetric int4 module decoder\.0\.mlp\.up has no tensor decoder\.0\.mlp\.up\.mins"
     ):
         load(tmp_path / "asym")
+    int8 = encore.optimize(build(ModelConfig.preset("deconly-tiny"), seed=0), quantize="int8")
+    int8.save_pretrained(tmp_path / "int8")
+    state = load_file(str(tmp_path / "int8" / "model.safetensors"))
+    state["decoder.0.mlp.up.scales"] = state["decoder.0.mlp.up.scales"][:-1]  # one row short
+    save_file(state, str(tmp_path / "int8" / "model.safetensors"))
+    with pytest.raises(
+        ValueError, match=r"quantized module decoder\.0\.mlp\.up: int8 weight \[\d+, \d+\] .* got scales"
+    ):
+        load(tmp_path / "int8")
 
 
 def test_cli_convert_quantize_then_generate(tmp_path, capsys):

@@ -219,6 +219,19 @@ def test_rows_only_the_weight_is_held_once_and_gives_the_same_numbers():
     np.testing.assert_allclose(got.numpy(), reference, rtol=1e-5, atol=1e-5)
 
 
+def test_rows_only_weights_of_the_wrong_shapes_are_named():
+    """`from_quantized(rows_only=True)` (a quantized checkpoint's load): the C kernels read the tensors
+    unchecked, so scales or a bias that do not match the weight's rows are refused, with their shapes."""
+    w = torch.zeros(8, 32, dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"int8 weight \[8, 32\] .* got scales \[7\], bias None"):
+        Int8Linear.from_quantized(w, torch.ones(7), rows_only=True)
+    with pytest.raises(ValueError, match=r"got scales \[8\], bias \[4\]"):
+        Int8Linear.from_quantized(w, torch.ones(8), torch.zeros(4), rows_only=True)
+    with pytest.raises(ValueError, match=r"needs 2 dimensions"):
+        Int8Linear.from_quantized(w.view(-1), torch.ones(8), rows_only=True)
+    assert Int8Linear.from_quantized(w, torch.ones(8), torch.zeros(8), rows_only=True).rows()[0] is not None
+
+
 @pytest.mark.skipif(not int8_available(), reason="int8 needs fbgemm")
 def test_optimize_never_holds_two_copies_of_the_int8_weights(monkeypatch):
     """Where the rows cover every call, each projection is made as csrc/int8.c's rows alone: fbgemm's

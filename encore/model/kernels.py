@@ -95,6 +95,18 @@ class OneDNNLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel=onednn-fp32"
 
 
+def _check_shapes(weight: Tensor, scales: Tensor, bias: Tensor | None) -> None:
+    """An int8 projection's tensors where they enter: weight [N, K], scales [N], bias [N] or None (the C
+    kernels read them unchecked), refused in one line naming the shapes."""
+    rows = weight.shape[0] if weight.dim() == 2 else -1
+    if rows < 0 or tuple(scales.shape) != (rows,) or (bias is not None and tuple(bias.shape) != (rows,)):
+        bias_shape = None if bias is None else list(bias.shape)
+        raise ValueError(
+            f"int8 weight {list(weight.shape)} needs 2 dimensions, scales [{max(rows, 0)}] and a bias of as "
+            f"many or none; got scales {list(scales.shape)}, bias {bias_shape}"
+        )
+
+
 class Int8Linear(nn.Module):
     bf16_many_rows = True  # many rows (a prefill) as bf16 products where the CPU has them; False: int8 rows
     """y ~= x @ weight.T with int8 weights (per output channel, symmetric) and int8 activations
@@ -119,6 +131,7 @@ class Int8Linear(nn.Module):
         with warnings.catch_warnings():  # torch deprecates quantized tensors: docs/NOTES.md ("int8")
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
             qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+        _check_shapes(w, scale, bias)
         if rows_only:
             self._hold_rows(qweight.int_repr(), qweight.q_per_channel_scales().float(), bias)
         else:
@@ -130,6 +143,7 @@ class Int8Linear(nn.Module):
     ) -> Int8Linear:
         """An Int8Linear of already-quantized weights: int8 [N, K] and per-channel scales [N] (a
         quantized checkpoint's tensors); nothing is rounded again. `rows_only` as in `__init__`."""
+        _check_shapes(qweight, scales, bias)
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
         if rows_only:

@@ -151,7 +151,10 @@ def install_quantized(
         elif entry["kind"] == "int4":
             module = Int4Linear.from_quantized(qweight, scales, bias, mins)
         else:
-            module = Int8Linear.from_quantized(qweight, scales, bias, rows_only=rows_only)
+            try:
+                module = Int8Linear.from_quantized(qweight, scales, bias, rows_only=rows_only)
+            except ValueError as e:  # a scales / bias tensor of another shape
+                raise ValueError(f"{where}: quantized module {name}: {e}") from None
         setattr(holder, child, module)
     kinds = "+".join(sorted({e["kind"] for e in manifest["modules"].values()} - {EMBEDDING}))
     model._encore_swaps = []  # nothing to restore: the fp32 weights are not in the checkpoint
