@@ -20,8 +20,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/encore bench
 
+# Two pytest workers, a test file each at a time (module fixtures built once); OpenMP threads that wait
+# sleep instead of spinning, so the two workers' torch never spin against each other on 2 cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 test-experiments: $(STAMP)
 	$(BIN)/python -m pytest tests -m experiment

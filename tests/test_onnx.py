@@ -18,7 +18,7 @@ pytest.importorskip("onnxscript")
 import onnx  # noqa: E402
 
 from encore.cli import main  # noqa: E402
-from encore.export import export_onnx  # noqa: E402
+from encore.export import export_onnx, quantize_onnx  # noqa: E402
 from encore.onnx import OnnxGenerator  # noqa: E402
 from encore.tokenizer import train_tokenizer  # noqa: E402
 
@@ -33,6 +33,10 @@ def exported(tmp_path_factory):
     out = {}
     for arch in ("encdec", "deconly"):
         model = make_model(arch, max_seq_len=128)
+        with torch.no_grad():  # weights of a trained model's scale (what quantization meets)
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0, 0.05)
         model.tokenizer = tokenizer
         directory = tmp_path_factory.mktemp(f"onnx-{arch}")
         export_onnx(model, directory)
@@ -98,27 +102,37 @@ def test_manifest_names_the_graphs_and_their_axes(exported):
     assert "Attention" in {n.op_type for n in graph.graph.node}  # one fused op per attention
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("quantize,bound", [("int8", 0.05), ("int4", 0.15)])
-def test_quantized_first_step_logits_stay_close(tmp_path, quantize, bound):
+def test_quantized_first_step_logits_stay_close(exported, tmp_path, capsys, quantize, bound):
     """int8: MatMulInteger everywhere; int4: MatMulNBits in the decoder step (4-bit weights), the head
-    MatMulInteger (int8, as encore.optimize's policy), the encoder int8."""
-    model = make_model("encdec", max_seq_len=128)
-    with torch.no_grad():  # weights of a trained model's scale
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.05)
-    export_onnx(model, tmp_path, quantize=quantize)
-    graphs = json.loads((tmp_path / "encore_onnx.json").read_text())["graphs"]
-    ops = {name: {n.op_type for n in onnx.load(tmp_path / g["file"]).graph.node} for name, g in graphs.items()}
+    MatMulInteger (int8, as encore.optimize's policy), the encoder int8. Quantized from the fp32
+    export (`encore export --model EXPORT --quantize ...`: no second torch export)."""
+    model, source = exported["encdec"]
+    out = tmp_path / quantize
+    assert main(["export", "--model", str(source), "--quantize", quantize, "--out", str(out)]) == 0
+    assert f"quantized {source} ({quantize})" in capsys.readouterr().out
+    manifest = json.loads((out / "encore_onnx.json").read_text())
+    assert manifest["quantization"] == quantize and (out / "tokenizer.json").is_file()
+    graphs = manifest["graphs"]
+    ops = {name: {n.op_type for n in onnx.load(out / g["file"]).graph.node} for name, g in graphs.items()}
     assert "MatMulInteger" in ops["decoder_step"] and "MatMulInteger" in ops["encoder"]
     assert ("MatMulNBits" in ops["decoder_step"]) == (quantize == "int4") and "MatMulNBits" not in ops["encoder"]
     ids = torch.randint(3, 512, (2, 9), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         reference, _ = model.prefill(ids, None, 4)
-    logits, _ = OnnxGenerator(tmp_path)._prefill(ids.numpy(), np.ones_like(ids.numpy()), 4)
+    logits, _ = OnnxGenerator(out)._prefill(ids.numpy(), np.ones_like(ids.numpy()), 4)
     error = np.linalg.norm(logits - reference.numpy()) / np.linalg.norm(reference.numpy())
     assert error < bound, f"{quantize} first-step logits are {error:.3f} off fp32"
+    assert OnnxGenerator(out).generate_text("def add(a, b):", max_new_tokens=3)  # the tokenizer came along
+    # what an existing export cannot become, in one line each
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_onnx(out, tmp_path / "again", "int4")
+    with pytest.raises(ValueError, match="qdq-int8 calibrates on the model"):
+        quantize_onnx(source, tmp_path / "qdq", "qdq-int8")
+    with pytest.raises(ValueError, match="a directory of its own"):
+        quantize_onnx(source, source, quantize)
+    assert main(["export", "--model", str(source), "--quantize", quantize, "--static", "--out", str(out)]) == 2
+    assert "--static: an existing export keeps its shapes" in capsys.readouterr().err
 
 
 @pytest.mark.slow

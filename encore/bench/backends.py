@@ -207,23 +207,34 @@ class OnnxBackend:
             raise ValueError("--num-beams times encore, --vs-ct2 and --vs-hf: not --backend onnx")
 
     def build(self) -> Any:
+        from encore.onnx import OnnxGenerator
+
+        return OnnxGenerator(self.export(self.quantize), threads=torch.get_num_threads())
+
+    def export(self, quantize: str | None) -> Path:
+        """The cached export of this model: fp32 from the model, a quantization from the fp32 export."""
         import hashlib
         import json
 
-        from encore.export.onnx import REVISION, export_onnx
+        from encore.export import export_onnx, quantize_onnx
+        from encore.export.onnx import REVISION
         from encore.files import cache_dir
-        from encore.onnx import MANIFEST, OnnxGenerator
+        from encore.onnx import MANIFEST
 
         source = str(self.checkpoint.resolve()) if self.checkpoint else self.cost_config.to_json()
-        key = hashlib.sha256(json.dumps([source, self.seed, self.quantize, torch.__version__, REVISION]).encode())
+        key = hashlib.sha256(json.dumps([source, self.seed, quantize, torch.__version__, REVISION]).encode())
         directory = cache_dir() / "bench" / f"onnx-{key.hexdigest()[:12]}"
-        if not (directory / MANIFEST).is_file():
-            if self.checkpoint is not None:
-                model = load(self.checkpoint, max_seq_len=self.cost_config.max_seq_len)
-            else:
-                model = build(self.cost_config, seed=self.seed)
-            export_onnx(model, directory, quantize=self.quantize)
-        return OnnxGenerator(directory, threads=torch.get_num_threads())
+        if (directory / MANIFEST).is_file():
+            return directory
+        if quantize:
+            quantize_onnx(self.export(None), directory, quantize)
+            return directory
+        if self.checkpoint is not None:
+            model = load(self.checkpoint, max_seq_len=self.cost_config.max_seq_len)
+        else:
+            model = build(self.cost_config, seed=self.seed)
+        export_onnx(model, directory)
+        return directory
 
     def params(self, model: Any) -> int:
         return self.cost_config.param_counts()["total"]

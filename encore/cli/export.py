@@ -1,4 +1,7 @@
-"""`encore export --model M --format onnx --out DIR [--quantize int8 | qdq-int8] [--static]`."""
+"""`encore export --model M --format onnx --out DIR [--quantize int8 | int4 | qdq-int8] [--static]`.
+
+`--model` may be an fp32 export itself (a directory with encore_onnx.json): `--quantize int8 / int4`
+then quantizes its graphs without torch's export (`encore.export.quantize_onnx`)."""
 
 from __future__ import annotations
 
@@ -43,11 +46,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from encore.export import export_onnx
     from encore.infer.pipeline import encode_sources
+    from encore.onnx.manifest import MANIFEST
 
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise ValueError(f"encore export needs {', '.join(missing)}: pip install 'encore[onnx]'")
 
+    if (Path(args.model) / MANIFEST).is_file():
+        return _quantize_export(args)
     if args.quantize == "qdq-int8" and not args.calibration:
         raise ValueError("--quantize qdq-int8 needs --calibration TASK_OR_FILE")
     for flag in ("batch_size", "max_input_len", "max_new_tokens", "calibration_samples"):
@@ -67,6 +73,22 @@ def run(args: argparse.Namespace) -> int:
     manifest = export_onnx(model, args.out, quantize=quantize, static=static, calibration=prompts, opset=args.opset)
     files = ", ".join(g["file"] for g in manifest.graphs.values())
     print(f"exported {model.config.arch} to {Path(args.out)}: {files}, encore_onnx.json")
+    return 0
+
+
+def _quantize_export(args: argparse.Namespace) -> int:
+    """--model names an fp32 export: quantize its graphs into --out."""
+    from encore.export import quantize_onnx
+    from encore.onnx.manifest import MANIFEST
+
+    if args.quantize == "none":
+        raise ValueError(f"--model {args.model} is an ONNX export already: give --quantize int8 or int4")
+    if args.static or args.calibration:
+        flag = "--static" if args.static else "--calibration"
+        raise ValueError(f"{flag}: an existing export keeps its shapes and needs no calibration; export from the model")
+    manifest = quantize_onnx(args.model, args.out, args.quantize)
+    files = ", ".join(g["file"] for g in manifest.graphs.values())
+    print(f"quantized {args.model} ({args.quantize}) to {Path(args.out)}: {files}, {MANIFEST}")
     return 0
 
 

@@ -158,7 +158,7 @@ def _export_graph(
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*axis name.*")
         program = torch.onnx.export(
-            MODULES[name](model),
+            MODULES[name](model).eval(),
             args,
             dynamo=True,
             dynamic_shapes=shapes,
@@ -199,7 +199,7 @@ def export_onnx(
     {"batch_size", "max_input_len", "max_new_tokens"} fixes every shape (what NPU compilers need);
     otherwise batch and lengths are dynamic. `opset`: default 23 (attention as one Attention op), 20
     for static exports (attention decomposed into MatMul / Softmax: what NPU compilers take)."""
-    from encore.export.quantize import quantize_graphs
+    from encore.export.quantize import calibration_feeds, quantize_graphs
     from encore.infer.optimize import optimized
 
     if optimized(model):
@@ -228,7 +228,8 @@ def export_onnx(
         for name, inputs in examples.items():
             graphs[name] = _export_graph(model, name, inputs, Path(tmp) / f"{name}.onnx", bool(static), opset)
         if quantize:
-            quantize_graphs(model, Path(tmp), graphs, quantize, calibration or [], static)
+            feeds = calibration_feeds(model, calibration, static) if quantize == "qdq-int8" else None
+            quantize_graphs(Path(tmp), graphs, quantize, config.vocab_size, feeds)
         for f in Path(tmp).iterdir():
             shutil.move(str(f), directory / f.name)
     tokenizer = None

@@ -13,10 +13,17 @@
 
 Only products with a constant weight are quantized (`MatMulConstBOnly`): attention's q @ k and
 weights @ v stay in float.
+
+`quantize_onnx(source, directory, "int8" | "int4")` quantizes an existing fp32 export (no torch
+export again: the graphs `export_onnx(quantize=...)` writes, from the same fp32 graphs).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +31,57 @@ import numpy as np
 import torch
 from torch import nn
 
+from encore.onnx.manifest import MANIFEST, Manifest
+
 CALIBRATION_STEPS = 4  # decode steps recorded per calibration prompt
+DYNAMIC = ("int8", "int4")  # what an existing export can be quantized to without its torch model
+
+
+def quantize_onnx(source: str | Path, directory: str | Path, quantize: str) -> Manifest:
+    """The fp32 export in `source` quantized ("int8" or "int4", as `export_onnx(quantize=...)`) into
+    `directory`, beside a copy of its tokenizer files and an updated manifest. qdq-int8 calibrates on
+    the torch model's own inputs: export it from the model."""
+    source, directory = Path(source), Path(directory)
+    manifest = Manifest.read(source)
+    if quantize not in DYNAMIC:
+        raise ValueError(
+            f"an existing export quantizes to 'int8' or 'int4', not {quantize!r} "
+            "(qdq-int8 calibrates on the model: encore export --model MODEL --quantize qdq-int8 --calibration ...)"
+        )
+    if manifest.quantization:
+        raise ValueError(f"{source / MANIFEST}: already quantized ({manifest.quantization}); start from an fp32 export")
+    if directory.resolve() == source.resolve():
+        raise ValueError(f"{directory}: the quantized export needs a directory of its own, not its source's")
+    directory.mkdir(parents=True, exist_ok=True)
+    graphs = copy.deepcopy(manifest.graphs)
+    graph_files = [f for g in graphs.values() for f in source.glob(g["file"] + "*")]  # each graph + its data
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        for f in graph_files:
+            shutil.copy2(f, Path(tmp) / f.name)
+        quantize_graphs(Path(tmp), graphs, quantize, manifest.model["vocab_size"])
+        for f in Path(tmp).iterdir():
+            shutil.move(str(f), directory / f.name)
+    for f in source.iterdir():  # the tokenizer's files
+        if f.is_file() and f.name != MANIFEST and f not in graph_files:
+            shutil.copy2(f, directory / f.name)
+    quantized = dataclasses.replace(manifest, quantization=quantize, graphs=graphs)
+    (directory / MANIFEST).write_text(quantized.to_json())
+    return quantized
 
 
 def quantize_graphs(
-    model: nn.Module,
     directory: Path,
     graphs: dict[str, dict],
     mode: str,
-    calibration: list[list[int]],
-    static: dict[str, int] | None = None,
+    vocab_size: int,
+    feeds: dict[str, list[dict[str, np.ndarray]]] | None = None,
 ) -> None:
     """Quantize every graph file of `graphs` in `directory`, in place (their manifest entries name the
-    new files)."""
+    new files). `vocab_size` finds the output head (int4 keeps it int8); `feeds`: qdq-int8's
+    calibration inputs per graph (`calibration_feeds`)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     options = {"MatMulConstBOnly": True}
-    feeds = calibration_feeds(model, calibration, static) if mode == "qdq-int8" else {}
     for name, graph in graphs.items():
         source = directory / graph["file"]
         target = source.with_name(source.stem + f".{'int4' if mode == 'int4' else 'int8'}.onnx")
@@ -48,7 +89,7 @@ def quantize_graphs(
         common = dict(op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, use_external_data_format=large)
         if mode == "int4" and name != "encoder":  # decoding's layers int4, then the rest (the head) int8
             int4 = source.with_name(source.stem + ".q4.onnx")
-            _matmul_nbits(source, int4, model.config.vocab_size, large)
+            _matmul_nbits(source, int4, vocab_size, large)
             quantize_dynamic(int4, target, weight_type=QuantType.QInt8, extra_options=options, **common)
             for f in directory.glob(int4.name + "*"):
                 f.unlink()
@@ -58,7 +99,7 @@ def quantize_graphs(
             quantize_static(
                 source,
                 target,
-                _Reader(feeds[name]),
+                _Reader((feeds or {})[name]),
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
