@@ -14,6 +14,7 @@ from encore.model import int4
 from encore.model.int4 import CHUNK, Int4Linear, dequantize_int4, quantize_int4
 from encore.model.io import build, load
 from encore.model.kernels import Int8Linear
+from encore.model.native import cpu_flags
 
 pytestmark = pytest.mark.skipif(not int4.int4_available(), reason="no C compiler for the int4 kernel")
 
@@ -126,17 +127,21 @@ def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product(group, symmetric):
     assert not kernels.int4_amx_bf16_rows(384, 45, group) and not kernels.int4_amx_bf16_rows(352, 48, 32)
 
 
-def test_plain_c_path_equals_the_vnni_path():
-    """Machines without AVX-512 VNNI run the same arithmetic in plain C."""
-    path = int4.build_kernel(["-O2", "-fopenmp", "-shared", "-fPIC"])  # no -march: no VNNI intrinsics
-    plain = int4.open_kernel(path)
-    assert not plain.encore_int4_has_vnni()
-    assert plain.encore_int4_to_bf16(None, None, None, 0, 0, 32, None) == -2  # no AVX512-BF16: no bf16 path
+@pytest.mark.parametrize("march", ["plain", "x86-64-v3"])
+def test_plain_c_and_avx2_paths_equal_the_vnni_path(march):
+    """Machines without AVX-512 VNNI run the same arithmetic: AVX2's vpmaddubsw (x86-64-v3: AMD Zen 2 / 3),
+    or plain C."""
+    if march == "x86-64-v3" and " avx2" not in cpu_flags():
+        pytest.skip("needs an AVX2 CPU")
+    flags = ["-O2"] if march == "plain" else ["-O3", f"-march={march}"]  # no -march: no SIMD intrinsics
+    lib = int4.open_kernel(int4.build_kernel([*flags, "-fopenmp", "-shared", "-fPIC"]))
+    assert not lib.encore_int4_has_vnni() and lib.encore_int4_simd() == (0 if march == "plain" else 1)
+    assert lib.encore_int4_to_bf16(None, None, None, 0, 0, 32, None) == -2  # no AVX512-BF16: no bf16 path
     torch.manual_seed(1)
-    for group, symmetric in ((128, True), (32, False)):
+    for group, symmetric, rows in ((128, True, 3), (32, False, 3), (64, False, 5), (32, True, 1)):
         layer = Int4Linear(torch.randn(21, 256), group_size=group, symmetric=symmetric)
-        x = torch.randn(3, 256)
-        got = int4.int4_linear(plain, x, layer.qweight, layer.scales, None, layer.mins)
+        x = torch.randn(rows, 256)
+        got = int4.int4_linear(lib, x, layer.qweight, layer.scales, None, layer.mins)
         assert torch.allclose(got, reference(x, layer.qweight, layer.scales, layer.mins), rtol=1e-4, atol=1e-4)
         assert torch.allclose(got, layer(x), rtol=1e-4, atol=1e-4)
 

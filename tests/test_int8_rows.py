@@ -13,6 +13,7 @@ from encore.model.fused_rows import FusedInt8Linear
 from encore.model.kernels import Int8Linear, int8_available
 from encore.model.layer_c import _I64, _PTR
 from encore.model.layer_c import library as _layer_library
+from encore.model.native import cpu_flags
 
 pytestmark = pytest.mark.skipif(_layer_library() is None, reason="csrc/layer.c needs a C compiler on Linux")
 
@@ -53,6 +54,8 @@ SHAPES = [
 # csrc/layer.c for this CPU without AMX's instructions: many rows through VNNI's packed rows on any AVX-512
 # VNNI machine (gcc's -mno-* options; the flags themselves are the cache key)
 NO_AMX = ("-O3", "-march=native", "-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16", "-fopenmp", "-shared", "-fPIC")
+# ... and for a CPU with AVX2 but neither AVX-512 nor VNNI (AMD Zen 2 / 3): x86-64-v3, on any AVX2 machine
+AVX2 = ("-O3", "-march=x86-64-v3", "-fopenmp", "-shared", "-fPIC")
 
 
 @pytest.mark.parametrize("M,K,N", SHAPES)
@@ -71,8 +74,13 @@ def test_products_equal_their_integer_arithmetic(M, K, N):
         assert not vnni.encore_int8_has_amx()
         np.testing.assert_allclose(linear(vnni, x, w, scales), reference, rtol=1e-5, atol=1e-5)
     plain = _layer_library(("-O2", "-fopenmp", "-shared", "-fPIC"))  # no -march: neither VNNI nor AMX
-    assert not plain.encore_int8_has_amx() and not plain.encore_int8_has_vnni()
+    assert not plain.encore_int8_has_amx() and not plain.encore_int8_has_vnni() and not plain.encore_int8_has_simd()
     np.testing.assert_allclose(linear(plain, x, w, scales), reference, rtol=1e-5, atol=1e-5)
+    if " avx2" in cpu_flags():  # the AVX2 products: the other paths' outputs, bit for bit
+        avx2 = _layer_library(AVX2)
+        assert avx2.encore_int8_has_simd() and not avx2.encore_int8_has_vnni()
+        np.testing.assert_array_equal(linear(avx2, x, w, scales), linear(plain, x, w, scales))
+        np.testing.assert_array_equal(linear(avx2, x, w, scales), linear(_layer_library(), x, w, scales))
 
 
 @pytest.mark.parametrize("rows,out_features", [(5, 48), (40, 48), (100, 64), (40, 19)])

@@ -43,9 +43,10 @@ from encore.model.layers import (
 
 
 def projection_runs_in_c(module: nn.Module) -> bool:
-    """Whether csrc/layer.c runs this projection: int4; int8 where its VNNI path is built (else fbgemm's
-    module path is the faster one); fp32 weights on the CPU where `optimize` chose oneDNN for them
-    (`OneDNNLinear`; `linear="aten"` keeps torch's BLAS, and so its layers' modules)."""
+    """Whether csrc/layer.c runs this projection: int4; int8 where its SIMD products are built (AVX-512
+    VNNI, or AVX2: the same outputs; in plain C fbgemm's module path is the faster one); fp32 weights
+    on the CPU where `optimize` chose oneDNN for them (`OneDNNLinear`; `linear="aten"` keeps torch's
+    BLAS, and so its layers' modules)."""
     if isinstance(module, Int4Linear):
         return True
     if isinstance(module, OneDNNLinear):
@@ -54,7 +55,7 @@ def projection_runs_in_c(module: nn.Module) -> bool:
     return (
         isinstance(module, Int8Linear)
         and module.in_features % 64 == 0
-        and bool(layer_c.library().encore_int8_has_vnni())
+        and bool(layer_c.library().encore_int8_has_simd())
     )
 
 

@@ -1,5 +1,5 @@
 """`FusedInt8Linear`: an `Int8Linear` whose few-row calls (a decode step's projections and output head)
-run csrc/int8.c's VNNI kernel, each row quantized symmetric to int8 as the fused decoder layer does,
+run csrc/int8.c (VNNI, or AVX2), each row quantized symmetric to int8 as the fused decoder layer does,
 instead of fbgemm's one-row dynamic linear (~100 us a call on BART-base's 768 x 3072). On a CPU with
 AMX, a decode step of any number of rows (one position a sequence: [B, D] or [B, 1, D]) runs there too,
 through the matrix unit's tiles (the output head at 64 rows: 3-4x oneDNN's bf16 product). Many

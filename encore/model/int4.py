@@ -108,6 +108,7 @@ def open_kernel(path: Path) -> ctypes.CDLL:
     lib.encore_int4_linear.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 3]
     lib.encore_int4_linear.argtypes += [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     lib.encore_int4_has_vnni.restype = ctypes.c_int
+    lib.encore_int4_simd.restype = ctypes.c_int
     lib.encore_int4_to_bf16.restype = ctypes.c_int
     lib.encore_int4_to_bf16.argtypes = [*[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 3, ctypes.c_void_p]
     return lib
@@ -140,9 +141,14 @@ def int4_available() -> bool:
 
 
 def int4_fast() -> bool:
-    """Whether the kernel runs its AVX-512 VNNI path (otherwise plain C: correct, slow)."""
+    """Whether the kernel runs SIMD products: AVX-512 VNNI or AVX2 (otherwise plain C: correct, slow)."""
+    return int4_simd() != "c"
+
+
+def int4_simd() -> str:
+    """Which products the kernel runs here: "vnni", "avx2" or "c" (plain C)."""
     lib = _library()
-    return lib is not None and bool(lib.encore_int4_has_vnni())
+    return ("c", "avx2", "vnni")[lib.encore_int4_simd()] if lib is not None else "c"
 
 
 # rows a call from which the weight goes through bf16 and oneDNN's GEMM instead of the int4 products:
@@ -266,5 +272,5 @@ class Int4Linear(native.Handles, nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"group_size={self.group_size}{'' if self.symmetric else ', asymmetric'}, "
-            f"kernel=int4-{'vnni' if int4_fast() else 'c'}"
+            f"kernel=int4-{int4_simd()}"
         )

@@ -316,29 +316,31 @@ def int8_bf16_many_rows() -> bool:
 
 @functools.cache
 def _int8_rows_library():
-    """csrc/layer.c (which includes csrc/int8.c) for `encore_int8_linear`, where it is built with its
-    VNNI path; else None."""
+    """csrc/layer.c (which includes csrc/int8.c) for `encore_int8_linear`, where it is built with SIMD
+    products (AVX-512 VNNI, or AVX2: the same outputs); else None."""
     import ctypes
 
     lib = native.load("layer")
     if lib is None:
         return None
     lib.encore_int8_has_vnni.restype = ctypes.c_int
+    lib.encore_int8_has_simd.restype = ctypes.c_int
     lib.encore_int8_has_amx.restype = ctypes.c_int
     lib.encore_int8_linear.restype = ctypes.c_int
     lib.encore_int8_linear.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 5]
     lib.encore_int8_linear_act.restype = ctypes.c_int
     lib.encore_int8_linear_act.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 4]
     lib.encore_int8_linear_act.argtypes += [ctypes.c_int64, ctypes.c_void_p]
-    return lib if lib.encore_int8_has_vnni() else None
+    return lib if lib.encore_int8_has_simd() else None
 
 
 def rows_only_available() -> bool:
     """Whether an `Int8Linear` can run every call from its int8 rows alone (`release_packed`): csrc/int8.c
     built with VNNI, whose many-row products (AMX's int8 tiles, or VNNI against 48 packed rows at a
     time) beat fbgemm's packed GEMM over a prefill's rows (docs/engine.md), and the bf16 products where
-    the CPU has them."""
-    return _int8_rows_library() is not None
+    the CPU has them. With AVX2 alone a decode step's few rows run csrc/int8.c, a prefill's fbgemm."""
+    lib = _int8_rows_library()
+    return lib is not None and bool(lib.encore_int8_has_vnni())
 
 
 def int8_rows_linear(

@@ -51,6 +51,7 @@ def library(flags: tuple[str, ...] = tuple(native.FLAGS)) -> ctypes.CDLL | None:
     lib.encore_decode_layer.argtypes += [_PTR, *[_I64] * 3, _PTR, *[_I64] * 3]  # cross K, V
     lib.encore_decode_layer.argtypes += [_I64, _PTR, _I64, _PTR, _I64]  # S, cmask, cmask_b, crows, kv16
     lib.encore_int8_has_vnni.restype = ctypes.c_int
+    lib.encore_int8_has_simd.restype = ctypes.c_int
     lib.encore_int8_has_amx.restype = ctypes.c_int
     lib.encore_fp32_linear.restype = None
     lib.encore_fp32_linear.argtypes = [_PTR, *[_I64] * 3, _PTR, _PTR, _PTR]

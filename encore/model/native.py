@@ -1,8 +1,8 @@
 """encore's C kernels: each `csrc/*.c` is compiled on first use with the machine's C compiler
-(`cc -O3 -march=native -fopenmp`, about a second), cached under `$ENCORE_CACHE/kernels` by a hash of
-every source in csrc/ (one may include another), compiler, flags and CPU, and opened through ctypes
-after torch, so that its OpenMP runtime (same soname) is the one torch loaded and its threads are
-torch's.
+(`cc -O3 -march=native -fopenmp`, about a second; `$ENCORE_MARCH` names another CPU), cached under
+`$ENCORE_CACHE/kernels` by a hash of every source in csrc/ (one may include another), compiler, flags
+and CPU, and opened through ctypes after torch, so that its OpenMP runtime (same soname) is the one
+torch loaded and its threads are torch's.
 
     path = build("int4", FLAGS)        # Path of the shared library, or None (no compiler, not Linux)
     lib = ctypes.CDLL(str(path))
@@ -23,7 +23,11 @@ from pathlib import Path
 from encore.files import atomic_write, cache_dir
 
 CSRC = Path(__file__).parent / "csrc"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+# $ENCORE_MARCH: the CPU the kernels are built for (gcc's -march; default this one, "native"). Another
+# x86-64 level measures a CPU without this one's instructions on this one: x86-64-v3 is AVX2 and FMA
+# without AVX-512 (AMD Zen 2 / 3), as the kernels' own paths for it run there.
+MARCH = os.environ.get("ENCORE_MARCH") or "native"
+FLAGS = ["-O3", f"-march={MARCH}", "-fopenmp", "-shared", "-fPIC"]
 
 
 @functools.cache

@@ -65,8 +65,12 @@ def bf16_products_by_default() -> bool:
 
 def _machine_key(what: str) -> str:
     """What a measured choice depends on: the CPU, torch, threads, csrc/'s sources and the variables
-    that change which instructions run (`ENCORE_DISABLE_AMX`, oneDNN's `ONEDNN_MAX_CPU_ISA`)."""
-    isa = "|".join(os.environ.get(name, "") for name in ("ENCORE_DISABLE_AMX", "ONEDNN_MAX_CPU_ISA"))
+    that change which instructions run (`ENCORE_DISABLE_AMX`, oneDNN's `ONEDNN_MAX_CPU_ISA`, the kernels'
+    `ENCORE_MARCH`)."""
+    names = ("ENCORE_DISABLE_AMX", "ONEDNN_MAX_CPU_ISA")
+    isa = "|".join(os.environ.get(name, "") for name in names) + (
+        "" if native.MARCH == "native" else f"|{native.MARCH}"
+    )
     machine = f"{native.cpu_flags()}|{torch.__version__}|{torch.get_num_threads()}|{native.sources_digest()}|{isa}"
     prefix = "" if what == "attention" else f"{what}|"  # (the attention's records predate the others)
     return hashlib.sha256((prefix + machine).encode()).hexdigest()

@@ -10,7 +10,8 @@
  *
  * Built at first use by encore/model/int4.py (cc -O3 -march=native -fopenmp) and called through
  * ctypes; the OpenMP runtime is the one torch already loaded (same soname), so the threads are
- * torch's. Without VNNI the same arithmetic runs in plain C (slow; correct).
+ * torch's. Without AVX-512 VNNI, AVX2's vpmaddubsw takes the products (`encore_int4_simd`); without
+ * either the same arithmetic runs in plain C (slow; correct).
  */
 #include <math.h>
 #include <stdint.h>
@@ -19,8 +20,13 @@
 
 #include "half.h"
 #include "simd.h"
-#if defined(__AVX512VNNI__) || defined(__F16C__)
+#if defined(__AVX512VNNI__) || defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
+#endif
+#if !defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define INT4_AVX2 1 /* the products through AVX2 (AMD Zen 2 / 3) */
+#else
+#define INT4_AVX2 0
 #endif
 
 int encore_int4_has_vnni(void) {
@@ -89,6 +95,10 @@ static inline float offsets(const half *sw, const half *mw, const float *u, int6
         j = G;
     }
     total = _mm512_reduce_add_ps(t);
+#elif INT4_AVX2
+    __m256 t = _mm256_setzero_ps();
+    for (; j + 8 <= G; j += 8) t = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(o + j))), _mm256_loadu_ps(um + j), t);
+    total = hsum8_ps(t);
 #endif
     for (; j < G; j++) total += h2f(o[j]) * um[j];
     return mw ? total : -8.f * total;
@@ -154,13 +164,79 @@ static inline __attribute__((always_inline)) void tile(const int NR, const int M
     for (int a = 0; a < NR; a++)
         for (int r = 0; r < MR; r++) y[(m + r) * N + n + a] = _mm512_reduce_add_ps(acc[a][r]) + offsets(sw, mw, u, n + a, m + r, G);
 }
+#elif INT4_AVX2
+#define PREFETCH_ROWS 16
+
+/* [a, b, ., .] -> [a, a, b, b, a, a, b, b]: two groups' numbers in the lanes `_mm256_hadd_epi32` gives them. */
+static inline __m256 pair_lanes(__m128 two) {
+    const __m128 p = _mm_shuffle_ps(two, two, _MM_SHUFFLE(1, 1, 0, 0));
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(p), p, 1);
+}
+
+/* `tile` on AVX2 without AVX-512 (AMD Zen 2 / 3): a chunk's low nibbles (inputs 0..31) and high ones
+ * (32..63) as u8 against the int8 inputs through vpmaddubsw (at most 2 * 15 * 127 a pair: no
+ * saturation), vpmaddwd by ones into 8 int32 sums; a group's sums scaled in fp32 (a group of 32 is
+ * half a chunk: the low and high halves are two groups). The same integers as the VNNI path; its
+ * float sums in another order. */
+static inline __attribute__((always_inline)) void tile(const int NR, const int MR, int64_t n, int64_t m, int64_t K,
+                                                       int64_t N, int64_t group, const uint8_t *w, const half *sw,
+                                                       const half *mw, const int8_t *qx, const float *sx,
+                                                       const float *u, float *y) {
+    const int64_t G = K / group;
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc[4][2];
+    __m256i dot[4][2];
+    for (int a = 0; a < NR; a++)
+        for (int r = 0; r < MR; r++) acc[a][r] = _mm256_setzero_ps(), dot[a][r] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < K; k += 64) {
+        __m256i xlo[2], xhi[2];
+        __m256 xs[2]; /* a group of 32: the rows' scales of groups k / 32, k / 32 + 1 as hadd lays them out */
+        for (int r = 0; r < MR; r++) {
+            xlo[r] = _mm256_loadu_si256((const __m256i *)(qx + (m + r) * K + k));
+            xhi[r] = _mm256_loadu_si256((const __m256i *)(qx + (m + r) * K + k + 32));
+            if (group == 32) xs[r] = pair_lanes(_mm_castpd_ps(_mm_load_sd((const double *)(sx + (m + r) * G + k / 32))));
+        }
+        for (int a = 0; a < NR; a++) {
+            const uint8_t *row = w + (n + a) * (K / 2) + k / 2;
+            _mm_prefetch((const char *)(row + PREFETCH_ROWS * (K / 2)), _MM_HINT_T0); /* a hint: no fault past the end */
+            const __m256i v = _mm256_loadu_si256((const __m256i *)row);
+            const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            __m256 ws = _mm256_setzero_ps();
+            if (group == 32) {
+                int32_t two; /* the two groups' fp16 scales */
+                memcpy(&two, sw + (n + a) * G + k / 32, 4);
+                ws = pair_lanes(_mm_cvtph_ps(_mm_cvtsi32_si128(two)));
+            }
+            for (int r = 0; r < MR; r++) {
+                const __m256i dlo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xlo[r]), ones);
+                const __m256i dhi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xhi[r]), ones);
+                if (group == 32) /* lanes [lo lo hi hi | lo lo hi hi]: groups k / 32, k / 32 + 1 */
+                    acc[a][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(dlo, dhi)),
+                                                _mm256_mul_ps(ws, xs[r]), acc[a][r]);
+                else
+                    dot[a][r] = _mm256_add_epi32(dot[a][r], _mm256_add_epi32(dlo, dhi));
+            }
+        }
+        if (group > 32 && (k + 64) % group == 0) { /* the end of group k / group */
+            const int64_t j = k / group;
+            for (int a = 0; a < NR; a++)
+                for (int r = 0; r < MR; r++) {
+                    const __m256 scale = _mm256_set1_ps(h2f(sw[(n + a) * G + j]) * sx[(m + r) * G + j]);
+                    acc[a][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[a][r]), scale, acc[a][r]);
+                    dot[a][r] = _mm256_setzero_si256();
+                }
+        }
+    }
+    for (int a = 0; a < NR; a++)
+        for (int r = 0; r < MR; r++) y[(m + r) * N + n + a] = hsum8_ps(acc[a][r]) + offsets(sw, mw, u, n + a, m + r, G);
+}
 #endif
 
 static void products(int64_t M, int64_t K, int64_t N, int64_t group, const uint8_t *w, const half *sw,
                      const half *mw, const int8_t *qx, const float *sx, const float *u, float *y) {
 #pragma omp parallel for schedule(static)
     for (int64_t n0 = 0; n0 < N; n0 += 4) {
-#ifdef __AVX512VNNI__
+#if defined(__AVX512VNNI__) || INT4_AVX2
         int64_t m = 0;
         if (n0 + 4 <= N) {
             for (; m + 2 <= M; m += 2) tile(4, 2, n0, m, K, N, group, w, sw, mw, qx, sx, u, y);
@@ -188,6 +264,17 @@ static void products(int64_t M, int64_t K, int64_t N, int64_t group, const uint8
         }
 #endif
     }
+}
+
+/* Which products run: 2 AVX-512 VNNI, 1 AVX2 (the same integers), 0 plain C (correct, slow). */
+int encore_int4_simd(void) {
+#if defined(__AVX512VNNI__)
+    return 2;
+#elif INT4_AVX2
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 /* y[M, N] = x[M, K] @ W.T (+ bias[N]); `mw` NULL for symmetric weights; returns 0, or -1 when out of memory. */

@@ -25,9 +25,10 @@
 #include <stdlib.h>
 
 #include "simd.h"
-#if defined(__AVX512VNNI__) || defined(__AMX_INT8__)
+#if defined(__AVX512VNNI__) || defined(__AMX_INT8__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
+#define PREFETCH_ROWS_8 8 /* tile8 reads each weight row's bytes 8 rows ahead into L1 */
 #include "amx.h"
 
 #if defined(__AVX512VNNI__) || defined(ENCORE_AMX)
@@ -91,7 +92,7 @@ static void pack_rows(const float *x, int64_t M, int64_t K, int8_t *xp, float *s
 #endif
 
 #ifdef __AVX512VNNI__
-#define PREFETCH_ROWS_8 8
+#define TILE8_K 64 /* inputs per step of tile8 */
 #define UNROLL _Pragma("GCC unroll 8")
 /* acc += u8 x . s8 w in place: gcc 12's intrinsic copies each accumulator to a new register every step
  * (two moves per vpdpbusd, a third of the front end's width) */
@@ -268,12 +269,51 @@ static void products8_amx(int64_t M, int64_t K, int64_t N, const int8_t *w, cons
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512VNNI__)
+#define TILE8_K 32
+
+/* tile8 on AVX2 without VNNI (AMD Zen 2 / 3, Intel cores before AVX-512 or AVX-VNNI): NR weight rows x MR
+ * input rows over all K (a multiple of 32). The u8 rows back to s8 (xor 0x80 undoes the +128); then
+ * vpmaddubsw(|x|, sign(w, x)) gives x * w in 16 pairs summed in int16 (|x| made once for NR rows), at most 2 * 127 * 127 = 32258
+ * (no saturation: fbgemm's u8 x s8 pairs can saturate, so it quantizes activations to 7 bits here), and
+ * vpmaddwd by ones 8 int32 sums. sum_k x w is VNNI's sum_k (x + 128) w - 128 sum_k w exactly: the same
+ * outputs, bit for bit. */
+static inline __attribute__((always_inline)) void tile8(const int NR, const int MR, int64_t n, int64_t m, int64_t K,
+                                                        int64_t N, const int8_t *w, const float *sw,
+                                                        const int32_t *sums, const uint8_t *qx, const float *sx,
+                                                        float *y) {
+    (void)sums;
+    __m256i dot[4][4];
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    for (int a = 0; a < NR; a++)
+        for (int r = 0; r < MR; r++) dot[a][r] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < K; k += 32) {
+        __m256i xv[4], ax[4];
+        for (int r = 0; r < MR; r++) {
+            xv[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(qx + (m + r) * K + k)), flip);
+            ax[r] = _mm256_abs_epi8(xv[r]); /* |x| once for the NR weight rows */
+        }
+        for (int a = 0; a < NR; a++) {
+            const int8_t *row = w + (n + a) * K + k;
+            _mm_prefetch((const char *)(row + PREFETCH_ROWS_8 * K), _MM_HINT_T0); /* a hint: no fault past the end */
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)row);
+            for (int r = 0; r < MR; r++) {
+                const __m256i pairs = _mm256_maddubs_epi16(ax[r], _mm256_sign_epi8(wv, xv[r]));
+                dot[a][r] = _mm256_add_epi32(dot[a][r], _mm256_madd_epi16(pairs, ones));
+            }
+        }
+    }
+    for (int a = 0; a < NR; a++)
+        for (int r = 0; r < MR; r++) y[(m + r) * N + n + a] = sx[m + r] * sw[n + a] * (float)hsum8_epi32(dot[a][r]);
+}
+#endif
+
 static void products8(int64_t M, int64_t K, int64_t N, const int8_t *w, const float *sw, const int32_t *sums,
                       const uint8_t *qx, const float *sx, float *y) {
 #pragma omp parallel for schedule(static)
     for (int64_t n0 = 0; n0 < N; n0 += 4) {
-#ifdef __AVX512VNNI__
-        if (K % 64 == 0) {
+#ifdef TILE8_K
+        if (K % TILE8_K == 0) {
             int64_t m = 0;
             if (n0 + 4 <= N) {
                 for (; m + 4 <= M; m += 4) tile8(4, 4, n0, m, K, N, w, sw, sums, qx, sx, y);
@@ -332,6 +372,15 @@ int encore_int8_has_amx(void) {
 
 int encore_int8_has_vnni(void) {
 #ifdef __AVX512VNNI__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Whether a few rows' products (a decode step) run in SIMD: AVX-512 VNNI, or AVX2 (the same outputs). */
+int encore_int8_has_simd(void) {
+#ifdef TILE8_K
     return 1;
 #else
     return 0;
