@@ -63,9 +63,22 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t group, i
             }
             sum = _mm512_reduce_add_epi32(vsum);
 #else
-            for (int64_t k = 0; k < group; k++) amax = fmaxf(amax, fabsf(xs[k]));
+            amax = absmax(xs, group);
             const float inv = amax > 0.f ? 127.f / amax : 0.f;
-            for (int64_t k = 0; k < group; k++) {
+            int64_t k = 0;
+#if INT4_AVX2
+            const __m256 vinv = _mm256_set1_ps(inv);
+            __m256i vsum = _mm256_setzero_si256();
+            for (; k + 8 <= group; k += 8) { /* as the loop below: round to nearest even, clamp to +-127 */
+                __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xs + k), vinv));
+                q = _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(-127)), _mm256_set1_epi32(127));
+                vsum = _mm256_add_epi32(vsum, q);
+                const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+                _mm_storel_epi64((__m128i *)(qs + k), _mm_packs_epi16(w, w));
+            }
+            sum = hsum8_epi32(vsum);
+#endif
+            for (; k < group; k++) {
                 int32_t q = (int32_t)nearbyintf(xs[k] * inv);
                 q = q > 127 ? 127 : (q < -127 ? -127 : q);
                 qs[k] = (int8_t)q;

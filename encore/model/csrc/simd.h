@@ -9,6 +9,29 @@
 #include <immintrin.h>
 #endif
 
+#ifdef __AVX2__
+/* The 8 lanes of v summed: floats (attention's dot products, int4's groups) and int32 (int8's dot products),
+ * for the kernels' AVX2 paths (CPUs without AVX-512: AMD Zen 2 / 3). */
+static inline float hsum8_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* The largest of v's 8 lanes. */
+static inline float hmax8_ps(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+static inline int32_t hsum8_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
+}
+#endif
+
 /* max_k |x[k]| over K values (0 for none). */
 static inline float absmax(const float *x, int64_t K) {
     float top = 0.f;
@@ -17,6 +40,11 @@ static inline float absmax(const float *x, int64_t K) {
     __m512 vmax = _mm512_setzero_ps();
     for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
     top = _mm512_reduce_max_ps(vmax);
+#elif defined(__AVX2__)
+    __m256 vmax = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
+    top = hmax8_ps(vmax);
 #endif
     for (; k < K; k++) top = fmaxf(top, fabsf(x[k]));
     return top;
@@ -94,22 +122,6 @@ static inline __m512 sum16(const __m512 *v) {
         t[p] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * p], s[2 * p + 1], 0x88),
                              _mm512_shuffle_f32x4(s[2 * p], s[2 * p + 1], 0xDD));
     return _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
-}
-#endif
-
-#ifdef __AVX2__
-/* The 8 lanes of v summed: floats (attention's dot products, int4's groups) and int32 (int8's dot products),
- * for the kernels' AVX2 paths (CPUs without AVX-512: AMD Zen 2 / 3). */
-static inline float hsum8_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
-static inline int32_t hsum8_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
 }
 #endif
 #endif
