@@ -67,3 +67,20 @@ def test_an_avx2_build_decodes_as_this_machines_build():
         bound = (5e-2 if name.endswith("int4") else 1e-3) * expected.abs().max().item()
         torch.testing.assert_close(got, expected, rtol=0, atol=bound, msg=name)
         assert torch.equal(got.argmax(-1), expected.argmax(-1)), name
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 384, 1152), (3, 100, 37), (5, 1030, 64), (2, 7, 9)])
+def test_fp32_products_of_each_build_equal_the_product(M, K, N):
+    """csrc/fp32.c's projection (a decode step's fp32 weights) built for this CPU, for AVX2 (8 wide, K % 8
+    through masked loads) and in plain C: F.linear's numbers, to float rounding."""
+    from encore.model import layer_c
+
+    torch.manual_seed(K)
+    x, w, bias = torch.randn(M, K), torch.randn(N, K), torch.randn(N)
+    expected = torch.nn.functional.linear(x, w, bias)
+    for march in ("native", "x86-64-v3", None):
+        flags = ("-O2",) if march is None else ("-O3", f"-march={march}")
+        lib = layer_c.library((*flags, "-fopenmp", "-shared", "-fPIC"))
+        y = torch.empty(M, N)
+        lib.encore_fp32_linear(x.data_ptr(), M, K, N, w.data_ptr(), bias.data_ptr(), y.data_ptr())
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4, msg=str(march))
