@@ -84,3 +84,22 @@ def test_fp32_products_of_each_build_equal_the_product(M, K, N):
         y = torch.empty(M, N)
         lib.encore_fp32_linear(x.data_ptr(), M, K, N, w.data_ptr(), bias.data_ptr(), y.data_ptr())
         torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4, msg=str(march))
+
+
+def test_the_activations_of_each_build_equal_torchs():
+    """csrc/decode.c's MLP activations (`encore_act_rows`: act16 on AVX-512, act8 on AVX2, libm in plain
+    C) over a wide range of inputs, both tails of e^x included."""
+    import ctypes
+
+    from encore.model import layer_c
+    from encore.model.fused import ACT, gelu_tanh
+
+    x = torch.cat([torch.linspace(-120, 120, 2001), torch.randn(1003) * 3])  # (3004: a tail past 8 and 16)
+    for march in ("native", "x86-64-v3", None):
+        flags = ("-O2",) if march is None else ("-O3", f"-march={march}")
+        lib = layer_c.library((*flags, "-fopenmp", "-shared", "-fPIC"))
+        lib.encore_act_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+        for fn in (torch.nn.functional.silu, gelu_tanh, torch.nn.functional.gelu, torch.nn.functional.relu):
+            y = x.clone()
+            lib.encore_act_rows(y.data_ptr(), 1, y.numel(), ACT[fn])
+            torch.testing.assert_close(y, fn(x), rtol=1e-5, atol=1e-6, msg=f"{march} {fn.__name__}")

@@ -71,6 +71,8 @@ static void activate(const float *x, int64_t n, int act, float *y) {
     int64_t i = 0;
 #ifdef __AVX512F__
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, act16(_mm512_loadu_ps(x + i), act));
+#elif ACT8
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, act8(_mm256_loadu_ps(x + i), act));
 #endif
     for (; i < n; i++) {
         const float v = x[i];
@@ -181,6 +183,19 @@ static float exponentiate(float *sc, int64_t n, const uint8_t *mask, float softc
         _mm512_storeu_ps(sc + s, e);
     }
     total = _mm512_reduce_add_ps(vt);
+#elif ACT8
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 vt = _mm256_setzero_ps();
+    for (; s + 8 <= n; s += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + s), vm));
+        if (mask) {
+            const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(mask + s)));
+            e = _mm256_andnot_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bytes, _mm256_setzero_si256())), e);
+        }
+        vt = _mm256_add_ps(vt, e);
+        _mm256_storeu_ps(sc + s, e);
+    }
+    total = hsum8_ps(vt);
 #endif
     for (; s < n; s++) {
         const float e = (mask && !mask[s]) ? 0.f : expf(sc[s] - m);

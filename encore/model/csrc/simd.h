@@ -124,4 +124,55 @@ static inline __m512 sum16(const __m512 *v) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
 }
 #endif
+
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define ACT8 1 /* exp8 / erf8 / act8: exp16 / erf16 / act16 8 wide, for CPUs with AVX2 and no AVX-512 */
+
+/* e^x, 8 at a time, exp16's polynomial; 2^n built in the exponent bits (no vscalefps): x below -87
+ * counts as -87, above 88.3 as 88.3 (e^88.3 ~ 2e38, where exp16 gives up to inf). */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.3f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+    __m256 y = _mm256_set1_ps(1.f / 720);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.f / 120));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.f / 24));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.f / 6));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.f));
+    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(two_n));
+}
+
+/* erf(x), 8 at a time: erf16's. */
+static inline __m256 erf8(__m256 x) {
+    const __m256 sign = _mm256_set1_ps(-0.f), a = _mm256_andnot_ps(sign, x);
+    const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, _mm256_set1_ps(1.f)));
+    __m256 p = _mm256_set1_ps(1.061405429f);
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+    p = _mm256_mul_ps(p, t);
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(a, a)));
+    const __m256 y = _mm256_fnmadd_ps(p, e, _mm256_set1_ps(1.f)); /* erf(|x|) */
+    return _mm256_or_ps(y, _mm256_and_ps(x, sign));
+}
+
+/* act(v), 8 at a time: act16's. */
+static inline __m256 act8(__m256 v, int act) {
+    if (act == ACT_RELU) return _mm256_max_ps(v, _mm256_setzero_ps());
+    if (act == ACT_GELU)
+        return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v),
+                             _mm256_add_ps(_mm256_set1_ps(1.f), erf8(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)))));
+    __m256 z = v;
+    if (act == ACT_GELU_TANH)
+        z = _mm256_mul_ps(_mm256_set1_ps(1.5957691216057308f),
+                          _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), v), _mm256_mul_ps(v, v), v));
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), z));
+    return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.f), e));
+}
+#endif
 #endif
