@@ -102,6 +102,7 @@ static void pack_rows(const float *x, int64_t M, int64_t K, int8_t *xp, float *s
 
 #ifdef __AVX512VNNI__
 #define TILE8_K 64 /* inputs per step of tile8 */
+#define TILE8_MR 4 /* input rows a tile */
 #define UNROLL _Pragma("GCC unroll 8")
 /* acc += u8 x . s8 w in place: gcc 12's intrinsic copies each accumulator to a new register every step
  * (two moves per vpdpbusd, a third of the front end's width) */
@@ -280,24 +281,25 @@ static void products8_amx(int64_t M, int64_t K, int64_t N, const int8_t *w, cons
 
 #if defined(__AVX2__) && !defined(__AVX512VNNI__)
 #define TILE8_K 32
+#define TILE8_MR 2 /* input rows a tile: 4 x 2 accumulators, 2 rows and their magnitudes (16 ymm registers) */
 
 /* tile8 on AVX2 without VNNI (AMD Zen 2 / 3, Intel cores before AVX-512 or AVX-VNNI): NR weight rows x MR
  * input rows over all K (a multiple of 32). The u8 rows back to s8 (xor 0x80 undoes the +128); then
- * vpmaddubsw(|x|, sign(w, x)) gives x * w in 16 pairs summed in int16 (|x| made once for NR rows), at most 2 * 127 * 127 = 32258
- * (no saturation: fbgemm's u8 x s8 pairs can saturate, so it quantizes activations to 7 bits here), and
- * vpmaddwd by ones 8 int32 sums. sum_k x w is VNNI's sum_k (x + 128) w - 128 sum_k w exactly: the same
+ * vpmaddubsw(|x|, sign(w, x)) gives x * w in 16 pairs summed in int16 (|x| made once for NR rows), at
+ * most 2 * 127 * 127 = 32258 (no saturation: fbgemm's u8 x s8 pairs can saturate, so it quantizes
+ * activations to 7 bits here), and vpmaddwd by ones 8 int32 sums. sum_k x w is VNNI's sum_k (x + 128) w - 128 sum_k w exactly: the same
  * outputs, bit for bit. */
 static inline __attribute__((always_inline)) void tile8(const int NR, const int MR, int64_t n, int64_t m, int64_t K,
                                                         int64_t N, const int8_t *w, const float *sw,
                                                         const int32_t *sums, const uint8_t *qx, const float *sx,
                                                         float *y) {
     (void)sums;
-    __m256i dot[4][4];
+    __m256i dot[4][TILE8_MR];
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
     for (int a = 0; a < NR; a++)
         for (int r = 0; r < MR; r++) dot[a][r] = _mm256_setzero_si256();
     for (int64_t k = 0; k < K; k += 32) {
-        __m256i xv[4], ax[4];
+        __m256i xv[TILE8_MR], ax[TILE8_MR];
         for (int r = 0; r < MR; r++) {
             xv[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(qx + (m + r) * K + k)), flip);
             ax[r] = _mm256_abs_epi8(xv[r]); /* |x| once for the NR weight rows */
@@ -325,7 +327,7 @@ static void products8(int64_t M, int64_t K, int64_t N, const int8_t *w, const fl
         if (K % TILE8_K == 0) {
             int64_t m = 0;
             if (n0 + 4 <= N) {
-                for (; m + 4 <= M; m += 4) tile8(4, 4, n0, m, K, N, w, sw, sums, qx, sx, y);
+                for (; m + TILE8_MR <= M; m += TILE8_MR) tile8(4, TILE8_MR, n0, m, K, N, w, sw, sums, qx, sx, y);
                 for (; m < M; m++) tile8(4, 1, n0, m, K, N, w, sw, sums, qx, sx, y);
             } else {
                 for (int64_t n = n0; n < N; n++)
