@@ -85,6 +85,26 @@ def test_kernel_equals_its_arithmetic_and_tracks_the_float_product(rows, k, grou
     assert layer(x.view(rows, 1, k)).shape == (rows, 1, 37)
 
 
+@pytest.mark.parametrize("group,symmetric", [(32, False), (32, True), (128, True), (64, False)])
+def test_many_rows_without_bf16_go_through_the_fp32_weight(group, symmetric):
+    """A CPU without bf16 products (AVX-512 VNNI without BF16, AVX2): from FP32_MANY_ROWS rows the weight
+    is unpacked to fp32 exactly as the int4 levels say and oneDNN's fp32 GEMM runs the rows; fewer rows
+    keep the int4 products."""
+    torch.manual_seed(group)
+    w, bias = torch.randn(45, 384) * 0.05, torch.randn(45)
+    layer = Int4Linear(w, bias, group_size=group, symmetric=symmetric)
+    levels = dequantize_int4(layer.qweight, layer.scales, layer.mins)
+    assert torch.equal(int4.fp32_weight(layer._lib, layer.qweight, layer.scales, layer.mins), levels)
+    if not layer._fp32_many:
+        pytest.skip("this CPU multiplies many rows in bf16 (or torch has no oneDNN)")
+    x = torch.randn(int4.FP32_MANY_ROWS, 384)
+    torch.testing.assert_close(layer(x), x @ levels.T + bias, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x.view(8, 8, 384)), (x @ levels.T + bias).view(8, 8, 45), rtol=1e-5, atol=1e-5)
+    few = x[: int4.FP32_MANY_ROWS - 1]
+    torch.testing.assert_close(layer(few), reference(few, layer.qweight, layer.scales, layer.mins) + bias,
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
 @pytest.mark.skipif(not int4.bf16_many_rows(), reason="the many-row bf16 path needs AVX512-BF16 and oneDNN")
 @pytest.mark.parametrize("group,symmetric", [(32, False), (32, True), (128, True), (64, False)])
 def test_many_rows_go_through_the_bf16_weight(group, symmetric):

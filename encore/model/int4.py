@@ -109,6 +109,8 @@ def open_kernel(path: Path) -> ctypes.CDLL:
     lib.encore_int4_linear.argtypes += [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     lib.encore_int4_has_vnni.restype = ctypes.c_int
     lib.encore_int4_simd.restype = ctypes.c_int
+    lib.encore_int4_to_fp32.restype = None
+    lib.encore_int4_to_fp32.argtypes = [*[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 3, ctypes.c_void_p]
     lib.encore_int4_to_bf16.restype = ctypes.c_int
     lib.encore_int4_to_bf16.argtypes = [*[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 3, ctypes.c_void_p]
     return lib
@@ -155,6 +157,10 @@ def int4_simd() -> str:
 # SmolLM2-360M's 2560 x 960 and 960 x 2560 at 512 rows 3.8 / 3.5 ms against 10.8 / 11.4, at 64 rows
 # 1.8-2.8x, at 32 1.2-1.7x, at 16 the products are as fast (relative error 0.0029 against 0.0053)
 MANY_ROWS = 32
+# rows a call from which, on a CPU without bf16 products, the weight is unpacked to fp32 and oneDNN's fp32
+# GEMM runs the rows: 0.31-0.58x the int4 products' time from 128 rows on an AVX-512 VNNI Xeon without
+# BF16, 0.56-0.83x as an AVX2 CPU; at 32 rows 1.08-1.17x (docs/engine.md's int4 section)
+FP32_MANY_ROWS = 64
 
 
 @functools.cache
@@ -174,6 +180,15 @@ def bf16_weight(lib: ctypes.CDLL, qweight: Tensor, scales: Tensor, mins: Tensor 
     n, k = qweight.shape[0], 2 * qweight.shape[1]
     out = torch.empty(n, k, dtype=torch.bfloat16)
     lib.encore_int4_to_bf16(qweight.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(), n, k,
+                            k // scales.shape[1], out.data_ptr())  # fmt: skip
+    return out
+
+
+def fp32_weight(lib: ctypes.CDLL, qweight: Tensor, scales: Tensor, mins: Tensor | None) -> Tensor:
+    """The fp32 weight [N, K] int4 `qweight` / `scales` (/ `mins`) stand for, in one C pass."""
+    n, k = qweight.shape[0], 2 * qweight.shape[1]
+    out = torch.empty(n, k)
+    lib.encore_int4_to_fp32(qweight.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(), n, k,
                             k // scales.shape[1], out.data_ptr())  # fmt: skip
     return out
 
@@ -227,6 +242,7 @@ class Int4Linear(native.Handles, nn.Module):
         self._fn = self._lib.encore_int4_linear
         self._many = bf16_many_rows()
         self._amx = self._many and int4_amx_bf16_rows(self.in_features, self.out_features, self.group_size)
+        self._fp32_many = not self._many and onednn_available()
 
     def _apply(self, fn, recurse: bool = True):
         """`Module.to(dtype)` / `.float()` cast floating buffers; the fp16 scales and minimums are the
@@ -266,6 +282,9 @@ class Int4Linear(native.Handles, nn.Module):
             w = bf16_weight(self._lib, b["qweight"], b["scales"], b["mins"])
             y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), w, None, "none", [], "").float()
             return y if b["bias"] is None else y.add_(b["bias"])
+        if self._fp32_many and x.numel() >= FP32_MANY_ROWS * self.in_features and x.dtype == torch.float32:
+            w = fp32_weight(self._lib, b["qweight"], b["scales"], b["mins"])  # (no bf16 products here)
+            return torch.ops.mkldnn._linear_pointwise(x, w, b["bias"], "none", [], "")
         return _call(self._fn, x, b["qweight"], b["scales"], b["mins"], b["bias"])
 
     def extra_repr(self) -> str:

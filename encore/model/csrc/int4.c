@@ -279,6 +279,28 @@ static void products(int64_t M, int64_t K, int64_t N, int64_t group, const uint8
     }
 }
 
+/* The fp32 weight [N, K] the int4 weight stands for (q * scale + min; min = -8 * scale when `mw` is
+ * NULL), for a prefill's many rows where the CPU has no bf16 products: oneDNN's fp32 GEMM over the rows
+ * then beats the int4 products (their activations to int8 per group and the nibbles' unpacking in
+ * every row block). A chunk's 32 bytes give inputs 0..31 (low nibbles) and 32..63 (high ones). */
+void encore_int4_to_fp32(const uint8_t *w, const half *sw, const half *mw, int64_t N, int64_t K, int64_t group,
+                         float *out) {
+    const int64_t G = K / group;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < K / 64; c++) {
+            const uint8_t *b = w + n * (K / 2) + c * 32;
+            const int64_t j0 = n * G + 64 * c / group, j1 = n * G + (64 * c + 32) / group;
+            const float s0 = h2f(sw[j0]), s1 = h2f(sw[j1]);
+            const float m0 = mw ? h2f(mw[j0]) : -8.f * s0, m1 = mw ? h2f(mw[j1]) : -8.f * s1;
+            float *o = out + n * K + 64 * c;
+            for (int i = 0; i < 32; i++) {
+                o[i] = (float)(b[i] & 0x0F) * s0 + m0;
+                o[32 + i] = (float)(b[i] >> 4) * s1 + m1;
+            }
+        }
+}
+
 /* Which products run: 2 AVX-512 VNNI, 1 AVX2 (the same integers), 0 plain C (correct, slow). */
 int encore_int4_simd(void) {
 #if defined(__AVX512VNNI__)
