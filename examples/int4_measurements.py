@@ -5,6 +5,8 @@
     python examples/int4_measurements.py quality      # SmolLM2-135M-Instruct: perplexity at fp32 / int8 / int4
     python examples/int4_measurements.py step [PRESET]  # the decode step, ms: int8 / int4 layouts, fused or eager
     python examples/int4_measurements.py finetuned [DIR]  # a code2doc fine-tune, fp32 / int8 / int4: metric, agreement
+    python examples/int4_measurements.py prefill      # many rows: the int4 products against the weight unpacked
+                                                      # to fp32 + oneDNN's GEMM (a CPU without bf16 products)
 
 `kernels` times each candidate on the same weights, interleaved, median of 5 rounds (microseconds per
 call, 2 threads): fbgemm int8 (`Int8Linear`), torch's `_weight_int4pack_mm_for_cpu` (fp32 and bf16
@@ -368,11 +370,49 @@ def step(preset: str = "encdec-330m", prompt: str = "512", steps: int = 64, roun
         )  # noqa: E501
 
 
+def prefill() -> None:
+    """Milliseconds per call at 32-512 rows of SmolLM2-135M's and encdec-330m's MLP shapes: csrc/int4.c's
+    products against `fp32_weight` + oneDNN's fp32 GEMM (what `Int4Linear` runs from FP32_MANY_ROWS rows
+    where the CPU has no bf16 products), and the unpacking alone; medians of 9, interleaved."""
+    torch.manual_seed(0)
+    shapes = [(32, 576, 1536), (128, 576, 1536), (512, 576, 1536), (512, 1536, 576), (128, 1024, 4096)]
+    with torch.inference_mode():
+        for rows, k, n in shapes + [(512, 4096, 1024)]:
+            a, f, u = _prefill_shape(rows, k, n)
+            print(f"{rows} x {k} -> {n}: int4 products {a:.2f} ms, fp32 unpack + GEMM {f:.2f} ms ({f / a:.2f}x; "
+                  f"unpacking {u:.2f} ms)")  # fmt: skip
+
+
+def _prefill_shape(rows: int, k: int, n: int) -> tuple[float, float, float]:
+    from encore.model import int4
+    from encore.model.int4 import Int4Linear, fp32_weight
+
+    layer = Int4Linear(torch.randn(n, k) * 0.02, group_size=32, symmetric=False)
+    b, x = layer._buffers, torch.randn(rows, k)
+
+    def unpack() -> torch.Tensor:
+        return fp32_weight(layer._lib, b["qweight"], b["scales"], b["mins"])
+
+    fns = {
+        "int4": lambda: int4._call(layer._fn, x, b["qweight"], b["scales"], b["mins"], None),
+        "fp32": lambda: torch.ops.mkldnn._linear_pointwise(x, unpack(), None, "none", [], ""),
+        "unpack": unpack,
+    }
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(9):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    a, f, u = (statistics.median(times[name]) * 1e3 for name in fns)
+    return a, f, u
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     commands = {"kernels": kernels, "checkpoint": checkpoint, "quality": quality, "step": step, "finetuned": finetuned}
-    commands |= {"fused": fused, "kvcache": kvcache}
+    commands |= {"fused": fused, "kvcache": kvcache, "prefill": prefill}
     if what not in commands:
         sys.exit(f"usage: python examples/int4_measurements.py {'|'.join(commands)} [PRESET [PROMPT_TOKENS]]")
     commands[what](*sys.argv[2:4])
