@@ -198,7 +198,8 @@ class Int4Linear(native.Handles, nn.Module):
     with fp16 mins too) and int8 activations quantized per call, row and group; fp32 in and out. A call
     of `MANY_ROWS` rows or more (a prefill) on a CPU with AVX512-BF16 multiplies the weight unpacked to
     bf16 through oneDNN's bf16 GEMM instead (activations and outputs rounded to bf16: finer than the
-    products' int8 activations). Inference only."""
+    products' int8 activations); on a CPU without bf16 products a call of `FP32_MANY_ROWS` rows or more
+    multiplies the weight unpacked to fp32 through oneDNN's fp32 GEMM. Inference only."""
 
     def __init__(
         self,
