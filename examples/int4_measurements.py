@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _encore import smollm2_gguf
+from _encore import median_ms, smollm2_gguf
 
 SHAPES = [(4096, 1024), (1024, 4096), (32128, 1024)]  # [out, in]: MLP up, MLP down, a 32k head
 
@@ -373,7 +373,7 @@ def step(preset: str = "encdec-330m", prompt: str = "512", steps: int = 64, roun
 def prefill() -> None:
     """Milliseconds per call at 32-512 rows of SmolLM2-135M's and encdec-330m's MLP shapes: csrc/int4.c's
     products against `fp32_weight` + oneDNN's fp32 GEMM (what `Int4Linear` runs from FP32_MANY_ROWS rows
-    where the CPU has no bf16 products), and the unpacking alone; medians of 9, interleaved."""
+    where the CPU has no bf16 products), and the unpacking alone; medians of 9, interleaved (`median_ms`)."""
     torch.manual_seed(0)
     shapes = [(32, 576, 1536), (128, 576, 1536), (512, 576, 1536), (512, 1536, 576), (128, 1024, 4096)]
     with torch.inference_mode():
@@ -393,19 +393,15 @@ def _prefill_shape(rows: int, k: int, n: int) -> tuple[float, float, float]:
     def unpack() -> torch.Tensor:
         return fp32_weight(layer._lib, b["qweight"], b["scales"], b["mins"])
 
-    fns = {
-        "int4": lambda: int4._call(layer._fn, x, b["qweight"], b["scales"], b["mins"], None),
-        "fp32": lambda: torch.ops.mkldnn._linear_pointwise(x, unpack(), None, "none", [], ""),
-        "unpack": unpack,
-    }
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(9):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    a, f, u = (statistics.median(times[name]) * 1e3 for name in fns)
-    return a, f, u
+    ms = median_ms(
+        {
+            "int4": lambda: int4._call(layer._fn, x, b["qweight"], b["scales"], b["mins"], None),
+            "fp32": lambda: torch.ops.mkldnn._linear_pointwise(x, unpack(), None, "none", [], ""),
+            "unpack": unpack,
+        },
+        rounds=9,
+    )
+    return ms["int4"], ms["fp32"], ms["unpack"]
 
 
 if __name__ == "__main__":

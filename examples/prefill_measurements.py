@@ -34,23 +34,10 @@ import functools
 import statistics
 import sys
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-
-def median_ms(fns: dict[str, Callable[[], object]], rounds: int = 15) -> dict[str, float]:
-    """Milliseconds per call of each function, interleaved over `rounds` rounds after two warm-ups."""
-    for fn in fns.values():
-        fn(), fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+from _encore import median_ms
 
 
 def attention() -> None:

@@ -70,8 +70,7 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t group, i
             const __m256 vinv = _mm256_set1_ps(inv);
             __m256i vsum = _mm256_setzero_si256();
             for (; k + 8 <= group; k += 8) { /* as the loop below: round to nearest even, clamp to +-127 */
-                __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xs + k), vinv));
-                q = _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(-127)), _mm256_set1_epi32(127));
+                const __m256i q = round_clamp8(xs + k, vinv);
                 vsum = _mm256_add_epi32(vsum, q);
                 const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
                 _mm_storel_epi64((__m128i *)(qs + k), _mm_packs_epi16(w, w));

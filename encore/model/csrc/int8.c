@@ -55,9 +55,7 @@ static void quantize_rows_u8(const float *x, int64_t M, int64_t K, uint8_t *qx, 
 #elif defined(__AVX2__)
         const __m256 vinv = _mm256_set1_ps(inv);
         for (; k + 8 <= K; k += 8) { /* as the loop below: round to nearest even, clamp to +-127, + 128 */
-            __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xs + k), vinv));
-            q = _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(-127)), _mm256_set1_epi32(127));
-            q = _mm256_add_epi32(q, _mm256_set1_epi32(128));
+            const __m256i q = _mm256_add_epi32(round_clamp8(xs + k, vinv), _mm256_set1_epi32(128));
             const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
             _mm_storel_epi64((__m128i *)(qs + k), _mm_packus_epi16(w, w));
         }

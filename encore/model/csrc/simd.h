@@ -18,6 +18,13 @@ static inline float hsum8_ps(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
+/* 8 inputs x * inv rounded to nearest even and clamped to +-127, as int32: an activation's int8 level,
+ * as `nearbyintf` and the clamp give it in plain C (csrc/int8.c and int4.c's row quantization). */
+static inline __m256i round_clamp8(const float *x, __m256 inv) {
+    const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), inv));
+    return _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(-127)), _mm256_set1_epi32(127));
+}
+
 /* The largest of v's 8 lanes. */
 static inline float hmax8_ps(__m256 v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
