@@ -103,3 +103,17 @@ def test_the_activations_of_each_build_equal_torchs():
             y = x.clone()
             lib.encore_act_rows(y.data_ptr(), 1, y.numel(), ACT[fn])
             torch.testing.assert_close(y, fn(x), rtol=1e-5, atol=1e-6, msg=f"{march} {fn.__name__}")
+
+
+def test_a_cpu_the_compiler_does_not_know_is_named_once(monkeypatch, tmp_path, capsys):
+    """`$ENCORE_MARCH` naming no CPU gcc knows: the kernel is not built (its callers take the PyTorch
+    paths) and one line names the compiler's error and the variable."""
+    from encore.model import native
+
+    monkeypatch.setattr(native, "MARCH", "no-such-cpu")
+    monkeypatch.setattr(native, "_SAID", set())
+    monkeypatch.setenv("ENCORE_CACHE", str(tmp_path))
+    monkeypatch.delenv("ENCORE_QUIET", raising=False)
+    assert native.build("fp32", ["-O2", "-march=no-such-cpu", "-fopenmp", "-shared", "-fPIC"]) is None
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "csrc/fp32.c is not built" in line and "bad value" in line and "$ENCORE_MARCH is 'no-such-cpu'" in line

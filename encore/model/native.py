@@ -74,9 +74,11 @@ def build(name: str, flags: list[str]) -> Path | None:
     try:  # atomic: a concurrent build or reader never sees half a library
         atomic_write(target, compile_to)
     except (OSError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", b"") or b""
-        why = detail.decode(errors="replace").strip().splitlines()[-1:] or [type(e).__name__]
-        _say_once(name, f"{cc} could not build it ({why[0][:160]})")
+        lines = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip().splitlines()
+        errors = [line for line in lines if "error" in line]  # (gcc's last line is often a note or a caret)
+        why = (errors or lines[-1:] or [type(e).__name__])[0][:160]
+        chosen = "" if MARCH == "native" else f"; $ENCORE_MARCH is {MARCH!r}"
+        _say_once(name, f"{cc} could not build it ({why}){chosen}")
         return None
     return target
 
