@@ -1,11 +1,12 @@
 """Whisper tiny.en on real weights: encore against faster-whisper (CTranslate2) on the same files.
 
     pip install -e ".[audio,anchors,whisper-demo]"; apt-get install espeak-ng
-    python examples/whisper_tiny_en.py [--repeats 5] [--json runs/whisper/tiny_en.json]
+    python examples/whisper_tiny_en.py [--repeats 5] [--json runs/whisper/tiny_en.json] [--engines ...]
 
 Speaks 8 test sentences with espeak-ng, twice, 0.5 s of silence between them (~75 s of speech), then
 transcribes the file with encore (fp32, int8, int4), faster-whisper (fp32, int8) and whisper.cpp (F16, Q8_0: ggml
-files encore writes from the same weights; `pip install 'encore[whispercpp]'`): beam 1 and beam 5 with
+files encore writes from the same weights; `pip install 'encore[whispercpp]'`) and, with `--engines`, encore's
+ONNX export on onnxruntime (`encore-onnx fp32` / `int8`; `pip install 'encore[onnx]'`): beam 1 and beam 5 with
 Whisper's temperature fallback (both libraries' default), and beam 1 at temperature 0 alone (the same work
 for every engine: a fallback samples, so its cost depends on which windows an engine's numbers send to it),
 English, no VAD, 2 threads: word error rate against the spoken text, agreement with faster-whisper fp32
@@ -63,7 +64,24 @@ def speech(directory: Path, repeats: int = 2) -> tuple[Path, str]:
 
 
 ENGINES = ("encore fp32", "encore int8", "encore int4", "faster-whisper fp32", "faster-whisper int8", "whisper.cpp F16",
-           "whisper.cpp Q8_0")  # fmt: skip
+           "whisper.cpp Q8_0", "encore-onnx fp32", "encore-onnx int8")  # fmt: skip
+
+
+def onnx_export(directory: str, precision: str) -> Path:
+    """encore's ONNX export of the weights (`encore export`; int8: `--quantize int8` of the fp32 one),
+    made once under runs/whisper/."""
+    import encore
+    from encore.export import export_onnx, quantize_onnx
+
+    fp32 = Path("runs/whisper/tiny_en_onnx")
+    if not (fp32 / "encore_onnx.json").is_file():
+        export_onnx(encore.load(directory), fp32)
+    if precision == "fp32":
+        return fp32
+    target = fp32.with_name(f"{fp32.name}_{precision}")
+    if not (target / "encore_onnx.json").is_file():
+        quantize_onnx(fp32, target, precision)
+    return target
 
 
 def whispercpp(directory: str, qtype: str, path: str):
@@ -100,6 +118,13 @@ def worker(name: str, path: str, connection) -> None:
     engine, precision = name.split()
     if engine == "whisper.cpp":
         run = whispercpp(directory, precision, path)
+    elif engine == "encore-onnx":  # the graphs on onnxruntime, encore's loop around them
+        from encore.audio import load_audio
+        from encore.audio.onnx import OnnxWhisper
+
+        model = OnnxWhisper(onnx_export(directory, precision), threads=2)
+        audio = load_audio(path)
+        run = lambda beam, temps: model.transcribe(audio, beam_size=beam, language="en", temperature=temps)["text"]
     elif engine == "encore":
         import torch
 
@@ -132,7 +157,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=Path("runs/whisper/tiny_en.json"))
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES[:7]),
+                        help="which engines to run (default: all but encore-onnx; faster-whisper fp32 is the "
+                        "anchor and always runs)")  # fmt: skip
     args = parser.parse_args()
+    engines = [e for e in ENGINES if e in args.engines or e == "faster-whisper fp32"]
 
     import multiprocessing as mp
 
@@ -144,7 +173,7 @@ def main() -> None:
     duration = sf.info(path).duration
     context = mp.get_context("spawn")
     workers = {}
-    for name in ENGINES:
+    for name in engines:
         ours, theirs = context.Pipe()
         process = context.Process(target=worker, args=(name, str(path), theirs), daemon=True)
         process.start()
@@ -155,14 +184,14 @@ def main() -> None:
     fallback = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     for beam, temperatures in ((1, fallback), (1, (0.0,)), (5, fallback)):
         setting = (beam, temperatures)
-        texts = {name: run(name, setting)[0] for name in ENGINES}  # the warm-up run
-        times = {name: [] for name in ENGINES}
+        texts = {name: run(name, setting)[0] for name in engines}  # the warm-up run
+        times = {name: [] for name in engines}
         for _ in range(args.repeats):
-            for name in ENGINES:
+            for name in engines:
                 time.sleep(0.5)  # the previous engine's threads go idle
                 times[name].append(run(name, setting)[1])
         anchor = texts["faster-whisper fp32"]
-        for name in ENGINES:
+        for name in engines:
             rows.append({
                 "engine": name, "beam": beam, "fallback": len(temperatures) > 1,
                 "seconds": statistics.median(times[name]), "runs": times[name],

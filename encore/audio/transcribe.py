@@ -112,7 +112,7 @@ class Transcription:
 
             self.chunks = speech_chunks(self.samples, **(vad_parameters or {}))
             speech = keep(self.samples, self.chunks)
-        device = model.embed.weight.device
+        device = model_device(model)
         mel = log_mel(torch.from_numpy(speech).to(device), model.config.audio_mels, padding=N_SAMPLES)[0]
         self.mel, self.frames = mel, mel.shape[-1] - N_FRAMES  # [M, frames]; the audio's own (then silence)
         if tokens.multilingual and language is None:
@@ -178,6 +178,11 @@ class Transcription:
                 "duration": len(self.samples) / SAMPLE_RATE}  # fmt: skip
 
 
+def model_device(model: Any) -> torch.device:
+    """Where a model's tensors live: its embedding's device (an ONNX-backed model says its own)."""
+    return model.device if getattr(model, "embed", None) is None else model.embed.weight.device
+
+
 def run_tries(windows: Generator[Try, WindowResult, Any], decoder: _Decoder) -> Any:
     """Run a transcription's `Try`s here, one window at a time (`decode_windows`); its return value."""
     try:
@@ -200,7 +205,7 @@ class _Decoder:
             raise ValueError(f"temperature must be a number >= 0 or a sequence of them, got {temperature!r}")
         self.temperatures = tuple(float(x) for x in temps)
         self.beam_size, self.ratio_threshold, self.logprob_threshold = beam_size, ratio_threshold, logprob_threshold
-        self.generator = torch.Generator(device=model.embed.weight.device)
+        self.generator = torch.Generator(device=model_device(model))
         self.start: list[int] = []
         self.align_start: list[int] | None = None  # set: segments get "words" (`encore.audio.alignment`)
         self.last_speech = 0.0  # where the last segment with words ended

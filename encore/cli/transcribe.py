@@ -13,8 +13,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="a Whisper checkpoint: a transformers directory, a CTranslate2 / faster-whisper directory, or "
-        "hf:openai/whisper-*",
+        help="a Whisper checkpoint: a transformers directory, a CTranslate2 / faster-whisper directory, "
+        "hf:openai/whisper-*, or its ONNX export (`encore export`; run by onnxruntime)",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files (anything FFmpeg decodes)")
     p.add_argument("--language", default=None, help="the spoken language's code (en, de, ...); default: detected")
@@ -55,6 +55,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=nonnegative_int, default=0, help="for the sampled fallbacks (%(default)s)")
     p.add_argument("--device", default="cpu", help="(%(default)s)")
+    p.add_argument("--provider", default="cpu", help="an ONNX export: onnxruntime's execution provider (cpu, cuda, "
+                   "openvino, coreml, ...) (%(default)s)")  # fmt: skip
     add_quantize_flag(p)
 
 
@@ -67,15 +69,7 @@ def run(args: argparse.Namespace) -> int:
         from encore.lazy import require
 
         require("silero_vad", "vad")
-    quantize = None if args.quantize == "none" else args.quantize
-    model = load_for_inference(
-        args.model,
-        None,
-        args.device,
-        quantize,
-        kv_cache_dtype=args.kv_cache_dtype,
-        prefill_products=args.prefill_products,
-    )
+    model = _model(args)
     if getattr(model.config, "encoder_input", "tokens") != "audio":
         raise ValueError(f"--model {args.model} is a text model: encore transcribe takes a speech model (Whisper)")
     if args.out is not None:
@@ -105,3 +99,28 @@ def run(args: argparse.Namespace) -> int:
             target.write_text(text, encoding="utf-8")
             print(f"{file} -> {target}", file=sys.stderr)
     return 0
+
+
+def _model(args: argparse.Namespace):
+    """The torch model --model names, or an `OnnxWhisper` on its ONNX export."""
+    from encore.onnx.manifest import MANIFEST
+
+    quantize = None if args.quantize == "none" else args.quantize
+    if (Path(args.model) / MANIFEST).is_file():
+        from encore.audio.onnx import OnnxWhisper
+
+        if quantize:
+            raise ValueError(f"--quantize: --model {args.model} is an ONNX export; quantize it with encore export "
+                             f"--model {args.model} --quantize {quantize} --out DIR")  # fmt: skip
+        if args.word_timestamps or args.batch_size > 1:
+            flag = "--word-timestamps" if args.word_timestamps else "--batch-size"
+            raise ValueError(f"{flag} runs on the torch model, not on an ONNX export")
+        return OnnxWhisper(args.model, provider=args.provider)
+    return load_for_inference(
+        args.model,
+        None,
+        args.device,
+        quantize,
+        kv_cache_dtype=args.kv_cache_dtype,
+        prefill_products=args.prefill_products,
+    )

@@ -7,7 +7,10 @@ The graphs are the torch engine's own code, traced by `torch.onnx.export(dynamo=
   of every decoder layer: computed once per request), `decoder_step` = `decode_step` (tokens,
   positions, each layer's past K/V and cross K/V, the cross mask -> logits and the step's new K/V);
 - decoder-only: `prefill` = `DecoderOnly.prefill_rows` (right-padded input_ids, lengths -> last
-  logits, the prompt's K/V) and `decoder_step` = `decode_step`.
+  logits, the prompt's K/V) and `decoder_step` = `decode_step`;
+- a speech model (Whisper): `encoder` (log-mel frames -> the cross K/V), `decoder_prompt` =
+  `decode_prompt` (the window's prompt in one pass, logits where asked) and `decoder_step`, whose
+  decoders read one window's cross K/V for all their rows (`encore.audio.onnx` runs them).
 
 The step reads each layer's past K/V (one input per layer, [B, K, T, Dh]) with a mask from
 `positions`, attends to its new K/V beside them, and returns the new K/V [L, B, K, 1, Dh]; the runtime
@@ -16,6 +19,7 @@ writes them into its buffers at each row's position (`PastCache`).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import warnings
@@ -41,6 +45,39 @@ class EncoderGraph(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         return self.model.cross_kv(input_ids, attention_mask.bool())
+
+
+class AudioEncoderGraph(nn.Module):
+    """A speech model's encoder: log-mel frames [B, M, 3000] -> every decoder layer's cross K/V
+    [L, B, K, 1500, Dh] (nothing padded: a window is always 30 s)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_features: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.cross_kv(input_features, None)
+
+
+class PromptGraph(nn.Module):
+    """A speech model's decoder prompt in one pass (`EncoderDecoder.decode_prompt`): tokens [B, P] (the
+    task tokens after the previous text) over the cross K/V [L, B, K, S, Dh] -> the logits at each row's
+    positions `logits_at` [B, n] ([B, n, V]; Whisper reads its no-speech probability at the start
+    token) and the prompt's self K/V [L, B, K, P, Dh]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, tokens: Tensor, logits_at: Tensor, cross_k: Tensor, cross_v: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        B, P = tokens.shape
+        config = self.model.config
+        cache = GenerationCache.allocate(config, B, 0, P, tokens.device, cross_k.dtype)
+        cache.cross_k, cache.cross_v = cross_k, cross_v
+        logits = self.model.decode_prompt(tokens, cache, logits_at)
+        return logits, cache.k, cache.v
 
 
 class PrefillGraph(nn.Module):
@@ -104,8 +141,9 @@ class StepGraph(nn.Module):
         cross_mask. Returns logits [B, V] and this step's K/V of every layer [L, B, K, 1, Dh]."""
         L = self.model.config.n_decoder_layers
         cross = None
-        if len(caches) > 2 * L:
-            cross = (caches[2 * L : 3 * L], caches[3 * L : 4 * L], caches[4 * L].bool())
+        if len(caches) > 2 * L:  # (a speech model's step has no cross_mask: its windows are never padded)
+            mask = caches[4 * L].bool() if len(caches) > 4 * L else None
+            cross = (caches[2 * L : 3 * L], caches[3 * L : 4 * L], mask)
         cache = PastCache(list(caches[:L]), list(caches[L : 2 * L]), positions.clone(), cross)
         logits = self.model.decode_step(tokens, cache)
         return logits, torch.stack(cache.new_k), torch.stack(cache.new_v)
@@ -126,6 +164,8 @@ def _examples(config, batch: int, input_len: int, self_len: int) -> dict[str, di
         lengths = torch.full((batch,), input_len, dtype=torch.long)
         prefill = {"input_ids": (ids, {0: "batch", 1: "input_len"}), "lengths": (lengths, {0: "batch"})}
         return {"prefill": prefill, "decoder_step": step}
+    if config.encoder_input == "audio":
+        return _speech_examples(config, batch, step)
     for kind in ("cross_k", "cross_v"):
         step.update({f"{kind}.{i}": layer(input_len, "input_len") for i in range(L)})
     axes = {0: "batch", 1: "input_len"}
@@ -134,12 +174,42 @@ def _examples(config, batch: int, input_len: int, self_len: int) -> dict[str, di
     return {"encoder": encoder, "decoder_step": step}
 
 
+def _speech_examples(config, batch: int, step: dict) -> dict[str, dict[str, tuple[Tensor, dict]]]:
+    """A speech model's graphs: `encoder` (log-mel frames), `decoder_prompt`, `decoder_step`. Their
+    decoders read one window's cross K/V (batch 1, the encoder's full length, no mask) whatever their
+    rows: a beam search's hypotheses share it, as in the torch loop (`CrossAttention`'s one pass)."""
+    L, K, Dh = config.n_decoder_layers, config.n_kv_heads, config.head_dim
+    S = config.encoder_config().max_seq_len  # 1,500 positions: 3,000 frames
+    frames = torch.randn(batch, config.audio_mels, 2 * S) * 0.5
+    cross = lambda: (torch.zeros(L, 1, K, S, Dh), {})
+    for kind in ("cross_k", "cross_v"):
+        step.update({f"{kind}.{i}": (torch.zeros(1, K, S, Dh), {}) for i in range(L)})
+    prompt = {
+        "tokens": (torch.full((batch, 4), config.bos_token_id, dtype=torch.long), {0: "batch", 1: "prompt_len"}),
+        "logits_at": (torch.tensor([[0, 3]] * batch), {0: "batch", 1: "n_logits"}),
+        "cross_k": cross(),
+        "cross_v": cross(),
+    }
+    return {"encoder": {"input_features": (frames, {0: "batch"})}, "decoder_prompt": prompt, "decoder_step": step}
+
+
 OUTPUTS = {
     "encoder": ["cross_k", "cross_v"],
+    "decoder_prompt": ["logits", "self_k", "self_v"],
     "prefill": ["logits", "self_k", "self_v"],
     "decoder_step": ["logits", "new_k", "new_v"],
 }
-MODULES = {"encoder": EncoderGraph, "prefill": PrefillGraph, "decoder_step": StepGraph}
+MODULES = {
+    "encoder": EncoderGraph,
+    "prefill": PrefillGraph,
+    "decoder_step": StepGraph,
+    "decoder_prompt": PromptGraph,
+}
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    speech = name == "encoder" and model.config.encoder_input == "audio"
+    return AudioEncoderGraph(model) if speech else MODULES[name](model)
 
 
 def _export_graph(
@@ -158,7 +228,7 @@ def _export_graph(
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*axis name.*")
         program = torch.onnx.export(
-            MODULES[name](model).eval(),
+            _module(model, name).eval(),
             args,
             dynamo=True,
             dynamic_shapes=shapes,
@@ -213,6 +283,11 @@ def export_onnx(
     if quantize == "qdq-int8" and not calibration:
         raise ValueError("qdq-int8 needs calibration inputs (encore export --calibration TASK_OR_FILE)")
     config = model.config
+    if config.encoder_input == "audio" and (static or quantize == "qdq-int8"):
+        raise ValueError(
+            "a speech model exports with dynamic shapes and quantize None, 'int8' or 'int4' "
+            "(--static fixes a text prompt's shapes; qdq-int8 calibrates on text prompts)"
+        )
     model.eval()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -236,6 +311,10 @@ def export_onnx(
     if getattr(model, "tokenizer", None) is not None:
         model.tokenizer.save_pretrained(str(directory))
         tokenizer = "tokenizer.json" if (directory / "tokenizer.json").is_file() else None
+    if config.encoder_input == "audio":  # what the speech runtime's loop reads beside the graphs
+        config.save(directory / "config.json")
+        generation = json.dumps(getattr(model, "generation_config", {}) or {}, indent=2)
+        (directory / "generation_config.json").write_text(generation + "\n")
     import onnx
 
     manifest = Manifest(
@@ -258,6 +337,7 @@ def export_onnx(
         },
         source_layout=config.source_layout,
         source_template=[list(part) for part in config.template()],
+        encoder_input=config.encoder_input,
         graphs=graphs,
         tokenizer=tokenizer,
         versions={"torch": torch.__version__, "onnx": onnx.__version__},

@@ -51,6 +51,53 @@ def provider_name(provider: str) -> str:
     return name
 
 
+def open_sessions(
+    directory: Path,
+    manifest: Manifest,
+    provider: str = "cpu",
+    provider_options: dict[str, Any] | None = None,
+    threads: int | None = None,
+    spin: bool = True,
+) -> tuple[str, dict[str, Any]]:
+    """(the provider's onnxruntime name, an InferenceSession per graph of the export in `directory`).
+    `spin=False`: onnxruntime's threads sleep between runs instead of spinning (a host loop that runs
+    torch between the steps would otherwise wait for cores they hold)."""
+    import onnxruntime as ort
+
+    name = provider_name(provider)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers: list[Any] = [(name, provider_options or {})]
+    if name != "CPUExecutionProvider":
+        providers.append("CPUExecutionProvider")  # what the accelerator cannot run falls back to the CPU
+    sessions = {
+        graph: ort.InferenceSession(str(directory / g["file"]), options, providers=providers)
+        for graph, g in manifest.graphs.items()
+    }
+    return name, sessions
+
+
+def run_step(session: Any, tokens: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+    """One `decoder_step`: logits [B, V]; writes the step's new K/V into `state`'s past buffers
+    [L, B, K, T, Dh] at each row's position and moves the positions on."""
+    feeds = {"tokens": tokens, "positions": state["positions"]}
+    for name in ("past_k", "past_v", "cross_k", "cross_v"):
+        if name in state:
+            feeds.update({f"{name}.{i}": layer for i, layer in enumerate(state[name])})
+    if "cross_mask" in state:
+        feeds["cross_mask"] = state["cross_mask"]
+    logits, new_k, new_v = session.run(None, feeds)
+    rows, positions = np.arange(tokens.shape[0]), state["positions"]
+    # numpy puts the two indexed axes (row, position) first: values [B, L, K, Dh]
+    state["past_k"][:, rows, :, positions] = new_k[:, :, :, 0].transpose(1, 0, 2, 3)
+    state["past_v"][:, rows, :, positions] = new_v[:, :, :, 0].transpose(1, 0, 2, 3)
+    state["positions"] = positions + 1
+    return logits
+
+
 class OnnxGenerator:
     def __init__(
         self,
@@ -59,21 +106,14 @@ class OnnxGenerator:
         provider_options: dict[str, Any] | None = None,
         threads: int | None = None,
     ):
-        import onnxruntime as ort
-
         self.directory = Path(directory)
         self.manifest = m = Manifest.read(self.directory)
-        self.provider = provider_name(provider)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        providers: list[Any] = [(self.provider, provider_options or {})]
-        if self.provider != "CPUExecutionProvider":
-            providers.append("CPUExecutionProvider")  # what the accelerator cannot run falls back to the CPU
-        self.sessions = {
-            name: ort.InferenceSession(str(self.directory / g["file"]), options, providers=providers)
-            for name, g in m.graphs.items()
-        }
+        if m.encoder_input == "audio":
+            raise ValueError(
+                f"{self.directory}: a speech model's export; transcribe with encore.audio.onnx.OnnxWhisper "
+                "(encore transcribe --model DIR)"
+            )
+        self.provider, self.sessions = open_sessions(self.directory, m, provider, provider_options, threads)
         self.pad, self.bos, self.eos = (m.special_ids[k] for k in ("pad", "bos", "eos"))
         self.eos_ids = [self.eos, *m.special_ids.get("extra_eos", [])]  # every id that ends a reply
         self.vocab_size = m.model["vocab_size"]
@@ -248,19 +288,7 @@ class OnnxGenerator:
 
     def _step(self, tokens: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
         """One decoder step; writes its new K/V into the past buffers at each row's position."""
-        feeds = {"tokens": tokens, "positions": state["positions"]}
-        for name in ("past_k", "past_v", "cross_k", "cross_v"):
-            if name in state:
-                feeds.update({f"{name}.{i}": layer for i, layer in enumerate(state[name])})
-        if "cross_mask" in state:
-            feeds["cross_mask"] = state["cross_mask"]
-        logits, new_k, new_v = self.sessions["decoder_step"].run(None, feeds)
-        rows, positions = np.arange(tokens.shape[0]), state["positions"]
-        # numpy puts the two indexed axes (row, position) first: values [B, L, K, Dh]
-        state["past_k"][:, rows, :, positions] = new_k[:, :, :, 0].transpose(1, 0, 2, 3)
-        state["past_v"][:, rows, :, positions] = new_v[:, :, :, 0].transpose(1, 0, 2, 3)
-        state["positions"] = positions + 1
-        return logits
+        return run_step(self.sessions["decoder_step"], tokens, state)
 
     # --- text ---------------------------------------------------------------------------------------------
 
