@@ -111,5 +111,25 @@ def test_the_cli_exports_and_transcribes(exported, tmp_path, capsys):
     assert code == 2 and "is an ONNX export; quantize it with encore export" in err
     code, out, err = run_cli(capsys, *onnx, "--word-timestamps")
     assert code == 2 and "--word-timestamps runs on the torch model" in err
+    code, out, err = run_cli(capsys, "eval", "--model", exported_to, "--task", "code2doc", "--out", tmp_path / "e")
+    assert code == 2 and "an ONNX export (encore export); encore transcribe and encore generate" in err
     code, out, err = run_cli(capsys, "export", "--model", directory, "--out", tmp_path / "s", "--static")
     assert code == 2 and "a speech model exports with dynamic shapes" in err
+
+
+def test_the_speech_bench_times_the_export_beside_the_engine(exported, tmp_path, monkeypatch, capsys):
+    """`encore bench --model <whisper> --backend onnx`: encore's rows, then the export's on onnxruntime
+    (the export itself is the fixture's: `cached_onnx_export` is what makes it, tested with text models)."""
+    import encore.bench.backends as backends
+
+    directory, _, exported_to, _ = exported
+    made = []
+    monkeypatch.setattr(backends, "cached_onnx_export", lambda *a: made.append(a[2]) or exported_to)
+    out = tmp_path / "speech.json"
+    argv = ("bench", "--model", directory, "--backend", "onnx", "--repeats", "1", "--output-len", "4", "--json", out)
+    code, printed, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["engine"], r["quantize"]) for r in rows] == [("encore", "none"), ("encore (onnxruntime)", "none")]
+    assert made == [None] and all(r["first_token_s"] > 0 and r["decode_tok_s"] > 0 for r in rows)
+    assert "encore (onnxruntime)" in printed

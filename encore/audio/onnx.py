@@ -76,9 +76,8 @@ class OnnxWhisper:
         self.config = ModelConfig.load(self.directory / "config.json")
         generation = self.directory / "generation_config.json"
         self.generation_config = json.loads(generation.read_text()) if generation.is_file() else {}
-        if not (self.directory / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"{self.directory / 'tokenizer.json'}: missing (a transcription decodes text)")
-        self.tokenizer = auto_tokenizer(self.directory)
+        tokenizer = self.directory / "tokenizer.json"  # (a preset's random weights have none: no transcription)
+        self.tokenizer = auto_tokenizer(self.directory) if tokenizer.is_file() else None
         # the loop's torch ops run between the graphs: onnxruntime's threads must not spin through them
         self.provider, self.sessions = open_sessions(
             self.directory, self.manifest, provider, provider_options, threads, spin=False

@@ -4,7 +4,8 @@ decode rate over `output_len` tokens (end-of-text suppressed, so every engine wr
 real-time factor of a window that holds `WINDOW_TOKENS` tokens of speech. `--vs-ct2` runs CTranslate2's
 Whisper (what faster-whisper runs) on the same weights, in its own process (two OpenMP runtimes in one
 process slow each other down); `--vs-whispercpp` whisper.cpp on a ggml file of the same weights, in its
-own process too (`encore.bench.whispercpp`)."""
+own process too (`encore.bench.whispercpp`); `--backend onnx` also encore's ONNX export of them on
+onnxruntime (`encore.audio.onnx`)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class SpeechBenchConfig:
     vs_ct2: bool = False
     vs_hf: bool = False
     vs_whispercpp: bool = False
+    onnx: bool = False  # also encore's ONNX export on onnxruntime (`encore.audio.onnx`) at each quantize
     threads: int | None = None
     seed: int = 0  # a preset's random weights (the same in every engine)
     json_path: str | None = "bench_speech.json"
@@ -61,6 +63,10 @@ def run_speech_bench(cfg: SpeechBenchConfig) -> dict[str, Any]:
         prompt = prompt or _prompt(model)
         rows.append(_encore_row(cfg, model, quantize, features, prompt))
         del model
+    if cfg.onnx:
+        for quantize in cfg.quantize:
+            model = _onnx_model(cfg, config, checkpoint, quantize)
+            rows.append(_encore_row(cfg, model, quantize, features, prompt, "encore (onnxruntime)"))
     if cfg.vs_hf:
         rows.append(_hf_row(cfg, config, checkpoint, features, prompt))
     if cfg.vs_ct2:
@@ -93,7 +99,24 @@ def _encore_model(config: Any, checkpoint: Path | None, quantize: str, seed: int
     return encore.optimize(model, quantize=None if quantize == "none" else quantize, keep_originals=False)
 
 
-def _encore_row(cfg: SpeechBenchConfig, model: Any, quantize: str, features: Any, prompt: list[int]) -> dict:
+def _onnx_model(cfg: SpeechBenchConfig, config: Any, checkpoint: Path | None, quantize: str) -> Any:
+    """The weights' ONNX export (cached: `backends.cached_onnx_export`) on onnxruntime's CPU provider."""
+    import torch
+
+    import encore
+    from encore.audio.onnx import OnnxWhisper
+    from encore.bench.backends import cached_onnx_export
+    from encore.model.io import build
+
+    source = str(checkpoint.resolve()) if checkpoint is not None else config.to_json()
+    model = lambda: encore.load(checkpoint) if checkpoint is not None else build(config, seed=cfg.seed)
+    directory = cached_onnx_export(source, cfg.seed, None if quantize == "none" else quantize, model)
+    return OnnxWhisper(directory, threads=cfg.threads or torch.get_num_threads())
+
+
+def _encore_row(
+    cfg: SpeechBenchConfig, model: Any, quantize: str, features: Any, prompt: list[int], engine: str = "encore"
+) -> dict:
     import torch
 
     ids = torch.tensor([prompt])
@@ -110,7 +133,7 @@ def _encore_row(cfg: SpeechBenchConfig, model: Any, quantize: str, features: Any
             if i:
                 first.append(mid - start)
                 decode.append(time.perf_counter() - mid)
-    return _row("encore", quantize, first, decode, cfg.output_len)
+    return _row(engine, quantize, first, decode, cfg.output_len)
 
 
 def _hf_row(cfg: SpeechBenchConfig, config: Any, checkpoint: Path | None, features: Any, prompt: list[int]) -> dict:

@@ -316,6 +316,7 @@ def run_speech(args: argparse.Namespace) -> int:
         vs_ct2=args.vs_ct2,
         vs_hf=args.vs_hf,
         vs_whispercpp=args.vs_whispercpp,
+        onnx=args.backend == "onnx",
         threads=args.threads,
         seed=args.seed,
         json_path="bench_speech.json" if args.json is None else args.json,

@@ -289,6 +289,11 @@ class LanguageModel(nn.Module):
         model.to_empty(device=device)
         model.reset_buffers(device)
         weights = directory / WEIGHTS_FILE
+        if not weights.exists() and (directory / "encore_onnx.json").is_file():
+            raise ValueError(
+                f"{directory}: an ONNX export (encore export); encore transcribe and encore generate --backend onnx "
+                "run it, other commands take the model it was exported from"
+            )
         if not weights.exists():
             raise FileNotFoundError(f"{weights}: missing (expected safetensors weights beside config.json)")
         try:
