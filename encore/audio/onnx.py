@@ -48,7 +48,7 @@ class OnnxCache:
 
     def select_rows(self, rows: Tensor, cross: bool = False) -> OnnxCache:
         """The rows `rows` [N] of this cache (copies of the self K/V): a beam search's hypotheses, still
-        reading the window's one cross K/V."""
+        reading the window's one cross K/V (so `cross` changes nothing: one window serves every row)."""
         take = rows.cpu().numpy()
         state = {name: self.state[name][:, take] for name in ("past_k", "past_v")}
         state.update(positions=self.state["positions"][take], cross_k=self.state["cross_k"])
@@ -104,8 +104,8 @@ class OnnxWhisper:
         decoder_prompt: Tensor | None = None,
         logits_at: list[int] | None = None,
     ) -> tuple[Tensor, OnnxCache]:
-        """`EncoderDecoder.prefill` for windows `features` [B, M, 3000]: the encoder, then the decoder's
-        prompt (BOS when None) in one pass; the last position's logits [B, V], or [B, n, V] at
+        """`EncoderDecoder.prefill` for one window `features` [1, M, 3000]: the encoder, then the decoder's
+        prompt [1, P] (BOS when None) in one pass; the last position's logits [1, V], or [1, n, V] at
         `logits_at`, and a cache for `max_new_tokens` more tokens."""
         B = features.shape[0]
         if B != 1:
