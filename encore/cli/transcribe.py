@@ -108,6 +108,9 @@ def _model(args: argparse.Namespace):
     quantize = None if args.quantize == "none" else args.quantize
     if (Path(args.model) / MANIFEST).is_file():
         from encore.audio.onnx import OnnxWhisper
+        from encore.lazy import require
+
+        require("onnxruntime", "runtime")
 
         if quantize:
             raise ValueError(f"--quantize: --model {args.model} is an ONNX export; quantize it with encore export "
