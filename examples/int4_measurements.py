@@ -372,7 +372,7 @@ def step(preset: str = "encdec-330m", prompt: str = "512", steps: int = 64, roun
 
 def prefill() -> None:
     """Milliseconds per call at 32-512 rows of SmolLM2-135M's and encdec-330m's MLP shapes: csrc/int4.c's
-    products against `fp32_weight` + oneDNN's fp32 GEMM (what `Int4Linear` runs from FP32_MANY_ROWS rows
+    products against `unpacked_weight` (fp32) + oneDNN's fp32 GEMM (what `Int4Linear` runs from FP32_MANY_ROWS rows
     where the CPU has no bf16 products), and the unpacking alone; medians of 9, interleaved (`median_ms`)."""
     torch.manual_seed(0)
     shapes = [(32, 576, 1536), (128, 576, 1536), (512, 576, 1536), (512, 1536, 576), (128, 1024, 4096)]
@@ -385,13 +385,13 @@ def prefill() -> None:
 
 def _prefill_shape(rows: int, k: int, n: int) -> tuple[float, float, float]:
     from encore.model import int4
-    from encore.model.int4 import Int4Linear, fp32_weight
+    from encore.model.int4 import Int4Linear, unpacked_weight
 
     layer = Int4Linear(torch.randn(n, k) * 0.02, group_size=32, symmetric=False)
     b, x = layer._buffers, torch.randn(rows, k)
 
     def unpack() -> torch.Tensor:
-        return fp32_weight(layer._lib, b["qweight"], b["scales"], b["mins"])
+        return unpacked_weight(layer._lib, b["qweight"], b["scales"], b["mins"], torch.float32)
 
     ms = median_ms(
         {

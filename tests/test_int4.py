@@ -94,7 +94,7 @@ def test_many_rows_without_bf16_go_through_the_fp32_weight(group, symmetric):
     w, bias = torch.randn(45, 384) * 0.05, torch.randn(45)
     layer = Int4Linear(w, bias, group_size=group, symmetric=symmetric)
     levels = dequantize_int4(layer.qweight, layer.scales, layer.mins)
-    assert torch.equal(int4.fp32_weight(layer._lib, layer.qweight, layer.scales, layer.mins), levels)
+    assert torch.equal(int4.unpacked_weight(layer._lib, layer.qweight, layer.scales, layer.mins, torch.float32), levels)
     if not layer._fp32_many:
         pytest.skip("this CPU multiplies many rows in bf16 (or torch has no oneDNN)")
     x = torch.randn(int4.FP32_MANY_ROWS, 384)
@@ -115,7 +115,7 @@ def test_many_rows_go_through_the_bf16_weight(group, symmetric):
     w, bias = torch.randn(45, 384) * 0.05, torch.randn(45)
     layer = Int4Linear(w, bias, group_size=group, symmetric=symmetric)
     levels = dequantize_int4(layer.qweight, layer.scales, layer.mins)
-    unpacked = int4.bf16_weight(layer._lib, layer.qweight, layer.scales, layer.mins)
+    unpacked = int4.unpacked_weight(layer._lib, layer.qweight, layer.scales, layer.mins, torch.bfloat16)
     assert unpacked.dtype == torch.bfloat16 and torch.equal(unpacked, levels.to(torch.bfloat16))
     x = torch.randn(int4.MANY_ROWS, 384)
     exact = x @ levels.T + bias
@@ -131,7 +131,7 @@ def test_many_rows_go_through_the_bf16_weight(group, symmetric):
 @pytest.mark.parametrize("group,symmetric", [(32, False), (32, True), (128, True), (64, False)])
 def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product(group, symmetric):
     """On a CPU with AMX a prefill's int4 product runs on the bf16 tiles in one C call (csrc/rows.c): the
-    exact fp32 product of the bf16 activations and the bf16 weight `bf16_weight` unpacks, the weight
+    exact fp32 product of the bf16 activations and the bf16 weight `unpacked_weight` unpacks, the weight
     never written out whole."""
     from encore.model import kernels
 
@@ -139,7 +139,7 @@ def test_many_rows_on_amx_bf16_tiles_equal_the_bf16_product(group, symmetric):
         pytest.skip("needs AMX bf16 tiles")
     torch.manual_seed(group)
     layer = Int4Linear(torch.randn(48, 384) * 0.05, torch.randn(48), group_size=group, symmetric=symmetric)
-    weight = int4.bf16_weight(layer._lib, layer.qweight, layer.scales, layer.mins).float()
+    weight = int4.unpacked_weight(layer._lib, layer.qweight, layer.scales, layer.mins, torch.bfloat16).float()
     for rows in (int4.MANY_ROWS, 40, 600):
         x = torch.randn(rows, 384)
         exact = x.bfloat16().float() @ weight.T + layer.bias

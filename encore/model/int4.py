@@ -175,21 +175,16 @@ def bf16_many_rows() -> bool:
     return lib.encore_int4_to_bf16(qweight.data_ptr(), scales.data_ptr(), None, 1, CHUNK, CHUNK, out.data_ptr()) == 0
 
 
-def bf16_weight(lib: ctypes.CDLL, qweight: Tensor, scales: Tensor, mins: Tensor | None) -> Tensor:
-    """The bf16 weight [N, K] int4 `qweight` / `scales` (/ `mins`) stand for, in one C pass."""
+def unpacked_weight(
+    lib: ctypes.CDLL, qweight: Tensor, scales: Tensor, mins: Tensor | None, dtype: torch.dtype
+) -> Tensor:
+    """The weight [N, K] int4 `qweight` / `scales` (/ `mins`) stand for, in one C pass, as bf16
+    (`encore_int4_to_bf16`: rounded to nearest even) or fp32 (`encore_int4_to_fp32`: exactly)."""
     n, k = qweight.shape[0], 2 * qweight.shape[1]
-    out = torch.empty(n, k, dtype=torch.bfloat16)
-    lib.encore_int4_to_bf16(qweight.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(), n, k,
-                            k // scales.shape[1], out.data_ptr())  # fmt: skip
-    return out
-
-
-def fp32_weight(lib: ctypes.CDLL, qweight: Tensor, scales: Tensor, mins: Tensor | None) -> Tensor:
-    """The fp32 weight [N, K] int4 `qweight` / `scales` (/ `mins`) stand for, in one C pass."""
-    n, k = qweight.shape[0], 2 * qweight.shape[1]
-    out = torch.empty(n, k)
-    lib.encore_int4_to_fp32(qweight.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(), n, k,
-                            k // scales.shape[1], out.data_ptr())  # fmt: skip
+    out = torch.empty(n, k, dtype=dtype)
+    unpack = {torch.bfloat16: lib.encore_int4_to_bf16, torch.float32: lib.encore_int4_to_fp32}[dtype]
+    unpack(qweight.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(), n, k,
+           k // scales.shape[1], out.data_ptr())  # fmt: skip
     return out
 
 
@@ -280,11 +275,11 @@ class Int4Linear(native.Handles, nn.Module):
             if self._amx:  # the same product in one C call, the weight unpacked a block at a time
                 y = int4_amx_bf16(x.reshape(-1, self.in_features), b["qweight"], b["scales"], b["mins"], b["bias"])
                 return y.view(*x.shape[:-1], self.out_features)
-            w = bf16_weight(self._lib, b["qweight"], b["scales"], b["mins"])
+            w = unpacked_weight(self._lib, b["qweight"], b["scales"], b["mins"], torch.bfloat16)
             y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), w, None, "none", [], "").float()
             return y if b["bias"] is None else y.add_(b["bias"])
         if self._fp32_many and x.numel() >= FP32_MANY_ROWS * self.in_features and x.dtype == torch.float32:
-            w = fp32_weight(self._lib, b["qweight"], b["scales"], b["mins"])  # (no bf16 products here)
+            w = unpacked_weight(self._lib, b["qweight"], b["scales"], b["mins"], torch.float32)  # (no bf16 products)
             return torch.ops.mkldnn._linear_pointwise(x, w, b["bias"], "none", [], "")
         return _call(self._fn, x, b["qweight"], b["scales"], b["mins"], b["bias"])
 
