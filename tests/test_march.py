@@ -69,18 +69,23 @@ def test_an_avx2_build_decodes_as_this_machines_build():
         assert torch.equal(got.argmax(-1), expected.argmax(-1)), name
 
 
+def _builds():
+    """(march, csrc/layer.c built for it) for this CPU, for AVX2 and in plain C (None: no -march)."""
+    from encore.model import layer_c
+
+    for march in ("native", "x86-64-v3", None):
+        flags = ("-O2",) if march is None else ("-O3", f"-march={march}")
+        yield march, layer_c.library((*flags, "-fopenmp", "-shared", "-fPIC"))
+
+
 @pytest.mark.parametrize("M,K,N", [(1, 384, 1152), (3, 100, 37), (5, 1030, 64), (2, 7, 9)])
 def test_fp32_products_of_each_build_equal_the_product(M, K, N):
     """csrc/fp32.c's projection (a decode step's fp32 weights) built for this CPU, for AVX2 (8 wide, K % 8
     through masked loads) and in plain C: F.linear's numbers, to float rounding."""
-    from encore.model import layer_c
-
     torch.manual_seed(K)
     x, w, bias = torch.randn(M, K), torch.randn(N, K), torch.randn(N)
     expected = torch.nn.functional.linear(x, w, bias)
-    for march in ("native", "x86-64-v3", None):
-        flags = ("-O2",) if march is None else ("-O3", f"-march={march}")
-        lib = layer_c.library((*flags, "-fopenmp", "-shared", "-fPIC"))
+    for march, lib in _builds():
         y = torch.empty(M, N)
         lib.encore_fp32_linear(x.data_ptr(), M, K, N, w.data_ptr(), bias.data_ptr(), y.data_ptr())
         torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4, msg=str(march))
@@ -91,13 +96,10 @@ def test_the_activations_of_each_build_equal_torchs():
     C) over a wide range of inputs, both tails of e^x included."""
     import ctypes
 
-    from encore.model import layer_c
     from encore.model.fused import ACT, gelu_tanh
 
     x = torch.cat([torch.linspace(-120, 120, 2001), torch.randn(1003) * 3])  # (3004: a tail past 8 and 16)
-    for march in ("native", "x86-64-v3", None):
-        flags = ("-O2",) if march is None else ("-O3", f"-march={march}")
-        lib = layer_c.library((*flags, "-fopenmp", "-shared", "-fPIC"))
+    for march, lib in _builds():
         lib.encore_act_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
         for fn in (torch.nn.functional.silu, gelu_tanh, torch.nn.functional.gelu, torch.nn.functional.relu):
             y = x.clone()
